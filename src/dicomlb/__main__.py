@@ -1,0 +1,3 @@
+from dicomlb.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The DIMSE engine: sans-IO protocol cores and their asyncio shells."""
