@@ -1,0 +1,98 @@
+"""Active health checks: a C-ECHO to each backend every `interval` (asyncio shell).
+
+The verdicts feed each backend's `HealthState` (fall/rise); transitions are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from dicomlb.dicom import uids
+from dicomlb.dicom.dimse import echo_request
+from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.pools import BackendState
+from dicomlb.snapshot import HealthConfig
+
+log = logging.getLogger(__name__)
+
+
+async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
+    """One C-ECHO to `backend` on a fresh association; raises UpstreamError on any failure."""
+    loop = asyncio.get_running_loop()
+    address = backend.config.dicom
+    key = (calling_ae, address.ae_title, ())
+    verification = (uids.VERIFICATION, uids.IMPLICIT_VR_LE)
+    up: UpstreamAssociation | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            _, up = await loop.create_connection(
+                lambda: UpstreamAssociation(
+                    backend.name, key, [verification], backend.config.max_pdu
+                ),
+                address.host,
+                address.port,
+            )
+            await up.established
+            context_id = up.context_for(verification)
+            if context_id is None:
+                raise UpstreamError("verification not accepted")
+            answer = await up.send_command(context_id, echo_request(up.next_message_id()))
+            if answer.status != 0:
+                raise UpstreamError(f"C-ECHO status 0x{answer.status or 0:04X}")
+    except TimeoutError:
+        raise UpstreamError(f"no answer within {timeout:g}s") from None
+    except OSError as err:
+        raise UpstreamError(str(err) or type(err).__name__) from None
+    finally:
+        if up is not None:
+            await up.release(timeout=1.0)
+
+
+class HealthChecker:
+    """Runs the active checks of one backend until stopped."""
+
+    def __init__(self, backend: BackendState, pool: str, health: HealthConfig, calling_ae: str):
+        self.backend = backend
+        self.pool = pool
+        self.health = health
+        self.calling_ae = calling_ae
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def check_once(self) -> bool:
+        """Run one check and record it; True when it passed."""
+        state = self.backend.health
+        try:
+            await echo(self.backend, self.calling_ae, self.health.timeout)
+        except UpstreamError as err:
+            self.last_error = str(err)
+            if state.failure():
+                log.warning(
+                    "backend.down backend=%s pool=%s cause=check reason=%r",
+                    self.backend.name,
+                    self.pool,
+                    self.last_error,
+                )
+            else:
+                log.debug("health.failed backend=%s reason=%r", self.backend.name, self.last_error)
+            return False
+        self.last_error = None
+        if state.success():
+            log.warning("backend.up backend=%s pool=%s", self.backend.name, self.pool)
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self.health.interval)

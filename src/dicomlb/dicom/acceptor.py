@@ -1,0 +1,457 @@
+"""The DICOM listener and its client associations (asyncio shell).
+
+`InboundAssociation` feeds bytes to the association and DIMSE cores, negotiates, runs the
+ARTIM and idle timers, enforces limits, and queues messages for its `Relay`, which moves
+them to backends one at a time in order. Reading pauses while a message's unsent data set
+fragments exceed a few PDUs, so a slow backend slows the client instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dicomlb.dicom import uids
+from dicomlb.dicom.association import Association, ConnectionClosed, Role
+from dicomlb.dicom.dimse import Command, CommandReceived, DataReceived, MessageAssembler
+from dicomlb.dicom.errors import RemoteProtocolError
+from dicomlb.dicom.negotiation import negotiate
+from dicomlb.dicom.pdu import (
+    Abort,
+    AbortSource,
+    AssociateAccept,
+    AssociateReject,
+    AssociateRequest,
+    PData,
+    RejectReason,
+    ReleaseReply,
+    ReleaseRequest,
+    reject,
+)
+from dicomlb.dicom.upstream import set_nodelay
+from dicomlb.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    """The client aborted or disconnected while a message was being relayed."""
+
+
+class FragmentStream:
+    """The data-set fragments of one message, from the protocol to the relay task."""
+
+    def __init__(
+        self, high_water: int, on_high: Callable[[], None], on_low: Callable[[], None]
+    ) -> None:
+        self._items: collections.deque[DataReceived] = collections.deque()
+        self._bytes = 0
+        self._high = high_water
+        self._on_high = on_high
+        self._on_low = on_low
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: str | None = None
+
+    def put(self, fragment: DataReceived) -> None:
+        self._items.append(fragment)
+        self._bytes += len(fragment.data)
+        if not self._paused and self._bytes > self._high:
+            self._paused = True
+            self._on_high()
+        self._wake()
+
+    def abort(self, reason: str) -> None:
+        self._error = reason
+        self._wake()
+
+    async def get(self) -> DataReceived:
+        """The next fragment; raises ClientGone if the client went away first."""
+        while not self._items:
+            if self._error is not None:
+                raise ClientGone(self._error)
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        fragment = self._items.popleft()
+        self._bytes -= len(fragment.data)
+        if self._paused and self._bytes <= self._high // 2:
+            self._paused = False
+            self._on_low()
+        return fragment
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+
+@dataclass(slots=True, kw_only=True)
+class InboundMessage:
+    """A request from the client, its data set still arriving in `data`."""
+
+    context_id: int
+    command: Command
+    abstract_syntax: str
+    transfer_syntax: str
+    data: FragmentStream | None
+    received_at: float = field(default_factory=time.monotonic)
+
+
+class _Release:
+    """Queue marker: the client asked to release after its earlier messages."""
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    """Counters of one DICOM listener (the control plane reads them)."""
+
+    active: int = 0
+    by_calling_aet: collections.Counter[str] = field(default_factory=collections.Counter)
+    accepted: int = 0
+    rejected: int = 0
+    aborted: int = 0
+
+
+class DicomListener:
+    """Accepts client associations on the `dicom` listener of the current runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.stats = ListenerStats()
+        self.associations: set[InboundAssociation] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        config = self.runtime.snapshot.dicom
+        assert config is not None
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: InboundAssociation(self), config.host, config.port, backlog=512
+        )
+        log.info(
+            "listener.started listener=dicom bind=%s:%d ae_title=%s",
+            config.host,
+            config.port,
+            config.ae_title,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def admit(self, calling_ae: str) -> tuple[RejectReason, str] | None:
+        """Why a new association from `calling_ae` must be refused, if it must."""
+        config = self.runtime.snapshot.dicom
+        assert config is not None
+        if self.stats.active >= config.max_associations:
+            return RejectReason.LOCAL_LIMIT_EXCEEDED, (
+                f"{self.stats.active} associations open, max_associations={config.max_associations}"
+            )
+        per_ae = config.max_associations_per_calling_aet
+        if per_ae and self.stats.by_calling_aet[calling_ae] >= per_ae:
+            return RejectReason.LOCAL_LIMIT_EXCEEDED, (
+                f"{calling_ae} has {per_ae} associations open, "
+                f"max_associations_per_calling_aet={per_ae}"
+            )
+        return None
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let associations in flight finish for up to `grace` seconds."""
+        if self.server is not None:
+            self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.associations and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for association in list(self.associations):
+            association.abort("dicomlb is stopping")
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+class InboundAssociation(asyncio.Protocol):
+    """One client association: protocol shell around the cores, feeding a Relay."""
+
+    def __init__(self, listener: DicomListener) -> None:
+        self.listener = listener
+        self.runtime = listener.runtime  # the snapshot at association start serves it whole
+        config = self.runtime.snapshot.dicom
+        assert config is not None
+        self.config = config
+        self.assoc = Association(Role.ACCEPTOR, max_pdu=config.max_pdu)
+        self.assembler = MessageAssembler()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ("", 0)
+        self.calling_ae = ""
+        self.called_ae = ""
+        self.counted = False
+        self.started = time.monotonic()
+        self.messages = 0
+        self.bytes_in = 0
+        self._queue: asyncio.Queue[InboundMessage | _Release] = asyncio.Queue()
+        self._current: FragmentStream | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._outcome = "open"
+        self.busy = False  # the relay is working on a message
+
+    # -------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        set_nodelay(transport)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer = (str(peer[0]), int(peer[1]))
+        self.listener.associations.add(self)
+        self._arm_timer(self.config.artim_timeout)  # ARTIM: the A-ASSOCIATE-RQ must come soon
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self._last_activity = time.monotonic()
+        try:
+            for event in self.assoc.receive_data(data):
+                self._on_event(event)
+        except RemoteProtocolError as err:
+            log.warning(
+                "association.protocol_error peer=%s:%d calling_aet=%s reason=%r",
+                *self.peer,
+                self.calling_ae,
+                str(err),
+            )
+            self._outcome = f"aborted: {err}"
+            self._send(self.assoc.send(err.reply))
+            self._shutdown(f"protocol error: {err}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for event in self.assoc.receive_eof():
+            assert isinstance(event, ConnectionClosed)
+            if not event.expected and self._outcome == "open":
+                self._outcome = "connection lost"
+        self._shutdown(self._outcome)
+        self.listener.associations.discard(self)
+        if self.counted:
+            stats = self.listener.stats
+            stats.active -= 1
+            stats.by_calling_aet[self.calling_ae] -= 1
+            if stats.by_calling_aet[self.calling_ae] <= 0:
+                del stats.by_calling_aet[self.calling_ae]
+            self.counted = False
+            log.info(
+                "association.closed peer=%s:%d calling_aet=%s called_aet=%s messages=%d "
+                "bytes=%d ms=%d outcome=%r",
+                *self.peer,
+                self.calling_ae,
+                self.called_ae,
+                self.messages,
+                self.bytes_in,
+                (time.monotonic() - self.started) * 1000,
+                self._outcome,
+            )
+
+    # -------------------------------------------------------- events
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, PData):
+            for dimse in self.assembler.receive(event.pdvs):
+                if isinstance(dimse, DataReceived):
+                    assert self._current is not None
+                    stream = self._current
+                    if dimse.is_last:
+                        self._current = None
+                    stream.put(dimse)
+                else:
+                    self._on_command(dimse)
+        elif isinstance(event, AssociateRequest):
+            self._on_associate(event)
+        elif isinstance(event, ReleaseRequest):
+            self._queue.put_nowait(_Release())
+        elif isinstance(event, Abort):
+            self._outcome = f"aborted by the client (reason {event.reason})"
+            self._shutdown(self._outcome)
+
+    def _on_associate(self, request: AssociateRequest) -> None:
+        self.calling_ae = request.calling_ae
+        self.called_ae = request.called_ae
+        refusal = self.listener.admit(request.calling_ae)
+        answer: AssociateAccept | AssociateReject
+        if refusal is not None:
+            reason, why = refusal
+            answer = reject(reason, transient=True)
+        else:
+            answer = negotiate(request, self.config)
+            why = "association negotiation failed"
+            if isinstance(answer, AssociateAccept) and not self._backends_available(answer):
+                answer = reject(RejectReason.TEMPORARY_CONGESTION, transient=True)
+                why = "no healthy backend in any pool a route uses"
+        if isinstance(answer, AssociateReject):
+            self.listener.stats.rejected += 1
+            self._outcome = f"rejected: {why}"
+            log.warning(
+                "association.rejected peer=%s:%d calling_aet=%s called_aet=%s result=%d "
+                "source=%d reason=%d why=%r",
+                *self.peer,
+                request.calling_ae,
+                request.called_ae,
+                answer.result,
+                answer.source,
+                answer.reason,
+                why,
+            )
+            self._send(self.assoc.send(answer))
+            self._arm_timer(self.config.artim_timeout)  # Sta13: the client should close now
+            return
+        self._send(self.assoc.send(answer))
+        stats = self.listener.stats
+        stats.active += 1
+        stats.accepted += 1
+        stats.by_calling_aet[request.calling_ae] += 1
+        self.counted = True
+        accepted = sum(1 for ctx in answer.contexts if ctx.result == 0)
+        log.info(
+            "association.accepted peer=%s:%d calling_aet=%s called_aet=%s contexts=%d/%d "
+            "max_pdu=%d implementation=%s",
+            *self.peer,
+            request.calling_ae,
+            request.called_ae,
+            accepted,
+            len(answer.contexts),
+            self.assoc.peer_max_pdu,
+            request.user_info.implementation_version_name
+            or request.user_info.implementation_class_uid,
+        )
+        from dicomlb.dicom.relay import Relay  # the relay needs this module's types
+
+        relay = Relay(self)
+        self._relay_task = asyncio.get_running_loop().create_task(relay.run())
+        self._arm_timer(self.config.idle_timeout)
+
+    def _backends_available(self, accept: AssociateAccept) -> bool:
+        """False when the client proposes more than verification and no pool can take it."""
+        request = self.assoc.request
+        assert request is not None
+        abstract = {ctx.context_id: ctx.abstract_syntax for ctx in request.contexts}
+        wants_more = any(
+            abstract.get(ctx.context_id) != uids.VERIFICATION
+            for ctx in accept.contexts
+            if ctx.result == 0
+        )
+        return not wants_more or self.runtime.any_route_available()
+
+    def _on_command(self, received: CommandReceived) -> None:
+        request = self.assoc.request
+        assert request is not None
+        accepted = self.assoc.accepted[received.context_id]
+        abstract = next(
+            (c.abstract_syntax for c in request.contexts if c.context_id == received.context_id), ""
+        )
+        stream = None
+        if received.command.has_data_set:
+            stream = FragmentStream(
+                4 * max(self.config.max_pdu, 16384), self._pause_reading, self._resume_reading
+            )
+            self._current = stream
+        self.messages += 1
+        self._queue.put_nowait(
+            InboundMessage(
+                context_id=received.context_id,
+                command=received.command,
+                abstract_syntax=abstract,
+                transfer_syntax=accepted.transfer_syntax,
+                data=stream,
+            )
+        )
+
+    # -------------------------------------------------------- for the relay
+
+    async def next_message(self) -> InboundMessage | None:
+        """The next request in order, or None once the client asked to release."""
+        item = await self._queue.get()
+        return None if isinstance(item, _Release) else item
+
+    def send_command(self, context_id: int, command: Command) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.writelines(
+            self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
+        )
+
+    def release(self) -> None:
+        """Answer the client's A-RELEASE-RQ: every earlier message has been answered."""
+        self._outcome = "released"
+        self._send(self.assoc.send(ReleaseReply()))
+        self._arm_timer(self.config.artim_timeout)  # the requestor closes; ARTIM if it does not
+
+    def abort(self, reason: str) -> None:
+        """A-ABORT the client association (stop, idle timeout)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._outcome = f"aborted: {reason}"
+        log.warning(
+            "association.aborted peer=%s:%d calling_aet=%s reason=%r",
+            *self.peer,
+            self.calling_ae,
+            reason,
+        )
+        self.listener.stats.aborted += 1
+        self._send(self.assoc.send(Abort(source=AbortSource.SERVICE_PROVIDER)))
+        self._shutdown(reason)
+
+    # -------------------------------------------------------- internals
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _shutdown(self, reason: str) -> None:
+        if self._current is not None:
+            self._current.abort(reason)
+            self._current = None
+        if self._relay_task is not None and not self._relay_task.done():
+            self._relay_task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _arm_timer(self, timeout: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._last_activity = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(timeout, self._on_timer, timeout)
+
+    def _on_timer(self, timeout: float) -> None:
+        idle = time.monotonic() - self._last_activity
+        if idle < timeout:  # activity since: re-arm for the rest (cheaper than resetting per read)
+            self._timer = asyncio.get_running_loop().call_later(
+                timeout - idle, self._on_timer, timeout
+            )
+            return
+        self._timer = None
+        if self.assoc.state.name in ("STA2", "STA13"):
+            self.assoc.artim_expired()
+            self._outcome = self._outcome if self._outcome != "open" else "ARTIM timeout"
+            self._shutdown("ARTIM timeout")
+        elif self._relay_busy():
+            self._arm_timer(timeout)
+        else:
+            self.abort(f"idle for {timeout:g}s")
+
+    def _relay_busy(self) -> bool:
+        return self.busy or self._current is not None or not self._queue.empty()

@@ -1,0 +1,289 @@
+"""The PS3.8 upper-layer association as a sans-IO state machine, for either role.
+
+`Association` owns no socket and no clock: the shell feeds it bytes (`receive_data`), tells
+it about EOF and timer expiry, and writes what `send` returns. One transition table, keyed by
+(state, event type), serves both roles; a move not in it is a protocol error.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from dicomlb.dicom.errors import LocalProtocolError, RemoteProtocolError
+from dicomlb.dicom.pdu import (
+    PDU_HEADER_LEN,
+    Abort,
+    AbortReason,
+    AbortSource,
+    AssociateAccept,
+    AssociateReject,
+    AssociateRequest,
+    ContextResult,
+    PData,
+    Pdu,
+    PduType,
+    PresentationContextResult,
+    ReleaseReply,
+    ReleaseRequest,
+    decode_pdu,
+    encode,
+    pdata_header,
+    pdv_header,
+    split_header,
+)
+
+# Non-P-DATA PDUs (an A-ASSOCIATE-RQ with 128 contexts and user identity is a few KB) are
+# bounded separately from the negotiated P-DATA maximum.
+MAX_CONTROL_PDU = 1 << 20
+# With an unlimited peer maximum (0), data still goes out in PDUs of this size.
+UNLIMITED_PDU_CHUNK = 1 << 20
+_PDU_TYPES = frozenset(int(t) for t in PduType)
+
+
+class Role(enum.Enum):
+    REQUESTOR = "requestor"
+    ACCEPTOR = "acceptor"
+
+
+class AssocState(enum.Enum):
+    """PS3.8 9.2 states (Sta1..Sta13)."""
+
+    STA1 = "idle"
+    STA2 = "awaiting A-ASSOCIATE-RQ"
+    STA3 = "awaiting local A-ASSOCIATE response"
+    STA4 = "awaiting transport connection"
+    STA5 = "awaiting A-ASSOCIATE-AC or -RJ"
+    STA6 = "association established"
+    STA7 = "awaiting A-RELEASE-RP"
+    STA8 = "awaiting local A-RELEASE response"
+    STA9 = "release collision, requestor: awaiting local A-RELEASE response"
+    STA10 = "release collision, acceptor: awaiting A-RELEASE-RP"
+    STA11 = "release collision, requestor: awaiting A-RELEASE-RP"
+    STA12 = "release collision, acceptor: awaiting local A-RELEASE response"
+    STA13 = "awaiting transport close"
+
+
+S = AssocState
+
+# (state, event received) -> next state. PS3.8 Table 9-10 action names in comments.
+_RECEIVE: dict[tuple[AssocState, type], AssocState] = {
+    (S.STA2, AssociateRequest): S.STA3,  # AE-6: indicate A-ASSOCIATE
+    (S.STA5, AssociateAccept): S.STA6,  # AE-3: confirm accept
+    (S.STA5, AssociateReject): S.STA1,  # AE-4: confirm reject, close transport
+    (S.STA6, PData): S.STA6,  # DT-2
+    (S.STA7, PData): S.STA7,  # AR-7: data may cross our A-RELEASE-RQ
+    (S.STA6, ReleaseRequest): S.STA8,  # AR-2
+    (S.STA7, ReleaseReply): S.STA1,  # AR-3: confirm release, close transport
+    (S.STA11, ReleaseReply): S.STA1,  # AR-3
+    (S.STA10, ReleaseReply): S.STA12,  # AR-10
+}
+# (state, event sent) -> next state.
+_SEND: dict[tuple[AssocState, type], AssocState] = {
+    (S.STA4, AssociateRequest): S.STA5,  # AE-2
+    (S.STA3, AssociateAccept): S.STA6,  # AE-7
+    (S.STA3, AssociateReject): S.STA13,  # AE-8
+    (S.STA6, PData): S.STA6,  # DT-1
+    (S.STA8, PData): S.STA8,  # AR-7
+    (S.STA6, ReleaseRequest): S.STA7,  # AR-1
+    (S.STA8, ReleaseReply): S.STA13,  # AR-4
+    (S.STA9, ReleaseReply): S.STA11,  # AR-9
+    (S.STA12, ReleaseReply): S.STA13,  # AR-4
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionClosed:
+    """The transport closed. `expected` is False when it was not the end of a release or abort."""
+
+    expected: bool
+
+
+Event = Pdu | ConnectionClosed
+
+
+def _unexpected(what: str) -> RemoteProtocolError:
+    # PS3.8 9.3.8: reason 2 = unexpected PDU
+    return RemoteProtocolError(
+        what, reply=Abort(source=AbortSource.SERVICE_PROVIDER, reason=AbortReason.UNEXPECTED_PDU)
+    )
+
+
+class Association:
+    """One association's upper-layer protocol state, without I/O.
+
+    `max_pdu` is the largest P-DATA-TF body this side accepts (0: no limit); the peer's
+    maximum is learnt from its A-ASSOCIATE and used by `send_data` to fragment.
+    """
+
+    def __init__(self, role: Role, *, max_pdu: int) -> None:
+        self.role = role
+        self.max_pdu = max_pdu
+        self.state = S.STA2 if role is Role.ACCEPTOR else S.STA4
+        self.peer_max_pdu = 0
+        self.request: AssociateRequest | None = None
+        self.accepted: dict[int, PresentationContextResult] = {}
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self._need = PDU_HEADER_LEN
+
+    # ------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; returns the complete PDUs they finish.
+
+        P-DATA values are memoryviews into `data` (or into a joined buffer), never copied.
+        """
+        if self._pending:
+            self._pending.append(data)
+            self._pending_len += len(data)
+            if self._pending_len < self._need:
+                return []
+            data = b"".join(self._pending)
+            self._pending.clear()
+        view = memoryview(data)
+        end = len(data)
+        pos = 0
+        events: list[Event] = []
+        need = PDU_HEADER_LEN
+        while end - pos >= PDU_HEADER_LEN:
+            pdu_type, length = split_header(view[pos : pos + PDU_HEADER_LEN])
+            self._check_header(pdu_type, length)
+            need = PDU_HEADER_LEN + length
+            if end - pos < need:
+                break
+            body = view[pos + PDU_HEADER_LEN : pos + need]
+            pos += need
+            need = PDU_HEADER_LEN
+            event = self._received(decode_pdu(pdu_type, body))
+            if event is not None:
+                events.append(event)
+        if pos < end:
+            rest = data[pos:]
+            self._pending = [rest]
+            self._pending_len = len(rest)
+            self._need = need
+        else:
+            self._pending_len = 0
+        return events
+
+    def receive_eof(self) -> list[Event]:
+        """The transport closed (the shell's `connection_lost`)."""
+        expected = self.state in (S.STA1, S.STA13)
+        self.state = S.STA1
+        return [ConnectionClosed(expected=expected)]
+
+    def artim_expired(self) -> Abort | None:
+        """The ARTIM timer ran out: what to send before closing the transport, if anything."""
+        previous, self.state = self.state, S.STA1
+        if previous in (S.STA2, S.STA13, S.STA1):
+            return None  # AA-2: just close
+        return Abort(source=AbortSource.SERVICE_PROVIDER, reason=AbortReason.NOT_SPECIFIED)
+
+    def _check_header(self, pdu_type: int, length: int) -> None:
+        if pdu_type not in _PDU_TYPES:
+            self.state = S.STA13
+            raise RemoteProtocolError(
+                f"unrecognized PDU type 0x{pdu_type:02X}",
+                reply=Abort(
+                    source=AbortSource.SERVICE_PROVIDER, reason=AbortReason.UNRECOGNIZED_PDU
+                ),
+            )
+        limit = self.max_pdu if pdu_type == PduType.P_DATA_TF else MAX_CONTROL_PDU
+        if limit and length > limit:
+            self.state = S.STA13
+            raise RemoteProtocolError(
+                f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the maximum {limit}",
+                reply=Abort(
+                    source=AbortSource.SERVICE_PROVIDER, reason=AbortReason.INVALID_PDU_PARAMETER
+                ),
+            )
+
+    def _received(self, event: Pdu) -> Event | None:
+        if self.state is S.STA13:
+            return None  # AA-6 / AA-7: ignore everything while closing
+        if isinstance(event, Abort):
+            self.state = S.STA1  # AA-3
+            return event
+        kind = type(event)
+        if (self.state, kind) == (S.STA7, ReleaseRequest):
+            # AR-8: release collision
+            self.state = S.STA9 if self.role is Role.REQUESTOR else S.STA10
+            return event
+        nxt = _RECEIVE.get((self.state, kind))
+        if nxt is None:
+            error = _unexpected(
+                f"unexpected {kind.__name__} in {self.state.name} ({self.state.value})"
+            )
+            self.state = S.STA13
+            raise error
+        if isinstance(event, PData):
+            for pdv in event.pdvs:
+                if pdv.context_id not in self.accepted:
+                    self.state = S.STA13
+                    raise RemoteProtocolError(
+                        f"P-DATA on presentation context {pdv.context_id}, which was not accepted",
+                        reply=Abort(
+                            source=AbortSource.SERVICE_PROVIDER,
+                            reason=AbortReason.UNEXPECTED_PDU_PARAMETER,
+                        ),
+                    )
+        elif isinstance(event, AssociateRequest):
+            self.request = event
+            self.peer_max_pdu = event.user_info.max_pdu or 0
+        elif isinstance(event, AssociateAccept):
+            self.peer_max_pdu = event.user_info.max_pdu or 0
+            self._record_accepted(event)
+        self.state = nxt
+        return event
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, event: Pdu) -> bytes:
+        """The bytes for `event`, after checking the current state allows it."""
+        if isinstance(event, Abort):
+            self.state = S.STA13
+            return encode(event)
+        nxt = _SEND.get((self.state, type(event)))
+        if nxt is None:
+            raise LocalProtocolError(
+                f"cannot send {type(event).__name__} in {self.state.name} ({self.state.value})"
+            )
+        if isinstance(event, AssociateAccept):
+            self._record_accepted(event)
+        elif isinstance(event, AssociateRequest):
+            self.request = event
+        self.state = nxt
+        return encode(event)
+
+    def send_data(
+        self, context_id: int, data: bytes | memoryview, *, is_command: bool, is_last: bool
+    ) -> list[bytes | memoryview]:
+        """Buffers for `transport.writelines`: `data` as PDVs cut to the peer's maximum PDU.
+
+        Only the final piece carries `is_last`, so a message can be streamed in any cuts.
+        """
+        if self.state not in (S.STA6, S.STA8):
+            raise LocalProtocolError(
+                f"cannot send P-DATA in {self.state.name} ({self.state.value}); "
+                "wait for the association to be established"
+            )
+        chunk = (self.peer_max_pdu - 6) if self.peer_max_pdu else UNLIMITED_PDU_CHUNK
+        view = memoryview(data)
+        total = len(view)
+        out: list[bytes | memoryview] = []
+        pos = 0
+        while True:
+            piece = view[pos : pos + chunk]
+            pos += len(piece)
+            last = is_last and pos >= total
+            out.append(pdata_header(len(piece) + 6))
+            out.append(pdv_header(context_id, len(piece), is_command=is_command, is_last=last))
+            out.append(piece)
+            if pos >= total:
+                return out
+
+    def _record_accepted(self, event: AssociateAccept) -> None:
+        self.accepted = {
+            ctx.context_id: ctx for ctx in event.contexts if ctx.result is ContextResult.ACCEPTANCE
+        }

@@ -1,0 +1,379 @@
+"""Outbound associations to backends (asyncio shell) and their per-backend pool.
+
+An `UpstreamAssociation` is one association dicomlb opened as requestor. The
+`UpstreamPool` of a backend keeps idle ones for reuse, caps how many are open (Orthanc
+takes 4 by default), and makes callers wait, not fail, while it is briefly saturated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+
+from dicomlb.dicom.association import Association, ConnectionClosed, Role
+from dicomlb.dicom.dimse import Command, CommandReceived, MessageAssembler
+from dicomlb.dicom.errors import RemoteProtocolError
+from dicomlb.dicom.negotiation import upstream_request
+from dicomlb.dicom.pdu import (
+    Abort,
+    AbortSource,
+    AssociateAccept,
+    AssociateReject,
+    PData,
+    ReleaseReply,
+    ReleaseRequest,
+)
+from dicomlb.pools import BackendState
+from dicomlb.snapshot import PoolConfig
+
+log = logging.getLogger(__name__)
+
+# (calling AE, called AE, forwarded user-information items): associations are reused only
+# for the same identity toward the backend.
+UpstreamKey = tuple[str, str, tuple[tuple[int, bytes], ...]]
+SyntaxPair = tuple[str, str]  # (abstract syntax, transfer syntax)
+
+
+class UpstreamError(Exception):
+    """The backend could not be reached or failed; the message did not get through."""
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY: without it each C-STORE can stall ~40 ms on delayed ACK (DESIGN 5)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class UpstreamAssociation(asyncio.Protocol):
+    """One association from dicomlb to a backend, used by one message at a time."""
+
+    def __init__(self, backend: str, key: UpstreamKey, contexts: list[SyntaxPair], max_pdu: int):
+        loop = asyncio.get_running_loop()
+        self.backend = backend
+        self.key = key
+        self.assoc = Association(Role.REQUESTOR, max_pdu=max_pdu)
+        self.request = upstream_request(
+            calling_ae=key[0],
+            called_ae=key[1],
+            contexts=contexts,
+            max_pdu=max_pdu,
+            forwarded_items=key[2],
+        )
+        self.assembler = MessageAssembler()
+        self.established: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.contexts: dict[SyntaxPair, int] = {}
+        self.failure: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self._responses: dict[int, asyncio.Future[Command]] = {}
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._message_id = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        set_nodelay(transport)
+        transport.write(self.assoc.send(self.request))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.assoc.receive_data(data)
+            for event in events:
+                self._on_event(event)
+        except RemoteProtocolError as err:
+            log.warning("upstream.protocol_error backend=%s reason=%r", self.backend, str(err))
+            self._write(self.assoc.send(err.reply))
+            self._fail(f"protocol error from backend: {err}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.assoc.receive_eof()
+        self._fail("connection closed by the backend" if exc is None else f"connection lost: {exc}")
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.cancel_idle_release()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -------------------------------------------------------- events
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, AssociateAccept):
+            self.contexts = {}
+            for proposal in self.request.contexts:
+                result = self.assoc.accepted.get(proposal.context_id)
+                if result is not None:
+                    pair = (proposal.abstract_syntax, proposal.transfer_syntaxes[0])
+                    self.contexts[pair] = proposal.context_id
+            if not self.established.done():
+                self.established.set_result(None)
+        elif isinstance(event, AssociateReject):
+            self._fail(
+                f"association rejected (result {event.result}, source {event.source}, "
+                f"reason {event.reason})"
+            )
+        elif isinstance(event, PData):
+            for dimse in self.assembler.receive(event.pdvs):
+                if isinstance(dimse, CommandReceived):
+                    self._on_command(dimse.command)
+        elif isinstance(event, ReleaseRequest):
+            # The backend ends the association (e.g. its idle timeout): agree and stop using it.
+            self.failure = self.failure or "released by the backend"
+            self._write(self.assoc.send(ReleaseReply()))
+            self._fail("released by the backend")
+        elif isinstance(event, ReleaseReply):
+            self._close()
+        elif isinstance(event, Abort):
+            self._fail(f"aborted by the backend (reason {event.reason})")
+        elif isinstance(event, ConnectionClosed):
+            self._fail("connection closed")
+
+    def _on_command(self, command: Command) -> None:
+        future = self._responses.pop(command.responded_to, None)
+        if future is None:
+            log.warning(
+                "upstream.unexpected_command backend=%s command=%s", self.backend, command.service
+            )
+            return
+        if not future.done():
+            future.set_result(command)
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        error = UpstreamError(self.failure)
+        if not self.established.done():
+            self.established.set_exception(error)
+            self.established.exception()  # the opener may have given up; do not warn
+        for future in self._responses.values():
+            if not future.done():
+                future.set_exception(error)
+        self._responses.clear()
+        self._writable.set()
+        self._close()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # -------------------------------------------------------- use
+
+    @property
+    def usable(self) -> bool:
+        return (
+            self.failure is None and self.transport is not None and not self.transport.is_closing()
+        )
+
+    def context_for(self, pair: SyntaxPair) -> int | None:
+        return self.contexts.get(pair)
+
+    def next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    def send_command(self, context_id: int, command: Command) -> asyncio.Future[Command]:
+        """Send a request's command set; the future resolves with the final response."""
+        if not self.usable:
+            raise UpstreamError(self.failure or "association closed")
+        future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
+        self._responses[command.message_id] = future
+        assert self.transport is not None
+        self.transport.writelines(
+            self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
+        )
+        return future
+
+    def send_data(self, context_id: int, data: bytes | memoryview, is_last: bool) -> None:
+        """Send one data-set fragment, re-cut to the backend's maximum PDU."""
+        if not self.usable:
+            raise UpstreamError(self.failure or "association closed")
+        assert self.transport is not None
+        self.transport.writelines(
+            self.assoc.send_data(context_id, data, is_command=False, is_last=is_last)
+        )
+
+    async def drain(self) -> None:
+        """Wait while the backend's socket buffer is full (paired back-pressure)."""
+        if not self._writable.is_set():
+            await self._writable.wait()
+        if self.failure is not None:
+            raise UpstreamError(self.failure)
+
+    async def release(self, timeout: float = 5.0) -> None:
+        """A-RELEASE, falling back to A-ABORT when the backend does not answer in time."""
+        self.cancel_idle_release()
+        if self.usable:
+            self.failure = "released"
+            self._write(self.assoc.send(ReleaseRequest()))
+            try:
+                await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+            except TimeoutError:
+                self.abort()
+        else:
+            self._close()
+
+    def abort(self) -> None:
+        """A-ABORT and close at once (a message was cut off half-way)."""
+        self.cancel_idle_release()
+        if self.transport is not None and not self.transport.is_closing():
+            self._write(self.assoc.send(Abort(source=AbortSource.SERVICE_USER)))
+        self._fail(self.failure or "aborted by dicomlb")
+
+    def schedule_idle_release(self, delay: float) -> None:
+        self.cancel_idle_release()
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(delay, lambda: loop.create_task(self.release()))
+
+    def cancel_idle_release(self) -> None:
+        """The association is in use again: no idle release."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+
+class UpstreamPool:
+    """The outbound associations of one backend: reused when idle, capped, waited for."""
+
+    def __init__(self, backend: BackendState, pool: PoolConfig) -> None:
+        self.backend = backend
+        self.pool = pool
+        self.idle: list[UpstreamAssociation] = []
+        self.open = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def acquire(
+        self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]
+    ) -> UpstreamAssociation:
+        """An association to this backend with `needed` accepted, for exclusive use.
+
+        `contexts` are proposed when a new association is opened, so that it also serves the
+        client's later messages. Raises UpstreamError when the backend cannot be reached or
+        no slot frees up within the pool's acquire timeout.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.pool.acquire_timeout
+        while True:
+            for up in self.idle:
+                if up.key == key and up.context_for(needed) is not None and up.usable:
+                    self.idle.remove(up)
+                    up.cancel_idle_release()
+                    return up
+            self._prune()
+            limit = self.backend.config.max_associations
+            if self.open < limit:
+                return await self._open(key, needed, contexts)
+            if self.idle:
+                # Full of idle associations for other clients or contexts: replace one.
+                self._retire(self.idle.pop(0))
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UpstreamError(
+                    f"all {limit} associations to {self.backend.name} busy for "
+                    f"{self.pool.acquire_timeout:g}s"
+                )
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                continue
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    async def _open(
+        self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]
+    ) -> UpstreamAssociation:
+        self.open += 1
+        address = self.backend.config.dicom
+        loop = asyncio.get_running_loop()
+        proposal = [needed, *contexts]
+        up: UpstreamAssociation | None = None
+        try:
+            async with asyncio.timeout(self.pool.connect_timeout):
+                _, up = await loop.create_connection(
+                    lambda: UpstreamAssociation(
+                        self.backend.name, key, proposal, self.backend.config.max_pdu
+                    ),
+                    address.host,
+                    address.port,
+                )
+                await up.established
+        except (OSError, TimeoutError, UpstreamError) as err:
+            self.open -= 1
+            self._wake()
+            if up is not None:
+                up.abort()
+            reason = (
+                "timed out" if isinstance(err, TimeoutError) else str(err) or type(err).__name__
+            )
+            raise UpstreamError(f"cannot associate with {address}: {reason}") from None
+        if up.context_for(needed) is None:
+            self._retire(up)
+            raise UpstreamError(
+                f"{self.backend.name} rejected abstract syntax {needed[0]} "
+                f"with transfer syntax {needed[1]}"
+            )
+        up.closed.add_done_callback(lambda _: self._forget(up))
+        log.debug("upstream.associated backend=%s calling_aet=%s", self.backend.name, key[0])
+        return up
+
+    def release(self, up: UpstreamAssociation) -> None:
+        """Give `up` back after a message; a broken association is closed and forgotten."""
+        if up.usable:
+            self.idle.append(up)
+            up.schedule_idle_release(self.pool.idle_timeout)
+        else:
+            self._retire(up)
+        self._wake()
+
+    def _forget(self, up: UpstreamAssociation) -> None:
+        if up in self.idle:
+            self.idle.remove(up)
+            self.open -= 1
+            self._wake()
+
+    def _retire(self, up: UpstreamAssociation) -> None:
+        self.open -= 1
+        with contextlib.suppress(ValueError):
+            self.idle.remove(up)
+        task = asyncio.get_running_loop().create_task(up.release())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        self._wake()
+
+    def _prune(self) -> None:
+        for up in [u for u in self.idle if not u.usable]:
+            self.idle.remove(up)
+            self.open -= 1
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        """Release every idle association (on stop or when the backend is removed)."""
+        idle, self.idle = self.idle, []
+        self.open -= len(idle)
+        await asyncio.gather(*(up.release() for up in idle), *self._closing, return_exceptions=True)

@@ -1,0 +1,135 @@
+"""Backends' runtime state, pools and their balancing strategies (pure: no I/O, no clock)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+from dicomlb.health import HealthState
+from dicomlb.snapshot import BackendConfig, HealthConfig, PoolConfig, Strategy
+
+
+class BackendState:
+    """What dicomlb knows about one backend while it runs."""
+
+    def __init__(self, config: BackendConfig, health: HealthConfig) -> None:
+        self.config = config
+        self.health = HealthState(fall=health.fall, rise=health.rise)
+        self.enabled = True  # False: drained or disabled by the operator
+        self.active = 0  # messages in flight to this backend
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def weight(self) -> int:
+        return self.config.weight
+
+    @property
+    def available(self) -> bool:
+        """Healthy and enabled: may receive new work."""
+        return self.enabled and self.health.up
+
+
+class Chooser(Protocol):
+    def choose(self, available: Sequence[BackendState], key: str) -> BackendState: ...
+
+
+class RoundRobin:
+    """Each available backend in turn."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(self, available: Sequence[BackendState], key: str) -> BackendState:
+        backend = available[self._next % len(available)]
+        self._next += 1
+        return backend
+
+
+class Weighted:
+    """Smooth weighted round robin: weight 2 gets twice the picks, interleaved, not bursty."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+
+    def choose(self, available: Sequence[BackendState], key: str) -> BackendState:
+        total = 0
+        best: BackendState | None = None
+        for backend in available:
+            score = self._current.get(backend.name, 0) + backend.weight
+            self._current[backend.name] = score
+            total += backend.weight
+            if best is None or score > self._current[best.name]:
+                best = backend
+        assert best is not None
+        self._current[best.name] -= total
+        return best
+
+
+class LeastConnections:
+    """The backend with the fewest messages in flight per unit of weight."""
+
+    def choose(self, available: Sequence[BackendState], key: str) -> BackendState:
+        return min(available, key=lambda b: (b.active / b.weight, -b.weight))
+
+
+def rendezvous_score(key: str, backend: BackendState) -> float:
+    """Weighted rendezvous (highest random weight) score of `backend` for `key`.
+
+    A uniform hash u in (0, 1) gives -w / ln(u): each backend wins a share of keys
+    proportional to its weight, and removing a backend moves only the keys it held.
+    """
+    digest = hashlib.blake2b(f"{backend.name}\x00{key}".encode(), digest_size=8).digest()
+    unit = (int.from_bytes(digest, "big") + 0.5) / 2.0**64
+    return -backend.weight / math.log(unit)
+
+
+def rendezvous_order(key: str, backends: Sequence[BackendState]) -> list[BackendState]:
+    """`backends` in preference order for `key`."""
+    return sorted(backends, key=lambda b: rendezvous_score(key, b), reverse=True)
+
+
+class Affinity:
+    """Rendezvous hashing on a key (StudyInstanceUID by default): a study stays on one backend;
+    when that backend is unavailable the key goes to the next in its order, and comes back."""
+
+    def choose(self, available: Sequence[BackendState], key: str) -> BackendState:
+        return max(available, key=lambda b: rendezvous_score(key, b))
+
+
+_CHOOSERS: dict[Strategy, type[Chooser]] = {
+    Strategy.ROUND_ROBIN: RoundRobin,
+    Strategy.WEIGHTED: Weighted,
+    Strategy.LEAST_CONNECTIONS: LeastConnections,
+    Strategy.AFFINITY: Affinity,
+}
+
+
+class Pool:
+    """A set of backends and the strategy that picks among the available ones."""
+
+    def __init__(self, config: PoolConfig, backends: Sequence[BackendState]) -> None:
+        self.config = config
+        self.backends = list(backends)
+        self.chooser: Chooser = _CHOOSERS[config.strategy]()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def pick(self, key: str = "", exclude: frozenset[str] = frozenset()) -> BackendState | None:
+        """The backend for the next message, or None when no backend is available.
+
+        `exclude` names backends already tried for this message.
+        """
+        available = [b for b in self.backends if b.available and b.name not in exclude]
+        if not available:
+            return None
+        return self.chooser.choose(available, key)
+
+    def has_available(self) -> bool:
+        return any(b.available for b in self.backends)

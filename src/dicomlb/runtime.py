@@ -1,0 +1,51 @@
+"""A snapshot built into running parts: router, pools and backends' upstream pools.
+
+Associations keep the Runtime they started with, so a reload swaps a new one in for new
+associations while those in flight finish on the old one. Backend state and upstream pools
+are shared across runtimes for backends that stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dicomlb.dicom.upstream import UpstreamPool
+from dicomlb.pools import BackendState, Pool
+from dicomlb.routing import Router
+from dicomlb.snapshot import Snapshot
+
+
+class Runtime:
+    """Everything a relay needs to place a message, for one snapshot."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        previous_backends: Mapping[str, BackendState] | None = None,
+        previous_upstreams: Mapping[str, UpstreamPool] | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.router = Router(snapshot.routes)
+        self.backends: dict[str, BackendState] = {}
+        self.upstreams: dict[str, UpstreamPool] = {}
+        self.pools: dict[str, Pool] = {}
+        old_backends = previous_backends or {}
+        old_upstreams = previous_upstreams or {}
+        for pool_config in snapshot.pools.values():
+            members = []
+            for backend_config in pool_config.backends:
+                state = old_backends.get(backend_config.name)
+                if state is None or state.config != backend_config:
+                    state = BackendState(backend_config, pool_config.health)
+                self.backends[state.name] = state
+                upstream = old_upstreams.get(state.name)
+                if upstream is None or upstream.backend is not state:
+                    upstream = UpstreamPool(state, pool_config)
+                self.upstreams[state.name] = upstream
+                members.append(state)
+            self.pools[pool_config.name] = Pool(pool_config, members)
+
+    def any_route_available(self) -> bool:
+        """True when some route's pool has an available backend (or there are no routes)."""
+        routes = self.snapshot.routes
+        return not routes or any(self.pools[r.pool.name].has_available() for r in routes)
