@@ -1,0 +1,797 @@
+"""The config file: YAML → validated models (pydantic) → `Snapshot`; every error names the field.
+
+`load_snapshot("lb.yaml")` reads and checks a file; `build_snapshot(data)` does the same for
+data already loaded. Both raise `ConfigError`, whose text has one line per problem::
+
+    lb.yaml: pools.ct.backends[1].dicom: "ORTHANC@10.0.0.5" has no port; write AET@host:port
+
+Names (pools, backends) are resolved here once, so the snapshot holds references.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+)
+from pydicom._uid_dict import UID_dictionary
+
+from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
+from dicomlb.routing import MatchError, _tag_from_name, _tag_name, parse_match
+from dicomlb.snapshot import (
+    BackendConfig,
+    CalledAet,
+    DicomAddress,
+    DicomListenerConfig,
+    HealthConfig,
+    PoolConfig,
+    RouteConfig,
+    Snapshot,
+    Strategy,
+)
+
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "build_snapshot",
+    "describe",
+    "format_duration",
+    "load_snapshot",
+    "parse_duration",
+]
+
+DEFAULT_AFFINITY_KEY = "StudyInstanceUID"
+ECHO_LOCAL = "local"
+MAX_PDU_LIMIT = 0xFFFFFFFF  # PS3.8 9.3.1: the PDU length field is 32 bits
+MIN_PDU = 4096  # the smallest max PDU DCMTK accepts; 0 means unlimited (PS3.8 D.1)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigIssue:
+    """One problem: where (a dotted path such as `pools.ct.backends[1].dicom`, or a line) and
+    what, including what to do."""
+
+    path: str = ""
+    message: str
+    line: int | None = None
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; its text has one `<file>: <path>: <reason>` line
+    per problem."""
+
+    def __init__(self, source: str, issues: Sequence[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = tuple(issues)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(self._line(issue) for issue in self.issues)
+
+    def _line(self, issue: ConfigIssue) -> str:
+        where = self.source if issue.line is None else f"{self.source}:{issue.line}"
+        return (
+            f"{where}: {issue.path}: {issue.message}" if issue.path else f"{where}: {issue.message}"
+        )
+
+
+# --- values ---------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_DURATION_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_UNIT_SECONDS = {"ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600)}
+_DURATION_HINT = 'write seconds as a number or a string like "500ms", "5s", "2m", "1h" or "1m30s"'
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number (seconds) or a string such as `"500ms"`, `"5s"`, `"2m"`, `"1h"`,
+    `"1m30s"`. Raises ValueError with what to write instead."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_show(value)} is not a duration; {_DURATION_HINT}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().replace(" ", "")
+        parts = list(_DURATION_PART.finditer(text))
+        if _DURATION_NUMBER.fullmatch(text):
+            seconds = float(text)
+        elif text and "".join(m.group(0) for m in parts) == text:
+            # Exact arithmetic, rounded once: "59ms" is 0.059, not 0.059000000000000004.
+            total = sum(Fraction(m.group(1)) * _UNIT_SECONDS[m.group(2)] for m in parts)
+            seconds = float(total)
+        else:
+            raise ValueError(f"{_show(value)} is not a duration; {_DURATION_HINT}")
+    if not seconds < float("inf") or seconds < 0:
+        raise ValueError(f"{_show(value)} is not a duration; {_DURATION_HINT}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest readable form that `parse_duration` reads back to the same value."""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds // size)}{unit}"
+    millis = seconds * 1000
+    if millis.is_integer() and millis / 1000 == seconds:
+        return f"{int(millis)}ms"
+    return f"{Decimal(repr(seconds)):f}s"  # positional: parse_duration reads no exponents
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{_show(value)} must be more than zero; {_DURATION_HINT}")
+    return seconds
+
+
+def _check_ae_title(value: str) -> str:
+    """PS3.5 6.2 AE: 1-16 characters of the default repertoire, no backslash or control
+    characters, not only spaces; leading and trailing spaces are not significant."""
+    if not value.strip(" "):
+        raise ValueError(f"{_show(value)} is not an AE title: it is empty; write 1-16 characters")
+    if len(value) > 16:
+        raise ValueError(
+            f"{_show(value)} is not an AE title: it has {len(value)} characters; "
+            "shorten it to 16 or fewer"
+        )
+    if "\\" in value or any(not (" " <= ch <= "~") for ch in value):
+        raise ValueError(
+            f"{_show(value)} is not an AE title: it has a backslash, control or non-ASCII "
+            "character; use letters, digits, spaces and punctuation only"
+        )
+    return value.strip(" ")
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def _split_host_port(text: str, original: str, form: str) -> tuple[str, int]:
+    """`host:port` with host an IPv4 address, a hostname or `[IPv6]`."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError(f'"{original}" has no closing "]"; write {form}')
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                f'"{original}": [{host}] is not an IPv6 address; write {form}'
+            ) from None
+        if not rest.startswith(":"):
+            raise ValueError(f'"{original}" has no port; write {form}')
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(f'"{original}" has no port; write {form}')
+        if ":" in host:
+            raise ValueError(
+                f'"{original}": an IPv6 address needs brackets; write {form} with [host]'
+            )
+        if not host:
+            raise ValueError(f'"{original}" has no host; write {form}')
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(
+                f'"{original}": "{host}" is not a host name or IP address; write {form}'
+            )
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(
+            f'"{original}": port "{port_text}" is not a number from 1 to 65535; write {form}'
+        )
+    return host, int(port_text)
+
+
+def _parse_dicom_address(value: Any) -> DicomAddress:
+    form = "AET@host:port"
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is not a DICOM address; write {form} in quotes")
+    text = value.strip()
+    ae_title, at, rest = text.rpartition("@")
+    if not at:
+        raise ValueError(f"{_show(value)} has no AE title; write {form}")
+    host, port = _split_host_port(rest, text, form)
+    return DicomAddress(ae_title=_check_ae_title(ae_title), host=host, port=port)
+
+
+def _parse_bind(value: Any) -> tuple[str, int]:
+    form = "host:port, e.g. 0.0.0.0:11112 or [::]:11112"
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is not an address to listen on; write {form}")
+    return _split_host_port(value.strip(), value.strip(), form)
+
+
+def _check_max_pdu(value: int) -> int:
+    if value != 0 and not MIN_PDU <= value <= MAX_PDU_LIMIT:
+        raise ValueError(
+            f"{value} is not a max PDU; write 0 (unlimited) or a number of bytes from "
+            f"{MIN_PDU} to {MAX_PDU_LIMIT}"
+        )
+    return value
+
+
+_TS_NAMES = {
+    entry[4]: uid for uid, entry in UID_dictionary.items() if entry[1] == "Transfer Syntax"
+}
+
+
+def _parse_transfer_syntax(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is not a transfer syntax; write a UID or a name")
+    text = value.strip()
+    uid = _TS_NAMES.get(text, text)
+    if uid not in KNOWN_TRANSFER_SYNTAXES:
+        known = ", ".join(_uid_name(u) for u in KNOWN_TRANSFER_SYNTAXES)
+        raise ValueError(
+            f"{_show(value)} is not a transfer syntax dicomlb can read; use a UID or name of "
+            f"one of {known}"
+        )
+    return uid
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_NAME_HINT = 'use up to 64 letters, digits, ".", "_" and "-", starting with a letter or digit'
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{_show(value)} is not a valid name; {_NAME_HINT}")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_positive_duration)]
+AeTitle = Annotated[str, Field(strict=True), AfterValidator(_check_ae_title)]
+MaxPdu = Annotated[StrictInt, AfterValidator(_check_max_pdu)]
+Name = Annotated[str, Field(strict=True), AfterValidator(_check_name)]
+Count = Annotated[StrictInt, Field(ge=1)]
+
+
+# --- the file's shape -----------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _DicomListenerModel(_Model):
+    bind: Annotated[tuple[str, int], BeforeValidator(_parse_bind)] | None = None
+    ae_title: AeTitle | None = None
+    check_called_aet: StrictBool | None = None
+    max_associations: Count | None = None
+    max_associations_per_calling_aet: Annotated[StrictInt, Field(ge=0)] | None = None
+    max_pdu: MaxPdu | None = None
+    artim_timeout: Duration | None = None
+    idle_timeout: Duration | None = None
+    transfer_syntaxes: (
+        Annotated[
+            list[Annotated[str, BeforeValidator(_parse_transfer_syntax)]], Field(min_length=1)
+        ]
+        | None
+    ) = None
+    echo: Annotated[str, Field(strict=True)] = ECHO_LOCAL
+
+
+class _ListenersModel(_Model):
+    dicom: _DicomListenerModel | None = None
+
+
+class _HealthModel(_Model):
+    enabled: StrictBool | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    fall: Count | None = None
+    rise: Count | None = None
+
+
+class _BackendModel(_Model):
+    name: Name
+    dicom: Annotated[DicomAddress, BeforeValidator(_parse_dicom_address)]
+    weight: Count | None = None
+    max_associations: Count | None = None
+    max_pdu: MaxPdu | None = None
+
+
+class _PoolModel(_Model):
+    strategy: Strategy = Strategy.ROUND_ROBIN
+    key: Annotated[str, Field(strict=True)] | None = None
+    health: _HealthModel | None = None
+    backends: Annotated[list[_BackendModel], Field(min_length=1)]
+    called_aet: CalledAet | None = None
+    connect_timeout: Duration | None = None
+    acquire_timeout: Duration | None = None
+    response_timeout: Duration | None = None
+    idle_timeout: Duration | None = None
+
+
+class _RouteModel(_Model):
+    name: Name
+    match: Any = None
+    pool: Annotated[str, Field(strict=True)]
+
+
+class _ConfigModel(_Model):
+    listeners: _ListenersModel | None = None
+    pools: dict[str, _PoolModel]
+    routes: list[_RouteModel] = []
+    graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML keeps the last one, silently."""
+
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, typing.Hashable) and key in seen:
+            first = seen[key].start_mark.line + 1
+            raise _DuplicateKeyError(
+                None,
+                None,
+                f'duplicate key "{key}" (first at line {first}); keep one of them',
+                key_node.start_mark,
+            )
+        if isinstance(key, typing.Hashable):
+            seen[key] = key_node
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    """Read, validate and build the configuration file at `path`. Raises ConfigError."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            source, [ConfigIssue(message=f"cannot read the file ({err}); check the path")]
+        ) from err
+    try:
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark else None
+        column = f" (column {mark.column + 1})" if mark else ""
+        if isinstance(err, _DuplicateKeyError):
+            message = str(err.problem)
+        else:
+            problem = err.problem or err.context or "not valid YAML"
+            message = (
+                f"YAML syntax error: {problem}{column}; check indentation, colons and quoting "
+                "on that line"
+            )
+        raise ConfigError(source, [ConfigIssue(line=line, message=message)]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            source, [ConfigIssue(message=f"YAML syntax error: {err}; fix the file")]
+        ) from err
+    return build_snapshot(data, source)
+
+
+def build_snapshot(data: Any, source: str = "<config>") -> Snapshot:
+    """Validate loaded YAML data and build the snapshot. Raises ConfigError listing every
+    problem found."""
+    if data is None:
+        raise ConfigError(
+            source, [ConfigIssue(message="the configuration is empty; write pools and routes")]
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source,
+            [
+                ConfigIssue(
+                    message=f"the top level is {_kind(data)}; write a mapping with "
+                    "listeners, pools and routes"
+                )
+            ],
+        )
+    try:
+        model = _ConfigModel.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(source, [_issue_from_pydantic(e) for e in err.errors()]) from None
+    builder = _Builder(model)
+    snapshot = builder.build(source)
+    if builder.issues:
+        raise ConfigError(source, builder.issues)
+    return snapshot
+
+
+class _Builder:
+    """Cross-field checks and name resolution, collecting every issue."""
+
+    def __init__(self, model: _ConfigModel) -> None:
+        self.model = model
+        self.issues: list[ConfigIssue] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.issues.append(ConfigIssue(path=path, message=message))
+
+    def build(self, source: str) -> Snapshot:
+        pools = self.pools()
+        routes = self.routes(pools)
+        dicom = self.dicom_listener(pools)
+        if dicom is not None and not self.model.routes:
+            example = next(iter(pools), "POOL")
+            self.fail(
+                "routes",
+                "there are no routes, so the dicom listener cannot forward anything; add "
+                f"one, e.g. - {{name: default, pool: {example}}}",
+            )
+        wanted: set[int] = set()
+        for _, tags in routes:
+            wanted |= tags
+        for pool in pools.values():
+            if pool.key is not None:
+                wanted.add(pool.key)
+        extra: dict[str, Any] = {}
+        if self.model.graceful_timeout is not None:
+            extra["graceful_timeout"] = self.model.graceful_timeout
+        return Snapshot(
+            source=source,
+            dicom=dicom,
+            pools=types.MappingProxyType(pools),
+            routes=tuple(route for route, _ in routes),
+            wanted_tags=frozenset(wanted),
+            **extra,
+        )
+
+    def pools(self) -> dict[str, PoolConfig]:
+        pools: dict[str, PoolConfig] = {}
+        backend_at: dict[str, str] = {}
+        for pool_name, spec in self.model.pools.items():
+            path = f"pools.{pool_name}"
+            if not _NAME.fullmatch(pool_name):
+                self.fail(path, f'"{pool_name}" is not a valid pool name; {_NAME_HINT}')
+            key: int | None = None
+            key_name: str | None = None
+            if spec.strategy is Strategy.AFFINITY:
+                key_name = spec.key if spec.key is not None else DEFAULT_AFFINITY_KEY
+                try:
+                    key = _tag_from_name(key_name)
+                except ValueError as err:
+                    self.fail(f"{path}.key", str(err))
+            elif spec.key is not None:
+                self.fail(
+                    f"{path}.key",
+                    f"key is used only by strategy affinity, and this pool is "
+                    f"{spec.strategy.value}; remove key or set strategy: affinity",
+                )
+            backends = []
+            for i, b in enumerate(spec.backends):
+                b_path = f"{path}.backends[{i}]"
+                if b.name in backend_at:
+                    self.fail(
+                        f"{b_path}.name",
+                        f'backend "{b.name}" is already defined at {backend_at[b.name]}; a '
+                        "backend name stands for one node, so give each backend its own name",
+                    )
+                else:
+                    backend_at[b.name] = b_path
+                backends.append(
+                    BackendConfig(name=b.name, dicom=b.dicom, **_set(b, "name", "dicom"))
+                )
+            health = HealthConfig(**_set(spec.health)) if spec.health else HealthConfig()
+            pools[pool_name] = PoolConfig(
+                name=pool_name,
+                strategy=spec.strategy,
+                key=key,
+                key_name=key_name,
+                health=health,
+                backends=tuple(backends),
+                **_set(spec, "strategy", "key", "health", "backends"),
+            )
+        return pools
+
+    def routes(self, pools: Mapping[str, PoolConfig]) -> list[tuple[RouteConfig, frozenset[int]]]:
+        routes: list[tuple[RouteConfig, frozenset[int]]] = []
+        first_at: dict[str, int] = {}
+        catch_all: str | None = None
+        for i, spec in enumerate(self.model.routes):
+            path = f"routes[{i}]"
+            if spec.name in first_at:
+                self.fail(
+                    f"{path}.name",
+                    f'route "{spec.name}" is already defined at routes[{first_at[spec.name]}]; '
+                    "give each route its own name",
+                )
+            else:
+                first_at[spec.name] = i
+            pool = pools.get(spec.pool)
+            if pool is None:
+                self.fail(
+                    f"{path}.pool",
+                    f'route "{spec.name}" sends to pool "{spec.pool}", which does not exist; '
+                    f"use one of {_names(pools)}",
+                )
+            if catch_all is not None:
+                self.fail(
+                    path,
+                    f'route "{spec.name}" is unreachable: route "{catch_all}" before it matches '
+                    f'everything; move "{catch_all}" last or give it a match',
+                )
+            try:
+                match = parse_match(spec.match, f"{path}.match")
+            except MatchError as err:
+                self.fail(err.path, err.message)
+                continue
+            if match.matches_everything and catch_all is None:
+                catch_all = spec.name
+            if pool is not None:
+                route = RouteConfig(
+                    name=spec.name, match=match.predicate, pool=pool, match_text=match.text
+                )
+                routes.append((route, match.tags))
+        return routes
+
+    def dicom_listener(self, pools: Mapping[str, PoolConfig]) -> DicomListenerConfig | None:
+        if self.model.listeners is None or self.model.listeners.dicom is None:
+            return None
+        spec = self.model.listeners.dicom
+        kwargs = _set(spec, "bind", "echo", "transfer_syntaxes")
+        if spec.bind is not None:
+            kwargs["host"], kwargs["port"] = spec.bind
+        if spec.transfer_syntaxes is not None:
+            kwargs["transfer_syntaxes"] = tuple(dict.fromkeys(spec.transfer_syntaxes))
+        if spec.echo != ECHO_LOCAL:
+            echo_pool = pools.get(spec.echo)
+            if echo_pool is None:
+                self.fail(
+                    "listeners.dicom.echo",
+                    f'pool "{spec.echo}" does not exist; write "{ECHO_LOCAL}" to answer C-ECHO '
+                    f"here, or one of {_names(pools)}",
+                )
+            kwargs["echo_pool"] = echo_pool
+        return DicomListenerConfig(**kwargs)
+
+
+def _set(model: BaseModel | None, *skip: str) -> dict[str, Any]:
+    """The fields written in the file (not None), except `skip`: the rest keep the
+    snapshot's defaults, which live in one place."""
+    if model is None:
+        return {}
+    return {
+        name: value
+        for name in type(model).model_fields
+        if name not in skip and (value := getattr(model, name)) is not None
+    }
+
+
+# --- pydantic errors → issues ---------------------------------------------------------------
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part:
+            path = f"{path}.{part}" if path else part
+    return path
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp
+
+
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model class that the value at `loc` is validated with, if any."""
+    tp: Any = _ConfigModel
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return None
+            tp = field.annotation
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        elif typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+        else:
+            return None
+    tp = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _issue_from_pydantic(error: Any) -> ConfigIssue:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    field = str(loc[-1]) if loc and isinstance(loc[-1], str) else ""
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(field, allowed, n=1)
+        hint = f'did you mean "{close[0]}"? ' if close else ""
+        message = f'unknown key "{field}"; {hint}allowed keys: {", ".join(allowed)}'
+    elif kind == "missing":
+        message = f"{field or 'this'} is required; add it"
+        if field == "backends":
+            message = "backends is required; list at least one: - {name: ..., dicom: AET@host:port}"
+    elif value is None:
+        message = "is empty; write a value or remove the key"
+    elif kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+    elif kind == "too_short":
+        message = f"{_show(value)} is empty; list at least one item"
+        if field == "backends":
+            message = (
+                "the pool has no backends; list at least one: - {name: ..., dicom: AET@host:port}"
+            )
+    elif kind == "greater_than_equal":
+        message = f"{_show(value)} is too small; write a number of at least {ctx.get('ge')}"
+        if field == "weight":
+            message += " (to take a backend out of rotation, remove it from the pool)"
+    elif kind in ("int_type", "int_parsing", "int_from_float"):
+        message = f"{_show(value)} is not a whole number; write one, e.g. 4"
+    elif kind in ("bool_type", "bool_parsing"):
+        message = f"{_show(value)} is not true or false; write true or false"
+    elif kind in ("string_type", "string_parsing"):
+        message = f"{_show(value)} is not text; write text, in quotes if YAML would change it"
+    elif kind == "enum":
+        expected = str(ctx.get("expected", "")).replace("'", "")
+        message = f"{_show(value)} is not a {field or 'choice'}; use one of {expected}"
+    elif kind in ("dict_type", "model_type", "model_attributes_type"):
+        message = f"{_show(value)} is {_kind(value)}; write a mapping of keys and values"
+    elif kind in ("list_type", "tuple_type"):
+        message = f"{_show(value)} is {_kind(value)}; write a list, e.g. [a, b]"
+    else:
+        message = f"{error['msg']} (got {_show(value)})"
+    return ConfigIssue(path=_dotted(loc), message=message)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return str(value)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "text"
+    if value is None:
+        return "empty"
+    return f"a {type(value).__name__}"
+
+
+def _names(names: Any) -> str:
+    listed = ", ".join(names)
+    return listed if listed else "(none defined; add a pool under pools)"
+
+
+# --- describe -------------------------------------------------------------------------------
+
+
+def describe(snapshot: Snapshot) -> str:
+    """A readable multi-line summary of a snapshot, for `dicomlb check`."""
+    lines = [f"config: {snapshot.source}"]
+    d = snapshot.dicom
+    if d is None:
+        lines.append("dicom listener: none")
+    else:
+        per_aet = d.max_associations_per_calling_aet or "no limit"
+        echo = f"pool {d.echo_pool.name}" if d.echo_pool else "answered by dicomlb"
+        syntaxes = (
+            f"all {len(d.transfer_syntaxes)} that dicomlb can read"
+            if set(d.transfer_syntaxes) == set(KNOWN_TRANSFER_SYNTAXES)
+            else ", ".join(_uid_name(u) for u in d.transfer_syntaxes)
+        )
+        lines += [
+            f"dicom listener: {d.ae_title} on {_host_port(d.host, d.port)}",
+            f"  called AE title checked: {'yes' if d.check_called_aet else 'no'}; "
+            f"max associations {d.max_associations} (per calling AE: {per_aet}); "
+            f"max PDU {_pdu(d.max_pdu)}",
+            f"  timeouts: ARTIM {format_duration(d.artim_timeout)}, "
+            f"idle {format_duration(d.idle_timeout)}; C-ECHO: {echo}",
+            f"  transfer syntaxes: {syntaxes}",
+        ]
+    lines.append("routes (first match wins):")
+    if not snapshot.routes:
+        lines.append("  none")
+    for n, route in enumerate(snapshot.routes, 1):
+        lines.append(
+            f"  {n}. {route.name}: {route.match_text or 'everything'} -> pool {route.pool.name}"
+        )
+    lines.append("pools:")
+    for pool in snapshot.pools.values():
+        strategy = pool.strategy.value
+        if pool.key is not None:
+            strategy += f" on {pool.key_name} {_tag_number(pool.key)}"
+        h = pool.health
+        health = (
+            f"every {format_duration(h.interval)}, timeout {format_duration(h.timeout)}, "
+            f"fall {h.fall}, rise {h.rise}"
+            if h.enabled
+            else "off"
+        )
+        lines += [
+            f"  {pool.name}: {strategy}; health: {health}",
+            f"    called AE title: {pool.called_aet.value}; timeouts: connect "
+            f"{format_duration(pool.connect_timeout)}, acquire "
+            f"{format_duration(pool.acquire_timeout)}, response "
+            f"{format_duration(pool.response_timeout)}, idle {format_duration(pool.idle_timeout)}",
+        ]
+        for b in pool.backends:
+            lines.append(
+                f"    - {b.name}: {b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}  "
+                f"weight {b.weight}, max associations "
+                f"{b.max_associations}, max PDU {_pdu(b.max_pdu)}"
+            )
+    tags = ", ".join(f"{_tag_name(t)} {_tag_number(t)}" for t in sorted(snapshot.wanted_tags))
+    lines.append(f"routing tags: {tags or 'none'}")
+    lines.append(f"graceful timeout: {format_duration(snapshot.graceful_timeout)}")
+    return "\n".join(lines)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _pdu(size: int) -> str:
+    return "unlimited" if size == 0 else str(size)
+
+
+def _tag_number(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _uid_name(uid: str) -> str:
+    entry = UID_dictionary.get(uid)
+    return entry[4] if entry and entry[4] else uid

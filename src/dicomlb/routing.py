@@ -1,0 +1,513 @@
+"""Route matching: a route's `match` compiled once into a fast predicate; first match wins.
+
+Pure code: no I/O, no clock. `config.py` compiles every route's `match` when it builds a
+snapshot; the DIMSE path calls `Router.select` once per message with its `MessageFacts`.
+
+A match is a mapping whose keys are ANDed together::
+
+    {Modality: [CT, PT], calling_aet: {regex: "^CT_"}}
+
+Keys are `all` / `any` (lists of matches), `not` (a match), the message facts
+`calling_aet`, `called_aet`, `source`, `sop_class`, `command`, or a DICOM tag (keyword or
+`(gggg,eeee)`) looked up in `MessageFacts.tags`. A value is a scalar (equals), a list (any
+of) or a mapping with one operator: `equals`, `in`, `regex`, `glob`, `exists`, `absent`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fnmatch import translate as glob_to_regex
+from typing import Any
+
+from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import keyword_dict, keyword_for_tag, tag_for_keyword
+
+from dicomlb.snapshot import MessageFacts, Predicate, RouteConfig
+
+__all__ = [
+    "COMMANDS",
+    "FACT_KEYS",
+    "OPERATORS",
+    "Match",
+    "MatchError",
+    "Router",
+    "compile_match",
+    "parse_match",
+]
+
+# DIMSE command names as they appear in MessageFacts.command (PS3.7 9 and 10).
+COMMANDS = (
+    "C-STORE",
+    "C-ECHO",
+    "C-FIND",
+    "C-MOVE",
+    "C-GET",
+    "C-CANCEL",
+    "N-EVENT-REPORT",
+    "N-GET",
+    "N-SET",
+    "N-ACTION",
+    "N-CREATE",
+    "N-DELETE",
+)
+FACT_KEYS = ("calling_aet", "called_aet", "source", "sop_class", "command")
+LOGIC_KEYS = ("all", "any", "not")
+OPERATORS = ("equals", "in", "regex", "glob", "exists", "absent")
+
+# Padding that DICOM text values and AE titles may carry and that never matters (PS3.5 6.2).
+_PAD = " \x00"
+_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_TAG_RE = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?|([0-9A-Fa-f]{8})")
+_UID_BY_KEYWORD = {entry[4]: uid for uid, entry in UID_dictionary.items() if entry[4]}
+
+# Precedence of a text form, for parentheses: or < and < not / a single condition.
+_OR, _AND, _ATOM = 1, 2, 3
+
+
+class MatchError(ValueError):
+    """A `match` that cannot be compiled; `path` is the dotted field path of the culprit."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Match:
+    """A compiled `match`: the predicate, its readable text and the DICOM tags it reads."""
+
+    predicate: Predicate
+    text: str
+    tags: frozenset[int]
+    precedence: int = _ATOM
+    matches_everything: bool = False
+
+
+def parse_match(spec: Any, path: str) -> Match:
+    """Compile a route's `match` (None or `{}` matches everything).
+
+    Raises MatchError naming the offending field below `path`.
+    """
+    if spec is None or (isinstance(spec, dict) and not spec):
+        return Match(
+            predicate=_always, text="everything", tags=frozenset(), matches_everything=True
+        )
+    return _compile_mapping(spec, path)
+
+
+def compile_match(spec: Any, path: str) -> Predicate:
+    """Compile a route's `match` into a predicate over MessageFacts; see `parse_match`."""
+    return parse_match(spec, path).predicate
+
+
+class Router:
+    """Picks the route for a message: the first route, in file order, whose match holds."""
+
+    __slots__ = ("_routes",)
+
+    def __init__(self, routes: Sequence[RouteConfig]) -> None:
+        self._routes = tuple(routes)
+
+    @property
+    def routes(self) -> tuple[RouteConfig, ...]:
+        """The routes in the order they are tried."""
+        return self._routes
+
+    def select(self, facts: MessageFacts) -> RouteConfig | None:
+        """The first route whose match holds for `facts`, or None when none does."""
+        for route in self._routes:
+            if route.match(facts):
+                return route
+        return None
+
+
+# --- tags -----------------------------------------------------------------------------------
+# Private until dicom/tags.py provides tag_from_name / tag_name; then these become imports.
+
+
+def _tag_from_name(name: str) -> int:
+    """A tag from a keyword (`Modality`) or a number (`(0008,0060)`, `0008,0060`, `00080060`).
+
+    Raises ValueError with the reason and what to write instead.
+    """
+    text = name.strip()
+    number = _TAG_RE.fullmatch(text)
+    if number:
+        if number.group(3):
+            return int(number.group(3), 16)
+        return int(number.group(1) + number.group(2), 16)
+    tag = tag_for_keyword(text)
+    if tag is not None:
+        return tag
+    hint = ""
+    close = difflib.get_close_matches(text, keyword_dict, n=1)
+    if close:
+        hint = f"did you mean {close[0]}? "
+    raise ValueError(
+        f'"{name}" is not a DICOM keyword; {hint}write a keyword such as StudyInstanceUID '
+        "or a tag such as (0020,000D)"
+    )
+
+
+def _tag_name(tag: int) -> str:
+    """The keyword of `tag` when it has one, else `(gggg,eeee)`."""
+    keyword = keyword_for_tag(tag)
+    return keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+# --- compiling ------------------------------------------------------------------------------
+
+
+def _always(facts: MessageFacts) -> bool:
+    return True
+
+
+def _join(children: Sequence[Match], word: str, precedence: int) -> str:
+    parts = [f"({c.text})" if c.precedence < precedence else c.text for c in children]
+    return f" {word} ".join(parts)
+
+
+def _all_of(children: Sequence[Match]) -> Match:
+    tags = frozenset().union(*(c.tags for c in children))
+    if len(children) == 1:
+        return children[0]
+    preds = tuple(c.predicate for c in children)
+    if len(preds) == 2:
+        first, second = preds
+
+        def both(facts: MessageFacts) -> bool:
+            return first(facts) and second(facts)
+
+        predicate: Predicate = both
+    else:
+
+        def every(facts: MessageFacts) -> bool:
+            return all(p(facts) for p in preds)
+
+        predicate = every
+    return Match(predicate=predicate, text=_join(children, "and", _AND), tags=tags, precedence=_AND)
+
+
+def _any_of(children: Sequence[Match]) -> Match:
+    tags = frozenset().union(*(c.tags for c in children))
+    if len(children) == 1:
+        return children[0]
+    preds = tuple(c.predicate for c in children)
+
+    def some(facts: MessageFacts) -> bool:
+        return any(p(facts) for p in preds)
+
+    return Match(predicate=some, text=_join(children, "or", _OR), tags=tags, precedence=_OR)
+
+
+def _none_of(child: Match) -> Match:
+    inner = child.predicate
+
+    def negated(facts: MessageFacts) -> bool:
+        return not inner(facts)
+
+    text = f"not ({child.text})" if child.precedence < _ATOM else f"not {child.text}"
+    return Match(predicate=negated, text=text, tags=child.tags)
+
+
+def _compile_mapping(spec: Any, path: str) -> Match:
+    if not isinstance(spec, dict):
+        raise MatchError(
+            path, f"{_show(spec)} is not a mapping of conditions; write e.g. {{Modality: CT}}"
+        )
+    if not spec:
+        raise MatchError(path, "is empty; write at least one condition, e.g. {Modality: CT}")
+    children = [_compile_key(key, value, _child_path(path, key)) for key, value in spec.items()]
+    return _all_of(children)
+
+
+def _compile_list(spec: Any, path: str, word: str) -> list[Match]:
+    if not isinstance(spec, list) or not spec:
+        raise MatchError(
+            path, f"{word} takes a non-empty list of matches; write {word}: [{{Modality: CT}}, ...]"
+        )
+    return [_compile_mapping(item, f"{path}[{i}]") for i, item in enumerate(spec)]
+
+
+def _compile_key(key: Any, value: Any, path: str) -> Match:
+    if not isinstance(key, str):
+        raise MatchError(path, f"key {_show(key)} is not text; write a match key or DICOM keyword")
+    if key == "all":
+        return _all_of(_compile_list(value, path, "all"))
+    if key == "any":
+        return _any_of(_compile_list(value, path, "any"))
+    if key == "not":
+        return _none_of(_compile_mapping(value, path))
+    if key == "source":
+        return _compile_source(value, path)
+    if key in ("calling_aet", "called_aet"):
+        getter = _fact_getter(key)
+        return _compile_field(key, value, path, getter, _text_literal, tags=frozenset())
+    if key == "sop_class":
+        return _compile_field(
+            key, value, path, _fact_getter("sop_class_uid"), _uid_literal, tags=frozenset()
+        )
+    if key == "command":
+        return _compile_field(
+            key, value, path, _fact_getter("command"), _command_literal, tags=frozenset()
+        )
+    try:
+        tag = _tag_from_name(key)
+    except ValueError as err:
+        close = difflib.get_close_matches(key, (*FACT_KEYS, *LOGIC_KEYS), n=1)
+        if close:
+            hint = f"did you mean {close[0]}? "
+        else:
+            found = difflib.get_close_matches(key, keyword_dict, n=1)
+            hint = f"did you mean {found[0]}? " if found else ""
+        raise MatchError(
+            path,
+            f'"{key}" is not a match key or DICOM keyword; {hint}use one of '
+            f"{', '.join(FACT_KEYS + LOGIC_KEYS)}, a DICOM keyword or (gggg,eeee)",
+        ) from err
+    return _compile_field(
+        _tag_name(tag), value, path, _tag_getter(tag), _text_literal, tags=frozenset({tag})
+    )
+
+
+Getter = Callable[[MessageFacts], "str | None"]
+Test = Callable[["str | None"], bool]
+
+
+def _fact_getter(attribute: str) -> Getter:
+    """The fact, stripped of padding; None when empty (so `exists` means non-empty)."""
+
+    def get(facts: MessageFacts) -> str | None:
+        return getattr(facts, attribute).strip(_PAD) or None
+
+    return get
+
+
+def _tag_getter(tag: int) -> Getter:
+    def get(facts: MessageFacts) -> str | None:
+        return facts.tags.get(tag)
+
+    return get
+
+
+def _compile_field(
+    name: str,
+    value: Any,
+    path: str,
+    getter: Getter,
+    literal: Callable[[Any, str], str],
+    *,
+    tags: frozenset[int],
+) -> Match:
+    test, text = _compile_test(name, value, path, literal)
+    if tags:
+        # A DICOM tag's value may be multi-valued (`ORIGINAL\PRIMARY`): the condition holds if
+        # it holds for the whole value or for any one component (PS3.5 6.4).
+        def tag_predicate(facts: MessageFacts) -> bool:
+            raw = getter(facts)
+            if raw is None:
+                return test(None)
+            if test(raw.strip(_PAD)):
+                return True
+            if "\\" in raw:
+                return any(test(part.strip(_PAD)) for part in raw.split("\\"))
+            return False
+
+        return Match(predicate=tag_predicate, text=text, tags=tags)
+
+    def fact_predicate(facts: MessageFacts) -> bool:
+        return test(getter(facts))
+
+    return Match(predicate=fact_predicate, text=text, tags=tags)
+
+
+def _compile_test(
+    name: str, value: Any, path: str, literal: Callable[[Any, str], str]
+) -> tuple[Test, str]:
+    """A test on one (stripped) value, None meaning absent, and its text."""
+    if isinstance(value, list):
+        return _in_test(name, value, path, literal)
+    if not isinstance(value, dict):
+        return _equals_test(name, value, path, literal)
+    if len(value) != 1:
+        raise MatchError(
+            path,
+            f"has {len(value)} operators ({', '.join(map(str, value))}); use exactly one of "
+            f"{', '.join(OPERATORS)}, and all: [...] to combine conditions",
+        )
+    ((op, operand),) = value.items()
+    op_path = _child_path(path, op)
+    if op == "equals":
+        return _equals_test(name, operand, op_path, literal)
+    if op == "in":
+        return _in_test(name, operand, op_path, literal)
+    if op == "regex":
+        return _regex_test(name, operand, op_path)
+    if op == "glob":
+        return _glob_test(name, operand, op_path)
+    if op in ("exists", "absent"):
+        if not isinstance(operand, bool):
+            raise MatchError(op_path, f"{op} takes true or false, not {_show(operand)}")
+        present = operand if op == "exists" else not operand
+        text = f"{name} exists" if present else f"{name} absent"
+        if present:
+            return (lambda v: v is not None), text
+        return (lambda v: v is None), text
+    close = difflib.get_close_matches(str(op), OPERATORS, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise MatchError(
+        op_path, f"{_show(op)} is not an operator; {hint}use one of {', '.join(OPERATORS)}"
+    )
+
+
+def _equals_test(
+    name: str, operand: Any, path: str, literal: Callable[[Any, str], str]
+) -> tuple[Test, str]:
+    expected = literal(operand, path)
+    return (lambda v: v == expected), f"{name} = {_quote(expected)}"
+
+
+def _in_test(
+    name: str, operand: Any, path: str, literal: Callable[[Any, str], str]
+) -> tuple[Test, str]:
+    if not isinstance(operand, list) or not operand:
+        raise MatchError(path, f"{_show(operand)} is not a non-empty list; write [A, B]")
+    values = [literal(item, f"{path}[{i}]") for i, item in enumerate(operand)]
+    if len(values) == 1:
+        return _equals_test(name, operand[0], f"{path}[0]", literal)
+    allowed = frozenset(values)
+    return (lambda v: v in allowed), f"{name} in [{', '.join(_quote(v) for v in values)}]"
+
+
+def _regex_test(name: str, operand: Any, path: str) -> tuple[Test, str]:
+    if not isinstance(operand, str):
+        raise MatchError(path, f"{_show(operand)} is not a regular expression; put it in quotes")
+    try:
+        search = re.compile(operand).search
+    except re.error as err:
+        raise MatchError(
+            path, f'"{operand}" is not a valid regular expression ({err}); fix the pattern'
+        ) from err
+    return (lambda v: v is not None and search(v) is not None), f"{name} ~ /{operand}/"
+
+
+def _glob_test(name: str, operand: Any, path: str) -> tuple[Test, str]:
+    if not isinstance(operand, str):
+        raise MatchError(path, f"{_show(operand)} is not a glob pattern; put it in quotes")
+    # fnmatch.translate gives the regex fnmatchcase uses; compiled here once.
+    full = re.compile(glob_to_regex(operand)).match
+    return (lambda v: v is not None and full(v) is not None), f"{name} like {_quote(operand)}"
+
+
+def _text_literal(value: Any, path: str) -> str:
+    """A literal compared with a text value: text or an integer, padding stripped."""
+    if value is None:
+        raise MatchError(path, "is empty; write a value")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MatchError(
+            path, f"{_show(value)} is not text; put it in quotes so YAML keeps it as written"
+        )
+    return str(value).strip(_PAD)
+
+
+def _uid_literal(value: Any, path: str) -> str:
+    """A SOP class: a UID or a pydicom keyword such as CTImageStorage."""
+    text = _text_literal(value, path)
+    if _UID_RE.fullmatch(text) and len(text) <= 64:
+        return text
+    uid = _UID_BY_KEYWORD.get(text)
+    if uid is not None:
+        return uid
+    close = difflib.get_close_matches(text, _UID_BY_KEYWORD, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise MatchError(
+        path,
+        f'"{text}" is neither a UID nor a UID keyword; {hint}write a UID such as '
+        "1.2.840.10008.5.1.4.1.1.2 or a keyword such as CTImageStorage",
+    )
+
+
+def _command_literal(value: Any, path: str) -> str:
+    text = _text_literal(value, path).upper().replace("_", "-")
+    if text not in COMMANDS:
+        raise MatchError(
+            path, f'"{value}" is not a DIMSE command; use one of {", ".join(COMMANDS)}'
+        )
+    return text
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _compile_source(value: Any, path: str) -> Match:
+    """`source`: the peer's IP in one of the given addresses or CIDR networks."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("equals", "in"):
+        ((op, value),) = value.items()
+        path = _child_path(path, op)
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise MatchError(path, "is an empty list; write an address or network, e.g. 10.0.0.0/8")
+    networks: list[IpNetwork] = []
+    written: list[str] = []
+    for i, item in enumerate(items):
+        item_path = f"{path}[{i}]" if isinstance(value, list) else path
+        if not isinstance(item, str):
+            raise MatchError(
+                item_path,
+                f"{_show(item)} is not an IP address or network; write e.g. 10.0.0.0/8 or ::1",
+            )
+        try:
+            network = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError as err:
+            raise MatchError(
+                item_path,
+                f'"{item}" is not an IP address or network; write e.g. 10.0.0.5, 10.0.0.0/8 '
+                "or fd00::/8",
+            ) from err
+        networks.append(network)
+        written.append(item.strip())
+    v4 = tuple(n for n in networks if n.version == 4)
+    v6 = tuple(n for n in networks if n.version == 6)
+
+    def in_networks(facts: MessageFacts) -> bool:
+        try:
+            ip = ipaddress.ip_address(facts.peer_ip)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is None:
+                return any(ip in n for n in v6)
+            return any(ip.ipv4_mapped in n for n in v4)  # ::ffff:10.0.0.5 from a dual stack
+        return any(ip in n for n in v4)
+
+    text = f"source in [{', '.join(written)}]" if len(written) > 1 else f"source in {written[0]}"
+    return Match(predicate=in_networks, text=text, tags=frozenset())
+
+
+# --- text -----------------------------------------------------------------------------------
+
+
+def _child_path(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-^*?]+")
+
+
+def _quote(text: str) -> str:
+    return text if _PLAIN.fullmatch(text) else f'"{text}"'
