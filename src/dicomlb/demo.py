@@ -11,8 +11,8 @@ import asyncio
 import collections
 import signal
 import socket
-from collections.abc import Callable
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from dicomlb.dicom import uids
 from dicomlb.dicom.association import Association, ConnectionClosed, Role
@@ -204,9 +205,8 @@ class InboundAssociation(asyncio.Protocol):
     # -------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        set_nodelay(transport)
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(self.transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1]))
         self.listener.associations.add(self)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import cast
 
 from dicomlb.dicom.association import Association, Role
 from dicomlb.dicom.dimse import (
@@ -59,9 +60,8 @@ class _StoreProtocol(asyncio.Protocol):
         self.parts: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        set_nodelay(transport)
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(self.transport)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import logging
 import socket
+from typing import cast
 
 from dicomlb.dicom.association import Association, ConnectionClosed, Role
 from dicomlb.dicom.dimse import Command, CommandReceived, MessageAssembler
@@ -79,9 +80,8 @@ class UpstreamAssociation(asyncio.Protocol):
     # -------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        set_nodelay(transport)
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(self.transport)
         transport.write(self.assoc.send(self.request))
 
     def data_received(self, data: bytes) -> None:
