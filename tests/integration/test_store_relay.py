@@ -71,10 +71,7 @@ def test_instances_arrive_byte_identical_where_routes_and_affinity_say(
     scp_of = {"pacs-a": a, "pacs-b": b}
     for uid, instances in studies.items():
         modality = instances[0].Modality
-        if modality in ("CT", "PT"):
-            expected = scp_of[rendezvous_order(uid, pool)[0].name]
-        else:
-            expected = c
+        expected = scp_of[rendezvous_order(uid, pool)[0].name] if modality in ("CT", "PT") else c
         received = expected.by_sop_instance_uid()
         for ds in instances:
             path = received.get(ds.SOPInstanceUID)

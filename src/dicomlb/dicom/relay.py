@@ -180,7 +180,8 @@ class Relay:
             status = await self._forward(message, route.pool, backend, up, head, done)
         except MessageFailed as failure:
             log.warning(
-                "store.failed sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X reason=%r",
+                "store.failed sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X "
+                "reason=%r",
                 sop_uid,
                 route.name,
                 pool.name,
