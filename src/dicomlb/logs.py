@@ -30,6 +30,12 @@ def setup(level: str = "info", fmt: str = "plain") -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
         )
+    # One event per line at thousands of images per second: skip the caller lookup and the
+    # thread/process fields nobody formats (logging docs, "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -120,15 +120,16 @@ class Relay:
         command = message.command
         sop_uid = command.sop_instance_uid
         started = time.monotonic()
-        log.info(
-            "store.received sop_instance_uid=%s sop_class_uid=%s calling_aet=%s peer=%s "
-            "transfer_syntax=%s",
-            sop_uid,
-            command.sop_class_uid,
-            inbound.calling_ae,
-            inbound.peer[0],
-            message.transfer_syntax,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "store.received sop_instance_uid=%s sop_class_uid=%s calling_aet=%s peer=%s "
+                "transfer_syntax=%s",
+                sop_uid,
+                command.sop_class_uid,
+                inbound.calling_ae,
+                inbound.peer[0],
+                message.transfer_syntax,
+            )
         head, done, tags = await self._read_header(message)
         facts = MessageFacts(
             calling_aet=inbound.calling_ae,
@@ -168,14 +169,15 @@ class Relay:
             )
             self._respond(message, failure.status, str(failure))
             return
-        log.info(
-            "store.routed sop_instance_uid=%s route=%s pool=%s backend=%s key=%s",
-            sop_uid,
-            route.name,
-            pool.name,
-            backend.name,
-            key,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "store.routed sop_instance_uid=%s route=%s pool=%s backend=%s key=%s",
+                sop_uid,
+                route.name,
+                pool.name,
+                backend.name,
+                key,
+            )
         try:
             status = await self._forward(message, route.pool, backend, up, head, done)
         except MessageFailed as failure:
