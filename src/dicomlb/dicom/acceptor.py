@@ -33,7 +33,7 @@ from dicomlb.dicom.pdu import (
     ReleaseRequest,
     reject,
 )
-from dicomlb.dicom.upstream import set_nodelay
+from dicomlb.dicom.upstream import set_nodelay, write_buffers
 from dicomlb.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ class InboundAssociation(asyncio.Protocol):
         self._last_activity = 0.0
         self._outcome = "open"
         self.busy = False  # the relay is working on a message
+        self._abstract_syntaxes: dict[int, str] = {}
 
     # -------------------------------------------------------- asyncio callbacks
 
@@ -308,6 +309,7 @@ class InboundAssociation(asyncio.Protocol):
             self._arm_timer(self.config.artim_timeout)  # Sta13: the client should close now
             return
         self._send(self.assoc.send(answer))
+        self._abstract_syntaxes = {c.context_id: c.abstract_syntax for c in request.contexts}
         stats = self.listener.stats
         stats.active += 1
         stats.accepted += 1
@@ -345,12 +347,8 @@ class InboundAssociation(asyncio.Protocol):
         return not wants_more or self.runtime.any_route_available()
 
     def _on_command(self, received: CommandReceived) -> None:
-        request = self.assoc.request
-        assert request is not None
         accepted = self.assoc.accepted[received.context_id]
-        abstract = next(
-            (c.abstract_syntax for c in request.contexts if c.context_id == received.context_id), ""
-        )
+        abstract = self._abstract_syntaxes.get(received.context_id, "")
         stream = None
         if received.command.has_data_set:
             stream = FragmentStream(
@@ -378,8 +376,9 @@ class InboundAssociation(asyncio.Protocol):
     def send_command(self, context_id: int, command: Command) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.writelines(
-            self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
+        write_buffers(
+            self.transport,
+            self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True),
         )
 
     def release(self) -> None:

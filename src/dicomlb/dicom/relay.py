@@ -8,7 +8,6 @@ Every image's fate is logged: store.received -> store.routed -> store.delivered 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -287,9 +286,16 @@ class Relay:
         backend.active += 1
         try:
             command = message.command.replace({Tag.MESSAGE_ID: up.next_message_id()})
-            pending = up.send_command(context_id, command)
-            for fragment in head:
-                up.send_data(context_id, fragment.data, fragment.is_last)
+            pending = up.send_command(
+                context_id,
+                command,
+                [(fragment.data, fragment.is_last) for fragment in head],
+                pool.response_timeout,
+                on_response=lambda answer: self.inbound.send_command(
+                    message.context_id,
+                    answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: message.command.message_id}),
+                ),
+            )
             await up.drain()
             while not done:
                 assert message.data is not None
@@ -297,7 +303,7 @@ class Relay:
                 up.send_data(context_id, fragment.data, fragment.is_last)
                 done = fragment.is_last
                 await up.drain()
-            answer = await asyncio.wait_for(pending, pool.response_timeout)
+            answer = await pending
         except ClientGone:
             up.abort()  # the backend must not keep half a message
             upstreams.release(up)
@@ -321,10 +327,6 @@ class Relay:
             backend.active -= 1
         upstreams.release(up)
         backend.health.success()
-        self.inbound.send_command(
-            message.context_id,
-            answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: message.command.message_id}),
-        )
         return answer.status or 0
 
     def _respond(self, message: InboundMessage, status: int, comment: str | None = None) -> None:

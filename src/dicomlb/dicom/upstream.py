@@ -12,6 +12,7 @@ import collections
 import contextlib
 import logging
 import socket
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from dicomlb.dicom.association import Association, ConnectionClosed, Role
@@ -50,6 +51,19 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+# Below this, one joined write beats writelines (measured with uvloop: a small C-STORE's
+# buffers cost less to copy than to hand over one by one).
+_JOIN_LIMIT = 256 * 1024
+
+
+def write_buffers(transport: asyncio.WriteTransport, buffers: list[bytes | memoryview]) -> None:
+    """Write PDU pieces with as few copies and calls as the sizes allow."""
+    if sum(map(len, buffers)) <= _JOIN_LIMIT:
+        transport.write(b"".join(buffers))
+    else:
+        transport.writelines(buffers)
+
+
 class UpstreamAssociation(asyncio.Protocol):
     """One association from dicomlb to a backend, used by one message at a time."""
 
@@ -72,6 +86,7 @@ class UpstreamAssociation(asyncio.Protocol):
         self.failure: str | None = None
         self.transport: asyncio.Transport | None = None
         self._responses: dict[int, asyncio.Future[Command]] = {}
+        self._on_response: dict[int, Callable[[Command], None]] = {}
         self._writable = asyncio.Event()
         self._writable.set()
         self._message_id = 0
@@ -142,13 +157,15 @@ class UpstreamAssociation(asyncio.Protocol):
 
     def _on_command(self, command: Command) -> None:
         future = self._responses.pop(command.responded_to, None)
-        if future is None:
+        callback = self._on_response.pop(command.responded_to, None)
+        if future is None or future.done():
             log.warning(
                 "upstream.unexpected_command backend=%s command=%s", self.backend, command.service
             )
             return
-        if not future.done():
-            future.set_result(command)
+        if callback is not None:
+            callback(command)
+        future.set_result(command)
 
     def _fail(self, reason: str) -> None:
         if self.failure is None:
@@ -161,6 +178,7 @@ class UpstreamAssociation(asyncio.Protocol):
             if not future.done():
                 future.set_exception(error)
         self._responses.clear()
+        self._on_response.clear()
         self._writable.set()
         self._close()
 
@@ -187,16 +205,35 @@ class UpstreamAssociation(asyncio.Protocol):
         self._message_id = self._message_id % 0xFFFF + 1
         return self._message_id
 
-    def send_command(self, context_id: int, command: Command) -> asyncio.Future[Command]:
-        """Send a request's command set; the future resolves with the final response."""
+    def send_command(
+        self,
+        context_id: int,
+        command: Command,
+        data: Iterable[tuple[bytes | memoryview, bool]] = (),
+        timeout: float | None = None,
+        on_response: Callable[[Command], None] | None = None,
+    ) -> asyncio.Future[Command]:
+        """Send a request's command set and the data-set fragments already at hand, in one
+        write; the future resolves with the final response (TimeoutError after `timeout`).
+
+        `on_response` runs as soon as the response is decoded, before the awaiting task
+        resumes: relaying it to the client from there saves a loop turn per message.
+        """
         if not self.usable:
             raise UpstreamError(self.failure or "association closed")
-        future: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Command] = loop.create_future()
         self._responses[command.message_id] = future
+        if on_response is not None:
+            self._on_response[command.message_id] = on_response
+        buffers = self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
+        for fragment, is_last in data:
+            buffers += self.assoc.send_data(context_id, fragment, is_command=False, is_last=is_last)
         assert self.transport is not None
-        self.transport.writelines(
-            self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
-        )
+        write_buffers(self.transport, buffers)
+        if timeout is not None:
+            timer = loop.call_later(timeout, _expire, future)
+            future.add_done_callback(lambda _: timer.cancel())
         return future
 
     def send_data(self, context_id: int, data: bytes | memoryview, is_last: bool) -> None:
@@ -245,6 +282,11 @@ class UpstreamAssociation(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+
+def _expire(future: asyncio.Future[Command]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class UpstreamPool:
