@@ -21,11 +21,12 @@ class Balancer:
     """A running dicomlb (App) on a background event loop."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.port = free_port()
         config.setdefault("listeners", {}).setdefault(
-            "dicom", {"bind": f"127.0.0.1:{self.port}", "ae_title": "DICOMLB"}
+            "dicom", {"bind": f"127.0.0.1:{free_port()}", "ae_title": "DICOMLB"}
         )
         self.snapshot = build_snapshot(config, source="<test>")
+        assert self.snapshot.dicom is not None
+        self.port = self.snapshot.dicom.port
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.app = App(self.snapshot)
