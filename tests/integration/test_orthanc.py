@@ -58,6 +58,6 @@ def test_orthanc_and_storescp_behind_one_pool(tmp_path: Path, balancer: Any) -> 
             uid = orthanc.instance_tags(instance_id)["SOPInstanceUID"]
             assert orthanc.instance_dataset_bytes(instance_id) == dataset_bytes(sent[uid])
         # studies never split: every study is wholly on one backend
-        for uid, instances in studies.items():
+        for instances in studies.values():
             uids = {ds.SOPInstanceUID for ds in instances}
             assert uids <= in_orthanc or uids <= in_scp
