@@ -1,0 +1,118 @@
+"""The `dicomlb` command as a user runs it: check, run with a graceful stop, demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.dicomdata import make_series, write_series
+from tests.peers import StoreSCP, free_port, have_dcmtk, storescu, wait_listening
+
+EXAMPLE = """\
+listeners:
+  dicom: {bind: "127.0.0.1:PORT", ae_title: DICOMLB}
+pools:
+  ct:
+    strategy: affinity            # weighted rendezvous hashing
+    key: StudyInstanceUID
+    health: {interval: 5s, timeout: 2s, fall: 3, rise: 2}
+    backends:
+      - {name: pacs-a, dicom: "PACSA@10.0.0.5:4242", max_associations: 4}
+      - {name: pacs-b, dicom: "PACSB@10.0.0.6:4242", weight: 2}
+  general:
+    strategy: round_robin
+    backends:
+      - {name: store-1, dicom: "STORE1@10.0.0.7:104"}
+routes:
+  - name: ct-and-pet
+    match: {Modality: [CT, PT], calling_aet: {regex: "^CT_"}}
+    pool: ct
+  - name: default
+    pool: general
+"""
+
+
+def dicomlb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomlb", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_check_prints_the_resolved_config(tmp_path: Path) -> None:
+    config = tmp_path / "lb.yaml"
+    config.write_text(EXAMPLE.replace("PORT", "11112"))
+    result = dicomlb("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    for expected in ("ct-and-pet", "pacs-a", "PACSB@10.0.0.6:4242", "affinity", "StudyInstanceUID"):
+        assert expected in result.stdout
+
+
+def test_check_names_file_field_and_reason(tmp_path: Path) -> None:
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        EXAMPLE.replace("PORT", "11112").replace("PACSB@10.0.0.6:4242", "PACSB@10.0.0.6")
+    )
+    result = dicomlb("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "lb.yaml: pools.ct.backends[1].dicom:" in result.stderr
+    assert "has no port" in result.stderr
+
+
+@pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
+def test_run_serves_and_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    with StoreSCP("PACSA", tmp_path / "a", fork=True) as scp:
+        port = free_port()
+        config = tmp_path / "lb.yaml"
+        config.write_text(
+            f"listeners:\n  dicom: {{bind: '127.0.0.1:{port}', ae_title: DICOMLB}}\n"
+            f"pools:\n  p:\n    backends:\n      - {{name: a, dicom: '{scp.address}'}}\n"
+            "routes:\n  - {name: all, pool: p}\n"
+        )
+        log = tmp_path / "dicomlb.log"
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dicomlb", "run", "-c", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_listening(port, timeout=20, process=process, what="dicomlb", log=log)
+            files = write_series(make_series(40, rows=256, cols=256), tmp_path / "out")
+            # SIGTERM while the send is under way: the association in flight finishes
+            sender = threading.Thread(
+                target=lambda: results.append(
+                    storescu("127.0.0.1", port, files, aec="DICOMLB", extra_args=["--repeat", "5"])
+                )
+            )
+            results: list[subprocess.CompletedProcess[str]] = []
+            sender.start()
+            scp.wait_files(1, timeout=20)
+            os.kill(process.pid, signal.SIGTERM)
+            sender.join(60)
+            assert process.wait(60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert results and results[0].returncode == 0, results[0].stderr if results else ""
+        assert len(scp.files()) == 40
+        text = log.read_text()
+        assert "dicomlb.stopping" in text and "dicomlb.stopped" in text
+
+
+def test_demo_sends_studies_and_reports_where_they_went() -> None:
+    result = dicomlb("demo", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "nowhere" not in result.stdout
+    assert "studies split across nodes: none" in result.stdout
+    assert "node-c" in result.stdout  # CR and US take the default route
+    assert "node-a" in result.stdout or "node-b" in result.stdout
