@@ -183,3 +183,22 @@ def test_backend_dying_mid_message_fails_that_message_then_traffic_moves(
             assert not lb.backend("dying").health.up
     finally:
         dying.close()
+
+
+def test_echo_forwarded_to_a_pool_reports_the_backend(tmp_path: Path, balancer: Any) -> None:
+    with StoreSCP("PACSA", tmp_path / "a") as scp:
+        config = one_pool({"name": "a", "dicom": scp.address}, health={"enabled": False})
+        config["listeners"] = {
+            "dicom": {"bind": f"127.0.0.1:{free_port()}", "ae_title": "DICOMLB", "echo": "p"}
+        }
+        lb = balancer(config)
+        assert echoscu("127.0.0.1", lb.port, aec="DICOMLB").returncode == 0
+        scp.stop()
+        # echoscu exits 0 whatever the status: ask with pynetdicom, which shows it
+        ae = AE(ae_title="ECHOSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", lb.port, ae_title="DICOMLB")
+        status = assoc.send_c_echo()
+        assoc.release()
+        assert status.Status == 0xA700
+        assert "no healthy backend in pool p" in status.ErrorComment

@@ -61,3 +61,28 @@ def test_orthanc_and_storescp_behind_one_pool(tmp_path: Path, balancer: Any) -> 
         for instances in studies.values():
             uids = {ds.SOPInstanceUID for ds in instances}
             assert uids <= in_orthanc or uids <= in_scp
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("backend", "ORTHANC"), ("passthrough", "ANY_NAME")]
+)
+def test_called_aet_toward_the_backend(
+    tmp_path: Path, balancer: Any, mode: str, expected: str
+) -> None:
+    with Orthanc("ORTHANC") as orthanc:
+        lb = balancer(
+            {
+                "pools": {
+                    "p": {
+                        "called_aet": mode,
+                        "backends": [{"name": "orthanc", "dicom": orthanc.address}],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "p"}],
+            }
+        )
+        files = write_series(next(iter(make_studies([("CT", 1)]).values())), tmp_path / "s")
+        result = storescu("127.0.0.1", lb.port, files, aet="CT_SCANNER", aec="ANY_NAME")
+        assert result.returncode == 0, result.stderr
+        (instance_id,) = orthanc.instances()
+        assert orthanc.instance_metadata(instance_id)["CalledAET"] == expected
