@@ -25,7 +25,8 @@ from dicomlb.snapshot import DicomListenerConfig
 UNSUPPORTED_PREFIXES = (
     "1.2.840.10008.5.1.4.1.2.",  # query/retrieve information models
     "1.2.840.10008.5.1.4.31",  # modality worklist
-    "1.2.840.10008.5.1.4.32",  # unified procedure step
+    "1.2.840.10008.5.1.4.32",  # general purpose worklist (retired)
+    "1.2.840.10008.5.1.4.34.6.",  # unified procedure step (push, watch, pull, event, query)
     "1.2.840.10008.1.20.1",  # storage commitment push model
     "1.2.840.10008.3.1.2.",  # detached management
 )
