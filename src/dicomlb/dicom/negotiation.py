@@ -28,7 +28,16 @@ UNSUPPORTED_PREFIXES = (
     "1.2.840.10008.5.1.4.32",  # general purpose worklist (retired)
     "1.2.840.10008.5.1.4.34.6.",  # unified procedure step (push, watch, pull, event, query)
     "1.2.840.10008.1.20.1",  # storage commitment push model
-    "1.2.840.10008.3.1.2.",  # detached management
+    "1.2.840.10008.3.1.2.",  # detached management, modality performed procedure step
+    "1.2.840.10008.5.1.1.",  # print management
+    "1.2.840.10008.5.1.4.33",  # instance availability notification
+    "1.2.840.10008.5.1.4.38.2",  # hanging protocol find / move (.1 is storage)
+    "1.2.840.10008.5.1.4.38.3",  # hanging protocol get
+    "1.2.840.10008.5.1.4.39.2",  # color palette find / move (.1 is storage)
+    "1.2.840.10008.5.1.4.39.3",  # color palette get
+    "1.2.840.10008.5.1.4.43.2",  # generic implant template find / move / get
+    "1.2.840.10008.5.1.4.44.2",  # implant assembly template find / move / get
+    "1.2.840.10008.5.1.4.45.2",  # implant template group find / move / get
 )
 
 USER_IDENTITY_RQ = 0x58
