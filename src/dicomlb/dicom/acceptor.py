@@ -194,7 +194,15 @@ class InboundAssociation(asyncio.Protocol):
         self.started = time.monotonic()
         self.messages = 0
         self.bytes_in = 0
-        self._queue: asyncio.Queue[InboundMessage | _Release] = asyncio.Queue()
+        # Messages for the relay, in order. A plain deque and one waiter instead of an
+        # asyncio.Queue; see _hold for when the relay is woken.
+        self._queue: collections.deque[InboundMessage | _Release] = collections.deque()
+        self._queue_waiter: asyncio.Future[None] | None = None
+        # The newest queued message has a data set none of which has arrived yet: waking the
+        # relay now would only see it suspend again on the data, so the first fragment wakes
+        # it instead (storescu sends command and data set in separate writes; this saves a
+        # task wake-up per C-STORE).
+        self._hold = False
         self._current: FragmentStream | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -267,12 +275,16 @@ class InboundAssociation(asyncio.Protocol):
                     if dimse.is_last:
                         self._current = None
                     stream.put(dimse)
+                    if self._hold:
+                        self._hold = False
+                        self._wake_relay()
                 else:
                     self._on_command(dimse)
         elif isinstance(event, AssociateRequest):
             self._on_associate(event)
         elif isinstance(event, ReleaseRequest):
-            self._queue.put_nowait(_Release())
+            self._queue.append(_Release())
+            self._wake_relay()
         elif isinstance(event, Abort):
             self._outcome = f"aborted by the client (reason {event.reason})"
             self._shutdown(self._outcome)
@@ -356,7 +368,7 @@ class InboundAssociation(asyncio.Protocol):
             )
             self._current = stream
         self.messages += 1
-        self._queue.put_nowait(
+        self._queue.append(
             InboundMessage(
                 context_id=received.context_id,
                 command=received.command,
@@ -365,13 +377,28 @@ class InboundAssociation(asyncio.Protocol):
                 data=stream,
             )
         )
+        if stream is None:
+            self._wake_relay()
+        else:
+            self._hold = True
 
     # -------------------------------------------------------- for the relay
 
     async def next_message(self) -> InboundMessage | None:
         """The next request in order, or None once the client asked to release."""
-        item = await self._queue.get()
+        while not self._queue:
+            self._queue_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._queue_waiter
+            finally:
+                self._queue_waiter = None
+        item = self._queue.popleft()
         return None if isinstance(item, _Release) else item
+
+    def _wake_relay(self) -> None:
+        waiter = self._queue_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def send_command(self, context_id: int, command: Command) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -453,4 +480,4 @@ class InboundAssociation(asyncio.Protocol):
             self.abort(f"idle for {timeout:g}s")
 
     def _relay_busy(self) -> bool:
-        return self.busy or self._current is not None or not self._queue.empty()
+        return self.busy or self._current is not None or bool(self._queue)

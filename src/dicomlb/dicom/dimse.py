@@ -155,6 +155,10 @@ class Command:
     """A decoded command set: element tag -> raw value bytes, in tag order."""
 
     elements: Mapping[int, bytes] = field(default_factory=dict)
+    # (wire bytes, value offset per tag) when this command was decoded from bytes that
+    # encode() would reproduce exactly: relaying then reuses them, and replace() of a US
+    # value (Message ID) patches two bytes instead of re-encoding the set.
+    wire: tuple[bytes, Mapping[int, int]] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, values: Mapping[int, int | str | bytes]) -> Command:
@@ -165,23 +169,39 @@ class Command:
     def decode(cls, data: bytes | memoryview) -> Command:
         """Decode an implicit VR little endian group-0000 command set."""
         elements: dict[int, bytes] = {}
-        view = memoryview(data)
-        pos, end = 0, len(view)
+        offsets: dict[int, int] = {}
+        raw = bytes(data)
+        pos, end = 0, len(raw)
+        count = 0
         while pos < end:
             if end - pos < 8:
                 raise _invalid("command set: truncated element header")
-            group, elem, length = _ELEMENT.unpack_from(view, pos)
+            group, elem, length = _ELEMENT.unpack_from(raw, pos)
             pos += 8
             if group != 0 or pos + length > end:
                 raise _invalid(f"command set: bad element ({group:04X},{elem:04X}) length {length}")
-            elements[elem] = bytes(view[pos : pos + length])
+            elements[elem] = raw[pos : pos + length]
+            offsets[elem] = pos
             pos += length
+            count += 1
         if Tag.COMMAND_FIELD not in elements or len(elements[Tag.COMMAND_FIELD]) != 2:
             raise _invalid("command set without a Command Field")
-        return cls(elements)
+        # encode() gives these bytes back when the group length comes first and is right
+        # and no element repeats; otherwise it must rebuild them.
+        group_length = elements.get(Tag.COMMAND_GROUP_LENGTH)
+        exact = (
+            offsets.get(Tag.COMMAND_GROUP_LENGTH) == 8
+            and group_length is not None
+            and len(group_length) == 4
+            and _UL.unpack(group_length)[0] == end - 12
+            and count == len(elements)
+        )
+        return cls(elements, (raw, offsets) if exact else None)
 
     def encode(self) -> bytes:
         """Implicit VR little endian bytes, with a recomputed Command Group Length."""
+        if self.wire is not None:
+            return self.wire[0]
         body = b"".join(
             _ELEMENT.pack(0, tag, len(value)) + value
             for tag, value in self.elements.items()
@@ -191,6 +211,21 @@ class Command:
 
     def replace(self, values: Mapping[int, int | str | bytes | None]) -> Command:
         """A copy with `values` set (None removes the element)."""
+        if self.wire is not None and all(
+            isinstance(value, int) and len(self.elements.get(tag, b"")) == 2
+            for tag, value in values.items()
+        ):
+            # Only existing US values change (the relay's Message ID rewrite): patch the
+            # wire bytes in place, same length, same order.
+            raw, offsets = self.wire
+            buffer = bytearray(raw)
+            patched = dict(self.elements)
+            for tag, value in values.items():
+                packed = _US.pack(value)
+                at = offsets[tag]
+                buffer[at : at + 2] = packed
+                patched[tag] = packed
+            return Command(patched, (bytes(buffer), offsets))
         elements = dict(self.elements)
         for tag, value in values.items():
             if value is None:

@@ -90,7 +90,13 @@ class UpstreamAssociation(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._message_id = 0
+        # Timers are armed lazily and re-armed for what is left when they fire, instead of a
+        # call_later and a cancel per message (uvloop allocates a libuv timer for each).
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_deadline: float | None = None  # loop time of the idle release, when idle
+        self._releasing: asyncio.Task[None] | None = None
+        self._response_timer: asyncio.TimerHandle | None = None
+        self._response_deadlines: dict[int, float] = {}  # message ID -> loop time
 
     # -------------------------------------------------------- asyncio callbacks
 
@@ -114,7 +120,7 @@ class UpstreamAssociation(asyncio.Protocol):
         self._fail("connection closed by the backend" if exc is None else f"connection lost: {exc}")
         if not self.closed.done():
             self.closed.set_result(None)
-        self.cancel_idle_release()
+        self._stop_timers()
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -158,6 +164,7 @@ class UpstreamAssociation(asyncio.Protocol):
     def _on_command(self, command: Command) -> None:
         future = self._responses.pop(command.responded_to, None)
         callback = self._on_response.pop(command.responded_to, None)
+        self._response_deadlines.pop(command.responded_to, None)
         if future is None or future.done():
             log.warning(
                 "upstream.unexpected_command backend=%s command=%s", self.backend, command.service
@@ -179,6 +186,7 @@ class UpstreamAssociation(asyncio.Protocol):
                 future.set_exception(error)
         self._responses.clear()
         self._on_response.clear()
+        self._response_deadlines.clear()
         self._writable.set()
         self._close()
 
@@ -232,9 +240,28 @@ class UpstreamAssociation(asyncio.Protocol):
         assert self.transport is not None
         write_buffers(self.transport, buffers)
         if timeout is not None:
-            timer = loop.call_later(timeout, _expire, future)
-            future.add_done_callback(lambda _: timer.cancel())
+            self._response_deadlines[command.message_id] = loop.time() + timeout
+            if self._response_timer is None:
+                self._response_timer = loop.call_later(timeout, self._on_response_timer)
         return future
+
+    def _on_response_timer(self) -> None:
+        """Fail the requests whose response is overdue; re-arm for the next deadline."""
+        self._response_timer = None
+        if not self._response_deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for message_id, deadline in list(self._response_deadlines.items()):
+            if deadline <= now:
+                del self._response_deadlines[message_id]
+                self._on_response.pop(message_id, None)
+                future = self._responses.pop(message_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(TimeoutError())
+        if self._response_deadlines:
+            delay = min(self._response_deadlines.values()) - now
+            self._response_timer = loop.call_later(delay, self._on_response_timer)
 
     def send_data(self, context_id: int, data: bytes | memoryview, is_last: bool) -> None:
         """Send one data-set fragment, re-cut to the backend's maximum PDU."""
@@ -254,7 +281,7 @@ class UpstreamAssociation(asyncio.Protocol):
 
     async def release(self, timeout: float = 5.0) -> None:
         """A-RELEASE, falling back to A-ABORT when the backend does not answer in time."""
-        self.cancel_idle_release()
+        self._stop_timers()
         if self.usable:
             self.failure = "released"
             self._write(self.assoc.send(ReleaseRequest()))
@@ -267,26 +294,39 @@ class UpstreamAssociation(asyncio.Protocol):
 
     def abort(self) -> None:
         """A-ABORT and close at once (a message was cut off half-way)."""
-        self.cancel_idle_release()
+        self._stop_timers()
         if self.transport is not None and not self.transport.is_closing():
             self._write(self.assoc.send(Abort(source=AbortSource.SERVICE_USER)))
         self._fail(self.failure or "aborted by dicomlb")
 
     def schedule_idle_release(self, delay: float) -> None:
-        self.cancel_idle_release()
         loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(delay, lambda: loop.create_task(self.release()))
+        self._idle_deadline = loop.time() + delay
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_later(delay, self._on_idle_timer)
 
     def cancel_idle_release(self) -> None:
-        """The association is in use again: no idle release."""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        """The association is in use again: no idle release (an armed timer finds nothing)."""
+        self._idle_deadline = None
 
+    def _on_idle_timer(self) -> None:
+        self._idle_timer = None
+        if self._idle_deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        remaining = self._idle_deadline - loop.time()
+        if remaining > 0:  # used and released again since the timer was armed
+            self._idle_timer = loop.call_later(remaining, self._on_idle_timer)
+            return
+        self._idle_deadline = None
+        self._releasing = loop.create_task(self.release())
 
-def _expire(future: asyncio.Future[Command]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+    def _stop_timers(self) -> None:
+        self._idle_deadline = None
+        for timer in (self._idle_timer, self._response_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._response_timer = None
 
 
 class UpstreamPool:
