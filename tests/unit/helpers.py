@@ -165,8 +165,11 @@ def load_hex(name: str) -> list[tuple[str, bytes]]:
 # Values in their canonical decoded form: AE titles without edge spaces, UIDs without
 # padding, so decode(encode(x)) == x is the right property.
 ae_titles = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=16)
-uids = st.lists(st.integers(0, 10**9), min_size=2, max_size=8).map(
-    lambda parts: ".".join(map(str, parts))
+# PS3.5 9.1: a UID is at most 64 characters.
+uids = (
+    st.lists(st.integers(0, 10**9), min_size=2, max_size=8)
+    .map(lambda parts: ".".join(map(str, parts)))
+    .filter(lambda uid: len(uid) <= 64)
 )
 context_ids = st.integers(0, 127).map(lambda i: 2 * i + 1)
 # User-information sub-items the decoder keeps raw (0x51-0x55 are typed).
