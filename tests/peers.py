@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -44,6 +45,7 @@ __all__ = [
     "LOOPBACK",
     "ORTHANC_BIN",
     "STORESCU_PROPOSE",
+    "DicomlbProcess",
     "Orthanc",
     "PeerError",
     "StoreSCP",
@@ -756,3 +758,94 @@ class Orthanc:
         """Delete every stored patient (and so every instance)."""
         for patient in self.get_json("/patients"):
             self.request("DELETE", f"/patients/{urllib.parse.quote(patient)}")
+
+
+# --------------------------------------------------------------------------- dicomlb
+
+
+class DicomlbProcess:
+    """``python -m dicomlb run -c CONFIG`` as a separate process, as an operator runs it.
+
+    ``config`` is the YAML text; the log (stdout and stderr) goes to ``dicomlb.log`` in
+    ``workdir``. ``env`` adds environment variables (``PYTHONPATH`` to run another tree).
+    ``start()`` waits until ``port`` listens; ``stop()`` sends SIGTERM and returns the exit
+    status; ``kill()`` is SIGKILL, for crash tests.
+    """
+
+    def __init__(
+        self,
+        config: str,
+        port: int,
+        workdir: PathLike,
+        *,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        self.port = port
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "dicomlb.yaml"
+        self.config_path.write_text(config)
+        self.log_path = self.workdir / "dicomlb.log"
+        self.env = {**os.environ, **(env or {})}
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> Self:
+        """Start dicomlb and wait until its DICOM port listens."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dicomlb", "run", "-c", str(self.config_path)],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        wait_listening(
+            self.port,
+            timeout=self.start_timeout,
+            process=self.process,
+            what="dicomlb",
+            log=self.log_path,
+        )
+        return self
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (graceful stop) and wait; returns the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                stop_process(self.process)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.stop()

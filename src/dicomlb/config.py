@@ -35,8 +35,9 @@ from pydantic import (
 )
 from pydicom._uid_dict import UID_dictionary
 
+from dicomlb.dicom.tags import tag_from_name, tag_name
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
-from dicomlb.routing import MatchError, _tag_from_name, _tag_name, parse_match
+from dicomlb.routing import MatchError, parse_match
 from dicomlb.snapshot import (
     BackendConfig,
     CalledAet,
@@ -482,7 +483,7 @@ class _Builder:
             if spec.strategy is Strategy.AFFINITY:
                 key_name = spec.key if spec.key is not None else DEFAULT_AFFINITY_KEY
                 try:
-                    key = _tag_from_name(key_name)
+                    key = tag_from_name(key_name)
                 except ValueError as err:
                     self.fail(f"{path}.key", str(err))
             elif spec.key is not None:
@@ -774,7 +775,7 @@ def describe(snapshot: Snapshot) -> str:
                 f"weight {b.weight}, max associations "
                 f"{b.max_associations}, max PDU {_pdu(b.max_pdu)}"
             )
-    tags = ", ".join(f"{_tag_name(t)} {_tag_number(t)}" for t in sorted(snapshot.wanted_tags))
+    tags = ", ".join(f"{tag_name(t)} {_tag_number(t)}" for t in sorted(snapshot.wanted_tags))
     lines.append(f"routing tags: {tags or 'none'}")
     lines.append(f"graceful timeout: {format_duration(snapshot.graceful_timeout)}")
     return "\n".join(lines)

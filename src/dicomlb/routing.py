@@ -24,8 +24,9 @@ from fnmatch import translate as glob_to_regex
 from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
-from pydicom.datadict import keyword_dict, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_dict
 
+from dicomlb.dicom.tags import tag_from_name, tag_name
 from dicomlb.snapshot import MessageFacts, Predicate, RouteConfig
 
 __all__ = [
@@ -61,7 +62,6 @@ OPERATORS = ("equals", "in", "regex", "glob", "exists", "absent")
 # Padding that DICOM text values and AE titles may carry and that never matters (PS3.5 6.2).
 _PAD = " \x00"
 _UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-_TAG_RE = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?|([0-9A-Fa-f]{8})")
 _UID_BY_KEYWORD = {entry[4]: uid for uid, entry in UID_dictionary.items() if entry[4]}
 
 # Precedence of a text form, for parentheses: or < and < not / a single condition.
@@ -124,40 +124,6 @@ class Router:
             if route.match(facts):
                 return route
         return None
-
-
-# --- tags -----------------------------------------------------------------------------------
-# Private until dicom/tags.py provides tag_from_name / tag_name; then these become imports.
-
-
-def _tag_from_name(name: str) -> int:
-    """A tag from a keyword (`Modality`) or a number (`(0008,0060)`, `0008,0060`, `00080060`).
-
-    Raises ValueError with the reason and what to write instead.
-    """
-    text = name.strip()
-    number = _TAG_RE.fullmatch(text)
-    if number:
-        if number.group(3):
-            return int(number.group(3), 16)
-        return int(number.group(1) + number.group(2), 16)
-    tag = tag_for_keyword(text)
-    if tag is not None:
-        return tag
-    hint = ""
-    close = difflib.get_close_matches(text, keyword_dict, n=1)
-    if close:
-        hint = f"did you mean {close[0]}? "
-    raise ValueError(
-        f'"{name}" is not a DICOM keyword; {hint}write a keyword such as StudyInstanceUID '
-        "or a tag such as (0020,000D)"
-    )
-
-
-def _tag_name(tag: int) -> str:
-    """The keyword of `tag` when it has one, else `(gggg,eeee)`."""
-    keyword = keyword_for_tag(tag)
-    return keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 # --- compiling ------------------------------------------------------------------------------
@@ -257,7 +223,7 @@ def _compile_key(key: Any, value: Any, path: str) -> Match:
             key, value, path, _fact_getter("command"), _command_literal, tags=frozenset()
         )
     try:
-        tag = _tag_from_name(key)
+        tag = tag_from_name(key)
     except ValueError as err:
         close = difflib.get_close_matches(key, (*FACT_KEYS, *LOGIC_KEYS), n=1)
         if close:
@@ -271,7 +237,7 @@ def _compile_key(key: Any, value: Any, path: str) -> Match:
             f"{', '.join(FACT_KEYS + LOGIC_KEYS)}, a DICOM keyword or (gggg,eeee)",
         ) from err
     return _compile_field(
-        _tag_name(tag), value, path, _tag_getter(tag), _text_literal, tags=frozenset({tag})
+        tag_name(tag), value, path, _tag_getter(tag), _text_literal, tags=frozenset({tag})
     )
 
 

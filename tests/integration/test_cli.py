@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -12,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.dicomdata import make_series, write_series
-from tests.peers import StoreSCP, free_port, have_dcmtk, storescu, wait_listening
+from tests.peers import DicomlbProcess, StoreSCP, free_port, have_dcmtk, storescu
 
 EXAMPLE = """\
 listeners:
@@ -72,40 +70,27 @@ def test_check_names_file_field_and_reason(tmp_path: Path) -> None:
 def test_run_serves_and_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     with StoreSCP("PACSA", tmp_path / "a", fork=True) as scp:
         port = free_port()
-        config = tmp_path / "lb.yaml"
-        config.write_text(
+        config = (
             f"listeners:\n  dicom: {{bind: '127.0.0.1:{port}', ae_title: DICOMLB}}\n"
             f"pools:\n  p:\n    backends:\n      - {{name: a, dicom: '{scp.address}'}}\n"
             "routes:\n  - {name: all, pool: p}\n"
         )
-        log = tmp_path / "dicomlb.log"
-        with open(log, "w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "dicomlb", "run", "-c", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
+        lb = DicomlbProcess(config, port, tmp_path / "lb").start()
+        files = write_series(make_series(40, rows=256, cols=256), tmp_path / "out")
+        results: list[subprocess.CompletedProcess[str]] = []
+        # SIGTERM while the send is under way: the association in flight finishes
+        sender = threading.Thread(
+            target=lambda: results.append(
+                storescu("127.0.0.1", port, files, aec="DICOMLB", extra_args=["--repeat", "5"])
             )
-        try:
-            wait_listening(port, timeout=20, process=process, what="dicomlb", log=log)
-            files = write_series(make_series(40, rows=256, cols=256), tmp_path / "out")
-            # SIGTERM while the send is under way: the association in flight finishes
-            sender = threading.Thread(
-                target=lambda: results.append(
-                    storescu("127.0.0.1", port, files, aec="DICOMLB", extra_args=["--repeat", "5"])
-                )
-            )
-            results: list[subprocess.CompletedProcess[str]] = []
-            sender.start()
-            scp.wait_files(1, timeout=20)
-            os.kill(process.pid, signal.SIGTERM)
-            sender.join(60)
-            assert process.wait(60) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+        )
+        sender.start()
+        scp.wait_files(1, timeout=20)
+        assert lb.stop() == 0
+        sender.join(60)
         assert results and results[0].returncode == 0, results[0].stderr if results else ""
         assert len(scp.files()) == 40
-        text = log.read_text()
+        text = lb.log()
         assert "dicomlb.stopping" in text and "dicomlb.stopped" in text
 
 

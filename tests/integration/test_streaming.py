@@ -3,15 +3,13 @@ process whose peak memory stays far below the instance size."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from tests.peers import StoreSCP, dataset_bytes, free_port, have_dcmtk, storescu, wait_listening
+from tests.peers import DicomlbProcess, StoreSCP, dataset_bytes, free_port, have_dcmtk, storescu
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
 
@@ -50,27 +48,15 @@ def test_large_instance_streams_with_flat_memory(tmp_path: Path) -> None:
     source = big_instance(tmp_path / "big.dcm")
     with StoreSCP("PACSA", tmp_path / "in") as scp:
         port = free_port()
-        config = tmp_path / "lb.yaml"
-        config.write_text(
+        config = (
             f"listeners:\n  dicom: {{bind: '127.0.0.1:{port}', ae_title: DICOMLB}}\n"
             f"pools:\n  p:\n    backends:\n      - {{name: a, dicom: '{scp.address}'}}\n"
             "routes:\n  - {name: all, match: {Modality: OT}, pool: p}\n"
         )
-        log = tmp_path / "dicomlb.log"
-        with open(log, "w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "dicomlb", "run", "-c", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_listening(port, timeout=20, process=process, what="dicomlb", log=log)
+        with DicomlbProcess(config, port, tmp_path / "lb") as lb:
             result = storescu("127.0.0.1", port, [source], aec="DICOMLB", timeout=300)
             assert result.returncode == 0, result.stderr
-            peak = peak_rss_kib(process.pid)
-        finally:
-            process.terminate()
-            process.wait(30)
+            peak = peak_rss_kib(lb.pid)
         (received,) = scp.files()
         assert dataset_bytes(received) == dataset_bytes(source)
     # a buffered relay would hold at least the whole instance

@@ -10,6 +10,7 @@ Pure: no I/O, no logging, no asyncio.
 
 from __future__ import annotations
 
+import difflib
 import re
 import struct
 import warnings
@@ -19,7 +20,7 @@ from io import BytesIO
 from typing import Final
 
 from pydicom.charset import convert_encodings, decode_bytes, default_encoding, python_encoding
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag, tag_for_keyword
 from pydicom.filereader import read_dataset
 
 from dicomlb.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
@@ -88,7 +89,7 @@ def tag_from_name(name: str) -> int:
     """Return the tag ``(group << 16) | element`` for a keyword or a written tag.
 
     Accepts ``"Modality"``, ``"(0008,0060)"``, ``"0008,0060"`` and ``"00080060"``.
-    Raises `ValueError` for anything else, naming what was given.
+    Raises `ValueError` naming what was given, with the closest keyword when there is one.
     """
     text = name.strip()
     if match := _TAG_PAIR.fullmatch(text):
@@ -97,9 +98,11 @@ def tag_from_name(name: str) -> int:
         return int(match[1], 16)
     tag = tag_for_keyword(text) if text.isidentifier() else None
     if tag is None:
+        close = difflib.get_close_matches(text, keyword_dict, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
         raise ValueError(
-            f"unknown DICOM keyword {name!r}; write a PS3.6 keyword such as 'Modality' "
-            "or a tag such as '(0008,0060)'"
+            f'"{name}" is not a DICOM keyword; {hint}write a keyword such as StudyInstanceUID '
+            "or a tag such as (0020,000D)"
         )
     return tag
 
