@@ -496,7 +496,7 @@ class HeaderScanner:
             warnings.simplefilter("ignore")
             try:
                 return convert_encodings(terms)
-            except LookupError:
+            except (LookupError, ValueError):  # garbage names, e.g. with NUL inside
                 return [default_encoding]
 
     def _decode(self, tag: int, vr: str | None, raw: bytes, encodings: list[str]) -> str:
