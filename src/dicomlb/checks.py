@@ -12,6 +12,7 @@ import logging
 from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import HealthConfig
 
@@ -53,8 +54,16 @@ async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
 class HealthChecker:
     """Runs the active checks of one backend until stopped."""
 
-    def __init__(self, backend: BackendState, pool: str, health: HealthConfig, calling_ae: str):
+    def __init__(
+        self,
+        backend: BackendState,
+        pool: str,
+        health: HealthConfig,
+        calling_ae: str,
+        metrics: Metrics | None = None,
+    ):
         self.backend = backend
+        self.metrics = metrics if metrics is not None else Metrics()
         self.pool = pool
         self.health = health
         self.calling_ae = calling_ae
@@ -77,6 +86,7 @@ class HealthChecker:
             await echo(self.backend, self.calling_ae, self.health.timeout)
         except UpstreamError as err:
             self.last_error = str(err)
+            self.metrics.health_check(self.backend.name, False)
             if state.failure():
                 log.warning(
                     "backend.down backend=%s pool=%s cause=check reason=%r",
@@ -84,12 +94,15 @@ class HealthChecker:
                     self.pool,
                     self.last_error,
                 )
+                self.metrics.backend_transition(self.backend.name, up=False, cause="check")
             else:
                 log.debug("health.failed backend=%s reason=%r", self.backend.name, self.last_error)
             return False
         self.last_error = None
+        self.metrics.health_check(self.backend.name, True)
         if state.success():
             log.warning("backend.up backend=%s pool=%s", self.backend.name, self.pool)
+            self.metrics.backend_transition(self.backend.name, up=True, cause="check")
         return True
 
     async def _run(self) -> None:
