@@ -54,12 +54,12 @@ from dicomlb.snapshot import (
 
 __all__ = [
     "ConfigError",
-    "build_backend",
-    "hash_secret",
     "ConfigIssue",
+    "build_backend",
     "build_snapshot",
     "describe",
     "format_duration",
+    "hash_secret",
     "load_snapshot",
     "parse_duration",
 ]
@@ -476,7 +476,9 @@ def build_backend(data: Any, path: str = "backend", source: str = "<api>") -> Ba
         issues = []
         for error in err.errors():
             issue = _issue_from_pydantic(error)
-            issues.append(ConfigIssue(path=f"{path}.{issue.path}".rstrip("."), message=issue.message))
+            issues.append(
+                ConfigIssue(path=f"{path}.{issue.path}".rstrip("."), message=issue.message)
+            )
         raise ConfigError(source, issues) from None
     return BackendConfig(name=model.name, dicom=model.dicom, **_set(model, "name", "dicom"))
 

@@ -12,6 +12,7 @@ updated on the data path at all: `StateCollector` reads them from the App when s
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
     return ordered[rank]
 
 
@@ -232,7 +233,9 @@ class Metrics:
     ) -> None:
         self.associations.labels("rejected").inc()
         self.recent_associations.append(
-            AssociationRecord(self.clock(), peer, calling_aet, called_aet, 0.0, 0, 0, "rejected", why)
+            AssociationRecord(
+                self.clock(), peer, calling_aet, called_aet, 0.0, 0, 0, "rejected", why
+            )
         )
 
     def association_accepted(self) -> None:
@@ -346,7 +349,9 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state = self.read()
         up = GaugeMetricFamily(
-            "dicomlb_backend_up", "1 when the backend passes its health checks.", labels=["pool", "backend"]
+            "dicomlb_backend_up",
+            "1 when the backend passes its health checks.",
+            labels=["pool", "backend"],
         )
         enabled = GaugeMetricFamily(
             "dicomlb_backend_enabled",

@@ -39,7 +39,10 @@ class Runtime:
             for backend_config in pool_config.backends:
                 state = old_backends.get(backend_config.name)
                 if state is None or state.config != backend_config:
+                    previous = state
                     state = BackendState(backend_config, pool_config.health)
+                    if previous is not None:  # a changed backend keeps what the operator set
+                        state.enabled, state.mode = previous.enabled, previous.mode
                 self.backends[state.name] = state
                 upstream = old_upstreams.get(state.name)
                 if upstream is None or upstream.backend is not state:
