@@ -153,23 +153,27 @@ class AdminServer:
                 {"error": "send Content-Type: application/json (a body of {} is enough)"},
                 status=415,
             )
+        status = 500
         try:
             response = await handler(request)
+            status = response.status
+            return response
         except web.HTTPException as err:
-            response = err
-        level = logging.DEBUG if request.method in ("GET", "HEAD") else logging.INFO
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "admin.request peer=%s user=%s method=%s path=%s status=%d ms=%d",
-                request.remote,
-                who,
-                request.method,
-                request.path,
-                response.status,
-                (time.monotonic() - started) * 1000,
-            )
-        return response
+            status = err.status
+            raise
+        finally:
+            level = logging.DEBUG if request.method in ("GET", "HEAD") else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "admin.request peer=%s user=%s method=%s path=%s status=%d ms=%d",
+                    request.remote,
+                    who,
+                    request.method,
+                    request.path,
+                    status,
+                    (time.monotonic() - started) * 1000,
+                )
 
     # -------------------------------------------------------- probes and metrics
 
