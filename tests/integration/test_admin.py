@@ -19,7 +19,7 @@ import yaml
 
 from dicomlb.config import hash_secret
 from tests.dicomdata import make_small, make_studies, write_series
-from tests.peers import StoreSCP, have_dcmtk, storescu
+from tests.peers import StoreSCP, free_port, have_dcmtk, is_listening, storescu
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
 
@@ -322,3 +322,25 @@ def test_file_watch_reloads(tmp_path: Path, balancer: Any, scps: Any) -> None:
     file.write_text(yaml.safe_dump(changed))
     wait_for(lambda: len(lb.http("GET", "/api/v1/backends")[1]) == 2, timeout=15)
     assert lb.http("GET", "/api/v1/config")[1]["last_reload"]["source"] == "watch"
+
+
+def test_admin_listener_is_rebound_only_when_its_bind_changes(
+    tmp_path: Path, balancer: Any, scps: Any
+) -> None:
+    (a,) = scps("PACSA")
+    file = tmp_path / "lb.yaml"
+    lb = balancer(config_for(a), admin=True, config_file=file)
+    server = lb.app.admin
+    assert lb.http("POST", "/api/v1/reload")[0] == 200
+    assert lb.app.admin is server  # unchanged: not rebound
+
+    config = yaml.safe_load(file.read_text())
+    new_port = free_port()
+    config["listeners"]["admin"]["bind"] = f"127.0.0.1:{new_port}"
+    file.write_text(yaml.safe_dump(config))
+    old_url = lb.admin_url
+    assert lb.http("POST", "/api/v1/reload")[0] == 200
+    wait_for(lambda: lb.app.admin is not server and lb.app.admin.port == new_port)
+    assert lb.http("GET", "/healthz")[0] == 200
+    assert old_url != lb.admin_url
+    assert not is_listening(int(old_url.rsplit(":", 1)[1]))
