@@ -101,7 +101,9 @@ class AdminServer:
         r.add_post("/api/v1/reload", self.reload)
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.web, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.web, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await self._site.start()
