@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+from dicomlb import changes
+from dicomlb.admin.server import AdminServer
 from dicomlb.checks import HealthChecker
+from dicomlb.config import ConfigError, build_backend, load_snapshot
 from dicomlb.dicom.acceptor import DicomListener
+from dicomlb.metrics import Metrics, StateCollector
+from dicomlb.pools import BackendState
 from dicomlb.runtime import Runtime
-from dicomlb.snapshot import Snapshot
+from dicomlb.snapshot import AdminListenerConfig, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +27,25 @@ log = logging.getLogger(__name__)
 class App:
     """The running balancer: listeners, runtime (routes, pools, backends) and health checks."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.runtime = Runtime(snapshot)
+    def __init__(self, snapshot: Snapshot, config_path: str | Path | None = None) -> None:
+        self.metrics = Metrics()
+        self.runtime = Runtime(snapshot, metrics=self.metrics)
+        self.config_path = Path(config_path) if config_path is not None else None
         self.dicom: DicomListener | None = None
+        self.admin: AdminServer | None = None
         self.checkers: dict[str, HealthChecker] = {}
+        self.started_at = time.time()
+        self.last_reload: dict[str, Any] = {
+            "result": "ok",
+            "source": "start",
+            "time": self.started_at,
+            "error": None,
+        }
         self._stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.metrics.add_state_collector(StateCollector(self.state_for_metrics, self.metrics))
 
     @property
     def snapshot(self) -> Snapshot:
@@ -33,7 +56,11 @@ class App:
         if self.snapshot.dicom is not None:
             self.dicom = DicomListener(self.runtime)
             await self.dicom.start()
+        if self.snapshot.admin is not None:
+            self.admin = AdminServer(self)
+            await self.admin.start(self.snapshot.admin.host, self.snapshot.admin.port)
         self._start_checkers()
+        self._update_watcher()
         log.info(
             "dicomlb.started source=%s routes=%d pools=%d backends=%d",
             self.snapshot.source,
@@ -51,7 +78,11 @@ class App:
                 if backend_config.name in self.checkers:
                     continue
                 checker = HealthChecker(
-                    self.runtime.backends[backend_config.name], pool.name, pool.health, calling_ae
+                    self.runtime.backends[backend_config.name],
+                    pool.name,
+                    pool.health,
+                    calling_ae,
+                    self.metrics,
                 )
                 checker.start()
                 self.checkers[backend_config.name] = checker
@@ -59,7 +90,7 @@ class App:
     async def reload(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot: new associations use it, those in flight finish on theirs."""
         old = self.runtime
-        self.runtime = Runtime(snapshot, old.backends, old.upstreams)
+        self.runtime = Runtime(snapshot, old.backends, old.upstreams, self.metrics)
         if self.dicom is not None:
             self.dicom.runtime = self.runtime
         for name in set(old.backends) - set(self.runtime.backends):
@@ -73,34 +104,200 @@ class App:
                 await checker.stop()
                 del self.checkers[name]
         self._start_checkers()
+        await self._update_admin(old.snapshot)
+        self._update_watcher()
         log.info("dicomlb.reloaded source=%s", snapshot.source)
+
+    async def _update_admin(self, old: Snapshot) -> None:
+        """Rebind the admin listener only when its address changed (auth applies at once)."""
+        new = self.snapshot.admin
+        before = (old.admin.host, old.admin.port) if old.admin else None
+        after = (new.host, new.port) if new else None
+        if before == after:
+            return
+        # In a task: this reload may be running inside a request of the admin listener itself.
+        self._spawn(self._rebind_admin(new))
+
+    async def _rebind_admin(self, config: AdminListenerConfig | None) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        if config is not None:
+            self.admin = AdminServer(self)
+            await self.admin.start(config.host, config.port)
+
+    def _update_watcher(self) -> None:
+        wanted = self.snapshot.watch and self.config_path is not None
+        if wanted and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        elif not wanted and self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        """Reload when the config file changes (watchfiles debounces bursts of writes)."""
+        from watchfiles import awatch
+
+        assert self.config_path is not None
+        path = self.config_path.resolve()
+        log.info("admin.watch path=%s", path)
+        # Watch the folder: editors replace the file (new inode) rather than write it.
+        async for batch in awatch(path.parent, recursive=False):
+            if any(Path(changed).resolve() == path for _, changed in batch):
+                await self.reload_from_file("watch")
+
+    async def reload_from_file(self, source: str) -> dict[str, Any]:
+        """Validate the config file and swap it in; on error keep the running config.
+
+        Returns (and keeps in `last_reload`) the result: result ok|error, source, time, error.
+        """
+        async with self._reload_lock:
+            if self.config_path is None:
+                error = "dicomlb was started without a configuration file; nothing to reload"
+                snapshot = None
+            else:
+                try:
+                    snapshot = await asyncio.to_thread(load_snapshot, self.config_path)
+                    error = None
+                except ConfigError as err:
+                    snapshot, error = None, str(err)
+            if snapshot is None:
+                log.error("admin.reload result=error source=%s error=%r", source, error)
+                self.metrics.reload_finished(ok=False, source=source, error=error or "")
+                self.last_reload = {
+                    "result": "error",
+                    "source": source,
+                    "time": time.time(),
+                    "error": error,
+                }
+                return self.last_reload
+            await self.reload(snapshot)
+            log.info("admin.reload result=ok source=%s path=%s", source, self.config_path)
+            self.metrics.reload_finished(ok=True, source=source)
+            self.last_reload = {
+                "result": "ok",
+                "source": source,
+                "time": time.time(),
+                "error": None,
+            }
+            return self.last_reload
+
+    # -------------------------------------------------------- operator actions
+
+    def set_backend_mode(self, name: str, mode: str) -> BackendState:
+        """`enabled`, `draining` (no new work; in flight finishes) or `disabled` (the same, and
+        idle upstream associations are released now). Raises KeyError for an unknown name."""
+        backend = self.runtime.backends[name]
+        backend.mode = mode
+        backend.enabled = mode == "enabled"
+        if mode == "disabled":
+            self._spawn(self.runtime.upstreams[name].close())
+        self.metrics.admin_actions.labels(mode).inc()
+        log.warning("admin.backend backend=%s mode=%s", name, mode)
+        return backend
+
+    async def add_backend(self, pool: str, data: Any) -> BackendState:
+        """Add a backend (a mapping as in the file) to `pool`. Raises ConfigError, ChangeError."""
+        config = build_backend(data, f"pools.{pool}.backends[+]")
+        async with self._reload_lock:
+            await self.reload(changes.add_backend(self.snapshot, pool, config))
+        self.metrics.admin_actions.labels("add").inc()
+        log.warning(
+            "admin.backend backend=%s mode=added pool=%s dicom=%s", config.name, pool, config.dicom
+        )
+        return self.runtime.backends[config.name]
+
+    async def remove_backend(self, name: str) -> None:
+        """Remove a backend; its associations in flight finish. Raises ChangeError."""
+        async with self._reload_lock:
+            await self.reload(changes.remove_backend(self.snapshot, name))
+        self.metrics.admin_actions.labels("remove").inc()
+        log.warning("admin.backend backend=%s mode=removed", name)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -------------------------------------------------------- state
+
+    def pool_of(self, backend: str) -> str:
+        for pool in self.runtime.pools.values():
+            if any(b.name == backend for b in pool.backends):
+                return pool.name
+        return ""
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """Ready when every pool in use has an available backend; else the pools that do not."""
+        missing = [p.name for p in self.runtime.pools_in_use() if not p.has_available()]
+        return not missing, missing
+
+    def state_for_metrics(self) -> dict[str, Any]:
+        """Live state the Prometheus collector reads at scrape time."""
+        runtime = self.runtime
+        backends = []
+        for pool in runtime.pools.values():
+            for b in pool.backends:
+                upstream = runtime.upstreams[b.name]
+                backends.append(
+                    {
+                        "pool": pool.name,
+                        "name": b.name,
+                        "up": b.health.up,
+                        "enabled": b.enabled,
+                        "active": b.active,
+                        "upstream_open": upstream.open,
+                        "upstream_idle": len(upstream.idle),
+                    }
+                )
+        associations = self.dicom.associations if self.dicom is not None else set()
+        return {
+            "backends": backends,
+            "pools": {
+                name: sum(1 for b in pool.backends if b.available)
+                for name, pool in runtime.pools.items()
+            },
+            "associations_active": self.dicom.stats.active if self.dicom is not None else 0,
+            "open_bytes": sum(a.bytes_in for a in associations if a.counted),
+            "ready": self.ready()[0],
+        }
 
     async def stop(self) -> None:
         """Stop accepting, let associations in flight finish (bounded), close everything."""
         log.info("dicomlb.stopping graceful_timeout=%gs", self.snapshot.graceful_timeout)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self.dicom is not None:
             await self.dicom.stop(self.snapshot.graceful_timeout)
         for checker in self.checkers.values():
             await checker.stop()
         self.checkers.clear()
         await asyncio.gather(*(u.close() for u in self.runtime.upstreams.values()))
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
         log.info("dicomlb.stopped")
 
     def request_stop(self) -> None:
         self._stopping.set()
 
     async def serve(self, ready: Callable[[App], None] | None = None) -> None:
-        """Start, run until SIGINT/SIGTERM (or `request_stop`), then stop gracefully."""
+        """Start, run until SIGINT/SIGTERM (or `request_stop`), then stop gracefully; SIGHUP
+        reloads the config file."""
         await self.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload_from_file("sighup")))
         try:
             if ready is not None:
                 ready(self)
             await self._stopping.wait()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.stop()
 

@@ -11,7 +11,9 @@ import logging
 
 from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
+from dicomlb.dicom.errors import LocalProtocolError
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import HealthConfig
 
@@ -47,28 +49,51 @@ async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
         raise UpstreamError(str(err) or type(err).__name__) from None
     finally:
         if up is not None:
-            await up.release(timeout=1.0)
+            try:
+                await up.release(timeout=1.0)
+            except LocalProtocolError:  # not established: stopped while negotiating
+                with contextlib.suppress(LocalProtocolError):
+                    up.abort()
+                if up.transport is not None:
+                    up.transport.abort()
 
 
 class HealthChecker:
     """Runs the active checks of one backend until stopped."""
 
-    def __init__(self, backend: BackendState, pool: str, health: HealthConfig, calling_ae: str):
+    def __init__(
+        self,
+        backend: BackendState,
+        pool: str,
+        health: HealthConfig,
+        calling_ae: str,
+        metrics: Metrics | None = None,
+    ):
         self.backend = backend
+        self.metrics = metrics if metrics is not None else Metrics()
         self.pool = pool
         self.health = health
         self.calling_ae = calling_ae
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Cancel the checks and wait until they end. A cancel that lands while an upstream
+        association is being released can be absorbed there, so cancel again until done."""
+        task = self._task
+        if task is None:
+            return
+        self._stopped = True
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.2)
+        if not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
 
     async def check_once(self) -> bool:
         """Run one check and record it; True when it passed."""
@@ -77,6 +102,7 @@ class HealthChecker:
             await echo(self.backend, self.calling_ae, self.health.timeout)
         except UpstreamError as err:
             self.last_error = str(err)
+            self.metrics.health_check(self.backend.name, False)
             if state.failure():
                 log.warning(
                     "backend.down backend=%s pool=%s cause=check reason=%r",
@@ -84,15 +110,18 @@ class HealthChecker:
                     self.pool,
                     self.last_error,
                 )
+                self.metrics.backend_transition(self.backend.name, up=False, cause="check")
             else:
                 log.debug("health.failed backend=%s reason=%r", self.backend.name, self.last_error)
             return False
         self.last_error = None
+        self.metrics.health_check(self.backend.name, True)
         if state.success():
             log.warning("backend.up backend=%s pool=%s", self.backend.name, self.pool)
+            self.metrics.backend_transition(self.backend.name, up=True, cause="check")
         return True
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             await self.check_once()
             await asyncio.sleep(self.health.interval)

@@ -1,14 +1,15 @@
-"""The `dicomlb` command: run | check | demo."""
+"""The `dicomlb` command: run | check | demo | hash-password."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from collections.abc import Sequence
 
 from dicomlb import __version__, logs
 from dicomlb.app import App, run_loop
-from dicomlb.config import ConfigError, describe, load_snapshot
+from dicomlb.config import ConfigError, describe, hash_secret, load_snapshot
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep-running", action="store_true", help="keep serving after the demo")
     demo.add_argument("--port", type=int, default=0, help="DICOM port (default: a free one)")
+    demo.add_argument(
+        "--admin-port", type=int, default=0, help="dashboard / admin port (default: a free one)"
+    )
+    hashing = commands.add_parser(
+        "hash-password",
+        help="print the SHA-256 digest of a password or bearer token for listeners.admin.auth",
+    )
+    hashing.add_argument(
+        "secret", nargs="?", help="the secret (default: read from the terminal or stdin)"
+    )
     return parser
 
 
@@ -43,7 +54,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         def report(text: str) -> None:
             print(text, flush=True)
 
-        run_loop(lambda: run_demo(report, keep_running=args.keep_running, port=args.port))
+        run_loop(
+            lambda: run_demo(
+                report, keep_running=args.keep_running, port=args.port, admin_port=args.admin_port
+            )
+        )
+        return 0
+    if args.command == "hash-password":
+        secret = args.secret
+        if secret is None:
+            secret = (
+                getpass.getpass("secret: ") if sys.stdin.isatty() else sys.stdin.readline()
+            ).rstrip("\n")
+        if not secret:
+            print("dicomlb: empty secret", file=sys.stderr)
+            return 2
+        print(hash_secret(secret))
         return 0
     try:
         snapshot = load_snapshot(args.config)
@@ -53,5 +79,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(describe(snapshot))
         return 0
-    run_loop(lambda: App(snapshot).serve())
+    run_loop(lambda: App(snapshot, config_path=args.config).serve())
     return 0

@@ -11,6 +11,7 @@ Names (pools, backends) are resolved here once, so the snapshot holds references
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import re
 import types
@@ -39,6 +40,8 @@ from dicomlb.dicom.tags import tag_from_name, tag_name
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
 from dicomlb.routing import MatchError, parse_match
 from dicomlb.snapshot import (
+    AdminAuth,
+    AdminListenerConfig,
     BackendConfig,
     CalledAet,
     DicomAddress,
@@ -53,9 +56,11 @@ from dicomlb.snapshot import (
 __all__ = [
     "ConfigError",
     "ConfigIssue",
+    "build_backend",
     "build_snapshot",
     "describe",
     "format_duration",
+    "hash_secret",
     "load_snapshot",
     "parse_duration",
 ]
@@ -64,6 +69,11 @@ DEFAULT_AFFINITY_KEY = "StudyInstanceUID"
 ECHO_LOCAL = "local"
 MAX_PDU_LIMIT = 0xFFFFFFFF  # PS3.8 9.3.1: the PDU length field is 32 bits
 MIN_PDU = 4096  # the smallest max PDU DCMTK accepts; 0 means unlimited (PS3.8 D.1)
+
+
+def hash_secret(secret: str) -> str:
+    """The SHA-256 hex digest of a password or bearer token, as the config file wants it."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -296,8 +306,33 @@ class _DicomListenerModel(_Model):
     echo: Annotated[str, Field(strict=True)] = ECHO_LOCAL
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_HASH_HINT = "write the SHA-256 hex digest (64 characters), made with `dicomlb hash-password`"
+
+
+def _check_sha256(value: str) -> str:
+    text = value.strip().lower()
+    if not _SHA256_HEX.fullmatch(text):
+        raise ValueError(f"{_show(value)} is not a SHA-256 hex digest; {_HASH_HINT}")
+    return text
+
+
+Sha256 = Annotated[str, Field(strict=True), AfterValidator(_check_sha256)]
+
+
+class _AdminAuthModel(_Model):
+    bearer_tokens_sha256: list[Sha256] | None = None
+    basic: dict[str, Sha256] | None = None
+
+
+class _AdminListenerModel(_Model):
+    bind: Annotated[tuple[str, int], BeforeValidator(_parse_bind)] | None = None
+    auth: _AdminAuthModel | None = None
+
+
 class _ListenersModel(_Model):
     dicom: _DicomListenerModel | None = None
+    admin: _AdminListenerModel | None = None
 
 
 class _HealthModel(_Model):
@@ -339,6 +374,7 @@ class _ConfigModel(_Model):
     pools: dict[str, _PoolModel]
     routes: list[_RouteModel] = []
     graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
+    watch: StrictBool | None = None
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -432,6 +468,22 @@ def build_snapshot(data: Any, source: str = "<config>") -> Snapshot:
     return snapshot
 
 
+def build_backend(data: Any, path: str = "backend", source: str = "<api>") -> BackendConfig:
+    """Validate one backend mapping (as written under `pools.<name>.backends`), e.g. from the
+    admin API. Raises ConfigError naming the field."""
+    try:
+        model = _BackendModel.model_validate(data)
+    except ValidationError as err:
+        issues = []
+        for error in err.errors():
+            issue = _issue_from_pydantic(error)
+            issues.append(
+                ConfigIssue(path=f"{path}.{issue.path}".rstrip("."), message=issue.message)
+            )
+        raise ConfigError(source, issues) from None
+    return BackendConfig(name=model.name, dicom=model.dicom, **_set(model, "name", "dicom"))
+
+
 class _Builder:
     """Cross-field checks and name resolution, collecting every issue."""
 
@@ -462,6 +514,11 @@ class _Builder:
         extra: dict[str, Any] = {}
         if self.model.graceful_timeout is not None:
             extra["graceful_timeout"] = self.model.graceful_timeout
+        if self.model.watch is not None:
+            extra["watch"] = self.model.watch
+        admin = self.admin_listener()
+        if admin is not None:
+            extra["admin"] = admin
         return Snapshot(
             source=source,
             dicom=dicom,
@@ -559,6 +616,30 @@ class _Builder:
                 routes.append((route, match.tags))
         return routes
 
+    def admin_listener(self) -> AdminListenerConfig | None:
+        if self.model.listeners is None or self.model.listeners.admin is None:
+            return None
+        spec = self.model.listeners.admin
+        kwargs: dict[str, Any] = {}
+        if spec.bind is not None:
+            kwargs["host"], kwargs["port"] = spec.bind
+        auth = AdminAuth()
+        if spec.auth is not None:
+            auth = AdminAuth(
+                bearer_tokens_sha256=frozenset(spec.auth.bearer_tokens_sha256 or ()),
+                basic=types.MappingProxyType(dict(spec.auth.basic or {})),
+            )
+        config = AdminListenerConfig(auth=auth, **kwargs)
+        if not auth.required and not _is_loopback(config.host):
+            self.fail(
+                "listeners.admin.auth",
+                f"the admin listener binds {_host_port(config.host, config.port)}, which is not "
+                "a loopback address, and has no auth; add auth: {bearer_tokens_sha256: [...]} "
+                "or auth: {basic: {USER: SHA256}} (see `dicomlb hash-password`), or bind "
+                "127.0.0.1",
+            )
+        return config
+
     def dicom_listener(self, pools: Mapping[str, PoolConfig]) -> DicomListenerConfig | None:
         if self.model.listeners is None or self.model.listeners.dicom is None:
             return None
@@ -578,6 +659,15 @@ class _Builder:
                 )
             kwargs["echo_pool"] = echo_pool
         return DicomListenerConfig(**kwargs)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _set(model: BaseModel | None, *skip: str) -> dict[str, Any]:
@@ -778,6 +868,20 @@ def describe(snapshot: Snapshot) -> str:
     tags = ", ".join(f"{tag_name(t)} {_tag_number(t)}" for t in sorted(snapshot.wanted_tags))
     lines.append(f"routing tags: {tags or 'none'}")
     lines.append(f"graceful timeout: {format_duration(snapshot.graceful_timeout)}")
+    a = snapshot.admin
+    if a is None:
+        lines.append("admin listener: none")
+    else:
+        auth = []
+        if a.auth.bearer_tokens_sha256:
+            auth.append(f"{len(a.auth.bearer_tokens_sha256)} bearer token(s)")
+        if a.auth.basic:
+            auth.append(f"basic for {', '.join(sorted(a.auth.basic))}")
+        lines.append(
+            f"admin listener: http://{_host_port(a.host, a.port)}/ "
+            f"(auth: {'; '.join(auth) if auth else 'none, loopback only'})"
+        )
+    lines.append(f"reload on file change: {'yes' if snapshot.watch else 'no'}")
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def demo_config(port: int, node_ports: dict[str, int]) -> dict[str, Any]:
+def demo_config(port: int, node_ports: dict[str, int], admin_port: int = 0) -> dict[str, Any]:
     """The demo's configuration, as a user would write it in YAML."""
 
     def backend(name: str) -> dict[str, Any]:
@@ -60,7 +60,10 @@ def demo_config(port: int, node_ports: dict[str, int]) -> dict[str, Any]:
         }
 
     return {
-        "listeners": {"dicom": {"bind": f"127.0.0.1:{port}", "ae_title": "DICOMLB"}},
+        "listeners": {
+            "dicom": {"bind": f"127.0.0.1:{port}", "ae_title": "DICOMLB"},
+            "admin": {"bind": f"127.0.0.1:{admin_port or free_port()}"},
+        },
         "pools": {
             "imaging": {
                 "strategy": "affinity",
@@ -164,15 +167,22 @@ def summary(sent: list[SentStudy], root: Path) -> str:
 
 
 async def run_demo(
-    report: Callable[[str], None], *, keep_running: bool, port: int = 0, workdir: Path | None = None
+    report: Callable[[str], None],
+    *,
+    keep_running: bool,
+    port: int = 0,
+    admin_port: int = 0,
+    workdir: Path | None = None,
 ) -> None:
     """Run the demo and `report` its summary; with `keep_running`, serve until SIGINT/SIGTERM."""
     root = workdir or Path(tempfile.mkdtemp(prefix="dicomlb-demo-"))
     nodes = {name: StoreSCP(name.upper().replace("-", ""), root / name) for name in NODES}
     node_ports = {name: await scp.start() for name, scp in nodes.items()}
     port = port or free_port()
-    app = App(build_snapshot(demo_config(port, node_ports), source="<demo>"))
+    app = App(build_snapshot(demo_config(port, node_ports, admin_port), source="<demo>"))
     await app.start()
+    assert app.admin is not None
+    report(f"dashboard: {app.admin.url} (metrics: {app.admin.url}metrics)")
     try:
         sent = []
         for index, (modality, count) in enumerate(STUDIES, start=1):
@@ -180,7 +190,10 @@ async def run_demo(
             sent.append(await asyncio.to_thread(send_study, port, modality, datasets))
         report(summary(sent, root))
         if keep_running:
-            report(f"dicomlb is listening on 127.0.0.1:{port} (AE DICOMLB); Ctrl-C stops it.")
+            report(
+                f"dicomlb is listening on 127.0.0.1:{port} (AE DICOMLB), dashboard on "
+                f"{app.admin.url}; Ctrl-C stops it."
+            )
             await _until_signal()
     finally:
         await app.stop()

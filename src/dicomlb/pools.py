@@ -18,6 +18,7 @@ class BackendState:
         self.config = config
         self.health = HealthState(fall=health.fall, rise=health.rise)
         self.enabled = True  # False: drained or disabled by the operator
+        self.mode = "enabled"  # what the operator asked: enabled | draining | disabled
         self.active = 0  # messages in flight to this backend
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from dicomlb.dicom.upstream import UpstreamPool
+from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
 from dicomlb.snapshot import Snapshot
@@ -23,8 +24,10 @@ class Runtime:
         snapshot: Snapshot,
         previous_backends: Mapping[str, BackendState] | None = None,
         previous_upstreams: Mapping[str, UpstreamPool] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self.metrics = metrics if metrics is not None else Metrics()  # shared by the App's runtimes
         self.router = Router(snapshot.routes)
         self.backends: dict[str, BackendState] = {}
         self.upstreams: dict[str, UpstreamPool] = {}
@@ -36,7 +39,10 @@ class Runtime:
             for backend_config in pool_config.backends:
                 state = old_backends.get(backend_config.name)
                 if state is None or state.config != backend_config:
+                    previous = state
                     state = BackendState(backend_config, pool_config.health)
+                    if previous is not None:  # a changed backend keeps what the operator set
+                        state.enabled, state.mode = previous.enabled, previous.mode
                 self.backends[state.name] = state
                 upstream = old_upstreams.get(state.name)
                 if upstream is None or upstream.backend is not state:
@@ -44,6 +50,14 @@ class Runtime:
                 self.upstreams[state.name] = upstream
                 members.append(state)
             self.pools[pool_config.name] = Pool(pool_config, members)
+
+    def pools_in_use(self) -> list[Pool]:
+        """Pools a route or the C-ECHO option sends to."""
+        names = {route.pool.name for route in self.snapshot.routes}
+        dicom = self.snapshot.dicom
+        if dicom is not None and dicom.echo_pool is not None:
+            names.add(dicom.echo_pool.name)
+        return [pool for name, pool in self.pools.items() if name in names]
 
     def any_route_available(self) -> bool:
         """True when some route's pool has an available backend (or there are no routes)."""

@@ -109,6 +109,25 @@ class DicomListenerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminAuth:
+    """Who may use the admin listener: SHA-256 hex digests of bearer tokens and passwords."""
+
+    bearer_tokens_sha256: frozenset[str] = frozenset()
+    basic: Mapping[str, str] = field(default_factory=dict)  # user -> sha256 hex of password
+
+    @property
+    def required(self) -> bool:
+        return bool(self.bearer_tokens_sha256 or self.basic)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminListenerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8404
+    auth: AdminAuth = field(default_factory=AdminAuth)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     source: str
     dicom: DicomListenerConfig | None
@@ -116,3 +135,5 @@ class Snapshot:
     routes: tuple[RouteConfig, ...]
     wanted_tags: frozenset[int]  # every tag a route or an affinity key looks at
     graceful_timeout: float = 30.0
+    admin: AdminListenerConfig | None = None
+    watch: bool = False  # reload when the config file changes

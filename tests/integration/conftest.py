@@ -4,15 +4,20 @@ free loopback port, from a config dict a user would write; every test stops it."
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dicomlb.app import App
-from dicomlb.config import build_snapshot
+from dicomlb.config import build_snapshot, load_snapshot
 from dicomlb.pools import BackendState
 from tests.peers import free_port
 
@@ -20,16 +25,57 @@ from tests.peers import free_port
 class Balancer:
     """A running dicomlb (App) on a background event loop."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        config.setdefault("listeners", {}).setdefault(
-            "dicom", {"bind": f"127.0.0.1:{free_port()}", "ae_title": "DICOMLB"}
-        )
-        self.snapshot = build_snapshot(config, source="<test>")
+    def __init__(
+        self, config: dict[str, Any], *, admin: bool = False, config_file: Path | None = None
+    ) -> None:
+        listeners = config.setdefault("listeners", {})
+        listeners.setdefault("dicom", {"bind": f"127.0.0.1:{free_port()}", "ae_title": "DICOMLB"})
+        if admin:
+            listeners.setdefault("admin", {}).setdefault("bind", f"127.0.0.1:{free_port()}")
+        if config_file is not None:  # a file, so that reload (API, SIGHUP, watch) can read it
+            config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+            self.snapshot = load_snapshot(config_file)
+        else:
+            self.snapshot = build_snapshot(config, source="<test>")
         assert self.snapshot.dicom is not None
         self.port = self.snapshot.dicom.port
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.app = App(self.snapshot)
+        self.app = App(self.snapshot, config_path=config_file)
+
+    @property
+    def admin_url(self) -> str:
+        assert self.app.admin is not None, "start the balancer with admin=True"
+        return self.app.admin.url.rstrip("/")
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> tuple[int, Any]:
+        """A request to the admin listener: (status, JSON body or text)."""
+        data = None if body is None else json.dumps(body).encode()
+        all_headers = dict(headers or {})
+        if method != "GET":
+            all_headers.setdefault("Content-Type", "application/json")
+            data = data if data is not None else b"{}"
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(
+            self.admin_url + path, data=data, method=method, headers=all_headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, raw, kind = response.status, response.read(), response.headers
+        except urllib.error.HTTPError as err:
+            status, raw, kind = err.code, err.read(), err.headers
+        if "json" in kind.get("Content-Type", ""):
+            return status, json.loads(raw)
+        return status, raw.decode()
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -52,11 +98,12 @@ class Balancer:
 
 @pytest.fixture
 def balancer() -> Iterator[Any]:
-    """`balancer(config)` starts dicomlb with `config`; all are stopped after the test."""
+    """`balancer(config, admin=False, config_file=None)` starts dicomlb with `config` (with the
+    admin listener on a free port; from a YAML file written there); all stop after the test."""
     started: list[Balancer] = []
 
-    def start(config: dict[str, Any]) -> Balancer:
-        lb = Balancer(config).start()
+    def start(config: dict[str, Any], **options: Any) -> Balancer:
+        lb = Balancer(config, **options).start()
         started.append(lb)
         return lb
 

@@ -150,6 +150,8 @@ def test_describe_summarises_listeners_routes_and_pools() -> None:
         "    - store-1: STORE1@10.0.0.7:104  weight 1, max associations 4, max PDU 16384",
         "routing tags: Modality (0008,0060), StudyInstanceUID (0020,000D)",
         "graceful timeout: 30s",
+        "admin listener: none",
+        "reload on file change: no",
     ]
 
 

@@ -263,6 +263,15 @@ class InboundAssociation(asyncio.Protocol):
                 (time.monotonic() - self.started) * 1000,
                 self._outcome,
             )
+            self.runtime.metrics.association_closed(
+                peer=f"{self.peer[0]}:{self.peer[1]}",
+                calling_aet=self.calling_ae,
+                called_aet=self.called_ae,
+                seconds=time.monotonic() - self.started,
+                messages=self.messages,
+                bytes_in=self.bytes_in,
+                outcome=self._outcome,
+            )
 
     # -------------------------------------------------------- events
 
@@ -317,6 +326,12 @@ class InboundAssociation(asyncio.Protocol):
                 answer.reason,
                 why,
             )
+            self.runtime.metrics.association_rejected(
+                peer=f"{self.peer[0]}:{self.peer[1]}",
+                calling_aet=request.calling_ae,
+                called_aet=request.called_ae,
+                why=why,
+            )
             self._send(self.assoc.send(answer))
             self._arm_timer(self.config.artim_timeout)  # Sta13: the client should close now
             return
@@ -327,6 +342,7 @@ class InboundAssociation(asyncio.Protocol):
         stats.accepted += 1
         stats.by_calling_aet[request.calling_ae] += 1
         self.counted = True
+        self.runtime.metrics.association_accepted()
         accepted = sum(1 for ctx in answer.contexts if ctx.result == 0)
         log.info(
             "association.accepted peer=%s:%d calling_aet=%s called_aet=%s contexts=%d/%d "

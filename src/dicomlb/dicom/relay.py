@@ -104,6 +104,13 @@ class Relay:
         except MessageFailed as failure:
             self._respond(message, failure.status, str(failure))
             return
+        self.runtime.metrics.store_finished(
+            pool=pool.name,
+            backend=backend.name,
+            status=status,
+            seconds=time.monotonic() - started,
+            command="C-ECHO",
+        )
         log.info(
             "echo.relayed pool=%s backend=%s status=0x%04X ms=%d",
             pool.name,
@@ -149,6 +156,7 @@ class Relay:
                 Status.NOT_AUTHORIZED,
                 reason,
             )
+            self.runtime.metrics.store_finished(status=Status.NOT_AUTHORIZED, seconds=0.0)
             self._respond(message, Status.NOT_AUTHORIZED, reason)
             return
         pool = self.runtime.pools[route.pool.name]
@@ -165,6 +173,9 @@ class Relay:
                 pool.name,
                 failure.status,
                 str(failure),
+            )
+            self.runtime.metrics.store_finished(
+                route=route.name, pool=pool.name, status=failure.status, seconds=0.0
             )
             self._respond(message, failure.status, str(failure))
             return
@@ -190,9 +201,23 @@ class Relay:
                 failure.status,
                 str(failure),
             )
+            self.runtime.metrics.store_finished(
+                route=route.name,
+                pool=pool.name,
+                backend=backend.name,
+                status=failure.status,
+                seconds=time.monotonic() - started,
+            )
             self._respond(message, failure.status, f"{backend.name}: {failure}")
             return
         outcome = "store.delivered" if _stored(status) else "store.failed"
+        self.runtime.metrics.store_finished(
+            route=route.name,
+            pool=pool.name,
+            backend=backend.name,
+            status=status,
+            seconds=time.monotonic() - started,
+        )
         log.log(
             logging.INFO if _stored(status) else logging.WARNING,
             "%s sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X ms=%d",
@@ -259,6 +284,7 @@ class Relay:
                     log.warning(
                         "backend.down backend=%s pool=%s cause=passive", backend.name, pool.name
                     )
+                    self.runtime.metrics.backend_transition(backend.name, up=False, cause="passive")
                 continue
             return backend, up
 
@@ -317,6 +343,7 @@ class Relay:
                 log.warning(
                     "backend.down backend=%s pool=%s cause=passive", backend.name, pool.name
                 )
+                self.runtime.metrics.backend_transition(backend.name, up=False, cause="passive")
             reason = (
                 f"no response within {pool.response_timeout:g}s"
                 if isinstance(err, TimeoutError)

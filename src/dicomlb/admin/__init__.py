@@ -1,0 +1,1 @@
+"""The control plane: admin listener, dashboard, JSON API, metrics endpoint."""

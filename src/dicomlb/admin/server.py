@@ -1,0 +1,467 @@
+"""The admin listener: dashboard, JSON API v1, Prometheus `/metrics`, `/healthz`, `/readyz`.
+
+An aiohttp application bound to `listeners.admin` (127.0.0.1:8404 by default). Everything
+but the dashboard page and the probes needs the configured bearer token or basic-auth
+password when auth is set (the config refuses a non-loopback bind without it). Requests that
+change something must send JSON (`Content-Type: application/json`), which a cross-site form
+cannot. The API is described in docs/admin-api.yaml.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from dicomlb import __version__
+from dicomlb.changes import ChangeError
+from dicomlb.config import ConfigError
+from dicomlb.metrics import CONTENT_TYPE
+from dicomlb.pools import BackendState
+from dicomlb.snapshot import AdminAuth
+
+if TYPE_CHECKING:
+    from dicomlb.app import App
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico"})
+MODES = {"drain": "draining", "disable": "disabled", "enable": "enabled"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def authorized(auth: AdminAuth, header: str | None) -> str | None:
+    """Who the Authorization header proves to be ("token" or the user), or None."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and auth.bearer_tokens_sha256:
+        digest = _sha256(value)
+        if any(hmac.compare_digest(digest, known) for known in auth.bearer_tokens_sha256):
+            return "token"
+    elif scheme.lower() == "basic" and auth.basic:
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        known = auth.basic.get(user)
+        if known is not None and hmac.compare_digest(_sha256(password), known):
+            return user
+    return None
+
+
+def backend_state(backend: BackendState) -> str:
+    """One word for the dashboard: up, down, draining, drained, disabled."""
+    if backend.mode == "disabled":
+        return "disabled"
+    if backend.mode == "draining":
+        return "draining" if backend.active else "drained"
+    return "up" if backend.health.up else "down"
+
+
+class AdminServer:
+    """The admin listener of one App."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.web = web.Application(middlewares=[self._middleware])
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.host = ""
+        self.port = 0
+        r = self.web.router
+        r.add_get("/", self.index)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/api/v1/status", self.status)
+        r.add_get("/api/v1/listeners", self.listeners)
+        r.add_get("/api/v1/pools", self.pools)
+        r.add_get("/api/v1/pools/{pool}", self.pool)
+        r.add_post("/api/v1/pools/{pool}/backends", self.add_backend)
+        r.add_get("/api/v1/backends", self.backends)
+        r.add_get("/api/v1/backends/{name}", self.backend)
+        r.add_delete("/api/v1/backends/{name}", self.remove_backend)
+        r.add_post("/api/v1/backends/{name}/{action:drain|disable|enable}", self.backend_action)
+        r.add_get("/api/v1/routes", self.routes)
+        r.add_get("/api/v1/associations", self.associations)
+        r.add_get("/api/v1/config", self.config)
+        r.add_post("/api/v1/reload", self.reload)
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(
+            self.web, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.host = host
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        log.info("listener.started listener=admin bind=%s:%d", host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+            log.info("listener.stopped listener=admin bind=%s:%d", self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    # -------------------------------------------------------- middleware
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        who = "-"
+        config = self.app.snapshot.admin
+        auth = config.auth if config is not None else AdminAuth()
+        if auth.required and request.path not in OPEN_PATHS:
+            found = authorized(auth, request.headers.get("Authorization"))
+            if found is None:
+                log.warning(
+                    "admin.unauthorized peer=%s method=%s path=%s",
+                    request.remote,
+                    request.method,
+                    request.path,
+                )
+                scheme = 'Basic realm="dicomlb"' if auth.basic else 'Bearer realm="dicomlb"'
+                return web.json_response(
+                    {"error": "authentication required"},
+                    status=401,
+                    headers={"WWW-Authenticate": scheme},
+                )
+            who = found
+        if request.method in ("POST", "PUT", "PATCH", "DELETE") and (
+            request.content_type != "application/json"
+        ):
+            return web.json_response(
+                {"error": "send Content-Type: application/json (a body of {} is enough)"},
+                status=415,
+            )
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as err:
+            status = err.status
+            raise
+        finally:
+            level = logging.DEBUG if request.method in ("GET", "HEAD") else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "admin.request peer=%s user=%s method=%s path=%s status=%d ms=%d",
+                    request.remote,
+                    who,
+                    request.method,
+                    request.path,
+                    status,
+                    (time.monotonic() - started) * 1000,
+                )
+
+    # -------------------------------------------------------- probes and metrics
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = resources.files("dicomlb.admin").joinpath("static/index.html").read_bytes()
+        return web.Response(
+            body=page,
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "alive", "version": __version__})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        ready, missing = self.app.ready()
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        if missing:
+            body["pools_without_available_backend"] = missing
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=self.app.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE}
+        )
+
+    # -------------------------------------------------------- reading
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.snapshot_state())
+
+    async def listeners(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._listeners())
+
+    async def pools(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._pools())
+
+    async def pool(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["pool"]
+        for pool in self._pools():
+            if pool["name"] == name:
+                return web.json_response(pool)
+        return _not_found(f'pool "{name}" does not exist')
+
+    async def backends(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._backends())
+
+    async def backend(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        for backend in self._backends():
+            if backend["name"] == name:
+                return web.json_response(backend)
+        return _not_found(f'backend "{name}" does not exist')
+
+    async def routes(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._routes())
+
+    async def associations(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._associations())
+
+    async def config(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._config())
+
+    # -------------------------------------------------------- actions
+
+    async def backend_action(self, request: web.Request) -> web.StreamResponse:
+        name, action = request.match_info["name"], request.match_info["action"]
+        try:
+            backend = self.app.set_backend_mode(name, MODES[action])
+        except KeyError:
+            return _not_found(f'backend "{name}" does not exist')
+        return web.json_response(self._backend(backend, self.app.pool_of(name)))
+
+    async def add_backend(self, request: web.Request) -> web.StreamResponse:
+        pool = request.match_info["pool"]
+        data = await _json_body(request)
+        try:
+            backend = await self.app.add_backend(pool, data)
+        except ConfigError as err:
+            return web.json_response({"error": str(err)}, status=422)
+        except ChangeError as err:
+            status = 404 if "does not exist" in str(err) else 409
+            return web.json_response({"error": str(err)}, status=status)
+        return web.json_response(self._backend(backend, pool), status=201)
+
+    async def remove_backend(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        try:
+            await self.app.remove_backend(name)
+        except ChangeError as err:
+            status = 404 if "does not exist" in str(err) else 409
+            return web.json_response({"error": str(err)}, status=status)
+        return web.json_response({"removed": name})
+
+    async def reload(self, request: web.Request) -> web.StreamResponse:
+        result = await self.app.reload_from_file("api")
+        return web.json_response(result, status=200 if result["result"] == "ok" else 422)
+
+    # -------------------------------------------------------- state as JSON
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """Everything the dashboard shows, in one document."""
+        ready, missing = self.app.ready()
+        now = time.time()
+        metrics = self.app.metrics
+        by_class: dict[str, float] = {}
+        for labels, value in metrics.counter_values(metrics.messages):
+            by_class[labels["status_class"]] = by_class.get(labels["status_class"], 0) + value
+        state = self.app.state_for_metrics()
+        return {
+            "version": __version__,
+            "now": now,
+            "started": self.app.started_at,
+            "ready": ready,
+            "not_ready_pools": missing,
+            "config": self._config(),
+            "listeners": self._listeners(),
+            "totals": {
+                "messages": by_class,
+                "received_bytes": metrics.closed_bytes + state["open_bytes"],
+            },
+            "pools": self._pools(),
+            "backends": self._backends(),
+            "routes": self._routes(),
+            "associations": self._associations(),
+            "errors": [{"time": t, "text": text} for t, text in metrics.errors],
+        }
+
+    def _config(self) -> dict[str, Any]:
+        snapshot = self.app.snapshot
+        return {
+            "source": snapshot.source,
+            "path": str(self.app.config_path) if self.app.config_path else None,
+            "watch": snapshot.watch,
+            "last_reload": self.app.last_reload,
+        }
+
+    def _listeners(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        dicom = self.app.dicom
+        config = self.app.snapshot.dicom
+        if dicom is not None and config is not None:
+            stats = dicom.stats
+            out.append(
+                {
+                    "name": "dicom",
+                    "bind": f"{config.host}:{dicom.port}",
+                    "ae_title": config.ae_title,
+                    "active": stats.active,
+                    "max_associations": config.max_associations,
+                    "accepted": stats.accepted,
+                    "rejected": stats.rejected,
+                    "aborted": stats.aborted,
+                }
+            )
+        admin = self.app.snapshot.admin
+        if admin is not None:
+            out.append(
+                {
+                    "name": "admin",
+                    "bind": f"{self.host}:{self.port}",
+                    "auth": admin.auth.required,
+                }
+            )
+        return out
+
+    def _message_counts(self) -> dict[tuple[str, str], dict[str, float]]:
+        """(kind, name) -> {status_class: count}, kind route | pool | backend."""
+        counts: dict[tuple[str, str], dict[str, float]] = {}
+        metrics = self.app.metrics
+        for labels, value in metrics.counter_values(metrics.messages):
+            for kind in ("route", "pool", "backend"):
+                if labels[kind]:
+                    bucket = counts.setdefault((kind, labels[kind]), {})
+                    cls = labels["status_class"]
+                    bucket[cls] = bucket.get(cls, 0) + value
+        return counts
+
+    def _pools(self) -> list[dict[str, Any]]:
+        runtime = self.app.runtime
+        in_use = {p.name for p in runtime.pools_in_use()}
+        counts = self._message_counts()
+        out = []
+        for pool in runtime.pools.values():
+            config = pool.config
+            names = [b.name for b in pool.backends]
+            out.append(
+                {
+                    "name": pool.name,
+                    "strategy": config.strategy.value,
+                    "key": config.key_name,
+                    "in_use": pool.name in in_use,
+                    "backends": names,
+                    "available": sum(1 for b in pool.backends if b.available),
+                    "active": sum(b.active for b in pool.backends),
+                    "messages": counts.get(("pool", pool.name), {}),
+                    "latency": self.app.metrics.latency_of(names),
+                }
+            )
+        return out
+
+    def _backends(self) -> list[dict[str, Any]]:
+        out = []
+        for pool in self.app.runtime.pools.values():
+            for backend in pool.backends:
+                out.append(self._backend(backend, pool.name))
+        return out
+
+    def _backend(self, backend: BackendState, pool: str) -> dict[str, Any]:
+        runtime = self.app.runtime
+        metrics = self.app.metrics
+        upstream = runtime.upstreams.get(backend.name)
+        checker = self.app.checkers.get(backend.name)
+        config = backend.config
+        return {
+            "name": backend.name,
+            "pool": pool,
+            "dicom": str(config.dicom),
+            "weight": config.weight,
+            "max_associations": config.max_associations,
+            "state": backend_state(backend),
+            "up": backend.health.up,
+            "enabled": backend.enabled,
+            "mode": backend.mode,
+            "active": backend.active,
+            "upstream_open": upstream.open if upstream else 0,
+            "upstream_idle": len(upstream.idle) if upstream else 0,
+            "last_error": checker.last_error if checker else None,
+            "checks": [[t, ok] for t, ok in metrics.checks.get(backend.name, ())],
+            "transitions": [
+                {"time": t, "state": s, "cause": c}
+                for t, s, c in metrics.transitions.get(backend.name, ())
+            ],
+            "messages": self._message_counts().get(("backend", backend.name), {}),
+            "latency": metrics.latency(backend.name),
+        }
+
+    def _routes(self) -> list[dict[str, Any]]:
+        metrics = self.app.metrics
+        hits = {
+            labels["route"]: value for labels, value in metrics.counter_values(metrics.route_hits)
+        }
+        counts = self._message_counts()
+        return [
+            {
+                "name": route.name,
+                "match": route.match_text or "everything",
+                "pool": route.pool.name,
+                "hits": hits.get(route.name, 0),
+                "messages": counts.get(("route", route.name), {}),
+            }
+            for route in self.app.snapshot.routes
+        ]
+
+    def _associations(self) -> dict[str, Any]:
+        now = time.monotonic()
+        active = []
+        if self.app.dicom is not None:
+            for a in self.app.dicom.associations:
+                if not a.counted:
+                    continue
+                active.append(
+                    {
+                        "peer": f"{a.peer[0]}:{a.peer[1]}",
+                        "calling_aet": a.calling_ae,
+                        "called_aet": a.called_ae,
+                        "seconds": round(now - a.started, 3),
+                        "messages": a.messages,
+                        "bytes": a.bytes_in,
+                        "busy": a.busy,
+                    }
+                )
+        active.sort(key=lambda a: -a["seconds"])
+        recent = [r.as_dict() for r in reversed(self.app.metrics.recent_associations)]
+        return {"active": active, "recent": recent}
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text='{"error": "the body is not JSON"}', content_type="application/json"
+        ) from None
+
+
+def _not_found(message: str) -> web.StreamResponse:
+    return web.json_response({"error": message}, status=404)

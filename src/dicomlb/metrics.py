@@ -1,0 +1,396 @@
+"""What the balancer counts: Prometheus metrics and the short recent history the dashboard shows.
+
+`Metrics` is owned by the `App` and reachable from every runtime (`runtime.metrics`). The data
+path calls one method at each fate point (`store_finished`, `association_closed`, ...); the
+method updates prometheus-client objects in the App's own `CollectorRegistry` (never the
+global one: several Apps may run in one process) and appends to small bounded rings.
+
+Gauges that mirror live state (backend up, messages in flight, open associations) are not
+updated on the data path at all: `StateCollector` reads them from the App when scraped.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Metrics", "percentile", "status_class"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Relay latency buckets: loopback C-STOREs take ~1 ms, a slow archive seconds.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+WINDOW = 60.0  # seconds of latency samples kept for the dashboard's p50 / p99
+RECENT_ASSOCIATIONS = 200
+HISTORY = 60  # health checks / transitions kept per backend
+
+
+def status_class(status: int) -> str:
+    """PS3.7 C.4 status classes: success, warning (0x0001, 0xBxxx), cancel, pending, failure."""
+    if status == 0:
+        return "success"
+    if status == 0x0001 or (status & 0xF000) == 0xB000:
+        return "warning"
+    if status == 0xFE00:
+        return "cancel"
+    if status in (0xFF00, 0xFF01):
+        return "pending"
+    return "failure"
+
+
+def association_outcome(text: str) -> str:
+    """The outcome label of an association from the acceptor's outcome text."""
+    if text == "released":
+        return "released"
+    if text.startswith("rejected"):
+        return "rejected"
+    if text.startswith("aborted by the client"):
+        return "aborted_by_client"
+    if text.startswith("aborted"):
+        return "aborted"
+    return "lost"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The `q` quantile (0..1) of `values` by nearest rank, or None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[rank]
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationRecord:
+    """One finished (or refused) client association, for the dashboard's recent list."""
+
+    ended: float  # wall clock
+    peer: str
+    calling_aet: str
+    called_aet: str
+    seconds: float
+    messages: int
+    bytes: int
+    outcome: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ended": self.ended,
+            "peer": self.peer,
+            "calling_aet": self.calling_aet,
+            "called_aet": self.called_aet,
+            "seconds": round(self.seconds, 3),
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "outcome": self.outcome,
+            "detail": self.detail,
+        }
+
+
+class Metrics:
+    """Prometheus metrics of one App, and the recent history the admin API shows."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.associations = Counter(
+            "dicomlb_associations",
+            "Client DICOM associations by how they ended (rejected ones included).",
+            ["outcome"],
+            registry=r,
+        )
+        self.associations_accepted = Counter(
+            "dicomlb_associations_accepted", "Client DICOM associations accepted.", registry=r
+        )
+        self.messages = Counter(
+            "dicomlb_messages",
+            "DIMSE requests answered, by command, status class, route, pool and backend.",
+            ["command", "status_class", "route", "pool", "backend"],
+            registry=r,
+        )
+        self.route_hits = Counter(
+            "dicomlb_route_hits", "Messages that matched each route.", ["route"], registry=r
+        )
+        self.relay_duration = Histogram(
+            "dicomlb_relay_duration_seconds",
+            "Time from a request's command to the backend's response relayed to the client.",
+            ["command", "pool", "backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_transitions = Counter(
+            "dicomlb_backend_transitions",
+            "Backend health changes, by the state entered and the cause (check, passive).",
+            ["backend", "state", "cause"],
+            registry=r,
+        )
+        self.health_checks = Counter(
+            "dicomlb_health_checks",
+            "Active health checks by result.",
+            ["backend", "result"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "dicomlb_config_reloads",
+            "Configuration reloads by result (ok, error) and source (api, sighup, watch).",
+            ["result", "source"],
+            registry=r,
+        )
+        self.last_reload_ok = Gauge(
+            "dicomlb_config_last_reload_successful",
+            "1 when the last reload attempt succeeded (or none was made), else 0.",
+            registry=r,
+        )
+        self.last_reload_ok.set(1)
+        self.last_reload_time = Gauge(
+            "dicomlb_config_last_reload_timestamp_seconds",
+            "When the running configuration was loaded (Unix time).",
+            registry=r,
+        )
+        self.last_reload_time.set(clock())
+        self.admin_actions = Counter(
+            "dicomlb_admin_actions",
+            "Operator actions through the admin API.",
+            ["action"],
+            registry=r,
+        )
+        self._closed_bytes = 0
+        self._message_children: dict[tuple[str, str, str, str, str], Any] = {}
+        self._latency_children: dict[tuple[str, str, str], Any] = {}
+        self._route_children: dict[str, Any] = {}
+        # Dashboard history: bounded rings, read by the admin API.
+        self.recent_associations: collections.deque[AssociationRecord] = collections.deque(
+            maxlen=RECENT_ASSOCIATIONS
+        )
+        self._latencies: dict[str, collections.deque[tuple[float, float]]] = {}
+        self.checks: dict[str, collections.deque[tuple[float, bool]]] = {}
+        self.transitions: dict[str, collections.deque[tuple[float, str, str]]] = {}
+        self.errors: collections.deque[tuple[float, str]] = collections.deque(maxlen=50)
+
+    # -------------------------------------------------------- data path hooks
+
+    def store_finished(
+        self,
+        *,
+        route: str = "",
+        pool: str = "",
+        backend: str = "",
+        status: int,
+        seconds: float,
+        command: str = "C-STORE",
+    ) -> None:
+        """One request answered: its fate (status), where it went and how long it took."""
+        key = (command, status_class(status), route, pool, backend)
+        child = self._message_children.get(key)
+        if child is None:
+            child = self._message_children[key] = self.messages.labels(*key)
+        child.inc()
+        if route:
+            hits = self._route_children.get(route)
+            if hits is None:
+                hits = self._route_children[route] = self.route_hits.labels(route)
+            hits.inc()
+        if backend:
+            lkey = (command, pool, backend)
+            timer = self._latency_children.get(lkey)
+            if timer is None:
+                timer = self._latency_children[lkey] = self.relay_duration.labels(*lkey)
+            timer.observe(seconds)
+            ring = self._latencies.get(backend)
+            if ring is None:
+                ring = self._latencies[backend] = collections.deque(maxlen=4096)
+            ring.append((time.monotonic(), seconds))
+
+    def association_rejected(
+        self, *, peer: str, calling_aet: str, called_aet: str, why: str
+    ) -> None:
+        self.associations.labels("rejected").inc()
+        self.recent_associations.append(
+            AssociationRecord(
+                self.clock(), peer, calling_aet, called_aet, 0.0, 0, 0, "rejected", why
+            )
+        )
+
+    def association_accepted(self) -> None:
+        self.associations_accepted.inc()
+
+    def association_closed(
+        self,
+        *,
+        peer: str,
+        calling_aet: str,
+        called_aet: str,
+        seconds: float,
+        messages: int,
+        bytes_in: int,
+        outcome: str,
+    ) -> None:
+        label = association_outcome(outcome)
+        self.associations.labels(label).inc()
+        self._closed_bytes += bytes_in
+        self.recent_associations.append(
+            AssociationRecord(
+                self.clock(),
+                peer,
+                calling_aet,
+                called_aet,
+                seconds,
+                messages,
+                bytes_in,
+                label,
+                outcome,
+            )
+        )
+
+    def backend_transition(self, backend: str, *, up: bool, cause: str) -> None:
+        state = "up" if up else "down"
+        self.backend_transitions.labels(backend, state, cause).inc()
+        ring = self.transitions.setdefault(backend, collections.deque(maxlen=HISTORY))
+        ring.append((self.clock(), state, cause))
+
+    def health_check(self, backend: str, ok: bool) -> None:
+        self.health_checks.labels(backend, "ok" if ok else "failed").inc()
+        ring = self.checks.setdefault(backend, collections.deque(maxlen=HISTORY))
+        ring.append((self.clock(), ok))
+
+    def reload_finished(self, *, ok: bool, source: str, error: str = "") -> None:
+        self.reloads.labels("ok" if ok else "error", source).inc()
+        self.last_reload_ok.set(1 if ok else 0)
+        if ok:
+            self.last_reload_time.set(self.clock())
+        else:
+            self.errors.append((self.clock(), f"reload ({source}): {error}"))
+
+    # -------------------------------------------------------- reading
+
+    @property
+    def closed_bytes(self) -> int:
+        """Bytes received on client associations that have closed."""
+        return self._closed_bytes
+
+    def latency(self, backend: str, window: float = WINDOW) -> dict[str, float | int | None]:
+        """p50 / p99 (seconds) and count of `backend`'s relays in the last `window` seconds."""
+        ring = self._latencies.get(backend)
+        if not ring:
+            return {"p50": None, "p99": None, "count": 0}
+        since = time.monotonic() - window
+        values = [s for t, s in ring if t >= since]
+        return {
+            "p50": percentile(values, 0.5),
+            "p99": percentile(values, 0.99),
+            "count": len(values),
+        }
+
+    def latency_of(self, backends: list[str], window: float = WINDOW) -> dict[str, Any]:
+        """The same over several backends (a pool)."""
+        since = time.monotonic() - window
+        values = [s for b in backends for t, s in self._latencies.get(b, ()) if t >= since]
+        return {
+            "p50": percentile(values, 0.5),
+            "p99": percentile(values, 0.99),
+            "count": len(values),
+        }
+
+    def counter_values(self, counter: Counter) -> Iterator[tuple[dict[str, str], float]]:
+        """(labels, value) of each child of `counter`."""
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    yield sample.labels, sample.value
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of everything registered."""
+        return generate_latest(self.registry)
+
+    def add_state_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+
+class StateCollector(Collector):
+    """Gauges read from the running App at scrape time (nothing to update on the data path).
+
+    `read` returns the current state as plain data, so this module needs no App import.
+    """
+
+    def __init__(self, read: Callable[[], dict[str, Any]], metrics: Metrics) -> None:
+        self.read = read
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected on demand; nothing to describe up front
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.read()
+        up = GaugeMetricFamily(
+            "dicomlb_backend_up",
+            "1 when the backend passes its health checks.",
+            labels=["pool", "backend"],
+        )
+        enabled = GaugeMetricFamily(
+            "dicomlb_backend_enabled",
+            "1 when the backend takes new work (0: drained or disabled by an operator).",
+            labels=["pool", "backend"],
+        )
+        active = GaugeMetricFamily(
+            "dicomlb_backend_active", "Messages in flight to the backend.", labels=["backend"]
+        )
+        upstream = GaugeMetricFamily(
+            "dicomlb_backend_associations",
+            "Upstream associations open to the backend (in use and idle).",
+            labels=["backend", "state"],
+        )
+        for b in state["backends"]:
+            up.add_metric([b["pool"], b["name"]], 1 if b["up"] else 0)
+            enabled.add_metric([b["pool"], b["name"]], 1 if b["enabled"] else 0)
+            active.add_metric([b["name"]], b["active"])
+            upstream.add_metric([b["name"], "open"], b["upstream_open"])
+            upstream.add_metric([b["name"], "idle"], b["upstream_idle"])
+        pool_available = GaugeMetricFamily(
+            "dicomlb_pool_available_backends",
+            "Backends of the pool that are up and enabled.",
+            labels=["pool"],
+        )
+        for name, count in state["pools"].items():
+            pool_available.add_metric([name], count)
+        assoc = GaugeMetricFamily(
+            "dicomlb_associations_active", "Client DICOM associations open now."
+        )
+        assoc.add_metric([], state["associations_active"])
+        received = CounterMetricFamily(
+            "dicomlb_received_bytes",
+            "Bytes received from DICOM clients (PDUs, data sets included).",
+            labels=["listener"],
+        )
+        received.add_metric(["dicom"], self.metrics.closed_bytes + state["open_bytes"])
+        ready = GaugeMetricFamily(
+            "dicomlb_ready", "1 when every pool in use has an available backend."
+        )
+        ready.add_metric([], 1 if state["ready"] else 0)
+        yield from (up, enabled, active, upstream, pool_available, assoc, received, ready)
