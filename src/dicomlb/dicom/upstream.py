@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import cast
 
-from dicomlb.dicom.association import Association, ConnectionClosed, Role
+from dicomlb.dicom.association import Association, AssocState, ConnectionClosed, Role
 from dicomlb.dicom.dimse import Command, CommandReceived, MessageAssembler
 from dicomlb.dicom.errors import RemoteProtocolError
 from dicomlb.dicom.negotiation import upstream_request
@@ -282,15 +282,21 @@ class UpstreamAssociation(asyncio.Protocol):
     async def release(self, timeout: float = 5.0) -> None:
         """A-RELEASE, falling back to A-ABORT when the backend does not answer in time."""
         self._stop_timers()
-        if self.usable:
-            self.failure = "released"
-            self._write(self.assoc.send(ReleaseRequest()))
-            try:
-                await asyncio.wait_for(asyncio.shield(self.closed), timeout)
-            except TimeoutError:
-                self.abort()
-        else:
+        if not self.usable:
             self._close()
+            return
+        if self.assoc.state is not AssocState.STA6:
+            self.abort()  # still negotiating: there is nothing to release yet
+            return
+        self.failure = "released"
+        self._write(self.assoc.send(ReleaseRequest()))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        except TimeoutError:
+            self.abort()
+        except asyncio.CancelledError:
+            self.abort()  # the caller is going away: do not leave the backend waiting
+            raise
 
     def abort(self) -> None:
         """A-ABORT and close at once (a message was cut off half-way)."""
