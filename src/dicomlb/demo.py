@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import signal
 import socket
 import tempfile
@@ -34,6 +35,7 @@ SOP_CLASSES = {
 }
 STUDIES = [("CT", 12), ("CT", 8), ("MR", 10), ("PT", 6), ("CR", 2), ("US", 4), ("MR", 5)]
 NODES = ("node-a", "node-b", "node-c")
+TRICKLE_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,13 +194,25 @@ async def run_demo(
         if keep_running:
             report(
                 f"dicomlb is listening on 127.0.0.1:{port} (AE DICOMLB), dashboard on "
-                f"{app.admin.url}; Ctrl-C stops it."
+                f"{app.admin.url}; a new study every {TRICKLE_SECONDS:g}s; Ctrl-C stops it."
             )
-            await _until_signal()
+            trickle = asyncio.get_running_loop().create_task(_trickle(port))
+            try:
+                await _until_signal()
+            finally:
+                trickle.cancel()
     finally:
         await app.stop()
         for scp in nodes.values():
             await scp.stop()
+
+
+async def _trickle(port: int) -> None:
+    """Keep images flowing for the dashboard: one small study after another, forever."""
+    for index in itertools.count(len(STUDIES) + 1):
+        modality, count = STUDIES[index % len(STUDIES)]
+        await asyncio.to_thread(send_study, port, modality, make_study(modality, count, index))
+        await asyncio.sleep(TRICKLE_SECONDS)
 
 
 async def _until_signal() -> None:
