@@ -12,7 +12,7 @@ import logging
 from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
 from dicomlb.dicom.errors import LocalProtocolError
-from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import HealthConfig
@@ -22,20 +22,13 @@ log = logging.getLogger(__name__)
 
 async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
     """One C-ECHO to `backend` on a fresh association; raises UpstreamError on any failure."""
-    loop = asyncio.get_running_loop()
     address = backend.config.dicom
     key = (calling_ae, address.ae_title, ())
     verification = (uids.VERIFICATION, uids.IMPLICIT_VR_LE)
     up: UpstreamAssociation | None = None
     try:
         async with asyncio.timeout(timeout):
-            _, up = await loop.create_connection(
-                lambda: UpstreamAssociation(
-                    backend.name, key, [verification], backend.config.max_pdu
-                ),
-                address.host,
-                address.port,
-            )
+            up = await connect(backend.config, key, [verification])
             await up.established
             context_id = up.context_for(verification)
             if context_id is None:

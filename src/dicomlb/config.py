@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import ipaddress
 import re
+import ssl
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -51,7 +52,9 @@ from dicomlb.snapshot import (
     RouteConfig,
     Snapshot,
     Strategy,
+    TlsConfig,
 )
+from dicomlb.tls import client_context, server_context
 
 __all__ = [
     "ConfigError",
@@ -288,6 +291,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _ListenerTlsModel(_Model):
+    cert: Annotated[str, Field(strict=True)]
+    key: Annotated[str, Field(strict=True)]
+    ca: Annotated[str, Field(strict=True)] | None = None
+
+
+class _BackendTlsModel(_Model):
+    ca: Annotated[str, Field(strict=True)] | None = None
+    cert: Annotated[str, Field(strict=True)] | None = None
+    key: Annotated[str, Field(strict=True)] | None = None
+    verify: StrictBool = True
+    server_name: Annotated[str, Field(strict=True)] | None = None
+
+
 class _DicomListenerModel(_Model):
     bind: Annotated[tuple[str, int], BeforeValidator(_parse_bind)] | None = None
     ae_title: AeTitle | None = None
@@ -304,6 +321,7 @@ class _DicomListenerModel(_Model):
         | None
     ) = None
     echo: Annotated[str, Field(strict=True)] = ECHO_LOCAL
+    tls: _ListenerTlsModel | None = None
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -349,6 +367,7 @@ class _BackendModel(_Model):
     weight: Count | None = None
     max_associations: Count | None = None
     max_pdu: MaxPdu | None = None
+    tls: _BackendTlsModel | None = None
 
 
 class _PoolModel(_Model):
@@ -481,7 +500,13 @@ def build_backend(data: Any, path: str = "backend", source: str = "<api>") -> Ba
                 ConfigIssue(path=f"{path}.{issue.path}".rstrip("."), message=issue.message)
             )
         raise ConfigError(source, issues) from None
-    return BackendConfig(name=model.name, dicom=model.dicom, **_set(model, "name", "dicom"))
+    issues: list[ConfigIssue] = []
+    tls = _backend_tls(model.tls, f"{path}.tls", issues)
+    if issues:
+        raise ConfigError(source, issues)
+    return BackendConfig(
+        name=model.name, dicom=model.dicom, tls=tls, **_set(model, "name", "dicom", "tls")
+    )
 
 
 class _Builder:
@@ -560,8 +585,11 @@ class _Builder:
                     )
                 else:
                     backend_at[b.name] = b_path
+                tls = _backend_tls(b.tls, f"{b_path}.tls", self.issues)
                 backends.append(
-                    BackendConfig(name=b.name, dicom=b.dicom, **_set(b, "name", "dicom"))
+                    BackendConfig(
+                        name=b.name, dicom=b.dicom, tls=tls, **_set(b, "name", "dicom", "tls")
+                    )
                 )
             health = HealthConfig(**_set(spec.health)) if spec.health else HealthConfig()
             pools[pool_name] = PoolConfig(
@@ -644,7 +672,9 @@ class _Builder:
         if self.model.listeners is None or self.model.listeners.dicom is None:
             return None
         spec = self.model.listeners.dicom
-        kwargs = _set(spec, "bind", "echo", "transfer_syntaxes")
+        kwargs = _set(spec, "bind", "echo", "transfer_syntaxes", "tls")
+        if spec.tls is not None:
+            kwargs["tls"] = _listener_tls(spec.tls, "listeners.dicom.tls", self.issues)
         if spec.bind is not None:
             kwargs["host"], kwargs["port"] = spec.bind
         if spec.transfer_syntaxes is not None:
@@ -668,6 +698,52 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _tls_failure(path: str, err: Exception) -> ConfigIssue:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    filename = getattr(err, "filename", None)
+    where = f" ({filename})" if filename else ""
+    return ConfigIssue(
+        path=path,
+        message=f"cannot set up TLS: {reason}{where}; check the PEM files' paths and contents",
+    )
+
+
+def _listener_tls(
+    spec: _ListenerTlsModel, path: str, issues: list[ConfigIssue]
+) -> TlsConfig | None:
+    try:
+        context = server_context(cert=spec.cert, key=spec.key, ca=spec.ca)
+    except (OSError, ssl.SSLError) as err:
+        issues.append(_tls_failure(path, err))
+        return None
+    return TlsConfig(cert=spec.cert, key=spec.key, ca=spec.ca, context=context)
+
+
+def _backend_tls(
+    spec: _BackendTlsModel | None, path: str, issues: list[ConfigIssue]
+) -> TlsConfig | None:
+    if spec is None:
+        return None
+    if (spec.cert is None) != (spec.key is None):
+        issues.append(
+            ConfigIssue(path=path, message="cert and key go together; give both or neither")
+        )
+        return None
+    try:
+        context = client_context(ca=spec.ca, cert=spec.cert, key=spec.key, verify=spec.verify)
+    except (OSError, ssl.SSLError) as err:
+        issues.append(_tls_failure(path, err))
+        return None
+    return TlsConfig(
+        cert=spec.cert,
+        key=spec.key,
+        ca=spec.ca,
+        verify=spec.verify,
+        server_name=spec.server_name,
+        context=context,
+    )
 
 
 def _set(model: BaseModel | None, *skip: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ holds references and a reload swaps one object.
 from __future__ import annotations
 
 import enum
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +24,22 @@ class DicomAddress:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """TLS on a listener (server side) or toward a backend (client side).
+
+    The context is built (and the files read) when the snapshot is built, so a reload
+    picks up renewed certificates.
+    """
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    verify: bool = True  # listener: require client certificates (when ca is set); backend: check it
+    server_name: str | None = None
+    context: ssl.SSLContext = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +85,7 @@ class BackendConfig:
     weight: int = 1
     max_associations: int = 4
     max_pdu: int = 16384  # the largest P-DATA-TF dicomlb accepts from this backend
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +124,7 @@ class DicomListenerConfig:
     idle_timeout: float = 300.0
     transfer_syntaxes: tuple[str, ...] = KNOWN_TRANSFER_SYNTAXES
     echo_pool: PoolConfig | None = None  # None: dicomlb answers C-ECHO itself
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -131,13 +131,18 @@ class DicomListener:
         assert config is not None
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: InboundAssociation(self), config.host, config.port, backlog=512
+            lambda: InboundAssociation(self),
+            config.host,
+            config.port,
+            backlog=512,
+            ssl=config.tls.context if config.tls is not None else None,
         )
         log.info(
-            "listener.started listener=dicom bind=%s:%d ae_title=%s",
+            "listener.started listener=dicom bind=%s:%d ae_title=%s tls=%s",
             config.host,
             config.port,
             config.ae_title,
+            "mutual" if config.tls and config.tls.ca else "on" if config.tls else "off",
         )
 
     @property

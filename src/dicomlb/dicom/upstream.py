@@ -29,7 +29,7 @@ from dicomlb.dicom.pdu import (
     ReleaseRequest,
 )
 from dicomlb.pools import BackendState
-from dicomlb.snapshot import PoolConfig
+from dicomlb.snapshot import BackendConfig, PoolConfig
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,23 @@ class UpstreamAssociation(asyncio.Protocol):
         self._idle_timer = self._response_timer = None
 
 
+async def connect(
+    backend: BackendConfig, key: UpstreamKey, contexts: list[SyntaxPair]
+) -> UpstreamAssociation:
+    """Open the transport (TCP, or TLS when the backend has `tls`) and send the
+    A-ASSOCIATE-RQ; await `.established` on the result for the answer."""
+    assert backend.dicom is not None
+    tls = backend.tls
+    _, up = await asyncio.get_running_loop().create_connection(
+        lambda: UpstreamAssociation(backend.name, key, contexts, backend.max_pdu),
+        backend.dicom.host,
+        backend.dicom.port,
+        ssl=tls.context if tls is not None else None,
+        server_hostname=(tls.server_name or backend.dicom.host) if tls is not None else None,
+    )
+    return up
+
+
 class UpstreamPool:
     """The outbound associations of one backend: reused when idle, capped, waited for."""
 
@@ -392,18 +409,11 @@ class UpstreamPool:
     ) -> UpstreamAssociation:
         self.open += 1
         address = self.backend.config.dicom
-        loop = asyncio.get_running_loop()
         proposal = [needed, *contexts]
         up: UpstreamAssociation | None = None
         try:
             async with asyncio.timeout(self.pool.connect_timeout):
-                _, up = await loop.create_connection(
-                    lambda: UpstreamAssociation(
-                        self.backend.name, key, proposal, self.backend.config.max_pdu
-                    ),
-                    address.host,
-                    address.port,
-                )
+                up = await connect(self.backend.config, key, proposal)
                 await up.established
         except (OSError, TimeoutError, UpstreamError) as err:
             self.open -= 1
