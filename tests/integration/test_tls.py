@@ -1,0 +1,110 @@
+"""TLS: DCMTK storescu --(mutual TLS)--> dicomlb --(mutual TLS)--> DCMTK storescp."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicomlb.config import ConfigError, build_snapshot
+from tests.dicomdata import make_small, write_series
+from tests.peers import StoreSCP, dataset_bytes, free_port, have_dcmtk, sop_instance_uid, storescu
+
+pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA and certificates for dicomlb, the backend and the modality (loopback)."""
+    root = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=root)  # fmt: skip
+    ext = root / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("dicomlb", "backend", "modality"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=root)  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", f"{name}.crt",
+                cwd=root)  # fmt: skip
+    return root
+
+
+def test_mutual_tls_both_sides(tmp_path: Path, balancer: Any, pki: Path) -> None:
+    backend_tls = [
+        "+tls",
+        str(pki / "backend.key"),
+        str(pki / "backend.crt"),
+        "+cf",
+        str(pki / "ca.crt"),
+    ]
+    with StoreSCP("PACSA", tmp_path / "in", extra_args=backend_tls) as scp:
+        lb = balancer(
+            {
+                "listeners": {
+                    "dicom": {
+                        "bind": f"127.0.0.1:{free_port()}",
+                        "ae_title": "DICOMLB",
+                        "tls": {
+                            "cert": str(pki / "dicomlb.crt"),
+                            "key": str(pki / "dicomlb.key"),
+                            "ca": str(pki / "ca.crt"),
+                        },
+                    }
+                },
+                "pools": {
+                    "p": {
+                        "backends": [
+                            {
+                                "name": "a",
+                                "dicom": scp.address,
+                                "tls": {
+                                    "ca": str(pki / "ca.crt"),
+                                    "cert": str(pki / "dicomlb.crt"),
+                                    "key": str(pki / "dicomlb.key"),
+                                },
+                            }
+                        ]
+                    }
+                },
+                "routes": [{"name": "all", "pool": "p"}],
+            }
+        )
+        files = write_series(make_small(3), tmp_path / "out")
+        client_tls = [
+            "+tls",
+            str(pki / "modality.key"),
+            str(pki / "modality.crt"),
+            "+cf",
+            str(pki / "ca.crt"),
+        ]
+        result = storescu("127.0.0.1", lb.port, files, aec="DICOMLB", extra_args=client_tls)
+        assert result.returncode == 0, result.stderr
+        received = scp.by_sop_instance_uid()
+        for path in files:
+            assert dataset_bytes(received[sop_instance_uid(path)]) == dataset_bytes(path)
+        # a client without TLS, or without a certificate, does not get in
+        assert storescu("127.0.0.1", lb.port, files, aec="DICOMLB").returncode != 0
+        assert len(scp.files()) == 3
+
+
+def test_unreadable_certificate_names_the_field(tmp_path: Path) -> None:
+    config = {
+        "listeners": {
+            "dicom": {
+                "bind": "127.0.0.1:11112",
+                "tls": {"cert": str(tmp_path / "nope.crt"), "key": "k"},
+            }
+        },
+        "pools": {"p": {"backends": [{"name": "a", "dicom": "A@127.0.0.1:104"}]}},
+        "routes": [{"name": "all", "pool": "p"}],
+    }
+    with pytest.raises(ConfigError) as err:
+        build_snapshot(config, source="lb.yaml")
+    assert "lb.yaml: listeners.dicom.tls: cannot set up TLS" in str(err.value)
