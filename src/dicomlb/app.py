@@ -11,6 +11,7 @@ from dicomlb.checks import HealthChecker
 from dicomlb.dicom.acceptor import DicomListener
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import Snapshot
+from dicomlb.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,10 @@ class App:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.runtime = Runtime(snapshot)
+        self.spool: Spool | None = None
+        if snapshot.spool is not None:
+            self.spool = Spool(snapshot.spool, lambda: self.runtime)
+            self.runtime.spool = self.spool
         self.dicom: DicomListener | None = None
         self.checkers: dict[str, HealthChecker] = {}
         self._stopping = asyncio.Event()
@@ -29,7 +34,9 @@ class App:
         return self.runtime.snapshot
 
     async def start(self) -> None:
-        """Bind the listeners and start the health checks."""
+        """Open the spool (recovering after a crash), bind the listeners, start the checks."""
+        if self.spool is not None:
+            await self.spool.start()
         if self.snapshot.dicom is not None:
             self.dicom = DicomListener(self.runtime)
             await self.dicom.start()
@@ -60,6 +67,8 @@ class App:
         """Swap in a new snapshot: new associations use it, those in flight finish on theirs."""
         old = self.runtime
         self.runtime = Runtime(snapshot, old.backends, old.upstreams)
+        # The spool's directory and limits are install config: kept across reloads.
+        self.runtime.spool = self.spool
         if self.dicom is not None:
             self.dicom.runtime = self.runtime
         for name in set(old.backends) - set(self.runtime.backends):
@@ -83,6 +92,8 @@ class App:
         for checker in self.checkers.values():
             await checker.stop()
         self.checkers.clear()
+        if self.spool is not None:
+            await self.spool.stop()
         await asyncio.gather(*(u.close() for u in self.runtime.upstreams.values()))
         log.info("dicomlb.stopped")
 

@@ -8,11 +8,15 @@ are shared across runtimes for backends that stay.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from dicomlb.dicom.upstream import UpstreamPool
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
-from dicomlb.snapshot import Snapshot
+from dicomlb.snapshot import Ack, Snapshot
+
+if TYPE_CHECKING:
+    from dicomlb.spool.spool import Spool
 
 
 class Runtime:
@@ -25,6 +29,7 @@ class Runtime:
         previous_upstreams: Mapping[str, UpstreamPool] | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self.spool: Spool | None = None  # set by App when the snapshot has a spool section
         self.router = Router(snapshot.routes)
         self.backends: dict[str, BackendState] = {}
         self.upstreams: dict[str, UpstreamPool] = {}
@@ -46,6 +51,12 @@ class Runtime:
             self.pools[pool_config.name] = Pool(pool_config, members)
 
     def any_route_available(self) -> bool:
-        """True when some route's pool has an available backend (or there are no routes)."""
+        """True when some route can take a message now (or there are no routes): its pool has
+        an available backend, or it is spooled (`ack: spool`) and the spool has room."""
         routes = self.snapshot.routes
-        return not routes or any(self.pools[r.pool.name].has_available() for r in routes)
+        if not routes:
+            return True
+        if any(self.pools[r.pool.name].has_available() for r in routes if r.ack is Ack.BACKEND):
+            return True
+        spooled = any(r.ack is Ack.SPOOL for r in routes)
+        return spooled and self.spool is not None and self.spool.accepting()

@@ -1,0 +1,554 @@
+"""The spool on disk: Part-10 files in `data/`, an SQLite index, and group commit.
+
+Layout of `spool.directory`::
+
+    index.sqlite3   the index (WAL mode): one row per item (an instance for one pool)
+    tmp/            files being written; whatever is here at start is a crash leftover
+    data/           complete, fsynced files, `<uuid>.dcm` (mirror copies are hard links)
+
+An instance becomes safe in this order, and only then is Success sent (DESIGN decision 6):
+write to `tmp/`, fsync the file, rename into `data/` (hard-link mirror copies), fsync
+`data/`, insert the index rows and commit (synchronous=FULL). Concurrent writers share one
+batch: while a batch is being made durable the next one gathers, so the directory fsync
+and the index commit are paid once per batch, not once per instance.
+
+Every method whose name does not start with `async` blocks on disk; the asyncio side calls
+them through `asyncio.to_thread` (the group committer does that for its batches). One lock
+serialises use of the SQLite connection across threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dicomlb.spool.state import ItemState
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.sqlite3"
+SPILL_AT = 1 << 20  # an instance larger than this goes to a temp file while it arrives
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    file TEXT NOT NULL,               -- name in data/; '' once the file is removed
+    state TEXT NOT NULL,              -- queued | sending | delivered | dead
+    route TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    backend TEXT NOT NULL,            -- chosen at spool time, kept for the study
+    mirror INTEGER NOT NULL,          -- 1: a mirror copy (route's mirror pools)
+    study_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    calling_aet TEXT NOT NULL,        -- the sender's AE title, kept toward the backend
+    called_aet TEXT NOT NULL,         -- the AE title the sender called
+    size INTEGER NOT NULL,            -- bytes of the Part-10 file
+    dataset_offset INTEGER NOT NULL,  -- where the data set starts in the file
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    next_attempt_at REAL NOT NULL,    -- wall clock (time.time())
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS items_due ON items (state, backend, next_attempt_at);
+CREATE INDEX IF NOT EXISTS items_study ON items (pool, study_uid, state);
+"""
+
+_COLUMNS = (
+    "id, file, state, route, pool, backend, mirror, study_uid, sop_class_uid, "
+    "sop_instance_uid, transfer_syntax, calling_aet, called_aet, size, dataset_offset, "
+    "attempts, last_error, next_attempt_at, created_at, updated_at, delivered_at"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Item:
+    """One row of the index: an instance on its way to one pool's backend."""
+
+    id: int
+    file: str
+    state: ItemState
+    route: str
+    pool: str
+    backend: str
+    mirror: bool
+    study_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    calling_aet: str
+    called_aet: str
+    size: int
+    dataset_offset: int
+    attempts: int
+    last_error: str
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Item:
+        values = dict(zip(_COLUMNS.split(", "), row, strict=True))
+        values["state"] = ItemState(values["state"])
+        values["mirror"] = bool(values["mirror"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """Where one copy of an ingested instance goes."""
+
+    route: str
+    pool: str
+    backend: str
+    mirror: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class Instance:
+    """An instance being ingested: its facts and its bytes, in memory until SPILL_AT and in a
+    temp file after that."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    study_uid: str
+    calling_aet: str
+    called_aet: str
+    dataset_offset: int
+    parts: list[bytes | memoryview] = field(default_factory=list)
+    buffered: int = 0
+    size: int = 0
+    spill_path: Path | None = None
+    spill_fd: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Counts:
+    items: int  # queued + sending + dead: what max_items limits
+    bytes: int  # bytes of files still on disk: what max_bytes limits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovery:
+    """What opening the spool found after the previous run."""
+
+    requeued: int  # 'sending' when the previous run stopped
+    queued: int  # undelivered items, to be sent
+    partial_files: int  # temp files of instances never acknowledged: removed
+    orphan_files: int  # complete files without an index row (crash before commit): removed
+    missing_files: int  # index rows whose file is gone: made dead
+
+
+class _Job:
+    __slots__ = ("durable", "future", "instance", "now", "remove", "targets", "updates")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        *,
+        instance: Instance | None = None,
+        targets: Sequence[Target] = (),
+        now: float = 0.0,
+        updates: Sequence[tuple[str, Sequence[Any]]] = (),
+        durable: bool = False,
+        remove: Sequence[str] = (),
+    ) -> None:
+        self.remove = remove
+        self.future = future
+        self.instance = instance
+        self.targets = targets
+        self.now = now
+        self.updates = updates
+        self.durable = durable
+
+
+class SpoolStore:
+    """Files and index of one spool directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.data = self.directory / "data"
+        self.tmp = self.directory / "tmp"
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._jobs: list[_Job] = []
+        self._wake: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self.batches = 0  # group commits so far (for tests and the bench)
+        self.committed = 0  # instances made durable so far
+
+    # -------------------------------------------------------- opening
+
+    def open(self, *, recover: bool = True) -> Recovery | None:
+        """Create or open the directory and index; with `recover`, clean up after a crash.
+
+        `recover=False` is for operations (CLI) beside a running balancer: it touches no file.
+        """
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            self.directory / INDEX, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        return self._recover() if recover else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the spool index is not open")
+        return self._db
+
+    def _recover(self) -> Recovery:
+        partial = 0
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)  # never acknowledged: discard, never send
+            partial += 1
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            requeued = db.execute("UPDATE items SET state='queued' WHERE state='sending'").rowcount
+            known = {name for (name,) in db.execute("SELECT file FROM items WHERE file != ''")}
+            on_disk = {p.name for p in self.data.iterdir()}
+            missing = known - on_disk
+            for name in missing:
+                db.execute(
+                    "UPDATE items SET state='dead', file='', last_error=? WHERE file=? "
+                    "AND state != 'delivered'",
+                    ("spool file missing at start", name),
+                )
+                db.execute("UPDATE items SET file='' WHERE file=?", (name,))
+            (queued,) = db.execute("SELECT count(*) FROM items WHERE state='queued'").fetchone()
+            db.execute("COMMIT")
+        orphans = on_disk - known
+        for name in orphans:
+            (self.data / name).unlink(missing_ok=True)
+        if partial or orphans:
+            _fsync_dir(self.data)
+        return Recovery(
+            requeued=requeued,
+            queued=queued,
+            partial_files=partial,
+            orphan_files=len(orphans),
+            missing_files=len(missing),
+        )
+
+    # -------------------------------------------------------- ingest (async side)
+
+    async def start(self) -> None:
+        """Start the group committer (on the running loop)."""
+        self._wake = asyncio.Event()
+        self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+
+    async def stop(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
+        await asyncio.to_thread(self.close)
+
+    async def add_part(self, instance: Instance, data: bytes | memoryview) -> None:
+        """Append data-set bytes; past SPILL_AT they go to the instance's temp file."""
+        instance.parts.append(data if isinstance(data, bytes) else bytes(data))
+        instance.buffered += len(data)
+        instance.size += len(data)
+        if instance.buffered >= SPILL_AT:
+            parts, instance.parts, instance.buffered = instance.parts, [], 0
+            await asyncio.to_thread(self._spill, instance, parts)
+
+    async def discard(self, instance: Instance) -> None:
+        """Drop an instance that will not be acknowledged (the client went away)."""
+        if instance.spill_path is not None:
+            await asyncio.to_thread(_remove_spill, instance)
+
+    async def commit(self, instance: Instance, targets: Sequence[Target], now: float) -> list[int]:
+        """Make `instance` durable with one index row per target; the rows' ids. Returns only
+        once file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._submit(_Job(future, instance=instance, targets=targets, now=now, durable=True))
+        return await future
+
+    async def update(
+        self,
+        statements: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        durable: bool = False,
+        remove: Sequence[str] = (),
+    ) -> None:
+        """Run index updates in the next batch (shared commit), then remove the files named
+        in `remove` (a delivered item's file goes only once its row says delivered)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(_Job(future, updates=statements, durable=durable, remove=remove))
+        await future
+
+    def _submit(self, job: _Job) -> None:
+        if self._wake is None:
+            raise RuntimeError("the spool store is not started")
+        self._jobs.append(job)
+        self._wake.set()
+
+    async def _commit_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._jobs = self._jobs, []
+            if not batch:
+                continue
+            try:
+                results = await asyncio.to_thread(self._commit_batch, batch)
+            except Exception as err:  # the whole batch failed: nobody gets Success
+                log.error("spool.commit_failed items=%d reason=%r", len(batch), str(err))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            for job, result in zip(batch, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+    # -------------------------------------------------------- ingest (disk side, threads)
+
+    def _spill(self, instance: Instance, parts: list[bytes | memoryview]) -> None:
+        if instance.spill_fd is None:
+            path = self.tmp / f"{uuid.uuid4().hex}.part"
+            instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            instance.spill_path = path
+        _write_all(instance.spill_fd, parts)
+
+    def _commit_batch(self, batch: list[_Job]) -> list[Any]:
+        """One group commit: files fsynced and renamed, `data/` fsynced once, one index
+        transaction. Per-job results: row ids, None, or the exception of that job."""
+        results: list[Any] = [None] * len(batch)
+        placed: dict[int, list[str]] = {}
+        for n, job in enumerate(batch):
+            if job.instance is None:
+                continue
+            try:
+                placed[n] = self._place(job.instance, len(job.targets))
+            except OSError as err:
+                _remove_spill(job.instance)
+                results[n] = err
+        if placed:
+            _fsync_dir(self.data)
+        durable = any(job.durable for job in batch)
+        try:
+            with self._lock:
+                db = self.db
+                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for n, job in enumerate(batch):
+                        if n in placed:
+                            assert job.instance is not None
+                            results[n] = self._insert(job, placed[n])
+                        for sql, params in job.updates:
+                            db.execute(sql, params)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except BaseException:
+            for names in placed.values():
+                for name in names:
+                    (self.data / name).unlink(missing_ok=True)
+            raise
+        for job in batch:
+            self.remove_files(job.remove)
+        self.batches += 1
+        self.committed += len(placed)
+        return results
+
+    def _place(self, instance: Instance, copies: int) -> list[str]:
+        """Write the rest, fsync, rename into data/, one hard link per extra copy."""
+        if instance.spill_fd is None:
+            path = self.tmp / f"{uuid.uuid4().hex}.part"
+            instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            instance.spill_path = path
+        assert instance.spill_path is not None
+        fd, path = instance.spill_fd, instance.spill_path
+        try:
+            _write_all(fd, instance.parts)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            instance.spill_fd = None
+        stem = path.stem
+        names = [f"{stem}.dcm"] + [f"{stem}.{k}.dcm" for k in range(1, copies)]
+        os.rename(path, self.data / names[0])
+        instance.spill_path = None
+        for name in names[1:]:
+            os.link(self.data / names[0], self.data / name)
+        return names
+
+    def _insert(self, job: _Job, names: list[str]) -> list[int]:
+        instance = job.instance
+        assert instance is not None
+        ids = []
+        for target, name in zip(job.targets, names, strict=True):
+            cursor = self.db.execute(
+                "INSERT INTO items (file, state, route, pool, backend, mirror, study_uid, "
+                "sop_class_uid, sop_instance_uid, transfer_syntax, calling_aet, called_aet, "
+                "size, dataset_offset, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    target.route,
+                    target.pool,
+                    target.backend,
+                    int(target.mirror),
+                    instance.study_uid,
+                    instance.sop_class_uid,
+                    instance.sop_instance_uid,
+                    instance.transfer_syntax,
+                    instance.calling_aet,
+                    instance.called_aet,
+                    instance.size,
+                    instance.dataset_offset,
+                    job.now,
+                    job.now,
+                    job.now,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            ids.append(cursor.lastrowid)
+        return ids
+
+    # -------------------------------------------------------- queries (threads)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
+
+    def items(self, where: str = "1", params: Sequence[Any] = (), limit: int = -1) -> list[Item]:
+        rows = self.query(
+            f"SELECT {_COLUMNS} FROM items WHERE {where} ORDER BY id LIMIT ?", (*params, limit)
+        )
+        return [Item.from_row(row) for row in rows]
+
+    def item(self, item_id: int) -> Item | None:
+        found = self.items("id = ?", (item_id,))
+        return found[0] if found else None
+
+    def execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> int:
+        """Run statements in one durable transaction; the rows they changed."""
+        changed = 0
+        with self._lock:
+            db = self.db
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    changed += db.execute(sql, params).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return changed
+
+    def claim(self, backend: str, now: float, limit: int) -> list[Item]:
+        """Up to `limit` queued items of `backend` that are due, marked sending."""
+        with self._lock:
+            db = self.db
+            db.execute("PRAGMA synchronous=NORMAL")  # losing 'sending' only resends
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM items WHERE state='queued' AND backend=? "
+                    "AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?",
+                    (backend, now, limit),
+                ).fetchall()
+                db.executemany(
+                    "UPDATE items SET state='sending', updated_at=? WHERE id=?",
+                    [(now, row[0]) for row in rows],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return [Item.from_row(row) for row in rows]
+
+    def next_due(self, backend: str) -> float | None:
+        """When the earliest queued item of `backend` is due, if any."""
+        (due,) = self.query(
+            "SELECT min(next_attempt_at) FROM items WHERE state='queued' AND backend=?",
+            (backend,),
+        )[0]
+        return None if due is None else float(due)
+
+    def counts(self) -> Counts:
+        (items,) = self.query("SELECT count(*) FROM items WHERE state != 'delivered'")[0]
+        (size,) = self.query("SELECT coalesce(sum(size), 0) FROM items WHERE file != ''")[0]
+        return Counts(items=int(items), bytes=int(size))
+
+    def read(self, item: Item, offset: int = -1, length: int = -1) -> bytes:
+        """Bytes of an item's file, from `offset` (default: the data set's start)."""
+        with open(self.data / item.file, "rb") as handle:
+            handle.seek(item.dataset_offset if offset < 0 else offset)
+            return handle.read(length)
+
+    def remove_files(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name:
+                (self.data / name).unlink(missing_ok=True)
+
+    def free_disk(self) -> int:
+        stats = os.statvfs(self.directory)
+        return stats.f_bavail * stats.f_frsize
+
+
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    pending = [memoryview(p) for p in parts if len(p)]
+    while pending:
+        written = os.writev(fd, pending[:512])
+        while written and pending:
+            if written >= len(pending[0]):
+                written -= len(pending[0])
+                pending.pop(0)
+            else:
+                pending[0] = pending[0][written:]
+                written = 0
+
+
+def _remove_spill(instance: Instance) -> None:
+    if instance.spill_fd is not None:
+        os.close(instance.spill_fd)
+        instance.spill_fd = None
+    if instance.spill_path is not None:
+        instance.spill_path.unlink(missing_ok=True)
+        instance.spill_path = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

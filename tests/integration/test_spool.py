@@ -1,0 +1,219 @@
+"""`ack: spool` with real peers: DCMTK storescu -> dicomlb (spool) -> DCMTK storescp backends."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from dicomlb.spool.store import SpoolStore
+from tests.dicomdata import make_series, make_small, make_studies, write_series
+from tests.peers import (
+    StoreSCP,
+    dataset_bytes,
+    free_port,
+    have_dcmtk,
+    sop_instance_uid,
+    storescu,
+)
+
+pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
+
+
+def spool_config(
+    spool_dir: Path,
+    backends: list[StoreSCP],
+    *,
+    mirrors: list[StoreSCP] = (),  # type: ignore[assignment]
+    strategy: str = "affinity",
+    health: bool = False,
+    **spool: Any,
+) -> dict[str, Any]:
+    pools: dict[str, Any] = {
+        "pacs": {
+            "strategy": strategy,
+            "health": {
+                "enabled": health,
+                "interval": "0.2s",
+                "timeout": "1s",
+                "fall": 1,
+                "rise": 1,
+            },
+            "connect_timeout": "1s",
+            "backends": [
+                {"name": scp.ae_title.lower(), "dicom": scp.address, "max_associations": 2}
+                for scp in backends
+            ],
+        }
+    }
+    for n, scp in enumerate(mirrors):
+        pools[f"mirror{n}"] = {
+            "health": {"enabled": False},
+            "backends": [{"name": scp.ae_title.lower(), "dicom": scp.address}],
+        }
+    route: dict[str, Any] = {"name": "all", "pool": "pacs", "ack": "spool"}
+    if mirrors:
+        route["mirror"] = [f"mirror{n}" for n in range(len(mirrors))]
+    return {
+        "pools": pools,
+        "routes": [route],
+        "spool": {
+            "directory": str(spool_dir),
+            "min_free_disk": 0,
+            "retry": {"base": "0.1s", "cap": "0.5s", **spool.pop("retry", {})},
+            **spool,
+        },
+    }
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, every: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
+
+
+def index_states(spool_dir: Path) -> dict[str, int]:
+    with sqlite3.connect(spool_dir / "index.sqlite3") as db:
+        return dict(db.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
+
+
+@pytest.fixture
+def scps(tmp_path: Path) -> Any:
+    made: list[StoreSCP] = []
+
+    def make(name: str, start: bool = True) -> StoreSCP:
+        scp = StoreSCP(name, tmp_path / name, fork=True)
+        if start:
+            scp.start()
+        made.append(scp)
+        return scp
+
+    yield make
+    for scp in made:
+        scp.close()
+
+
+def test_spooled_instances_arrive_byte_identical_and_studies_stay_together(
+    tmp_path: Path, balancer: Any, scps: Any
+) -> None:
+    a, b = scps("PACSA"), scps("PACSB")
+    lb = balancer(spool_config(tmp_path / "spool", [a, b]))
+    studies = make_studies([("CT", 5)] * 6)
+    sent: dict[str, Path] = {}
+    for uid, instances in studies.items():
+        for path in write_series(instances, tmp_path / "out" / uid):
+            sent[sop_instance_uid(path)] = path
+    result = storescu("127.0.0.1", lb.port, tmp_path / "out", aec="DICOMLB")
+    assert result.returncode == 0, result.stderr
+    assert wait_until(lambda: len(a.files()) + len(b.files()) == len(sent))
+    received = {**a.by_sop_instance_uid(), **b.by_sop_instance_uid()}
+    assert set(received) == set(sent)
+    for uid, path in sent.items():
+        assert dataset_bytes(received[uid]) == dataset_bytes(path)
+    on_a = set(a.by_sop_instance_uid())
+    for instances in studies.values():
+        where = {ds.SOPInstanceUID in on_a for ds in instances}
+        assert len(where) == 1, "a study was split across backends"
+    assert wait_until(lambda: index_states(tmp_path / "spool") == {"delivered": len(sent)})
+    assert not list((tmp_path / "spool" / "data").iterdir()), "delivered files are removed"
+
+
+def test_backends_down_during_ingest_get_everything_when_back(
+    tmp_path: Path, balancer: Any, scps: Any
+) -> None:
+    a = scps("PACSA", start=False)
+    lb = balancer(spool_config(tmp_path / "spool", [a], health=True))
+    files = write_series(make_small(60), tmp_path / "out")
+    result = storescu("127.0.0.1", lb.port, files, aec="DICOMLB")
+    assert result.returncode == 0, result.stderr  # acknowledged with every backend down
+    assert (
+        index_states(tmp_path / "spool").get("queued", 0)
+        + index_states(tmp_path / "spool").get("sending", 0)
+        == 60
+    )
+    time.sleep(1.0)
+    assert not a.files()
+    a.start()
+    assert wait_until(lambda: len(a.files()) == 60, timeout=30)
+    assert {sop_instance_uid(p) for p in files} == set(a.by_sop_instance_uid())
+
+
+class RefusingBackend:
+    """A pynetdicom storage SCP that answers every C-STORE with 0xA700 (Out of resources)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.stores = 0
+        ae = AE(ae_title="REFUSING")
+        ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.add_supported_context(Verification)
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.on_store)]
+        )
+
+    def on_store(self, event: Any) -> int:
+        self.stores += 1
+        return 0xA700
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_dead_letters_after_max_attempts_with_the_reason(tmp_path: Path, balancer: Any) -> None:
+    refusing = RefusingBackend()
+    try:
+        config = spool_config(tmp_path / "spool", [], retry={"max_attempts": 3})
+        config["pools"]["pacs"]["backends"] = [
+            {"name": "refusing", "dicom": f"REFUSING@127.0.0.1:{refusing.port}"}
+        ]
+        lb = balancer(config)
+        files = write_series(make_small(4), tmp_path / "out")
+        assert storescu("127.0.0.1", lb.port, files, aec="DICOMLB").returncode == 0
+        assert wait_until(lambda: index_states(tmp_path / "spool").get("dead", 0) == 4)
+    finally:
+        refusing.close()
+    assert refusing.stores == 12  # 4 instances x max_attempts 3, then no more
+    store = SpoolStore(tmp_path / "spool")
+    store.open(recover=False)
+    dead = store.items("state='dead'")
+    store.close()
+    assert {item.attempts for item in dead} == {3}
+    assert all("max_attempts 3" in item.last_error for item in dead)
+    assert all("0xA700" in item.last_error for item in dead), dead[0].last_error
+    assert {item.sop_instance_uid for item in dead} == {sop_instance_uid(p) for p in files}
+
+
+def test_spool_limit_refusal_is_visible_to_storescu(
+    tmp_path: Path, balancer: Any, scps: Any
+) -> None:
+    a = scps("PACSA", start=False)  # down: nothing drains
+    lb = balancer(spool_config(tmp_path / "spool", [a], max_items=5))
+    files = write_series(make_small(8), tmp_path / "out")
+    result = storescu("127.0.0.1", lb.port, files, aec="DICOMLB", extra_args=["-v"])
+    assert "Refused: OutOfResources" in result.stdout + result.stderr
+    assert sum(index_states(tmp_path / "spool").values()) == 5
+    # A new association is now refused outright (A-ASSOCIATE-RJ transient).
+    again = storescu("127.0.0.1", lb.port, files[:1], aec="DICOMLB")
+    assert again.returncode != 0
+    assert "reject" in (again.stdout + again.stderr).lower()
+
+
+def test_mirrors_receive_every_instance(tmp_path: Path, balancer: Any, scps: Any) -> None:
+    a, research = scps("PACSA"), scps("RESEARCH")
+    lb = balancer(spool_config(tmp_path / "spool", [a], mirrors=[research]))
+    files = write_series(make_series(12, rows=128, cols=128), tmp_path / "out")
+    assert storescu("127.0.0.1", lb.port, files, aec="DICOMLB").returncode == 0
+    assert wait_until(lambda: len(a.files()) == 12 and len(research.files()) == 12)
+    sent = {sop_instance_uid(p): p for p in files}
+    for scp in (a, research):
+        for uid, path in scp.by_sop_instance_uid().items():
+            assert dataset_bytes(path) == dataset_bytes(sent[uid])
