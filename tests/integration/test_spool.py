@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +21,16 @@ from tests.dicomdata import make_series, make_small, make_studies, write_series
 from tests.peers import (
     StoreSCP,
     dataset_bytes,
+    dcmtk_tool,
     free_port,
     have_dcmtk,
+    peer_env,
     sop_instance_uid,
     storescu,
+    wait_listening,
 )
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
 
@@ -217,3 +226,90 @@ def test_mirrors_receive_every_instance(tmp_path: Path, balancer: Any, scps: Any
     for scp in (a, research):
         for uid, path in scp.by_sop_instance_uid().items():
             assert dataset_bytes(path) == dataset_bytes(sent[uid])
+
+
+def _run_dicomlb(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dicomlb", "run", "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": SRC, "TCP_NODELAY": "1"},
+        )
+
+
+def test_kill_9_mid_send_loses_nothing_acknowledged(tmp_path: Path, scps: Any) -> None:
+    """kill -9 the balancer while storescu sends 400 instances through the spool; after a
+    restart every instance storescu saw acknowledged reaches the backend, byte-identical.
+
+    The backend is down until the restart, so what was acknowledged lives only in the spool.
+    """
+    a = scps("PACSA", start=False)
+    port = free_port()
+    spool_dir = tmp_path / "spool"
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        f"listeners:\n  dicom: {{bind: '127.0.0.1:{port}', ae_title: DICOMLB}}\n"
+        "pools:\n  pacs:\n    health: {enabled: false}\n"
+        f"    backends:\n      - {{name: a, dicom: '{a.address}'}}\n"
+        "routes:\n  - {name: all, pool: pacs, ack: spool}\n"
+        f"spool:\n  directory: '{spool_dir}'\n  min_free_disk: 0\n"
+        "  retry: {base: 0.1s, cap: 1s}\n"
+    )
+    files = write_series(make_series(400, rows=256, cols=256), tmp_path / "out")
+    sent = {sop_instance_uid(p): p for p in files}
+    by_path = {str(p): uid for uid, p in sent.items()}
+    log = tmp_path / "dicomlb.log"
+    lb = _run_dicomlb(config, log)
+    try:
+        wait_listening(port, timeout=20, process=lb, what="dicomlb", log=log)
+        sender = subprocess.Popen(
+            [
+                dcmtk_tool("storescu"),
+                "-v",
+                "-aet",
+                "CT1",
+                "-aec",
+                "DICOMLB",
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=peer_env(),
+        )
+        acknowledged: set[str] = set()
+        current = ""
+        assert sender.stdout is not None
+        for line in sender.stdout:
+            if "Sending file: " in line:
+                current = by_path[line.split("Sending file: ", 1)[1].strip()]
+            elif "Received Store Response (Success)" in line:
+                acknowledged.add(current)
+                if len(acknowledged) == 150:
+                    os.kill(lb.pid, signal.SIGKILL)
+        sender.wait(60)
+        lb.wait(10)
+        assert 150 <= len(acknowledged) < 400, "the kill came too late to test anything"
+        assert not a.files()
+        a.start()
+        lb = _run_dicomlb(config, log)
+        wait_listening(port, timeout=20, process=lb, what="dicomlb", log=log)
+        assert wait_until(
+            lambda: acknowledged <= set(a.by_sop_instance_uid()), timeout=60, every=0.2
+        ), f"missing {len(acknowledged - set(a.by_sop_instance_uid()))} acknowledged instances"
+        for uid, path in a.by_sop_instance_uid().items():
+            assert dataset_bytes(path) == dataset_bytes(sent[uid]), "a partial file was sent"
+        assert not list((spool_dir / "tmp").iterdir())
+    finally:
+        for process in (lb,):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    text = log.read_text()
+    assert "spool.started" in text and text.count("spool.started") == 2
