@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
@@ -313,3 +314,52 @@ def test_kill_9_mid_send_loses_nothing_acknowledged(tmp_path: Path, scps: Any) -
                     process.kill()
     text = log.read_text()
     assert "spool.started" in text and text.count("spool.started") == 2
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomlb", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+
+
+def test_cli_lists_shows_retries_and_purges_dead_letters(tmp_path: Path, balancer: Any) -> None:
+    refusing = RefusingBackend()
+    config = spool_config(tmp_path / "spool", [], retry={"max_attempts": 1})
+    config["pools"]["pacs"]["backends"] = [
+        {"name": "pacs-a", "dicom": f"PACSA@127.0.0.1:{refusing.port}"}
+    ]
+    config["pools"]["pacs"]["idle_timeout"] = "0.2s"  # no reuse of the refusing association
+    lb = balancer(config)
+    config_file = tmp_path / "lb.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    files = write_series(make_small(3), tmp_path / "out")
+    try:
+        assert storescu("127.0.0.1", lb.port, files, aec="DICOMLB").returncode == 0
+        assert wait_until(lambda: index_states(tmp_path / "spool").get("dead", 0) == 3)
+    finally:
+        refusing.close()
+    listed = _cli("spool", "ls", "-c", str(config_file), "--state", "dead")
+    assert listed.returncode == 0, listed.stderr
+    assert "3 dead" in listed.stdout
+    assert all(sop_instance_uid(p) in listed.stdout for p in files)
+    assert "0xA700" in listed.stdout
+    shown = _cli("spool", "show", "1", "-c", str(config_file))
+    assert "state: dead" in shown.stdout and "last_error:" in shown.stdout
+    assert _cli("spool", "show", "99", "-c", str(config_file)).returncode == 2
+    # The backend is fixed (a storescp on the same port); the operator retries.
+    with StoreSCP("PACSA", tmp_path / "a", port=refusing.port) as good:
+        retried = _cli("spool", "retry", "--dead", "-c", str(config_file))
+        assert "3 item(s) queued again" in retried.stdout
+        assert wait_until(lambda: len(good.files()) == 3)
+        assert {sop_instance_uid(p) for p in files} == set(good.by_sop_instance_uid())
+    assert wait_until(lambda: index_states(tmp_path / "spool") == {"delivered": 3})
+    purged = _cli("spool", "purge", "--delivered", "-c", str(config_file))
+    assert "3 item(s) purged" in purged.stdout
+    refused = _cli("spool", "purge", "-c", str(config_file))
+    assert refused.returncode == 2 and "name the items" in refused.stderr
+    assert index_states(tmp_path / "spool") == {}
