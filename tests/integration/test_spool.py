@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from dicomlb.pools import rendezvous_order
 from dicomlb.spool.store import SpoolStore
 from tests.dicomdata import make_series, make_small, make_studies, write_series
 from tests.peers import (
@@ -363,3 +364,51 @@ def test_cli_lists_shows_retries_and_purges_dead_letters(tmp_path: Path, balance
     refused = _cli("spool", "purge", "-c", str(config_file))
     assert refused.returncode == 2 and "name the items" in refused.stderr
     assert index_states(tmp_path / "spool") == {}
+
+
+def test_down_backend_costs_no_attempts_and_study_fails_over_when_configured(
+    tmp_path: Path, balancer: Any, scps: Any
+) -> None:
+    a, b = scps("PACSA"), scps("PACSB")
+    # Health checks off: only the dispatcher's circuit breaker notices the dead backend.
+    lb = balancer(spool_config(tmp_path / "spool", [a, b], failover_after="1s"))
+    pool = [lb.backend("pacsa"), lb.backend("pacsb")]
+    studies = make_studies([("CT", 4)] * 8)
+    first = {uid: rendezvous_order(uid, pool)[0].name for uid in studies}
+    assert len(set(first.values())) == 2, "rare: all 8 studies hash to one backend; rerun"
+    a.stop()
+    for uid, instances in studies.items():
+        write_series(instances, tmp_path / "out" / uid)
+    assert storescu("127.0.0.1", lb.port, tmp_path / "out", aec="DICOMLB").returncode == 0
+    total = sum(len(v) for v in studies.values())
+    assert wait_until(lambda: len(b.files()) == total, timeout=30)
+    on_b = set(b.by_sop_instance_uid())
+    for instances in studies.values():
+        assert {ds.SOPInstanceUID for ds in instances} <= on_b
+    store = SpoolStore(tmp_path / "spool")
+    store.open(recover=False)
+    items = store.items()
+    store.close()
+    moved = [i for i in items if first[i.study_uid] == "pacsa"]
+    assert moved and all(i.backend == "pacsb" for i in moved)
+    assert all(i.attempts == 1 for i in items), "the down backend must not cost attempts"
+
+
+def test_without_failover_a_study_waits_for_its_backend(
+    tmp_path: Path, balancer: Any, scps: Any
+) -> None:
+    a, b = scps("PACSA"), scps("PACSB")
+    lb = balancer(spool_config(tmp_path / "spool", [a, b]))
+    pool = [lb.backend("pacsa"), lb.backend("pacsb")]
+    for _ in range(50):
+        studies = make_studies([("CT", 3)])
+        (uid,) = studies
+        if rendezvous_order(uid, pool)[0].name == "pacsa":
+            break
+    a.stop()
+    write_series(studies[uid], tmp_path / "out")
+    assert storescu("127.0.0.1", lb.port, tmp_path / "out", aec="DICOMLB").returncode == 0
+    time.sleep(2.0)
+    assert not b.files()
+    a.start()
+    assert wait_until(lambda: len(a.files()) == 3, timeout=40)

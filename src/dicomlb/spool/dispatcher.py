@@ -242,7 +242,7 @@ class BackendSender:
                 await self._idle(IDLE_WAIT)
                 continue
             now = time.time()
-            if not backend.available:
+            if not self._available(backend, runtime):
                 if self.unavailable_since is None:
                     self.unavailable_since = now
                 await self._release_local()
@@ -267,6 +267,17 @@ class BackendSender:
                 await self._deliver(item, backend, upstream, runtime)
             finally:
                 self.inflight -= 1
+
+    def _available(self, backend: BackendState, runtime: Runtime) -> bool:
+        """Enabled, and up by the health checks when its pool runs them (without checks
+        nothing would bring a passively failed backend back: the breaker probes instead)."""
+        return backend.enabled and (backend.health.up or not self._checked(runtime))
+
+    def _checked(self, runtime: Runtime) -> bool:
+        return any(
+            pool.health.enabled and any(b.name == self.name for b in pool.backends)
+            for pool in runtime.snapshot.pools.values()
+        )
 
     async def _next(self) -> Item | None:
         async with self._refill:
@@ -313,7 +324,7 @@ class BackendSender:
                 await self._failed(item, str(err))
                 return
             # The backend, not the item, failed: no attempt counted, the breaker decides.
-            self._backend_failed(backend, str(err))
+            self._backend_failed(backend, runtime, str(err))
             await self.store.update([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
             return
         timeout = pool.response_timeout if pool is not None else 120.0
@@ -326,7 +337,7 @@ class BackendSender:
             reason = (
                 f"no response within {timeout:g}s" if isinstance(err, TimeoutError) else str(err)
             )
-            self._backend_failed(backend, reason)
+            self._backend_failed(backend, runtime, reason)
             await self._failed(item, reason or type(err).__name__)
             return
         finally:
@@ -375,7 +386,7 @@ class BackendSender:
         answer = await pending
         return answer.status or 0, answer.error_comment or ""
 
-    def _backend_failed(self, backend: BackendState, reason: str) -> None:
+    def _backend_failed(self, backend: BackendState, runtime: Runtime, reason: str) -> None:
         now = time.time()
         if self.breaker.failure(now):
             log.warning(
@@ -384,7 +395,7 @@ class BackendSender:
                 self.breaker.retry_at - now,
                 reason,
             )
-        if backend.health.failure():
+        if self._checked(runtime) and backend.health.failure():
             log.warning("backend.down backend=%s cause=passive", self.name)
 
     async def _delivered(self, item: Item, status: int, started: float) -> None:
