@@ -757,7 +757,9 @@ def _issue_from_pydantic(error: Any) -> ConfigIssue:
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         allowed = list(model.model_fields) if model else []
-        close = difflib.get_close_matches(field, allowed, n=1)
+        close = difflib.get_close_matches(field, allowed, n=3)
+        # Equal scores ("pool": "pools" or "spool"?): the one starting alike reads right.
+        close.sort(key=lambda name: name[:1] != field[:1])
         hint = f'did you mean "{close[0]}"? ' if close else ""
         message = f'unknown key "{field}"; {hint}allowed keys: {", ".join(allowed)}'
     elif kind == "missing":
@@ -856,11 +858,11 @@ def describe(snapshot: Snapshot) -> str:
     if not snapshot.routes:
         lines.append("  none")
     for n, route in enumerate(snapshot.routes, 1):
-        ack = "ack: spool" if route.ack is Ack.SPOOL else "ack: backend"
         mirror = f"; mirror to {', '.join(p.name for p in route.mirror)}" if route.mirror else ""
+        spooled = f" (ack: spool{mirror})" if route.ack is Ack.SPOOL else ""
         lines.append(
             f"  {n}. {route.name}: {route.match_text or 'everything'} -> pool {route.pool.name}"
-            f" ({ack}{mirror})"
+            f"{spooled}"
         )
     lines.append("pools:")
     for pool in snapshot.pools.values():
@@ -891,9 +893,7 @@ def describe(snapshot: Snapshot) -> str:
     lines.append(f"routing tags: {tags or 'none'}")
     lines.append(f"graceful timeout: {format_duration(snapshot.graceful_timeout)}")
     sp = snapshot.spool
-    if sp is None:
-        lines.append("spool: none")
-    else:
+    if sp is not None:
         r = sp.retry
         failover = (
             f"fail over after {format_duration(sp.failover_after)}"
