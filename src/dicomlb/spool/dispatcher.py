@@ -41,7 +41,9 @@ RECOUNT_EVERY = 10  # sweeps between recounts of the index (the CLI may have pur
 CLAIM_BATCH = 32  # items claimed from the index at once per backend
 READ_WHOLE = 8 << 20  # data sets up to this size are read in one go, larger ones in chunks
 CHUNK = 4 << 20
-IDLE_WAIT = 1.0  # longest sleep of an idle worker (ingest wakes it sooner)
+IDLE_WAIT = 1.0  # longest sleep of an idle feeder (ingest wakes it sooner)
+
+Claimed = tuple[Item, bytes | None]  # an item and, when small, its data set bytes
 
 
 class Dispatcher:
@@ -199,10 +201,11 @@ class BackendSender:
         self.breaker = CircuitBreaker(threshold=3, base=1.0, cap=30.0)
         self.inflight = 0
         self.unavailable_since: float | None = None
-        self._local: collections.deque[Item] = collections.deque()
-        self._refill = asyncio.Lock()
-        self._event = asyncio.Event()
-        self._workers: list[asyncio.Task[None]] = []
+        # Claimed items (and, for small ones, their data set bytes) waiting for a worker.
+        self._ready: collections.deque[Claimed] = collections.deque()
+        self._has_ready = asyncio.Event()
+        self._event = asyncio.Event()  # wakes the feeder: new items, or a worker took one
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def down_since(self) -> float | None:
@@ -214,14 +217,14 @@ class BackendSender:
         runtime = self.spool.runtime()
         backend = runtime.backends[self.name]
         loop = asyncio.get_running_loop()
-        self._workers = [
+        self._tasks = [loop.create_task(self._feed())] + [
             loop.create_task(self._work(n)) for n in range(backend.config.max_associations)
         ]
 
     async def stop(self) -> None:
-        for task in self._workers:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def wake(self) -> None:
         self._event.set()
@@ -231,42 +234,98 @@ class BackendSender:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout)
 
-    # -------------------------------------------------------- the loop
+    # -------------------------------------------------------- feeding the workers
 
-    async def _work(self, n: int) -> None:
+    async def _feed(self) -> None:
+        """Claim due items in batches (one thread hop reads the index and the small files)
+        while the backend is available and its breaker lets attempts through."""
         while True:
             runtime = self.spool.runtime()
             backend = runtime.backends.get(self.name)
-            upstream = runtime.upstreams.get(self.name)
-            if backend is None or upstream is None or n >= backend.config.max_associations:
+            if backend is None:
                 await self._idle(IDLE_WAIT)
                 continue
             now = time.time()
             if not self._available(backend, runtime):
                 if self.unavailable_since is None:
                     self.unavailable_since = now
-                await self._release_local()
+                await self._release_ready()
                 await self._idle(0.5)
                 continue
             self.unavailable_since = None
             if not self.breaker.allow(now):
-                await self._release_local()
+                await self._release_ready()
                 await self._idle(min(max(self.breaker.retry_at - now, 0.05), IDLE_WAIT))
                 continue
-            if self.breaker.state is BreakerState.HALF_OPEN and self.inflight:
-                await self._idle(0.2)  # one probe at a time decides
+            limit = backend.config.max_associations
+            want = 2 * limit - len(self._ready) - self.inflight
+            if self.breaker.state is BreakerState.HALF_OPEN:
+                want = 0 if self._ready or self.inflight else 1  # one probe decides
+            if want <= 0:
+                await self._idle(IDLE_WAIT)
                 continue
-            item = await self._next()
-            if item is None:
-                due = await asyncio.to_thread(self.store.next_due, self.name)
-                wait = IDLE_WAIT if due is None else min(max(due - time.time(), 0.01), IDLE_WAIT)
+            self._event.clear()
+            batch, due = await asyncio.to_thread(self._claim, now, min(want, CLAIM_BATCH))
+            if batch:
+                self._ready.extend(batch)
+                self._has_ready.set()
+                continue
+            wait = IDLE_WAIT if due is None else min(max(due - time.time(), 0.01), IDLE_WAIT)
+            if not self._event.is_set():
                 await self._idle(wait)
+
+    def _claim(self, now: float, limit: int) -> tuple[list[Claimed], float | None]:
+        """(thread) Claim due items and read the small ones; or when the next one is due."""
+        items = self.store.claim(self.name, now, limit)
+        if not items:
+            return [], self.store.next_due(self.name)
+        batch: list[Claimed] = []
+        for item in items:
+            data = None
+            if item.size - item.dataset_offset <= READ_WHOLE:
+                try:
+                    data = self.store.read(item)
+                except OSError:
+                    data = None  # the worker reads again and reports the error
+            batch.append((item, data))
+        return batch, None
+
+    async def _release_ready(self) -> None:
+        """Give claimed, unsent items back (the backend went down): no attempt counted."""
+        if not self._ready:
+            return
+        items, self._ready = list(self._ready), collections.deque()
+        await self.store.update(
+            [("UPDATE items SET state='queued' WHERE id=?", (item.id,)) for item, _ in items]
+        )
+
+    async def _work(self, n: int) -> None:
+        while True:
+            while not self._ready:
+                self._has_ready.clear()
+                await self._has_ready.wait()
+            item, data = self._ready.popleft()
+            self._event.set()  # room for more: the feeder may claim
+            runtime = self.spool.runtime()
+            backend = runtime.backends.get(self.name)
+            upstream = runtime.upstreams.get(self.name)
+            if (
+                backend is None
+                or upstream is None
+                or not self._available(backend, runtime)
+                or not self.breaker.allow(time.time())
+            ):
+                await self._requeue(item)
                 continue
             self.inflight += 1
             try:
-                await self._deliver(item, backend, upstream, runtime)
+                await self._deliver(item, data, backend, upstream, runtime)
             finally:
                 self.inflight -= 1
+
+    async def _requeue(self, item: Item) -> None:
+        """Back to queued without an attempt: the backend, not the item, was the problem."""
+        await self.store.update([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
 
     def _available(self, backend: BackendState, runtime: Runtime) -> bool:
         """Enabled, and up by the health checks when its pool runs them (without checks
@@ -279,29 +338,12 @@ class BackendSender:
             for pool in runtime.snapshot.pools.values()
         )
 
-    async def _next(self) -> Item | None:
-        async with self._refill:
-            if not self._local:
-                claimed = await asyncio.to_thread(
-                    self.store.claim, self.name, time.time(), CLAIM_BATCH
-                )
-                self._local.extend(claimed)
-            return self._local.popleft() if self._local else None
-
-    async def _release_local(self) -> None:
-        """Give claimed, unsent items back (the backend went down): no attempt counted."""
-        if not self._local:
-            return
-        items, self._local = list(self._local), collections.deque()
-        await self.store.update(
-            [("UPDATE items SET state='queued' WHERE id=?", (item.id,)) for item in items]
-        )
-
     # -------------------------------------------------------- one item
 
     async def _deliver(
         self,
         item: Item,
+        data: bytes | None,
         backend: BackendState,
         upstream: UpstreamPool,
         runtime: Runtime,
@@ -325,12 +367,12 @@ class BackendSender:
                 return
             # The backend, not the item, failed: no attempt counted, the breaker decides.
             self._backend_failed(backend, runtime, str(err))
-            await self.store.update([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
+            await self._requeue(item)
             return
         timeout = pool.response_timeout if pool is not None else 120.0
         backend.active += 1
         try:
-            status, comment = await self._send(item, up, timeout)
+            status, comment = await self._send(item, data, up, timeout)
         except (UpstreamError, TimeoutError, OSError) as err:
             up.abort()
             upstream.release(up)
@@ -351,7 +393,9 @@ class BackendSender:
             text = f"status 0x{status:04X}" + (f" ({comment})" if comment else "")
             await self._failed(item, text)
 
-    async def _send(self, item: Item, up: UpstreamAssociation, timeout: float) -> tuple[int, str]:
+    async def _send(
+        self, item: Item, data: bytes | None, up: UpstreamAssociation, timeout: float
+    ) -> tuple[int, str]:
         needed = (item.sop_class_uid, item.transfer_syntax)
         context_id = up.context_for(needed)
         assert context_id is not None
@@ -367,7 +411,8 @@ class BackendSender:
         )
         length = item.size - item.dataset_offset
         if length <= READ_WHOLE:
-            data = await asyncio.to_thread(self.store.read, item)
+            if data is None:
+                data = await asyncio.to_thread(self.store.read, item)
             pending = up.send_command(context_id, command, [(data, True)], timeout)
             await up.drain()
         else:
