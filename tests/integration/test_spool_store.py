@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 
 from dicomlb.dicom.part10 import file_header
-from dicomlb.spool.store import SPILL_AT, Instance, SpoolStore, Target
+from dicomlb.spool.store import SPILL_AT, Instance, Item, SpoolStore, Target
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -31,7 +31,7 @@ def instance(n: int) -> Instance:
     return inst
 
 
-async def ingest(store: SpoolStore, n: int, body: bytes, copies: int = 1) -> list[int]:
+async def ingest(store: SpoolStore, n: int, body: bytes, copies: int = 1) -> list[Item]:
     inst = instance(n)
     await store.add_part(inst, body)
     targets = [
@@ -50,7 +50,7 @@ def test_concurrent_writers_share_fsync_batches(tmp_path: Path) -> None:
         store.open()
         await store.start()
         ids = await asyncio.gather(*(ingest(store, n, DATASET) for n in range(200)))
-        assert sorted(i for (i,) in ids) == list(range(1, 201))
+        assert sorted(i.id for (i,) in ids) == list(range(1, 201))
         await store.stop()
         return store
 
@@ -70,7 +70,7 @@ def test_concurrent_writers_share_fsync_batches(tmp_path: Path) -> None:
 def test_large_instance_spills_to_a_temp_file_and_mirror_is_a_hard_link(tmp_path: Path) -> None:
     body = DATASET + b"\x10\x00\x10\x00PN\x00\x00" * (SPILL_AT // 8 + 10)
 
-    async def main() -> list[int]:
+    async def main() -> list[Item]:
         store = SpoolStore(tmp_path)
         store.open()
         await store.start()
@@ -82,12 +82,12 @@ def test_large_instance_spills_to_a_temp_file_and_mirror_is_a_hard_link(tmp_path
             Target(route="r", pool="p", backend="b"),
             Target(route="r", pool="m", backend="c", mirror=True),
         ]
-        ids = await store.commit(inst, targets, 1.0)
+        items = await store.commit(inst, targets, 1.0)
         await store.stop()
-        return ids
+        return items
 
-    ids = asyncio.run(main())
-    assert len(ids) == 2
+    items = asyncio.run(main())
+    assert len(items) == 2
     files = sorted((tmp_path / "data").iterdir())
     assert len(files) == 2 and files[0].stat().st_ino == files[1].stat().st_ino
     assert files[0].read_bytes().endswith(body)

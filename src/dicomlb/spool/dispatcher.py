@@ -54,6 +54,7 @@ class Dispatcher:
         self.store = spool.store
         self.senders: dict[str, BackendSender] = {}
         self._task: asyncio.Task[None] | None = None
+        self._handing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._sync_senders()
@@ -75,6 +76,25 @@ class Dispatcher:
         sender = self.senders.get(backend)
         if sender is not None:
             sender.wake()
+
+    def can_take(self, backend: str) -> bool:
+        """Whether a new item for `backend` can go straight to its sender (it has room and
+        the backend is up): then it is inserted as 'sending' and handed over in memory."""
+        sender = self.senders.get(backend)
+        return sender is not None and sender.has_room()
+
+    def hand(self, item: Item, data: bytes | None) -> None:
+        """Give a just-spooled 'sending' item to its sender."""
+        sender = self.senders.get(item.backend)
+        if sender is None:  # gone since can_take: leave it to the index
+            task = asyncio.get_running_loop().create_task(self._requeue(item))
+            self._handing.add(task)
+            task.add_done_callback(self._handing.discard)
+            return
+        sender.take(item, data)
+
+    async def _requeue(self, item: Item) -> None:
+        await self.store.update([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
 
     def _sync_senders(self) -> None:
         for name in self.spool.runtime().backends:
@@ -228,6 +248,20 @@ class BackendSender:
 
     def wake(self) -> None:
         self._event.set()
+
+    def has_room(self) -> bool:
+        """Room in the ready queue, and the backend is not known to be down."""
+        runtime = self.spool.runtime()
+        backend = runtime.backends.get(self.name)
+        if backend is None or not self._available(backend, runtime):
+            return False
+        if self.breaker.state is not BreakerState.CLOSED:
+            return False
+        return len(self._ready) + self.inflight < 2 * backend.config.max_associations
+
+    def take(self, item: Item, data: bytes | None) -> None:
+        self._ready.append((item, data))
+        self._has_ready.set()
 
     async def _idle(self, timeout: float) -> None:
         self._event.clear()

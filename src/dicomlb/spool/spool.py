@@ -178,7 +178,13 @@ class Spool:
             key = tags.get(pool_config.key, "") if pool_config.key is not None else study
             backend = self.choose(pool, key, study)
             targets.append(
-                Target(route=route.name, pool=pool.name, backend=backend.name, mirror=n > 0)
+                Target(
+                    route=route.name,
+                    pool=pool.name,
+                    backend=backend.name,
+                    mirror=n > 0,
+                    sending=self.dispatcher.can_take(backend.name),
+                )
             )
         header = file_header(
             sop_class_uid=command.sop_class_uid,
@@ -204,7 +210,10 @@ class Spool:
                 fragment = await message.data.get()
                 await self.store.add_part(instance, fragment.data)
                 done = fragment.is_last
-            ids = await self.store.commit(instance, targets, time.time())
+            # Small instances are still in memory: their senders get the bytes, no re-read.
+            in_memory = instance.spill_path is None
+            data = b"".join(instance.parts[1:]) if in_memory else None
+            items = await self.store.commit(instance, targets, time.time())
         except ClientGone:
             await self.store.discard(instance)
             raise
@@ -226,18 +235,21 @@ class Spool:
         self.bytes += instance.size * len(targets)
         relay._respond(message, Status.SUCCESS)
         ms = (time.monotonic() - started) * 1000
-        for target, item_id in zip(targets, ids, strict=True):
+        for target, item in zip(targets, items, strict=True):
             log.info(
                 "store.spooled sop_instance_uid=%s route=%s pool=%s backend=%s item=%d%s ms=%d",
                 sop_uid,
                 route.name,
                 target.pool,
                 target.backend,
-                item_id,
+                item.id,
                 " mirror=true" if target.mirror else "",
                 ms,
             )
-            self.dispatcher.wake(target.backend)
+            if target.sending:
+                self.dispatcher.hand(item, data)
+            else:
+                self.dispatcher.wake(target.backend)
 
 
 async def _discard(message: InboundMessage) -> None:

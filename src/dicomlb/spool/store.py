@@ -115,6 +115,7 @@ class Target:
     pool: str
     backend: str
     mirror: bool = False
+    sending: bool = False  # handed straight to its backend's sender: inserted as 'sending'
 
 
 @dataclass(slots=True, kw_only=True)
@@ -284,10 +285,10 @@ class SpoolStore:
         if instance.spill_path is not None:
             await asyncio.to_thread(_remove_spill, instance)
 
-    async def commit(self, instance: Instance, targets: Sequence[Target], now: float) -> list[int]:
-        """Make `instance` durable with one index row per target; the rows' ids. Returns only
-        once file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+    async def commit(self, instance: Instance, targets: Sequence[Target], now: float) -> list[Item]:
+        """Make `instance` durable with one index row per target; the rows. Returns only once
+        file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
+        future: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
         self._submit(_Job(future, instance=instance, targets=targets, now=now, durable=True))
         return await future
 
@@ -408,18 +409,19 @@ class SpoolStore:
             os.link(self.data / names[0], self.data / name)
         return names
 
-    def _insert(self, job: _Job, names: list[str]) -> list[int]:
+    def _insert(self, job: _Job, names: list[str]) -> list[Item]:
         instance = job.instance
         assert instance is not None
-        ids = []
+        items = []
         for target, name in zip(job.targets, names, strict=True):
             cursor = self.db.execute(
                 "INSERT INTO items (file, state, route, pool, backend, mirror, study_uid, "
                 "sop_class_uid, sop_instance_uid, transfer_syntax, calling_aet, called_aet, "
                 "size, dataset_offset, next_attempt_at, created_at, updated_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
+                    ItemState.SENDING if target.sending else ItemState.QUEUED,
                     target.route,
                     target.pool,
                     target.backend,
@@ -438,8 +440,32 @@ class SpoolStore:
                 ),
             )
             assert cursor.lastrowid is not None
-            ids.append(cursor.lastrowid)
-        return ids
+            items.append(
+                Item(
+                    id=cursor.lastrowid,
+                    file=name,
+                    state=ItemState.SENDING if target.sending else ItemState.QUEUED,
+                    route=target.route,
+                    pool=target.pool,
+                    backend=target.backend,
+                    mirror=target.mirror,
+                    study_uid=instance.study_uid,
+                    sop_class_uid=instance.sop_class_uid,
+                    sop_instance_uid=instance.sop_instance_uid,
+                    transfer_syntax=instance.transfer_syntax,
+                    calling_aet=instance.calling_aet,
+                    called_aet=instance.called_aet,
+                    size=instance.size,
+                    dataset_offset=instance.dataset_offset,
+                    attempts=0,
+                    last_error="",
+                    next_attempt_at=job.now,
+                    created_at=job.now,
+                    updated_at=job.now,
+                    delivered_at=None,
+                )
+            )
+        return items
 
     # -------------------------------------------------------- queries (threads)
 
