@@ -359,7 +359,7 @@ class BackendSender:
 
     async def _requeue(self, item: Item) -> None:
         """Back to queued without an attempt: the backend, not the item, was the problem."""
-        await self.store.update([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
+        self.store.update_soon([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
 
     def _available(self, backend: BackendState, runtime: Runtime) -> bool:
         """Enabled, and up by the health checks when its pool runs them (without checks
@@ -480,7 +480,7 @@ class BackendSender:
     async def _delivered(self, item: Item, status: int, started: float) -> None:
         now = time.time()
         keep = bool(self.spool.config.keep_delivered)
-        await self.store.update(
+        self.store.update_soon(
             [
                 (
                     "UPDATE items SET state='delivered', attempts=attempts+1, last_error='', "

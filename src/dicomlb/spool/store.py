@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.sqlite3"
 SPILL_AT = 1 << 20  # an instance larger than this goes to a temp file while it arrives
+LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -264,6 +265,9 @@ class SpoolStore:
         self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
 
     async def stop(self) -> None:
+        """Commit what is pending, stop the committer, close the index."""
+        if self._committer is not None and self._jobs:
+            await self.update([], durable=True)
         if self._committer is not None:
             self._committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -305,6 +309,15 @@ class SpoolStore:
         self._submit(_Job(future, updates=statements, durable=durable, remove=remove))
         await future
 
+    def update_soon(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, remove: Sequence[str] = ()
+    ) -> None:
+        """Like `update`, without waiting: for outcomes whose loss only means sending again
+        (delivered, back to queued). They ride along with the next batch, or after LINGER."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_log_failure)
+        self._submit(_Job(future, updates=statements, remove=remove))
+
     def _submit(self, job: _Job) -> None:
         if self._wake is None:
             raise RuntimeError("the spool store is not started")
@@ -316,6 +329,17 @@ class SpoolStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if not any(job.durable for job in self._jobs):
+                # Only bookkeeping so far: let it gather (or ride with the next ingest).
+                deadline = asyncio.get_running_loop().time() + LINGER
+                while not any(job.durable for job in self._jobs) and len(self._jobs) < 512:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        break
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), remaining)
+                self._wake.clear()
             batch, self._jobs = self._jobs, []
             if not batch:
                 continue
@@ -561,6 +585,11 @@ def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
             else:
                 pending[0] = pending[0][written:]
                 written = 0
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("spool.update_failed reason=%r", str(future.exception()))
 
 
 def _remove_spill(instance: Instance) -> None:
