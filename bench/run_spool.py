@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · `nproc` = {os.cpu_count()} · 1-min "
         f"load average before → after {load_before[0]:.2f} → {load_after[0]:.2f} · DCMTK "
-        f"storescu {info['DCMTK']} · Python {info['Python']} · uvloop {info['uvloop']} · "
+        f"{info['DCMTK']} · Python {info['Python']} · uvloop {info['uvloop']} · "
         f"dicomlb {info['dicomlb']}",
         "",
         "storescu `-xe +sd` → dicomlb (`ack: backend` or `ack: spool`, one pool, the sink "

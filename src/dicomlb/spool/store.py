@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.sqlite3"
 SPILL_AT = 1 << 20  # an instance larger than this goes to a temp file while it arrives
+PLACERS = 8  # threads writing and fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
 
 _SCHEMA = """
@@ -186,6 +188,7 @@ class SpoolStore:
         self.data = self.directory / "data"
         self.tmp = self.directory / "tmp"
         self._lock = threading.Lock()
+        self._placers = ThreadPoolExecutor(PLACERS, thread_name_prefix="spool-place")
         self._db: sqlite3.Connection | None = None
         self._jobs: list[_Job] = []
         self._wake: asyncio.Event | None = None
@@ -212,6 +215,7 @@ class SpoolStore:
         return self._recover() if recover else None
 
     def close(self) -> None:
+        self._placers.shutdown(wait=True)
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -373,14 +377,20 @@ class SpoolStore:
         transaction. Per-job results: row ids, None, or the exception of that job."""
         results: list[Any] = [None] * len(batch)
         placed: dict[int, list[str]] = {}
-        for n, job in enumerate(batch):
-            if job.instance is None:
-                continue
-            try:
-                placed[n] = self._place(job.instance, len(job.targets))
-            except OSError as err:
+        ingests = [(n, job) for n, job in enumerate(batch) if job.instance is not None]
+        # Several files: write and fsync them in parallel (the disk merges the flushes).
+        outcomes = (
+            list(self._placers.map(self._try_place, [job for _, job in ingests]))
+            if len(ingests) > 1
+            else [self._try_place(job) for _, job in ingests]
+        )
+        for (n, job), outcome in zip(ingests, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                assert job.instance is not None
                 _remove_spill(job.instance)
-                results[n] = err
+                results[n] = outcome
+            else:
+                placed[n] = outcome
         if placed:
             _fsync_dir(self.data)
         durable = any(job.durable for job in batch)
@@ -410,6 +420,13 @@ class SpoolStore:
         self.batches += 1
         self.committed += len(placed)
         return results
+
+    def _try_place(self, job: _Job) -> list[str] | OSError:
+        assert job.instance is not None
+        try:
+            return self._place(job.instance, len(job.targets))
+        except OSError as err:
+            return err
 
     def _place(self, instance: Instance, copies: int) -> list[str]:
         """Write the rest, fsync, rename into data/, one hard link per extra copy."""
