@@ -211,8 +211,8 @@ class Spool:
                 await self.store.add_part(instance, fragment.data)
                 done = fragment.is_last
             # Small instances are still in memory: their senders get the bytes, no re-read.
-            in_memory = instance.spill_path is None
-            data = b"".join(instance.parts[1:]) if in_memory else None
+            kept = instance.keep
+            data = b"".join(kept)[instance.dataset_offset :] if kept is not None else None
             items = await self.store.commit(instance, targets, time.time())
         except ClientGone:
             await self.store.discard(instance)

@@ -21,23 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dicomlb.spool.state import ItemState
 
 log = logging.getLogger(__name__)
 
 INDEX = "index.sqlite3"
-SPILL_AT = 1 << 20  # an instance larger than this goes to a temp file while it arrives
+SPILL_AT = 256 << 10  # bytes gathered in memory before they go to the temp file
+KEEP_MAX = 1 << 20  # instances up to this size also stay in memory for their senders
+SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writeback, do not wait
 PLACERS = 8  # threads writing and fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
 
@@ -123,8 +126,9 @@ class Target:
 
 @dataclass(slots=True, kw_only=True)
 class Instance:
-    """An instance being ingested: its facts and its bytes, in memory until SPILL_AT and in a
-    temp file after that."""
+    """An instance being ingested: its facts and its bytes, gathered in memory and written to
+    a temp file every SPILL_AT bytes (writeback starts at once, so the final fsync has
+    little left to wait for); up to KEEP_MAX a copy stays in `keep` for the senders."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -134,6 +138,7 @@ class Instance:
     called_aet: str
     dataset_offset: int
     parts: list[bytes | memoryview] = field(default_factory=list)
+    keep: list[bytes] | None = field(default_factory=list)
     buffered: int = 0
     size: int = 0
     spill_path: Path | None = None
@@ -281,9 +286,15 @@ class SpoolStore:
 
     async def add_part(self, instance: Instance, data: bytes | memoryview) -> None:
         """Append data-set bytes; past SPILL_AT they go to the instance's temp file."""
-        instance.parts.append(data if isinstance(data, bytes) else bytes(data))
-        instance.buffered += len(data)
-        instance.size += len(data)
+        piece = data if isinstance(data, bytes) else bytes(data)
+        instance.parts.append(piece)
+        instance.buffered += len(piece)
+        instance.size += len(piece)
+        if instance.keep is not None:
+            if instance.size <= KEEP_MAX:
+                instance.keep.append(piece)
+            else:
+                instance.keep = None
         if instance.buffered >= SPILL_AT:
             parts, instance.parts, instance.buffered = instance.parts, [], 0
             await asyncio.to_thread(self._spill, instance, parts)
@@ -371,6 +382,8 @@ class SpoolStore:
             instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             instance.spill_path = path
         _write_all(instance.spill_fd, parts)
+        if _sync_file_range is not None:
+            _sync_file_range(instance.spill_fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
     def _commit_batch(self, batch: list[_Job]) -> list[Any]:
         """One group commit: files fsynced and renamed, `data/` fsynced once, one index
@@ -589,6 +602,20 @@ class SpoolStore:
     def free_disk(self) -> int:
         stats = os.statvfs(self.directory)
         return stats.f_bavail * stats.f_frsize
+
+
+def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), when libc has it (elsewhere the fsync does it all)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_sync_file_range = _find_sync_file_range()
 
 
 def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
