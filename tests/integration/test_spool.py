@@ -373,9 +373,11 @@ def test_down_backend_costs_no_attempts_and_study_fails_over_when_configured(
     # Health checks off: only the dispatcher's circuit breaker notices the dead backend.
     lb = balancer(spool_config(tmp_path / "spool", [a, b], failover_after="1s"))
     pool = [lb.backend("pacsa"), lb.backend("pacsb")]
-    studies = make_studies([("CT", 4)] * 8)
-    first = {uid: rendezvous_order(uid, pool)[0].name for uid in studies}
-    assert len(set(first.values())) == 2, "rare: all 8 studies hash to one backend; rerun"
+    for _ in range(20):  # bounded: 8 studies on one backend has probability 1/128
+        studies = make_studies([("CT", 4)] * 8)
+        first = {uid: rendezvous_order(uid, pool)[0].name for uid in studies}
+        if len(set(first.values())) == 2:
+            break
     a.stop()
     for uid, instances in studies.items():
         write_series(instances, tmp_path / "out" / uid)
@@ -391,7 +393,7 @@ def test_down_backend_costs_no_attempts_and_study_fails_over_when_configured(
     store.close()
     moved = [i for i in items if first[i.study_uid] == "pacsa"]
     assert moved and all(i.backend == "pacsb" for i in moved)
-    assert all(i.attempts == 1 for i in items), "the down backend must not cost attempts"
+    assert all(i.attempts == 1 for i in items), [(i.id, i.attempts, i.last_error) for i in items]
 
 
 def test_without_failover_a_study_waits_for_its_backend(

@@ -214,8 +214,11 @@ class Spool:
             kept = instance.keep
             data = b"".join(kept)[instance.dataset_offset :] if kept is not None else None
             items = await self.store.commit(instance, targets, time.time())
-        except ClientGone:
-            await self.store.discard(instance)
+        except (ClientGone, asyncio.CancelledError):
+            # Not acknowledged. Once handed to the committer the file is its business (it
+            # may still be committed and delivered: at least once); before, it goes now.
+            if not instance.committing:
+                await asyncio.shield(self.store.discard(instance))
             raise
         except Exception as err:  # disk full, I/O error: the promise cannot be kept
             await self.store.discard(instance)

@@ -143,6 +143,7 @@ class Instance:
     size: int = 0
     spill_path: Path | None = None
     spill_fd: int | None = None
+    committing: bool = False  # handed to the group committer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,6 +309,7 @@ class SpoolStore:
         """Make `instance` durable with one index row per target; the rows. Returns only once
         file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
         future: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
+        instance.committing = True
         self._submit(_Job(future, instance=instance, targets=targets, now=now, durable=True))
         return await future
 
