@@ -20,6 +20,7 @@ from dicomlb.metrics import Metrics, StateCollector
 from dicomlb.pools import BackendState
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import AdminListenerConfig, Snapshot
+from dicomlb.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ class App:
         self.metrics = Metrics()
         self.runtime = Runtime(snapshot, metrics=self.metrics)
         self.config_path = Path(config_path) if config_path is not None else None
+        self.spool: Spool | None = None
+        if snapshot.spool is not None:
+            self.spool = Spool(snapshot.spool, lambda: self.runtime)
+            self.runtime.spool = self.spool
         self.dicom: DicomListener | None = None
         self.admin: AdminServer | None = None
         self.checkers: dict[str, HealthChecker] = {}
@@ -52,7 +57,9 @@ class App:
         return self.runtime.snapshot
 
     async def start(self) -> None:
-        """Bind the listeners and start the health checks."""
+        """Open the spool (recovering after a crash), bind the listeners, start the checks."""
+        if self.spool is not None:
+            await self.spool.start()
         if self.snapshot.dicom is not None:
             self.dicom = DicomListener(self.runtime)
             await self.dicom.start()
@@ -91,6 +98,8 @@ class App:
         """Swap in a new snapshot: new associations use it, those in flight finish on theirs."""
         old = self.runtime
         self.runtime = Runtime(snapshot, old.backends, old.upstreams, self.metrics)
+        # The spool's directory and limits are install config: kept across reloads.
+        self.runtime.spool = self.spool
         if self.dicom is not None:
             self.dicom.runtime = self.runtime
         for name in set(old.backends) - set(self.runtime.backends):
@@ -275,6 +284,8 @@ class App:
         for checker in self.checkers.values():
             await checker.stop()
         self.checkers.clear()
+        if self.spool is not None:
+            await self.spool.stop()
         await asyncio.gather(*(u.close() for u in self.runtime.upstreams.values()))
         if self.admin is not None:
             await self.admin.stop()

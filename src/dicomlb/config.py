@@ -41,6 +41,7 @@ from dicomlb.dicom.tags import tag_from_name, tag_name
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
 from dicomlb.routing import MatchError, parse_match
 from dicomlb.snapshot import (
+    Ack,
     AdminAuth,
     AdminListenerConfig,
     BackendConfig,
@@ -49,8 +50,10 @@ from dicomlb.snapshot import (
     DicomListenerConfig,
     HealthConfig,
     PoolConfig,
+    RetryConfig,
     RouteConfig,
     Snapshot,
+    SpoolConfig,
     Strategy,
     TlsConfig,
 )
@@ -66,12 +69,14 @@ __all__ = [
     "hash_secret",
     "load_snapshot",
     "parse_duration",
+    "parse_size",
 ]
 
 DEFAULT_AFFINITY_KEY = "StudyInstanceUID"
 ECHO_LOCAL = "local"
 MAX_PDU_LIMIT = 0xFFFFFFFF  # PS3.8 9.3.1: the PDU length field is 32 bits
 MIN_PDU = 4096  # the smallest max PDU DCMTK accepts; 0 means unlimited (PS3.8 D.1)
+STUDY_INSTANCE_UID = 0x0020000D  # the spool records each item's study
 
 
 def hash_secret(secret: str) -> str:
@@ -151,6 +156,29 @@ def format_duration(seconds: float) -> str:
     if millis.is_integer() and millis / 1000 == seconds:
         return f"{int(millis)}ms"
     return f"{Decimal(repr(seconds)):f}s"  # positional: parse_duration reads no exponents
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgGtT]i?[bB]|[bB])?")
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE_UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE_HINT = 'write a number of bytes or a string like "500MB", "20GB" or "1.5GiB"'
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a number or a string such as `"500MB"`, `"20GB"`, `"1.5GiB"` (kB/MB/GB/TB
+    are powers of 1000, KiB/MiB/GiB/TiB of 1024). Raises ValueError with what to write."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_show(value)} is not a size; {_SIZE_HINT}")
+    if isinstance(value, int | float):
+        size = float(value)
+    else:
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"{_show(value)} is not a size; {_SIZE_HINT}")
+        size = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+    if not 0 <= size < float("inf"):
+        raise ValueError(f"{_show(value)} is not a size; {_SIZE_HINT}")
+    return int(size)
 
 
 def _positive_duration(value: Any) -> float:
@@ -282,6 +310,7 @@ AeTitle = Annotated[str, Field(strict=True), AfterValidator(_check_ae_title)]
 MaxPdu = Annotated[StrictInt, AfterValidator(_check_max_pdu)]
 Name = Annotated[str, Field(strict=True), AfterValidator(_check_name)]
 Count = Annotated[StrictInt, Field(ge=1)]
+Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 # --- the file's shape -----------------------------------------------------------------------
@@ -386,6 +415,25 @@ class _RouteModel(_Model):
     name: Name
     match: Any = None
     pool: Annotated[str, Field(strict=True)]
+    ack: Ack | None = None
+    mirror: list[Annotated[str, Field(strict=True)]] | None = None
+
+
+class _RetryModel(_Model):
+    base: Duration | None = None
+    cap: Duration | None = None
+    max_attempts: Annotated[StrictInt, Field(ge=0)] | None = None
+    max_age: Annotated[float, BeforeValidator(parse_duration)] | None = None
+
+
+class _SpoolModel(_Model):
+    directory: Annotated[str, Field(strict=True, min_length=1)]
+    max_bytes: Size | None = None
+    max_items: Annotated[StrictInt, Field(ge=0)] | None = None
+    min_free_disk: Size | None = None
+    retry: _RetryModel | None = None
+    failover_after: Duration | None = None
+    keep_delivered: Annotated[float, BeforeValidator(parse_duration)] | None = None
 
 
 class _ConfigModel(_Model):
@@ -394,6 +442,7 @@ class _ConfigModel(_Model):
     routes: list[_RouteModel] = []
     graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
     watch: StrictBool | None = None
+    spool: _SpoolModel | None = None
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -536,6 +585,8 @@ class _Builder:
         for pool in pools.values():
             if pool.key is not None:
                 wanted.add(pool.key)
+        if any(route.ack is Ack.SPOOL for route, _ in routes):
+            wanted.add(STUDY_INSTANCE_UID)
         extra: dict[str, Any] = {}
         if self.model.graceful_timeout is not None:
             extra["graceful_timeout"] = self.model.graceful_timeout
@@ -544,6 +595,9 @@ class _Builder:
         admin = self.admin_listener()
         if admin is not None:
             extra["admin"] = admin
+        spool = self.spool()
+        if spool is not None:
+            extra["spool"] = spool
         return Snapshot(
             source=source,
             dicom=dicom,
@@ -637,9 +691,22 @@ class _Builder:
                 continue
             if match.matches_everything and catch_all is None:
                 catch_all = spec.name
+            ack = spec.ack or Ack.BACKEND
+            if ack is Ack.SPOOL and self.model.spool is None:
+                self.fail(
+                    f"{path}.ack",
+                    f'route "{spec.name}" has ack: spool but there is no spool section; add '
+                    "spool: {directory: /var/spool/dicomlb} or use ack: backend",
+                )
+            mirrors = self.mirrors(spec, path, pools, ack)
             if pool is not None:
                 route = RouteConfig(
-                    name=spec.name, match=match.predicate, pool=pool, match_text=match.text
+                    name=spec.name,
+                    match=match.predicate,
+                    pool=pool,
+                    match_text=match.text,
+                    ack=ack,
+                    mirror=mirrors,
                 )
                 routes.append((route, match.tags))
         return routes
@@ -667,6 +734,49 @@ class _Builder:
                 "127.0.0.1",
             )
         return config
+
+    def mirrors(
+        self, spec: _RouteModel, path: str, pools: Mapping[str, PoolConfig], ack: Ack
+    ) -> tuple[PoolConfig, ...]:
+        if not spec.mirror:
+            return ()
+        if ack is not Ack.SPOOL:
+            self.fail(
+                f"{path}.mirror",
+                f'route "{spec.name}" mirrors through the spool, so it needs ack: spool; add '
+                "ack: spool to the route (mirrors of ack: backend routes are not built yet)",
+            )
+        mirrors: list[PoolConfig] = []
+        for j, name in enumerate(spec.mirror):
+            mirror = pools.get(name)
+            if mirror is None:
+                self.fail(
+                    f"{path}.mirror[{j}]",
+                    f'pool "{name}" does not exist; use one of {_names(pools)}',
+                )
+            elif name == spec.pool or mirror in mirrors:
+                self.fail(
+                    f"{path}.mirror[{j}]",
+                    f'pool "{name}" already gets this route\'s instances; list each pool once',
+                )
+            else:
+                mirrors.append(mirror)
+        return tuple(mirrors)
+
+    def spool(self) -> SpoolConfig | None:
+        spec = self.model.spool
+        if spec is None:
+            return None
+        retry = RetryConfig(**_set(spec.retry)) if spec.retry else RetryConfig()
+        if retry.cap < retry.base:
+            self.fail(
+                "spool.retry.cap",
+                f"cap ({format_duration(retry.cap)}) is shorter than base "
+                f"({format_duration(retry.base)}); make cap at least base",
+            )
+        return SpoolConfig(
+            directory=spec.directory, retry=retry, **_set(spec, "directory", "retry")
+        )
 
     def dicom_listener(self, pools: Mapping[str, PoolConfig]) -> DicomListenerConfig | None:
         if self.model.listeners is None or self.model.listeners.dicom is None:
@@ -814,7 +924,9 @@ def _issue_from_pydantic(error: Any) -> ConfigIssue:
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         allowed = list(model.model_fields) if model else []
-        close = difflib.get_close_matches(field, allowed, n=1)
+        close = difflib.get_close_matches(field, allowed, n=3)
+        # Equal scores ("pool": "pools" or "spool"?): the one starting alike reads right.
+        close.sort(key=lambda name: name[:1] != field[:1])
         hint = f'did you mean "{close[0]}"? ' if close else ""
         message = f'unknown key "{field}"; {hint}allowed keys: {", ".join(allowed)}'
     elif kind == "missing":
@@ -913,8 +1025,11 @@ def describe(snapshot: Snapshot) -> str:
     if not snapshot.routes:
         lines.append("  none")
     for n, route in enumerate(snapshot.routes, 1):
+        mirror = f"; mirror to {', '.join(p.name for p in route.mirror)}" if route.mirror else ""
+        spooled = f" (ack: spool{mirror})" if route.ack is Ack.SPOOL else ""
         lines.append(
             f"  {n}. {route.name}: {route.match_text or 'everything'} -> pool {route.pool.name}"
+            f"{spooled}"
         )
     lines.append("pools:")
     for pool in snapshot.pools.values():
@@ -958,6 +1073,24 @@ def describe(snapshot: Snapshot) -> str:
             f"(auth: {'; '.join(auth) if auth else 'none, loopback only'})"
         )
     lines.append(f"reload on file change: {'yes' if snapshot.watch else 'no'}")
+    sp = snapshot.spool
+    if sp is not None:
+        r = sp.retry
+        failover = (
+            f"fail over after {format_duration(sp.failover_after)}"
+            if sp.failover_after is not None
+            else "wait for the study's backend"
+        )
+        lines += [
+            f"spool: {sp.directory}",
+            f"  limits: max bytes {sp.max_bytes or 'none'}, max items {sp.max_items or 'none'}, "
+            f"min free disk {sp.min_free_disk}",
+            f"  retry: base {format_duration(r.base)}, cap {format_duration(r.cap)}, "
+            f"max attempts {r.max_attempts or 'no limit'}, max age "
+            f"{format_duration(r.max_age) if r.max_age else 'no limit'}; {failover}; "
+            "delivered files: "
+            + (f"kept {format_duration(sp.keep_delivered)}" if sp.keep_delivered else "removed"),
+        ]
     return "\n".join(lines)
 
 

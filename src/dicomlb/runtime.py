@@ -8,12 +8,16 @@ are shared across runtimes for backends that stay.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from dicomlb.dicom.upstream import UpstreamPool
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
-from dicomlb.snapshot import Snapshot
+from dicomlb.snapshot import Ack, Snapshot
+
+if TYPE_CHECKING:
+    from dicomlb.spool.spool import Spool
 
 
 class Runtime:
@@ -28,6 +32,7 @@ class Runtime:
     ) -> None:
         self.snapshot = snapshot
         self.metrics = metrics if metrics is not None else Metrics()  # shared by the App's runtimes
+        self.spool: Spool | None = None  # set by App when the snapshot has a spool section
         self.router = Router(snapshot.routes)
         self.backends: dict[str, BackendState] = {}
         self.upstreams: dict[str, UpstreamPool] = {}
@@ -60,6 +65,12 @@ class Runtime:
         return [pool for name, pool in self.pools.items() if name in names]
 
     def any_route_available(self) -> bool:
-        """True when some route's pool has an available backend (or there are no routes)."""
+        """True when some route can take a message now (or there are no routes): its pool has
+        an available backend, or it is spooled (`ack: spool`) and the spool has room."""
         routes = self.snapshot.routes
-        return not routes or any(self.pools[r.pool.name].has_available() for r in routes)
+        if not routes:
+            return True
+        if any(self.pools[r.pool.name].has_available() for r in routes if r.ack is Ack.BACKEND):
+            return True
+        spooled = any(r.ack is Ack.SPOOL for r in routes)
+        return spooled and self.spool is not None and self.spool.accepting()

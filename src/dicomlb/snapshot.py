@@ -103,12 +103,44 @@ class PoolConfig:
     idle_timeout: float = 15.0  # an idle pooled upstream association is released after this
 
 
+class Ack(enum.StrEnum):
+    """When a route answers the sender's C-STORE (DESIGN decision 6)."""
+
+    BACKEND = "backend"  # relay the backend's own status
+    SPOOL = "spool"  # Success once the instance is durable in the spool; delivered later
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     name: str
     match: Predicate
     pool: PoolConfig
     match_text: str = ""  # the match as written, for `dicomlb check` and logs
+    ack: Ack = Ack.BACKEND
+    mirror: tuple[PoolConfig, ...] = ()  # pools that each get an independent spooled copy
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    """Delivery retries of spooled items: exponential backoff with jitter, capped."""
+
+    base: float = 2.0  # delay before the second attempt (before jitter)
+    cap: float = 300.0  # the longest delay between attempts
+    max_attempts: int = 10  # attempts before an item is dead; 0: no limit
+    max_age: float = 7 * 86400.0  # an item older than this is dead; 0: no limit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpoolConfig:
+    """The durable store-and-forward queue (`spool:` section)."""
+
+    directory: str
+    max_bytes: int = 0  # 0: no limit
+    max_items: int = 0  # 0: no limit
+    min_free_disk: int = 1 << 30  # refuse new instances below this much free space
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    failover_after: float | None = None  # None: a study waits for its backend
+    keep_delivered: float = 0.0  # seconds a delivered item's file is kept; 0: removed at once
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,3 +188,4 @@ class Snapshot:
     graceful_timeout: float = 30.0
     admin: AdminListenerConfig | None = None
     watch: bool = False  # reload when the config file changes
+    spool: SpoolConfig | None = None

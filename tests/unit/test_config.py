@@ -321,7 +321,7 @@ BAD_CONFIGS: list[tuple[str, Mutation, str]] = [
         "unknown top-level key",
         lambda d: d.update(pool={}),
         'pool: unknown key "pool"; did you mean "pools"? '
-        "allowed keys: listeners, pools, routes, graceful_timeout",
+        "allowed keys: listeners, pools, routes, graceful_timeout, watch, spool",
     ),
     (
         "unknown listener key",

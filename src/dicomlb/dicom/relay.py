@@ -16,7 +16,7 @@ from dicomlb.dicom.dimse import CommandField, DataReceived, Status, Tag, respons
 from dicomlb.dicom.tags import HeaderScanner
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, UpstreamKey
 from dicomlb.pools import BackendState, Pool
-from dicomlb.snapshot import CalledAet, MessageFacts, PoolConfig
+from dicomlb.snapshot import Ack, CalledAet, MessageFacts, PoolConfig
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,11 @@ class Relay:
             self.runtime.metrics.store_finished(status=Status.NOT_AUTHORIZED, seconds=0.0)
             self._respond(message, Status.NOT_AUTHORIZED, reason)
             return
+        # --- spool hook (issue #3): `ack: spool` routes answer once the instance is durable
+        if route.ack is Ack.SPOOL and self.runtime.spool is not None:
+            await self.runtime.spool.ingest(self, message, route, head, done, tags, started)
+            return
+        # --- end spool hook
         pool = self.runtime.pools[route.pool.name]
         key = tags.get(route.pool.key, "") if route.pool.key is not None else ""
         try:

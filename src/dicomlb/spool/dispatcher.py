@@ -1,0 +1,543 @@
+"""Delivery of spooled items: one sender per backend, retries, dead letters, failover.
+
+Each backend gets a `BackendSender`: up to `max_associations` workers that claim due items
+of that backend from the index, send them over the backend's `UpstreamPool` (the same
+pooled, capped associations the relay uses) and record the outcome. A backend that is down
+(health checks) or whose circuit breaker is open costs nothing: no connects, no attempts,
+no item's attempt count grows. A failed attempt is retried after an exponential backoff
+with jitter (`state.after_failure`); past `max_attempts` or `max_age` the item is dead,
+with the reason, until an operator retries or purges it.
+
+With `failover_after` set, queued items of a backend down that long move, study by study,
+to the next backend of their pool (for `affinity` pools: the study's next rendezvous
+backend); without it they wait for their backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from dicomlb.dicom.dimse import DATA_SET_PRESENT, Command, CommandField, Tag
+from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, UpstreamPool
+from dicomlb.pools import BackendState
+from dicomlb.snapshot import CalledAet
+from dicomlb.spool import state
+from dicomlb.spool.state import BreakerState, CircuitBreaker, ItemState
+from dicomlb.spool.store import Item
+
+if TYPE_CHECKING:
+    from dicomlb.runtime import Runtime
+    from dicomlb.spool.spool import Spool
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY = 1.0  # seconds between sweeps (max age, failover, retention, recount)
+RECOUNT_EVERY = 10  # sweeps between recounts of the index (the CLI may have purged)
+CLAIM_BATCH = 32  # items claimed from the index at once per backend
+READ_WHOLE = 8 << 20  # data sets up to this size are read in one go, larger ones in chunks
+CHUNK = 4 << 20
+IDLE_WAIT = 1.0  # longest sleep of an idle feeder (ingest wakes it sooner)
+
+Claimed = tuple[Item, bytes | None]  # an item and, when small, its data set bytes
+
+
+class Dispatcher:
+    """The senders of every backend, and the periodic sweep."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.store = spool.store
+        self.senders: dict[str, BackendSender] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._handing: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._sync_senders()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*(s.stop() for s in self.senders.values()))
+        # What was on the wire is sent again next time (at least once).
+        await asyncio.to_thread(
+            self.store.execute,
+            [("UPDATE items SET state='queued' WHERE state='sending'", ())],
+        )
+
+    def wake(self, backend: str) -> None:
+        sender = self.senders.get(backend)
+        if sender is not None:
+            sender.wake()
+
+    def can_take(self, backend: str) -> bool:
+        """Whether a new item for `backend` can go straight to its sender (it has room and
+        the backend is up): then it is inserted as 'sending' and handed over in memory."""
+        sender = self.senders.get(backend)
+        return sender is not None and sender.has_room()
+
+    def hand(self, item: Item, data: bytes | None) -> None:
+        """Give a just-spooled 'sending' item to its sender."""
+        sender = self.senders.get(item.backend)
+        if sender is None:  # gone since can_take: leave it to the index
+            task = asyncio.get_running_loop().create_task(self._requeue(item))
+            self._handing.add(task)
+            task.add_done_callback(self._handing.discard)
+            return
+        sender.take(item, data)
+
+    async def _requeue(self, item: Item) -> None:
+        await self.store.update([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
+
+    def _sync_senders(self) -> None:
+        for name in self.spool.runtime().backends:
+            if name not in self.senders:
+                sender = BackendSender(self, name)
+                self.senders[name] = sender
+                sender.start()
+
+    async def _run(self) -> None:
+        sweeps = 0
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            sweeps += 1
+            try:
+                self._sync_senders()
+                await self.sweep(time.time(), recount=sweeps % RECOUNT_EVERY == 0)
+            except Exception:  # a sweep must not end delivery; the next one tries again
+                log.exception("spool.sweep_failed")
+
+    async def sweep(self, now: float, *, recount: bool = False) -> None:
+        """Dead letters for items too old, failover, retention of delivered files."""
+        spool = self.spool
+        config = spool.config
+        if config.retry.max_age:
+            old = await asyncio.to_thread(
+                self.store.items,
+                "state='queued' AND created_at < ?",
+                (now - config.retry.max_age,),
+            )
+            for item in old:
+                last = f"; last: {item.last_error}" if item.last_error else ""
+                reason = f"older than max_age {config.retry.max_age:g}s{last}"
+                await self.record_dead(item, item.attempts, reason)
+        if config.failover_after is not None:
+            for name, sender in self.senders.items():
+                if state.should_fail_over(
+                    down_since=sender.down_since, now=now, failover_after=config.failover_after
+                ):
+                    await self.fail_over(name, now)
+        if config.keep_delivered:
+            expired = await asyncio.to_thread(
+                self.store.query,
+                "SELECT id, file, size FROM items WHERE state='delivered' AND file != '' "
+                "AND delivered_at < ?",
+                (now - config.keep_delivered,),
+            )
+            if expired:
+                await self.store.update(
+                    [("UPDATE items SET file='' WHERE id=?", (row[0],)) for row in expired]
+                )
+                await asyncio.to_thread(self.store.remove_files, [row[1] for row in expired])
+                spool.bytes -= sum(row[2] for row in expired)
+        if recount:
+            counts = await asyncio.to_thread(self.store.counts)
+            spool.items, spool.bytes = counts.items, counts.bytes
+
+    async def fail_over(self, backend: str, now: float) -> None:
+        """Move the queued studies of `backend` to the next available backend of their pool."""
+        runtime = self.spool.runtime()
+        rows = await asyncio.to_thread(
+            self.store.query,
+            "SELECT pool, study_uid, count(*) FROM items WHERE state='queued' AND backend=? "
+            "GROUP BY pool, study_uid",
+            (backend,),
+        )
+        statements = []
+        for pool_name, study, count in rows:
+            pool = runtime.pools.get(pool_name)
+            target = pool.pick(study, exclude=frozenset({backend})) if pool else None
+            if target is None:
+                continue
+            statements.append(
+                (
+                    "UPDATE items SET backend=?, updated_at=? WHERE state='queued' AND "
+                    "backend=? AND pool=? AND study_uid=?",
+                    (target.name, now, backend, pool_name, study),
+                )
+            )
+            self.spool.remember(pool_name, study, target.name)
+            log.warning(
+                "spool.failover study_uid=%s pool=%s from=%s to=%s items=%d",
+                study,
+                pool_name,
+                backend,
+                target.name,
+                count,
+            )
+            self.wake(target.name)
+        if statements:
+            await self.store.update(statements)
+
+    async def record_dead(self, item: Item, attempts: int, reason: str) -> None:
+        now = time.time()
+        await self.store.update(
+            [
+                (
+                    "UPDATE items SET state='dead', attempts=?, last_error=?, updated_at=? "
+                    "WHERE id=?",
+                    (attempts, reason, now, item.id),
+                )
+            ]
+        )
+        log.error(
+            "store.dead sop_instance_uid=%s route=%s pool=%s backend=%s item=%d attempts=%d "
+            "reason=%r",
+            item.sop_instance_uid,
+            item.route,
+            item.pool,
+            item.backend,
+            item.id,
+            attempts,
+            reason,
+        )
+
+
+class BackendSender:
+    """Delivers the spooled items of one backend, `max_associations` at a time."""
+
+    def __init__(self, dispatcher: Dispatcher, name: str) -> None:
+        self.dispatcher = dispatcher
+        self.spool = dispatcher.spool
+        self.store = dispatcher.store
+        self.name = name
+        self.breaker = CircuitBreaker(threshold=3, base=1.0, cap=30.0)
+        self.inflight = 0
+        self.unavailable_since: float | None = None
+        # Claimed items (and, for small ones, their data set bytes) waiting for a worker.
+        self._ready: collections.deque[Claimed] = collections.deque()
+        self._has_ready = asyncio.Event()
+        self._event = asyncio.Event()  # wakes the feeder: new items, or a worker took one
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def down_since(self) -> float | None:
+        """Since when this backend has been down (health or breaker), if it is."""
+        times = [t for t in (self.unavailable_since, self.breaker.down_since) if t is not None]
+        return min(times) if times else None
+
+    def start(self) -> None:
+        runtime = self.spool.runtime()
+        backend = runtime.backends[self.name]
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._feed())] + [
+            loop.create_task(self._work(n)) for n in range(backend.config.max_associations)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def has_room(self) -> bool:
+        """Room in the ready queue, and the backend is not known to be down."""
+        runtime = self.spool.runtime()
+        backend = runtime.backends.get(self.name)
+        if backend is None or not self._available(backend, runtime):
+            return False
+        if self.breaker.state is not BreakerState.CLOSED:
+            return False
+        return len(self._ready) + self.inflight < 2 * backend.config.max_associations
+
+    def take(self, item: Item, data: bytes | None) -> None:
+        self._ready.append((item, data))
+        self._has_ready.set()
+
+    async def _idle(self, timeout: float) -> None:
+        self._event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+    # -------------------------------------------------------- feeding the workers
+
+    async def _feed(self) -> None:
+        """Claim due items in batches (one thread hop reads the index and the small files)
+        while the backend is available and its breaker lets attempts through."""
+        while True:
+            runtime = self.spool.runtime()
+            backend = runtime.backends.get(self.name)
+            if backend is None:
+                await self._idle(IDLE_WAIT)
+                continue
+            now = time.time()
+            if not self._available(backend, runtime):
+                if self.unavailable_since is None:
+                    self.unavailable_since = now
+                await self._release_ready()
+                await self._idle(0.5)
+                continue
+            self.unavailable_since = None
+            if not self.breaker.allow(now):
+                await self._release_ready()
+                await self._idle(min(max(self.breaker.retry_at - now, 0.05), IDLE_WAIT))
+                continue
+            limit = backend.config.max_associations
+            want = 2 * limit - len(self._ready) - self.inflight
+            if self.breaker.state is BreakerState.HALF_OPEN:
+                want = 0 if self._ready or self.inflight else 1  # one probe decides
+            if want <= 0:
+                await self._idle(IDLE_WAIT)
+                continue
+            self._event.clear()
+            batch, due = await asyncio.to_thread(self._claim, now, min(want, CLAIM_BATCH))
+            if batch:
+                self._ready.extend(batch)
+                self._has_ready.set()
+                continue
+            wait = IDLE_WAIT if due is None else min(max(due - time.time(), 0.01), IDLE_WAIT)
+            if not self._event.is_set():
+                await self._idle(wait)
+
+    def _claim(self, now: float, limit: int) -> tuple[list[Claimed], float | None]:
+        """(thread) Claim due items and read the small ones; or when the next one is due."""
+        items = self.store.claim(self.name, now, limit)
+        if not items:
+            return [], self.store.next_due(self.name)
+        batch: list[Claimed] = []
+        for item in items:
+            data = None
+            if item.size - item.dataset_offset <= READ_WHOLE:
+                try:
+                    data = self.store.read(item)
+                except OSError:
+                    data = None  # the worker reads again and reports the error
+            batch.append((item, data))
+        return batch, None
+
+    async def _release_ready(self) -> None:
+        """Give claimed, unsent items back (the backend went down): no attempt counted."""
+        if not self._ready:
+            return
+        items, self._ready = list(self._ready), collections.deque()
+        await self.store.update(
+            [("UPDATE items SET state='queued' WHERE id=?", (item.id,)) for item, _ in items]
+        )
+
+    async def _work(self, n: int) -> None:
+        while True:
+            while not self._ready:
+                self._has_ready.clear()
+                await self._has_ready.wait()
+            item, data = self._ready.popleft()
+            self._event.set()  # room for more: the feeder may claim
+            runtime = self.spool.runtime()
+            backend = runtime.backends.get(self.name)
+            upstream = runtime.upstreams.get(self.name)
+            if (
+                backend is None
+                or upstream is None
+                or not self._available(backend, runtime)
+                or not self.breaker.allow(time.time())
+            ):
+                await self._requeue(item)
+                continue
+            self.inflight += 1
+            try:
+                await self._deliver(item, data, backend, upstream, runtime)
+            finally:
+                self.inflight -= 1
+
+    async def _requeue(self, item: Item) -> None:
+        """Back to queued without an attempt: the backend, not the item, was the problem."""
+        self.store.update_soon([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
+
+    def _available(self, backend: BackendState, runtime: Runtime) -> bool:
+        """Enabled, and up by the health checks when its pool runs them (without checks
+        nothing would bring a passively failed backend back: the breaker probes instead)."""
+        return backend.enabled and (backend.health.up or not self._checked(runtime))
+
+    def _checked(self, runtime: Runtime) -> bool:
+        return any(
+            pool.health.enabled and any(b.name == self.name for b in pool.backends)
+            for pool in runtime.snapshot.pools.values()
+        )
+
+    # -------------------------------------------------------- one item
+
+    async def _deliver(
+        self,
+        item: Item,
+        data: bytes | None,
+        backend: BackendState,
+        upstream: UpstreamPool,
+        runtime: Runtime,
+    ) -> None:
+        started = time.monotonic()
+        pool = runtime.snapshot.pools.get(item.pool)
+        called = (
+            item.called_aet
+            if pool is not None and pool.called_aet is CalledAet.PASSTHROUGH
+            else backend.config.dicom.ae_title
+        )
+        calling = item.calling_aet or (
+            runtime.snapshot.dicom.ae_title if runtime.snapshot.dicom else "DICOMLB"
+        )
+        needed = (item.sop_class_uid, item.transfer_syntax)
+        try:
+            up = await upstream.acquire((calling, called, ()), needed, [needed])
+        except UpstreamError as err:
+            if "rejected abstract syntax" in str(err):
+                await self._failed(item, str(err))
+                return
+            # The backend, not the item, failed: no attempt counted, the breaker decides.
+            self._backend_failed(backend, runtime, str(err))
+            await self._requeue(item)
+            return
+        timeout = pool.response_timeout if pool is not None else 120.0
+        backend.active += 1
+        try:
+            status, comment = await self._send(item, data, up, timeout)
+        except (UpstreamError, TimeoutError, OSError) as err:
+            up.abort()
+            upstream.release(up)
+            reason = (
+                f"no response within {timeout:g}s" if isinstance(err, TimeoutError) else str(err)
+            )
+            self._backend_failed(backend, runtime, reason)
+            await self._failed(item, reason or type(err).__name__)
+            return
+        finally:
+            backend.active -= 1
+        upstream.release(up)
+        self.breaker.success()
+        backend.health.success()
+        if state.stored(status):
+            await self._delivered(item, status, started)
+        else:
+            text = f"status 0x{status:04X}" + (f" ({comment})" if comment else "")
+            await self._failed(item, text)
+
+    async def _send(
+        self, item: Item, data: bytes | None, up: UpstreamAssociation, timeout: float
+    ) -> tuple[int, str]:
+        needed = (item.sop_class_uid, item.transfer_syntax)
+        context_id = up.context_for(needed)
+        assert context_id is not None
+        command = Command.build(
+            {
+                Tag.AFFECTED_SOP_CLASS_UID: item.sop_class_uid,
+                Tag.COMMAND_FIELD: CommandField.C_STORE_RQ,
+                Tag.MESSAGE_ID: up.next_message_id(),
+                Tag.PRIORITY: 0,
+                Tag.COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT,
+                Tag.AFFECTED_SOP_INSTANCE_UID: item.sop_instance_uid,
+            }
+        )
+        length = item.size - item.dataset_offset
+        if length <= READ_WHOLE:
+            if data is None:
+                data = await asyncio.to_thread(self.store.read, item)
+            pending = up.send_command(context_id, command, [(data, True)], timeout)
+            await up.drain()
+        else:
+            offset = item.dataset_offset
+            chunk = await asyncio.to_thread(self.store.read, item, offset, CHUNK)
+            offset += len(chunk)
+            pending = up.send_command(context_id, command, [(chunk, False)], timeout)
+            await up.drain()
+            while offset < item.size:
+                chunk = await asyncio.to_thread(self.store.read, item, offset, CHUNK)
+                if not chunk:
+                    raise OSError(f"spool file {item.file} is shorter than its index row says")
+                offset += len(chunk)
+                up.send_data(context_id, chunk, offset >= item.size)
+                await up.drain()
+        answer = await pending
+        return answer.status or 0, answer.error_comment or ""
+
+    def _backend_failed(self, backend: BackendState, runtime: Runtime, reason: str) -> None:
+        now = time.time()
+        if self.breaker.failure(now):
+            log.warning(
+                "spool.breaker_open backend=%s retry_in=%.1fs reason=%r",
+                self.name,
+                self.breaker.retry_at - now,
+                reason,
+            )
+        if self._checked(runtime) and backend.health.failure():
+            log.warning("backend.down backend=%s cause=passive", self.name)
+
+    async def _delivered(self, item: Item, status: int, started: float) -> None:
+        now = time.time()
+        keep = bool(self.spool.config.keep_delivered)
+        self.store.update_soon(
+            [
+                (
+                    "UPDATE items SET state='delivered', attempts=attempts+1, last_error='', "
+                    "delivered_at=?, updated_at=?, file=? WHERE id=?",
+                    (now, now, item.file if keep else "", item.id),
+                )
+            ],
+            remove=() if keep else (item.file,),
+        )
+        self.spool.items -= 1
+        if not keep:
+            self.spool.bytes -= item.size
+        log.info(
+            "store.delivered sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X "
+            "via=spool attempts=%d item=%d ms=%d",
+            item.sop_instance_uid,
+            item.route,
+            item.pool,
+            item.backend,
+            status,
+            item.attempts + 1,
+            item.id,
+            (time.monotonic() - started) * 1000,
+        )
+
+    async def _failed(self, item: Item, reason: str) -> None:
+        attempts = item.attempts + 1
+        now = time.time()
+        outcome = state.after_failure(
+            attempts=attempts,
+            created_at=item.created_at,
+            now=now,
+            reason=reason,
+            retry=self.spool.config.retry,
+            rng=self.spool.rng,
+        )
+        if outcome.state is ItemState.DEAD:
+            await self.dispatcher.record_dead(item, attempts, outcome.reason)
+            return
+        await self.store.update(
+            [
+                (
+                    "UPDATE items SET state='queued', attempts=?, last_error=?, "
+                    "next_attempt_at=?, updated_at=? WHERE id=?",
+                    (attempts, reason, outcome.next_attempt_at, now, item.id),
+                )
+            ]
+        )
+        log.warning(
+            "store.failed sop_instance_uid=%s route=%s pool=%s backend=%s via=spool attempts=%d "
+            "retry_in=%.1fs item=%d reason=%r",
+            item.sop_instance_uid,
+            item.route,
+            item.pool,
+            item.backend,
+            attempts,
+            outcome.next_attempt_at - now,
+            item.id,
+            reason,
+        )

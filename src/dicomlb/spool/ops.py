@@ -1,0 +1,169 @@
+"""Operations on a spool: list, show, retry, purge (the CLI; the admin API will reuse them).
+
+They open the index beside a running balancer (SQLite WAL: readers and one writer at a
+time) and touch no file that the balancer may be writing: a retried item is picked up by
+the running dispatcher within a second; purged items are gone from disk and index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from dicomlb.spool.state import ItemState
+from dicomlb.spool.store import Item, SpoolStore
+
+
+class OperationError(ValueError):
+    """An operation that cannot be done as asked; the text says why and what to do."""
+
+
+@contextmanager
+def opened(directory: str) -> Iterator[SpoolStore]:
+    """The spool at `directory`, opened without crash recovery (the balancer may run)."""
+    store = SpoolStore(directory)
+    store.open(recover=False)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Summary:
+    by_state: dict[str, int]
+    bytes: int
+
+
+def summary(store: SpoolStore) -> Summary:
+    rows = store.query("SELECT state, count(*) FROM items GROUP BY state")
+    counts = store.counts()
+    return Summary(by_state={state: int(n) for state, n in rows}, bytes=counts.bytes)
+
+
+def list_items(
+    store: SpoolStore,
+    *,
+    states: Sequence[ItemState] = (),
+    backend: str | None = None,
+    study: str | None = None,
+    limit: int = 100,
+) -> list[Item]:
+    """Items, oldest first, filtered by state, backend and study."""
+    where, params = _filters(states, backend, study)
+    return store.items(where, params, limit)
+
+
+def show(store: SpoolStore, item_id: int) -> Item:
+    item = store.item(item_id)
+    if item is None:
+        raise OperationError(f"no spooled item {item_id}; `dicomlb spool ls` lists them")
+    return item
+
+
+def retry(
+    store: SpoolStore, ids: Sequence[int] = (), *, all_dead: bool = False, now: float | None = None
+) -> int:
+    """Queue dead items again with a fresh attempt count (by id, or every dead item); the
+    number queued. Items still on disk only: a delivered item whose file is gone cannot be."""
+    if not ids and not all_dead:
+        raise OperationError("name the items to retry, or use --dead for every dead item")
+    stamp = time.time() if now is None else now
+    where = "state = 'dead' AND file != ''"
+    params: list[object] = []
+    if ids:
+        where = "state IN ('dead', 'delivered') AND file != '' AND id IN " + _marks(ids)
+        params = list(ids)
+    return store.execute(
+        [
+            (
+                "UPDATE items SET state='queued', attempts=0, next_attempt_at=?, updated_at=?, "
+                f"last_error='retry requested' WHERE {where}",
+                (stamp, stamp, *params),
+            )
+        ]
+    )
+
+
+def purge(
+    store: SpoolStore,
+    ids: Sequence[int] = (),
+    *,
+    states: Sequence[ItemState] = (),
+) -> int:
+    """Delete items (by id, or every item in `states`) and their files; the number removed.
+
+    Queued items can be purged only by id, and items being sent never: stop the balancer or
+    wait for the attempt to end."""
+    if not ids and not states:
+        raise OperationError("name the items to purge, or a state: --dead or --delivered")
+    if ItemState.SENDING in states or (ItemState.QUEUED in states and not ids):
+        raise OperationError(
+            "purging every queued item drops images not yet delivered; name them by id"
+        )
+    where_parts = ["state != 'sending'"]
+    params: list[object] = []
+    if ids:
+        where_parts.append("id IN " + _marks(ids))
+        params += ids
+    if states:
+        where_parts.append("state IN " + _marks(states))
+        params += [str(s) for s in states]
+    where = " AND ".join(where_parts)
+    files = [name for (name,) in store.query(f"SELECT file FROM items WHERE {where}", params)]
+    removed = store.execute([(f"DELETE FROM items WHERE {where}", params)])
+    # Mirror copies are hard links of one another: each name is removed on its own.
+    store.remove_files(files)
+    return removed
+
+
+def describe_item(item: Item) -> str:
+    """Every field of an item, one per line, for `dicomlb spool show`."""
+    lines = []
+    for name in Item.__slots__:
+        value = getattr(item, name)
+        if name.endswith("_at") and isinstance(value, float):
+            value = f"{_when(value)} ({value:.3f})"
+        lines.append(f"{name}: {value}")
+    return "\n".join(lines)
+
+
+def row(item: Item) -> str:
+    """One line per item for `dicomlb spool ls`."""
+    error = f"  {item.last_error}" if item.last_error else ""
+    mirror = " mirror" if item.mirror else ""
+    return (
+        f"{item.id:>7}  {item.state:<9}  {item.backend:<12}  {item.attempts:>3}  "
+        f"{_when(item.created_at)}  {item.sop_instance_uid}{mirror}{error}"
+    )
+
+
+HEADER = f"{'id':>7}  {'state':<9}  {'backend':<12}  {'try':>3}  {'created (UTC)':<19}  sop"
+
+
+def _when(stamp: float) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _marks(values: Sequence[object]) -> str:
+    return "(" + ", ".join("?" for _ in values) + ")"
+
+
+def _filters(
+    states: Sequence[ItemState], backend: str | None, study: str | None
+) -> tuple[str, list[object]]:
+    parts = ["1"]
+    params: list[object] = []
+    if states:
+        parts.append("state IN " + _marks(states))
+        params += [str(s) for s in states]
+    if backend:
+        parts.append("backend = ?")
+        params.append(backend)
+    if study:
+        parts.append("study_uid = ?")
+        params.append(study)
+    return " AND ".join(parts), params

@@ -1,0 +1,263 @@
+"""The running spool: store, limits, ingest of C-STOREs from the relay, and the dispatcher.
+
+`Spool.ingest` is the relay's hook for routes with `ack: spool`: it takes the fragments the
+relay already read and the rest of the data set, makes the instance durable (one index row
+for the route's pool and one per mirror pool) and only then answers Success. When it cannot
+keep that promise it answers 0xA700 (Out of resources) with the reason, never Success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dicomlb.dicom.acceptor import ClientGone, InboundMessage
+from dicomlb.dicom.dimse import DataReceived, Status
+from dicomlb.dicom.part10 import file_header
+from dicomlb.pools import BackendState, Pool, rendezvous_order
+from dicomlb.snapshot import RouteConfig, SpoolConfig
+from dicomlb.spool import state
+from dicomlb.spool.dispatcher import Dispatcher
+from dicomlb.spool.store import Instance, SpoolStore, Target
+
+if TYPE_CHECKING:
+    from dicomlb.dicom.relay import Relay
+    from dicomlb.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+STUDY_INSTANCE_UID = 0x0020000D
+_AFFINITY_MEMORY = 100_000  # (pool, study) -> backend entries kept
+_FREE_DISK_EVERY = 1.0  # seconds between statvfs calls
+
+
+class Spool:
+    """Store-and-forward for routes with `ack: spool`, and the delivery of what it holds."""
+
+    def __init__(
+        self,
+        config: SpoolConfig,
+        runtime: Callable[[], Runtime],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.store = SpoolStore(config.directory)
+        self.rng = rng or random.Random()
+        # A study stays on the backend its first instance was given (also after failover).
+        self.affinity: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.items = 0
+        self.bytes = 0
+        self._free_disk = 0
+        self._free_disk_at = 0.0
+        self._refusing: str | None = None
+        self.dispatcher = Dispatcher(self)
+
+    # -------------------------------------------------------- life
+
+    async def start(self) -> None:
+        """Open the directory (crash recovery), start the committer and the dispatcher."""
+        recovery = await asyncio.to_thread(self.store.open)
+        assert recovery is not None
+        counts = await asyncio.to_thread(self.store.counts)
+        self.items, self.bytes = counts.items, counts.bytes
+        rows = await asyncio.to_thread(
+            self.store.query,
+            "SELECT pool, study_uid, backend FROM items WHERE state IN ('queued', 'sending') "
+            "AND study_uid != '' GROUP BY pool, study_uid",
+        )
+        for pool, study, backend in rows:
+            self.remember(pool, study, backend)
+        await self.store.start()
+        log.info(
+            "spool.started directory=%s queued=%d requeued=%d items=%d bytes=%d "
+            "partial_files_removed=%d orphan_files_removed=%d missing_files=%d",
+            self.config.directory,
+            recovery.queued,
+            recovery.requeued,
+            self.items,
+            self.bytes,
+            recovery.partial_files,
+            recovery.orphan_files,
+            recovery.missing_files,
+        )
+        self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        await self.store.stop()
+        log.info("spool.stopped items=%d bytes=%d", self.items, self.bytes)
+
+    # -------------------------------------------------------- limits
+
+    def usage(self) -> state.Usage:
+        now = time.monotonic()
+        if now - self._free_disk_at >= _FREE_DISK_EVERY:
+            self._free_disk = self.store.free_disk()
+            self._free_disk_at = now
+        return state.Usage(items=self.items, bytes=self.bytes, free_disk=self._free_disk)
+
+    def refusal(self, incoming: int = 0) -> str | None:
+        """Why a new instance must be refused now (spool limits), or None; logs changes."""
+        why = state.refusal(self.usage(), self.config, incoming)
+        if why != self._refusing:
+            if why is not None:
+                log.warning("spool.full reason=%r", why)
+            else:
+                log.info("spool.accepting items=%d bytes=%d", self.items, self.bytes)
+            self._refusing = why
+        return why
+
+    def accepting(self) -> bool:
+        """Whether new associations for spooled routes are welcome (back-pressure)."""
+        return self.refusal() is None
+
+    # -------------------------------------------------------- placement
+
+    def remember(self, pool: str, study: str, backend: str) -> None:
+        key = (pool, study)
+        self.affinity[key] = backend
+        self.affinity.move_to_end(key)
+        while len(self.affinity) > _AFFINITY_MEMORY:
+            self.affinity.popitem(last=False)
+
+    def choose(self, pool: Pool, key: str, study: str) -> BackendState:
+        """The backend a spooled instance goes to: the one its study already has, else the
+        pool's pick among available backends, else (all down) the study's first rendezvous
+        backend: the spool takes instances even when every backend is down."""
+        if study:
+            known = self.affinity.get((pool.name, study))
+            for backend in pool.backends:
+                if backend.name == known:
+                    return backend
+        backend = pool.pick(key) or rendezvous_order(key or study, pool.backends)[0]
+        if study:
+            self.remember(pool.name, study, backend.name)
+        return backend
+
+    # -------------------------------------------------------- ingest
+
+    async def ingest(
+        self,
+        relay: Relay,
+        message: InboundMessage,
+        route: RouteConfig,
+        head: list[DataReceived],
+        done: bool,
+        tags: dict[int, str],
+        started: float,
+    ) -> None:
+        """Spool one C-STORE for `route` and answer the client once it is safe."""
+        command = message.command
+        sop_uid = command.sop_instance_uid
+        why = self.refusal()
+        if why is not None:
+            if not done:
+                await _discard(message)
+            log.warning(
+                "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
+                sop_uid,
+                route.name,
+                route.pool.name,
+                Status.OUT_OF_RESOURCES,
+                why,
+            )
+            relay._respond(message, Status.OUT_OF_RESOURCES, f"spool full: {why}")
+            return
+        runtime = relay.runtime
+        study = tags.get(STUDY_INSTANCE_UID, "")
+        targets: list[Target] = []
+        for n, pool_config in enumerate((route.pool, *route.mirror)):
+            pool = runtime.pools[pool_config.name]
+            key = tags.get(pool_config.key, "") if pool_config.key is not None else study
+            backend = self.choose(pool, key, study)
+            targets.append(
+                Target(
+                    route=route.name,
+                    pool=pool.name,
+                    backend=backend.name,
+                    mirror=n > 0,
+                    sending=self.dispatcher.can_take(backend.name),
+                )
+            )
+        header = file_header(
+            sop_class_uid=command.sop_class_uid,
+            sop_instance_uid=sop_uid,
+            transfer_syntax=message.transfer_syntax,
+            source_ae=relay.inbound.calling_ae,
+        )
+        instance = Instance(
+            sop_class_uid=command.sop_class_uid,
+            sop_instance_uid=sop_uid,
+            transfer_syntax=message.transfer_syntax,
+            study_uid=study,
+            calling_aet=relay.inbound.calling_ae,
+            called_aet=relay.inbound.called_ae,
+            dataset_offset=len(header),
+        )
+        try:
+            await self.store.add_part(instance, header)
+            for fragment in head:
+                await self.store.add_part(instance, fragment.data)
+            while not done:
+                assert message.data is not None
+                fragment = await message.data.get()
+                await self.store.add_part(instance, fragment.data)
+                done = fragment.is_last
+            # Small instances are still in memory: their senders get the bytes, no re-read.
+            kept = instance.keep
+            data = b"".join(kept)[instance.dataset_offset :] if kept is not None else None
+            items = await self.store.commit(instance, targets, time.time())
+        except (ClientGone, asyncio.CancelledError):
+            # Not acknowledged. Once handed to the committer the file is its business (it
+            # may still be committed and delivered: at least once); before, it goes now.
+            if not instance.committing:
+                await asyncio.shield(self.store.discard(instance))
+            raise
+        except Exception as err:  # disk full, I/O error: the promise cannot be kept
+            await self.store.discard(instance)
+            if not done:
+                await _discard(message)
+            log.error(
+                "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
+                sop_uid,
+                route.name,
+                route.pool.name,
+                Status.OUT_OF_RESOURCES,
+                f"spool write failed: {err}",
+            )
+            relay._respond(message, Status.OUT_OF_RESOURCES, f"spool write failed: {err}")
+            return
+        self.items += len(targets)
+        self.bytes += instance.size * len(targets)
+        relay._respond(message, Status.SUCCESS)
+        ms = (time.monotonic() - started) * 1000
+        for target, item in zip(targets, items, strict=True):
+            log.info(
+                "store.spooled sop_instance_uid=%s route=%s pool=%s backend=%s item=%d%s ms=%d",
+                sop_uid,
+                route.name,
+                target.pool,
+                target.backend,
+                item.id,
+                " mirror=true" if target.mirror else "",
+                ms,
+            )
+            if target.sending:
+                self.dispatcher.hand(item, data)
+            else:
+                self.dispatcher.wake(target.backend)
+
+
+async def _discard(message: InboundMessage) -> None:
+    """Read and drop the rest of a message's data set (it will not be kept)."""
+    if message.data is None:
+        return
+    while not (await message.data.get()).is_last:
+        pass

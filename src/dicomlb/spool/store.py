@@ -1,0 +1,655 @@
+"""The spool on disk: Part-10 files in `data/`, an SQLite index, and group commit.
+
+Layout of `spool.directory`::
+
+    index.sqlite3   the index (WAL mode): one row per item (an instance for one pool)
+    tmp/            files being written; whatever is here at start is a crash leftover
+    data/           complete, fsynced files, `<uuid>.dcm` (mirror copies are hard links)
+
+An instance becomes safe in this order, and only then is Success sent (DESIGN decision 6):
+write to `tmp/`, fsync the file, rename into `data/` (hard-link mirror copies), fsync
+`data/`, insert the index rows and commit (synchronous=FULL). Concurrent writers share one
+batch: while a batch is being made durable the next one gathers, so the directory fsync
+and the index commit are paid once per batch, not once per instance.
+
+Every method whose name does not start with `async` blocks on disk; the asyncio side calls
+them through `asyncio.to_thread` (the group committer does that for its batches). One lock
+serialises use of the SQLite connection across threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from dicomlb.spool.state import ItemState
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.sqlite3"
+SPILL_AT = 256 << 10  # bytes gathered in memory before they go to the temp file
+KEEP_MAX = 1 << 20  # instances up to this size also stay in memory for their senders
+SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writeback, do not wait
+PLACERS = 8  # threads writing and fsyncing the files of one batch in parallel
+LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    file TEXT NOT NULL,               -- name in data/; '' once the file is removed
+    state TEXT NOT NULL,              -- queued | sending | delivered | dead
+    route TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    backend TEXT NOT NULL,            -- chosen at spool time, kept for the study
+    mirror INTEGER NOT NULL,          -- 1: a mirror copy (route's mirror pools)
+    study_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    calling_aet TEXT NOT NULL,        -- the sender's AE title, kept toward the backend
+    called_aet TEXT NOT NULL,         -- the AE title the sender called
+    size INTEGER NOT NULL,            -- bytes of the Part-10 file
+    dataset_offset INTEGER NOT NULL,  -- where the data set starts in the file
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    next_attempt_at REAL NOT NULL,    -- wall clock (time.time())
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS items_due ON items (state, backend, next_attempt_at);
+CREATE INDEX IF NOT EXISTS items_study ON items (pool, study_uid, state);
+"""
+
+_COLUMNS = (
+    "id, file, state, route, pool, backend, mirror, study_uid, sop_class_uid, "
+    "sop_instance_uid, transfer_syntax, calling_aet, called_aet, size, dataset_offset, "
+    "attempts, last_error, next_attempt_at, created_at, updated_at, delivered_at"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Item:
+    """One row of the index: an instance on its way to one pool's backend."""
+
+    id: int
+    file: str
+    state: ItemState
+    route: str
+    pool: str
+    backend: str
+    mirror: bool
+    study_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    calling_aet: str
+    called_aet: str
+    size: int
+    dataset_offset: int
+    attempts: int
+    last_error: str
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Item:
+        values = dict(zip(_COLUMNS.split(", "), row, strict=True))
+        values["state"] = ItemState(values["state"])
+        values["mirror"] = bool(values["mirror"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """Where one copy of an ingested instance goes."""
+
+    route: str
+    pool: str
+    backend: str
+    mirror: bool = False
+    sending: bool = False  # handed straight to its backend's sender: inserted as 'sending'
+
+
+@dataclass(slots=True, kw_only=True)
+class Instance:
+    """An instance being ingested: its facts and its bytes, gathered in memory and written to
+    a temp file every SPILL_AT bytes (writeback starts at once, so the final fsync has
+    little left to wait for); up to KEEP_MAX a copy stays in `keep` for the senders."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    study_uid: str
+    calling_aet: str
+    called_aet: str
+    dataset_offset: int
+    parts: list[bytes | memoryview] = field(default_factory=list)
+    keep: list[bytes] | None = field(default_factory=list)
+    buffered: int = 0
+    size: int = 0
+    spill_path: Path | None = None
+    spill_fd: int | None = None
+    committing: bool = False  # handed to the group committer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Counts:
+    items: int  # queued + sending + dead: what max_items limits
+    bytes: int  # bytes of files still on disk: what max_bytes limits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovery:
+    """What opening the spool found after the previous run."""
+
+    requeued: int  # 'sending' when the previous run stopped
+    queued: int  # undelivered items, to be sent
+    partial_files: int  # temp files of instances never acknowledged: removed
+    orphan_files: int  # complete files without an index row (crash before commit): removed
+    missing_files: int  # index rows whose file is gone: made dead
+
+
+class _Job:
+    __slots__ = ("durable", "future", "instance", "now", "remove", "targets", "updates")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        *,
+        instance: Instance | None = None,
+        targets: Sequence[Target] = (),
+        now: float = 0.0,
+        updates: Sequence[tuple[str, Sequence[Any]]] = (),
+        durable: bool = False,
+        remove: Sequence[str] = (),
+    ) -> None:
+        self.remove = remove
+        self.future = future
+        self.instance = instance
+        self.targets = targets
+        self.now = now
+        self.updates = updates
+        self.durable = durable
+
+
+class SpoolStore:
+    """Files and index of one spool directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.data = self.directory / "data"
+        self.tmp = self.directory / "tmp"
+        self._lock = threading.Lock()
+        self._placers = ThreadPoolExecutor(PLACERS, thread_name_prefix="spool-place")
+        self._db: sqlite3.Connection | None = None
+        self._jobs: list[_Job] = []
+        self._wake: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self.batches = 0  # group commits so far (for tests and the bench)
+        self.committed = 0  # instances made durable so far
+
+    # -------------------------------------------------------- opening
+
+    def open(self, *, recover: bool = True) -> Recovery | None:
+        """Create or open the directory and index; with `recover`, clean up after a crash.
+
+        `recover=False` is for operations (CLI) beside a running balancer: it touches no file.
+        """
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            self.directory / INDEX, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        return self._recover() if recover else None
+
+    def close(self) -> None:
+        self._placers.shutdown(wait=True)
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the spool index is not open")
+        return self._db
+
+    def _recover(self) -> Recovery:
+        partial = 0
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)  # never acknowledged: discard, never send
+            partial += 1
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            requeued = db.execute("UPDATE items SET state='queued' WHERE state='sending'").rowcount
+            known = {name for (name,) in db.execute("SELECT file FROM items WHERE file != ''")}
+            on_disk = {p.name for p in self.data.iterdir()}
+            missing = known - on_disk
+            for name in missing:
+                db.execute(
+                    "UPDATE items SET state='dead', file='', last_error=? WHERE file=? "
+                    "AND state != 'delivered'",
+                    ("spool file missing at start", name),
+                )
+                db.execute("UPDATE items SET file='' WHERE file=?", (name,))
+            (queued,) = db.execute("SELECT count(*) FROM items WHERE state='queued'").fetchone()
+            db.execute("COMMIT")
+        orphans = on_disk - known
+        for name in orphans:
+            (self.data / name).unlink(missing_ok=True)
+        if partial or orphans:
+            _fsync_dir(self.data)
+        return Recovery(
+            requeued=requeued,
+            queued=queued,
+            partial_files=partial,
+            orphan_files=len(orphans),
+            missing_files=len(missing),
+        )
+
+    # -------------------------------------------------------- ingest (async side)
+
+    async def start(self) -> None:
+        """Start the group committer (on the running loop)."""
+        self._wake = asyncio.Event()
+        self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+
+    async def stop(self) -> None:
+        """Commit what is pending, stop the committer, close the index."""
+        if self._committer is not None and self._jobs:
+            await self.update([], durable=True)
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
+        await asyncio.to_thread(self.close)
+
+    async def add_part(self, instance: Instance, data: bytes | memoryview) -> None:
+        """Append data-set bytes; past SPILL_AT they go to the instance's temp file."""
+        piece = data if isinstance(data, bytes) else bytes(data)
+        instance.parts.append(piece)
+        instance.buffered += len(piece)
+        instance.size += len(piece)
+        if instance.keep is not None:
+            if instance.size <= KEEP_MAX:
+                instance.keep.append(piece)
+            else:
+                instance.keep = None
+        if instance.buffered >= SPILL_AT:
+            parts, instance.parts, instance.buffered = instance.parts, [], 0
+            await asyncio.to_thread(self._spill, instance, parts)
+
+    async def discard(self, instance: Instance) -> None:
+        """Drop an instance that will not be acknowledged (the client went away)."""
+        if instance.spill_path is not None:
+            await asyncio.to_thread(_remove_spill, instance)
+
+    async def commit(self, instance: Instance, targets: Sequence[Target], now: float) -> list[Item]:
+        """Make `instance` durable with one index row per target; the rows. Returns only once
+        file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
+        future: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
+        instance.committing = True
+        self._submit(_Job(future, instance=instance, targets=targets, now=now, durable=True))
+        return await future
+
+    async def update(
+        self,
+        statements: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        durable: bool = False,
+        remove: Sequence[str] = (),
+    ) -> None:
+        """Run index updates in the next batch (shared commit), then remove the files named
+        in `remove` (a delivered item's file goes only once its row says delivered)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(_Job(future, updates=statements, durable=durable, remove=remove))
+        await future
+
+    def update_soon(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, remove: Sequence[str] = ()
+    ) -> None:
+        """Like `update`, without waiting: for outcomes whose loss only means sending again
+        (delivered, back to queued). They ride along with the next batch, or after LINGER."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_log_failure)
+        self._submit(_Job(future, updates=statements, remove=remove))
+
+    def _submit(self, job: _Job) -> None:
+        if self._wake is None:
+            raise RuntimeError("the spool store is not started")
+        self._jobs.append(job)
+        self._wake.set()
+
+    async def _commit_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not any(job.durable for job in self._jobs):
+                # Only bookkeeping so far: let it gather (or ride with the next ingest).
+                deadline = asyncio.get_running_loop().time() + LINGER
+                while not any(job.durable for job in self._jobs) and len(self._jobs) < 512:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        break
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), remaining)
+                self._wake.clear()
+            batch, self._jobs = self._jobs, []
+            if not batch:
+                continue
+            try:
+                results = await asyncio.to_thread(self._commit_batch, batch)
+            except Exception as err:  # the whole batch failed: nobody gets Success
+                log.error("spool.commit_failed items=%d reason=%r", len(batch), str(err))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            for job, result in zip(batch, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+    # -------------------------------------------------------- ingest (disk side, threads)
+
+    def _spill(self, instance: Instance, parts: list[bytes | memoryview]) -> None:
+        if instance.spill_fd is None:
+            path = self.tmp / f"{uuid.uuid4().hex}.part"
+            instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            instance.spill_path = path
+        _write_all(instance.spill_fd, parts)
+        if _sync_file_range is not None:
+            _sync_file_range(instance.spill_fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+    def _commit_batch(self, batch: list[_Job]) -> list[Any]:
+        """One group commit: files fsynced and renamed, `data/` fsynced once, one index
+        transaction. Per-job results: row ids, None, or the exception of that job."""
+        results: list[Any] = [None] * len(batch)
+        placed: dict[int, list[str]] = {}
+        ingests = [(n, job) for n, job in enumerate(batch) if job.instance is not None]
+        # Several files: write and fsync them in parallel (the disk merges the flushes).
+        outcomes = (
+            list(self._placers.map(self._try_place, [job for _, job in ingests]))
+            if len(ingests) > 1
+            else [self._try_place(job) for _, job in ingests]
+        )
+        for (n, job), outcome in zip(ingests, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                assert job.instance is not None
+                _remove_spill(job.instance)
+                results[n] = outcome
+            else:
+                placed[n] = outcome
+        if placed:
+            _fsync_dir(self.data)
+        durable = any(job.durable for job in batch)
+        try:
+            with self._lock:
+                db = self.db
+                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for n, job in enumerate(batch):
+                        if n in placed:
+                            assert job.instance is not None
+                            results[n] = self._insert(job, placed[n])
+                        for sql, params in job.updates:
+                            db.execute(sql, params)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except BaseException:
+            for names in placed.values():
+                for name in names:
+                    (self.data / name).unlink(missing_ok=True)
+            raise
+        for job in batch:
+            self.remove_files(job.remove)
+        self.batches += 1
+        self.committed += len(placed)
+        return results
+
+    def _try_place(self, job: _Job) -> list[str] | OSError:
+        assert job.instance is not None
+        try:
+            return self._place(job.instance, len(job.targets))
+        except OSError as err:
+            return err
+
+    def _place(self, instance: Instance, copies: int) -> list[str]:
+        """Write the rest, fsync, rename into data/, one hard link per extra copy."""
+        if instance.spill_fd is None:
+            path = self.tmp / f"{uuid.uuid4().hex}.part"
+            instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            instance.spill_path = path
+        assert instance.spill_path is not None
+        fd, path = instance.spill_fd, instance.spill_path
+        try:
+            _write_all(fd, instance.parts)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            instance.spill_fd = None
+        stem = path.stem
+        names = [f"{stem}.dcm"] + [f"{stem}.{k}.dcm" for k in range(1, copies)]
+        os.rename(path, self.data / names[0])
+        instance.spill_path = None
+        for name in names[1:]:
+            os.link(self.data / names[0], self.data / name)
+        return names
+
+    def _insert(self, job: _Job, names: list[str]) -> list[Item]:
+        instance = job.instance
+        assert instance is not None
+        items = []
+        for target, name in zip(job.targets, names, strict=True):
+            cursor = self.db.execute(
+                "INSERT INTO items (file, state, route, pool, backend, mirror, study_uid, "
+                "sop_class_uid, sop_instance_uid, transfer_syntax, calling_aet, called_aet, "
+                "size, dataset_offset, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    ItemState.SENDING if target.sending else ItemState.QUEUED,
+                    target.route,
+                    target.pool,
+                    target.backend,
+                    int(target.mirror),
+                    instance.study_uid,
+                    instance.sop_class_uid,
+                    instance.sop_instance_uid,
+                    instance.transfer_syntax,
+                    instance.calling_aet,
+                    instance.called_aet,
+                    instance.size,
+                    instance.dataset_offset,
+                    job.now,
+                    job.now,
+                    job.now,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            items.append(
+                Item(
+                    id=cursor.lastrowid,
+                    file=name,
+                    state=ItemState.SENDING if target.sending else ItemState.QUEUED,
+                    route=target.route,
+                    pool=target.pool,
+                    backend=target.backend,
+                    mirror=target.mirror,
+                    study_uid=instance.study_uid,
+                    sop_class_uid=instance.sop_class_uid,
+                    sop_instance_uid=instance.sop_instance_uid,
+                    transfer_syntax=instance.transfer_syntax,
+                    calling_aet=instance.calling_aet,
+                    called_aet=instance.called_aet,
+                    size=instance.size,
+                    dataset_offset=instance.dataset_offset,
+                    attempts=0,
+                    last_error="",
+                    next_attempt_at=job.now,
+                    created_at=job.now,
+                    updated_at=job.now,
+                    delivered_at=None,
+                )
+            )
+        return items
+
+    # -------------------------------------------------------- queries (threads)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
+
+    def items(self, where: str = "1", params: Sequence[Any] = (), limit: int = -1) -> list[Item]:
+        rows = self.query(
+            f"SELECT {_COLUMNS} FROM items WHERE {where} ORDER BY id LIMIT ?", (*params, limit)
+        )
+        return [Item.from_row(row) for row in rows]
+
+    def item(self, item_id: int) -> Item | None:
+        found = self.items("id = ?", (item_id,))
+        return found[0] if found else None
+
+    def execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> int:
+        """Run statements in one durable transaction; the rows they changed."""
+        changed = 0
+        with self._lock:
+            db = self.db
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    changed += db.execute(sql, params).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return changed
+
+    def claim(self, backend: str, now: float, limit: int) -> list[Item]:
+        """Up to `limit` queued items of `backend` that are due, marked sending."""
+        with self._lock:
+            db = self.db
+            db.execute("PRAGMA synchronous=NORMAL")  # losing 'sending' only resends
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    f"SELECT {_COLUMNS} FROM items WHERE state='queued' AND backend=? "
+                    "AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?",
+                    (backend, now, limit),
+                ).fetchall()
+                db.executemany(
+                    "UPDATE items SET state='sending', updated_at=? WHERE id=?",
+                    [(now, row[0]) for row in rows],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return [Item.from_row(row) for row in rows]
+
+    def next_due(self, backend: str) -> float | None:
+        """When the earliest queued item of `backend` is due, if any."""
+        (due,) = self.query(
+            "SELECT min(next_attempt_at) FROM items WHERE state='queued' AND backend=?",
+            (backend,),
+        )[0]
+        return None if due is None else float(due)
+
+    def counts(self) -> Counts:
+        (items,) = self.query("SELECT count(*) FROM items WHERE state != 'delivered'")[0]
+        (size,) = self.query("SELECT coalesce(sum(size), 0) FROM items WHERE file != ''")[0]
+        return Counts(items=int(items), bytes=int(size))
+
+    def read(self, item: Item, offset: int = -1, length: int = -1) -> bytes:
+        """Bytes of an item's file, from `offset` (default: the data set's start)."""
+        with open(self.data / item.file, "rb") as handle:
+            handle.seek(item.dataset_offset if offset < 0 else offset)
+            return handle.read(length)
+
+    def remove_files(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name:
+                (self.data / name).unlink(missing_ok=True)
+
+    def free_disk(self) -> int:
+        stats = os.statvfs(self.directory)
+        return stats.f_bavail * stats.f_frsize
+
+
+def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), when libc has it (elsewhere the fsync does it all)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_sync_file_range = _find_sync_file_range()
+
+
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    pending = [memoryview(p) for p in parts if len(p)]
+    while pending:
+        written = os.writev(fd, pending[:512])
+        while written and pending:
+            if written >= len(pending[0]):
+                written -= len(pending[0])
+                pending.pop(0)
+            else:
+                pending[0] = pending[0][written:]
+                written = 0
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("spool.update_failed reason=%r", str(future.exception()))
+
+
+def _remove_spill(instance: Instance) -> None:
+    if instance.spill_fd is not None:
+        os.close(instance.spill_fd)
+        instance.spill_fd = None
+    if instance.spill_path is not None:
+        instance.spill_path.unlink(missing_ok=True)
+        instance.spill_path = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
