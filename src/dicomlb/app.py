@@ -11,6 +11,7 @@ from dicomlb.checks import HealthChecker
 from dicomlb.dicom.acceptor import DicomListener
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import Snapshot
+from dicomlb.studies import StudyIndex
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ class App:
     """The running balancer: listeners, runtime (routes, pools, backends) and health checks."""
 
     def __init__(self, snapshot: Snapshot) -> None:
-        self.runtime = Runtime(snapshot)
+        self.runtime = Runtime(snapshot, studies=StudyIndex(snapshot.state_dir))
         self.dicom: DicomListener | None = None
         self.checkers: dict[str, HealthChecker] = {}
         self._stopping = asyncio.Event()
@@ -59,7 +60,13 @@ class App:
     async def reload(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot: new associations use it, those in flight finish on theirs."""
         old = self.runtime
-        self.runtime = Runtime(snapshot, old.backends, old.upstreams)
+        studies = old.studies
+        if snapshot.state_dir != old.snapshot.state_dir:
+            studies = StudyIndex(snapshot.state_dir)
+            old.studies.close()
+        self.runtime = Runtime(
+            snapshot, old.backends, old.upstreams, studies=studies, moves=old.moves
+        )
         if self.dicom is not None:
             self.dicom.runtime = self.runtime
         for name in set(old.backends) - set(self.runtime.backends):
@@ -84,6 +91,7 @@ class App:
             await checker.stop()
         self.checkers.clear()
         await asyncio.gather(*(u.close() for u in self.runtime.upstreams.values()))
+        self.runtime.studies.close()
         log.info("dicomlb.stopped")
 
     def request_stop(self) -> None:

@@ -43,9 +43,12 @@ from dicomlb.snapshot import (
     DicomAddress,
     DicomListenerConfig,
     HealthConfig,
+    MoveDestination,
     PoolConfig,
+    QueryMode,
     RouteConfig,
     Snapshot,
+    StorageCommitment,
     Strategy,
 )
 
@@ -60,6 +63,7 @@ __all__ = [
 ]
 
 DEFAULT_AFFINITY_KEY = "StudyInstanceUID"
+STUDY_INSTANCE_UID = 0x0020000D
 ECHO_LOCAL = "local"
 MAX_PDU_LIMIT = 0xFFFFFFFF  # PS3.8 9.3.1: the PDU length field is 32 bits
 MIN_PDU = 4096  # the smallest max PDU DCMTK accepts; 0 means unlimited (PS3.8 D.1)
@@ -325,12 +329,18 @@ class _PoolModel(_Model):
     acquire_timeout: Duration | None = None
     response_timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    query: QueryMode | None = None
+    query_timeout: Duration | None = None
+    move_destination: MoveDestination | None = None
+    storage_commitment: StorageCommitment | None = None
 
 
 class _RouteModel(_Model):
     name: Name
     match: Any = None
     pool: Annotated[str, Field(strict=True)]
+    query: QueryMode | None = None
+    move_destination: MoveDestination | None = None
 
 
 class _ConfigModel(_Model):
@@ -338,6 +348,10 @@ class _ConfigModel(_Model):
     pools: dict[str, _PoolModel]
     routes: list[_RouteModel] = []
     graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
+    dicom_nodes: (
+        dict[AeTitle, Annotated[DicomAddress, BeforeValidator(_parse_dicom_address)]] | None
+    ) = None
+    state_dir: Annotated[str, Field(strict=True, min_length=1)] | None = None
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -461,6 +475,11 @@ class _Builder:
         extra: dict[str, Any] = {}
         if self.model.graceful_timeout is not None:
             extra["graceful_timeout"] = self.model.graceful_timeout
+        if self.model.dicom_nodes:
+            extra["dicom_nodes"] = types.MappingProxyType(dict(self.model.dicom_nodes))
+        if self.model.state_dir is not None:
+            extra["state_dir"] = self.model.state_dir
+            wanted.add(STUDY_INSTANCE_UID)  # the study -> backend table records every store
         return Snapshot(
             source=source,
             dicom=dicom,
@@ -553,7 +572,12 @@ class _Builder:
                 catch_all = spec.name
             if pool is not None:
                 route = RouteConfig(
-                    name=spec.name, match=match.predicate, pool=pool, match_text=match.text
+                    name=spec.name,
+                    match=match.predicate,
+                    pool=pool,
+                    match_text=match.text,
+                    query=spec.query,
+                    move_destination=spec.move_destination,
                 )
                 routes.append((route, match.tags))
         return routes
@@ -768,6 +792,17 @@ def describe(snapshot: Snapshot) -> str:
             f"{format_duration(pool.acquire_timeout)}, response "
             f"{format_duration(pool.response_timeout)}, idle {format_duration(pool.idle_timeout)}",
         ]
+        if (pool.query, pool.move_destination, pool.storage_commitment) != (
+            QueryMode.ONE,
+            MoveDestination.PASSTHROUGH,
+            StorageCommitment.REFUSE,
+        ):
+            lines.append(
+                f"    query: {pool.query.value} (per backend "
+                f"{format_duration(pool.query_timeout)}); C-MOVE destination: "
+                f"{pool.move_destination.value}; storage commitment: "
+                f"{pool.storage_commitment.value}"
+            )
         for b in pool.backends:
             lines.append(
                 f"    - {b.name}: {b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}  "
@@ -777,6 +812,11 @@ def describe(snapshot: Snapshot) -> str:
     tags = ", ".join(f"{_tag_name(t)} {_tag_number(t)}" for t in sorted(snapshot.wanted_tags))
     lines.append(f"routing tags: {tags or 'none'}")
     lines.append(f"graceful timeout: {format_duration(snapshot.graceful_timeout)}")
+    if snapshot.dicom_nodes:
+        nodes = ", ".join(f"{aet} -> {address}" for aet, address in snapshot.dicom_nodes.items())
+        lines.append(f"dicom nodes (C-MOVE destinations): {nodes}")
+    if snapshot.state_dir is not None:
+        lines.append(f"state directory: {snapshot.state_dir}")
     return "\n".join(lines)
 
 

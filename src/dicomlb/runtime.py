@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dicomlb.dicom.negotiation import Service
+from dicomlb.dicom.qr import MoveRegistry
 from dicomlb.dicom.upstream import UpstreamPool
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
-from dicomlb.snapshot import Snapshot
+from dicomlb.snapshot import Snapshot, StorageCommitment
+from dicomlb.studies import StudyIndex
 
 
 class Runtime:
@@ -23,8 +26,18 @@ class Runtime:
         snapshot: Snapshot,
         previous_backends: Mapping[str, BackendState] | None = None,
         previous_upstreams: Mapping[str, UpstreamPool] | None = None,
+        *,
+        studies: StudyIndex | None = None,
+        moves: MoveRegistry | None = None,
     ) -> None:
         self.snapshot = snapshot
+        # Kept across reloads (App passes them on): where studies are, moves in flight.
+        self.studies = studies if studies is not None else StudyIndex()
+        self.moves = moves if moves is not None else MoveRegistry()
+        services = {Service.QUERY_RETRIEVE}
+        if any(p.storage_commitment is StorageCommitment.FORWARD for p in snapshot.pools.values()):
+            services.add(Service.STORAGE_COMMITMENT)
+        self.services = frozenset(services)
         self.router = Router(snapshot.routes)
         self.backends: dict[str, BackendState] = {}
         self.upstreams: dict[str, UpstreamPool] = {}
