@@ -143,7 +143,7 @@ class Counts:
 
     def elements(self, *, final: bool) -> dict[int, int]:
         """The command elements; a final response carries no Remaining (PS3.7 C.4.2.1.5)."""
-        values = {
+        values: dict[int, int] = {
             Tag.NUMBER_OF_COMPLETED_SUBOPERATIONS: _us(self.completed),
             Tag.NUMBER_OF_FAILED_SUBOPERATIONS: _us(self.failed),
             Tag.NUMBER_OF_WARNING_SUBOPERATIONS: _us(self.warning),
