@@ -21,6 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from tests.dicomdata import make_studies, write_series
+from tests.integration.conftest import Balancer
 from tests.peers import (
     LOOPBACK,
     Orthanc,
@@ -328,3 +329,85 @@ def test_getscu_through_dicomlb(site: Site, balancer: Any, tmp_path: Path) -> No
     assert {sop_instance_uid(p) for p in out.iterdir()} == {
         ds.SOPInstanceUID for ds in site.studies[s]
     }
+
+
+def test_moves_go_where_dicomlb_stored_the_study(
+    site: Site, balancer: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stored through dicomlb (affinity), the study is recorded; a C-MOVE after a restart goes
+    straight to its backend, without a C-FIND probe."""
+    config = site.config(query="fanout", strategy="affinity", move_destination="via_balancer")
+    config["state_dir"] = str(tmp_path / "state")
+    first = Balancer(dict(config)).start()
+    studies = make_studies([("CT", 2)])
+    (uid,) = studies
+    paths = write_series(studies[uid], tmp_path / "new")
+    try:
+        assert storescu(LOOPBACK, first.port, paths, aet="CT", aec="DICOMLB").returncode == 0
+        holder = first.app.runtime.studies.locate(uid)
+        assert len(holder) == 1
+    finally:
+        first.stop()
+    lb = balancer(config)  # same listener port and state directory
+    assert lb.app.runtime.studies.locate(uid) == holder
+    caplog.clear()
+    result = run_dcmtk(
+        "movescu",
+        [
+            "-S",
+            "-aet",
+            "MOVESCU",
+            "-aec",
+            "DICOMLB",
+            "-aem",
+            "DEST",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={uid}",
+            LOOPBACK,
+            str(lb.port),
+        ],
+    )
+    assert result.returncode == 0, result.stderr
+    expected = {ds.SOPInstanceUID for ds in studies[uid]}
+    deadline = time.monotonic() + 10
+    while not expected <= {sop_instance_uid(p) for p in site.dest.files()}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "retrieve.probed" not in caplog.text
+    assert f"backends={holder[0]} destination=DEST" in caplog.text
+
+
+def test_storage_commitment_forwarded_or_refused(site: Site, balancer: Any) -> None:
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+    a, _, _ = site.uids
+    request = Dataset()
+    request.TransactionUID = "1.2.826.0.1.3680043.8.498.77"
+    item = Dataset()
+    item.ReferencedSOPClassUID = CTImageStorage
+    item.ReferencedSOPInstanceUID = site.studies[a][0].SOPInstanceUID
+    request.ReferencedSOPSequence = [item]
+
+    def commit(port: int) -> int | None:
+        ae = AE("PYNETDICOM")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(LOOPBACK, port, ae_title="DICOMLB")
+        if not assoc.is_established:
+            return None
+        try:
+            status, _ = assoc.send_n_action(
+                request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+            )
+            return None if status is None or "Status" not in status else int(status.Status)
+        finally:
+            assoc.release()
+
+    refused = Balancer(site.config()).start()
+    try:
+        assert commit(refused.port) is None  # the context is refused at negotiation
+    finally:
+        refused.stop()
+    forwarded = balancer(site.config(storage_commitment="forward"))
+    assert commit(forwarded.port) == 0x0000
