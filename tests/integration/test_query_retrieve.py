@@ -411,3 +411,59 @@ def test_storage_commitment_forwarded_or_refused(site: Site, balancer: Any) -> N
         refused.stop()
     forwarded = balancer(site.config(storage_commitment="forward"))
     assert commit(forwarded.port) == 0x0000
+
+
+def test_c_cancel_reaches_the_backend(balancer: Any) -> None:
+    """A slow pynetdicom backend answers a C-FIND; the client's C-CANCEL stops it."""
+    saw_cancel: list[bool] = []
+
+    def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for n in range(50):
+            if event.is_cancelled:
+                saw_cancel.append(True)
+                yield 0xFE00, None
+                return
+            result = Dataset()
+            result.QueryRetrieveLevel = "STUDY"
+            result.StudyInstanceUID = f"1.2.3.{n}"
+            yield 0xFF00, result
+            time.sleep(0.05)
+        yield 0x0000, None
+
+    backend_ae = AE("SLOWPACS")
+    backend_ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    backend_ae.add_supported_context("1.2.840.10008.1.1")
+    port = free_port()
+    server = backend_ae.start_server(
+        (LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+    )
+    try:
+        lb = balancer(
+            {
+                "pools": {
+                    "p": {
+                        "query": "fanout",
+                        "health": {"enabled": False},
+                        "backends": [{"name": "slow", "dicom": f"SLOWPACS@{LOOPBACK}:{port}"}],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "p"}],
+            }
+        )
+        ae = AE("PYNETDICOM")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate(LOOPBACK, lb.port, ae_title="DICOMLB")
+        context_id = assoc.accepted_contexts[0].context_id
+        statuses = []
+        for status, _ in assoc.send_c_find(
+            study_query(), StudyRootQueryRetrieveInformationModelFind, msg_id=9
+        ):
+            statuses.append(int(status.Status))
+            if len(statuses) == 2:
+                assoc.send_c_cancel(9, context_id)
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert statuses[-1] == 0xFE00
+    assert len(statuses) < 20
+    assert saw_cancel == [True]
