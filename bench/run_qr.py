@@ -130,10 +130,13 @@ def find_latencies(port: int, aec: str, count: int) -> list[float]:
     try:
         for _ in range(count):
             started = time.perf_counter()
-            results = sum(1 for status, ident in assoc.send_c_find(query, FIND) if ident)
+            answers = list(assoc.send_c_find(query, FIND))
             times.append(time.perf_counter() - started)
+            results = sum(1 for _, ident in answers if ident is not None)
             if results != 1:
-                raise PeerError(f"C-FIND gave {results} results, expected 1")
+                final = answers[-1][0] if answers else None
+                status = f"0x{int(final.Status):04X}" if final is not None else "none"
+                log(f"C-FIND to {aec}@{port}: {results} results (expected 1), status {status}")
     finally:
         assoc.release()
     return times
