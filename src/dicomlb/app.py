@@ -21,6 +21,7 @@ from dicomlb.pools import BackendState
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import AdminListenerConfig, Snapshot
 from dicomlb.spool.spool import Spool
+from dicomlb.studies import StudyIndex
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ class App:
 
     def __init__(self, snapshot: Snapshot, config_path: str | Path | None = None) -> None:
         self.metrics = Metrics()
-        self.runtime = Runtime(snapshot, metrics=self.metrics)
+        self.runtime = Runtime(
+            snapshot, metrics=self.metrics, studies=StudyIndex(snapshot.state_dir)
+        )
         self.config_path = Path(config_path) if config_path is not None else None
         self.spool: Spool | None = None
         if snapshot.spool is not None:
@@ -97,7 +100,18 @@ class App:
     async def reload(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot: new associations use it, those in flight finish on theirs."""
         old = self.runtime
-        self.runtime = Runtime(snapshot, old.backends, old.upstreams, self.metrics)
+        studies = old.studies
+        if snapshot.state_dir != old.snapshot.state_dir:
+            studies = StudyIndex(snapshot.state_dir)
+            old.studies.close()
+        self.runtime = Runtime(
+            snapshot,
+            old.backends,
+            old.upstreams,
+            self.metrics,
+            studies=studies,
+            moves=old.moves,
+        )
         # The spool's directory and limits are install config: kept across reloads.
         self.runtime.spool = self.spool
         if self.dicom is not None:
@@ -290,6 +304,7 @@ class App:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        self.runtime.studies.close()
         log.info("dicomlb.stopped")
 
     def request_stop(self) -> None:

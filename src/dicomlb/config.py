@@ -49,11 +49,14 @@ from dicomlb.snapshot import (
     DicomAddress,
     DicomListenerConfig,
     HealthConfig,
+    MoveDestination,
     PoolConfig,
+    QueryMode,
     RetryConfig,
     RouteConfig,
     Snapshot,
     SpoolConfig,
+    StorageCommitment,
     Strategy,
     TlsConfig,
 )
@@ -73,6 +76,7 @@ __all__ = [
 ]
 
 DEFAULT_AFFINITY_KEY = "StudyInstanceUID"
+STUDY_INSTANCE_UID = 0x0020000D
 ECHO_LOCAL = "local"
 MAX_PDU_LIMIT = 0xFFFFFFFF  # PS3.8 9.3.1: the PDU length field is 32 bits
 MIN_PDU = 4096  # the smallest max PDU DCMTK accepts; 0 means unlimited (PS3.8 D.1)
@@ -409,6 +413,10 @@ class _PoolModel(_Model):
     acquire_timeout: Duration | None = None
     response_timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    query: QueryMode | None = None
+    query_timeout: Duration | None = None
+    move_destination: MoveDestination | None = None
+    storage_commitment: StorageCommitment | None = None
 
 
 class _RouteModel(_Model):
@@ -417,6 +425,8 @@ class _RouteModel(_Model):
     pool: Annotated[str, Field(strict=True)]
     ack: Ack | None = None
     mirror: list[Annotated[str, Field(strict=True)]] | None = None
+    query: QueryMode | None = None
+    move_destination: MoveDestination | None = None
 
 
 class _RetryModel(_Model):
@@ -443,6 +453,10 @@ class _ConfigModel(_Model):
     graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
     watch: StrictBool | None = None
     spool: _SpoolModel | None = None
+    dicom_nodes: (
+        dict[AeTitle, Annotated[DicomAddress, BeforeValidator(_parse_dicom_address)]] | None
+    ) = None
+    state_dir: Annotated[str, Field(strict=True, min_length=1)] | None = None
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -598,6 +612,11 @@ class _Builder:
         spool = self.spool()
         if spool is not None:
             extra["spool"] = spool
+        if self.model.dicom_nodes:
+            extra["dicom_nodes"] = types.MappingProxyType(dict(self.model.dicom_nodes))
+        if self.model.state_dir is not None:
+            extra["state_dir"] = self.model.state_dir
+            wanted.add(STUDY_INSTANCE_UID)  # the study -> backend table records every store
         return Snapshot(
             source=source,
             dicom=dicom,
@@ -707,6 +726,8 @@ class _Builder:
                     match_text=match.text,
                     ack=ack,
                     mirror=mirrors,
+                    query=spec.query,
+                    move_destination=spec.move_destination,
                 )
                 routes.append((route, match.tags))
         return routes
@@ -1050,6 +1071,17 @@ def describe(snapshot: Snapshot) -> str:
             f"{format_duration(pool.acquire_timeout)}, response "
             f"{format_duration(pool.response_timeout)}, idle {format_duration(pool.idle_timeout)}",
         ]
+        if (pool.query, pool.move_destination, pool.storage_commitment) != (
+            QueryMode.ONE,
+            MoveDestination.PASSTHROUGH,
+            StorageCommitment.REFUSE,
+        ):
+            lines.append(
+                f"    query: {pool.query.value} (per backend "
+                f"{format_duration(pool.query_timeout)}); C-MOVE destination: "
+                f"{pool.move_destination.value}; storage commitment: "
+                f"{pool.storage_commitment.value}"
+            )
         for b in pool.backends:
             lines.append(
                 f"    - {b.name}: {b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}  "
@@ -1091,6 +1123,11 @@ def describe(snapshot: Snapshot) -> str:
             "delivered files: "
             + (f"kept {format_duration(sp.keep_delivered)}" if sp.keep_delivered else "removed"),
         ]
+    if snapshot.dicom_nodes:
+        nodes = ", ".join(f"{aet} -> {address}" for aet, address in snapshot.dicom_nodes.items())
+        lines.append(f"dicom nodes (C-MOVE destinations): {nodes}")
+    if snapshot.state_dir is not None:
+        lines.append(f"state directory: {snapshot.state_dir}")
     return "\n".join(lines)
 
 

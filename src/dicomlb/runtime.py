@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from dicomlb.dicom.negotiation import Service
+from dicomlb.dicom.qr import MoveRegistry
 from dicomlb.dicom.upstream import UpstreamPool
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
-from dicomlb.snapshot import Ack, Snapshot
+from dicomlb.snapshot import Ack, Snapshot, StorageCommitment
+from dicomlb.studies import StudyIndex
 
 if TYPE_CHECKING:
     from dicomlb.spool.spool import Spool
@@ -29,10 +32,20 @@ class Runtime:
         previous_backends: Mapping[str, BackendState] | None = None,
         previous_upstreams: Mapping[str, UpstreamPool] | None = None,
         metrics: Metrics | None = None,
+        *,
+        studies: StudyIndex | None = None,
+        moves: MoveRegistry | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.metrics = metrics if metrics is not None else Metrics()  # shared by the App's runtimes
         self.spool: Spool | None = None  # set by App when the snapshot has a spool section
+        # Kept across reloads (App passes them on): where studies are, moves in flight.
+        self.studies = studies if studies is not None else StudyIndex()
+        self.moves = moves if moves is not None else MoveRegistry()
+        services = {Service.QUERY_RETRIEVE}
+        if any(p.storage_commitment is StorageCommitment.FORWARD for p in snapshot.pools.values()):
+            services.add(Service.STORAGE_COMMITMENT)
+        self.services = frozenset(services)
         self.router = Router(snapshot.routes)
         self.backends: dict[str, BackendState] = {}
         self.upstreams: dict[str, UpstreamPool] = {}

@@ -69,6 +69,21 @@ class CalledAet(enum.StrEnum):
     PASSTHROUGH = "passthrough"  # the called AE title the client used
 
 
+class QueryMode(enum.StrEnum):
+    ONE = "one"  # shared database: one healthy backend answers
+    FANOUT = "fanout"  # every backend in parallel; results merged, duplicates dropped
+
+
+class MoveDestination(enum.StrEnum):
+    PASSTHROUGH = "passthrough"  # the backend resolves the C-MOVE destination itself
+    VIA_BALANCER = "via_balancer"  # the backend sends to dicomlb, which relays (dicom_nodes)
+
+
+class StorageCommitment(enum.StrEnum):
+    REFUSE = "refuse"  # the context is refused at negotiation
+    FORWARD = "forward"  # N-ACTION relayed to a backend holding the instances
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthConfig:
     enabled: bool = True
@@ -101,6 +116,10 @@ class PoolConfig:
     acquire_timeout: float = 30.0  # wait for a free association slot before failing
     response_timeout: float = 120.0  # DIMSE response from the backend
     idle_timeout: float = 15.0  # an idle pooled upstream association is released after this
+    query: QueryMode = QueryMode.ONE
+    query_timeout: float = 30.0  # per backend, for a C-FIND fanned out
+    move_destination: MoveDestination = MoveDestination.PASSTHROUGH
+    storage_commitment: StorageCommitment = StorageCommitment.REFUSE
 
 
 class Ack(enum.StrEnum):
@@ -118,6 +137,8 @@ class RouteConfig:
     match_text: str = ""  # the match as written, for `dicomlb check` and logs
     ack: Ack = Ack.BACKEND
     mirror: tuple[PoolConfig, ...] = ()  # pools that each get an independent spooled copy
+    query: QueryMode | None = None  # overrides the pool's
+    move_destination: MoveDestination | None = None  # overrides the pool's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,3 +210,6 @@ class Snapshot:
     admin: AdminListenerConfig | None = None
     watch: bool = False  # reload when the config file changes
     spool: SpoolConfig | None = None
+    # C-MOVE destinations dicomlb can reach itself (move_destination: via_balancer).
+    dicom_nodes: Mapping[str, DicomAddress] = field(default_factory=dict)
+    state_dir: str | None = None  # where the study -> backend table is kept

@@ -18,7 +18,13 @@ from typing import cast
 
 from dicomlb.dicom import uids
 from dicomlb.dicom.association import Association, ConnectionClosed, Role
-from dicomlb.dicom.dimse import Command, CommandReceived, DataReceived, MessageAssembler
+from dicomlb.dicom.dimse import (
+    Command,
+    CommandField,
+    CommandReceived,
+    DataReceived,
+    MessageAssembler,
+)
 from dicomlb.dicom.errors import RemoteProtocolError
 from dicomlb.dicom.negotiation import negotiate
 from dicomlb.dicom.pdu import (
@@ -215,6 +221,14 @@ class InboundAssociation(asyncio.Protocol):
         self._outcome = "open"
         self.busy = False  # the relay is working on a message
         self._abstract_syntaxes: dict[int, str] = {}
+        # Set by a C-FIND / C-MOVE / C-GET in progress: the client's C-CANCEL-RQ, and its
+        # responses to our sub-operation requests (C-GET's C-STORE-RSP), go there at once
+        # instead of waiting in the queue behind the request being served.
+        self.on_cancel: Callable[[CommandReceived], None] | None = None
+        self.on_response: Callable[[CommandReceived], None] | None = None
+        self._writable = True
+        self._when_writable: list[Callable[[], None]] = []
+        self._message_id = 0
 
     # -------------------------------------------------------- asyncio callbacks
 
@@ -312,7 +326,7 @@ class InboundAssociation(asyncio.Protocol):
             reason, why = refusal
             answer = reject(reason, transient=True)
         else:
-            answer = negotiate(request, self.config)
+            answer = negotiate(request, self.config, self.runtime.services)
             why = "association negotiation failed"
             if isinstance(answer, AssociateAccept) and not self._backends_available(answer):
                 answer = reject(RejectReason.TEMPORARY_CONGESTION, transient=True)
@@ -379,7 +393,30 @@ class InboundAssociation(asyncio.Protocol):
         )
         return not wants_more or self.runtime.any_route_available()
 
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        callbacks, self._when_writable = self._when_writable, []
+        for callback in callbacks:
+            callback()
+
     def _on_command(self, received: CommandReceived) -> None:
+        field = received.command.command_field
+        if field & 0x8000 or field == CommandField.C_CANCEL_RQ:
+            handler = self.on_response if field & 0x8000 else self.on_cancel
+            if handler is not None:
+                handler(received)
+                return
+            if field & 0x8000:
+                log.warning(
+                    "association.unexpected_response peer=%s:%d calling_aet=%s command=%s",
+                    *self.peer,
+                    self.calling_ae,
+                    received.command.service,
+                )
+                return
         accepted = self.assoc.accepted[received.context_id]
         abstract = self._abstract_syntaxes.get(received.context_id, "")
         stream = None
@@ -429,6 +466,41 @@ class InboundAssociation(asyncio.Protocol):
             self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True),
         )
 
+    def send_message(
+        self, context_id: int, command: Command, data: bytes | memoryview | None = None
+    ) -> None:
+        """Write a command and, whole, its data set (a C-FIND identifier) to the client."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        buffers = self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
+        if data is not None:
+            buffers += self.assoc.send_data(context_id, data, is_command=False, is_last=True)
+        write_buffers(self.transport, buffers)
+
+    def send_data(self, context_id: int, data: bytes | memoryview, is_last: bool) -> None:
+        """Write one data-set fragment to the client, cut to its maximum PDU."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.writelines(
+            self.assoc.send_data(context_id, data, is_command=False, is_last=is_last)
+        )
+
+    def next_message_id(self) -> int:
+        """A Message ID for a request dicomlb sends the client (C-GET sub-operations)."""
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the client's socket buffer has room (now if it has)."""
+        if self._writable or self.transport is None or self.transport.is_closing():
+            callback()
+        else:
+            self._when_writable.append(callback)
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
     def release(self) -> None:
         """Answer the client's A-RELEASE-RQ: every earlier message has been answered."""
         self._outcome = "released"
@@ -465,6 +537,9 @@ class InboundAssociation(asyncio.Protocol):
             self.transport.write(data)
 
     def _shutdown(self, reason: str) -> None:
+        callbacks, self._when_writable = self._when_writable, []
+        for callback in callbacks:
+            callback()
         if self._current is not None:
             self._current.abort(reason)
             self._current = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 
 from dicomlb.dicom import uids
@@ -10,6 +11,7 @@ from dicomlb.dicom.pdu import (
     AssociateReject,
     AssociateRequest,
     ContextResult,
+    ItemType,
     PresentationContextProposal,
     PresentationContextResult,
     RejectReason,
@@ -19,15 +21,32 @@ from dicomlb.dicom.pdu import (
 )
 from dicomlb.snapshot import DicomListenerConfig
 
-# Services dicomlb does not relay yet: their contexts are refused at negotiation, so the
+
+class Service(enum.StrEnum):
+    """Services beyond storage and verification that a listener may offer."""
+
+    QUERY_RETRIEVE = "query_retrieve"  # C-FIND, C-MOVE, C-GET; modality worklist
+    STORAGE_COMMITMENT = "storage_commitment"  # N-ACTION / N-EVENT-REPORT, push model
+
+
+# Contexts accepted only when the listener offers the service (dicomlb.dicom.query,
+# dicomlb.dicom.retrieve, dicomlb.dicom.commitment relay them).
+SERVICE_PREFIXES: dict[Service, tuple[str, ...]] = {
+    Service.QUERY_RETRIEVE: (
+        "1.2.840.10008.5.1.4.1.2.",  # query/retrieve information models
+        "1.2.840.10008.5.1.4.31",  # modality worklist
+    ),
+    Service.STORAGE_COMMITMENT: ("1.2.840.10008.1.20.1",),  # storage commitment push model
+}
+
+# Services dicomlb does not relay: their contexts are refused at negotiation, so the
 # client learns it at once instead of on its first message. Storage classes are open-ended
 # (private and new ones appear), so everything else is accepted.
 UNSUPPORTED_PREFIXES = (
-    "1.2.840.10008.5.1.4.1.2.",  # query/retrieve information models
-    "1.2.840.10008.5.1.4.31",  # modality worklist
+    *SERVICE_PREFIXES[Service.QUERY_RETRIEVE],
     "1.2.840.10008.5.1.4.32",  # general purpose worklist (retired)
     "1.2.840.10008.5.1.4.34.6.",  # unified procedure step (push, watch, pull, event, query)
-    "1.2.840.10008.1.20.1",  # storage commitment push model
+    *SERVICE_PREFIXES[Service.STORAGE_COMMITMENT],
     "1.2.840.10008.3.1.2.",  # detached management, modality performed procedure step
     "1.2.840.10008.5.1.1.",  # print management
     "1.2.840.10008.5.1.4.33",  # instance availability notification
@@ -43,14 +62,23 @@ UNSUPPORTED_PREFIXES = (
 USER_IDENTITY_RQ = 0x58
 
 
-def is_supported_abstract_syntax(uid: str) -> bool:
-    return bool(uid) and not uid.startswith(UNSUPPORTED_PREFIXES)
+def is_supported_abstract_syntax(uid: str, services: frozenset[Service] = frozenset()) -> bool:
+    """Whether dicomlb accepts a context for `uid` when it offers `services`."""
+    if not uid:
+        return False
+    for service in services:
+        if uid.startswith(SERVICE_PREFIXES[service]):
+            return True
+    return not uid.startswith(UNSUPPORTED_PREFIXES)
 
 
 def negotiate(
-    request: AssociateRequest, listener: DicomListenerConfig
+    request: AssociateRequest,
+    listener: DicomListenerConfig,
+    services: frozenset[Service] = frozenset(),
 ) -> AssociateAccept | AssociateReject:
-    """dicomlb's answer to a client's A-ASSOCIATE-RQ."""
+    """dicomlb's answer to a client's A-ASSOCIATE-RQ, offering storage, verification and
+    `services`."""
     if not request.protocol_version & 1:
         return reject(RejectReason.PROTOCOL_VERSION_NOT_SUPPORTED)
     if request.application_context != uids.APPLICATION_CONTEXT:
@@ -59,7 +87,11 @@ def negotiate(
         return reject(RejectReason.CALLED_AE_NOT_RECOGNIZED)
     results = []
     for proposal in request.contexts:
-        results.append(_answer_context(proposal, listener.transfer_syntaxes))
+        results.append(_answer_context(proposal, listener.transfer_syntaxes, services))
+    # PS3.7 D.3.3.4: with query/retrieve, a C-GET client is the SCP of its sub-operation
+    # C-STOREs; dicomlb mirrors the roles it proposes (and proposes them to the backend).
+    # Otherwise dicomlb is the SCP of what it relays and the client stays SCU.
+    mirror = Service.QUERY_RETRIEVE in services
     user_info = UserInformation(
         max_pdu=listener.max_pdu,
         implementation_class_uid=uids.IMPLEMENTATION_CLASS_UID,
@@ -68,7 +100,11 @@ def negotiate(
         async_ops=(1, 1) if request.user_info.async_ops is not None else None,
         # PS3.7 D.3.3.4: dicomlb is the SCP of what it relays; the client stays SCU.
         roles=tuple(
-            RoleSelection(sop_class_uid=role.sop_class_uid, scu_role=role.scu_role, scp_role=False)
+            RoleSelection(
+                sop_class_uid=role.sop_class_uid,
+                scu_role=role.scu_role,
+                scp_role=role.scp_role and mirror,
+            )
             for role in request.user_info.roles
         ),
     )
@@ -81,9 +117,9 @@ def negotiate(
 
 
 def _answer_context(
-    proposal: PresentationContextProposal, accepted: Iterable[str]
+    proposal: PresentationContextProposal, accepted: Iterable[str], services: frozenset[Service]
 ) -> PresentationContextResult:
-    if not is_supported_abstract_syntax(proposal.abstract_syntax):
+    if not is_supported_abstract_syntax(proposal.abstract_syntax, services):
         return PresentationContextResult(
             context_id=proposal.context_id,
             result=ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED,
@@ -117,8 +153,13 @@ def upstream_request(
     in the given order, at most 128 (PS3.8: odd context ids 1..255).
 
     `forwarded_items` are the client's user-information items passed on untouched (user
-    identity, extended negotiation).
+    identity, extended negotiation); SCP/SCU role selection items among them (a C-GET
+    client's) are proposed as roles.
     """
+    roles = tuple(
+        _role(value) for kind, value in forwarded_items if kind == ItemType.ROLE_SELECTION
+    )
+    raw = tuple(item for item in forwarded_items if item[0] != ItemType.ROLE_SELECTION)
     proposals = tuple(
         PresentationContextProposal(
             context_id=2 * i + 1, abstract_syntax=abstract, transfer_syntaxes=(ts,)
@@ -133,6 +174,25 @@ def upstream_request(
             max_pdu=max_pdu,
             implementation_class_uid=uids.IMPLEMENTATION_CLASS_UID,
             implementation_version_name=uids.IMPLEMENTATION_VERSION_NAME,
-            raw_items=forwarded_items,
+            roles=roles,
+            raw_items=raw,
         ),
+    )
+
+
+def role_item(role: RoleSelection) -> tuple[int, bytes]:
+    """A role selection as a raw user-information item (PS3.7 D.3.3.4), for `upstream_request`
+    and for keys of pooled upstream associations."""
+    uid = role.sop_class_uid.encode()
+    return ItemType.ROLE_SELECTION, len(uid).to_bytes(2, "big") + uid + bytes(
+        (role.scu_role, role.scp_role)
+    )
+
+
+def _role(value: bytes) -> RoleSelection:
+    size = int.from_bytes(value[:2], "big")
+    return RoleSelection(
+        sop_class_uid=value[2 : 2 + size].decode("ascii", "replace").rstrip("\x00 "),
+        scu_role=bool(value[2 + size]),
+        scp_role=bool(value[3 + size]),
     )

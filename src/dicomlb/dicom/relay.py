@@ -36,6 +36,16 @@ class MessageFailed(Exception):
         self.status = status
 
 
+_QR_SERVICES = frozenset(
+    {
+        CommandField.C_FIND_RQ,
+        CommandField.C_MOVE_RQ,
+        CommandField.C_GET_RQ,
+        CommandField.N_ACTION_RQ,
+    }
+)
+
+
 class Relay:
     """Works through one client association's messages, one at a time."""
 
@@ -52,21 +62,27 @@ class Relay:
             if proposal.context_id in inbound.assoc.accepted
         ]
         self.forwarded = request.user_info.raw_items
+        # C-MOVE destinations this association's sub-operations are relayed to (via_balancer).
+        self.destinations: dict[str, UpstreamAssociation] = {}
 
     async def run(self) -> None:
         inbound = self.inbound
-        while True:
-            message = await inbound.next_message()
-            if message is None:
-                inbound.release()
-                return
-            inbound.busy = True
-            try:
-                await self.handle(message)
-            except ClientGone:
-                return
-            finally:
-                inbound.busy = False
+        try:
+            while True:
+                message = await inbound.next_message()
+                if message is None:
+                    inbound.release()
+                    return
+                inbound.busy = True
+                try:
+                    await self.handle(message)
+                except ClientGone:
+                    return
+                finally:
+                    inbound.busy = False
+        finally:
+            for link in self.destinations.values():
+                link.schedule_idle_release(0.0)  # A-RELEASE on the next turn; it owns the task
 
     async def handle(self, message: InboundMessage) -> None:
         field = message.command.command_field
@@ -76,6 +92,10 @@ class Relay:
             await self.echo(message)
         elif field == CommandField.C_CANCEL_RQ:
             return  # nothing of ours is cancellable yet; PS3.7 9.3.2.3 needs no response
+        elif field in _QR_SERVICES:
+            from dicomlb.dicom.retrieve import serve  # query/retrieve, storage commitment
+
+            await serve(self, message)
         else:
             await _discard(message)
             self._respond(
@@ -136,6 +156,13 @@ class Relay:
                 inbound.peer[0],
                 message.transfer_syntax,
             )
+        if self.runtime.moves and command.us(Tag.MOVE_ORIGINATOR_MESSAGE_ID) is not None:
+            move = self.runtime.moves.match(command, inbound.calling_ae)
+            if move is not None:  # a sub-operation of a C-MOVE via the balancer
+                from dicomlb.dicom.retrieve import relay_suboperation
+
+                await relay_suboperation(self, message, move)
+                return
         head, done, tags = await self._read_header(message)
         facts = MessageFacts(
             calling_aet=inbound.calling_ae,
@@ -215,6 +242,8 @@ class Relay:
             )
             self._respond(message, failure.status, f"{backend.name}: {failure}")
             return
+        if _stored(status) and 0x0020000D in tags:
+            self.runtime.studies.record(tags[0x0020000D], backend.name)  # where is the study
         outcome = "store.delivered" if _stored(status) else "store.failed"
         self.runtime.metrics.store_finished(
             route=route.name,

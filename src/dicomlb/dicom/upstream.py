@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterable
 from typing import cast
 
 from dicomlb.dicom.association import Association, AssocState, ConnectionClosed, Role
-from dicomlb.dicom.dimse import Command, CommandReceived, MessageAssembler
+from dicomlb.dicom.dimse import (
+    Command,
+    CommandReceived,
+    DataReceived,
+    MessageAssembler,
+    Status,
+    response,
+)
 from dicomlb.dicom.errors import RemoteProtocolError
 from dicomlb.dicom.negotiation import upstream_request
 from dicomlb.dicom.pdu import (
@@ -37,6 +44,13 @@ log = logging.getLogger(__name__)
 # for the same identity toward the backend.
 UpstreamKey = tuple[str, str, tuple[tuple[int, bytes], ...]]
 SyntaxPair = tuple[str, str]  # (abstract syntax, transfer syntax)
+# A response and its data set (a C-FIND identifier), whole; None when it has no data set.
+ResponseHandler = Callable[[Command, bytes | None], None]
+# Requests the backend sends us (C-STORE sub-operations of a C-GET): the command, then the
+# data set's fragments as they arrive.
+RequestHandler = Callable[[CommandReceived | DataReceived], None]
+# PS3.7 C.4: pending statuses; more responses follow.
+PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 
 
 class UpstreamError(Exception):
@@ -97,6 +111,13 @@ class UpstreamAssociation(asyncio.Protocol):
         self._releasing: asyncio.Task[None] | None = None
         self._response_timer: asyncio.TimerHandle | None = None
         self._response_deadlines: dict[int, float] = {}  # message ID -> loop time
+        # Pending responses (C-FIND, C-MOVE, C-GET) go to these as they arrive; each one
+        # gives the request `timeout` more seconds.
+        self._on_pending: dict[int, ResponseHandler] = {}
+        self._timeouts: dict[int, float] = {}
+        self._collecting: tuple[Command, list[bytes]] | None = None  # a response's data set
+        self._data_to: RequestHandler | None = None  # where a request's data set goes
+        self.on_request: RequestHandler | None = None  # set while requests are expected
 
     # -------------------------------------------------------- asyncio callbacks
 
@@ -148,7 +169,15 @@ class UpstreamAssociation(asyncio.Protocol):
         elif isinstance(event, PData):
             for dimse in self.assembler.receive(event.pdvs):
                 if isinstance(dimse, CommandReceived):
-                    self._on_command(dimse.command)
+                    if dimse.command.command_field & 0x8000:
+                        if dimse.command.has_data_set:
+                            self._collecting = (dimse.command, [])
+                        else:
+                            self._on_command(dimse.command)
+                    else:
+                        self._on_backend_request(dimse)
+                else:
+                    self._on_data(dimse)
         elif isinstance(event, ReleaseRequest):
             # The backend ends the association (e.g. its idle timeout): agree and stop using it.
             self.failure = self.failure or "released by the backend"
@@ -161,7 +190,56 @@ class UpstreamAssociation(asyncio.Protocol):
         elif isinstance(event, ConnectionClosed):
             self._fail("connection closed")
 
-    def _on_command(self, command: Command) -> None:
+    def _on_backend_request(self, received: CommandReceived) -> None:
+        """A request from the backend: a C-STORE sub-operation of a C-GET in flight."""
+        handler = self.on_request
+        if handler is None:
+            log.warning(
+                "upstream.unexpected_request backend=%s command=%s",
+                self.backend,
+                received.command.service,
+            )
+            if received.command.has_data_set:
+                self._data_to = _ignore
+            self.send_plain(
+                received.context_id,
+                response(
+                    received.command,
+                    Status.UNRECOGNIZED_OPERATION,
+                    error_comment="dicomlb expects no requests on this association",
+                ),
+            )
+            return
+        if received.command.has_data_set:
+            self._data_to = handler
+        handler(received)
+
+    def _on_data(self, fragment: DataReceived) -> None:
+        target = self._data_to
+        if target is not None:
+            if fragment.is_last:
+                self._data_to = None
+            target(fragment)
+            return
+        if self._collecting is not None:
+            command, parts = self._collecting
+            parts.append(bytes(fragment.data))
+            if fragment.is_last:
+                self._collecting = None
+                self._on_command(command, b"".join(parts))
+
+    def _on_command(self, command: Command, data: bytes | None = None) -> None:
+        if command.status in PENDING_STATUSES:
+            handler = self._on_pending.get(command.responded_to)
+            if handler is not None:
+                timeout = self._timeouts.get(command.responded_to)
+                if timeout is not None and command.responded_to in self._response_deadlines:
+                    loop = asyncio.get_running_loop()
+                    self._response_deadlines[command.responded_to] = loop.time() + timeout
+                handler(command, data)
+                return
+        self._on_pending.pop(command.responded_to, None)
+        self._timeouts.pop(command.responded_to, None)
         future = self._responses.pop(command.responded_to, None)
         callback = self._on_response.pop(command.responded_to, None)
         self._response_deadlines.pop(command.responded_to, None)
@@ -186,6 +264,7 @@ class UpstreamAssociation(asyncio.Protocol):
                 future.set_exception(error)
         self._responses.clear()
         self._on_response.clear()
+        self._on_pending.clear()
         self._response_deadlines.clear()
         self._writable.set()
         self._close()
@@ -220,12 +299,15 @@ class UpstreamAssociation(asyncio.Protocol):
         data: Iterable[tuple[bytes | memoryview, bool]] = (),
         timeout: float | None = None,
         on_response: Callable[[Command], None] | None = None,
+        on_pending: ResponseHandler | None = None,
     ) -> asyncio.Future[Command]:
         """Send a request's command set and the data-set fragments already at hand, in one
-        write; the future resolves with the final response (TimeoutError after `timeout`).
+        write; the future resolves with the final response (TimeoutError after `timeout`
+        without a response).
 
-        `on_response` runs as soon as the response is decoded, before the awaiting task
-        resumes: relaying it to the client from there saves a loop turn per message.
+        `on_response` runs as soon as the final response is decoded, before the awaiting
+        task resumes: relaying it to the client from there saves a loop turn per message.
+        `on_pending` gets each pending response (C-FIND, C-MOVE, C-GET) with its data set.
         """
         if not self.usable:
             raise UpstreamError(self.failure or "association closed")
@@ -234,6 +316,10 @@ class UpstreamAssociation(asyncio.Protocol):
         self._responses[command.message_id] = future
         if on_response is not None:
             self._on_response[command.message_id] = on_response
+        if on_pending is not None:
+            self._on_pending[command.message_id] = on_pending
+            if timeout is not None:
+                self._timeouts[command.message_id] = timeout
         buffers = self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
         for fragment, is_last in data:
             buffers += self.assoc.send_data(context_id, fragment, is_command=False, is_last=is_last)
@@ -256,12 +342,25 @@ class UpstreamAssociation(asyncio.Protocol):
             if deadline <= now:
                 del self._response_deadlines[message_id]
                 self._on_response.pop(message_id, None)
+                self._on_pending.pop(message_id, None)
                 future = self._responses.pop(message_id, None)
                 if future is not None and not future.done():
                     future.set_exception(TimeoutError())
         if self._response_deadlines:
             delay = min(self._response_deadlines.values()) - now
             self._response_timer = loop.call_later(delay, self._on_response_timer)
+
+    def send_plain(
+        self, context_id: int, command: Command, data: bytes | memoryview | None = None
+    ) -> None:
+        """Send a command that expects no response (C-CANCEL, a response to the backend)."""
+        if not self.usable:
+            return
+        buffers = self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
+        if data is not None:
+            buffers += self.assoc.send_data(context_id, data, is_command=False, is_last=True)
+        assert self.transport is not None
+        write_buffers(self.transport, buffers)
 
     def send_data(self, context_id: int, data: bytes | memoryview, is_last: bool) -> None:
         """Send one data-set fragment, re-cut to the backend's maximum PDU."""
@@ -350,6 +449,10 @@ async def connect(
         server_hostname=(tls.server_name or backend.dicom.host) if tls is not None else None,
     )
     return up
+
+
+def _ignore(_: CommandReceived | DataReceived) -> None:
+    """Drops the data set of a request nobody expected."""
 
 
 class UpstreamPool:

@@ -1,0 +1,312 @@
+"""Query/retrieve without I/O: information models, result de-duplication, sub-operation
+counts summed over backends, and C-MOVE correlation (PS3.4 Annex C and K, PS3.7 9.1.2-4).
+
+The shells (`dicom/query.py`, `dicom/retrieve.py`) feed these with values read from the wire
+and send what they decide; nothing here touches a socket, a clock or a logger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from dicomlb.dicom.dimse import Command, CommandField, Status, Tag
+from dicomlb.dicom.tags import HeaderScanner
+
+# PS3.4 C.6: the information models' SOP classes, FIND / MOVE / GET of each root.
+PATIENT_ROOT = (
+    "1.2.840.10008.5.1.4.1.2.1.1",
+    "1.2.840.10008.5.1.4.1.2.1.2",
+    "1.2.840.10008.5.1.4.1.2.1.3",
+)
+STUDY_ROOT = (
+    "1.2.840.10008.5.1.4.1.2.2.1",
+    "1.2.840.10008.5.1.4.1.2.2.2",
+    "1.2.840.10008.5.1.4.1.2.2.3",
+)
+PATIENT_STUDY_ONLY = (  # retired, still seen
+    "1.2.840.10008.5.1.4.1.2.3.1",
+    "1.2.840.10008.5.1.4.1.2.3.2",
+    "1.2.840.10008.5.1.4.1.2.3.3",
+)
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+_MODELS = (PATIENT_ROOT, STUDY_ROOT, PATIENT_STUDY_ONLY)
+
+# Identifier elements read to de-duplicate and to locate studies.
+QUERY_RETRIEVE_LEVEL = 0x00080052
+SOP_INSTANCE_UID = 0x00080018
+ACCESSION_NUMBER = 0x00080050
+PATIENT_ID = 0x00100020
+STUDY_INSTANCE_UID = 0x0020000D
+SERIES_INSTANCE_UID = 0x0020000E
+IDENTIFIER_TAGS = frozenset(
+    {
+        QUERY_RETRIEVE_LEVEL,
+        SOP_INSTANCE_UID,
+        ACCESSION_NUMBER,
+        PATIENT_ID,
+        STUDY_INSTANCE_UID,
+        SERIES_INSTANCE_UID,
+    }
+)
+# PS3.4 C.2.2.1: the unique key of each level.
+LEVEL_KEYS = {
+    "PATIENT": PATIENT_ID,
+    "STUDY": STUDY_INSTANCE_UID,
+    "SERIES": SERIES_INSTANCE_UID,
+    "IMAGE": SOP_INSTANCE_UID,
+}
+
+# PS3.4 C.4.2.1.5 / C.4.3.1.4: move and get statuses dicomlb gives itself.
+MOVE_DESTINATION_UNKNOWN = 0xA801
+SUBOPERATIONS_FAILED = 0xB000  # warning: sub-operations complete, one or more failures
+CANCELLED = 0xFE00
+UNABLE_TO_PROCESS = 0xC000
+
+
+def find_model_of(abstract_syntax: str) -> str | None:
+    """The C-FIND SOP class of the information model a FIND / MOVE / GET class belongs to."""
+    for model in _MODELS:
+        if abstract_syntax in model:
+            return model[0]
+    return None
+
+
+def identifier_values(data: bytes | memoryview, transfer_syntax: str) -> dict[int, str]:
+    """The identifier's query level and unique keys (IDENTIFIER_TAGS), as text."""
+    scanner = HeaderScanner(transfer_syntax, IDENTIFIER_TAGS)
+    scanner.feed(data)
+    scanner.finish()
+    return dict(scanner.values)
+
+
+def result_key(values: Mapping[int, str], data: bytes | memoryview) -> str:
+    """What makes a C-FIND result unique: the UID (or Patient ID) of its query level.
+
+    Worklist items and results without the level's key fall back to the identifier's bytes:
+    backends sharing a database answer byte for byte alike.
+    """
+    level = values.get(QUERY_RETRIEVE_LEVEL, "").upper()
+    tag = LEVEL_KEYS.get(level)
+    if tag is not None and values.get(tag):
+        return f"{level}:{values[tag]}"
+    return "bytes:" + hashlib.blake2b(bytes(data), digest_size=16).hexdigest()
+
+
+class FindMerger:
+    """Results of one C-FIND fanned out over backends: each unique result passes once."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self.duplicates = 0
+
+    def first(self, key: str) -> bool:
+        """True the first time `key` is offered; later offers count as duplicates."""
+        if key in self._seen:
+            self.duplicates += 1
+            return False
+        self._seen.add(key)
+        return True
+
+    @property
+    def unique(self) -> int:
+        return len(self._seen)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Sub-operation counts of a C-MOVE / C-GET response (PS3.7 9.3.4.2 / 9.3.3.2)."""
+
+    remaining: int = 0
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+    @classmethod
+    def of(cls, command: Command) -> Counts:
+        return cls(
+            command.us(Tag.NUMBER_OF_REMAINING_SUBOPERATIONS) or 0,
+            command.us(Tag.NUMBER_OF_COMPLETED_SUBOPERATIONS) or 0,
+            command.us(Tag.NUMBER_OF_FAILED_SUBOPERATIONS) or 0,
+            command.us(Tag.NUMBER_OF_WARNING_SUBOPERATIONS) or 0,
+        )
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.remaining + other.remaining,
+            self.completed + other.completed,
+            self.failed + other.failed,
+            self.warning + other.warning,
+        )
+
+    def elements(self, *, final: bool) -> dict[int, int]:
+        """The command elements; a final response carries no Remaining (PS3.7 C.4.2.1.5)."""
+        values: dict[int, int] = {
+            Tag.NUMBER_OF_COMPLETED_SUBOPERATIONS: _us(self.completed),
+            Tag.NUMBER_OF_FAILED_SUBOPERATIONS: _us(self.failed),
+            Tag.NUMBER_OF_WARNING_SUBOPERATIONS: _us(self.warning),
+        }
+        if not final:
+            values[Tag.NUMBER_OF_REMAINING_SUBOPERATIONS] = _us(self.remaining)
+        return values
+
+
+def _us(value: int) -> int:
+    return min(value, 0xFFFF)
+
+
+@dataclass(slots=True)
+class RetrieveTally:
+    """A C-MOVE / C-GET sent to several backends: their latest counts and final statuses,
+    summed into what the client sees."""
+
+    backends: tuple[str, ...]
+    counts: dict[str, Counts] = field(default_factory=dict)
+    finals: dict[str, int] = field(default_factory=dict)  # backend -> final status
+    problems: dict[str, str] = field(default_factory=dict)  # backend -> why it failed
+
+    def pending(self, backend: str, counts: Counts) -> Counts:
+        """A backend's pending response: the sum across backends to relay."""
+        self.counts[backend] = counts
+        return self.total()
+
+    def final(self, backend: str, status: int, counts: Counts) -> None:
+        self.finals[backend] = status
+        self.counts[backend] = Counts(0, counts.completed, counts.failed, counts.warning)
+
+    def failed(self, backend: str, reason: str, status: int = UNABLE_TO_PROCESS) -> None:
+        """The backend could not be asked, or went away: its sub-operations count as failed
+        (those it had announced and not done)."""
+        before = self.counts.get(backend, Counts())
+        self.counts[backend] = Counts(0, before.completed, before.failed + before.remaining, 0)
+        self.finals[backend] = status
+        self.problems[backend] = reason
+
+    def total(self) -> Counts:
+        total = Counts()
+        for counts in self.counts.values():
+            total += counts
+        return total
+
+    def final_status(self) -> int:
+        """PS3.4 C.4.2.1.5: Success when every sub-operation succeeded, Cancel when a backend
+        was cancelled, Warning B000 when some failed, else a backend's failure status."""
+        statuses = [self.finals.get(b, UNABLE_TO_PROCESS) for b in self.backends]
+        total = self.total()
+        if any(status == CANCELLED for status in statuses):
+            return CANCELLED
+        failures = [s for s in statuses if not _success_or_warning(s)]
+        if failures and len(failures) == len(statuses) and total.completed == 0:
+            return failures[0]
+        if failures or total.failed or total.warning or any(s != Status.SUCCESS for s in statuses):
+            return SUBOPERATIONS_FAILED
+        return Status.SUCCESS
+
+
+def _success_or_warning(status: int) -> bool:
+    return status == Status.SUCCESS or (status & 0xF000) == 0xB000
+
+
+def retrieve_response(
+    request: Command, status: int, counts: Counts, *, final: bool, error_comment: str | None = None
+) -> Command:
+    """The C-MOVE-RSP / C-GET-RSP dicomlb sends the client (no data set)."""
+    values: dict[int, int | str | bytes] = {
+        Tag.AFFECTED_SOP_CLASS_UID: request.sop_class_uid,
+        Tag.COMMAND_FIELD: request.command_field | 0x8000,
+        Tag.MESSAGE_ID_BEING_RESPONDED_TO: request.message_id,
+        Tag.COMMAND_DATA_SET_TYPE: 0x0101,
+        Tag.STATUS: status,
+        **counts.elements(final=final),
+    }
+    if error_comment:
+        values[Tag.ERROR_COMMENT] = error_comment[:64]  # PS3.7 C.4: LO
+    return Command.build(values)
+
+
+def find_final(request: Command, status: int, error_comment: str | None = None) -> Command:
+    """The final C-FIND-RSP; a warning about backends that did not answer goes in its Error
+    Comment (LO, 64 characters)."""
+    values: dict[int, int | str | bytes] = {
+        Tag.AFFECTED_SOP_CLASS_UID: request.sop_class_uid,
+        Tag.COMMAND_FIELD: CommandField.C_FIND_RSP,
+        Tag.MESSAGE_ID_BEING_RESPONDED_TO: request.message_id,
+        Tag.COMMAND_DATA_SET_TYPE: 0x0101,
+        Tag.STATUS: status,
+    }
+    if error_comment:
+        values[Tag.ERROR_COMMENT] = error_comment[:64]
+    return Command.build(values)
+
+
+def unanswered_comment(problems: Mapping[str, str]) -> str | None:
+    """ "partial: no answer from pacs-b (timed out)", short enough for an Error Comment."""
+    if not problems:
+        return None
+    names = ", ".join(f"{name} ({why})" for name, why in problems.items())
+    return f"partial: no answer from {names}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingMove:
+    """A C-MOVE whose destination dicomlb rewrote to itself (via_balancer): where its
+    sub-operations go and what the destination must see."""
+
+    message_id: int  # the Message ID dicomlb used toward the backends
+    originator_ae: str  # the client's calling AE (also dicomlb's calling AE upstream)
+    client_message_id: int  # the client's own Message ID, restored for the destination
+    destination: str  # the AE title the client asked for
+    backends: frozenset[str]  # AE titles of the backends asked
+
+
+class MoveRegistry:
+    """C-MOVEs in flight via the balancer, correlated by Move Originator AE title and Move
+    Originator Message ID (PS3.7 9.3.1.1). Message IDs toward backends come from here, so
+    they are unique among the moves in flight whatever association carries them."""
+
+    def __init__(self) -> None:
+        self._moves: dict[tuple[str, int], PendingMove] = {}
+        self._next = 0
+
+    def register(
+        self,
+        *,
+        originator_ae: str,
+        client_message_id: int,
+        destination: str,
+        backends: Iterable[str],
+    ) -> PendingMove:
+        for _ in range(0xFFFF):
+            self._next = self._next % 0xFFFF + 1
+            if (originator_ae, self._next) not in self._moves:
+                break
+        else:
+            raise RuntimeError("65535 C-MOVEs in flight from one AE title")
+        move = PendingMove(
+            message_id=self._next,
+            originator_ae=originator_ae,
+            client_message_id=client_message_id,
+            destination=destination,
+            backends=frozenset(backends),
+        )
+        self._moves[(originator_ae, self._next)] = move
+        return move
+
+    def done(self, move: PendingMove) -> None:
+        self._moves.pop((move.originator_ae, move.message_id), None)
+
+    def match(self, command: Command, calling_ae: str) -> PendingMove | None:
+        """The move a C-STORE from `calling_ae` is a sub-operation of, if any."""
+        message_id = command.us(Tag.MOVE_ORIGINATOR_MESSAGE_ID)
+        originator = command.text(Tag.MOVE_ORIGINATOR_AE_TITLE)
+        if message_id is None or originator is None:
+            return None
+        move = self._moves.get((originator, message_id))
+        if move is None or (move.backends and calling_ae not in move.backends):
+            return None
+        return move
+
+    def __len__(self) -> int:
+        return len(self._moves)

@@ -1,0 +1,623 @@
+"""C-MOVE and C-GET through the balancer, and storage commitment.
+
+Which backends: the study -> backend table (`studies.py`) when it knows the study; with
+`query: one` any one healthy backend (shared database); otherwise a C-FIND probe across the
+pool with the request's own identifier. Several backends → their sub-operation counts are
+summed (`qr.RetrieveTally`).
+
+C-MOVE, `move_destination: passthrough`: the backend resolves the destination itself and
+dicomlb relays its pending and final responses. `via_balancer`: the destination becomes
+dicomlb's own AE title; the backend's sub-operation C-STOREs arrive on dicomlb's listener,
+are matched by Move Originator AE title and Message ID (`qr.MoveRegistry`), and relayed to
+the real destination from `dicom_nodes`.
+
+C-GET: the backend's sub-operation C-STOREs, on the C-GET's upstream association (dicomlb
+proposes the client's SCP role for them), are streamed onto the client's association in the
+transfer syntax the client accepted; the client's C-STORE-RSPs go back to the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from dicomlb.dicom import query
+from dicomlb.dicom.acceptor import InboundAssociation, InboundMessage
+from dicomlb.dicom.dimse import (
+    Command,
+    CommandField,
+    CommandReceived,
+    DataReceived,
+    Status,
+    Tag,
+    response,
+)
+from dicomlb.dicom.negotiation import role_item
+from dicomlb.dicom.qr import (
+    MOVE_DESTINATION_UNKNOWN,
+    STORAGE_COMMITMENT_PUSH,
+    STUDY_INSTANCE_UID,
+    Counts,
+    PendingMove,
+    RetrieveTally,
+    find_model_of,
+    retrieve_response,
+    unanswered_comment,
+)
+from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.pools import BackendState
+from dicomlb.snapshot import MoveDestination, QueryMode, StorageCommitment
+
+if TYPE_CHECKING:
+    from dicomlb.dicom.relay import Relay
+
+log = logging.getLogger(__name__)
+
+_SUBOPERATION_TIMEOUT = 120.0  # a destination's C-STORE response
+
+
+async def serve(relay: Relay, message: InboundMessage) -> None:
+    """Dispatch a C-FIND, C-MOVE, C-GET or N-ACTION request."""
+    field = message.command.command_field
+    if field == CommandField.C_FIND_RQ:
+        await query.find(relay, message)
+    elif field == CommandField.C_MOVE_RQ:
+        await move(relay, message)
+    elif field == CommandField.C_GET_RQ:
+        await get(relay, message)
+    else:
+        await commitment(relay, message)
+
+
+# ------------------------------------------------------------------ which backends
+
+
+async def locate(relay: Relay, message: InboundMessage, placed: query.Placed) -> list[BackendState]:
+    """The backends to retrieve from: known holders of the study, one backend of a shared
+    database, or those a C-FIND probe finds the identifier at."""
+    pool = placed.pool
+    available = [b for b in pool.backends if b.available]
+    if not available:
+        return []
+    if placed.mode is QueryMode.ONE:
+        backend = pool.pick(placed.key)
+        return [backend] if backend is not None else []
+    study = placed.values.get(STUDY_INSTANCE_UID, "")
+    if study:
+        known = set(relay.runtime.studies.locate(study))
+        holders = [b for b in available if b.name in known]
+        if holders:
+            return holders
+    found = await _probe(relay, message, placed, available)
+    if found:
+        if study:
+            relay.runtime.studies.record_many(study, (b.name for b in found))
+        return found
+    backend = pool.pick(placed.key)  # nobody admits to it: let one backend answer
+    return [backend] if backend is not None else []
+
+
+async def _probe(
+    relay: Relay, message: InboundMessage, placed: query.Placed, backends: list[BackendState]
+) -> list[BackendState]:
+    """C-FIND with the retrieve's identifier at each backend, in parallel."""
+    find_uid = find_model_of(message.abstract_syntax)
+    if find_uid is None:
+        return []
+    pool_config = placed.route.pool
+    needed = (find_uid, message.transfer_syntax)
+
+    async def ask(backend: BackendState) -> bool:
+        upstreams = relay.runtime.upstreams[backend.name]
+        matches = 0
+
+        def on_pending(answer: Command, data: bytes | None) -> None:
+            nonlocal matches
+            matches += 1
+
+        up: UpstreamAssociation | None = None
+        try:
+            async with asyncio.timeout(pool_config.query_timeout):
+                up = await upstreams.acquire(
+                    relay._upstream_key(pool_config, backend), needed, relay.contexts
+                )
+                context_id = up.context_for(needed)
+                assert context_id is not None
+                request = Command.build(
+                    {
+                        Tag.AFFECTED_SOP_CLASS_UID: find_uid,
+                        Tag.COMMAND_FIELD: CommandField.C_FIND_RQ,
+                        Tag.MESSAGE_ID: up.next_message_id(),
+                        Tag.PRIORITY: 0,
+                        Tag.COMMAND_DATA_SET_TYPE: 0x0000,
+                    }
+                )
+                await up.send_command(
+                    context_id,
+                    request,
+                    [(placed.identifier, True)],
+                    pool_config.query_timeout,
+                    on_pending=on_pending,
+                )
+        except (UpstreamError, TimeoutError) as err:
+            log.warning("retrieve.probe_failed backend=%s reason=%r", backend.name, str(err))
+            if up is not None:
+                up.abort()
+                upstreams.release(up)
+            return False
+        upstreams.release(up)
+        return matches > 0
+
+    hits = await asyncio.gather(*(ask(b) for b in backends))
+    found = [b for b, hit in zip(backends, hits, strict=True) if hit]
+    log.info(
+        "retrieve.probed pool=%s backends=%d found=%s",
+        placed.pool.name,
+        len(backends),
+        ",".join(b.name for b in found) or "-",
+    )
+    return found
+
+
+# ------------------------------------------------------------------ C-MOVE
+
+
+async def move(relay: Relay, message: InboundMessage) -> None:
+    """Serve one C-MOVE-RQ."""
+    started = time.monotonic()
+    inbound = relay.inbound
+    command = message.command
+    destination = command.text(Tag.MOVE_DESTINATION) or ""
+    try:
+        placed = await query.place(relay, message, "C-MOVE")
+    except query.QueryRefused as refusal:
+        _refuse(relay, message, "move", refusal.status, str(refusal))
+        return
+    mode = placed.route.move_destination or placed.route.pool.move_destination
+    snapshot = relay.runtime.snapshot
+    if mode is MoveDestination.VIA_BALANCER and destination not in snapshot.dicom_nodes:
+        _refuse(
+            relay,
+            message,
+            "move",
+            MOVE_DESTINATION_UNKNOWN,
+            f"move destination {destination} is not in dicomlb's dicom_nodes",
+        )
+        return
+    backends = await locate(relay, message, placed)
+    if not backends:
+        _refuse(
+            relay,
+            message,
+            "move",
+            Status.OUT_OF_RESOURCES,
+            f"no healthy backend in pool {placed.pool.name}",
+        )
+        return
+    pending_move: PendingMove | None = None
+    rewrite: dict[int, int | str | bytes | None] = {}
+    if mode is MoveDestination.VIA_BALANCER:
+        assert snapshot.dicom is not None
+        pending_move = relay.runtime.moves.register(
+            originator_ae=inbound.calling_ae,
+            client_message_id=command.message_id,
+            destination=destination,
+            backends=(b.config.dicom.ae_title for b in backends),
+        )
+        rewrite[Tag.MOVE_DESTINATION] = snapshot.dicom.ae_title
+    try:
+        tally = await _retrieve(relay, message, placed, backends, rewrite, pending_move)
+    finally:
+        if pending_move is not None:
+            relay.runtime.moves.done(pending_move)
+    status = tally.final_status()
+    total = tally.total()
+    inbound.send_command(
+        message.context_id,
+        retrieve_response(command, status, total, final=True, error_comment=_comment(tally)),
+    )
+    log.log(
+        logging.INFO if status == Status.SUCCESS else logging.WARNING,
+        "move.relayed route=%s pool=%s backends=%s destination=%s mode=%s completed=%d "
+        "failed=%d warning=%d status=0x%04X ms=%d",
+        placed.route.name,
+        placed.pool.name,
+        ",".join(b.name for b in backends),
+        destination,
+        mode.value,
+        total.completed,
+        total.failed,
+        total.warning,
+        status,
+        (time.monotonic() - started) * 1000,
+    )
+
+
+def _comment(tally: RetrieveTally) -> str | None:
+    return unanswered_comment(tally.problems)
+
+
+def _refuse(relay: Relay, message: InboundMessage, what: str, status: int, reason: str) -> None:
+    log.warning("%s.failed status=0x%04X reason=%r", what, status, reason)
+    relay.inbound.send_command(
+        message.context_id,
+        retrieve_response(message.command, status, Counts(), final=True, error_comment=reason),
+    )
+
+
+async def _retrieve(
+    relay: Relay,
+    message: InboundMessage,
+    placed: query.Placed,
+    backends: list[BackendState],
+    rewrite: dict[int, int | str | bytes | None],
+    pending_move: PendingMove | None,
+    *,
+    sequential: bool = False,
+) -> RetrieveTally:
+    """Send the C-MOVE / C-GET to `backends` and relay the summed pending responses."""
+    inbound = relay.inbound
+    command = message.command
+    tally = RetrieveTally(tuple(b.name for b in backends))
+    pool_config = placed.route.pool
+    forwarded = relay.forwarded
+    if command.command_field == CommandField.C_GET_RQ:
+        # PS3.7 D.3.3.4: the client's SCP role for its storage classes, proposed upstream too.
+        request = inbound.assoc.request
+        assert request is not None
+        forwarded = forwarded + tuple(role_item(r) for r in request.user_info.roles)
+
+    async def ask(backend: BackendState, asked: query.Asked) -> None:
+        upstreams = relay.runtime.upstreams[backend.name]
+        key = relay._upstream_key(pool_config, backend)
+        key = (key[0], key[1], forwarded)
+        needed = (message.abstract_syntax, message.transfer_syntax)
+        try:
+            up = await upstreams.acquire(key, needed, relay.contexts)
+        except UpstreamError as err:
+            tally.failed(backend.name, "unreachable")
+            log.warning("retrieve.backend_failed backend=%s reason=%r", backend.name, str(err))
+            return
+        context_id = up.context_for(needed)
+        assert context_id is not None
+        message_id = pending_move.message_id if pending_move is not None else up.next_message_id()
+        bridge = GetBridge(inbound, up) if command.command_field == CommandField.C_GET_RQ else None
+
+        def on_pending(answer: Command, data: bytes | None) -> None:
+            total = tally.pending(backend.name, Counts.of(answer))
+            inbound.send_command(
+                message.context_id,
+                retrieve_response(command, answer.status or 0xFF00, total, final=False),
+            )
+
+        backend.active += 1
+        try:
+            if bridge is not None:
+                bridge.attach()
+            future = up.send_command(
+                context_id,
+                command.replace({Tag.MESSAGE_ID: message_id, **rewrite}),
+                [(placed.identifier, True)],
+                pool_config.response_timeout,
+                on_pending=on_pending,
+            )
+            asked.add(backend.name, up, context_id, message_id)
+            answer = await future
+        except (UpstreamError, TimeoutError) as err:
+            up.abort()
+            upstreams.release(up)
+            reason = "timed out" if isinstance(err, TimeoutError) else "failed"
+            tally.failed(backend.name, reason)
+            log.warning(
+                "retrieve.backend_failed backend=%s reason=%r", backend.name, str(err) or reason
+            )
+            if backend.health.failure():
+                log.warning(
+                    "backend.down backend=%s pool=%s cause=passive", backend.name, pool_config.name
+                )
+            return
+        except BaseException:
+            up.abort()
+            upstreams.release(up)
+            raise
+        finally:
+            if bridge is not None:
+                bridge.detach()
+            asked.discard(backend.name)
+            backend.active -= 1
+        upstreams.release(up)
+        backend.health.success()
+        tally.final(backend.name, answer.status or 0, Counts.of(answer))
+        if answer.error_comment and answer.status:
+            tally.problems.setdefault(backend.name, answer.error_comment[:32])
+
+    with query.Asked(relay, message) as asked:
+        if sequential:
+            for backend in backends:
+                await ask(backend, asked)
+        else:
+            await asyncio.gather(*(ask(b, asked) for b in backends))
+    return tally
+
+
+# ------------------------------------------------------------------ C-MOVE sub-operations
+
+
+async def relay_suboperation(relay: Relay, message: InboundMessage, move: PendingMove) -> None:
+    """A backend's sub-operation C-STORE of a C-MOVE via the balancer: relay it to the real
+    destination, and its status back to the backend."""
+    started = time.monotonic()
+    command = message.command
+    sop_uid = command.sop_instance_uid
+    status: int
+    comment: str | None = None
+    try:
+        link = await _destination(relay, move.destination)
+        pair = (message.abstract_syntax, message.transfer_syntax)
+        context_id = link.context_for(pair)
+        if context_id is None:
+            raise UpstreamError(
+                f"{move.destination} refused {message.abstract_syntax} in {message.transfer_syntax}"
+            )
+        future = link.send_command(
+            context_id,
+            command.replace(
+                {
+                    Tag.MESSAGE_ID: link.next_message_id(),
+                    Tag.MOVE_ORIGINATOR_MESSAGE_ID: move.client_message_id,
+                }
+            ),
+            (),
+            _SUBOPERATION_TIMEOUT,
+        )
+        done = message.data is None
+        while not done:
+            assert message.data is not None
+            fragment = await message.data.get()
+            link.send_data(context_id, fragment.data, fragment.is_last)
+            done = fragment.is_last
+            await link.drain()
+        answer = await future
+        status = answer.status or 0
+        comment = answer.error_comment
+    except (UpstreamError, TimeoutError, OSError) as err:
+        if message.data is not None:
+            from dicomlb.dicom.relay import _discard
+
+            await _discard(message)
+        status = Status.OUT_OF_RESOURCES  # PS3.4 C.4.2.1.5: A702 would be the mover's own
+        comment = str(err) or "timed out"
+        relay.destinations.pop(move.destination, None)
+    relay.inbound.send_command(message.context_id, response(command, status, error_comment=comment))
+    log.log(
+        logging.INFO if status == Status.SUCCESS else logging.WARNING,
+        "move.suboperation sop_instance_uid=%s backend_aet=%s destination=%s originator_aet=%s "
+        "message_id=%d status=0x%04X ms=%d",
+        sop_uid,
+        relay.inbound.calling_ae,
+        move.destination,
+        move.originator_ae,
+        move.client_message_id,
+        status,
+        (time.monotonic() - started) * 1000,
+    )
+
+
+async def _destination(relay: Relay, ae_title: str) -> UpstreamAssociation:
+    """This association's link to a C-MOVE destination, opened on first use."""
+    link = relay.destinations.get(ae_title)
+    if link is not None and link.usable:
+        return link
+    snapshot = relay.runtime.snapshot
+    address = snapshot.dicom_nodes[ae_title]
+    calling = snapshot.dicom.ae_title if snapshot.dicom else "DICOMLB"
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(10.0):
+        _, link = await loop.create_connection(
+            lambda: UpstreamAssociation(
+                f"destination {ae_title}", (calling, address.ae_title, ()), relay.contexts, 65536
+            ),
+            address.host,
+            address.port,
+        )
+        await link.established
+    relay.destinations[ae_title] = link
+    log.info("move.destination_associated destination=%s address=%s", ae_title, address)
+    return link
+
+
+# ------------------------------------------------------------------ C-GET
+
+
+async def get(relay: Relay, message: InboundMessage) -> None:
+    """Serve one C-GET-RQ."""
+    started = time.monotonic()
+    try:
+        placed = await query.place(relay, message, "C-GET")
+    except query.QueryRefused as refusal:
+        _refuse(relay, message, "get", refusal.status, str(refusal))
+        return
+    backends = await locate(relay, message, placed)
+    if not backends:
+        _refuse(
+            relay,
+            message,
+            "get",
+            Status.OUT_OF_RESOURCES,
+            f"no healthy backend in pool {placed.pool.name}",
+        )
+        return
+    # One backend at a time: their sub-operations share the client's association.
+    tally = await _retrieve(relay, message, placed, backends, {}, None, sequential=True)
+    status = tally.final_status()
+    total = tally.total()
+    relay.inbound.send_command(
+        message.context_id,
+        retrieve_response(
+            message.command, status, total, final=True, error_comment=_comment(tally)
+        ),
+    )
+    log.log(
+        logging.INFO if status == Status.SUCCESS else logging.WARNING,
+        "get.relayed route=%s pool=%s backends=%s completed=%d failed=%d warning=%d "
+        "status=0x%04X ms=%d",
+        placed.route.name,
+        placed.pool.name,
+        ",".join(b.name for b in backends),
+        total.completed,
+        total.failed,
+        total.warning,
+        status,
+        (time.monotonic() - started) * 1000,
+    )
+
+
+class GetBridge:
+    """Streams a backend's C-GET sub-operation C-STOREs onto the client's association and
+    the client's C-STORE-RSPs back, rewriting Message IDs both ways."""
+
+    def __init__(self, inbound: InboundAssociation, up: UpstreamAssociation) -> None:
+        self.inbound = inbound
+        self.up = up
+        request = inbound.assoc.request
+        assert request is not None
+        self.client_contexts = {
+            (p.abstract_syntax, inbound.assoc.accepted[p.context_id].transfer_syntax): p.context_id
+            for p in request.contexts
+            if p.context_id in inbound.assoc.accepted
+        }
+        self.upstream_pairs = {cid: pair for pair, cid in up.contexts.items()}
+        # client Message ID -> (backend Message ID, upstream context, the request)
+        self.waiting: dict[int, tuple[int, int, Command]] = {}
+        self.streaming: int | None = None  # client context of the data set being relayed
+        self.started: dict[int, float] = {}
+
+    def attach(self) -> None:
+        self.up.on_request = self.on_backend
+        self.inbound.on_response = self.on_client_response
+
+    def detach(self) -> None:
+        self.up.on_request = None
+        self.inbound.on_response = None
+
+    def on_backend(self, event: CommandReceived | DataReceived) -> None:
+        if isinstance(event, DataReceived):
+            if self.streaming is None:
+                return  # the sub-operation was refused: drop its data set
+            self.inbound.send_data(self.streaming, event.data, event.is_last)
+            if event.is_last:
+                self.streaming = None
+            if not self.inbound.writable and self.up.transport is not None:
+                transport = self.up.transport
+                transport.pause_reading()  # paired back-pressure: a slow client slows the backend
+                self.inbound.when_writable(
+                    lambda: transport.resume_reading() if not transport.is_closing() else None
+                )
+            return
+        command = event.command
+        pair = self.upstream_pairs.get(event.context_id)
+        context_id = self.client_contexts.get(pair) if pair is not None else None
+        if command.command_field != CommandField.C_STORE_RQ or context_id is None:
+            self.streaming = None
+            reason = (
+                f"dicomlb does not relay {command.service} on a C-GET"
+                if command.command_field != CommandField.C_STORE_RQ
+                else "the client did not accept this SOP class for C-GET"
+            )
+            self.up.send_plain(
+                event.context_id,
+                response(command, Status.SOP_CLASS_NOT_SUPPORTED, error_comment=reason),
+            )
+            log.warning(
+                "get.suboperation sop_instance_uid=%s status=0x%04X reason=%r",
+                command.sop_instance_uid,
+                Status.SOP_CLASS_NOT_SUPPORTED,
+                reason,
+            )
+            return
+        message_id = self.inbound.next_message_id()
+        self.waiting[message_id] = (command.message_id, event.context_id, command)
+        self.started[message_id] = time.monotonic()
+        self.inbound.send_message(context_id, command.replace({Tag.MESSAGE_ID: message_id}))
+        self.streaming = context_id if command.has_data_set else None
+
+    def on_client_response(self, received: CommandReceived) -> None:
+        answer = received.command
+        entry = self.waiting.pop(answer.responded_to, None)
+        started = self.started.pop(answer.responded_to, time.monotonic())
+        if entry is None:
+            log.warning(
+                "get.unexpected_response calling_aet=%s command=%s message_id=%d",
+                self.inbound.calling_ae,
+                answer.service,
+                answer.responded_to,
+            )
+            return
+        backend_message_id, context_id, request = entry
+        self.up.send_plain(
+            context_id, answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: backend_message_id})
+        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "get.suboperation sop_instance_uid=%s backend=%s status=0x%04X ms=%d",
+                request.sop_instance_uid,
+                self.up.backend,
+                answer.status or 0,
+                (time.monotonic() - started) * 1000,
+            )
+
+
+# ------------------------------------------------------------------ storage commitment
+
+
+async def commitment(relay: Relay, message: InboundMessage) -> None:
+    """N-ACTION (storage commitment push model): forwarded to one backend of a pool that has
+    `storage_commitment: forward`, which reports (N-EVENT-REPORT) to the requester itself;
+    refused otherwise."""
+    from dicomlb.dicom.relay import MessageFailed
+
+    command = message.command
+    try:
+        placed = await query.place(relay, message, "N-ACTION")
+    except query.QueryRefused as refusal:
+        _n_refuse(relay, message, refusal.status, str(refusal))
+        return
+    if (
+        command.sop_class_uid != STORAGE_COMMITMENT_PUSH
+        or placed.route.pool.storage_commitment is not StorageCommitment.FORWARD
+    ):
+        _n_refuse(
+            relay,
+            message,
+            Status.NO_SUCH_SOP_CLASS,
+            f"pool {placed.pool.name} does not take storage commitment",
+        )
+        return
+    try:
+        backend, up = await relay._connect(placed.pool, placed.key, message)
+        status = await relay._forward(
+            message,
+            placed.route.pool,
+            backend,
+            up,
+            [DataReceived(context_id=message.context_id, data=placed.identifier, is_last=True)],
+            True,
+        )
+    except MessageFailed as failure:
+        _n_refuse(relay, message, failure.status, str(failure))
+        return
+    log.info(
+        "commitment.forwarded pool=%s backend=%s transaction=%s status=0x%04X",
+        placed.pool.name,
+        backend.name,
+        command.sop_instance_uid,
+        status,
+    )
+
+
+def _n_refuse(relay: Relay, message: InboundMessage, status: int, reason: str) -> None:
+    log.warning("commitment.failed status=0x%04X reason=%r", status, reason)
+    answer = response(message.command, status, error_comment=reason)
+    relay.inbound.send_command(message.context_id, answer)
