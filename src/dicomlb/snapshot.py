@@ -9,8 +9,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
+
+if TYPE_CHECKING:  # the HTTP side's snapshot parts; imported lazily (they import this module)
+    from dicomlb.http.snapshot import (
+        HttpCheckConfig,
+        HttpListenerConfig,
+        HttpPoolConfig,
+        HttpRouteConfig,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,6 +32,18 @@ class DicomAddress:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpAddress:
+    """An HTTP backend's base URL: `http://host:port`."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,12 +80,14 @@ class HealthConfig:
     timeout: float = 2.0
     fall: int = 3
     rise: int = 2
+    http: HttpCheckConfig | None = None  # how HTTP-only backends are checked (None: defaults)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendConfig:
     name: str
-    dicom: DicomAddress
+    dicom: DicomAddress | None = None  # at least one of dicom / http (config.py checks)
+    http: HttpAddress | None = None
     weight: int = 1
     max_associations: int = 4
     max_pdu: int = 16384  # the largest P-DATA-TF dicomlb accepts from this backend
@@ -83,6 +106,8 @@ class PoolConfig:
     acquire_timeout: float = 30.0  # wait for a free association slot before failing
     response_timeout: float = 120.0  # DIMSE response from the backend
     idle_timeout: float = 15.0  # an idle pooled upstream association is released after this
+    orthanc: bool = False  # HTTP: learn job / query owners, pin sender-transfer-id
+    http: HttpPoolConfig | None = None  # HTTP balancing options (None: defaults)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,3 +141,5 @@ class Snapshot:
     routes: tuple[RouteConfig, ...]
     wanted_tags: frozenset[int]  # every tag a route or an affinity key looks at
     graceful_timeout: float = 30.0
+    http: HttpListenerConfig | None = None
+    http_routes: tuple[HttpRouteConfig, ...] = ()
