@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from dicomlb.checks import HealthChecker
 from dicomlb.dicom.acceptor import DicomListener
+from dicomlb.http.proxy import HttpListener
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import Snapshot
 
@@ -21,6 +22,7 @@ class App:
     def __init__(self, snapshot: Snapshot) -> None:
         self.runtime = Runtime(snapshot)
         self.dicom: DicomListener | None = None
+        self.http: HttpListener | None = None
         self.checkers: dict[str, HealthChecker] = {}
         self._stopping = asyncio.Event()
 
@@ -33,6 +35,9 @@ class App:
         if self.snapshot.dicom is not None:
             self.dicom = DicomListener(self.runtime)
             await self.dicom.start()
+        if self.snapshot.http is not None:
+            self.http = HttpListener(self.snapshot.http, self.runtime)
+            await self.http.start()
         self._start_checkers()
         log.info(
             "dicomlb.started source=%s routes=%d pools=%d backends=%d",
@@ -62,6 +67,8 @@ class App:
         self.runtime = Runtime(snapshot, old.backends, old.upstreams)
         if self.dicom is not None:
             self.dicom.runtime = self.runtime
+        if self.http is not None:
+            self.http.reload(self.runtime)
         for name in set(old.backends) - set(self.runtime.backends):
             checker = self.checkers.pop(name, None)
             if checker is not None:
@@ -80,6 +87,8 @@ class App:
         log.info("dicomlb.stopping graceful_timeout=%gs", self.snapshot.graceful_timeout)
         if self.dicom is not None:
             await self.dicom.stop(self.snapshot.graceful_timeout)
+        if self.http is not None:
+            await self.http.stop(self.snapshot.graceful_timeout)
         for checker in self.checkers.values():
             await checker.stop()
         self.checkers.clear()

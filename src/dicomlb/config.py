@@ -36,6 +36,17 @@ from pydantic import (
 from pydicom._uid_dict import UID_dictionary
 
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
+from dicomlb.http.config import (
+    HttpCheckModel,
+    HttpListenerModel,
+    HttpPoolModel,
+    HttpRouteModel,
+    build_http,
+    describe_http,
+    http_check_config,
+    http_pool_config,
+    parse_http_address,
+)
 from dicomlb.routing import MatchError, _tag_from_name, _tag_name, parse_match
 from dicomlb.snapshot import (
     BackendConfig,
@@ -43,6 +54,7 @@ from dicomlb.snapshot import (
     DicomAddress,
     DicomListenerConfig,
     HealthConfig,
+    HttpAddress,
     PoolConfig,
     RouteConfig,
     Snapshot,
@@ -297,6 +309,7 @@ class _DicomListenerModel(_Model):
 
 class _ListenersModel(_Model):
     dicom: _DicomListenerModel | None = None
+    http: HttpListenerModel | None = None
 
 
 class _HealthModel(_Model):
@@ -305,11 +318,13 @@ class _HealthModel(_Model):
     timeout: Duration | None = None
     fall: Count | None = None
     rise: Count | None = None
+    http: HttpCheckModel | None = None
 
 
 class _BackendModel(_Model):
     name: Name
-    dicom: Annotated[DicomAddress, BeforeValidator(_parse_dicom_address)]
+    dicom: Annotated[DicomAddress, BeforeValidator(_parse_dicom_address)] | None = None
+    http: Annotated[HttpAddress, BeforeValidator(parse_http_address)] | None = None
     weight: Count | None = None
     max_associations: Count | None = None
     max_pdu: MaxPdu | None = None
@@ -325,6 +340,8 @@ class _PoolModel(_Model):
     acquire_timeout: Duration | None = None
     response_timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    orthanc: StrictBool | None = None
+    http: HttpPoolModel | None = None
 
 
 class _RouteModel(_Model):
@@ -337,6 +354,8 @@ class _ConfigModel(_Model):
     listeners: _ListenersModel | None = None
     pools: dict[str, _PoolModel]
     routes: list[_RouteModel] = []
+    http_routes: list[HttpRouteModel] = []
+    middlewares: dict[str, Any] = {}
     graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
 
 
@@ -461,6 +480,14 @@ class _Builder:
         extra: dict[str, Any] = {}
         if self.model.graceful_timeout is not None:
             extra["graceful_timeout"] = self.model.graceful_timeout
+        listeners = self.model.listeners
+        extra["http"], extra["http_routes"] = build_http(
+            listeners.http if listeners else None,
+            self.model.http_routes,
+            self.model.middlewares,
+            pools,
+            self.fail,
+        )
         return Snapshot(
             source=source,
             dicom=dicom,
@@ -502,10 +529,20 @@ class _Builder:
                     )
                 else:
                     backend_at[b.name] = b_path
+                if b.dicom is None and b.http is None:
+                    self.fail(
+                        b_path,
+                        f'backend "{b.name}" has no address; write dicom: AET@host:port '
+                        "and / or http: http://host:port",
+                    )
                 backends.append(
                     BackendConfig(name=b.name, dicom=b.dicom, **_set(b, "name", "dicom"))
                 )
-            health = HealthConfig(**_set(spec.health)) if spec.health else HealthConfig()
+            health = (
+                HealthConfig(**_set(spec.health, "http"), http=http_check_config(spec.health.http))
+                if spec.health
+                else HealthConfig()
+            )
             pools[pool_name] = PoolConfig(
                 name=pool_name,
                 strategy=spec.strategy,
@@ -513,7 +550,8 @@ class _Builder:
                 key_name=key_name,
                 health=health,
                 backends=tuple(backends),
-                **_set(spec, "strategy", "key", "health", "backends"),
+                http=http_pool_config(spec.http, bool(spec.orthanc)),
+                **_set(spec, "strategy", "key", "health", "backends", "http"),
             )
         return pools
 
@@ -551,6 +589,13 @@ class _Builder:
                 continue
             if match.matches_everything and catch_all is None:
                 catch_all = spec.name
+            missing = [b.name for b in pool.backends if b.dicom is None] if pool else []
+            if missing:
+                self.fail(
+                    f"{path}.pool",
+                    f'pool "{spec.pool}" has backends without a dicom address '
+                    f"({', '.join(missing)}); give each one dicom: AET@host:port",
+                )
             if pool is not None:
                 route = RouteConfig(
                     name=spec.name, match=match.predicate, pool=pool, match_text=match.text
@@ -574,6 +619,12 @@ class _Builder:
                     "listeners.dicom.echo",
                     f'pool "{spec.echo}" does not exist; write "{ECHO_LOCAL}" to answer C-ECHO '
                     f"here, or one of {_names(pools)}",
+                )
+            elif any(b.dicom is None for b in echo_pool.backends):
+                self.fail(
+                    "listeners.dicom.echo",
+                    f'pool "{spec.echo}" has backends without a dicom address; C-ECHO needs '
+                    "dicom: AET@host:port on each",
                 )
             kwargs["echo_pool"] = echo_pool
         return DicomListenerConfig(**kwargs)
@@ -769,13 +820,17 @@ def describe(snapshot: Snapshot) -> str:
             f"{format_duration(pool.response_timeout)}, idle {format_duration(pool.idle_timeout)}",
         ]
         for b in pool.backends:
+            address = " ".join(
+                [f"{b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}"] * bool(b.dicom)
+                + [str(b.http)] * bool(b.http)
+            )
             lines.append(
-                f"    - {b.name}: {b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}  "
-                f"weight {b.weight}, max associations "
+                f"    - {b.name}: {address}  weight {b.weight}, max associations "
                 f"{b.max_associations}, max PDU {_pdu(b.max_pdu)}"
             )
     tags = ", ".join(f"{_tag_name(t)} {_tag_number(t)}" for t in sorted(snapshot.wanted_tags))
     lines.append(f"routing tags: {tags or 'none'}")
+    lines += describe_http(snapshot.http, snapshot.http_routes)
     lines.append(f"graceful timeout: {format_duration(snapshot.graceful_timeout)}")
     return "\n".join(lines)
 

@@ -28,6 +28,7 @@ class HttpListenerConfig:
     head_timeout: float = 15.0  # a started request head must complete in this (slowloris)
     keepalive_timeout: float = 75.0  # an idle client connection between requests
     idle_timeout: float = 60.0  # nothing moves either way during a request
+    tunnel_timeout: float = 3600.0  # nothing moves either way through an Upgrade tunnel
 
 
 class KeyKind(enum.StrEnum):
@@ -59,7 +60,6 @@ class HttpPoolConfig:
     commit_timeout: float = 3600.0  # Orthanc /transfers/push/*/commit read timeout
     retries: int = 2  # other backends tried after a safe failure
     retry_buffer: int = 65536  # request bodies up to this are kept for a retry
-    max_connections: int = 0  # per backend (0: no limit)
     passive: bool = True  # connect errors and 502/503/504 count toward health fall
 
 
