@@ -618,9 +618,8 @@ class Exchange:
             self.request_done = True
             if self.request.chunked:
                 self._send(last_chunk(event.trailers))
-        elif isinstance(event, Upgrade):
-            if event.data:
-                self._send(event.data)
+        elif isinstance(event, Upgrade) and event.data:
+            self._send(event.data)
 
     # response side -------------------------------------------------------------------------
 
