@@ -39,9 +39,12 @@ def least_loaded(pool: Pool, exclude: frozenset[str] = frozenset()) -> BackendSt
     """The available backend with the fewest requests in flight per unit of weight."""
     best: BackendState | None = None
     for b in pool.backends:
-        if b.available and b.name not in exclude:
-            if best is None or b.active / b.weight < best.active / best.weight:
-                best = b
+        if (
+            b.available
+            and b.name not in exclude
+            and (best is None or b.active / b.weight < best.active / best.weight)
+        ):
+            best = b
     return best
 
 

@@ -260,9 +260,9 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.tunnel is not None and self.tunnel.transport is not None:
-            if not self.tunnel.transport.is_closing():
-                self.tunnel.transport.resume_reading()
+        tunnel = self.tunnel.transport if self.tunnel is not None else None
+        if tunnel is not None and not tunnel.is_closing():
+            tunnel.resume_reading()
         exchange = self.exchange
         if exchange is not None and exchange.upstream is not None:
             transport = exchange.upstream.transport
