@@ -198,6 +198,7 @@ class Nginx:
     def __init__(self, server_body: str, *, http_extra: str = "", port: int | None = None):
         self.port = port or free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="nginx-"))
+        self.workdir.chmod(0o755)  # workers run as nobody when started by root
         self.conf = self.workdir / "nginx.conf"
         self.conf.write_text(
             f"""

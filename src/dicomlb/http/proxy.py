@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import typing
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -169,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
     # asyncio callbacks ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = typing.cast(asyncio.Transport, transport)  # uvloop: not a subclass
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if peer:
@@ -419,6 +420,7 @@ class Exchange:
         self.path = ""
         self.upgrade_tunnel = False
         self.counted = False  # this exchange is in its backend's `active` count
+        self.out: list[bytes] = []  # response bytes for the client, written once per batch
 
     # request side --------------------------------------------------------------------------
 
@@ -624,29 +626,40 @@ class Exchange:
     # response side -------------------------------------------------------------------------
 
     def on_upstream_events(self, conn: UpstreamConnection, events: list[Event]) -> None:
+        """Relay what the backend sent; bytes for the client go out in one write per batch
+        (a small response's head and body in one send)."""
         client = self.client
         client.last_activity = client.loop.time()
+        out = self.out
         for event in events:
             if conn.exchange is not self:
-                return
+                break
             kind = type(event)
             if kind is Data:
                 data = event.data  # type: ignore[union-attr]
                 self.bytes_out += len(data)
                 if self.response_chunked:
-                    client.transport.writelines(chunk(data))  # type: ignore[union-attr]
+                    out += chunk(data)
                 else:
-                    client.write(data)
+                    out.append(data)
                 if self.learn is not None:
                     self.learn.append(data)
             elif kind is Response:
                 self._on_response(conn, event)  # type: ignore[arg-type]
             elif kind is EndOfMessage:
                 if self.response_chunked:
-                    client.write(last_chunk(event.trailers))  # type: ignore[union-attr]
+                    out.append(last_chunk(event.trailers))  # type: ignore[union-attr]
+                self._flush()
                 self._response_complete(conn)
             elif kind is Upgrade:
-                client.write(event.data)  # type: ignore[union-attr]
+                out.append(event.data)  # type: ignore[union-attr]
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.out
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def _on_response(self, conn: UpstreamConnection, response: Response) -> None:
         client = self.client
@@ -691,7 +704,7 @@ class Exchange:
             self.learn = None
         if status == 101:
             self.upgrade_tunnel = True
-        client.write(serialize_response(status, headers, response.reason, response.version))
+        self.out.append(serialize_response(status, headers, response.reason, response.version))
 
     def _response_complete(self, conn: UpstreamConnection) -> None:
         response = self.response

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import typing
 from typing import TYPE_CHECKING
 
 from dicomlb.http.h1 import Event, RemoteProtocolError, ResponseReader
@@ -39,7 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
     # asyncio callbacks ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = typing.cast(asyncio.Transport, transport)  # uvloop: not a subclass
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
