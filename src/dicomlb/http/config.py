@@ -380,7 +380,7 @@ def describe_http(
     from dicomlb.config import format_duration
 
     if listener is None:
-        return ["http listener: none"]
+        return []  # no HTTP side: `dicomlb check` reads as before
     lines = [
         f"http listener: {listener.host}:{listener.port}; max connections "
         f"{listener.max_connections}, max head {listener.max_head_size} bytes",
