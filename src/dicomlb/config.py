@@ -820,10 +820,10 @@ def describe(snapshot: Snapshot) -> str:
             f"{format_duration(pool.response_timeout)}, idle {format_duration(pool.idle_timeout)}",
         ]
         for b in pool.backends:
-            address = " ".join(
-                [f"{b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}"] * bool(b.dicom)
-                + [str(b.http)] * bool(b.http)
-            )
+            addresses = [str(b.http)] if b.http else []
+            if b.dicom is not None:
+                addresses.insert(0, f"{b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}")
+            address = " ".join(addresses)
             lines.append(
                 f"    - {b.name}: {address}  weight {b.weight}, max associations "
                 f"{b.max_associations}, max PDU {_pdu(b.max_pdu)}"
