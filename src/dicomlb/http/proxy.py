@@ -166,6 +166,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         self.head_started: float | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
 
     # asyncio callbacks ---------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             return
         clients.add(self)
-        self.timer = self.loop.call_later(self.config.keepalive_timeout, self._on_timer)
+        self._ensure_timer(self.config.keepalive_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
@@ -207,6 +208,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.exchange is None and self.head_started is None and not events:
             self.head_started = self.last_activity
+            self._ensure_timer(self.config.head_timeout)
         exchange = self.exchange
         if exchange is not None and not exchange.request_done and not self.queue:
             # The common case: body bytes of the request in progress.
@@ -297,6 +299,8 @@ class ClientConnection(asyncio.Protocol):
                     self.head_started = None
                     self.exchange = exchange = Exchange(self, item)
                     exchange.start()
+                    if not exchange.finished:
+                        self._ensure_timer(min(self.config.idle_timeout, exchange.read_timeout))
                 # (a stray Upgrade / Data here belongs to a refused request: dropped)
             elif not exchange.request_done:
                 item = queue.popleft()
@@ -342,6 +346,16 @@ class ClientConnection(asyncio.Protocol):
 
     # timeouts ------------------------------------------------------------------------------
 
+    def _ensure_timer(self, limit: float) -> None:
+        """Make the timer fire within `limit` seconds; it re-checks lazily what is due."""
+        deadline = self.loop.time() + limit
+        if self.timer is not None:
+            if self.timer_at <= deadline:
+                return
+            self.timer.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
     def _on_timer(self) -> None:
         self.timer = None
         if self.closed:
@@ -359,7 +373,7 @@ class ClientConnection(asyncio.Protocol):
             limit, deadline_from = self.config.keepalive_timeout, self.last_activity
         remaining = deadline_from + limit - now
         if remaining > 0:
-            self.timer = self.loop.call_later(remaining, self._on_timer)
+            self._ensure_timer(remaining)
             return
         if exchange is not None:
             exchange.timed_out(limit)
@@ -380,7 +394,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.close()
         if not self.closed:
-            self.timer = self.loop.call_later(self.config.idle_timeout, self._on_timer)
+            self._ensure_timer(self.config.idle_timeout)
 
 
 class Exchange:
@@ -647,6 +661,8 @@ class Exchange:
             elif kind is Response:
                 self._on_response(conn, event)  # type: ignore[arg-type]
             elif kind is EndOfMessage:
+                if self.response is None:  # the end of a 1xx interim response
+                    continue
                 if self.response_chunked:
                     out.append(last_chunk(event.trailers))  # type: ignore[union-attr]
                 self._flush()
