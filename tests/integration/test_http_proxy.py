@@ -5,6 +5,7 @@ middlewares, health and failures, refusals that do not hurt other clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import socket
@@ -89,7 +90,7 @@ def test_large_upload_and_download_streamed(lb: HttpBalancer) -> None:
     )
     joined = b"".join(pieces)
     assert answer.decode() == f"{len(joined)} {hashlib.sha256(joined).hexdigest()}"
-    status, answer, response = get(lb, "/big?size=20000000")
+    status, answer, _response = get(lb, "/big?size=20000000")
     assert status == 200 and answer == b"x" * 20_000_000
 
 
@@ -227,10 +228,8 @@ def test_garbage_huge_heads_and_slowloris_refused_without_hurting_others(
                 s.sendall(b"GET / HTTP/1.1\r\n")
             while not stop.is_set():
                 for s in slow:
-                    try:
+                    with contextlib.suppress(OSError):
                         s.sendall(b"X")
-                    except OSError:
-                        pass
                 time.sleep(0.1)
 
         thread = threading.Thread(target=trickle, daemon=True)
