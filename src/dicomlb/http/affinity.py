@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 from dicomlb.http.h1 import Headers
 from dicomlb.http.snapshot import HttpKey, KeyKind
-from dicomlb.pools import BackendState, Pool
+from dicomlb.pools import BackendState, Pool, rendezvous_score
 
 __all__ = ["StickyTable", "least_loaded", "request_key"]
 
@@ -35,17 +35,15 @@ def request_key(key: HttpKey, headers: Headers, client_ip: str) -> str | None:
     return None
 
 
-def least_loaded(pool: Pool, exclude: frozenset[str] = frozenset()) -> BackendState | None:
-    """The available backend with the fewest requests in flight per unit of weight."""
-    best: BackendState | None = None
-    for b in pool.backends:
-        if (
-            b.available
-            and b.name not in exclude
-            and (best is None or b.active / b.weight < best.active / best.weight)
-        ):
-            best = b
-    return best
+def least_loaded(
+    pool: Pool, exclude: frozenset[str] = frozenset(), key: str = ""
+) -> BackendState | None:
+    """The available backend with the fewest requests in flight per unit of weight; ties
+    go by `key`'s rendezvous order, so idle backends share new keys evenly."""
+    candidates = [b for b in pool.backends if b.available and b.name not in exclude]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda b: (b.active / b.weight, -rendezvous_score(key, b)))
 
 
 class StickyTable:
@@ -84,7 +82,7 @@ class StickyTable:
             for b in pool.backends:
                 if b.name == name and b.available:
                     return b
-        backend = least_loaded(pool, exclude)
+        backend = least_loaded(pool, exclude, key)
         if backend is not None:
             self.put(key, backend.name)
         return backend
