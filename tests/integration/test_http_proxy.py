@@ -271,3 +271,36 @@ def test_sticky_cookie_first_placed_by_least_load(backends: list[WebBackend]) ->
                 get(lb, "/name", headers={"Cookie": f"session={session}"})[1] for _ in range(5)
             }
             assert len(names) == 1
+
+
+def _stream_upload(lb: HttpBalancer, total: int) -> tuple[str, int]:
+    """POST `total` bytes generated on the fly (chunked); returns (answer, peak RSS growth)."""
+    import resource
+
+    piece = bytes(range(256)) * 4096  # 1 MiB
+    digest = hashlib.sha256()
+
+    def pieces() -> Iterator[bytes]:
+        sent = 0
+        while sent < total:
+            digest.update(piece)
+            sent += len(piece)
+            yield piece
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    status, answer, _ = get(lb, "/echo", "POST", pieces(), headers={"Transfer-Encoding": "chunked"})
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert status == 200
+    assert answer.decode() == f"{total} {digest.hexdigest()}"
+    return answer.decode(), after - before
+
+
+def test_streamed_upload_with_flat_memory(lb: HttpBalancer) -> None:
+    _, growth = _stream_upload(lb, 512 * 1024 * 1024)
+    assert growth < 64 * 1024 * 1024  # 512 MiB passed; dicomlb, client and backend hold ~MBs
+
+
+@pytest.mark.slow
+def test_2gb_streamed_upload_with_flat_memory(lb: HttpBalancer) -> None:
+    _, growth = _stream_upload(lb, 2 * 1024 * 1024 * 1024)
+    assert growth < 64 * 1024 * 1024
