@@ -435,6 +435,9 @@ class Exchange:
         self.upgrade_tunnel = False
         self.counted = False  # this exchange is in its backend's `active` count
         self.out: list[bytes] = []  # response bytes for the client, written once per batch
+        self.held: list[bytes] = []  # the backend's bytes, written as they are when verbatim
+        self.verbatim = True  # no head rewrite: relay the backend's bytes unchanged
+        self.ready = False  # out / held has something complete to write
 
     # request side --------------------------------------------------------------------------
 
@@ -639,50 +642,74 @@ class Exchange:
 
     # response side -------------------------------------------------------------------------
 
-    def on_upstream_events(self, conn: UpstreamConnection, events: list[Event]) -> None:
-        """Relay what the backend sent; bytes for the client go out in one write per batch
-        (a small response's head and body in one send)."""
+    def on_upstream_events(
+        self, conn: UpstreamConnection, events: list[Event], data: bytes = b""
+    ) -> None:
+        """Relay what the backend sent. When nothing in the response head needs rewriting
+        the backend's bytes (`data`) go to the client verbatim, one write per batch; the
+        events then only tell where the response ends and what it says."""
         client = self.client
         client.last_activity = client.loop.time()
+        if data:
+            self.held.append(data)
         out = self.out
         for event in events:
             if conn.exchange is not self:
+                self.held.clear()
                 break
             kind = type(event)
             if kind is Data:
-                data = event.data  # type: ignore[union-attr]
-                self.bytes_out += len(data)
-                if self.response_chunked:
-                    out += chunk(data)
-                else:
-                    out.append(data)
+                piece = event.data  # type: ignore[union-attr]
+                self.bytes_out += len(piece)
                 if self.learn is not None:
-                    self.learn.append(data)
+                    self.learn.append(piece)
+                self.ready = True
+                if self.verbatim:
+                    continue
+                if self.response_chunked:
+                    out += chunk(piece)
+                else:
+                    out.append(piece)
             elif kind is Response:
                 self._on_response(conn, event)  # type: ignore[arg-type]
             elif kind is EndOfMessage:
                 if self.response is None:  # the end of a 1xx interim response
                     continue
-                if self.response_chunked:
+                if self.response_chunked and not self.verbatim:
                     out.append(last_chunk(event.trailers))  # type: ignore[union-attr]
                 self._flush()
                 self._response_complete(conn)
             elif kind is Upgrade:
-                out.append(event.data)  # type: ignore[union-attr]
+                self.ready = True
+                if not self.verbatim:
+                    out.append(event.data)  # type: ignore[union-attr]
         self._flush()
 
     def _flush(self) -> None:
-        out = self.out
-        if out:
-            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+        if not self.ready:
+            return  # nothing complete yet (a partial head stays held)
+        self.ready = False
+        held = self.held
+        if self.verbatim:
+            if held:
+                self.client.write(held[0] if len(held) == 1 else b"".join(held))
+        else:
+            out = self.out
+            if out:
+                self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+        held.clear()
 
     def _on_response(self, conn: UpstreamConnection, response: Response) -> None:
-        client = self.client
         status = response.status
         if status < 200 and status != 101:
-            if self.request.version == b"1.1":  # RFC 9110 15.2: not to HTTP/1.0 clients
-                client.write(serialize_response(status, response.headers, response.reason, b"1.1"))
+            if self.request.version == b"1.1":
+                self.ready = True
+                self.out.append(
+                    serialize_response(status, response.headers, response.reason, b"1.1")
+                )
+            else:  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client; drop it from the bytes
+                self._drop_verbatim()
             return
         backend = self.backend
         assert backend is not None
@@ -698,6 +725,7 @@ class Exchange:
                     self.request.method.decode(),
                     self.path,
                 )
+                self.held.clear()  # the refused answer is not relayed
                 self._release_upstream(reuse=False)
                 self._choose_and_send()
                 return
@@ -720,7 +748,17 @@ class Exchange:
             self.learn = None
         if status == 101:
             self.upgrade_tunnel = True
-        self.out.append(serialize_response(status, headers, response.reason, response.version))
+        if self.response_edits:
+            self._drop_verbatim()
+        self.ready = True
+        if not self.verbatim:
+            self.out.append(serialize_response(status, headers, response.reason, response.version))
+
+    def _drop_verbatim(self) -> None:
+        """From here on write the response from events (the head is rewritten)."""
+        if self.verbatim:
+            self.verbatim = False
+            self.held.clear()
 
     def _response_complete(self, conn: UpstreamConnection) -> None:
         response = self.response

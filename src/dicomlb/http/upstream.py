@@ -57,7 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         except RemoteProtocolError as err:
             exchange.upstream_failed(self, str(err), received=True)
             return
-        exchange.on_upstream_events(self, events)
+        exchange.on_upstream_events(self, events, data)
 
     def eof_received(self) -> bool:
         return False  # close our side too
