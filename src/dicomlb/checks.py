@@ -25,6 +25,7 @@ async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
     """One C-ECHO to `backend` on a fresh association; raises UpstreamError on any failure."""
     loop = asyncio.get_running_loop()
     address = backend.config.dicom
+    assert address is not None  # HealthChecker sends C-ECHO only to DICOM backends
     key = (calling_ae, address.ae_title, ())
     verification = (uids.VERIFICATION, uids.IMPLICIT_VR_LE)
     up: UpstreamAssociation | None = None

@@ -304,3 +304,22 @@ def test_streamed_upload_with_flat_memory(lb: HttpBalancer) -> None:
 def test_2gb_streamed_upload_with_flat_memory(lb: HttpBalancer) -> None:
     _, growth = _stream_upload(lb, 2 * 1024 * 1024 * 1024)
     assert growth < 64 * 1024 * 1024
+
+
+def test_reload_swaps_routes_for_new_requests(backends: list[WebBackend]) -> None:
+    from dicomlb.config import build_snapshot
+
+    first = {
+        "pools": {"a": pool(backends[:1]), "b": pool(backends[1:])},
+        "http_routes": [{"name": "all", "pool": "a"}],
+    }
+    with HttpBalancer(first) as lb:
+        conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=10)
+        assert get(lb, "/name", conn=conn)[1] == b"a"
+        second = {
+            "listeners": {"http": {"bind": f"{LOOPBACK}:{lb.port}"}},
+            "pools": {"a": pool(backends[:1]), "b": pool(backends[1:])},
+            "http_routes": [{"name": "all", "pool": "b"}],
+        }
+        lb.runner.call(lb.app.reload(build_snapshot(second, "<reload>")))
+        assert get(lb, "/name", conn=conn)[1] == b"b"  # same client connection, new snapshot

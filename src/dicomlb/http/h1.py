@@ -211,7 +211,9 @@ class _Reader:
 
     # feeding -------------------------------------------------------------------------------
 
-    def _feed(self, parser: httptools.HttpRequestParser, data: bytes) -> list[Event]:
+    def _feed(
+        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
+    ) -> list[Event]:
         if self.state is ReaderState.ERROR:
             raise RemoteProtocolError("the connection already failed", status_hint=400)
         if self.state is ReaderState.UPGRADED:
