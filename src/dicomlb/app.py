@@ -16,6 +16,7 @@ from dicomlb.admin.server import AdminServer
 from dicomlb.checks import HealthChecker
 from dicomlb.config import ConfigError, build_backend, load_snapshot
 from dicomlb.dicom.acceptor import DicomListener
+from dicomlb.http.proxy import HttpListener
 from dicomlb.metrics import Metrics, StateCollector
 from dicomlb.pools import BackendState
 from dicomlb.runtime import Runtime
@@ -41,6 +42,7 @@ class App:
             self.runtime.spool = self.spool
         self.dicom: DicomListener | None = None
         self.admin: AdminServer | None = None
+        self.http: HttpListener | None = None
         self.checkers: dict[str, HealthChecker] = {}
         self.started_at = time.time()
         self.last_reload: dict[str, Any] = {
@@ -69,6 +71,9 @@ class App:
         if self.snapshot.admin is not None:
             self.admin = AdminServer(self)
             await self.admin.start(self.snapshot.admin.host, self.snapshot.admin.port)
+        if self.snapshot.http is not None:
+            self.http = HttpListener(self.snapshot.http, self.runtime)
+            await self.http.start()
         self._start_checkers()
         self._update_watcher()
         log.info(
@@ -116,6 +121,8 @@ class App:
         self.runtime.spool = self.spool
         if self.dicom is not None:
             self.dicom.runtime = self.runtime
+        if self.http is not None:
+            self.http.reload(self.runtime)
         for name in set(old.backends) - set(self.runtime.backends):
             checker = self.checkers.pop(name, None)
             if checker is not None:
@@ -295,6 +302,8 @@ class App:
             self._watcher = None
         if self.dicom is not None:
             await self.dicom.stop(self.snapshot.graceful_timeout)
+        if self.http is not None:
+            await self.http.stop(self.snapshot.graceful_timeout)
         for checker in self.checkers.values():
             await checker.stop()
         self.checkers.clear()

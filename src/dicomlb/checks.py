@@ -1,4 +1,6 @@
-"""Active health checks: a C-ECHO to each backend every `interval` (asyncio shell).
+"""Active health checks: a C-ECHO to each backend every `interval` (asyncio shell); an HTTP
+request (`http/checks.py`) for backends without a DICOM address or when the pool's
+`health.http` is set.
 
 The verdicts feed each backend's `HealthState` (fall/rise); transitions are logged.
 """
@@ -13,6 +15,7 @@ from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
 from dicomlb.dicom.errors import LocalProtocolError
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
+from dicomlb.http.checks import DEFAULT_CHECK, HttpCheckError, http_check
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import HealthConfig
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
     """One C-ECHO to `backend` on a fresh association; raises UpstreamError on any failure."""
     address = backend.config.dicom
+    assert address is not None  # HealthChecker sends C-ECHO only to DICOM backends
     key = (calling_ae, address.ae_title, ())
     verification = (uids.VERIFICATION, uids.IMPLICIT_VR_LE)
     up: UpstreamAssociation | None = None
@@ -91,9 +95,15 @@ class HealthChecker:
     async def check_once(self) -> bool:
         """Run one check and record it; True when it passed."""
         state = self.backend.health
+        config = self.backend.config
         try:
-            await echo(self.backend, self.calling_ae, self.health.timeout)
-        except UpstreamError as err:
+            if config.http is not None and (config.dicom is None or self.health.http):
+                await http_check(
+                    config.http, self.health.http or DEFAULT_CHECK, self.health.timeout
+                )
+            else:
+                await echo(self.backend, self.calling_ae, self.health.timeout)
+        except (UpstreamError, HttpCheckError) as err:
             self.last_error = str(err)
             self.metrics.health_check(self.backend.name, False)
             if state.failure():

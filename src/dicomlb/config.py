@@ -39,6 +39,17 @@ from pydicom._uid_dict import UID_dictionary
 
 from dicomlb.dicom.tags import tag_from_name, tag_name
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
+from dicomlb.http.config import (
+    HttpCheckModel,
+    HttpListenerModel,
+    HttpPoolModel,
+    HttpRouteModel,
+    build_http,
+    describe_http,
+    http_check_config,
+    http_pool_config,
+    parse_http_address,
+)
 from dicomlb.routing import MatchError, parse_match
 from dicomlb.snapshot import (
     Ack,
@@ -49,6 +60,7 @@ from dicomlb.snapshot import (
     DicomAddress,
     DicomListenerConfig,
     HealthConfig,
+    HttpAddress,
     MoveDestination,
     PoolConfig,
     QueryMode,
@@ -384,6 +396,7 @@ class _AdminListenerModel(_Model):
 class _ListenersModel(_Model):
     dicom: _DicomListenerModel | None = None
     admin: _AdminListenerModel | None = None
+    http: HttpListenerModel | None = None
 
 
 class _HealthModel(_Model):
@@ -392,11 +405,13 @@ class _HealthModel(_Model):
     timeout: Duration | None = None
     fall: Count | None = None
     rise: Count | None = None
+    http: HttpCheckModel | None = None
 
 
 class _BackendModel(_Model):
     name: Name
-    dicom: Annotated[DicomAddress, BeforeValidator(_parse_dicom_address)]
+    dicom: Annotated[DicomAddress, BeforeValidator(_parse_dicom_address)] | None = None
+    http: Annotated[HttpAddress, BeforeValidator(parse_http_address)] | None = None
     weight: Count | None = None
     max_associations: Count | None = None
     max_pdu: MaxPdu | None = None
@@ -417,6 +432,8 @@ class _PoolModel(_Model):
     query_timeout: Duration | None = None
     move_destination: MoveDestination | None = None
     storage_commitment: StorageCommitment | None = None
+    orthanc: StrictBool | None = None
+    http: HttpPoolModel | None = None
 
 
 class _RouteModel(_Model):
@@ -450,6 +467,8 @@ class _ConfigModel(_Model):
     listeners: _ListenersModel | None = None
     pools: dict[str, _PoolModel]
     routes: list[_RouteModel] = []
+    http_routes: list[HttpRouteModel] = []
+    middlewares: dict[str, Any] = {}
     graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
     watch: StrictBool | None = None
     spool: _SpoolModel | None = None
@@ -617,6 +636,14 @@ class _Builder:
         if self.model.state_dir is not None:
             extra["state_dir"] = self.model.state_dir
             wanted.add(STUDY_INSTANCE_UID)  # the study -> backend table records every store
+        listeners = self.model.listeners
+        extra["http"], extra["http_routes"] = build_http(
+            listeners.http if listeners else None,
+            self.model.http_routes,
+            self.model.middlewares,
+            pools,
+            self.fail,
+        )
         return Snapshot(
             source=source,
             dicom=dicom,
@@ -659,12 +686,22 @@ class _Builder:
                 else:
                     backend_at[b.name] = b_path
                 tls = _backend_tls(b.tls, f"{b_path}.tls", self.issues)
+                if b.dicom is None and b.http is None:
+                    self.fail(
+                        b_path,
+                        f'backend "{b.name}" has no address; write dicom: AET@host:port '
+                        "and / or http: http://host:port",
+                    )
                 backends.append(
                     BackendConfig(
                         name=b.name, dicom=b.dicom, tls=tls, **_set(b, "name", "dicom", "tls")
                     )
                 )
-            health = HealthConfig(**_set(spec.health)) if spec.health else HealthConfig()
+            health = (
+                HealthConfig(**_set(spec.health, "http"), http=http_check_config(spec.health.http))
+                if spec.health
+                else HealthConfig()
+            )
             pools[pool_name] = PoolConfig(
                 name=pool_name,
                 strategy=spec.strategy,
@@ -672,7 +709,8 @@ class _Builder:
                 key_name=key_name,
                 health=health,
                 backends=tuple(backends),
-                **_set(spec, "strategy", "key", "health", "backends"),
+                http=http_pool_config(spec.http, bool(spec.orthanc)),
+                **_set(spec, "strategy", "key", "health", "backends", "http"),
             )
         return pools
 
@@ -718,6 +756,13 @@ class _Builder:
                     "spool: {directory: /var/spool/dicomlb} or use ack: backend",
                 )
             mirrors = self.mirrors(spec, path, pools, ack)
+            missing = [b.name for b in pool.backends if b.dicom is None] if pool else []
+            if missing:
+                self.fail(
+                    f"{path}.pool",
+                    f'pool "{spec.pool}" has backends without a dicom address '
+                    f"({', '.join(missing)}); give each one dicom: AET@host:port",
+                )
             if pool is not None:
                 route = RouteConfig(
                     name=spec.name,
@@ -817,6 +862,12 @@ class _Builder:
                     "listeners.dicom.echo",
                     f'pool "{spec.echo}" does not exist; write "{ECHO_LOCAL}" to answer C-ECHO '
                     f"here, or one of {_names(pools)}",
+                )
+            elif any(b.dicom is None for b in echo_pool.backends):
+                self.fail(
+                    "listeners.dicom.echo",
+                    f'pool "{spec.echo}" has backends without a dicom address; C-ECHO needs '
+                    "dicom: AET@host:port on each",
                 )
             kwargs["echo_pool"] = echo_pool
         return DicomListenerConfig(**kwargs)
@@ -1083,13 +1134,17 @@ def describe(snapshot: Snapshot) -> str:
                 f"{pool.storage_commitment.value}"
             )
         for b in pool.backends:
+            addresses = [str(b.http)] if b.http else []
+            if b.dicom is not None:
+                addresses.insert(0, f"{b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}")
+            address = " ".join(addresses)
             lines.append(
-                f"    - {b.name}: {b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}  "
-                f"weight {b.weight}, max associations "
+                f"    - {b.name}: {address}  weight {b.weight}, max associations "
                 f"{b.max_associations}, max PDU {_pdu(b.max_pdu)}"
             )
     tags = ", ".join(f"{tag_name(t)} {_tag_number(t)}" for t in sorted(snapshot.wanted_tags))
     lines.append(f"routing tags: {tags or 'none'}")
+    lines += describe_http(snapshot.http, snapshot.http_routes)
     lines.append(f"graceful timeout: {format_duration(snapshot.graceful_timeout)}")
     a = snapshot.admin
     if a is None:

@@ -10,8 +10,17 @@ import enum
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
+
+if TYPE_CHECKING:  # the HTTP side's snapshot parts; imported lazily (they import this module)
+    from dicomlb.http.snapshot import (
+        HttpCheckConfig,
+        HttpListenerConfig,
+        HttpPoolConfig,
+        HttpRouteConfig,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +49,18 @@ class TlsConfig:
     verify: bool = True  # listener: require client certificates (when ca is set); backend: check it
     server_name: str | None = None
     context: ssl.SSLContext = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpAddress:
+    """An HTTP backend's base URL: `http://host:port`."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,12 +112,14 @@ class HealthConfig:
     timeout: float = 2.0
     fall: int = 3
     rise: int = 2
+    http: HttpCheckConfig | None = None  # how HTTP-only backends are checked (None: defaults)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendConfig:
     name: str
-    dicom: DicomAddress
+    dicom: DicomAddress | None = None  # at least one of dicom / http (config.py checks)
+    http: HttpAddress | None = None
     weight: int = 1
     max_associations: int = 4
     max_pdu: int = 16384  # the largest P-DATA-TF dicomlb accepts from this backend
@@ -120,6 +143,8 @@ class PoolConfig:
     query_timeout: float = 30.0  # per backend, for a C-FIND fanned out
     move_destination: MoveDestination = MoveDestination.PASSTHROUGH
     storage_commitment: StorageCommitment = StorageCommitment.REFUSE
+    orthanc: bool = False  # HTTP: learn job / query owners, pin sender-transfer-id
+    http: HttpPoolConfig | None = None  # HTTP balancing options (None: defaults)
 
 
 class Ack(enum.StrEnum):
@@ -213,3 +238,5 @@ class Snapshot:
     # C-MOVE destinations dicomlb can reach itself (move_destination: via_balancer).
     dicom_nodes: Mapping[str, DicomAddress] = field(default_factory=dict)
     state_dir: str | None = None  # where the study -> backend table is kept
+    http: HttpListenerConfig | None = None
+    http_routes: tuple[HttpRouteConfig, ...] = ()

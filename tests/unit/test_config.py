@@ -315,13 +315,14 @@ BAD_CONFIGS: list[tuple[str, Mutation, str]] = [
         "unknown key",
         backend(1, wieght=2),
         'pools.ct.backends[1].wieght: unknown key "wieght"; did you mean "weight"? '
-        "allowed keys: name, dicom, weight, max_associations, max_pdu",
+        "allowed keys: name, dicom, http, weight, max_associations, max_pdu",
     ),
     (
         "unknown top-level key",
         lambda d: d.update(pool={}),
         'pool: unknown key "pool"; did you mean "pools"? '
-        "allowed keys: listeners, pools, routes, graceful_timeout, watch, spool",
+        "allowed keys: listeners, pools, routes, http_routes, middlewares, graceful_timeout, "
+        "watch, spool, dicom_nodes, state_dir",
     ),
     (
         "unknown listener key",

@@ -323,10 +323,10 @@ class Relay:
             return backend, up
 
     def _upstream_key(self, pool: PoolConfig, backend: BackendState) -> UpstreamKey:
+        dicom = backend.config.dicom
+        assert dicom is not None  # config.py: DICOM routes use pools of DICOM backends
         called = (
-            self.inbound.called_ae
-            if pool.called_aet is CalledAet.PASSTHROUGH
-            else backend.config.dicom.ae_title
+            self.inbound.called_ae if pool.called_aet is CalledAet.PASSTHROUGH else dicom.ae_title
         )
         return (self.inbound.calling_ae, called, self.forwarded)
 

@@ -512,6 +512,7 @@ class UpstreamPool:
     ) -> UpstreamAssociation:
         self.open += 1
         address = self.backend.config.dicom
+        assert address is not None  # config.py: DICOM routes use pools of DICOM backends
         proposal = [needed, *contexts]
         up: UpstreamAssociation | None = None
         try:

@@ -1,0 +1,192 @@
+"""HTTP throughput, side by side: wrk → nginx `proxy_pass` (keep-alive upstream) and wrk →
+dicomlb, in front of the same backend (nginx serving static files), in one run.
+
+    python3 bench/run_http.py [--duration 8] [--connections 50] [--repeat 3]
+
+Workloads: a small GET (≈100 bytes), a 512 KiB GET and a 512 KiB POST (nginx answers the
+POST after reading the body). Paths and workloads are interleaved per round; the median
+of the rounds is kept. Results: a table on stdout and a marked section in
+bench/RESULTS.md. The machine is shared and noisy: read the ratios, not the absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.httppeers import Nginx  # noqa: E402
+from tests.peers import LOOPBACK, free_port, stop_process, wait_listening  # noqa: E402
+
+RESULTS = REPO / "bench" / "RESULTS.md"
+MARK_BEGIN = "<!-- run_http:begin -->"
+MARK_END = "<!-- run_http:end -->"
+BIG = 512 * 1024
+WORKLOADS = ("small GET", "512 KiB GET", "512 KiB POST")
+PATHS = ("nginx", "dicomlb")
+
+
+def wrk(url: str, seconds: float, connections: int, script: Path | None) -> dict[str, float]:
+    """Run wrk; returns requests/s, MB/s (response bytes) and p99 latency in ms."""
+    cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    out = subprocess.run(
+        [*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    assert p99 is not None, out
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
+    return {"rps": rps, "p99": float(p99.group(1)) * scale}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    work.chmod(0o755)  # nginx workers run as nobody when started by root
+    (work / "www").mkdir()
+    (work / "www" / "small.txt").write_bytes(b"x" * 100)
+    (work / "www" / "big.bin").write_bytes(os.urandom(BIG))
+    post = work / "post.lua"
+    post.write_text(
+        f'wrk.method = "POST"\nwrk.body = string.rep("x", {BIG})\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
+    backend = Nginx(
+        f"""root {work / "www"};
+        location = /post {{ client_max_body_size 10m; client_body_buffer_size 1m;
+                            return 200 "ok\\n"; }}"""
+    ).start()
+    proxy = Nginx(
+        """location / { proxy_pass http://backend; proxy_http_version 1.1;
+                      proxy_set_header Connection ""; proxy_set_header Host $host;
+                      client_max_body_size 10m; proxy_request_buffering off;
+                      proxy_buffering on; }""",
+        http_extra=f"upstream backend {{ server {LOOPBACK}:{backend.port}; keepalive 64; }}",
+    ).start()
+    lb_port = free_port()
+    config = work / "lb.yaml"
+    config.write_text(
+        f"""listeners:
+  http: {{bind: "{LOOPBACK}:{lb_port}"}}
+pools:
+  web:
+    health: {{enabled: false}}
+    backends: [{{name: nginx, http: "http://{LOOPBACK}:{backend.port}"}}]
+http_routes:
+  - {{name: all, pool: web}}
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    lb = subprocess.Popen(
+        [sys.executable, "-m", "dicomlb", "--log-level", "warning", "run", "-c", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "lb.log", "wb"),  # noqa: SIM115
+        start_new_session=True,
+    )
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        wait_listening(lb_port, timeout=20, process=lb, what="dicomlb")
+        ports = {"nginx": proxy.port, "dicomlb": lb_port}
+        load_before = os.getloadavg()[0]
+        for round_ in range(args.repeat):
+            for workload in WORKLOADS:
+                order = PATHS if round_ % 2 == 0 else tuple(reversed(PATHS))
+                for path in order:
+                    base = f"http://{LOOPBACK}:{ports[path]}"
+                    url, script = {
+                        "small GET": (f"{base}/small.txt", None),
+                        "512 KiB GET": (f"{base}/big.bin", None),
+                        "512 KiB POST": (f"{base}/post", post),
+                    }[workload]
+                    got = wrk(url, args.duration, args.connections, script)
+                    results.setdefault((workload, path), []).append(got)
+                    print(
+                        f"round {round_ + 1} {workload:13} {path:8} {got['rps']:9.0f} req/s "
+                        f"p99 {got['p99']:7.2f} ms",
+                        flush=True,
+                    )
+        load_after = os.getloadavg()[0]
+    finally:
+        stop_process(lb, timeout=10, graceful=True)
+        proxy.stop()
+        backend.stop()
+
+    rows = []
+    ratios = []
+    for workload in WORKLOADS:
+        med = {}
+        for path in PATHS:
+            runs = results[(workload, path)]
+            rps = statistics.median(r["rps"] for r in runs)
+            p99 = statistics.median(r["p99"] for r in runs)
+            med[path] = rps
+            mbs = rps * (BIG if "512" in workload else 100) / 1e6
+            rows.append(
+                f"| {workload} | {path} | {rps:.0f} | {mbs:.0f} | {p99:.2f} | {len(runs)} |"
+            )
+        ratios.append(f"| {workload} | {med['dicomlb'] / med['nginx']:.2f} |")
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[
+        0
+    ]
+    nginx_version = subprocess.run(
+        ["/usr/sbin/nginx", "-v"], capture_output=True, text=True
+    ).stderr.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = [
+        "## HTTP proxy throughput (`bench/run_http.py`)",
+        "",
+        f"{now} · `nproc` = {os.cpu_count()} · 1-min load average before → after "
+        f"{load_before:.2f} → {load_after:.2f} · {wrk_version.strip()} · {nginx_version} · "
+        f"Python {platform.python_version()} · dicomlb git {commit}",
+        "",
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s; backend: nginx serving static "
+        "files (POST: read body, answer 200); nginx path: `proxy_pass` to an upstream with "
+        "`keepalive 64`, HTTP/1.1, request buffering off; dicomlb: one process, uvloop, log "
+        f"level warning; median of {args.repeat} interleaved rounds; MB = 10⁶ bytes of "
+        "bodies.",
+        "",
+        "| workload | path | req/s | MB/s | p99 ms | runs |",
+        "|---|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "| workload | dicomlb / nginx (req/s) |",
+        "|---|---:|",
+        *ratios,
+    ]
+    print("\n".join(body))
+    section = "\n".join([MARK_BEGIN, *body, MARK_END])
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if MARK_BEGIN in text and MARK_END in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        text = head + section + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

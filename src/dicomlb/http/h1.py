@@ -1,0 +1,472 @@
+"""HTTP/1.x sans-IO core: httptools (llhttp) callbacks turned into events; no I/O, no clock.
+
+One reader per direction and connection, the same surface as the DICOM cores::
+
+    reader = RequestReader(max_head_size=65536)
+    for event in reader.receive_data(data):   # Request, Data, EndOfMessage, Upgrade
+        ...
+    reader.receive_eof()
+
+    responses = ResponseReader()
+    responses.expect(method=b"HEAD")          # before each request is sent
+    responses.receive_data(data)              # Response (1xx first), Data, EndOfMessage
+
+A malformed message raises `RemoteProtocolError` with `status_hint` (400, 413, 414, 431,
+501 for a request; 502 for a response) and leaves the reader in ERROR.
+
+Bodies come out decoded (chunk framing removed, RFC 9112 7.1); `chunk()` / `last_chunk()`
+frame them again for relaying. Heads come out as ordered (name, value) pairs with names in
+their original case, and `serialize_request` / `serialize_response` write them back, so a
+relayed head keeps its fields, order and case.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httptools
+
+__all__ = [
+    "Data",
+    "EndOfMessage",
+    "Event",
+    "Headers",
+    "ReaderState",
+    "RemoteProtocolError",
+    "Request",
+    "RequestReader",
+    "Response",
+    "ResponseReader",
+    "Upgrade",
+    "chunk",
+    "header",
+    "last_chunk",
+    "serialize_request",
+    "serialize_response",
+]
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+# RFC 9110 15: reason phrases for the statuses dicomlb writes itself.
+REASONS = {
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class RemoteProtocolError(Exception):
+    """The peer broke HTTP/1.1; `status_hint` is the status to answer a client with."""
+
+    def __init__(self, message: str, status_hint: int = 400) -> None:
+        super().__init__(message)
+        self.status_hint = status_hint
+
+
+class ReaderState(enum.Enum):
+    IDLE = "idle"  # between messages
+    HEAD = "head"  # inside a head
+    BODY = "body"  # inside a body
+    UPGRADED = "upgraded"  # the connection is a tunnel now; bytes are not HTTP
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """A request head."""
+
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: Headers
+    keep_alive: bool  # the client allows another request on this connection
+    chunked: bool
+    content_length: int | None
+    upgrade: bool  # Upgrade (or CONNECT): after the head the connection may become a tunnel
+    expect_continue: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """A response head (1xx informational heads are Responses too, with no body events)."""
+
+    status: int
+    reason: bytes
+    version: bytes
+    headers: Headers
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+    close_delimited: bool  # the body ends when the backend closes (RFC 9112 6.3 item 8)
+    upgrade: bool  # 101 Switching Protocols
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A piece of a body, decoded (no chunk framing)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfMessage:
+    """The end of a message's body; chunked trailers, if any."""
+
+    trailers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """The head before this was the last HTTP on the connection: `data` (maybe empty) are the
+    first tunnel bytes; every later byte belongs to the tunnel too."""
+
+    data: bytes
+
+
+Event = Request | Response | Data | EndOfMessage | Upgrade
+
+_END = EndOfMessage()
+
+
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case), or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _framing(headers: Headers) -> tuple[bool, int | None, bool]:
+    """(chunked, content length, has transfer-encoding) from `headers`."""
+    chunked = False
+    length: int | None = None
+    transfer = False
+    for key, value in headers:
+        name = key.lower()
+        if name == b"content-length":
+            length = int(value)  # llhttp already refused non-digits and conflicting values
+        elif name == b"transfer-encoding":
+            transfer = True
+            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+    return chunked, length, transfer
+
+
+class _Reader:
+    """What the request and response readers share: callbacks → events, head size bound."""
+
+    def __init__(self, max_head_size: int) -> None:
+        self.max_head_size = max_head_size
+        self.state = ReaderState.IDLE
+        self._events: list[Event] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0  # header bytes reported so far
+        self._head_fed = 0  # bytes fed while a head was incomplete
+
+    # httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.state = ReaderState.HEAD
+        self._headers = []
+        self._head_size = 0
+        self._head_fed = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.state is ReaderState.BODY:  # llhttp reports trailers through on_header too
+            self._trailers.append((name, value))
+            return
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.max_head_size:
+            raise RemoteProtocolError(
+                f"request head larger than {self.max_head_size} bytes", status_hint=431
+            )
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        if self._trailers:
+            self._events.append(EndOfMessage(trailers=tuple(self._trailers)))
+            self._trailers = []
+        else:
+            self._events.append(_END)
+        self.state = ReaderState.IDLE
+
+    # feeding -------------------------------------------------------------------------------
+
+    def _feed(
+        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
+    ) -> list[Event]:
+        if self.state is ReaderState.ERROR:
+            raise RemoteProtocolError("the connection already failed", status_hint=400)
+        if self.state is ReaderState.UPGRADED:
+            return [Upgrade(data)] if data else []
+        events = self._events = []
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.state = ReaderState.UPGRADED
+            events.append(Upgrade(data[upgrade.args[0] :]))
+            return events
+        except RemoteProtocolError:
+            self.state = ReaderState.ERROR
+            raise
+        except httptools.HttpParserCallbackError as err:
+            self.state = ReaderState.ERROR
+            cause = err.__context__
+            if isinstance(cause, RemoteProtocolError):
+                raise cause from None
+            raise RemoteProtocolError(f"malformed message ({cause or err})") from None
+        except httptools.HttpParserError as err:
+            self.state = ReaderState.ERROR
+            raise self._parse_error(err) from None
+        if self.state is ReaderState.HEAD:
+            # Part of a head is buffered inside llhttp: bound it by what we fed since the
+            # message began (a single huge header never reaches on_header until complete).
+            self._head_fed += len(data)
+            if self._head_fed > self.max_head_size:
+                self.state = ReaderState.ERROR
+                raise RemoteProtocolError(
+                    f"head larger than {self.max_head_size} bytes", status_hint=431
+                )
+        return events
+
+    def _parse_error(self, err: Exception) -> RemoteProtocolError:
+        return RemoteProtocolError(f"malformed message ({err})")
+
+
+class RequestReader(_Reader):
+    """The server side of a connection: client bytes in, request events out (pipelined
+    requests come out one after another)."""
+
+    def __init__(self, *, max_head_size: int = 65536) -> None:
+        super().__init__(max_head_size)
+        self._url = b""
+        self._parser = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.max_head_size:
+            raise RemoteProtocolError(
+                f"request target longer than {self.max_head_size} bytes", status_hint=414
+            )
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = tuple(self._headers)
+        chunked, length, transfer = _framing(headers)
+        method = parser.get_method()
+        expect = header(headers, b"expect")
+        self.state = ReaderState.BODY
+        self._events.append(
+            Request(
+                method=method,
+                target=self._url,
+                version=parser.get_http_version().encode(),
+                headers=headers,
+                keep_alive=parser.should_keep_alive(),
+                chunked=chunked,
+                content_length=length,
+                upgrade=parser.should_upgrade() or method == b"CONNECT",
+                expect_continue=expect is not None and expect.lower() == b"100-continue",
+            )
+        )
+        if transfer and not chunked:
+            # RFC 9112 6.3 item 4: a request with a non-chunked final coding has no length.
+            raise RemoteProtocolError("transfer-encoding without chunked", status_hint=400)
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the client; returns the complete events they finish."""
+        return self._feed(self._parser, data)
+
+    def receive_eof(self) -> list[Event]:
+        """The client closed its side. Mid-message that is an error; between messages it
+        is the ordinary end of the connection."""
+        if self.state in (ReaderState.HEAD, ReaderState.BODY):
+            self.state = ReaderState.ERROR
+            raise RemoteProtocolError("the client closed the connection mid-request")
+        return []
+
+
+class ResponseReader(_Reader):
+    """The client side of a backend connection: backend bytes in, response events out.
+
+    Call `expect(method)` before each request is sent: a response to HEAD has no body
+    whatever its Content-Length says (RFC 9110 9.3.2), which llhttp cannot be told.
+    """
+
+    def __init__(self, *, max_head_size: int = 65536) -> None:
+        super().__init__(max_head_size)
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._head_request = False
+        self._close_delimited = False
+        self._pending = b""  # bytes after a HEAD response's head, for the next response
+
+    def expect(self, method: bytes) -> None:
+        """The next response answers a request with `method`."""
+        self._head_request = method == b"HEAD"
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        headers = tuple(self._headers)
+        chunked, length, _ = _framing(headers)
+        bodyless = status < 200 or status in (204, 304) or self._head_request
+        self._close_delimited = not bodyless and not chunked and length is None
+        self.state = ReaderState.BODY
+        self._events.append(
+            Response(
+                status=status,
+                reason=self._reason,
+                version=parser.get_http_version().encode(),
+                headers=headers,
+                keep_alive=parser.should_keep_alive() and not self._close_delimited,
+                chunked=chunked and not bodyless,
+                content_length=length,
+                close_delimited=self._close_delimited,
+                upgrade=status == 101,
+            )
+        )
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._close_delimited = False
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the backend; returns the complete events they finish."""
+        if not self._head_request or self.state in (ReaderState.UPGRADED, ReaderState.ERROR):
+            return self._feed(self._parser, data)
+        return self._receive_head_response(data)
+
+    def _receive_head_response(self, data: bytes) -> list[Event]:
+        # Feed llhttp only up to the end of each head, end the message ourselves, and start
+        # a fresh parser: llhttp would otherwise read the Content-Length bytes as a body.
+        buffer = self._pending + data
+        self._pending = b""
+        events: list[Event] = []
+        while buffer and self._head_request:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > self.max_head_size:
+                    self.state = ReaderState.ERROR
+                    raise RemoteProtocolError("response head too large", status_hint=502)
+                self._pending = buffer
+                return events
+            head, buffer = buffer[: end + 4], buffer[end + 4 :]
+            got = self._feed(self._parser, head)
+            events.extend(got)
+            final = next((e for e in got if isinstance(e, Response) and e.status >= 200), None)
+            if final is not None:
+                if self.state is not ReaderState.IDLE:  # llhttp waits for a body: end it
+                    events.append(_END)
+                    self.state = ReaderState.IDLE
+                    self._parser = httptools.HttpResponseParser(self)
+                self._head_request = False
+        if buffer:
+            events.extend(self._feed(self._parser, buffer))
+        return events
+
+    def receive_eof(self) -> list[Event]:
+        """The backend closed. Ends a close-delimited body; mid-message it is an error."""
+        if self.state is ReaderState.BODY and self._close_delimited:
+            self.state = ReaderState.IDLE
+            self._close_delimited = False
+            return [_END]
+        if self.state in (ReaderState.HEAD, ReaderState.BODY) or self._pending:
+            self.state = ReaderState.ERROR
+            raise RemoteProtocolError("the backend closed the connection mid-response", 502)
+        return []
+
+    def _parse_error(self, err: Exception) -> RemoteProtocolError:
+        return RemoteProtocolError(f"malformed response ({err})", status_hint=502)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def serialize_request(
+    method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], version: bytes = b"1.1"
+) -> bytes:
+    """A request head: request line, fields in the given order and case, blank line."""
+    lines = [method, b" ", target, b" HTTP/", version, b"\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def serialize_response(
+    status: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    reason: bytes | None = None,
+    version: bytes = b"1.1",
+) -> bytes:
+    """A response head: status line, fields in the given order and case, blank line."""
+    if reason is None:
+        reason = REASONS.get(status, b"")
+    lines = [b"HTTP/", version, b" %d " % status, reason, b"\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """`data` framed as one chunk (RFC 9112 7.1), as pieces for `writelines`."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+def last_chunk(trailers: Headers = ()) -> bytes:
+    """The last chunk and trailer section that end a chunked body."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalResponse:
+    """A response dicomlb writes itself (errors, refusals, 100 Continue)."""
+
+    status: int
+    body: bytes = b""
+    headers: Headers = field(default=())
+    close: bool = False
+
+    def serialize(self) -> bytes:
+        fields = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", b"%d" % len(self.body)),
+            *self.headers,
+        ]
+        if self.close:
+            fields.append((b"Connection", b"close"))
+        return serialize_response(self.status, fields) + self.body

@@ -1,0 +1,82 @@
+"""Orthanc awareness: Orthanc nodes keep per-node state that later requests must reach.
+
+- Jobs and queries: a response such as `{"ID": "4a2f…", "Path": "/jobs/4a2f…"}` (also
+  `/queries/…`, `/transfers/push/…`) tells which node owns the resource; later requests
+  whose path starts with that resource path go there (DESIGN.md decision 10).
+- Transfers plugin push: every request with the same `sender-transfer-id` header goes to
+  one node, chosen first by least load.
+- `/transfers/push/{id}/commit` may take long: the shell uses the pool's commit timeout.
+
+Pure: the shell feeds response bodies it already has (small JSON only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+
+__all__ = ["LEARN_LIMIT", "OwnerTable", "is_commit", "is_learnable", "resource_of"]
+
+LEARN_LIMIT = 65536  # JSON responses larger than this are not parsed for owners
+TRANSFER_HEADER = b"sender-transfer-id"
+_RESOURCE = re.compile(r"^/(jobs|queries|transfers/push)/([^/?]+)")
+_COMMIT = re.compile(r"^/transfers/push/[^/]+/commit/?$")
+
+
+def resource_of(path: str) -> str | None:
+    """`/jobs/ID`, `/queries/ID` or `/transfers/push/ID` when `path` is inside one."""
+    found = _RESOURCE.match(path)
+    return found.group(0) if found else None
+
+
+def is_commit(path: str) -> bool:
+    return _COMMIT.match(path) is not None
+
+
+def is_learnable(content_type: bytes | None, length: int | None) -> bool:
+    """A response worth reading for an owner: JSON, small, its length known or not."""
+    if content_type is None or b"json" not in content_type.lower():
+        return False
+    return length is None or length <= LEARN_LIMIT
+
+
+class OwnerTable:
+    """Resource path / transfer id → backend name, most recently used last, bounded."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._owners: OrderedDict[str, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def owner(self, key: str) -> str | None:
+        name = self._owners.get(key)
+        if name is not None:
+            self._owners.move_to_end(key)
+        return name
+
+    def remember(self, key: str, backend: str) -> None:
+        self._owners[key] = backend
+        self._owners.move_to_end(key)
+        if len(self._owners) > self.capacity:
+            self._owners.popitem(last=False)
+
+    def learn(self, body: bytes, backend: str) -> list[str]:
+        """Read a JSON response of `backend`; remember the resources it created. Returns
+        their paths."""
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return []
+        items = doc if isinstance(doc, list) else [doc]
+        learned = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            path = item.get("Path")
+            if isinstance(path, str) and item.get("ID") and (found := resource_of(path)):
+                self.remember(found, backend)
+                learned.append(found)
+        return learned

@@ -1,0 +1,976 @@
+"""The HTTP listener and reverse proxy (asyncio shell around the `h1` core).
+
+Per client connection a `ClientConnection` feeds bytes to a `RequestReader` and keeps the
+events in order (pipelined requests wait their turn); each request becomes an `Exchange`:
+route → middlewares → backend → a pooled keep-alive `UpstreamConnection` → the head (as
+received, rewritten only where a middleware asked) and the body streamed as it arrives; the
+response is streamed back the same way. Back-pressure is paired: a full client write buffer
+pauses reading from the backend, a full backend write buffer pauses reading from the client.
+
+Timeouts are idle timeouts, checked lazily by one timer per client connection: the head of a
+request must arrive within `head_timeout` of its first byte (slowloris), a connection
+between requests closes after `keepalive_timeout`, and during a request nothing may stand
+still longer than `idle_timeout` (or the pool's `read_timeout` while a response is due).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import typing
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from dicomlb.http import orthanc
+from dicomlb.http.affinity import StickyTable, least_loaded, request_key
+from dicomlb.http.h1 import (
+    Data,
+    EndOfMessage,
+    Event,
+    LocalResponse,
+    ReaderState,
+    RemoteProtocolError,
+    Request,
+    RequestReader,
+    Response,
+    Upgrade,
+    chunk,
+    header,
+    last_chunk,
+    serialize_request,
+    serialize_response,
+)
+from dicomlb.http.middlewares import Middleware, RequestContext, build_middleware
+from dicomlb.http.routing import HttpRouter, RequestFacts
+from dicomlb.http.snapshot import HttpListenerConfig, HttpPoolConfig, HttpRouteConfig, KeyKind
+from dicomlb.http.upstream import BackendConnections, UpstreamConnection
+from dicomlb.pools import BackendState, Pool
+from dicomlb.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ClientConnection", "Exchange", "HttpListener", "HttpRuntime"]
+
+DEFAULT_POOL_HTTP = HttpPoolConfig()
+CLIENT_WRITE_HIGH = 256 * 1024
+PENDING_HIGH = 256 * 1024  # body bytes held while a backend connection is being opened
+QUEUE_HIGH = 64  # pipelined events held before reading from the client pauses
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE", b"PROPFIND"))
+_ERROR = object()  # queued in place of events after a malformed request
+
+
+class HttpRuntime:
+    """The HTTP side of one snapshot: router, middlewares, pools; connections, sticky and
+    owner tables are carried over from the previous runtime for what stays."""
+
+    def __init__(self, runtime: Runtime, previous: HttpRuntime | None = None) -> None:
+        snapshot = runtime.snapshot
+        self.runtime = runtime
+        self.router = HttpRouter(snapshot.http_routes)
+        self.middlewares: dict[str, tuple[Middleware, ...]] = {
+            route.name: tuple(build_middleware(m) for m in route.middlewares)
+            for route in snapshot.http_routes
+        }
+        self.pools: Mapping[str, Pool] = runtime.pools
+        old_conns = previous.connections if previous else {}
+        self.connections: dict[str, BackendConnections] = {}
+        for name, backend in runtime.backends.items():
+            address = backend.config.http
+            if address is None:
+                continue
+            conns = old_conns.get(name)
+            if conns is None or conns.backend is not backend or conns.address != address:
+                conns = BackendConnections(backend, address)
+            self.connections[name] = conns
+        self.sticky: dict[str, StickyTable] = previous.sticky if previous else {}
+        self.owners: dict[str, orthanc.OwnerTable] = previous.owners if previous else {}
+        for pool in snapshot.pools.values():
+            self.sticky.setdefault(pool.name, StickyTable())
+            self.owners.setdefault(pool.name, orthanc.OwnerTable())
+        self.retired = [c for n, c in old_conns.items() if self.connections.get(n) is not c]
+
+    def close(self) -> None:
+        for conns in self.connections.values():
+            conns.close()
+
+
+class HttpListener:
+    """Accepts HTTP clients on `listeners.http`."""
+
+    def __init__(self, config: HttpListenerConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.http = HttpRuntime(runtime)
+        self.server: asyncio.Server | None = None
+        self.clients: set[ClientConnection] = set()
+
+    def reload(self, runtime: Runtime) -> None:
+        """New requests use `runtime`; requests in flight finish on theirs."""
+        self.http = HttpRuntime(runtime, self.http)
+        for conns in self.http.retired:
+            conns.close()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: ClientConnection(self),
+            self.config.host,
+            self.config.port,
+            backlog=1024,
+            reuse_address=True,
+        )
+        log.info("listener.started listener=http bind=%s:%d", self.config.host, self.config.port)
+
+    async def stop(self, graceful_timeout: float) -> None:
+        """Stop accepting; let requests in flight finish (bounded); close the rest."""
+        if self.server is not None:
+            self.server.close()
+        for client in list(self.clients):
+            if client.exchange is None:
+                client.close()
+            else:
+                client.closing_after_exchange = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(graceful_timeout):
+                while any(c.exchange is not None for c in self.clients):
+                    await asyncio.sleep(0.05)
+        for client in list(self.clients):
+            client.close()
+        self.http.close()
+        if self.server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.server.wait_closed()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: requests in order, one exchange at a time."""
+
+    def __init__(self, listener: HttpListener) -> None:
+        self.listener = listener
+        self.config = listener.config
+        self.loop = asyncio.get_running_loop()
+        self.reader = RequestReader(max_head_size=self.config.max_head_size)
+        self.queue: deque[Any] = deque()
+        self.exchange: Exchange | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = ("", 0)
+        self.paused: set[str] = set()
+        self.write_paused = False
+        self.closed = False
+        self.closing_after_exchange = False
+        self.tunnel: UpstreamConnection | None = None
+        self.error: RemoteProtocolError | None = None
+        self.last_activity = self.loop.time()
+        self.head_started: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+    # asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, transport)  # uvloop: not a subclass
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = (peer[0], peer[1])
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
+        clients = self.listener.clients
+        if len(clients) >= self.config.max_connections:
+            log.warning("http.refused peer=%s:%d reason='too many connections'", *self.peer)
+            transport.write(
+                LocalResponse(status=503, body=b"too many connections\n", close=True).serialize()
+            )
+            transport.close()
+            self.closed = True
+            return
+        clients.add(self)
+        self._ensure_timer(self.config.keepalive_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.tunnel is not None:
+            if self.tunnel.transport is not None:
+                self.tunnel.transport.write(data)
+            return
+        try:
+            events = self.reader.receive_data(data)
+        except RemoteProtocolError as err:
+            self.error = err
+            self.queue.append(_ERROR)
+            self.pause_reading("error")
+            self._pump()
+            return
+        if self.exchange is None and self.head_started is None and not events:
+            self.head_started = self.last_activity
+            self._ensure_timer(self.config.head_timeout)
+        exchange = self.exchange
+        if exchange is not None and not exchange.request_done and not self.queue:
+            # The common case: body bytes of the request in progress.
+            for i, event in enumerate(events):
+                exchange.on_request_event(event)
+                if exchange.request_done:
+                    self.queue.extend(events[i + 1 :])
+                    break
+        else:
+            self.queue.extend(events)
+        if self.queue:
+            self._pump()
+
+    def eof_received(self) -> bool:
+        try:
+            self.reader.receive_eof()
+        except RemoteProtocolError:
+            if self.exchange is not None and not self.exchange.request_done:
+                self.exchange.client_gone("the client closed mid-request")
+            self.close()
+            return False
+        if self.tunnel is not None and self.tunnel.transport is not None:
+            if self.tunnel.transport.can_write_eof():
+                self.tunnel.transport.write_eof()
+            return True
+        if self.exchange is None and not self.queue:
+            self.close()
+            return False
+        self.closing_after_exchange = True
+        return True  # half-closed: the response still goes out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.listener.clients.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.exchange is not None:
+            self.exchange.client_gone("the client closed the connection")
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.tunnel is not None and self.tunnel.transport is not None:
+            self.tunnel.transport.pause_reading()
+        exchange = self.exchange
+        if exchange is not None and exchange.upstream is not None:
+            transport = exchange.upstream.transport
+            if transport is not None:
+                transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        tunnel = self.tunnel.transport if self.tunnel is not None else None
+        if tunnel is not None and not tunnel.is_closing():
+            tunnel.resume_reading()
+        exchange = self.exchange
+        if exchange is not None and exchange.upstream is not None:
+            transport = exchange.upstream.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+
+    # flow ----------------------------------------------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self.paused:
+            self.paused.discard(reason)
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def _pump(self) -> None:
+        """Start queued requests while the one before has finished."""
+        queue = self.queue
+        while queue and not self.closed:
+            exchange = self.exchange
+            if exchange is None:
+                item = queue.popleft()
+                if item is _ERROR:
+                    self._refuse()
+                    return
+                if isinstance(item, Request):
+                    self.head_started = None
+                    self.exchange = exchange = Exchange(self, item)
+                    exchange.start()
+                    if not exchange.finished:
+                        self._ensure_timer(min(self.config.idle_timeout, exchange.read_timeout))
+                # (a stray Upgrade / Data here belongs to a refused request: dropped)
+            elif not exchange.request_done:
+                item = queue.popleft()
+                if item is _ERROR:
+                    exchange.client_gone(f"malformed request body ({self.error})")
+                    self._refuse()
+                    return
+                exchange.on_request_event(item)
+            else:
+                break
+        if len(queue) > QUEUE_HIGH:
+            self.pause_reading("pipeline")
+        else:
+            self.resume_reading("pipeline")
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        """The exchange in progress has sent its whole response."""
+        self.exchange = None
+        self.last_activity = self.loop.time()
+        if not keep_alive or self.closing_after_exchange:
+            self.close()
+            return
+        if self.queue:
+            self._pump()
+
+    def _refuse(self) -> None:
+        err = self.error
+        assert err is not None
+        status = err.status_hint
+        log.warning("http.refused peer=%s:%d status=%d reason=%r", *self.peer, status, str(err))
+        self.write(LocalResponse(status=status, body=f"{err}\n".encode(), close=True).serialize())
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self.listener.clients.discard(self)
+
+    # timeouts ------------------------------------------------------------------------------
+
+    def _ensure_timer(self, limit: float) -> None:
+        """Make the timer fire within `limit` seconds; it re-checks lazily what is due."""
+        deadline = self.loop.time() + limit
+        if self.timer is not None:
+            if self.timer_at <= deadline:
+                return
+            self.timer.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        exchange = self.exchange
+        if self.tunnel is not None:
+            limit, deadline_from = self.config.tunnel_timeout, self.last_activity
+        elif exchange is not None:
+            limit, deadline_from = exchange.current_timeout(), self.last_activity
+        elif self.head_started is not None or self.reader.state is ReaderState.HEAD:
+            start = self.head_started if self.head_started is not None else self.last_activity
+            limit, deadline_from = self.config.head_timeout, start
+        else:
+            limit, deadline_from = self.config.keepalive_timeout, self.last_activity
+        remaining = deadline_from + limit - now
+        if remaining > 0:
+            self._ensure_timer(remaining)
+            return
+        if exchange is not None:
+            exchange.timed_out(limit)
+        elif self.tunnel is None and (
+            self.head_started is not None or self.reader.state is ReaderState.HEAD
+        ):
+            log.warning(
+                "http.refused peer=%s:%d status=408 reason='head not complete in %gs'",
+                *self.peer,
+                limit,
+            )
+            self.write(
+                LocalResponse(
+                    status=408, body=b"request head took too long\n", close=True
+                ).serialize()
+            )
+            self.close()
+        else:
+            self.close()
+        if not self.closed:
+            self._ensure_timer(self.config.idle_timeout)
+
+
+class Exchange:
+    """One request and its response, from routing to the last byte."""
+
+    def __init__(self, client: ClientConnection, request: Request) -> None:
+        self.client = client
+        self.request = request
+        self.http = client.listener.http
+        self.started = client.loop.time()
+        self.request_done = False
+        self.route: HttpRouteConfig | None = None
+        self.pool: Pool | None = None
+        self.options = DEFAULT_POOL_HTTP
+        self.backend: BackendState | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.pending: list[bytes] = []  # framed body bytes waiting for a backend connection
+        self.pending_size = 0
+        self.replay: list[bytes] | None = []  # everything sent, while small enough to resend
+        self.replay_size = 0
+        self.head = b""
+        self.tried: set[str] = set()
+        self.tries = 0
+        self.response: Response | None = None
+        self.response_started = False
+        self.response_chunked = False
+        self.status = 0
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.max_body: int | None = None
+        self.learn: list[bytes] | None = None
+        self.response_edits: list[Any] = []
+        self.read_timeout = DEFAULT_POOL_HTTP.read_timeout
+        self.finished = False
+        self.pin_key: str | None = None
+        self.path = ""
+        self.upgrade_tunnel = False
+        self.counted = False  # this exchange is in its backend's `active` count
+        self.out: list[bytes] = []  # response bytes for the client, written once per batch
+        self.held: list[bytes] = []  # the backend's bytes, written as they are when verbatim
+        self.verbatim = True  # no head rewrite: relay the backend's bytes unchanged
+        self.ready = False  # out / held has something complete to write
+
+    # request side --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Route, run middlewares, choose a backend, send (or wait for a connection)."""
+        client = self.client
+        request = self.request
+        facts = RequestFacts(
+            method=request.method.decode("latin-1"),
+            target=request.target.decode("latin-1"),
+            headers=request.headers,
+            client_ip=client.peer[0],
+        )
+        self.path = facts.path
+        route = self.http.router.select(facts)
+        if route is None:
+            self.local(LocalResponse(status=404, body=b"no route matches this request\n"))
+            return
+        self.route = route
+        self.pool = self.http.pools[route.pool.name]
+        self.options = route.pool.http or DEFAULT_POOL_HTTP
+        self.read_timeout = route.read_timeout or self.options.read_timeout
+        headers = list(request.headers)
+        target = request.target
+        middlewares = self.http.middlewares[route.name]
+        if middlewares:
+            host = header(request.headers, b"host") or b""
+            ctx = RequestContext(
+                method=request.method,
+                target=target,
+                headers=headers,
+                client_ip=client.peer[0],
+                host=host,
+            )
+            now = client.loop.time()
+            for middleware in middlewares:
+                answer = middleware.request(ctx, now)
+                if answer is not None:
+                    self.local(answer)
+                    return
+            target, headers = ctx.target, ctx.headers
+            self.max_body = ctx.max_body
+            self.response_edits = ctx.response_edits
+        if route.pool.orthanc:
+            self._orthanc_pin(facts)
+        self.head = serialize_request(request.method, target, headers, request.version)
+        self._record(self.head)
+        self._choose_and_send()
+
+    def _orthanc_pin(self, facts: RequestFacts) -> None:
+        owners = self.http.owners[self.route.pool.name]  # type: ignore[union-attr]
+        resource = orthanc.resource_of(facts.path)
+        if resource is not None and owners.owner(resource) is not None:
+            self.pin_key = resource
+        transfer = header(self.request.headers, orthanc.TRANSFER_HEADER)
+        if transfer is not None:
+            self.pin_key = "transfer:" + transfer.decode("latin-1")
+        if orthanc.is_commit(facts.path):
+            self.read_timeout = max(self.read_timeout, self.options.commit_timeout)
+        if self.request.method == b"POST" or self.request.method == b"PUT":
+            self.learn = []
+
+    def _pick(self) -> BackendState | None:
+        pool = self.pool
+        assert pool is not None and self.route is not None
+        exclude = frozenset(self.tried)
+        if self.pin_key is not None:
+            return (
+                self.http.sticky[pool.name].place(pool, self.pin_key, exclude)
+                if (self.pin_key.startswith("transfer:"))
+                else self._owner(pool, exclude)
+            )
+        options = self.options
+        key_spec = options.key
+        if options.sticky or pool.config.strategy.value == "affinity":
+            if key_spec is None:
+                from dicomlb.http.snapshot import HttpKey
+
+                key_spec = HttpKey(kind=KeyKind.CLIENT_IP)
+            key = request_key(key_spec, self.request.headers, self.client.peer[0])
+            if key is not None:
+                if options.sticky:
+                    return self.http.sticky[pool.name].place(pool, key, exclude)
+                return pool.pick(key, exclude)
+        return pool.pick("", exclude)
+
+    def _owner(self, pool: Pool, exclude: frozenset[str]) -> BackendState | None:
+        assert self.pin_key is not None
+        name = self.http.owners[pool.name].owner(self.pin_key)
+        for b in pool.backends:
+            if b.name == name and b.available and b.name not in exclude:
+                return b
+        return least_loaded(pool, exclude)  # the owner is gone: any node answers 404
+
+    def _choose_and_send(self) -> None:
+        backend = self._pick()
+        if backend is None:
+            pool = self.route.pool.name if self.route else "?"
+            why = f"no backend of pool {pool} is available"
+            if self.tried:
+                why += f" (tried {', '.join(sorted(self.tried))})"
+            self.local(LocalResponse(status=503, body=f"{why}\n".encode(), close=False))
+            return
+        self.backend = backend
+        self.tried.add(backend.name)
+        self.tries += 1
+        backend.active += 1
+        self.counted = True
+        conns = self.http.connections[backend.name]
+        conn = conns.take(self.client.loop.time(), self.options.idle_timeout)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.connecting = self.client.loop.create_task(self._connect(conns))
+
+    async def _connect(self, conns: BackendConnections) -> None:
+        try:
+            conn = await conns.connect(self.options.connect_timeout)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError) as err:
+            self.connecting = None
+            reason = str(err) or type(err).__name__
+            if isinstance(err, TimeoutError):
+                reason = f"no connection within {self.options.connect_timeout:g}s"
+            self._backend_failed(reason, connect=True)
+            return
+        self.connecting = None
+        if self.finished:
+            conn.close()
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        conn.exchange = self
+        conn.requests += 1
+        conn.reader.expect(self.request.method)
+        transport = conn.transport
+        assert transport is not None
+        if self.replay is not None and self.tries > 1:
+            transport.writelines(self.replay)
+        else:
+            transport.write(self.head)
+            if self.pending:
+                transport.writelines(self.pending)
+        self.pending = []
+        self.pending_size = 0
+        self.client.resume_reading("connecting")
+        if self.client.write_paused:
+            transport.pause_reading()
+
+    def _record(self, data: bytes) -> None:
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > self.options.retry_buffer:
+                self.replay = None
+            else:
+                replay.append(data)
+
+    def _send(self, data: bytes) -> None:
+        self._record(data)
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+        elif not self.finished:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > PENDING_HIGH:
+                self.client.pause_reading("connecting")
+
+    def on_request_event(self, event: Event) -> None:
+        """A body piece, the end of the request, or tunnel bytes from the client."""
+        if self.finished and not self.upgrade_tunnel:
+            if isinstance(event, EndOfMessage):
+                self.request_done = True
+            return
+        if type(event) is Data:
+            data = event.data
+            self.bytes_in += len(data)
+            if self.max_body is not None and self.bytes_in > self.max_body:
+                self.local(
+                    LocalResponse(
+                        status=413,
+                        body=f"request body larger than {self.max_body} bytes\n".encode(),
+                        close=True,
+                    )
+                )
+                self.request_done = True
+                return
+            if self.request.chunked:
+                self._send(b"".join(chunk(data)))
+            else:
+                self._send(data)
+        elif isinstance(event, EndOfMessage):
+            self.request_done = True
+            if self.request.chunked:
+                self._send(last_chunk(event.trailers))
+        elif isinstance(event, Upgrade) and event.data:
+            self._send(event.data)
+
+    # response side -------------------------------------------------------------------------
+
+    def on_upstream_events(
+        self, conn: UpstreamConnection, events: list[Event], data: bytes = b""
+    ) -> None:
+        """Relay what the backend sent. When nothing in the response head needs rewriting
+        the backend's bytes (`data`) go to the client verbatim, one write per batch; the
+        events then only tell where the response ends and what it says."""
+        client = self.client
+        client.last_activity = client.loop.time()
+        if data:
+            self.held.append(data)
+        out = self.out
+        for event in events:
+            if conn.exchange is not self:
+                self.held.clear()
+                break
+            kind = type(event)
+            if kind is Data:
+                piece = event.data  # type: ignore[union-attr]
+                self.bytes_out += len(piece)
+                if self.learn is not None:
+                    self.learn.append(piece)
+                self.ready = True
+                if self.verbatim:
+                    continue
+                if self.response_chunked:
+                    out += chunk(piece)
+                else:
+                    out.append(piece)
+            elif kind is Response:
+                self._on_response(conn, event)  # type: ignore[arg-type]
+            elif kind is EndOfMessage:
+                if self.response is None:  # the end of a 1xx interim response
+                    continue
+                if self.response_chunked and not self.verbatim:
+                    out.append(last_chunk(event.trailers))  # type: ignore[union-attr]
+                self._flush()
+                self._response_complete(conn)
+            elif kind is Upgrade:
+                self.ready = True
+                if not self.verbatim:
+                    out.append(event.data)  # type: ignore[union-attr]
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.ready:
+            return  # nothing complete yet (a partial head stays held)
+        self.ready = False
+        held = self.held
+        if self.verbatim:
+            if held:
+                self.client.write(held[0] if len(held) == 1 else b"".join(held))
+        else:
+            out = self.out
+            if out:
+                self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        held.clear()
+
+    def _on_response(self, conn: UpstreamConnection, response: Response) -> None:
+        status = response.status
+        if status < 200 and status != 101:
+            if self.request.version == b"1.1":
+                self.ready = True
+                self.out.append(
+                    serialize_response(status, response.headers, response.reason, b"1.1")
+                )
+            else:  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client; drop it from the bytes
+                self._drop_verbatim()
+            return
+        backend = self.backend
+        assert backend is not None
+        options = self.options
+        if status in (502, 503, 504):
+            if options.passive and backend.config and self._passive_failure(f"status {status}"):
+                pass
+            if status != 504 and self._can_retry(safe_status=True):
+                log.info(
+                    "http.retry backend=%s status=%d method=%s path=%s",
+                    backend.name,
+                    status,
+                    self.request.method.decode(),
+                    self.path,
+                )
+                self.held.clear()  # the refused answer is not relayed
+                self._release_upstream(reuse=False)
+                self._choose_and_send()
+                return
+        elif backend.health.failures:
+            backend.health.success()
+        self.response = response
+        self.status = status
+        self.response_started = True
+        self.response_chunked = response.chunked
+        headers = response.headers
+        if self.response_edits:
+            edited = list(headers)
+            for edit in self.response_edits:
+                edit(edited)
+            headers = tuple(edited)
+        if self.learn is not None and not (
+            200 <= status < 300
+            and orthanc.is_learnable(header(headers, b"content-type"), response.content_length)
+        ):
+            self.learn = None
+        if status == 101:
+            self.upgrade_tunnel = True
+        if self.response_edits:
+            self._drop_verbatim()
+        self.ready = True
+        if not self.verbatim:
+            self.out.append(serialize_response(status, headers, response.reason, response.version))
+
+    def _drop_verbatim(self) -> None:
+        """From here on write the response from events (the head is rewritten)."""
+        if self.verbatim:
+            self.verbatim = False
+            self.held.clear()
+
+    def _response_complete(self, conn: UpstreamConnection) -> None:
+        response = self.response
+        assert response is not None
+        if response.upgrade:
+            # 101: both connections become one tunnel; bytes flow verbatim both ways.
+            client = self.client
+            client.tunnel = conn
+            self.finished = True
+            self._log()
+            queued = [e.data for e in client.queue if isinstance(e, Upgrade)]
+            client.queue.clear()
+            if conn.transport is not None:
+                for data in queued:
+                    conn.transport.write(data)
+            client.exchange = None
+            return
+        if self.learn is not None and self.backend is not None and self.route is not None:
+            learned = self.http.owners[self.route.pool.name].learn(
+                b"".join(self.learn), self.backend.name
+            )
+            for resource in learned:
+                log.debug("http.learned resource=%s backend=%s", resource, self.backend.name)
+        keep_upstream = response.keep_alive and self.request_done and not self.request.upgrade
+        self._release_upstream(reuse=keep_upstream)
+        self._finish(
+            keep_alive=response.keep_alive and self.request.keep_alive and not self.request.upgrade
+        )
+
+    def _can_retry(self, *, safe_status: bool = False) -> bool:
+        if self.response_started or self.finished or self.tries > self.options.retries:
+            return False
+        if self.replay is None:
+            return False  # part of the body is gone already: never replay a large stream
+        if safe_status:
+            return self.request_done and (
+                self.request.method in IDEMPOTENT or self.replay is not None
+            )
+        return True
+
+    def _passive_failure(self, reason: str) -> bool:
+        backend = self.backend
+        assert backend is not None
+        route = self.route
+        if route is None or not route.pool.health.enabled or not self.options.passive:
+            return False
+        if backend.health.failure():
+            log.warning(
+                "backend.down backend=%s pool=%s cause=passive reason=%r",
+                backend.name,
+                route.pool.name,
+                reason,
+            )
+            return True
+        return False
+
+    def _backend_failed(self, reason: str, *, connect: bool) -> None:
+        backend = self.backend
+        assert backend is not None
+        log.warning(
+            "backend.unreachable backend=%s method=%s path=%s reason=%r",
+            backend.name,
+            self.request.method.decode(),
+            self.path,
+            reason,
+        )
+        self._passive_failure(reason)
+        self._release_upstream(reuse=False)
+        if self._can_retry():
+            self._choose_and_send()
+            return
+        self.local(
+            LocalResponse(
+                status=502,
+                body=f"backend {backend.name} failed: {reason}\n".encode(),
+                close=not self.request_done,
+            )
+        )
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: str, *, received: bool) -> None:
+        """The backend connection broke or sent garbage."""
+        if self.upgrade_tunnel:
+            self.client.close()
+            return
+        if conn.exchange is not self or self.finished:
+            return
+        if self.response_started:
+            log.warning(
+                "http.aborted backend=%s path=%s reason=%r",
+                self.backend.name if self.backend else "-",
+                self.path,
+                reason,
+            )
+            self.status = self.status or 502
+            self._release_upstream(reuse=False)
+            self._finish(keep_alive=False)
+            return
+        reused = conn.requests > 1
+        if reused and not received and self.replay is not None:
+            # A pooled connection the backend had closed: not a backend failure.
+            self._release_upstream(reuse=False)
+            self.tried.discard(self.backend.name if self.backend else "")
+            self.tries -= 1
+            self._choose_and_send()
+            return
+        self._backend_failed(reason, connect=False)
+
+    def timed_out(self, limit: float) -> None:
+        if self.response_started:
+            log.warning("http.aborted path=%s reason='idle %gs'", self.path, limit)
+            self._release_upstream(reuse=False)
+            self._finish(keep_alive=False)
+            return
+        if not self.request_done:
+            self._release_upstream(reuse=False)
+            self.local(LocalResponse(status=408, body=b"request body stalled\n", close=True))
+            return
+        name = self.backend.name if self.backend else "-"
+        self._passive_failure(f"no response in {limit:g}s")
+        self._release_upstream(reuse=False)
+        self.local(
+            LocalResponse(
+                status=504,
+                body=f"backend {name} did not answer within {limit:g}s\n".encode(),
+                close=True,
+            )
+        )
+
+    def current_timeout(self) -> float:
+        if self.request_done and not self.response_started:
+            return self.read_timeout
+        return max(self.client.config.idle_timeout, self.read_timeout if self.request_done else 0)
+
+    # ending --------------------------------------------------------------------------------
+
+    def _release_upstream(self, *, reuse: bool) -> None:
+        """Let go of the backend connection (pooled when `reuse`) and of the backend's
+        in-flight count; safe to call more than once."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.resume_reading()
+            if reuse and not conn.closed and self.backend is not None:
+                self.http.connections[self.backend.name].give_back(
+                    conn, self.client.loop.time(), self.options.idle_timeout
+                )
+            else:
+                conn.close()
+        if self.counted and self.backend is not None:
+            self.counted = False
+            self.backend.active -= 1
+        self.client.resume_reading("upstream")
+        self.client.resume_reading("connecting")
+
+    def local(self, response: LocalResponse) -> None:
+        """Answer the client from dicomlb itself (refusals, 502 / 503 / 504)."""
+        if self.finished:
+            return
+        self._release_upstream(reuse=False)
+        self.status = response.status
+        close = response.close or not self.request_done
+        if close and not response.close:
+            response = LocalResponse(
+                status=response.status, body=response.body, headers=response.headers, close=True
+            )
+        if response.status >= 500:
+            log.warning(
+                "http.failed route=%s pool=%s status=%d method=%s path=%s reason=%r",
+                self.route.name if self.route else "-",
+                self.route.pool.name if self.route else "-",
+                response.status,
+                self.request.method.decode(),
+                self.path,
+                response.body.decode(errors="replace").strip(),
+            )
+        self.bytes_out += len(response.body)
+        self.client.write(response.serialize())
+        self._finish(keep_alive=self.request.keep_alive and not close)
+
+    def client_gone(self, reason: str) -> None:
+        if self.finished:
+            return
+        self.status = self.status or 499
+        self._release_upstream(reuse=False)
+        self._finish(keep_alive=False)
+
+    def _finish(self, *, keep_alive: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self._log()
+        self.client.exchange_done(keep_alive and self.request_done)
+
+    def _log(self) -> None:
+        if log.isEnabledFor(logging.INFO):
+            route = self.route
+            log.info(
+                "http.request route=%s pool=%s backend=%s method=%s path=%s status=%d ms=%d "
+                "bytes=%d",
+                route.name if route else "-",
+                route.pool.name if route else "-",
+                (self.backend.name if self.backend else "-"),
+                self.request.method.decode("latin-1"),
+                self.path,
+                self.status,
+                (self.client.loop.time() - self.started) * 1000,
+                self.bytes_out,
+            )

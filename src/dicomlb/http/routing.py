@@ -1,0 +1,223 @@
+"""HTTP routes: a route's `match` compiled once into a predicate over `RequestFacts`; the
+first route in file order whose match holds wins. Pure: no I/O, no clock.
+
+A match is a mapping whose keys must all hold::
+
+    {host: [pacs.example.org, "*.pacs.local"], path_prefix: /dicom-web/, method: [GET, HEAD],
+     headers: {X-Tenant: a, Authorization: {exists: true}}, query: {expand: {regex: "^t"}}}
+
+`host` (exact or glob, case-insensitive, port ignored), `path` (exact), `path_prefix`,
+`path_regex` (search, anchored by the author), `method`, `headers` and `query` (name →
+value). A value is a scalar (equals), a list (any of) or one operator `regex`, `glob`,
+`exists`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fnmatch import translate as glob_to_regex
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from dicomlb.http.h1 import Headers
+from dicomlb.http.snapshot import HttpPredicate, HttpRouteConfig
+from dicomlb.routing import MatchError
+
+__all__ = ["MATCH_KEYS", "HttpMatch", "HttpRouter", "RequestFacts", "parse_http_match"]
+
+MATCH_KEYS = ("host", "path", "path_prefix", "path_regex", "method", "headers", "query")
+_VALUE_OPERATORS = ("regex", "glob", "exists")
+
+
+class RequestFacts:
+    """What a route may look at for one request; header and query lookups are lazy."""
+
+    __slots__ = ("_query", "client_ip", "headers", "host", "method", "path", "query_string")
+
+    def __init__(self, *, method: str, target: str, headers: Headers, client_ip: str = "") -> None:
+        self.method = method
+        path, _, self.query_string = target.partition("?")
+        self.path = unquote(path) if "%" in path else path
+        self.headers = headers
+        self.client_ip = client_ip
+        host = b""
+        for name, value in headers:
+            if len(name) == 4 and name.lower() == b"host":
+                host = value
+                break
+        self.host = _strip_port(host.decode("latin-1").lower())
+        self._query: dict[str, list[str]] | None = None
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    def query(self, name: str) -> list[str]:
+        """The values of query parameter `name` (decoded)."""
+        if self._query is None:
+            self._query = {}
+            for key, value in parse_qsl(self.query_string, keep_blank_values=True):
+                self._query.setdefault(key, []).append(value)
+        return self._query.get(name, [])
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpMatch:
+    """A compiled HTTP `match`."""
+
+    predicate: HttpPredicate
+    text: str
+    matches_everything: bool = False
+
+
+def _always(facts: RequestFacts) -> bool:
+    return True
+
+
+def parse_http_match(spec: Any, path: str) -> HttpMatch:
+    """Compile an HTTP route's `match` (None or `{}` matches everything). Raises MatchError
+    naming the offending field below `path`."""
+    if spec is None or spec == {}:
+        return HttpMatch(predicate=_always, text="everything", matches_everything=True)
+    if not isinstance(spec, dict):
+        raise MatchError(path, f"{spec!r} is not a mapping; write e.g. {{path_prefix: /api/}}")
+    preds: list[HttpPredicate] = []
+    texts: list[str] = []
+    for key, value in spec.items():
+        where = f"{path}.{key}"
+        if key not in MATCH_KEYS:
+            raise MatchError(where, f'unknown match key "{key}"; use {", ".join(MATCH_KEYS)}')
+        pred, text = _compile_key(key, value, where)
+        preds.append(pred)
+        texts.append(text)
+    return HttpMatch(predicate=_every(preds), text=" and ".join(texts))
+
+
+def _every(preds: Sequence[HttpPredicate]) -> HttpPredicate:
+    if len(preds) == 1:
+        return preds[0]
+    items = tuple(preds)
+
+    def every(facts: RequestFacts) -> bool:
+        return all(p(facts) for p in items)
+
+    return every
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
+        raise MatchError(where, f"{value!r} is not text or a list of text")
+    return [str(v) for v in values]
+
+
+def _compile_key(key: str, value: Any, where: str) -> tuple[HttpPredicate, str]:
+    if key == "headers" or key == "query":
+        if not isinstance(value, dict) or not value:
+            raise MatchError(where, f"{key} takes a mapping of names to values, e.g. {{X-A: b}}")
+        preds = []
+        for name, wanted in value.items():
+            test = _value_test(wanted, f"{where}.{name}")
+            preds.append(
+                _header_pred(str(name), test) if key == "headers" else _query_pred(str(name), test)
+            )
+        return _every(preds), f"{key} {value}"
+    if key == "path_regex":
+        if not isinstance(value, str):
+            raise MatchError(where, f"{value!r} is not a regular expression")
+        try:
+            pattern = re.compile(value)
+        except re.error as err:
+            raise MatchError(where, f'"{value}" is not a regular expression ({err})') from None
+        search = pattern.search
+        return (lambda f: search(f.path) is not None), f"path ~ {value}"
+    values = _strings(value, where)
+    if key == "method":
+        methods = frozenset(v.upper() for v in values)
+        return (lambda f: f.method in methods), f"method in {sorted(methods)}"
+    if key == "path":
+        paths = frozenset(values)
+        for p in paths:
+            if not p.startswith("/"):
+                raise MatchError(where, f'"{p}" does not start with "/"')
+        return (lambda f: f.path in paths), f"path in {sorted(paths)}"
+    if key == "path_prefix":
+        prefixes = tuple(values)
+        for p in prefixes:
+            if not p.startswith("/"):
+                raise MatchError(where, f'"{p}" does not start with "/"')
+        return (lambda f: f.path.startswith(prefixes)), f"path starts with {list(prefixes)}"
+    # host
+    exact = frozenset(v.lower() for v in values if not any(c in v for c in "*?["))
+    globs = [v.lower() for v in values if any(c in v for c in "*?[")]
+    if globs:
+        pattern = re.compile("|".join(glob_to_regex(g) for g in globs))
+        return (lambda f: f.host in exact or pattern.match(f.host) is not None), f"host in {values}"
+    return (lambda f: f.host in exact), f"host in {values}"
+
+
+def _value_test(wanted: Any, where: str) -> Callable[[list[str]], bool]:
+    """A test over all values a header / query parameter has (empty list: absent)."""
+    if isinstance(wanted, dict):
+        if len(wanted) != 1 or next(iter(wanted)) not in _VALUE_OPERATORS:
+            raise MatchError(where, f"write one operator of {', '.join(_VALUE_OPERATORS)}")
+        op, arg = next(iter(wanted.items()))
+        if op == "exists":
+            if not isinstance(arg, bool):
+                raise MatchError(f"{where}.exists", "write true or false")
+            return (lambda vs: bool(vs)) if arg else (lambda vs: not vs)
+        if not isinstance(arg, str):
+            raise MatchError(f"{where}.{op}", f"{arg!r} is not text")
+        try:
+            pattern = re.compile(arg if op == "regex" else glob_to_regex(arg))
+        except re.error as err:
+            raise MatchError(
+                f"{where}.regex", f'"{arg}" is not a regular expression ({err})'
+            ) from None
+        if op == "regex":
+            return lambda vs: any(pattern.search(v) for v in vs)
+        return lambda vs: any(pattern.match(v) for v in vs)
+    allowed = frozenset(_strings(wanted, where))
+    return lambda vs: any(v in allowed for v in vs)
+
+
+def _header_pred(name: str, test: Callable[[list[str]], bool]) -> HttpPredicate:
+    wanted = name.lower().encode("latin-1")
+
+    def pred(facts: RequestFacts) -> bool:
+        values = [v.decode("latin-1") for k, v in facts.headers if k.lower() == wanted]
+        return test(values)
+
+    return pred
+
+
+def _query_pred(name: str, test: Callable[[list[str]], bool]) -> HttpPredicate:
+    return lambda facts: test(facts.query(name))
+
+
+class HttpRouter:
+    """Picks the HTTP route for a request: the first, in file order, whose match holds."""
+
+    __slots__ = ("routes",)
+
+    def __init__(self, routes: Sequence[HttpRouteConfig]) -> None:
+        self.routes = tuple(routes)
+
+    def select(self, facts: RequestFacts) -> HttpRouteConfig | None:
+        """The first route whose match holds for `facts`, or None."""
+        for route in self.routes:
+            if route.match(facts):
+                return route
+        return None

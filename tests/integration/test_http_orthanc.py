@@ -1,0 +1,227 @@
+"""The HTTP load balancer in front of two real Orthanc nodes (Debian `orthanc`,
+`orthanc-dicomweb`): REST upload / download byte-identical, jobs followed to their node,
+`sender-transfer-id` pinned, DICOMweb STOW / QIDO / WADO with dicomweb-client, HTTP health
+checks on `/system`, a node killed while requests flow."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from tests.dicomdata import make_small
+from tests.httppeers import HttpBalancer
+from tests.peers import ORTHANC_PLUGINS, Orthanc, have_orthanc
+
+pytestmark = [
+    pytest.mark.orthanc,
+    pytest.mark.skipif(not have_orthanc(), reason="needs the Debian orthanc package"),
+]
+
+DICOMWEB = ORTHANC_PLUGINS / "libOrthancDicomWeb.so"
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[list[Orthanc]]:
+    plugins = [DICOMWEB] if DICOMWEB.exists() else []
+    started = []
+    try:
+        for name in ("node-a", "node-b"):
+            started.append(
+                Orthanc(name.upper().replace("-", ""), name=name, plugins=plugins).start()
+            )
+        yield started
+    finally:
+        for node in started:
+            node.close()
+
+
+@pytest.fixture(autouse=True)
+def empty(nodes: list[Orthanc]) -> None:
+    for node in nodes:
+        if not node.running:
+            node.start()
+        node.clear()
+
+
+def config(nodes: list[Orthanc], **pool: Any) -> dict[str, Any]:
+    return {
+        "pools": {
+            "orthanc": {
+                "orthanc": True,
+                "health": {
+                    "interval": "200ms",
+                    "timeout": "1s",
+                    "fall": 1,
+                    "rise": 1,
+                    "http": {"path": "/system", "status": 200},
+                },
+                "backends": [
+                    {"name": n.config["Name"], "http": n.url, "dicom": n.address} for n in nodes
+                ],
+                **pool,
+            }
+        },
+        "http_routes": [{"name": "orthanc", "pool": "orthanc"}],
+    }
+
+
+def call(
+    url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with OPENER.open(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def part10(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_rest_upload_download_byte_identical(nodes: list[Orthanc]) -> None:
+    files = [part10(ds) for ds in make_small(3)]
+    with HttpBalancer(config(nodes, strategy="affinity", http={"key": "client_ip"})) as lb:
+        ids = []
+        for data in files:
+            status, answer = call(f"{lb.url}/instances", "POST", data)
+            assert status == 200
+            ids.append(json.loads(answer)["ID"])
+        for instance_id, data in zip(ids, files, strict=True):
+            status, back = call(f"{lb.url}/instances/{instance_id}/file")
+            assert status == 200 and back == data
+    holders = [n for n in nodes if n.instances()]
+    assert len(holders) == 1 and len(holders[0].instances()) == 3
+
+
+def test_job_followed_to_the_node_that_owns_it(nodes: list[Orthanc]) -> None:
+    data = part10(make_small(1)[0])
+    patient = None
+    for node in nodes:  # the same data on both nodes; only one will own the job
+        patient = json.loads(node.request("POST", "/instances", data))["ParentPatient"]
+    with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
+        status, answer = call(
+            f"{lb.url}/tools/create-archive",
+            "POST",
+            json.dumps({"Resources": [patient], "Asynchronous": True}).encode(),
+        )
+        assert status == 200, answer
+        job = json.loads(answer)
+        assert job["Path"] == f"/jobs/{job['ID']}"
+        owner = [n for n in nodes if job["ID"] in n.get_json("/jobs")]
+        assert len(owner) == 1
+        deadline = time.monotonic() + 20
+        while True:  # round robin would send every other request to the wrong node
+            status, answer = call(f"{lb.url}/jobs/{job['ID']}")
+            assert status == 200, answer
+            if json.loads(answer)["State"] == "Success":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for _ in range(4):
+            status, archive = call(f"{lb.url}/jobs/{job['ID']}/archive")
+            assert status == 200
+            assert zipfile.ZipFile(io.BytesIO(archive)).namelist()
+
+
+def test_sender_transfer_id_sequence_stays_on_one_node(nodes: list[Orthanc]) -> None:
+    with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
+        placed = {}
+        for transfer in ("t-1", "t-2", "t-3", "t-4", "t-5", "t-6"):
+            names = {
+                json.loads(call(f"{lb.url}/system", headers={"sender-transfer-id": transfer})[1])[
+                    "Name"
+                ]
+                for _ in range(5)
+            }
+            assert len(names) == 1
+            placed[transfer] = names.pop()
+        assert len(set(placed.values())) == 2  # idle nodes share new transfers
+
+
+def test_dicomweb_stow_qido_wado(nodes: list[Orthanc]) -> None:
+    if not DICOMWEB.exists():
+        pytest.skip("needs orthanc-dicomweb")
+    from dicomweb_client.api import DICOMwebClient
+
+    series = make_small(2)
+    with HttpBalancer(config(nodes, strategy="affinity", http={"key": "client_ip"})) as lb:
+        client = DICOMwebClient(url=f"{lb.url}/dicom-web")
+        client.store_instances(datasets=series)
+        study = series[0].StudyInstanceUID
+        found = client.search_for_studies(search_filters={"StudyInstanceUID": study})
+        assert len(found) == 1
+        instances = client.search_for_instances(study_instance_uid=study)
+        assert len(instances) == 2
+        first = series[0]
+        meta = client.retrieve_instance_metadata(
+            study, first.SeriesInstanceUID, first.SOPInstanceUID
+        )
+        assert meta["00080018"]["Value"] == [first.SOPInstanceUID]
+        [frame] = client.retrieve_instance_frames(
+            study,
+            first.SeriesInstanceUID,
+            first.SOPInstanceUID,
+            frame_numbers=[1],
+            media_types=("application/octet-stream",),
+        )
+        assert frame == first.PixelData
+
+
+def test_node_killed_traffic_moves_nothing_hangs(nodes: list[Orthanc]) -> None:
+    with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
+        errors: list[int] = []
+        names: list[str] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                status, answer = call(f"{lb.url}/system")
+                if status == 200:
+                    names.append(json.loads(answer)["Name"])
+                else:
+                    errors.append(status)
+
+        workers = [threading.Thread(target=hammer) for _ in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(0.5)
+        nodes[0].stop(graceful=False)
+        killed_at = len(names)
+        time.sleep(1.5)
+        stop.set()
+        for w in workers:
+            w.join(10)
+            assert not w.is_alive()
+        after = names[killed_at + 20 :]
+        assert after and set(after) == {"node-b"}
+        assert len(errors) <= 4  # at most the requests in flight on the killed node
+        assert not lb.backend("node-a").available
+
+
+def test_large_upload_streamed_to_orthanc(nodes: list[Orthanc], tmp_path: Path) -> None:
+    ds = make_small(1)[0]
+    ds.Rows = ds.Columns = 4096  # 32 MiB of pixels
+    ds.PixelData = b"\x01\x02" * (4096 * 4096)
+    data = part10(ds)
+    with HttpBalancer(config(nodes, strategy="affinity", http={"key": "client_ip"})) as lb:
+        status, answer = call(f"{lb.url}/instances", "POST", data)
+        assert status == 200, answer
+        instance = json.loads(answer)["ID"]
+        status, back = call(f"{lb.url}/instances/{instance}/file")
+        assert status == 200 and back == data

@@ -1,0 +1,325 @@
+"""The HTTP load balancer against real HTTP peers (aiohttp backends) on loopback: balancing,
+streaming both ways, keep-alive and pipelining, HEAD / chunked, websocket tunnel,
+middlewares, health and failures, refusals that do not hurt other clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.httppeers import HttpBalancer, WebBackend, raw_exchange
+from tests.peers import LOOPBACK
+
+
+@pytest.fixture
+def backends() -> Iterator[list[WebBackend]]:
+    started = [WebBackend(name).start() for name in ("a", "b")]
+    yield started
+    for b in started:
+        b.stop()
+
+
+def pool(backends: list[WebBackend], **extra: Any) -> dict[str, Any]:
+    return {
+        "health": {"interval": "200ms", "timeout": "500ms", "fall": 1, "rise": 1},
+        "backends": [{"name": b.name, "http": b.url} for b in backends],
+        **extra,
+    }
+
+
+@pytest.fixture
+def lb(backends: list[WebBackend]) -> Iterator[HttpBalancer]:
+    with HttpBalancer(
+        {"pools": {"web": pool(backends)}, "http_routes": [{"name": "all", "pool": "web"}]}
+    ) as balancer:
+        yield balancer
+
+
+def get(
+    lb: HttpBalancer,
+    path: str,
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, bytes, http.client.HTTPResponse]:
+    conn = conn or http.client.HTTPConnection(LOOPBACK, lb.port, timeout=20)
+    headers = headers or {}
+    chunked = headers.get("Transfer-Encoding") == "chunked"
+    conn.request(method, path, body=body, headers=headers, encode_chunked=chunked)
+    response = conn.getresponse()
+    return response.status, response.read(), response
+
+
+def test_round_robin_over_one_keep_alive_connection(lb: HttpBalancer) -> None:
+    conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=10)
+    names = [get(lb, "/name", conn=conn)[1] for _ in range(6)]
+    assert names == [b"a", b"b"] * 3
+
+
+def test_pipelined_requests_answered_in_order(lb: HttpBalancer) -> None:
+    wire = (
+        b"".join(b"GET /anything/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(10))
+        + b"GET /anything/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    answer = raw_exchange(lb.port, wire, timeout=10)
+    positions = [answer.find(b"GET /anything/%d" % i) for i in range(10)]
+    assert all(p > 0 for p in positions) and positions == sorted(positions)
+    assert answer.count(b"HTTP/1.1 200 OK") == 11
+
+
+def test_large_upload_and_download_streamed(lb: HttpBalancer) -> None:
+    body = bytes(range(256)) * (32 * 1024 * 1024 // 256)  # 32 MiB
+    status, answer, _ = get(lb, "/echo", "POST", body)
+    assert status == 200
+    assert answer.decode() == f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+    # chunked upload (a generator body makes http.client send chunked)
+    pieces = [body[i : i + 100_000] for i in range(0, 5_000_000, 100_000)]
+    status, answer, _ = get(
+        lb, "/echo", "POST", iter(pieces), headers={"Transfer-Encoding": "chunked"}
+    )
+    joined = b"".join(pieces)
+    assert answer.decode() == f"{len(joined)} {hashlib.sha256(joined).hexdigest()}"
+    status, answer, _response = get(lb, "/big?size=20000000")
+    assert status == 200 and answer == b"x" * 20_000_000
+
+
+def test_chunked_head_and_304_like_bodies(lb: HttpBalancer) -> None:
+    status, answer, response = get(lb, "/chunked?n=4&size=5")
+    assert answer == b"AAAAABBBBBCCCCCDDDDD"
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=10)
+    status, answer, response = get(lb, "/big?size=1000", "HEAD", conn=conn)
+    assert status == 200 and answer == b"" and response.getheader("Content-Length") == "1000"
+    assert get(lb, "/status/204", conn=conn)[:2] == (204, b"")
+    assert get(lb, "/name", conn=conn)[0] == 200  # the connection is still in step
+
+
+def test_expect_100_continue_relayed(lb: HttpBalancer) -> None:
+    with socket.create_connection((LOOPBACK, lb.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = sock.recv(1000)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"hello")
+        final = sock.recv(1000)
+        assert final.startswith(b"HTTP/1.1 200") and b"5 " in final
+
+
+def test_websocket_tunnel(lb: HttpBalancer) -> None:
+    async def talk() -> list[str]:
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{lb.url}/ws") as ws:
+            got = []
+            for word in ("one", "two"):
+                await ws.send_str(word)
+                got.append((await ws.receive(timeout=5)).data)
+            await ws.send_bytes(b"\x00" * 100_000)
+            got.append(str(len((await ws.receive(timeout=5)).data)))
+            return got
+
+    got = asyncio.run(talk())
+    assert got[0].endswith(":one") and got[1] == got[0][0] + ":two" and got[2] == "100000"
+
+
+def test_middlewares_rewrite_head(backends: list[WebBackend]) -> None:
+    config = {
+        "pools": {"web": pool(backends[:1])},
+        "middlewares": {
+            "strip": {"strip_prefix": {"prefixes": ["/app"]}},
+            "fwd": {"forwarded": {}},
+            "hdr": {
+                "headers": {
+                    "request": {"set": {"X-Env": "test"}},
+                    "response": {"set": {"X-Served-By": "dicomlb"}},
+                }
+            },
+            "deny": {"ip_filter": {"deny": ["127.0.0.0/8"]}},
+        },
+        "http_routes": [
+            {
+                "name": "blocked",
+                "pool": "web",
+                "match": {"path_prefix": "/blocked"},
+                "middlewares": ["deny"],
+            },
+            {"name": "app", "pool": "web", "middlewares": ["strip", "fwd", "hdr"]},
+        ],
+    }
+    with HttpBalancer(config) as lb:
+        status, body, response = get(lb, "/app/headers?q=1", headers={"Host": "pacs.example"})
+        assert status == 200 and response.getheader("X-Served-By") == "dicomlb"
+        import json
+
+        seen = json.loads(body)
+        assert seen["path"] == "/headers?q=1"
+        fields = {k: v for k, v in seen["headers"]}
+        assert fields["Host"] == "pacs.example"  # Host preserved
+        assert fields["X-Env"] == "test" and fields["X-Forwarded-For"] == "127.0.0.1"
+        assert fields["X-Forwarded-Host"] == "pacs.example"
+        status, body, _ = get(lb, "/blocked")
+        assert status == 403 and b"forbidden" in body
+
+
+def test_backend_down_traffic_moves_then_all_down_is_503(backends: list[WebBackend]) -> None:
+    with HttpBalancer(
+        {"pools": {"web": pool(backends)}, "http_routes": [{"name": "all", "pool": "web"}]}
+    ) as lb:
+        backends[0].stop()
+        names = [get(lb, "/name")[1] for _ in range(6)]  # connect errors retried elsewhere
+        assert names == [b"b"] * 6
+        backends[1].stop()
+        started = time.monotonic()
+        status, body, _ = get(lb, "/name")
+        assert (status in (502, 503) and b"web" in body) or b"backend" in body
+        time.sleep(0.6)  # health checks mark both down
+        status, body, _ = get(lb, "/name")
+        assert status == 503 and body == b"no backend of pool web is available\n"
+        assert time.monotonic() - started < 5
+        backends[:] = [
+            WebBackend("a", port=backends[0].port).start(),
+            WebBackend("b", port=backends[1].port).start(),
+        ]
+        deadline = time.monotonic() + 5
+        while get(lb, "/name")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_slow_backend_is_504_after_read_timeout(backends: list[WebBackend]) -> None:
+    config = {
+        "pools": {"web": pool(backends[:1], http={"read_timeout": "300ms"})},
+        "http_routes": [{"name": "all", "pool": "web"}],
+    }
+    with HttpBalancer(config) as lb:
+        status, body, _ = get(lb, "/slow?s=2")
+        assert status == 504 and b"did not answer within 0.3s" in body
+
+
+def test_garbage_huge_heads_and_slowloris_refused_without_hurting_others(
+    backends: list[WebBackend],
+) -> None:
+    config = {
+        "listeners": {"http": {"head_timeout": "1s", "max_head_size": 8192}},
+        "pools": {"web": pool(backends)},
+        "http_routes": [{"name": "all", "pool": "web"}],
+    }
+    with HttpBalancer(config) as lb:
+        assert raw_exchange(lb.port, b"\x16\x03\x01garbage\r\n\r\n").startswith(
+            b"HTTP/1.1 400 Bad Request"
+        )
+        huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+        assert raw_exchange(lb.port, huge).startswith(b"HTTP/1.1 431")
+        slow = [socket.create_connection((LOOPBACK, lb.port)) for _ in range(20)]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for s in slow:
+                s.sendall(b"GET / HTTP/1.1\r\n")
+            while not stop.is_set():
+                for s in slow:
+                    with contextlib.suppress(OSError):
+                        s.sendall(b"X")
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        try:
+            started = time.monotonic()
+            for _ in range(20):  # others are served at once meanwhile
+                assert get(lb, "/name")[0] == 200
+            assert time.monotonic() - started < 3
+            time.sleep(1.5)
+            for s in slow:  # each slowloris connection got 408 and was closed
+                s.settimeout(2)
+                data = b""
+                try:
+                    while chunk := s.recv(4096):
+                        data += chunk
+                except OSError:
+                    pass
+                assert data.startswith(b"HTTP/1.1 408")
+        finally:
+            stop.set()
+            thread.join()
+            for s in slow:
+                s.close()
+
+
+def test_sticky_cookie_first_placed_by_least_load(backends: list[WebBackend]) -> None:
+    config = {
+        "pools": {
+            "web": pool(
+                backends, strategy="round_robin", http={"key": "cookie:session", "sticky": True}
+            )
+        },
+        "http_routes": [{"name": "all", "pool": "web"}],
+    }
+    with HttpBalancer(config) as lb:
+        for session in ("s1", "s2", "s3"):
+            names = {
+                get(lb, "/name", headers={"Cookie": f"session={session}"})[1] for _ in range(5)
+            }
+            assert len(names) == 1
+
+
+def _stream_upload(lb: HttpBalancer, total: int) -> tuple[str, int]:
+    """POST `total` bytes generated on the fly (chunked); returns (answer, peak RSS growth)."""
+    import resource
+
+    piece = bytes(range(256)) * 4096  # 1 MiB
+    digest = hashlib.sha256()
+
+    def pieces() -> Iterator[bytes]:
+        sent = 0
+        while sent < total:
+            digest.update(piece)
+            sent += len(piece)
+            yield piece
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    status, answer, _ = get(lb, "/echo", "POST", pieces(), headers={"Transfer-Encoding": "chunked"})
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert status == 200
+    assert answer.decode() == f"{total} {digest.hexdigest()}"
+    return answer.decode(), after - before
+
+
+def test_streamed_upload_with_flat_memory(lb: HttpBalancer) -> None:
+    _, growth = _stream_upload(lb, 512 * 1024 * 1024)
+    assert growth < 64 * 1024 * 1024  # 512 MiB passed; dicomlb, client and backend hold ~MBs
+
+
+@pytest.mark.slow
+def test_2gb_streamed_upload_with_flat_memory(lb: HttpBalancer) -> None:
+    _, growth = _stream_upload(lb, 2 * 1024 * 1024 * 1024)
+    assert growth < 64 * 1024 * 1024
+
+
+def test_reload_swaps_routes_for_new_requests(backends: list[WebBackend]) -> None:
+    from dicomlb.config import build_snapshot
+
+    first = {
+        "pools": {"a": pool(backends[:1]), "b": pool(backends[1:])},
+        "http_routes": [{"name": "all", "pool": "a"}],
+    }
+    with HttpBalancer(first) as lb:
+        conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=10)
+        assert get(lb, "/name", conn=conn)[1] == b"a"
+        second = {
+            "listeners": {"http": {"bind": f"{LOOPBACK}:{lb.port}"}},
+            "pools": {"a": pool(backends[:1]), "b": pool(backends[1:])},
+            "http_routes": [{"name": "all", "pool": "b"}],
+        }
+        lb.runner.call(lb.app.reload(build_snapshot(second, "<reload>")))
+        assert get(lb, "/name", conn=conn)[1] == b"b"  # same client connection, new snapshot

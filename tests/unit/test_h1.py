@@ -1,0 +1,313 @@
+"""The HTTP/1.x sans-IO core: readers run whole, byte by byte and at every split; errors
+carry their status hint; hypothesis round trips and garbage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dicomlb.http.h1 import (
+    Data,
+    EndOfMessage,
+    Event,
+    ReaderState,
+    RemoteProtocolError,
+    Request,
+    RequestReader,
+    Response,
+    ResponseReader,
+    Upgrade,
+    chunk,
+    last_chunk,
+    serialize_request,
+    serialize_response,
+)
+
+
+def feed_split(
+    reader: RequestReader | ResponseReader, wire: bytes, cuts: Iterable[int]
+) -> list[Event]:
+    """Feed `wire` in pieces cut at `cuts`; return the events with adjacent Data merged."""
+    points = sorted(min(max(c, 0), len(wire)) for c in cuts)
+    events: list[Event] = []
+    start = 0
+    for point in [*points, len(wire)]:
+        events += reader.receive_data(wire[start:point])
+        start = point
+    return merge(events)
+
+
+def merge(events: list[Event]) -> list[Event]:
+    out: list[Event] = []
+    for event in events:
+        if isinstance(event, Data) and out and isinstance(out[-1], Data):
+            out[-1] = Data(out[-1].data + event.data)
+        elif isinstance(event, Data) and not event.data:
+            continue
+        else:
+            out.append(event)
+    return out
+
+
+def every_split(wire: bytes) -> Iterable[list[int]]:
+    yield []
+    yield list(range(len(wire)))  # byte by byte
+    for i in range(len(wire) + 1):
+        yield [i]
+
+
+PIPELINE = (
+    b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nX-Case: MiXeD\r\n\r\n"
+    b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+    b"PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n"
+)
+
+
+def test_pipelined_requests_at_every_split() -> None:
+    whole = feed_split(RequestReader(), PIPELINE, [])
+    kinds = [type(e).__name__ for e in whole]
+    assert kinds == [
+        "Request",
+        "EndOfMessage",
+        "Request",
+        "Data",
+        "EndOfMessage",
+        "Request",
+        "Data",
+        "EndOfMessage",
+    ]
+    first, post, put = (e for e in whole if isinstance(e, Request))
+    assert first.method == b"GET" and first.target == b"/a?x=1"
+    assert first.headers == ((b"Host", b"h"), (b"X-Case", b"MiXeD"))  # case and order kept
+    assert post.content_length == 5 and not post.chunked
+    assert put.chunked
+    assert whole[3] == Data(b"hello")
+    assert whole[6] == Data(b"abcde")
+    assert whole[7] == EndOfMessage(trailers=((b"X-Trailer", b"t"),))
+    for cuts in every_split(PIPELINE):
+        assert feed_split(RequestReader(), PIPELINE, cuts) == whole
+
+
+def test_http10_and_keep_alive_flags() -> None:
+    [req, _] = RequestReader().receive_data(b"GET / HTTP/1.0\r\n\r\n")
+    assert isinstance(req, Request) and req.version == b"1.0" and not req.keep_alive
+    [req, _] = RequestReader().receive_data(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert isinstance(req, Request) and not req.keep_alive
+
+
+def test_expect_continue_flag() -> None:
+    [req] = RequestReader().receive_data(
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert isinstance(req, Request) and req.expect_continue
+
+
+def test_upgrade_request_hands_over_the_rest() -> None:
+    wire = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nRAW"
+    reader = RequestReader()
+    events = reader.receive_data(wire)
+    assert isinstance(events[0], Request) and events[0].upgrade
+    assert events[-1] == Upgrade(b"RAW")
+    assert reader.state is ReaderState.UPGRADED
+    assert reader.receive_data(b"more") == [Upgrade(b"more")]
+
+
+@pytest.mark.parametrize(
+    ("wire", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # a TLS ClientHello
+        (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 9000 + b"\r\n", 431),
+    ],
+)
+def test_malformed_requests_carry_a_status(wire: bytes, status: int) -> None:
+    reader = RequestReader()
+    with pytest.raises(RemoteProtocolError) as caught:
+        for i in range(0, len(wire), 4096):
+            reader.receive_data(wire[i : i + 4096])
+    assert caught.value.status_hint == status
+    assert reader.state is ReaderState.ERROR
+    with pytest.raises(RemoteProtocolError):
+        reader.receive_data(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_head_bound_applies_while_the_head_trickles_in() -> None:
+    reader = RequestReader(max_head_size=1024)
+    reader.receive_data(b"GET / HTTP/1.1\r\nX: ")
+    with pytest.raises(RemoteProtocolError) as caught:
+        for _ in range(2000):
+            reader.receive_data(b"a")
+    assert caught.value.status_hint == 431
+
+
+def test_eof_mid_request_is_an_error_between_requests_is_not() -> None:
+    reader = RequestReader()
+    reader.receive_data(b"GET / HTTP/1.1\r\n\r\n")
+    assert reader.receive_eof() == []
+    reader = RequestReader()
+    reader.receive_data(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+    with pytest.raises(RemoteProtocolError):
+        reader.receive_eof()
+
+
+RESPONSES = (
+    b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nETag: "x"\r\n\r\nabc'
+)
+
+
+def test_responses_at_every_split() -> None:
+    whole = feed_split(ResponseReader(), RESPONSES, [])
+    assert [type(e).__name__ for e in whole] == [
+        "Response",
+        "EndOfMessage",
+        "Response",
+        "Data",
+        "EndOfMessage",
+    ]
+    assert isinstance(whole[0], Response) and whole[0].status == 100
+    for cuts in every_split(RESPONSES):
+        assert feed_split(ResponseReader(), RESPONSES, cuts) == whole
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_bodyless_statuses(status: int) -> None:
+    wire = b"HTTP/1.1 %d X\r\nContent-Length: 10\r\n\r\n" % status
+    events = ResponseReader().receive_data(wire)
+    assert [type(e) for e in events] == [Response, EndOfMessage]
+
+
+def test_head_response_has_no_body_whatever_its_length() -> None:
+    wire = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    for cuts in every_split(wire):
+        reader = ResponseReader()
+        reader.expect(b"HEAD")
+        events = feed_split(reader, wire, cuts)
+        assert [type(e) for e in events] == [Response, EndOfMessage]
+        reader.expect(b"GET")  # the next response on the connection parses normally
+        assert [
+            type(e) for e in reader.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz")
+        ] == [Response, Data, EndOfMessage]
+
+
+def test_close_delimited_body_ends_at_eof_truncated_one_is_an_error() -> None:
+    reader = ResponseReader()
+    events = reader.receive_data(b"HTTP/1.1 200 OK\r\n\r\nsome")
+    assert isinstance(events[0], Response) and events[0].close_delimited
+    assert not events[0].keep_alive
+    assert reader.receive_eof() == [EndOfMessage()]
+    reader = ResponseReader()
+    reader.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsome")
+    with pytest.raises(RemoteProtocolError) as caught:
+        reader.receive_eof()
+    assert caught.value.status_hint == 502
+
+
+def test_switching_protocols_then_tunnel() -> None:
+    reader = ResponseReader()
+    events = reader.receive_data(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        b"\x81\x05hello"
+    )
+    assert isinstance(events[0], Response) and events[0].upgrade
+    assert events[-1] == Upgrade(b"\x81\x05hello")
+
+
+def test_garbage_response_is_502() -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        ResponseReader().receive_data(b"SSH-2.0-OpenSSH_9.2\r\n")
+    assert caught.value.status_hint == 502
+
+
+# --- hypothesis -----------------------------------------------------------------------------
+
+tokens = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-", min_size=1, max_size=12
+)
+values = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20)
+requests = st.tuples(
+    st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PROPFIND", b"OPTIONS"]),
+    st.text(alphabet="abc/-_.~%20", max_size=30).map(lambda p: ("/" + p).encode()),
+    st.lists(
+        st.tuples(tokens, values).filter(
+            lambda kv: (
+                kv[0].lower()
+                not in ("content-length", "transfer-encoding", "connection", "upgrade", "expect")
+            )
+        ),
+        max_size=6,
+    ),
+    st.binary(max_size=200),
+    st.booleans(),
+)
+
+
+def wire_of(
+    method: bytes, target: bytes, headers: list[tuple[str, str]], body: bytes, chunked: bool
+) -> bytes:
+    fields = [(k.encode(), v.encode()) for k, v in headers]
+    if chunked:
+        fields.append((b"Transfer-Encoding", b"chunked"))
+        framed = b"".join(b"".join(chunk(body[i : i + 7])) for i in range(0, len(body), 7))
+        return serialize_request(method, target, fields) + framed + last_chunk()
+    fields.append((b"Content-Length", b"%d" % len(body)))
+    return serialize_request(method, target, fields) + body
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    reqs=st.lists(requests, min_size=1, max_size=3),
+    cuts=st.lists(st.integers(0, 2000), max_size=10),
+)
+def test_any_pipeline_survives_any_split(reqs: list, cuts: list[int]) -> None:
+    wire = b"".join(wire_of(*r) for r in reqs)
+    events = feed_split(RequestReader(), wire, cuts)
+    heads = [e for e in events if isinstance(e, Request)]
+    assert [(h.method, h.target) for h in heads] == [(r[0], r[1]) for r in reqs]
+    bodies = []
+    current = b""
+    for e in events:
+        if isinstance(e, Data):
+            current += e.data
+        elif isinstance(e, EndOfMessage):
+            bodies.append(current)
+            current = b""
+    assert bodies == [r[3] for r in reqs]
+    # The head written back from the event is the head that came in.
+    for head, r in zip(heads, reqs, strict=True):
+        assert (
+            serialize_request(head.method, head.target, head.headers)
+            == wire_of(*r)[: len(serialize_request(head.method, head.target, head.headers))]
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(garbage=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=5))
+def test_garbage_gives_only_events_or_remote_protocol_error(
+    garbage: bytes, cuts: list[int]
+) -> None:
+    for reader in (RequestReader(max_head_size=1024), ResponseReader(max_head_size=1024)):
+        try:
+            events = feed_split(reader, garbage, cuts)
+        except RemoteProtocolError as err:
+            assert err.status_hint in (400, 414, 431, 502)
+        else:
+            assert all(
+                isinstance(e, Request | Response | Data | EndOfMessage | Upgrade) for e in events
+            )
+
+
+def test_serialize_response_round_trip() -> None:
+    wire = serialize_response(404, [(b"X-A", b"1")]) + b""
+    [response, _] = ResponseReader().receive_data(
+        serialize_response(404, [(b"X-A", b"1"), (b"Content-Length", b"0")])
+    )
+    assert isinstance(response, Response) and response.status == 404
+    assert wire.startswith(b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\n")

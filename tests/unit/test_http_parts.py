@@ -1,0 +1,230 @@
+"""The pure HTTP parts: config, routes, middlewares, affinity keys, sticky and owner tables."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from dicomlb.config import ConfigError, build_snapshot, describe
+from dicomlb.http.affinity import StickyTable, request_key
+from dicomlb.http.middlewares import RequestContext, build_middleware, hash_password
+from dicomlb.http.orthanc import OwnerTable, is_commit, resource_of
+from dicomlb.http.routing import HttpRouter, RequestFacts
+from dicomlb.http.snapshot import HttpKey, KeyKind, MiddlewareConfig
+from dicomlb.pools import BackendState, Pool
+
+
+def config(**extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "listeners": {"http": {"bind": "127.0.0.1:8080"}},
+        "pools": {
+            "web": {
+                "backends": [
+                    {"name": "a", "http": "http://127.0.0.1:8042"},
+                    {"name": "b", "http": "http://10.0.0.2"},
+                ]
+            },
+        },
+        "http_routes": [{"name": "all", "pool": "web"}],
+    }
+    base.update(extra)
+    return base
+
+
+def errors(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        build_snapshot(data, "lb.yaml")
+    return str(caught.value)
+
+
+def test_http_config_builds_and_describes() -> None:
+    snap = build_snapshot(config(), "lb.yaml")
+    assert snap.http is not None and snap.http.port == 8080
+    assert snap.pools["web"].backends[1].http is not None
+    assert snap.pools["web"].backends[1].http.port == 80
+    assert snap.pools["web"].backends[0].dicom is None
+    text = describe(snap)
+    assert "http listener: 127.0.0.1:8080" in text and "http://127.0.0.1:8042" in text
+
+
+def test_backend_needs_an_address() -> None:
+    data = config()
+    data["pools"]["web"]["backends"].append({"name": "c"})
+    assert 'pools.web.backends[2]: backend "c" has no address' in errors(data)
+
+
+def test_dicom_routes_need_dicom_backends_and_http_routes_http_ones() -> None:
+    data = config(routes=[{"name": "r", "pool": "web"}])
+    assert 'routes[0].pool: pool "web" has backends without a dicom address (a, b)' in errors(data)
+    data = config()
+    data["pools"]["pacs"] = {"backends": [{"name": "p", "dicom": "P@h:104"}]}
+    data["http_routes"] = [{"name": "r", "pool": "pacs"}]
+    assert 'http_routes[0].pool: pool "pacs" has backends without an http address (p)' in (
+        errors(data)
+    )
+
+
+def test_http_config_errors_name_the_field() -> None:
+    assert "pools.web.backends[0].http" in errors(
+        config(pools={"web": {"backends": [{"name": "a", "http": "https://x:1"}]}})
+    )
+    text = errors(config(middlewares={"m": {"strip_prefixes": {}}}))
+    assert 'middlewares.m.strip_prefixes: unknown middleware kind "strip_prefixes"' in text
+    text = errors(config(http_routes=[{"name": "r", "pool": "web", "middlewares": ["nope"]}]))
+    assert 'http_routes[0].middlewares[0]: middleware "nope" does not exist' in text
+    text = errors(config(http_routes=[{"name": "r", "pool": "web", "match": {"paht": "/"}}]))
+    assert 'http_routes[0].match.paht: unknown match key "paht"' in text
+    data = config()
+    data["pools"]["web"]["http"] = {"key": "cookies:x"}
+    assert "pools.web.http.key" in errors(data)
+    data = config(http_routes=[{"name": "a", "pool": "web"}, {"name": "b", "pool": "web"}])
+    assert 'route "b" is unreachable' in errors(data)
+
+
+def facts(target: str = "/", method: str = "GET", **headers: str) -> RequestFacts:
+    return RequestFacts(
+        method=method,
+        target=target,
+        headers=tuple((k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()),
+        client_ip="10.1.2.3",
+    )
+
+
+def test_routes_first_match_in_file_order() -> None:
+    snap = build_snapshot(
+        config(
+            http_routes=[
+                {
+                    "name": "web-api",
+                    "pool": "web",
+                    "match": {"host": ["api.example.org", "*.api.local"], "path_prefix": "/v1/"},
+                },
+                {"name": "posts", "pool": "web", "match": {"method": "POST"}},
+                {"name": "rx", "pool": "web", "match": {"path_regex": "^/studies/[0-9.]+$"}},
+                {
+                    "name": "hdr",
+                    "pool": "web",
+                    "match": {
+                        "headers": {"X-Tenant": ["a", "b"], "Authorization": {"exists": True}},
+                        "query": {"expand": {"regex": "^t"}},
+                    },
+                },
+                {"name": "exact", "pool": "web", "match": {"path": "/system"}},
+                {"name": "default", "pool": "web"},
+            ]
+        )
+    )
+    router = HttpRouter(snap.http_routes)
+
+    def pick(f: RequestFacts) -> str:
+        route = router.select(f)
+        assert route is not None
+        return route.name
+
+    assert pick(facts("/v1/x", Host="API.example.org:8080")) == "web-api"
+    assert pick(facts("/v1/x", Host="n1.api.local")) == "web-api"
+    assert pick(facts("/v1/x", method="POST", Host="other")) == "posts"
+    assert pick(facts("/studies/1.2.3")) == "rx"
+    assert pick(facts("/studies/1.2.3/series")) == "default"
+    assert pick(facts("/q?expand=true", X_Tenant="b", Authorization="x")) == "hdr"
+    assert pick(facts("/q?expand=false", X_Tenant="b", Authorization="x")) == "default"
+    assert pick(facts("/system?x=1")) == "exact"
+
+
+def run(kind: str, ctx: RequestContext, now: float = 0.0, **options: Any) -> Any:
+    mw = build_middleware(MiddlewareConfig(name="m", kind=kind, options=options))
+    return mw.request(ctx, now)
+
+
+def ctx(target: bytes = b"/orthanc/system?x=1", **headers: str) -> RequestContext:
+    return RequestContext(
+        method=b"GET",
+        target=target,
+        headers=[(k.encode(), v.encode()) for k, v in headers.items()],
+        client_ip="10.0.0.9",
+        host=b"lb.example.org",
+    )
+
+
+def test_path_middlewares() -> None:
+    c = ctx()
+    run("strip_prefix", c, prefixes=["/orthanc"])
+    assert c.target == b"/system?x=1"
+    run("add_prefix", c, prefix="/api")
+    assert c.target == b"/api/system?x=1"
+    run("replace_path", c, regex="^/api/(.*)$", replacement=r"/v2/\1")
+    assert c.target == b"/v2/system?x=1"
+
+
+def test_header_and_forwarded_middlewares() -> None:
+    c = ctx(**{"X-Forwarded-For": "1.1.1.1", "X-Drop": "1"})
+    run(
+        "headers",
+        c,
+        request={"set": {"X-Set": "v"}, "remove": ["x-drop"]},
+        response={"set": {"X-R": "1"}, "remove": ["Server"]},
+    )
+    run("forwarded", c)
+    fields = dict(c.headers)
+    assert fields[b"X-Set"] == b"v" and b"X-Drop" not in fields
+    assert fields[b"X-Forwarded-For"] == b"1.1.1.1, 10.0.0.9"
+    assert fields[b"X-Forwarded-Host"] == b"lb.example.org"
+    assert fields[b"Forwarded"] == b'for=10.0.0.9;host="lb.example.org";proto=http'
+    response = [(b"Server", b"x"), (b"ETag", b"e")]
+    for edit in c.response_edits:
+        edit(response)
+    assert response == [(b"ETag", b"e"), (b"X-R", b"1")]
+
+
+def test_basic_auth_ip_filter_max_body_rate_limit() -> None:
+    users = {"alice": hash_password("s3cret", iterations=1000)}
+    assert run("basic_auth", ctx(), users=users).status == 401
+    good = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    bad = "Basic " + base64.b64encode(b"alice:nope").decode()
+    assert run("basic_auth", ctx(Authorization=bad), users=users).status == 401
+    c = ctx(Authorization=good)
+    assert run("basic_auth", c, users=users) is None
+    assert all(k != b"Authorization" for k, _ in c.headers)  # not passed to the backend
+    assert run("ip_filter", ctx(), allow=["10.0.0.0/8"], deny=[]) is None
+    assert run("ip_filter", ctx(), allow=[], deny=["10.0.0.9"]).status == 403
+    assert run("max_body", ctx(**{"Content-Length": "11"}), limit=10).status == 413
+    mw = build_middleware(
+        MiddlewareConfig(name="r", kind="rate_limit", options={"average": 2, "burst": 2})
+    )
+    answers = [mw.request(ctx(), now=100.0) for _ in range(3)]
+    assert answers[:2] == [None, None] and answers[2].status == 429
+    assert mw.request(ctx(), now=100.6) is None  # refilled at 2/s
+
+
+def test_keys_sticky_and_owners() -> None:
+    headers = ((b"Cookie", b"a=1; session=xyz"), (b"X-Study", b"1.2.3"))
+    assert request_key(HttpKey(kind=KeyKind.COOKIE, name="session"), headers, "ip") == "xyz"
+    assert request_key(HttpKey(kind=KeyKind.HEADER, name="x-study"), headers, "ip") == "1.2.3"
+    assert request_key(HttpKey(kind=KeyKind.CLIENT_IP), headers, "ip") == "ip"
+    assert request_key(HttpKey(kind=KeyKind.HEADER, name="x-none"), headers, "ip") is None
+
+    snap = build_snapshot(config(), "lb.yaml")
+    pool_config = snap.pools["web"]
+    backends = [BackendState(b, pool_config.health) for b in pool_config.backends]
+    pool = Pool(pool_config, backends)
+    backends[0].active = 5
+    sticky = StickyTable()
+    assert sticky.place(pool, "k1").name == "b"  # least loaded first
+    backends[0].active = 0
+    backends[1].active = 9
+    assert sticky.place(pool, "k1").name == "b"  # then it sticks
+    backends[1].enabled = False
+    assert sticky.place(pool, "k1").name == "a"  # unless its backend is unavailable
+
+    owners = OwnerTable()
+    learned = owners.learn(b'{"ID": "j1", "Path": "/jobs/j1"}', "b")
+    assert learned == ["/jobs/j1"] and owners.owner("/jobs/j1") == "b"
+    assert owners.learn(b'{"ID": "x", "Path": "/patients/x"}', "a") == []
+    assert owners.learn(b"not json", "a") == []
+    assert resource_of("/jobs/j1/archive") == "/jobs/j1"
+    assert resource_of("/queries/q/answers/0/retrieve") == "/queries/q"
+    assert resource_of("/transfers/push/t1/0") == "/transfers/push/t1"
+    assert resource_of("/jobs") is None
+    assert is_commit("/transfers/push/t1/commit") and not is_commit("/transfers/push/t1/0")
