@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from tests.dicomdata import make_ct_series, write_series  # noqa: E402
 from tests.peers import (  # noqa: E402
     LOOPBACK,
+    DicomlbProcess,
     Orthanc,
     PeerError,
     StoreSCP,
@@ -47,8 +48,6 @@ from tests.peers import (  # noqa: E402
     free_port,
     peer_env,
     run_dcmtk,
-    stop_process,
-    wait_listening,
 )
 
 RESULTS = REPO / "bench" / "RESULTS.md"
@@ -84,26 +83,12 @@ def log(message: str) -> None:
 def dicomlb(workdir: Path, port: int, orthanc: str, dest: str) -> Iterator[int]:
     """`python3 -m dicomlb run` with the Q/R config; yields its port."""
     env = peer_env({"PYTHONPATH": str(REPO / "src")})
-    cfg = workdir / "dicomlb.yaml"
-    cfg.write_text(CONFIG.format(port=port, aet=DICOMLB_AET, orthanc=orthanc, dest=dest))
-    logfile = workdir / "dicomlb.log"
-    with open(logfile, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dicomlb", "--log-level", "warning", "run", "-c", str(cfg)],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        wait_listening(port, timeout=20, process=process, what="dicomlb", log=logfile)
+    config = CONFIG.format(port=port, aet=DICOMLB_AET, orthanc=orthanc, dest=dest)
+    options = ["--log-level", "warning"]
+    with DicomlbProcess(config, port, workdir / "dicomlb", env=env, options=options):
         if echoscu(LOOPBACK, port, aec=DICOMLB_AET).returncode != 0:
             raise PeerError("C-ECHO through dicomlb failed")
         yield port
-    finally:
-        stop_process(process)
 
 
 def find_latencies(port: int, aec: str, count: int) -> list[float]:

@@ -25,7 +25,6 @@ import datetime as dt
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +35,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 from tests.peers import (  # noqa: E402
+    DicomlbProcess,
     PeerError,
     StoreSCP,
     echoscu,
     free_port,
     peer_env,
-    stop_process,
-    wait_listening,
 )
 
 import run_store  # noqa: E402
@@ -85,27 +83,13 @@ def dicomlb(ack: str, sink: str, workdir: Path, src: Path) -> Iterator[tuple[int
     )
     port = free_port()
     spool = workdir / f"spool-{ack}"
-    cfg = workdir / f"dicomlb-{ack}.yaml"
-    cfg.write_text(CONFIG.format(port=port, aet=AET, sink=sink, ack=ack, spool=spool))
-    logfile = workdir / f"dicomlb-{ack}.log"
-    with open(logfile, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dicomlb", "--log-level", "warning", "run", "-c", str(cfg)],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        wait_listening(port, timeout=20, process=process, what="dicomlb", log=logfile)
+    config = CONFIG.format(port=port, aet=AET, sink=sink, ack=ack, spool=spool)
+    options = ["--log-level", "warning"]
+    with DicomlbProcess(config, port, workdir / f"dicomlb-{ack}", env=env, options=options):
         echo = echoscu("127.0.0.1", port, aet="BENCH", aec=AET, timeout=30)
         if echo.returncode != 0:
             raise PeerError(f"C-ECHO through dicomlb failed: {echo.stderr.strip()}")
         yield port, spool
-    finally:
-        stop_process(process)
 
 
 def undelivered(spool: Path) -> int:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.dicomdata import make_ct_series, make_small, write_series  # noqa: E402
 from tests.peers import (  # noqa: E402
+    DicomlbProcess,
     PeerError,
     StoreSCP,
     dcmtk_tool,
@@ -191,27 +192,12 @@ def dicomlb(sink_address: str, workdir: Path, src: Path) -> Iterator[int]:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         raise PeerError(f"dicomlb CLI not importable from {src}: {last}")
     port = free_port()
-    cfg = workdir / "dicomlb.yaml"
-    cfg.write_text(DICOMLB_CONFIG.format(port=port, aet=DICOMLB_AET, sink=sink_address))
-    logfile = workdir / "dicomlb.log"
-    with open(logfile, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dicomlb", "run", "-c", str(cfg)],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        wait_listening(port, timeout=20, process=process, what="dicomlb", log=logfile)
+    config = DICOMLB_CONFIG.format(port=port, aet=DICOMLB_AET, sink=sink_address)
+    with DicomlbProcess(config, port, workdir / "dicomlb", env=env):
         echo = echoscu("127.0.0.1", port, aet="BENCH", aec=DICOMLB_AET, timeout=30)
         if echo.returncode != 0:
             raise PeerError(f"dicomlb listens but C-ECHO through it failed: {echo.stderr.strip()}")
         yield port
-    finally:
-        stop_process(process)
 
 
 # --------------------------------------------------------------------------- measuring

@@ -767,7 +767,8 @@ class DicomlbProcess:
     """``python -m dicomlb run -c CONFIG`` as a separate process, as an operator runs it.
 
     ``config`` is the YAML text; the log (stdout and stderr) goes to ``dicomlb.log`` in
-    ``workdir``. ``env`` adds environment variables (``PYTHONPATH`` to run another tree).
+    ``workdir``. ``env`` adds environment variables (``PYTHONPATH`` to run another tree);
+    ``options`` go before ``run`` (``--log-level warning``).
     ``start()`` waits until ``port`` listens; ``stop()`` sends SIGTERM and returns the exit
     status; ``kill()`` is SIGKILL, for crash tests.
     """
@@ -779,9 +780,11 @@ class DicomlbProcess:
         workdir: PathLike,
         *,
         env: Mapping[str, str] | None = None,
+        options: Sequence[str] = (),
         start_timeout: float = 20.0,
     ) -> None:
         self.port = port
+        self.options = list(options)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "dicomlb.yaml"
@@ -800,7 +803,15 @@ class DicomlbProcess:
         """Start dicomlb and wait until its DICOM port listens."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "dicomlb", "run", "-c", str(self.config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "dicomlb",
+                    *self.options,
+                    "run",
+                    "-c",
+                    str(self.config_path),
+                ],
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
