@@ -4,11 +4,12 @@ its REST API (`store_via: orthanc_rest`) and over the DICOMweb plugin (`stow_rs`
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 
@@ -30,6 +31,19 @@ pytestmark = [
     pytest.mark.skipif(not (have_dcmtk() and have_orthanc()), reason="needs dcmtk and orthanc"),
     pytest.mark.skipif(not Path(DICOMWEB).exists(), reason="needs orthanc-dicomweb"),
 ]
+
+
+class AuthOrthanc(Orthanc):
+    """An Orthanc with AuthenticationEnabled; the test's own requests log in."""
+
+    def __init__(self, aet: str, user: str, password: str, **options: Any) -> None:
+        config = {"AuthenticationEnabled": True, "RegisteredUsers": {user: password}}
+        super().__init__(aet, config=config, **options)
+        passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+        passwords.add_password(None, self.url, user, password)
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPBasicAuthHandler(passwords)
+        )
 
 
 def _health() -> dict[str, Any]:
@@ -107,7 +121,11 @@ def test_rest_and_stow_backends_byte_identical(tmp_path: Path, balancer: Any) ->
             uids = {ds.SOPInstanceUID for ds in instances}
             assert uids <= in_rest or uids <= in_web
         # the sender's AE title travels in the file meta group (Source AE)
-        assert rest.instance_metadata(rest.instances()[0]).get("RemoteAET") in (None, "", "CT_SCANNER")
+        assert rest.instance_metadata(rest.instances()[0]).get("RemoteAET") in (
+            None,
+            "",
+            "CT_SCANNER",
+        )
 
 
 def test_small_instances_and_mixed_pool(tmp_path: Path, balancer: Any) -> None:
@@ -203,10 +221,9 @@ def test_spool_stow_batches(tmp_path: Path, balancer: Any) -> None:
 
 @pytest.mark.parametrize("via", ["orthanc_rest", "stow_rs"])
 def test_basic_auth(tmp_path: Path, balancer: Any, via: str, monkeypatch: Any) -> None:
-    config = {"AuthenticationEnabled": True, "RegisteredUsers": {"alice": "s3cret"}}
     plugins = [DICOMWEB] if via == "stow_rs" else []
     monkeypatch.setenv("BRIDGE_TEST_PASSWORD", "s3cret")
-    with Orthanc("AUTH", config=config, plugins=plugins) as orthanc:
+    with AuthOrthanc("AUTH", "alice", "s3cret", plugins=plugins) as orthanc:
         good = {"name": "good", "http": orthanc.url, "store_via": via}
         good["auth"] = {"basic": {"user": "alice", "password_env": "BRIDGE_TEST_PASSWORD"}}
         lb = balancer(
@@ -241,9 +258,6 @@ def test_query_to_http_only_pool_is_refused(tmp_path: Path, balancer: Any) -> No
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         assoc = ae.associate("127.0.0.1", lb.port, ae_title="DICOMLB")
         assert assoc.is_established
-        query = dcmread  # keep the import used
-        from pydicom import Dataset
-
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
