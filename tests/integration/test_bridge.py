@@ -266,3 +266,37 @@ def test_query_to_http_only_pool_is_refused(tmp_path: Path, balancer: Any) -> No
         status = responses[-1][0]
         assert int(status.Status) == 0x0122
         assert "http only" in str(status.get("ErrorComment", ""))
+
+
+def test_health_checks_with_credentials_steer_around_a_down_backend(
+    tmp_path: Path, balancer: Any
+) -> None:
+    health = {"enabled": True, "interval": "0.2s", "timeout": "1s", "fall": 1, "rise": 1}
+    with (
+        AuthOrthanc("AUTH", "alice", "s3cret") as orthanc,
+        StoreSCP("DIMSE", tmp_path / "scp", fork=True) as scp,
+    ):
+        rest = _rest("rest", orthanc, auth={"basic": {"user": "alice", "password": "s3cret"}})
+        lb = balancer(
+            {
+                "pools": {
+                    "pacs": {
+                        "strategy": "round_robin",
+                        "health": health,
+                        "backends": [rest, {"name": "scp", "dicom": scp.address}],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "pacs"}],
+            }
+        )
+        time.sleep(0.6)
+        assert lb.backend("rest").health.up  # /system with the credentials answers 200
+        assert _send(lb.port, make_series(4, rows=64, cols=64)) == [(0, "")] * 4
+        assert len(orthanc.instances()) == 2
+        orthanc.stop()
+        deadline = time.monotonic() + 5
+        while lb.backend("rest").health.up and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not lb.backend("rest").health.up
+        assert _send(lb.port, make_series(4, rows=64, cols=64)) == [(0, "")] * 4
+        assert len(scp.by_sop_instance_uid()) == 6
