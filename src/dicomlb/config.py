@@ -1190,9 +1190,9 @@ def describe(snapshot: Snapshot) -> str:
             if b.dicom is not None:
                 addresses.insert(0, f"{b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}")
             if b.store is not None:  # the DICOM -> HTTP bridge
-                auth = f", auth {b.store.auth_text}" if b.store.auth_text else ""
+                login = f", auth {b.store.auth_text}" if b.store.auth_text else ""
                 batch = f", batch {b.store.stow_batch}" if b.store.stow_batch > 1 else ""
-                addresses.append(f"(C-STORE via {b.store.via.value}{auth}{batch})")
+                addresses.append(f"(C-STORE via {b.store.via.value}{login}{batch})")
             address = " ".join(addresses)
             lines.append(
                 f"    - {b.name}: {address}  weight {b.weight}, max associations "
