@@ -97,7 +97,11 @@ class HealthChecker:
         state = self.backend.health
         config = self.backend.config
         try:
-            if config.http is not None and (config.dicom is None or self.health.http):
+            if config.store is not None and (config.dicom is None or self.health.http):
+                from dicomlb.bridge.client import bridge_check  # store_via: auth, TLS, paths
+
+                await bridge_check(config, self.health.http, self.health.timeout)
+            elif config.http is not None and (config.dicom is None or self.health.http):
                 await http_check(
                     config.http, self.health.http or DEFAULT_CHECK, self.health.timeout
                 )

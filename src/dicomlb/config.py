@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydicom._uid_dict import UID_dictionary
 
+from dicomlb.bridge.config import BackendAuthModel, build_store
 from dicomlb.dicom.tags import tag_from_name, tag_name
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
 from dicomlb.http.config import (
@@ -49,6 +50,7 @@ from dicomlb.http.config import (
     http_check_config,
     http_pool_config,
     parse_http_address,
+    proxy_address_issue,
 )
 from dicomlb.routing import MatchError, parse_match
 from dicomlb.snapshot import (
@@ -61,6 +63,7 @@ from dicomlb.snapshot import (
     DicomListenerConfig,
     HealthConfig,
     HttpAddress,
+    HttpStoreConfig,
     MoveDestination,
     PoolConfig,
     QueryMode,
@@ -69,6 +72,7 @@ from dicomlb.snapshot import (
     Snapshot,
     SpoolConfig,
     StorageCommitment,
+    StoreVia,
     Strategy,
     TlsConfig,
 )
@@ -416,6 +420,37 @@ class _BackendModel(_Model):
     max_associations: Count | None = None
     max_pdu: MaxPdu | None = None
     tls: _BackendTlsModel | None = None
+    store_via: StoreVia | None = None  # the DICOM -> HTTP bridge (dicomlb.bridge)
+    stow_path: Annotated[str, Field(strict=True, pattern=r"^/")] | None = None
+    stow_batch: Count | None = None
+    auth: BackendAuthModel | None = None
+
+
+_BRIDGE_FIELDS = ("store_via", "stow_path", "stow_batch", "auth")
+
+
+def _backend_store(
+    b: _BackendModel, path: str, tls: TlsConfig | None, issues: list[ConfigIssue]
+) -> HttpStoreConfig | None:
+    """The bridge part of a backend; https / base paths only with store_via."""
+
+    def fail(where: str, message: str) -> None:
+        issues.append(ConfigIssue(path=where, message=message))
+
+    if b.http is not None and b.store_via is None:
+        issue = proxy_address_issue(b.http)
+        if issue is not None:
+            fail(f"{path}.http", issue)
+    return build_store(
+        path=path,
+        http=b.http,
+        store_via=b.store_via,
+        stow_path=b.stow_path,
+        stow_batch=b.stow_batch,
+        auth=b.auth,
+        tls=tls,
+        fail=fail,
+    )
 
 
 class _PoolModel(_Model):
@@ -584,10 +619,15 @@ def build_backend(data: Any, path: str = "backend", source: str = "<api>") -> Ba
         raise ConfigError(source, issues) from None
     issues: list[ConfigIssue] = []
     tls = _backend_tls(model.tls, f"{path}.tls", issues)
+    store = _backend_store(model, path, tls, issues)
     if issues:
         raise ConfigError(source, issues)
     return BackendConfig(
-        name=model.name, dicom=model.dicom, tls=tls, **_set(model, "name", "dicom", "tls")
+        name=model.name,
+        dicom=model.dicom,
+        tls=tls,
+        store=store,
+        **_set(model, "name", "dicom", "tls", *_BRIDGE_FIELDS),
     )
 
 
@@ -692,9 +732,14 @@ class _Builder:
                         f'backend "{b.name}" has no address; write dicom: AET@host:port '
                         "and / or http: http://host:port",
                     )
+                store = _backend_store(b, b_path, tls, self.issues)
                 backends.append(
                     BackendConfig(
-                        name=b.name, dicom=b.dicom, tls=tls, **_set(b, "name", "dicom", "tls")
+                        name=b.name,
+                        dicom=b.dicom,
+                        tls=tls,
+                        store=store,
+                        **_set(b, "name", "dicom", "tls", *_BRIDGE_FIELDS),
                     )
                 )
             health = (
@@ -756,12 +801,19 @@ class _Builder:
                     "spool: {directory: /var/spool/dicomlb} or use ack: backend",
                 )
             mirrors = self.mirrors(spec, path, pools, ack)
-            missing = [b.name for b in pool.backends if b.dicom is None] if pool else []
+            # C-STOREs may also go over HTTP (store_via); other services to such a backend
+            # are refused at run time with a status naming it.
+            missing = (
+                [b.name for b in pool.backends if b.dicom is None and b.store is None]
+                if pool
+                else []
+            )
             if missing:
                 self.fail(
                     f"{path}.pool",
                     f'pool "{spec.pool}" has backends without a dicom address '
-                    f"({', '.join(missing)}); give each one dicom: AET@host:port",
+                    f"({', '.join(missing)}); give each one dicom: AET@host:port (or "
+                    "store_via: orthanc_rest | stow_rs to send C-STOREs over http)",
                 )
             if pool is not None:
                 route = RouteConfig(
@@ -1137,6 +1189,10 @@ def describe(snapshot: Snapshot) -> str:
             addresses = [str(b.http)] if b.http else []
             if b.dicom is not None:
                 addresses.insert(0, f"{b.dicom.ae_title}@{_host_port(b.dicom.host, b.dicom.port)}")
+            if b.store is not None:  # the DICOM -> HTTP bridge
+                login = f", auth {b.store.auth_text}" if b.store.auth_text else ""
+                batch = f", batch {b.store.stow_batch}" if b.store.stow_batch > 1 else ""
+                addresses.append(f"(C-STORE via {b.store.via.value}{login}{batch})")
             address = " ".join(addresses)
             lines.append(
                 f"    - {b.name}: {address}  weight {b.weight}, max associations "

@@ -53,14 +53,38 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpAddress:
-    """An HTTP backend's base URL: `http://host:port`."""
+    """An HTTP backend's base URL: `http://host:port` (`https://`, and a base path such as
+    `/orthanc`, only for backends that take C-STOREs over HTTP: `store_via`)."""
 
     host: str
     port: int
+    scheme: str = "http"  # "http" or "https"
+    path: str = ""  # base path without a trailing slash ("" or e.g. "/orthanc")
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+
+class StoreVia(enum.StrEnum):
+    """How C-STOREs reach a backend over HTTP (the DICOM -> HTTP bridge)."""
+
+    ORTHANC_REST = "orthanc_rest"  # POST {base}/instances, body = the Part-10 file
+    STOW_RS = "stow_rs"  # POST {base}{stow_path}/studies, multipart/related application/dicom
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpStoreConfig:
+    """A backend's `store_via` and its options: C-STOREs routed to it are converted to
+    HTTP requests (`dicomlb.bridge`)."""
+
+    via: StoreVia
+    stow_path: str = "/dicom-web"  # the DICOMweb root under the base URL (stow_rs)
+    stow_batch: int = 1  # spooled instances sent in one STOW-RS request
+    authorization: str | None = field(default=None, repr=False)  # Authorization header value
+    auth_text: str = ""  # what `dicomlb check` shows: "basic user=orthanc", "bearer"
+    # TLS toward an https backend (the backend's `tls`, or the system's CAs).
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +148,7 @@ class BackendConfig:
     max_associations: int = 4
     max_pdu: int = 16384  # the largest P-DATA-TF dicomlb accepts from this backend
     tls: TlsConfig | None = None
+    store: HttpStoreConfig | None = None  # C-STOREs go over HTTP (needs http)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

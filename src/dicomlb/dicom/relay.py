@@ -194,7 +194,7 @@ class Relay:
         pool = self.runtime.pools[route.pool.name]
         key = tags.get(route.pool.key, "") if route.pool.key is not None else ""
         try:
-            backend, up = await self._connect(pool, key, message)
+            backend, maybe_up = await self._place(pool, key, message, http_store=True)
         except MessageFailed as failure:
             if not done:
                 await _discard(message)
@@ -220,6 +220,12 @@ class Relay:
                 backend.name,
                 key,
             )
+        if maybe_up is None:  # a store_via backend: the DICOM -> HTTP bridge (issue #7)
+            from dicomlb.bridge.store import relay_store
+
+            await relay_store(self, message, route, backend, head, done, tags, started)
+            return
+        up = maybe_up
         try:
             status = await self._forward(message, route.pool, backend, up, head, done)
         except MessageFailed as failure:
@@ -291,17 +297,38 @@ class Relay:
     ) -> tuple[BackendState, UpstreamAssociation]:
         """Pick a backend and get an upstream association, trying the next backend when one
         cannot be reached (nothing has been sent yet, so this is safe)."""
+        backend, up = await self._place(pool, key, message)
+        assert up is not None
+        return backend, up
+
+    async def _place(
+        self, pool: Pool, key: str, message: InboundMessage, *, http_store: bool = False
+    ) -> tuple[BackendState, UpstreamAssociation | None]:
+        """`_connect`; with `http_store`, a `store_via` backend is returned without an
+        association (None): the C-STORE goes over HTTP. Backends without a dicom address
+        are skipped for everything else."""
         tried: set[str] = set()
         reasons: list[str] = []
+        http_only: list[str] = []
         needed = (message.abstract_syntax, message.transfer_syntax)
         while True:
             backend = pool.pick(key, exclude=frozenset(tried))
             if backend is None:
+                if http_only and not reasons:
+                    raise MessageFailed(
+                        Status.SOP_CLASS_NOT_SUPPORTED,
+                        f"{message.command.service} not possible: pool {pool.name} is http only",
+                    )
                 detail = "; ".join(reasons) if reasons else "every backend is down or disabled"
                 raise MessageFailed(
                     Status.OUT_OF_RESOURCES, f"no healthy backend in pool {pool.name}: {detail}"
                 )
             tried.add(backend.name)
+            if http_store and backend.config.store is not None:
+                return backend, None
+            if backend.config.dicom is None:
+                http_only.append(backend.name)
+                continue
             try:
                 up = await self.runtime.upstreams[backend.name].acquire(
                     self._upstream_key(pool.config, backend), needed, self.contexts

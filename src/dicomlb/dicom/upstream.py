@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from dicomlb.dicom.association import Association, AssocState, ConnectionClosed, Role
 from dicomlb.dicom.dimse import (
@@ -37,6 +37,9 @@ from dicomlb.dicom.pdu import (
 )
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import BackendConfig, PoolConfig
+
+if TYPE_CHECKING:
+    from dicomlb.bridge.client import HttpStoreClient
 
 log = logging.getLogger(__name__)
 
@@ -465,6 +468,9 @@ class UpstreamPool:
         self.open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closing: set[asyncio.Task[None]] = set()
+        # The DICOM -> HTTP bridge's keep-alive client for `store_via` backends (made on
+        # first use by dicomlb.bridge.store.client_for; closed with the pool).
+        self.bridge: HttpStoreClient | None = None
 
     async def acquire(
         self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]
@@ -475,6 +481,10 @@ class UpstreamPool:
         client's later messages. Raises UpstreamError when the backend cannot be reached or
         no slot frees up within the pool's acquire timeout.
         """
+        if self.backend.config.dicom is None:
+            raise UpstreamError(
+                f"{self.backend.name} has no dicom address (http only: C-STORE over store_via)"
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.pool.acquire_timeout
         while True:
@@ -579,3 +589,5 @@ class UpstreamPool:
         idle, self.idle = self.idle, []
         self.open -= len(idle)
         await asyncio.gather(*(up.release() for up in idle), *self._closing, return_exceptions=True)
+        if self.bridge is not None:
+            await self.bridge.close()

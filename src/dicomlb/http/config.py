@@ -35,6 +35,7 @@ __all__ = [
     "build_http",
     "describe_http",
     "parse_http_address",
+    "proxy_address_issue",
 ]
 
 Fail = Callable[[str, str], None]
@@ -56,26 +57,37 @@ def _bind(value: Any) -> tuple[str, int]:
 
 
 def parse_http_address(value: Any) -> HttpAddress:
-    """`http://host:port` (port 80 when omitted)."""
+    """`http://host:port` (port 80 when omitted); `https://` (443) and a base path are
+    parsed too, but only backends with `store_via` may use them (config.py checks)."""
     from dicomlb.config import _split_host_port
 
     form = "http://host:port"
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not an HTTP address; write {form}")
     text = value.strip()
-    if text.startswith("https://"):
-        raise ValueError(f'"{text}": https backends are not supported yet; write {form}')
-    if not text.startswith("http://"):
+    scheme = "https" if text.startswith("https://") else "http"
+    if not text.startswith(f"{scheme}://"):
         raise ValueError(f'"{text}" does not start with http://; write {form}')
-    rest = text[len("http://") :].rstrip("/")
-    if "/" in rest:
-        raise ValueError(
-            f'"{text}" has a path; write {form} and rewrite paths with a middleware (add_prefix)'
-        )
+    rest = text[len(scheme) + 3 :].rstrip("/")
+    rest, slash, path = rest.partition("/")
     if not rest.endswith("]") and ":" not in rest.rpartition("]")[2]:
-        rest += ":80"
+        rest += ":443" if scheme == "https" else ":80"
     host, port = _split_host_port(rest, text, form)
-    return HttpAddress(host=host, port=port)
+    return HttpAddress(host=host, port=port, scheme=scheme, path=f"/{path}" if slash else "")
+
+
+def proxy_address_issue(address: HttpAddress) -> str | None:
+    """Why an address cannot be used by the HTTP proxy / C-STORE-less backends, if it
+    cannot (https and base paths are for `store_via` backends only)."""
+    form = "http://host:port"
+    if address.scheme != "http":
+        return f'"{address}": https backends are supported only with store_via; write {form}'
+    if address.path:
+        return (
+            f'"{address}" has a path; write {form} and rewrite paths with a middleware '
+            "(add_prefix), or use store_via"
+        )
+    return None
 
 
 def _key(value: Any) -> HttpKey:
@@ -311,6 +323,11 @@ def build_http(
             )
         else:
             missing = [b.name for b in pool.backends if b.http is None]
+            proxied = [b for b in pool.backends if b.http is not None]
+            for b in proxied:  # https / base paths: only the bridge (store_via) speaks them
+                issue = proxy_address_issue(b.http) if b.http is not None else None
+                if issue is not None:
+                    fail(f"{path}.pool", f'pool "{pool.name}": backend {b.name}: {issue}')
             if missing:
                 fail(
                     f"{path}.pool",

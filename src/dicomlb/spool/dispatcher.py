@@ -382,6 +382,11 @@ class BackendSender:
         upstream: UpstreamPool,
         runtime: Runtime,
     ) -> None:
+        if backend.config.store is not None:  # store_via: over HTTP (dicomlb.bridge, #7)
+            from dicomlb.bridge.store import deliver_spooled
+
+            await deliver_spooled(self, (item, data), backend, runtime)
+            return
         started = time.monotonic()
         pool = runtime.snapshot.pools.get(item.pool)
         called = (
@@ -477,7 +482,7 @@ class BackendSender:
         if self._checked(runtime) and backend.health.failure():
             log.warning("backend.down backend=%s cause=passive", self.name)
 
-    async def _delivered(self, item: Item, status: int, started: float) -> None:
+    async def _delivered(self, item: Item, status: int, started: float, via: str = "") -> None:
         now = time.time()
         keep = bool(self.spool.config.keep_delivered)
         self.store.update_soon(
@@ -495,7 +500,7 @@ class BackendSender:
             self.spool.bytes -= item.size
         log.info(
             "store.delivered sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X "
-            "via=spool attempts=%d item=%d ms=%d",
+            "via=spool attempts=%d item=%d ms=%d%s",
             item.sop_instance_uid,
             item.route,
             item.pool,
@@ -504,6 +509,7 @@ class BackendSender:
             item.attempts + 1,
             item.id,
             (time.monotonic() - started) * 1000,
+            f" bridge={via}" if via else "",
         )
 
     async def _failed(self, item: Item, reason: str) -> None:
