@@ -312,10 +312,17 @@ class Metrics:
         self.spool_deliveries.labels(backend, result).inc()
 
     def spool_stored(self, *, route: str, pools: list[str], seconds: float) -> None:
-        """An instance is durable in the spool for `pools` after `seconds` of commit."""
+        """An instance is durable in the spool for `pools` (the route's first) after `seconds`
+        of commit, and Success was sent: a message answered (no backend reached yet)."""
         for pool in pools:
             self.spool_spooled.labels(route, pool).inc()
         self.spool_commit.observe(seconds)
+        self.store_finished(route=route, pool=pools[0] if pools else "", status=0, seconds=0.0)
+
+    def spool_refusal(self, *, route: str, pool: str, status: int) -> None:
+        """A C-STORE on a spooled route refused (spool limit, low disk, write error)."""
+        self.spool_refused.labels(route).inc()
+        self.store_finished(route=route, pool=pool, status=status, seconds=0.0)
 
     def association_rejected(
         self, *, peer: str, calling_aet: str, called_aet: str, why: str

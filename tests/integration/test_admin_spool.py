@@ -56,6 +56,9 @@ def test_spool_depth_and_age_move_while_the_backend_is_down_then_drain(
         assert sample(text, "dicomlb_spool_commit_seconds_count") == 6
         assert sample(text, "dicomlb_spool_commit_seconds_sum") > 0
         assert sample(text, "dicomlb_spool_deliveries_total") == 0  # down costs no attempt
+        # Answered Success once durable: route hits and messages count, no backend reached.
+        assert sample(text, "dicomlb_route_hits_total", route="all") == 6
+        assert sample(text, "dicomlb_messages_total", status_class="success", backend="") == 6
 
         status, listed = lb.http("GET", "/api/v1/spool/items?state=queued,sending&backend=pacsa")
         assert status == 200

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from dicomlb.snapshot import Ack
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
 from dicomlb.spool.store import Item, SpoolStore
@@ -84,7 +85,22 @@ class SpoolView:
         spool = self.spool
         senders = spool.dispatcher.senders
         backends: dict[str, dict[str, Any]] = {}
-        for name in sorted(set(stats.by_backend) | set(senders)):
+        # Backends with items, and those of pools that spooled routes send to (a sender
+        # exists for every backend, HTTP-only ones included: they are left out).
+        runtime = spool.runtime()
+        spooled_pools = {
+            pool.name
+            for route in runtime.snapshot.routes
+            if route.ack is Ack.SPOOL
+            for pool in (route.pool, *route.mirror)
+        }
+        shown = set(stats.by_backend) | {
+            b.name
+            for name, pool in runtime.pools.items()
+            if name in spooled_pools
+            for b in pool.backends
+        }
+        for name in sorted(shown):
             entry: dict[str, Any] = {str(s): 0 for s in ItemState}
             entry.update(stats.by_backend.get(name, {}))
             sender = senders.get(name)

@@ -169,7 +169,9 @@ class Spool:
                 why,
             )
             relay._respond(message, Status.OUT_OF_RESOURCES, f"spool full: {why}")
-            relay.runtime.metrics.spool_refused.labels(route.name).inc()
+            relay.runtime.metrics.spool_refusal(
+                route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
+            )
             return
         runtime = relay.runtime
         study = tags.get(STUDY_INSTANCE_UID, "")
@@ -235,7 +237,9 @@ class Spool:
                 f"spool write failed: {err}",
             )
             relay._respond(message, Status.OUT_OF_RESOURCES, f"spool write failed: {err}")
-            relay.runtime.metrics.spool_refused.labels(route.name).inc()
+            relay.runtime.metrics.spool_refusal(
+                route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
+            )
             return
         relay.runtime.metrics.spool_stored(
             route=route.name,
