@@ -290,6 +290,7 @@ class App:
             "associations_active": self.dicom.stats.active if self.dicom is not None else 0,
             "open_bytes": sum(a.bytes_in for a in associations if a.counted),
             "ready": self.ready()[0],
+            "http_connections": len(self.http.clients) if self.http is not None else None,
         }
 
     async def stop(self) -> None:

@@ -45,6 +45,8 @@ LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
+# Spool group commits: an fsync of file, directory and index, ~1-20 ms on a local disk.
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 WINDOW = 60.0  # seconds of latency samples kept for the dashboard's p50 / p99
 RECENT_ASSOCIATIONS = 200
 HISTORY = 60  # health checks / transitions kept per backend
@@ -61,6 +63,11 @@ def status_class(status: int) -> str:
     if status in (0xFF00, 0xFF01):
         return "pending"
     return "failure"
+
+
+def http_status_class(status: int) -> str:
+    """`2xx`, `4xx`, ... of an HTTP status (499: the client went away, a 4xx)."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
 
 
 def association_outcome(text: str) -> str:
@@ -181,7 +188,59 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self.http_requests = Counter(
+            "dicomlb_http_requests",
+            "HTTP requests answered, by route, pool, backend (empty when not reached) and "
+            "status class (2xx, 4xx, 5xx, ...).",
+            ["route", "pool", "backend", "status_class"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "dicomlb_http_request_duration_seconds",
+            "Time from a request's head to the last byte of its response.",
+            ["route", "pool", "backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.spool_deliveries = Counter(
+            "dicomlb_spool_deliveries",
+            "Attempts to deliver spooled items, by backend and result (delivered, failed, dead).",
+            ["backend", "result"],
+            registry=r,
+        )
+        self.spool_spooled = Counter(
+            "dicomlb_spool_spooled",
+            "Items made durable in the spool (one per pool: mirror copies count), by route "
+            "and pool.",
+            ["route", "pool"],
+            registry=r,
+        )
+        self.spool_refused = Counter(
+            "dicomlb_spool_refused",
+            "C-STOREs on spooled routes answered 0xA700 (spool limit, low disk, write error).",
+            ["route"],
+            registry=r,
+        )
+        self.spool_commit = Histogram(
+            "dicomlb_spool_commit_seconds",
+            "Time to make an instance durable once received (file, directory and index fsync, "
+            "group commit).",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.spool_operations = Counter(
+            "dicomlb_spool_operations",
+            "Operator actions on spooled items through the admin API, by action and items.",
+            ["action"],
+            registry=r,
+        )
+        # The spool's summary as last read by the admin listener (None: no spool); scrapes
+        # refresh it first (admin/spool.py), so its gauges are read at scrape time.
+        self.spool_state: dict[str, Any] | None = None
         self._closed_bytes = 0
+        self._http_children: dict[tuple[str, str, str, str], Any] = {}
+        self._http_latency_children: dict[tuple[str, str, str], Any] = {}
+        self._http_latencies: dict[str, collections.deque[tuple[float, float]]] = {}
         self._message_children: dict[tuple[str, str, str, str, str], Any] = {}
         self._latency_children: dict[tuple[str, str, str], Any] = {}
         self._route_children: dict[str, Any] = {}
@@ -227,6 +286,43 @@ class Metrics:
             if ring is None:
                 ring = self._latencies[backend] = collections.deque(maxlen=4096)
             ring.append((time.monotonic(), seconds))
+
+    def http_request(
+        self, *, route: str, pool: str, backend: str, status: int, seconds: float
+    ) -> None:
+        """One HTTP request answered (or given up: 499) by the HTTP listener."""
+        key = (route, pool, backend, http_status_class(status))
+        child = self._http_children.get(key)
+        if child is None:
+            child = self._http_children[key] = self.http_requests.labels(*key)
+        child.inc()
+        if backend:
+            lkey = (route, pool, backend)
+            timer = self._http_latency_children.get(lkey)
+            if timer is None:
+                timer = self._http_latency_children[lkey] = self.http_duration.labels(*lkey)
+            timer.observe(seconds)
+            ring = self._http_latencies.get(backend)
+            if ring is None:
+                ring = self._http_latencies[backend] = collections.deque(maxlen=4096)
+            ring.append((time.monotonic(), seconds))
+
+    def spool_delivery(self, backend: str, result: str) -> None:
+        """A spooled item's attempt ended: `delivered`, `failed` (retried later) or `dead`."""
+        self.spool_deliveries.labels(backend, result).inc()
+
+    def spool_stored(self, *, route: str, pools: list[str], seconds: float) -> None:
+        """An instance is durable in the spool for `pools` (the route's first) after `seconds`
+        of commit, and Success was sent: a message answered (no backend reached yet)."""
+        for pool in pools:
+            self.spool_spooled.labels(route, pool).inc()
+        self.spool_commit.observe(seconds)
+        self.store_finished(route=route, pool=pools[0] if pools else "", status=0, seconds=0.0)
+
+    def spool_refusal(self, *, route: str, pool: str, status: int) -> None:
+        """A C-STORE on a spooled route refused (spool limit, low disk, write error)."""
+        self.spool_refused.labels(route).inc()
+        self.store_finished(route=route, pool=pool, status=status, seconds=0.0)
 
     def association_rejected(
         self, *, peer: str, calling_aet: str, called_aet: str, why: str
@@ -318,6 +414,16 @@ class Metrics:
             "count": len(values),
         }
 
+    def http_latency(self, backend: str, window: float = WINDOW) -> dict[str, Any]:
+        """p50 / p99 (seconds) and count of `backend`'s HTTP requests in the last `window`."""
+        since = time.monotonic() - window
+        values = [s for t, s in self._http_latencies.get(backend, ()) if t >= since]
+        return {
+            "p50": percentile(values, 0.5),
+            "p99": percentile(values, 0.99),
+            "count": len(values),
+        }
+
     def counter_values(self, counter: Counter) -> Iterator[tuple[dict[str, str], float]]:
         """(labels, value) of each child of `counter`."""
         for metric in counter.collect():
@@ -394,3 +500,62 @@ class StateCollector(Collector):
         )
         ready.add_metric([], 1 if state["ready"] else 0)
         yield from (up, enabled, active, upstream, pool_available, assoc, received, ready)
+        if state.get("http_connections") is not None:
+            http = GaugeMetricFamily(
+                "dicomlb_http_active_connections", "Client connections open on the HTTP listener."
+            )
+            http.add_metric([], state["http_connections"])
+            yield http
+        if self.metrics.spool_state is not None:
+            yield from spool_gauges(self.metrics.spool_state)
+
+
+SPOOL_STATES = ("queued", "sending", "delivered", "dead")
+
+
+def spool_gauges(spool: dict[str, Any]) -> Iterator[Metric]:
+    """The spool's gauges from its summary (`admin/spool.py` reads the index when scraped)."""
+    items = GaugeMetricFamily(
+        "dicomlb_spool_items", "Items in the spool index by state.", labels=["state"]
+    )
+    for name in SPOOL_STATES:
+        items.add_metric([name], spool["by_state"].get(name, 0))
+    by_backend = GaugeMetricFamily(
+        "dicomlb_spool_backend_items",
+        "Items in the spool index by the backend they are for, and state.",
+        labels=["backend", "state"],
+    )
+    breaker = GaugeMetricFamily(
+        "dicomlb_spool_breaker_open",
+        "1 while the spool's circuit breaker toward the backend is open or half open.",
+        labels=["backend"],
+    )
+    for name, backend in spool["backends"].items():
+        for item_state in SPOOL_STATES:
+            by_backend.add_metric([name, item_state], backend.get(item_state, 0))
+        breaker.add_metric([name], 0 if backend.get("breaker", "closed") == "closed" else 1)
+    yield from (items, by_backend, breaker)
+    for name, text, value in (
+        ("dicomlb_spool_bytes", "Bytes of spooled files on disk.", spool["bytes"]),
+        (
+            "dicomlb_spool_oldest_age_seconds",
+            "Age of the oldest item not yet delivered (queued or sending); 0 when none.",
+            spool["oldest_age_seconds"] or 0,
+        ),
+        ("dicomlb_spool_dead_items", "Dead letters: items given up on.", spool["dead"]),
+        (
+            "dicomlb_spool_accepting",
+            "1 while the spool takes new instances (0: a limit or low disk refuses them).",
+            1 if spool["accepting"] else 0,
+        ),
+        (
+            "dicomlb_spool_free_disk_bytes",
+            "Free bytes on the spool's file system.",
+            spool["free_disk"],
+        ),
+        ("dicomlb_spool_max_items", "spool.max_items (0: none).", spool["limits"]["max_items"]),
+        ("dicomlb_spool_max_bytes", "spool.max_bytes (0: none).", spool["limits"]["max_bytes"]),
+    ):
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], value)
+        yield gauge

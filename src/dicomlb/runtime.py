@@ -70,8 +70,9 @@ class Runtime:
             self.pools[pool_config.name] = Pool(pool_config, members)
 
     def pools_in_use(self) -> list[Pool]:
-        """Pools a route or the C-ECHO option sends to."""
+        """Pools a route (DICOM or HTTP) or the C-ECHO option sends to."""
         names = {route.pool.name for route in self.snapshot.routes}
+        names |= {route.pool.name for route in self.snapshot.http_routes}
         dicom = self.snapshot.dicom
         if dicom is not None and dicom.echo_pool is not None:
             names.add(dicom.echo_pool.name)

@@ -8,25 +8,14 @@ test's tmp_path (printed, and named in the assertion messages).
 from __future__ import annotations
 
 import importlib.util
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.dicomdata import make_small, write_series
+from tests.e2e.conftest import CHROMIUM
 from tests.peers import StoreSCP, have_dcmtk, storescu
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = [
     pytest.mark.browser,
@@ -39,20 +28,6 @@ pytestmark = [
         not Path(CHROMIUM).exists(), reason="needs Chromium (apt-get install chromium)"
     ),
 ]
-
-
-@pytest.fixture
-def page() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.on("dialog", lambda dialog: dialog.accept())  # the "drain backend?" confirm
-            yield page
-        finally:
-            browser.close()
 
 
 def test_dashboard_shows_backends_a_backend_going_down_and_drains(

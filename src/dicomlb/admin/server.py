@@ -5,6 +5,10 @@ but the dashboard page and the probes needs the configured bearer token or basic
 password when auth is set (the config refuses a non-loopback bind without it). Requests that
 change something must send JSON (`Content-Type: application/json`), which a cross-site form
 cannot. The API is described in docs/admin-api.yaml.
+
+With a spool, `/api/v1/spool…` reads and changes it through `SpoolView` (the operations of
+`dicomlb spool`); with an HTTP listener, the status document has its listener, routes and
+the backends' HTTP counts.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from dicomlb import __version__
+from dicomlb.admin.spool import SpoolView
 from dicomlb.changes import ChangeError
 from dicomlb.config import ConfigError
 from dicomlb.metrics import CONTENT_TYPE
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import AdminAuth
+from dicomlb.spool.ops import OperationError
+from dicomlb.spool.state import ItemState
 
 if TYPE_CHECKING:
     from dicomlb.app import App
@@ -99,6 +106,14 @@ class AdminServer:
         r.add_get("/api/v1/associations", self.associations)
         r.add_get("/api/v1/config", self.config)
         r.add_post("/api/v1/reload", self.reload)
+        r.add_get("/api/v1/spool", self.spool_summary)
+        r.add_get("/api/v1/spool/items", self.spool_items)
+        r.add_get("/api/v1/spool/items/{id:\\d+}", self.spool_item)
+        r.add_delete("/api/v1/spool/items/{id:\\d+}", self.spool_purge_item)
+        r.add_post("/api/v1/spool/items/{id:\\d+}/retry", self.spool_retry_item)
+        r.add_post("/api/v1/spool/retry-dead", self.spool_retry_dead)
+        r.add_post("/api/v1/spool/purge-dead", self.spool_purge_dead)
+        self.spool = SpoolView(app.spool, app.metrics) if app.spool is not None else None
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(
@@ -114,6 +129,8 @@ class AdminServer:
         log.info("listener.started listener=admin bind=%s:%d", host, self.port)
 
     async def stop(self) -> None:
+        if self.spool is not None:
+            await self.spool.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -199,6 +216,8 @@ class AdminServer:
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
+        if self.spool is not None:
+            await self.spool.summary()  # the spool gauges: the index read now
         return web.Response(
             body=self.app.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE}
         )
@@ -206,7 +225,9 @@ class AdminServer:
     # -------------------------------------------------------- reading
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self.snapshot_state())
+        state = self.snapshot_state()
+        state["spool"] = await self.spool.summary() if self.spool is not None else None
+        return web.json_response(state)
 
     async def listeners(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self._listeners())
@@ -275,6 +296,102 @@ class AdminServer:
         result = await self.app.reload_from_file("api")
         return web.json_response(result, status=200 if result["result"] == "ok" else 422)
 
+    # -------------------------------------------------------- spool
+
+    def _no_spool(self) -> web.StreamResponse:
+        return _not_found("there is no spool: add a `spool` section (and `ack: spool` routes)")
+
+    async def spool_summary(self, request: web.Request) -> web.StreamResponse:
+        if self.spool is None:
+            return self._no_spool()
+        return web.json_response(await self.spool.summary())
+
+    async def spool_items(self, request: web.Request) -> web.StreamResponse:
+        if self.spool is None:
+            return self._no_spool()
+        query = request.query
+        try:
+            states = [
+                ItemState(name)
+                for given in query.getall("state", [])
+                for name in given.split(",")
+                if name
+            ]
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            known = ", ".join(str(s) for s in ItemState)
+            return web.json_response(
+                {"error": f"state is one of {known} (comma-separated); limit is a number"},
+                status=400,
+            )
+        items = await self.spool.items(
+            states=states,
+            backend=query.get("backend") or None,
+            study=query.get("study") or None,
+            limit=limit,
+        )
+        return web.json_response(items)
+
+    async def spool_item(self, request: web.Request) -> web.StreamResponse:
+        if self.spool is None:
+            return self._no_spool()
+        try:
+            return web.json_response(await self.spool.item(int(request.match_info["id"])))
+        except OperationError as err:
+            return _not_found(str(err))
+
+    async def spool_retry_item(self, request: web.Request) -> web.StreamResponse:
+        if self.spool is None:
+            return self._no_spool()
+        item_id = int(request.match_info["id"])
+        try:
+            item = await self.spool.item(item_id)
+        except OperationError as err:
+            return _not_found(str(err))
+        queued = await self.spool.retry([item_id])
+        if not queued:
+            return web.json_response(
+                {
+                    "error": f"spooled item {item_id} is {item['state']}"
+                    + ("" if item["on_disk"] else ", its file is gone")
+                    + "; only dead items (and delivered ones still kept) can be retried"
+                },
+                status=409,
+            )
+        log.warning("admin.spool action=retry item=%d", item_id)
+        return web.json_response({"queued": queued})
+
+    async def spool_purge_item(self, request: web.Request) -> web.StreamResponse:
+        if self.spool is None:
+            return self._no_spool()
+        item_id = int(request.match_info["id"])
+        try:
+            await self.spool.item(item_id)
+        except OperationError as err:
+            return _not_found(str(err))
+        purged = await self.spool.purge([item_id])
+        if not purged:
+            return web.json_response(
+                {"error": f"spooled item {item_id} is being sent; purge it when the attempt ends"},
+                status=409,
+            )
+        log.warning("admin.spool action=purge item=%d", item_id)
+        return web.json_response({"purged": purged})
+
+    async def spool_retry_dead(self, request: web.Request) -> web.StreamResponse:
+        if self.spool is None:
+            return self._no_spool()
+        queued = await self.spool.retry(all_dead=True)
+        log.warning("admin.spool action=retry-dead items=%d", queued)
+        return web.json_response({"queued": queued})
+
+    async def spool_purge_dead(self, request: web.Request) -> web.StreamResponse:
+        if self.spool is None:
+            return self._no_spool()
+        purged = await self.spool.purge(states=[ItemState.DEAD])
+        log.warning("admin.spool action=purge-dead items=%d", purged)
+        return web.json_response({"purged": purged})
+
     # -------------------------------------------------------- state as JSON
 
     def snapshot_state(self) -> dict[str, Any]:
@@ -301,6 +418,7 @@ class AdminServer:
             "pools": self._pools(),
             "backends": self._backends(),
             "routes": self._routes(),
+            "http_routes": self._http_routes(),
             "associations": self._associations(),
             "errors": [{"time": t, "text": text} for t, text in metrics.errors],
         }
@@ -332,6 +450,18 @@ class AdminServer:
                     "aborted": stats.aborted,
                 }
             )
+        http = self.app.http
+        if http is not None:
+            metrics = self.app.metrics
+            out.append(
+                {
+                    "name": "http",
+                    "bind": f"{http.config.host}:{http.config.port}",
+                    "active": len(http.clients),
+                    "max_connections": http.config.max_connections,
+                    "requests": sum(v for _, v in metrics.counter_values(metrics.http_requests)),
+                }
+            )
         admin = self.app.snapshot.admin
         if admin is not None:
             out.append(
@@ -354,6 +484,46 @@ class AdminServer:
                     cls = labels["status_class"]
                     bucket[cls] = bucket.get(cls, 0) + value
         return counts
+
+    def _http_counts(self) -> dict[tuple[str, str], dict[str, float]]:
+        """(kind, name) -> {status_class: requests}, kind route | pool | backend."""
+        counts: dict[tuple[str, str], dict[str, float]] = {}
+        metrics = self.app.metrics
+        for labels, value in metrics.counter_values(metrics.http_requests):
+            for kind in ("route", "pool", "backend"):
+                name = labels[kind]
+                if name or kind == "route":  # route "": requests no route matched
+                    bucket = counts.setdefault((kind, name), {})
+                    cls = labels["status_class"]
+                    bucket[cls] = bucket.get(cls, 0) + value
+        return counts
+
+    def _http_routes(self) -> list[dict[str, Any]]:
+        counts = self._http_counts()
+        routes = [
+            {
+                "name": route.name,
+                "match": route.match_text,
+                "pool": route.pool.name,
+                "middlewares": [m.name for m in route.middlewares],
+                "hits": sum(counts.get(("route", route.name), {}).values()),
+                "requests": counts.get(("route", route.name), {}),
+            }
+            for route in self.app.snapshot.http_routes
+        ]
+        unmatched = counts.get(("route", ""))
+        if unmatched:
+            routes.append(
+                {
+                    "name": "",
+                    "match": "no route matched (404)",
+                    "pool": "",
+                    "middlewares": [],
+                    "hits": sum(unmatched.values()),
+                    "requests": unmatched,
+                }
+            )
+        return routes
 
     def _pools(self) -> list[dict[str, Any]]:
         runtime = self.app.runtime
@@ -391,10 +561,12 @@ class AdminServer:
         upstream = runtime.upstreams.get(backend.name)
         checker = self.app.checkers.get(backend.name)
         config = backend.config
+        conns = self.app.http.http.connections.get(backend.name) if self.app.http else None
         return {
             "name": backend.name,
             "pool": pool,
-            "dicom": str(config.dicom),
+            "dicom": str(config.dicom) if config.dicom is not None else None,
+            "http": str(config.http) if config.http is not None else None,
             "weight": config.weight,
             "max_associations": config.max_associations,
             "state": backend_state(backend),
@@ -412,6 +584,9 @@ class AdminServer:
             ],
             "messages": self._message_counts().get(("backend", backend.name), {}),
             "latency": metrics.latency(backend.name),
+            "http_requests": self._http_counts().get(("backend", backend.name), {}),
+            "http_latency": metrics.http_latency(backend.name),
+            "http_idle_connections": len(conns.idle) if conns is not None else None,
         }
 
     def _routes(self) -> list[dict[str, Any]]:
@@ -433,7 +608,7 @@ class AdminServer:
 
     def _associations(self) -> dict[str, Any]:
         now = time.monotonic()
-        active = []
+        active: list[dict[str, Any]] = []
         if self.app.dicom is not None:
             for a in self.app.dicom.associations:
                 if not a.counted:

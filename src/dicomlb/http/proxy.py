@@ -957,6 +957,14 @@ class Exchange:
             self.connecting.cancel()
             self.connecting = None
         self._log()
+        route = self.route
+        self.http.runtime.metrics.http_request(
+            route=route.name if route else "",
+            pool=route.pool.name if route else "",
+            backend=self.backend.name if self.backend else "",
+            status=self.status,
+            seconds=self.client.loop.time() - self.started,
+        )
         self.client.exchange_done(keep_alive and self.request_done)
 
     def _log(self) -> None:

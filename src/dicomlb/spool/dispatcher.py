@@ -187,6 +187,7 @@ class Dispatcher:
             await self.store.update(statements)
 
     async def record_dead(self, item: Item, attempts: int, reason: str) -> None:
+        self.spool.runtime().metrics.spool_delivery(item.backend, "dead")
         now = time.time()
         await self.store.update(
             [
@@ -496,6 +497,7 @@ class BackendSender:
             remove=() if keep else (item.file,),
         )
         self.spool.items -= 1
+        self.spool.runtime().metrics.spool_delivery(item.backend, "delivered")
         if not keep:
             self.spool.bytes -= item.size
         log.info(
@@ -526,6 +528,7 @@ class BackendSender:
         if outcome.state is ItemState.DEAD:
             await self.dispatcher.record_dead(item, attempts, outcome.reason)
             return
+        self.spool.runtime().metrics.spool_delivery(item.backend, "failed")
         await self.store.update(
             [
                 (

@@ -44,6 +44,32 @@ def summary(store: SpoolStore) -> Summary:
     return Summary(by_state={state: int(n) for state, n in rows}, bytes=counts.bytes)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stats:
+    """Counts for the control plane: items by backend and state, bytes, the oldest wait."""
+
+    by_backend: dict[str, dict[str, int]]  # backend -> state -> items
+    bytes: int
+    oldest_pending_at: float | None  # created_at of the oldest queued or sending item
+
+
+def stats(store: SpoolStore) -> Stats:
+    """Index counts the admin listener shows and exports (state and backend are indexed)."""
+    by_backend: dict[str, dict[str, int]] = {}
+    for backend, item_state, count in store.query(
+        "SELECT backend, state, count(*) FROM items GROUP BY state, backend"
+    ):
+        by_backend.setdefault(backend, {})[item_state] = int(count)
+    (oldest,) = store.query(
+        "SELECT min(created_at) FROM items WHERE state IN ('queued', 'sending')"
+    )[0]
+    return Stats(
+        by_backend=by_backend,
+        bytes=store.counts().bytes,
+        oldest_pending_at=None if oldest is None else float(oldest),
+    )
+
+
 def list_items(
     store: SpoolStore,
     *,

@@ -169,6 +169,9 @@ class Spool:
                 why,
             )
             relay._respond(message, Status.OUT_OF_RESOURCES, f"spool full: {why}")
+            relay.runtime.metrics.spool_refusal(
+                route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
+            )
             return
         runtime = relay.runtime
         study = tags.get(STUDY_INSTANCE_UID, "")
@@ -213,6 +216,7 @@ class Spool:
             # Small instances are still in memory: their senders get the bytes, no re-read.
             kept = instance.keep
             data = b"".join(kept)[instance.dataset_offset :] if kept is not None else None
+            committing = time.monotonic()
             items = await self.store.commit(instance, targets, time.time())
         except (ClientGone, asyncio.CancelledError):
             # Not acknowledged. Once handed to the committer the file is its business (it
@@ -233,7 +237,15 @@ class Spool:
                 f"spool write failed: {err}",
             )
             relay._respond(message, Status.OUT_OF_RESOURCES, f"spool write failed: {err}")
+            relay.runtime.metrics.spool_refusal(
+                route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
+            )
             return
+        relay.runtime.metrics.spool_stored(
+            route=route.name,
+            pools=[t.pool for t in targets],
+            seconds=time.monotonic() - committing,
+        )
         self.items += len(targets)
         self.bytes += instance.size * len(targets)
         relay._respond(message, Status.SUCCESS)
