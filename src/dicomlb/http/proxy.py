@@ -21,7 +21,7 @@ import logging
 import socket
 import typing
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dicomlb.http import orthanc
@@ -49,6 +49,7 @@ from dicomlb.http.snapshot import HttpListenerConfig, HttpPoolConfig, HttpRouteC
 from dicomlb.http.upstream import BackendConnections, UpstreamConnection
 from dicomlb.pools import BackendState, Pool
 from dicomlb.runtime import Runtime
+from dicomlb.snapshot import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ PENDING_HIGH = 256 * 1024  # body bytes held while a backend connection is being
 QUEUE_HIGH = 64  # pipelined events held before reading from the client pauses
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE", b"PROPFIND"))
 _ERROR = object()  # queued in place of events after a malformed request
+_NONE: frozenset[str] = frozenset()
 
 
 class HttpRuntime:
@@ -400,44 +402,47 @@ class ClientConnection(asyncio.Protocol):
 class Exchange:
     """One request and its response, from routing to the last byte."""
 
+    # Per-request state starts from these class defaults (immutable values only), so a
+    # small request does not pay for assigning every field: an exchange is made per request.
+    route: HttpRouteConfig | None = None
+    pool: Pool | None = None
+    options = DEFAULT_POOL_HTTP
+    backend: BackendState | None = None
+    upstream: UpstreamConnection | None = None
+    connecting: asyncio.Task[None] | None = None
+    pending_size = 0
+    replay_size = 0
+    head = b""
+    tries = 0
+    response: Response | None = None
+    response_started = False
+    response_chunked = False
+    status = 0
+    bytes_out = 0
+    bytes_in = 0
+    max_body: int | None = None
+    learn: list[bytes] | None = None
+    response_edits: list[Any] | tuple[()] = ()
+    read_timeout = DEFAULT_POOL_HTTP.read_timeout
+    finished = False
+    pin_key: str | None = None
+    path = ""
+    upgrade_tunnel = False
+    counted = False  # this exchange is in its backend's `active` count
+    verbatim = True  # no head rewrite: relay the backend's bytes unchanged
+    ready = False  # out / held has something complete to write
+
     def __init__(self, client: ClientConnection, request: Request) -> None:
         self.client = client
         self.request = request
         self.http = client.listener.http
         self.started = client.loop.time()
         self.request_done = False
-        self.route: HttpRouteConfig | None = None
-        self.pool: Pool | None = None
-        self.options = DEFAULT_POOL_HTTP
-        self.backend: BackendState | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.connecting: asyncio.Task[None] | None = None
         self.pending: list[bytes] = []  # framed body bytes waiting for a backend connection
-        self.pending_size = 0
         self.replay: list[bytes] | None = []  # everything sent, while small enough to resend
-        self.replay_size = 0
-        self.head = b""
         self.tried: set[str] = set()
-        self.tries = 0
-        self.response: Response | None = None
-        self.response_started = False
-        self.response_chunked = False
-        self.status = 0
-        self.bytes_out = 0
-        self.bytes_in = 0
-        self.max_body: int | None = None
-        self.learn: list[bytes] | None = None
-        self.response_edits: list[Any] = []
-        self.read_timeout = DEFAULT_POOL_HTTP.read_timeout
-        self.finished = False
-        self.pin_key: str | None = None
-        self.path = ""
-        self.upgrade_tunnel = False
-        self.counted = False  # this exchange is in its backend's `active` count
         self.out: list[bytes] = []  # response bytes for the client, written once per batch
         self.held: list[bytes] = []  # the backend's bytes, written as they are when verbatim
-        self.verbatim = True  # no head rewrite: relay the backend's bytes unchanged
-        self.ready = False  # out / held has something complete to write
 
     # request side --------------------------------------------------------------------------
 
@@ -460,10 +465,11 @@ class Exchange:
         self.pool = self.http.pools[route.pool.name]
         self.options = route.pool.http or DEFAULT_POOL_HTTP
         self.read_timeout = route.read_timeout or self.options.read_timeout
-        headers = list(request.headers)
+        headers: Sequence[tuple[bytes, bytes]] = request.headers
         target = request.target
         middlewares = self.http.middlewares[route.name]
         if middlewares:
+            headers = list(headers)
             host = header(request.headers, b"host") or b""
             ctx = RequestContext(
                 method=request.method,
@@ -503,7 +509,7 @@ class Exchange:
     def _pick(self) -> BackendState | None:
         pool = self.pool
         assert pool is not None and self.route is not None
-        exclude = frozenset(self.tried)
+        exclude = frozenset(self.tried) if self.tried else _NONE
         if self.pin_key is not None:
             return (
                 self.http.sticky[pool.name].place(pool, self.pin_key, exclude)
@@ -512,7 +518,7 @@ class Exchange:
             )
         options = self.options
         key_spec = options.key
-        if options.sticky or pool.config.strategy.value == "affinity":
+        if options.sticky or pool.config.strategy is Strategy.AFFINITY:
             if key_spec is None:
                 from dicomlb.http.snapshot import HttpKey
 
