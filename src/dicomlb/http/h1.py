@@ -196,9 +196,7 @@ class _Reader:
         """The head's fields, at on_headers_complete; later on_header calls are trailers."""
         headers = tuple(self._headers)
         self._headers = []
-        if self._check_size and (
-            sum(len(n) + len(v) + 4 for n, v in headers) > self.max_head_size
-        ):
+        if self._check_size and (sum(len(n) + len(v) + 4 for n, v in headers) > self.max_head_size):
             raise RemoteProtocolError(
                 f"request head larger than {self.max_head_size} bytes", status_hint=431
             )
