@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import typing
 from collections import deque
@@ -26,6 +27,7 @@ from typing import Any
 
 from dicomlb.http import orthanc
 from dicomlb.http.affinity import StickyTable, least_loaded, request_key
+from dicomlb.http.balancing import ramping_excluded
 from dicomlb.http.h1 import (
     Data,
     EndOfMessage,
@@ -93,6 +95,7 @@ class HttpRuntime:
             self.sticky.setdefault(pool.name, StickyTable())
             self.owners.setdefault(pool.name, orthanc.OwnerTable())
         self.retired = [c for n, c in old_conns.items() if self.connections.get(n) is not c]
+        self.rng: random.Random = previous.rng if previous else random.Random()  # slow start
 
     def close(self) -> None:
         for conns in self.connections.values():
@@ -528,7 +531,21 @@ class Exchange:
                 if options.sticky:
                     return self.http.sticky[pool.name].place(pool, key, exclude)
                 return pool.pick(key, exclude)
+        if options.slow_start > 0:
+            exclude = self._slow_start(pool, exclude)
         return pool.pick("", exclude)
+
+    def _slow_start(self, pool: Pool, exclude: frozenset[str]) -> frozenset[str]:
+        """Leave recovering backends out of this pick in proportion to their ramp."""
+        connections = self.http.connections
+        now = self.client.loop.time()
+        options = self.options
+        return ramping_excluded(
+            pool.backends,
+            lambda b: connections[b.name].ramp(options).share(b.health, now),
+            self.http.rng,
+            exclude,
+        )
 
     def _owner(self, pool: Pool, exclude: frozenset[str]) -> BackendState | None:
         assert self.pin_key is not None
@@ -559,7 +576,52 @@ class Exchange:
         else:
             self.connecting = self.client.loop.create_task(self._connect(conns))
 
+    async def _slot(self, conns: BackendConnections) -> UpstreamConnection | None:
+        """Wait in line at a backend whose `max_connections` are all busy: a connection
+        handed over, or None when a slot is free. Raises TimeoutError after
+        `acquire_timeout`."""
+        limit = self.options.max_connections
+        async with asyncio.timeout(self.options.acquire_timeout):
+            while limit is not None and conns.open >= limit:
+                future = conns.wait()
+                try:
+                    conn = await future
+                except asyncio.CancelledError:
+                    if future.done() and not future.cancelled() and future.result():
+                        got = future.result()
+                        assert got is not None
+                        conns.give_back(got, self.client.loop.time(), self.options.idle_timeout)
+                    raise
+                if conn is not None:
+                    return conn
+        return None
+
     async def _connect(self, conns: BackendConnections) -> None:
+        limit = self.options.max_connections
+        if limit is not None and conns.open >= limit:
+            try:
+                handed = await self._slot(conns)
+            except TimeoutError:
+                self.connecting = None
+                backend = self.backend
+                assert backend is not None
+                self.local(
+                    LocalResponse(
+                        status=503,
+                        body=(
+                            f"backend {backend.name} has all its {limit} connections busy "
+                            f"(waited {self.options.acquire_timeout:g}s)\n"
+                        ).encode(),
+                    )
+                )
+                return
+            if handed is not None:
+                self.connecting = None
+                if self.finished:
+                    conns.give_back(handed, self.client.loop.time(), self.options.idle_timeout)
+                    return
+                self._attach(handed)
+                return
         try:
             conn = await conns.connect(self.options.connect_timeout)
         except asyncio.CancelledError:
@@ -719,10 +781,8 @@ class Exchange:
             return
         backend = self.backend
         assert backend is not None
-        options = self.options
         if status in (502, 503, 504):
-            if options.passive and backend.config and self._passive_failure(f"status {status}"):
-                pass
+            self._passive_failure(f"status {status}", status=True)
             if status != 504 and self._can_retry(safe_status=True):
                 log.info(
                     "http.retry backend=%s status=%d method=%s path=%s",
@@ -805,21 +865,29 @@ class Exchange:
             )
         return True
 
-    def _passive_failure(self, reason: str) -> bool:
+    def _passive_failure(self, reason: str, *, status: bool = False) -> bool:
+        """Count a failed request against the backend: connect errors and timeouts toward
+        `health.fall`; 502/503/504 answers (`status`) only through the passive window
+        (`http.passive: {failures, window}`), so a single error page does not eject it."""
         backend = self.backend
         assert backend is not None
         route = self.route
         if route is None or not route.pool.health.enabled or not self.options.passive:
             return False
-        if backend.health.failure():
+        if status:
+            conns = self.http.connections[backend.name]
+            ejected = conns.window(self.options).failure(self.client.loop.time())
+            ejected = ejected and backend.health.eject()
+        else:
+            ejected = backend.health.failure()
+        if ejected:
             log.warning(
                 "backend.down backend=%s pool=%s cause=passive reason=%r",
                 backend.name,
                 route.pool.name,
                 reason,
             )
-            return True
-        return False
+        return ejected
 
     def _backend_failed(self, reason: str, *, connect: bool) -> None:
         backend = self.backend
