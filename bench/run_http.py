@@ -2,6 +2,8 @@
 dicomlb, in front of the same backend (nginx serving static files), in one run.
 
     python3 bench/run_http.py [--duration 8] [--connections 50] [--repeat 3]
+    python3 bench/run_http.py --workloads small --repeat 5 --no-results
+    python3 bench/run_http.py --dicomlb-src /work/main/src   # which dicomlb to start
 
 Workloads: a small GET (≈100 bytes), a 512 KiB GET and a 512 KiB POST (nginx answers the
 POST after reading the body). Paths and workloads are interleaved per round; the median
@@ -59,7 +61,16 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--workloads", default="", help="comma-separated: small, get, post (default: all)"
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--dicomlb-src", type=Path, default=REPO / "src")
     args = parser.parse_args()
+    short = {"small": WORKLOADS[0], "get": WORKLOADS[1], "post": WORKLOADS[2]}
+    workloads = (
+        tuple(short[w.strip()] for w in args.workloads.split(",")) if args.workloads else WORKLOADS
+    )
 
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
     work.chmod(0o755)  # nginx workers run as nobody when started by root
@@ -96,7 +107,7 @@ http_routes:
   - {{name: all, pool: web}}
 """
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": str(args.dicomlb_src.resolve())}
     lb = subprocess.Popen(
         [sys.executable, "-m", "dicomlb", "--log-level", "warning", "run", "-c", str(config)],
         env=env,
@@ -110,7 +121,7 @@ http_routes:
         ports = {"nginx": proxy.port, "dicomlb": lb_port}
         load_before = os.getloadavg()[0]
         for round_ in range(args.repeat):
-            for workload in WORKLOADS:
+            for workload in workloads:
                 order = PATHS if round_ % 2 == 0 else tuple(reversed(PATHS))
                 for path in order:
                     base = f"http://{LOOPBACK}:{ports[path]}"
@@ -134,7 +145,7 @@ http_routes:
 
     rows = []
     ratios = []
-    for workload in WORKLOADS:
+    for workload in workloads:
         med = {}
         for path in PATHS:
             runs = results[(workload, path)]
@@ -178,6 +189,8 @@ http_routes:
         *ratios,
     ]
     print("\n".join(body))
+    if args.no_results:
+        return
     section = "\n".join([MARK_BEGIN, *body, MARK_END])
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if MARK_BEGIN in text and MARK_END in text:

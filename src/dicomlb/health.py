@@ -8,7 +8,7 @@ class HealthState:
     consecutive successes bring it back. A backend starts up, so traffic flows at once.
     """
 
-    __slots__ = ("failures", "fall", "rise", "successes", "up")
+    __slots__ = ("failures", "fall", "recoveries", "rise", "successes", "up")
 
     def __init__(self, *, fall: int, rise: int, up: bool = True) -> None:
         self.fall = fall
@@ -16,6 +16,7 @@ class HealthState:
         self.up = up
         self.failures = 0
         self.successes = 0
+        self.recoveries = 0  # down → up transitions so far (slow start watches it)
 
     def success(self) -> bool:
         """Record a passed check; True when this brings the backend up."""
@@ -26,6 +27,7 @@ class HealthState:
         if self.successes >= self.rise:
             self.up = True
             self.successes = 0
+            self.recoveries += 1
             return True
         return False
 
@@ -40,3 +42,12 @@ class HealthState:
             self.failures = 0
             return True
         return False
+
+    def eject(self) -> bool:
+        """Take the backend down now (passive ejection); True when it was up."""
+        self.failures = 0
+        self.successes = 0
+        if not self.up:
+            return False
+        self.up = False
+        return True

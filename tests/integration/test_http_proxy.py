@@ -323,3 +323,45 @@ def test_reload_swaps_routes_for_new_requests(backends: list[WebBackend]) -> Non
         }
         lb.runner.call(lb.app.reload(build_snapshot(second, "<reload>")))
         assert get(lb, "/name", conn=conn)[1] == b"b"  # same client connection, new snapshot
+
+
+def test_max_connections_waits_then_503_and_drain_closes_idle(backends: list[WebBackend]) -> None:
+    config = pool(
+        backends[:1], http={"max_connections": 1, "acquire_timeout": "300ms", "retries": 0}
+    )
+    with HttpBalancer(
+        {"pools": {"web": config}, "http_routes": [{"name": "all", "pool": "web"}]}
+    ) as lb:
+        results: list[tuple[int, bytes]] = []
+
+        def slow(seconds: str) -> None:
+            status, body, _ = get(lb, f"/slow?s={seconds}")
+            results.append((status, body))
+
+        # A short wait for the one slot succeeds; a long one times out with 503.
+        first = threading.Thread(target=slow, args=("0.15",))
+        first.start()
+        time.sleep(0.05)
+        assert get(lb, "/name")[:2] == (200, b"a")  # waited for the slot, then served
+        first.join()
+        first = threading.Thread(target=slow, args=("1",))
+        first.start()
+        time.sleep(0.05)
+        status, body, _ = get(lb, "/name")
+        assert status == 503 and b"all its 1 connections busy" in body
+        first.join()
+        assert results == [(200, b"a"), (200, b"a")]
+
+        assert lb.app.http is not None
+        conns = lb.app.http.http.connections["a"]
+        assert conns.open <= 1 and len(conns.idle) <= 1  # the cap held
+        # Drain while a request is in flight: it finishes, its connection is then closed.
+        first = threading.Thread(target=slow, args=("0.2",))
+        first.start()
+        time.sleep(0.05)
+        lb.backend("a").enabled = False
+        first.join()
+        assert results[-1] == (200, b"a")
+        time.sleep(0.05)
+        assert conns.idle == [] and conns.open == 0
+        assert get(lb, "/name")[0] == 503  # no new requests to a drained backend

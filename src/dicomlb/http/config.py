@@ -120,6 +120,11 @@ class HttpListenerModel(_Model):
     tunnel_timeout: Duration | None = None
 
 
+class PassiveModel(_Model):
+    failures: Annotated[StrictInt, Field(ge=1)] = 5
+    window: Duration = 10.0
+
+
 class HttpPoolModel(_Model):
     key: Annotated[HttpKey, BeforeValidator(_key)] | None = None
     sticky: StrictBool | None = None
@@ -129,7 +134,10 @@ class HttpPoolModel(_Model):
     commit_timeout: Duration | None = None
     retries: Annotated[StrictInt, Field(ge=0)] | None = None
     retry_buffer: Annotated[StrictInt, Field(ge=0)] | None = None
-    passive: StrictBool | None = None
+    passive: StrictBool | PassiveModel | None = None
+    slow_start: Duration | None = None
+    max_connections: Annotated[StrictInt, Field(ge=1)] | None = None
+    acquire_timeout: Duration | None = None
 
 
 def _status_list(value: Any) -> tuple[int, ...]:
@@ -277,6 +285,11 @@ def http_pool_config(model: HttpPoolModel | None, orthanc: bool) -> HttpPoolConf
         if model is None
         else {k: v for k in type(model).model_fields if (v := getattr(model, k)) is not None}
     )
+    passive = values.get("passive")
+    if isinstance(passive, PassiveModel):
+        values.update(
+            passive=True, passive_failures=passive.failures, passive_window=passive.window
+        )
     if orthanc and "idle_timeout" not in values:
         values["idle_timeout"] = 0.8  # Orthanc closes idle keep-alive connections after 1 s
     return HttpPoolConfig(**values) if values else None

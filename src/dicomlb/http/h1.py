@@ -158,10 +158,10 @@ def _framing(headers: Headers) -> tuple[bool, int | None, bool]:
     length: int | None = None
     transfer = False
     for key, value in headers:
-        name = key.lower()
-        if name == b"content-length":
+        size = len(key)  # compare lengths first: most fields are neither
+        if size == 14 and key.lower() == b"content-length":
             length = int(value)  # llhttp already refused non-digits and conflicting values
-        elif name == b"transfer-encoding":
+        elif size == 17 and key.lower() == b"transfer-encoding":
             transfer = True
             chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
     return chunked, length, transfer
@@ -174,37 +174,41 @@ class _Reader:
         self.max_head_size = max_head_size
         self.state = ReaderState.IDLE
         self._events: list[Event] = []
+        # Fields of the head in progress; after the head, the trailers (llhttp reports
+        # trailers through on_header too).
         self._headers: list[tuple[bytes, bytes]] = []
-        self._trailers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0  # header bytes reported so far
         self._head_fed = 0  # bytes fed while a head was incomplete
+        self._check_size = False  # a head completed by this feed may exceed max_head_size
 
     # httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.state = ReaderState.HEAD
         self._headers = []
-        self._head_size = 0
         self._head_fed = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.state is ReaderState.BODY:  # llhttp reports trailers through on_header too
-            self._trailers.append((name, value))
-            return
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.max_head_size:
+        # Called once per field of every message: keep it to an append. The head size is
+        # checked when the head completes (`_take_headers`).
+        self._headers.append((name, value))
+
+    def _take_headers(self) -> Headers:
+        """The head's fields, at on_headers_complete; later on_header calls are trailers."""
+        headers = tuple(self._headers)
+        self._headers = []
+        if self._check_size and (sum(len(n) + len(v) + 4 for n, v in headers) > self.max_head_size):
             raise RemoteProtocolError(
                 f"request head larger than {self.max_head_size} bytes", status_hint=431
             )
-        self._headers.append((name, value))
+        return headers
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
-        if self._trailers:
-            self._events.append(EndOfMessage(trailers=tuple(self._trailers)))
-            self._trailers = []
+        if self._headers:
+            self._events.append(EndOfMessage(trailers=tuple(self._headers)))
+            self._headers = []
         else:
             self._events.append(_END)
         self.state = ReaderState.IDLE
@@ -214,10 +218,14 @@ class _Reader:
     def _feed(
         self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
     ) -> list[Event]:
-        if self.state is ReaderState.ERROR:
+        state = self.state
+        if state is ReaderState.ERROR:
             raise RemoteProtocolError("the connection already failed", status_hint=400)
-        if self.state is ReaderState.UPGRADED:
+        if state is ReaderState.UPGRADED:
             return [Upgrade(data)] if data else []
+        # A head that completes in this feed is at most what was fed of it before plus
+        # `data`: only when that could pass the limit are its fields counted.
+        self._check_size = self._head_fed + len(data) > self.max_head_size
         events = self._events = []
         try:
             parser.feed_data(data)
@@ -274,7 +282,7 @@ class RequestReader(_Reader):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        headers = tuple(self._headers)
+        headers = self._take_headers()
         chunked, length, transfer = _framing(headers)
         method = parser.get_method()
         expect = header(headers, b"expect")
@@ -338,7 +346,7 @@ class ResponseReader(_Reader):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        headers = tuple(self._headers)
+        headers = self._take_headers()
         chunked, length, _ = _framing(headers)
         bodyless = status < 200 or status in (204, 304) or self._head_request
         self._close_delimited = not bodyless and not chunked and length is None

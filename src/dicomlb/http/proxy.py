@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import typing
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dicomlb.http import orthanc
 from dicomlb.http.affinity import StickyTable, least_loaded, request_key
+from dicomlb.http.balancing import ramping_excluded
 from dicomlb.http.h1 import (
     Data,
     EndOfMessage,
@@ -49,6 +51,7 @@ from dicomlb.http.snapshot import HttpListenerConfig, HttpPoolConfig, HttpRouteC
 from dicomlb.http.upstream import BackendConnections, UpstreamConnection
 from dicomlb.pools import BackendState, Pool
 from dicomlb.runtime import Runtime
+from dicomlb.snapshot import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ PENDING_HIGH = 256 * 1024  # body bytes held while a backend connection is being
 QUEUE_HIGH = 64  # pipelined events held before reading from the client pauses
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE", b"PROPFIND"))
 _ERROR = object()  # queued in place of events after a malformed request
+_NONE: frozenset[str] = frozenset()
 
 
 class HttpRuntime:
@@ -91,6 +95,7 @@ class HttpRuntime:
             self.sticky.setdefault(pool.name, StickyTable())
             self.owners.setdefault(pool.name, orthanc.OwnerTable())
         self.retired = [c for n, c in old_conns.items() if self.connections.get(n) is not c]
+        self.rng: random.Random = previous.rng if previous else random.Random()  # slow start
 
     def close(self) -> None:
         for conns in self.connections.values():
@@ -400,44 +405,47 @@ class ClientConnection(asyncio.Protocol):
 class Exchange:
     """One request and its response, from routing to the last byte."""
 
+    # Per-request state starts from these class defaults (immutable values only), so a
+    # small request does not pay for assigning every field: an exchange is made per request.
+    route: HttpRouteConfig | None = None
+    pool: Pool | None = None
+    options = DEFAULT_POOL_HTTP
+    backend: BackendState | None = None
+    upstream: UpstreamConnection | None = None
+    connecting: asyncio.Task[None] | None = None
+    pending_size = 0
+    replay_size = 0
+    head = b""
+    tries = 0
+    response: Response | None = None
+    response_started = False
+    response_chunked = False
+    status = 0
+    bytes_out = 0
+    bytes_in = 0
+    max_body: int | None = None
+    learn: list[bytes] | None = None
+    response_edits: list[Any] | tuple[()] = ()
+    read_timeout = DEFAULT_POOL_HTTP.read_timeout
+    finished = False
+    pin_key: str | None = None
+    path = ""
+    upgrade_tunnel = False
+    counted = False  # this exchange is in its backend's `active` count
+    verbatim = True  # no head rewrite: relay the backend's bytes unchanged
+    ready = False  # out / held has something complete to write
+
     def __init__(self, client: ClientConnection, request: Request) -> None:
         self.client = client
         self.request = request
         self.http = client.listener.http
         self.started = client.loop.time()
         self.request_done = False
-        self.route: HttpRouteConfig | None = None
-        self.pool: Pool | None = None
-        self.options = DEFAULT_POOL_HTTP
-        self.backend: BackendState | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.connecting: asyncio.Task[None] | None = None
         self.pending: list[bytes] = []  # framed body bytes waiting for a backend connection
-        self.pending_size = 0
         self.replay: list[bytes] | None = []  # everything sent, while small enough to resend
-        self.replay_size = 0
-        self.head = b""
         self.tried: set[str] = set()
-        self.tries = 0
-        self.response: Response | None = None
-        self.response_started = False
-        self.response_chunked = False
-        self.status = 0
-        self.bytes_out = 0
-        self.bytes_in = 0
-        self.max_body: int | None = None
-        self.learn: list[bytes] | None = None
-        self.response_edits: list[Any] = []
-        self.read_timeout = DEFAULT_POOL_HTTP.read_timeout
-        self.finished = False
-        self.pin_key: str | None = None
-        self.path = ""
-        self.upgrade_tunnel = False
-        self.counted = False  # this exchange is in its backend's `active` count
         self.out: list[bytes] = []  # response bytes for the client, written once per batch
         self.held: list[bytes] = []  # the backend's bytes, written as they are when verbatim
-        self.verbatim = True  # no head rewrite: relay the backend's bytes unchanged
-        self.ready = False  # out / held has something complete to write
 
     # request side --------------------------------------------------------------------------
 
@@ -460,10 +468,11 @@ class Exchange:
         self.pool = self.http.pools[route.pool.name]
         self.options = route.pool.http or DEFAULT_POOL_HTTP
         self.read_timeout = route.read_timeout or self.options.read_timeout
-        headers = list(request.headers)
+        headers: Sequence[tuple[bytes, bytes]] = request.headers
         target = request.target
         middlewares = self.http.middlewares[route.name]
         if middlewares:
+            headers = list(headers)
             host = header(request.headers, b"host") or b""
             ctx = RequestContext(
                 method=request.method,
@@ -503,7 +512,7 @@ class Exchange:
     def _pick(self) -> BackendState | None:
         pool = self.pool
         assert pool is not None and self.route is not None
-        exclude = frozenset(self.tried)
+        exclude = frozenset(self.tried) if self.tried else _NONE
         if self.pin_key is not None:
             return (
                 self.http.sticky[pool.name].place(pool, self.pin_key, exclude)
@@ -512,7 +521,7 @@ class Exchange:
             )
         options = self.options
         key_spec = options.key
-        if options.sticky or pool.config.strategy.value == "affinity":
+        if options.sticky or pool.config.strategy is Strategy.AFFINITY:
             if key_spec is None:
                 from dicomlb.http.snapshot import HttpKey
 
@@ -522,7 +531,21 @@ class Exchange:
                 if options.sticky:
                     return self.http.sticky[pool.name].place(pool, key, exclude)
                 return pool.pick(key, exclude)
+        if options.slow_start > 0:
+            exclude = self._slow_start(pool, exclude)
         return pool.pick("", exclude)
+
+    def _slow_start(self, pool: Pool, exclude: frozenset[str]) -> frozenset[str]:
+        """Leave recovering backends out of this pick in proportion to their ramp."""
+        connections = self.http.connections
+        now = self.client.loop.time()
+        options = self.options
+        return ramping_excluded(
+            pool.backends,
+            lambda b: connections[b.name].ramp(options).share(b.health, now),
+            self.http.rng,
+            exclude,
+        )
 
     def _owner(self, pool: Pool, exclude: frozenset[str]) -> BackendState | None:
         assert self.pin_key is not None
@@ -553,7 +576,52 @@ class Exchange:
         else:
             self.connecting = self.client.loop.create_task(self._connect(conns))
 
+    async def _slot(self, conns: BackendConnections) -> UpstreamConnection | None:
+        """Wait in line at a backend whose `max_connections` are all busy: a connection
+        handed over, or None when a slot is free. Raises TimeoutError after
+        `acquire_timeout`."""
+        limit = self.options.max_connections
+        async with asyncio.timeout(self.options.acquire_timeout):
+            while limit is not None and conns.open >= limit:
+                future = conns.wait()
+                try:
+                    conn = await future
+                except asyncio.CancelledError:
+                    if future.done() and not future.cancelled() and future.result():
+                        got = future.result()
+                        assert got is not None
+                        conns.give_back(got, self.client.loop.time(), self.options.idle_timeout)
+                    raise
+                if conn is not None:
+                    return conn
+        return None
+
     async def _connect(self, conns: BackendConnections) -> None:
+        limit = self.options.max_connections
+        if limit is not None and conns.open >= limit:
+            try:
+                handed = await self._slot(conns)
+            except TimeoutError:
+                self.connecting = None
+                backend = self.backend
+                assert backend is not None
+                self.local(
+                    LocalResponse(
+                        status=503,
+                        body=(
+                            f"backend {backend.name} has all its {limit} connections busy "
+                            f"(waited {self.options.acquire_timeout:g}s)\n"
+                        ).encode(),
+                    )
+                )
+                return
+            if handed is not None:
+                self.connecting = None
+                if self.finished:
+                    conns.give_back(handed, self.client.loop.time(), self.options.idle_timeout)
+                    return
+                self._attach(handed)
+                return
         try:
             conn = await conns.connect(self.options.connect_timeout)
         except asyncio.CancelledError:
@@ -713,10 +781,8 @@ class Exchange:
             return
         backend = self.backend
         assert backend is not None
-        options = self.options
         if status in (502, 503, 504):
-            if options.passive and backend.config and self._passive_failure(f"status {status}"):
-                pass
+            self._passive_failure(f"status {status}", status=True)
             if status != 504 and self._can_retry(safe_status=True):
                 log.info(
                     "http.retry backend=%s status=%d method=%s path=%s",
@@ -799,21 +865,29 @@ class Exchange:
             )
         return True
 
-    def _passive_failure(self, reason: str) -> bool:
+    def _passive_failure(self, reason: str, *, status: bool = False) -> bool:
+        """Count a failed request against the backend: connect errors and timeouts toward
+        `health.fall`; 502/503/504 answers (`status`) only through the passive window
+        (`http.passive: {failures, window}`), so a single error page does not eject it."""
         backend = self.backend
         assert backend is not None
         route = self.route
         if route is None or not route.pool.health.enabled or not self.options.passive:
             return False
-        if backend.health.failure():
+        if status:
+            conns = self.http.connections[backend.name]
+            ejected = conns.window(self.options).failure(self.client.loop.time())
+            ejected = ejected and backend.health.eject()
+        else:
+            ejected = backend.health.failure()
+        if ejected:
             log.warning(
                 "backend.down backend=%s pool=%s cause=passive reason=%r",
                 backend.name,
                 route.pool.name,
                 reason,
             )
-            return True
-        return False
+        return ejected
 
     def _backend_failed(self, reason: str, *, connect: bool) -> None:
         backend = self.backend

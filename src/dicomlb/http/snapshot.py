@@ -60,7 +60,12 @@ class HttpPoolConfig:
     commit_timeout: float = 3600.0  # Orthanc /transfers/push/*/commit read timeout
     retries: int = 2  # other backends tried after a safe failure
     retry_buffer: int = 65536  # request bodies up to this are kept for a retry
-    passive: bool = True  # connect errors and 502/503/504 count toward health fall
+    passive: bool = True  # passive ejection on connect errors and 502/503/504
+    passive_failures: int = 5  # 502/503/504 answers within passive_window that eject
+    passive_window: float = 10.0
+    slow_start: float = 0.0  # after down → up, ramp a backend's share over this (0: off)
+    max_connections: int | None = None  # open connections per backend (None: no cap)
+    acquire_timeout: float = 5.0  # wait for a connection slot at a capped backend → 503
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,8 @@
 """Keep-alive connections to HTTP backends (asyncio shell): one `UpstreamConnection` per
 socket, pooled per backend by `BackendConnections` (idle ones reused last-in first-out,
-closed after the pool's idle timeout).
+closed after the pool's idle timeout, or at once when the backend is draining), capped per
+backend (`http.max_connections`: requests wait their turn in order), with the backend's
+slow-start ramp and passive-ejection window.
 
 The connection only moves bytes and feeds the `ResponseReader` core; what the events mean
 is the `Exchange`'s business (`proxy.py`).
@@ -11,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import typing
+from collections import deque
 from typing import TYPE_CHECKING
 
+from dicomlb.http.balancing import FailureWindow, SlowStart
 from dicomlb.http.h1 import Event, RemoteProtocolError, ResponseReader
+from dicomlb.http.snapshot import HttpPoolConfig
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import HttpAddress
 
@@ -110,9 +115,52 @@ class BackendConnections:
         self.backend = backend
         self.address = address
         self.idle: list[UpstreamConnection] = []
-        self.open = 0
+        self.open = 0  # connections open or being opened
+        # Requests waiting for a slot at a capped backend: each future gets a connection
+        # handed over, or None when a slot freed up (open a new connection).
+        self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle_timeout = 30.0
+        self._ramp: SlowStart | None = None
+        self._window: FailureWindow | None = None
+
+    def ramp(self, options: HttpPoolConfig) -> SlowStart:
+        """The backend's slow-start state (its pool's `http.slow_start`)."""
+        ramp = self._ramp
+        if ramp is None or ramp.duration != options.slow_start:
+            ramp = self._ramp = SlowStart(options.slow_start)
+        return ramp
+
+    def window(self, options: HttpPoolConfig) -> FailureWindow:
+        """The backend's passive-ejection window (its pool's `http.passive` thresholds)."""
+        window = self._window
+        if (
+            window is None
+            or window.failures != options.passive_failures
+            or window.window != options.passive_window
+        ):
+            window = self._window = FailureWindow(
+                failures=options.passive_failures, window=options.passive_window
+            )
+        return window
+
+    def wait(self) -> asyncio.Future[UpstreamConnection | None]:
+        """A place in line for a connection slot (the caller bounds the wait)."""
+        future: asyncio.Future[UpstreamConnection | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.waiters.append(future)
+        return future
+
+    def _hand_over(self, conn: UpstreamConnection | None) -> bool:
+        """Give `conn` (or a free slot, None) to the first request still waiting."""
+        waiters = self.waiters
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(conn)
+                return True
+        return False
 
     def take(self, now: float, idle_timeout: float) -> UpstreamConnection | None:
         """An idle connection to reuse, or None."""
@@ -126,6 +174,11 @@ class BackendConnections:
     def give_back(self, conn: UpstreamConnection, now: float, idle_timeout: float) -> None:
         """`conn` finished an exchange cleanly and may carry another."""
         conn.exchange = None
+        if not self.backend.enabled:  # draining: no new work comes, close as it goes idle
+            conn.close()
+            return
+        if self.waiters and self._hand_over(conn):
+            return
         conn.idle_since = now
         self.idle.append(conn)
         self._idle_timeout = idle_timeout
@@ -134,16 +187,21 @@ class BackendConnections:
             self._sweeper = loop.call_later(idle_timeout, self._sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
+        """`conn` is closed: its slot is free."""
+        self.open -= 1
         if conn in self.idle:
             self.idle.remove(conn)
+        if self.waiters:
+            self._hand_over(None)
 
     def _sweep(self) -> None:
         self._sweeper = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         keep = []
+        enabled = self.backend.enabled
         for conn in self.idle:
-            if conn.usable(now, self._idle_timeout):
+            if enabled and conn.usable(now, self._idle_timeout):
                 keep.append(conn)
             else:
                 conn.close()
@@ -155,10 +213,17 @@ class BackendConnections:
     async def connect(self, timeout: float) -> UpstreamConnection:
         """A new connection; raises OSError or TimeoutError."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(self), self.address.host, self.address.port
-            )
+        self.open += 1
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.address.host, self.address.port
+                )
+        except BaseException:
+            self.open -= 1
+            if self.waiters:
+                self._hand_over(None)
+            raise
         return conn
 
     def close(self) -> None:
