@@ -36,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.results import write_section  # noqa: E402
 from tests.dicomdata import make_ct_series, make_small, write_series  # noqa: E402
 from tests.peers import (  # noqa: E402
     LOOPBACK,
@@ -49,9 +50,6 @@ from tests.peers import (  # noqa: E402
     wait_listening,
 )
 
-RESULTS = REPO / "bench" / "RESULTS.md"
-MARK_BEGIN = "<!-- run_bridge:begin -->"
-MARK_END = "<!-- run_bridge:end -->"
 DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 PATHS = ("direct", "dimse", "rest", "stow")
 LABEL = {
@@ -167,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = report(args, rows, sizes, load_before)
         print("\n".join(body))
         if not args.no_write:
-            write_results(body)
+            write_section("run_bridge", body)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -208,17 +206,6 @@ def report(
             cells += [f"{rate:.0f}", f"{rate / base:.2f}"]
         lines.append(f"| {LABEL[path]} | " + " | ".join(cells) + " |")
     return lines
-
-
-def write_results(body: list[str]) -> None:
-    """Replace the run_bridge section of bench/RESULTS.md (other sections stay)."""
-    section = "\n".join([MARK_BEGIN, *body, MARK_END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        RESULTS.write_text(head + section + rest.split(MARK_END, 1)[1])
-    else:
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + section + "\n")
 
 
 if __name__ == "__main__":

@@ -27,12 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.results import write_section  # noqa: E402
 from tests.httppeers import Nginx  # noqa: E402
 from tests.peers import LOOPBACK, free_port, stop_process, wait_listening  # noqa: E402
 
-RESULTS = REPO / "bench" / "RESULTS.md"
-MARK_BEGIN = "<!-- run_http:begin -->"
-MARK_END = "<!-- run_http:end -->"
 BIG = 512 * 1024
 WORKLOADS = ("small GET", "512 KiB GET", "512 KiB POST")
 PATHS = ("nginx", "dicomlb")
@@ -191,14 +189,7 @@ http_routes:
     print("\n".join(body))
     if args.no_results:
         return
-    section = "\n".join([MARK_BEGIN, *body, MARK_END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    write_section("run_http", body)
 
 
 if __name__ == "__main__":

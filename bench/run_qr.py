@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.results import write_section  # noqa: E402
 from tests.dicomdata import make_ct_series, write_series  # noqa: E402
 from tests.peers import (  # noqa: E402
     LOOPBACK,
@@ -50,9 +51,6 @@ from tests.peers import (  # noqa: E402
     run_dcmtk,
 )
 
-RESULTS = REPO / "bench" / "RESULTS.md"
-MARK_BEGIN = "<!-- run_qr:begin -->"
-MARK_END = "<!-- run_qr:end -->"
 DICOMLB_AET = "DICOMLB"
 
 CONFIG = """\
@@ -186,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = report(args, rows, nbytes, load_before)
         print("\n".join(body))
         if not args.no_write:
-            write_results(body)
+            write_section("run_qr", body)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -245,17 +243,6 @@ def report(
         b = n / med[f"move dicomlb {mode}"]
         lines.append(f"| C-MOVE {mode} (inst/s) | {d:.0f} | {b:.0f} | {b / d:.2f} |")
     return lines
-
-
-def write_results(body: list[str]) -> None:
-    """Replace the run_qr section of bench/RESULTS.md (other sections stay)."""
-    section = "\n".join([MARK_BEGIN, *body, MARK_END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        RESULTS.write_text(head + section + rest.split(MARK_END, 1)[1])
-    else:
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + section + "\n")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
+from bench.results import write_section  # noqa: E402
 from tests.peers import (  # noqa: E402
     DicomlbProcess,
     PeerError,
@@ -54,9 +55,6 @@ from run_store import (  # noqa: E402
     versions,
 )
 
-RESULTS = BENCH / "RESULTS.md"
-MARK_BEGIN = "<!-- run_spool:begin -->"
-MARK_END = "<!-- run_spool:end -->"
 PATHS = ("pass-through", "spool")
 AET = "DICOMLB"
 
@@ -204,17 +202,6 @@ def table(times: dict[tuple[str, int, str], list[float]], datasets: Sequence[Dat
     return lines
 
 
-def write_results(body: list[str]) -> None:
-    """Replace the run_spool section of bench/RESULTS.md (other sections stay)."""
-    section = "\n".join([MARK_BEGIN, *body, MARK_END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        RESULTS.write_text(head + section + rest.split(MARK_END, 1)[1])
-    else:
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + section + "\n")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 CT + 500 small, 1 round")
@@ -293,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print("\n".join(body))
     if not args.no_results:
-        write_results(body)
+        write_section("run_spool", body)
     return 0
 
 

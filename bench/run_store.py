@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.results import write_section  # noqa: E402
 from tests.dicomdata import make_ct_series, make_small, write_series  # noqa: E402
 from tests.peers import (  # noqa: E402
     DicomlbProcess,
@@ -48,14 +49,11 @@ from tests.peers import (  # noqa: E402
 )
 
 OUT = REPO / "bench" / "out"
-RESULTS = REPO / "bench" / "RESULTS.md"
 PATHS = ("direct", "haproxy", "dicomlb")
 CONCURRENCY = (1, 4)
 SINK_AET = "SINK"
 DICOMLB_AET = "DICOMLB"
 STORESCU_TIMEOUT = 600.0
-MARK_BEGIN = "<!-- run_store:begin -->"
-MARK_END = "<!-- run_store:end -->"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,24 +356,6 @@ def table(
     return lines
 
 
-def write_results(body: list[str]) -> None:
-    """Replace the run_store section of bench/RESULTS.md (other sections stay)."""
-    section = "\n".join([MARK_BEGIN, *body, MARK_END])
-    if RESULTS.exists():
-        text = RESULTS.read_text()
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            tail = rest.split(MARK_END, 1)[1]
-            RESULTS.write_text(head + section + tail)
-            return
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + section + "\n")
-        return
-    RESULTS.write_text(
-        "# Benchmark results\n\nWritten by the scripts in bench/; see bench/README.md. The "
-        "machine is shared and noisy: compare the ratios, not the absolutes.\n\n" + section + "\n"
-    )
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -467,8 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         for path, reason in skipped.items():
             body += ["", f"Skipped {path}: {reason.splitlines()[0]}"]
-        write_results(body)
-        log(f"wrote {RESULTS.relative_to(REPO)}")
+        write_section("run_store", body)
+        log("wrote bench/RESULTS.md")
     return 0
 
 
