@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run `dicomlb demo` (extra arguments are passed on, e.g. --keep-running).
+# Set up and run `dicomlb demo` (extra arguments are passed on, e.g. --once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh ""

@@ -31,7 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the balancer with three embedded storage nodes and sample studies"
     )
-    demo.add_argument("--keep-running", action="store_true", help="keep serving after the demo")
+    demo.add_argument(
+        "--once",
+        action="store_true",
+        help="stop after the sample studies and the summary (default: keep serving, a new "
+        "study every few seconds, until Ctrl-C)",
+    )
     demo.add_argument("--port", type=int, default=0, help="DICOM port (default: a free one)")
     demo.add_argument(
         "--admin-port", type=int, default=0, help="dashboard / admin port (default: a free one)"
@@ -120,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_loop(
             lambda: run_demo(
-                report, keep_running=args.keep_running, port=args.port, admin_port=args.admin_port
+                report, keep_running=not args.once, port=args.port, admin_port=args.admin_port
             )
         )
         return 0

@@ -95,7 +95,7 @@ def test_run_serves_and_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_demo_sends_studies_and_reports_where_they_went() -> None:
-    result = dicomlb("demo", timeout=120)
+    result = dicomlb("demo", "--once", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "nowhere" not in result.stdout
     assert "studies split across nodes: none" in result.stdout
