@@ -16,6 +16,7 @@ from dicomlb.admin.server import AdminServer
 from dicomlb.checks import HealthChecker
 from dicomlb.config import ConfigError, build_backend, load_snapshot
 from dicomlb.dicom.acceptor import DicomListener
+from dicomlb.dicom.upstream import UpstreamPool
 from dicomlb.http.proxy import HttpListener
 from dicomlb.metrics import Metrics, StateCollector
 from dicomlb.pools import BackendState
@@ -127,7 +128,9 @@ class App:
             checker = self.checkers.pop(name, None)
             if checker is not None:
                 await checker.stop()
-            await old.upstreams[name].close()
+        for name, upstream in old.upstreams.items():
+            if self.runtime.upstreams.get(name) is not upstream:  # removed, or its config changed
+                self._spawn(self._retire_upstream(upstream))
         for name, backend in self.runtime.backends.items():
             checker = self.checkers.get(name)
             if checker is not None and checker.backend is not backend:
@@ -137,6 +140,15 @@ class App:
         await self._update_admin(old.snapshot)
         self._update_watcher()
         log.info("dicomlb.reloaded source=%s", snapshot.source)
+
+    async def _retire_upstream(self, upstream: UpstreamPool) -> None:
+        """Close a replaced backend's associations and HTTP sessions once the messages the
+        old snapshot still has in flight on them are done (bounded by graceful_timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.snapshot.graceful_timeout
+        while upstream.backend.active and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        await upstream.close()
 
     async def _update_admin(self, old: Snapshot) -> None:
         """Rebind the admin listener only when its address changed (auth applies at once)."""
@@ -311,6 +323,8 @@ class App:
         if self.spool is not None:
             await self.spool.stop()
         await asyncio.gather(*(u.close() for u in self.runtime.upstreams.values()))
+        if self._tasks:  # retiring upstream pools of reloads: nothing is in flight any more
+            await asyncio.wait(list(self._tasks), timeout=self.snapshot.graceful_timeout)
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
