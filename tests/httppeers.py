@@ -193,9 +193,17 @@ class WebBackend:
 
 class Nginx:
     """nginx (Debian package) in the foreground on a free port, with `server_body` as the
-    body of its `server {}` block (`{port}` is filled in)."""
+    body of its `server {}` block (`{port}` is filled in); `listen_options` go on its `listen`
+    line (`ssl`)."""
 
-    def __init__(self, server_body: str, *, http_extra: str = "", port: int | None = None):
+    def __init__(
+        self,
+        server_body: str,
+        *,
+        http_extra: str = "",
+        port: int | None = None,
+        listen_options: str = "",
+    ):
         self.port = port or free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="nginx-"))
         self.workdir.chmod(0o755)  # workers run as nobody when started by root
@@ -217,7 +225,7 @@ http {{
     keepalive_requests 1000000;
     {http_extra}
     server {{
-        listen {LOOPBACK}:{self.port} reuseport;
+        listen {LOOPBACK}:{self.port} reuseport {listen_options};
         {server_body.replace("{port}", str(self.port))}
     }}
 }}

@@ -14,6 +14,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 
 from tests.dicomdata import make_series, make_studies, write_series
+from tests.httppeers import Nginx
 from tests.peers import (
     Orthanc,
     StoreSCP,
@@ -300,3 +301,54 @@ def test_health_checks_with_credentials_steer_around_a_down_backend(
         assert not lb.backend("rest").health.up
         assert _send(lb.port, make_series(4, rows=64, cols=64)) == [(0, "")] * 4
         assert len(scp.by_sop_instance_uid()) == 6
+
+
+def test_https_backend_verified_against_the_ca(balancer: Any, pki: Path) -> None:
+    # Debian's Orthanc 1.10.1 crashes with SslEnabled, so TLS is terminated by nginx in front
+    # of it, as many sites deploy it.
+    tls = f"ssl_certificate {pki / 'backend.crt'}; ssl_certificate_key {pki / 'backend.key'};"
+    with Orthanc("SECURE") as orthanc:
+        body = f"{tls} location / {{ proxy_pass {orthanc.url}; client_max_body_size 0; }}"
+        with Nginx(body, listen_options="ssl") as nginx:
+            secure_url = f"https://127.0.0.1:{nginx.port}"
+            _https_checks(balancer, pki, orthanc, secure_url)
+
+
+def _https_checks(balancer: Any, pki: Path, secure: Orthanc, url: str) -> None:
+    """Through an https backend: trusted with the CA, refused with the reason without it."""
+    lb = balancer(
+        {
+            "pools": {
+                "p": {
+                    "health": _health(),
+                    "backends": [
+                        {
+                            "name": "secure",
+                            "http": url,
+                            "store_via": "orthanc_rest",
+                            "tls": {"ca": str(pki / "ca.crt")},
+                        }
+                    ],
+                }
+            },
+            "routes": [{"name": "all", "pool": "p"}],
+        }
+    )
+    datasets = make_series(2, rows=64, cols=64)
+    assert _send(lb.port, datasets) == [(0, ""), (0, "")]
+    assert len(secure.instances()) == 2
+    # without the CA the backend's certificate is not trusted: a failure, not a send
+    untrusting = balancer(
+        {
+            "pools": {
+                "p": {
+                    "health": _health(),
+                    "backends": [{"name": "secure2", "http": url, "store_via": "orthanc_rest"}],
+                }
+            },
+            "routes": [{"name": "all", "pool": "p"}],
+        }
+    )
+    statuses = _send(untrusting.port, make_series(1, rows=64, cols=64))
+    assert statuses[0][0] != 0 and "certificate" in statuses[0][1].lower()
+    assert len(secure.instances()) == 2
