@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
 from dicomlb.config import ConfigError, build_snapshot
@@ -30,6 +31,8 @@ from dicomlb.dicom.qr import (
     FindMerger,
     MoveRegistry,
     RetrieveTally,
+    failed_instances,
+    failed_list_identifier,
     find_model_of,
     identifier_values,
     result_key,
@@ -174,6 +177,45 @@ def test_retrieve_response_elements() -> None:
     assert final.us(Tag.NUMBER_OF_COMPLETED_SUBOPERATIONS) == 3
     assert final.error_comment == "x" * 64
     assert Command.decode(final.encode()).encode() == final.encode()
+
+
+def test_failed_instance_lists_are_merged_across_backends() -> None:
+    tally = RetrieveTally(("a", "b"))
+    tally.failed_instances(["1.2.3", "1.2.4"])
+    tally.failed_instances(["1.2.4", "", "1.2.5"])
+    assert tally.failed_uids == ["1.2.3", "1.2.4", "1.2.5"]
+
+
+@pytest.mark.parametrize(
+    "syntax", [IMPLICIT_VR_LE, EXPLICIT_VR_LE, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"]
+)
+def test_failed_list_identifier_reads_back(syntax: str) -> None:
+    uids = ["1.2.840.1", "1.2.840.22", "1.2.3"]
+    data = failed_list_identifier(uids, syntax)
+    assert failed_instances(data, syntax) == uids
+    if syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
+        implicit = syntax == IMPLICIT_VR_LE
+        ds = read_dataset(DicomBytesIO(data), implicit, True)  # pydicom agrees
+        assert list(ds.FailedSOPInstanceUIDList) == uids
+        # A backend's own list, pydicom-encoded, reads the same.
+        own = identifier(implicit, FailedSOPInstanceUIDList=uids)  # type: ignore[arg-type]
+        assert failed_instances(own, syntax) == uids
+
+
+def test_failed_list_identifier_fits_a_two_byte_length() -> None:
+    uids = [f"1.2.826.0.1.3680043.8.498.{n:020d}" for n in range(3000)]
+    data = failed_list_identifier(uids, EXPLICIT_VR_LE)
+    assert len(data) <= 8 + 0xFFFE
+    kept = failed_instances(data, EXPLICIT_VR_LE)
+    assert kept == uids[: len(kept)] and len(kept) > 1000
+    final = retrieve_response(
+        Command.build({Tag.COMMAND_FIELD: CommandField.C_GET_RQ, Tag.MESSAGE_ID: 1}),
+        SUBOPERATIONS_FAILED,
+        Counts(0, 1, 3000, 0),
+        final=True,
+        identifier=True,
+    )
+    assert final.has_data_set
 
 
 # ------------------------------------------------------------------ move correlation

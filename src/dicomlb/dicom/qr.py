@@ -8,11 +8,14 @@ and send what they decide; nothing here touches a socket, a clock or a logger.
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dicomlb.dicom.dimse import Command, CommandField, Status, Tag
 from dicomlb.dicom.tags import HeaderScanner
+from dicomlb.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 # PS3.4 C.6: the information models' SOP classes, FIND / MOVE / GET of each root.
 PATIENT_ROOT = (
@@ -41,6 +44,7 @@ ACCESSION_NUMBER = 0x00080050
 PATIENT_ID = 0x00100020
 STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
+FAILED_SOP_INSTANCE_UID_LIST = 0x00080058  # PS3.4 C.4.2.1.5: final C-MOVE / C-GET identifier
 IDENTIFIER_TAGS = frozenset(
     {
         QUERY_RETRIEVE_LEVEL,
@@ -166,6 +170,15 @@ class RetrieveTally:
     counts: dict[str, Counts] = field(default_factory=dict)
     finals: dict[str, int] = field(default_factory=dict)  # backend -> final status
     problems: dict[str, str] = field(default_factory=dict)  # backend -> why it failed
+    failed_uids: list[str] = field(default_factory=list)  # backends' Failed SOP Instance UIDs
+
+    def failed_instances(self, uids: Iterable[str]) -> None:
+        """A backend's Failed SOP Instance UID List, merged (each UID once, in order)."""
+        seen = set(self.failed_uids)
+        for uid in uids:
+            if uid and uid not in seen:
+                seen.add(uid)
+                self.failed_uids.append(uid)
 
     def pending(self, backend: str, counts: Counts) -> Counts:
         """A backend's pending response: the sum across backends to relay."""
@@ -210,20 +223,60 @@ def _success_or_warning(status: int) -> bool:
 
 
 def retrieve_response(
-    request: Command, status: int, counts: Counts, *, final: bool, error_comment: str | None = None
+    request: Command,
+    status: int,
+    counts: Counts,
+    *,
+    final: bool,
+    error_comment: str | None = None,
+    identifier: bool = False,
 ) -> Command:
-    """The C-MOVE-RSP / C-GET-RSP dicomlb sends the client (no data set)."""
+    """The C-MOVE-RSP / C-GET-RSP dicomlb sends the client; with `identifier`, a data set
+    (`failed_list_identifier`) follows."""
     values: dict[int, int | str | bytes] = {
         Tag.AFFECTED_SOP_CLASS_UID: request.sop_class_uid,
         Tag.COMMAND_FIELD: request.command_field | 0x8000,
         Tag.MESSAGE_ID_BEING_RESPONDED_TO: request.message_id,
-        Tag.COMMAND_DATA_SET_TYPE: 0x0101,
+        Tag.COMMAND_DATA_SET_TYPE: 0x0000 if identifier else 0x0101,
         Tag.STATUS: status,
         **counts.elements(final=final),
     }
     if error_comment:
         values[Tag.ERROR_COMMENT] = error_comment[:64]  # PS3.7 C.4: LO
     return Command.build(values)
+
+
+def failed_instances(data: bytes | memoryview, transfer_syntax: str) -> list[str]:
+    """The Failed SOP Instance UID List of a final C-MOVE / C-GET response's identifier."""
+    scanner = HeaderScanner(transfer_syntax, frozenset({FAILED_SOP_INSTANCE_UID_LIST}))
+    scanner.feed(data)
+    scanner.finish()
+    text = scanner.values.get(FAILED_SOP_INSTANCE_UID_LIST, "")
+    return [uid.strip("\x00 ") for uid in text.split("\\") if uid.strip("\x00 ")]
+
+
+def failed_list_identifier(uids: Iterable[str], transfer_syntax: str) -> bytes:
+    """The identifier of a final C-MOVE / C-GET response: (0008,0058) Failed SOP Instance UID
+    List, UI, multi-valued (PS3.4 C.4.2.1.5). Explicit VR keeps a 2-byte length, so the list
+    is cut at 65534 bytes; the counts still say how many failed."""
+    value = b""
+    for uid in uids:
+        more = (b"\\" if value else b"") + uid.encode("ascii")
+        if len(value) + len(more) > 0xFFFE:
+            break
+        value += more
+    if len(value) % 2:
+        value += b"\x00"  # PS3.5 6.2: UI is padded with NUL to even length
+    group, element = FAILED_SOP_INSTANCE_UID_LIST >> 16, FAILED_SOP_INSTANCE_UID_LIST & 0xFFFF
+    if transfer_syntax == IMPLICIT_VR_LE:
+        return struct.pack("<HHI", group, element, len(value)) + value
+    if transfer_syntax == EXPLICIT_VR_BE:
+        return struct.pack(">HH2sH", group, element, b"UI", len(value)) + value
+    encoded = struct.pack("<HH2sH", group, element, b"UI", len(value)) + value
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:  # PS3.5 A.5: raw deflate, no zlib header
+        deflater = zlib.compressobj(wbits=-15)
+        return deflater.compress(encoded) + deflater.flush()
+    return encoded
 
 
 def find_final(request: Command, status: int, error_comment: str | None = None) -> Command:

@@ -42,6 +42,8 @@ from dicomlb.dicom.qr import (
     Counts,
     PendingMove,
     RetrieveTally,
+    failed_instances,
+    failed_list_identifier,
     find_model_of,
     retrieve_response,
     unanswered_comment,
@@ -214,10 +216,7 @@ async def move(relay: Relay, message: InboundMessage) -> None:
             relay.runtime.moves.done(pending_move)
     status = tally.final_status()
     total = tally.total()
-    inbound.send_command(
-        message.context_id,
-        retrieve_response(command, status, total, final=True, error_comment=_comment(tally)),
-    )
+    _final(relay, message, tally, status)
     log.log(
         logging.INFO if status == Status.SUCCESS else logging.WARNING,
         "move.relayed route=%s pool=%s backends=%s destination=%s mode=%s completed=%d "
@@ -237,6 +236,23 @@ async def move(relay: Relay, message: InboundMessage) -> None:
 
 def _comment(tally: RetrieveTally) -> str | None:
     return unanswered_comment(tally.problems)
+
+
+def _final(relay: Relay, message: InboundMessage, tally: RetrieveTally, status: int) -> None:
+    """The final C-MOVE-RSP / C-GET-RSP: summed counts and, when backends listed failed
+    instances, their merged Failed SOP Instance UID List (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+    identifier = None
+    if tally.failed_uids and status != Status.SUCCESS:
+        identifier = failed_list_identifier(tally.failed_uids, message.transfer_syntax)
+    answer = retrieve_response(
+        message.command,
+        status,
+        tally.total(),
+        final=True,
+        error_comment=_comment(tally),
+        identifier=identifier is not None,
+    )
+    relay.inbound.send_message(message.context_id, answer, identifier)
 
 
 def _refuse(relay: Relay, message: InboundMessage, what: str, status: int, reason: str) -> None:
@@ -285,6 +301,10 @@ async def _retrieve(
         message_id = pending_move.message_id if pending_move is not None else up.next_message_id()
         bridge = GetBridge(inbound, up) if command.command_field == CommandField.C_GET_RQ else None
 
+        def on_final(answer: Command, data: bytes | None) -> None:
+            if data is not None:
+                tally.failed_instances(failed_instances(data, message.transfer_syntax))
+
         def on_pending(answer: Command, data: bytes | None) -> None:
             total = tally.pending(backend.name, Counts.of(answer))
             inbound.send_command(
@@ -302,6 +322,7 @@ async def _retrieve(
                 [(placed.identifier, True)],
                 pool_config.response_timeout,
                 on_pending=on_pending,
+                on_final=on_final,
             )
             asked.add(backend.name, up, context_id, message_id)
             answer = await future
@@ -453,12 +474,7 @@ async def get(relay: Relay, message: InboundMessage) -> None:
     tally = await _retrieve(relay, message, placed, backends, {}, None, sequential=True)
     status = tally.final_status()
     total = tally.total()
-    relay.inbound.send_command(
-        message.context_id,
-        retrieve_response(
-            message.command, status, total, final=True, error_comment=_comment(tally)
-        ),
-    )
+    _final(relay, message, tally, status)
     log.log(
         logging.INFO if status == Status.SUCCESS else logging.WARNING,
         "get.relayed route=%s pool=%s backends=%s completed=%d failed=%d warning=%d "
