@@ -467,3 +467,113 @@ def test_c_cancel_reaches_the_backend(balancer: Any) -> None:
     assert statuses[-1] == 0xFE00
     assert len(statuses) < 20
     assert saw_cancel == [True]
+
+
+def test_storage_commitment_goes_to_the_holder_and_the_report_comes_back(
+    tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pynetdicom requester asks dicomlb to commit instances it stored through dicomlb on
+    two Orthancs: each N-ACTION goes to the Orthanc holding the instances; Orthanc reports
+    to the requester's AE title, which it knows at dicomlb's address; dicomlb relays the
+    N-EVENT-REPORT to the requester's own listener (SCU role) and its response back."""
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+    requester_port = free_port()
+    lb_port = free_port()
+    modalities = {"COMMITSCU": f"COMMITSCU@{LOOPBACK}:{lb_port}"}  # reports go to dicomlb
+    orthancs = [Orthanc(f"ORTHANC{i}", modalities=modalities) for i in (1, 2)]
+    reports: dict[str, tuple[int, list[str], list[str]]] = {}
+
+    def on_report(event: Any) -> tuple[int, None]:
+        ds = event.event_information
+        ok = [item.ReferencedSOPInstanceUID for item in ds.get("ReferencedSOPSequence", [])]
+        failed = [item.ReferencedSOPInstanceUID for item in ds.get("FailedSOPSequence", [])]
+        reports[str(ds.TransactionUID)] = (int(event.request.EventTypeID), ok, failed)
+        return 0x0000, None
+
+    listener = AE("COMMITSCU")
+    # dicomlb proposes to be SCP only (PS3.4 J.3.3): accept that, so this AE is the SCU.
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    server = listener.start_server(
+        (LOOPBACK, requester_port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    try:
+        for orthanc in orthancs:
+            orthanc.start()
+        lb = balancer(
+            {
+                "listeners": {"dicom": {"bind": f"127.0.0.1:{lb_port}", "ae_title": "DICOMLB"}},
+                "pools": {
+                    "pacs": {
+                        "strategy": "affinity",
+                        "key": "StudyInstanceUID",
+                        "storage_commitment": "forward",
+                        "backends": [
+                            {"name": f"orthanc{i}", "dicom": o.address}
+                            for i, o in enumerate(orthancs, 1)
+                        ],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "pacs"}],
+                "dicom_nodes": {"COMMITSCU": f"COMMITSCU@{LOOPBACK}:{requester_port}"},
+            }
+        )
+        studies = make_studies([("CT", 2)] * 6)
+        paths = []
+        for uid, instances in studies.items():
+            paths += write_series(instances, tmp_path / uid)
+        result = storescu(LOOPBACK, lb.port, paths, aec="DICOMLB")
+        assert result.returncode == 0, result.stderr
+        table = lb.app.runtime.studies
+        on: dict[str, str] = {}  # backend -> a study it holds
+        for uid in studies:
+            on.setdefault(table.locate(uid)[0], uid)
+        assert len(on) == 2, "affinity put every study on one backend"
+        one, two = on.values()
+
+        def commit(transaction: str, instances: list[Dataset]) -> int:
+            request = Dataset()
+            request.TransactionUID = transaction
+            request.ReferencedSOPSequence = []
+            for ds in instances:
+                item = Dataset()
+                item.ReferencedSOPClassUID = ds.SOPClassUID
+                item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+                request.ReferencedSOPSequence.append(item)
+            ae = AE("COMMITSCU")
+            ae.add_requested_context(StorageCommitmentPushModel)
+            assoc = ae.associate(LOOPBACK, lb.port, ae_title="DICOMLB")
+            assert assoc.is_established
+            try:
+                status, _ = assoc.send_n_action(
+                    request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+                )
+                return int(status.Status)
+            finally:
+                assoc.release()
+
+        t1, t2, t3 = (f"2.25.{n}{int(time.time())}" for n in (1, 2, 3))
+        assert commit(t1, studies[one]) == 0x0000
+        assert commit(t2, studies[two]) == 0x0000
+        mixed = studies[one] + studies[two][:1]
+        assert commit(t3, mixed) == 0x0000
+        deadline = time.monotonic() + 15
+        while len(reports) < 3:
+            assert time.monotonic() < deadline, f"reports: {reports}\n{caplog.text[-3000:]}"
+            time.sleep(0.05)
+    finally:
+        server.shutdown()
+        for orthanc in orthancs:
+            orthanc.close()
+    # Each transaction went where its instances are: every instance committed.
+    assert reports[t1] == (1, [ds.SOPInstanceUID for ds in studies[one]], [])
+    assert reports[t2] == (1, [ds.SOPInstanceUID for ds in studies[two]], [])
+    # Spread: the backend holding most commits its own and reports the other as failed.
+    assert reports[t3] == (
+        2,
+        [ds.SOPInstanceUID for ds in studies[one]],
+        [studies[two][0].SOPInstanceUID],
+    )
+    assert "commitment.spread" in caplog.text
+    assert caplog.text.count("commitment.reported") == 3
+    assert len(lb.app.runtime.commitments) == 0

@@ -27,10 +27,13 @@ from dicomlb.dicom.qr import (
     MODALITY_WORKLIST_FIND,
     STUDY_ROOT,
     SUBOPERATIONS_FAILED,
+    CommitmentRegistry,
     Counts,
     FindMerger,
     MoveRegistry,
     RetrieveTally,
+    commitment_holder,
+    commitment_request,
     failed_instances,
     failed_list_identifier,
     find_model_of,
@@ -360,3 +363,54 @@ def test_study_table_survives_a_restart(tmp_path: Path) -> None:
     assert len(again) == 1
     again.close()
     assert StudyIndex().locate("1.2.3") == []  # no state_dir: memory only
+
+
+# ------------------------------------------------------------------ storage commitment
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_commitment_request_reads_transaction_and_instances(implicit: bool) -> None:
+    items = []
+    for uid in ("1.2.3.1", "1.2.3.2"):
+        item = Dataset()
+        item.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+        item.ReferencedSOPInstanceUID = uid
+        items.append(item)
+    data = identifier(implicit, TransactionUID="2.25.9", ReferencedSOPSequence=items)  # type: ignore[arg-type]
+    wanted = commitment_request(data, IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE)
+    assert wanted.transaction_uid == "2.25.9"
+    assert wanted.instances == ("1.2.3.1", "1.2.3.2")
+    with pytest.raises(ValueError, match=r"Transaction UID|unreadable"):
+        commitment_request(b"\x08\x00\x95\x11\xff\xff\xff\x7f", IMPLICIT_VR_LE)
+
+
+def test_commitment_goes_to_the_backend_holding_most() -> None:
+    holders = {"i1": "b", "i2": "a", "i3": "a"}
+    assert commitment_holder(["i1", "i2", "i3", "i4"], holders) == ("a", {"b": 1, "a": 2})
+    assert commitment_holder(["i1", "i2"], holders) == ("b", {"b": 1, "a": 1})  # first seen
+    assert commitment_holder(["i4"], holders) == (None, {})
+
+
+def test_commitment_registry_is_taken_once_and_bounded() -> None:
+    registry = CommitmentRegistry(limit=2)
+    for n in range(3):
+        registry.register(transaction_uid=f"t{n}", requester_ae="WS", backend="a")
+    assert len(registry) == 2
+    assert registry.take("t0") is None  # the oldest went beyond the limit
+    pending = registry.take("t2")
+    assert pending is not None and pending.requester_ae == "WS"
+    assert registry.take("t2") is None
+
+
+def test_study_table_remembers_recent_instances_in_memory(tmp_path: Path) -> None:
+    index = StudyIndex(tmp_path)
+    index.record("1.2.1", "a", "1.2.1.1")
+    index.record("1.2.1", "b", "1.2.1.2")
+    index.record("", "b", "1.2.9.9")
+    assert index.holders(["1.2.1.1", "1.2.1.2", "1.2.9.9", "x"]) == {
+        "1.2.1.1": "a",
+        "1.2.1.2": "b",
+        "1.2.9.9": "b",
+    }
+    assert index.locate("1.2.1") == ["a", "b"]
+    index.close()
