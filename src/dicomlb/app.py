@@ -117,6 +117,7 @@ class App:
             self.metrics,
             studies=studies,
             moves=old.moves,
+            commitments=old.commitments,
         )
         # The spool's directory and limits are install config: kept across reloads.
         self.runtime.spool = self.spool

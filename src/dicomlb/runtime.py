@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dicomlb.dicom.negotiation import Service
-from dicomlb.dicom.qr import MoveRegistry
+from dicomlb.dicom.qr import CommitmentRegistry, MoveRegistry
 from dicomlb.dicom.upstream import UpstreamPool
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
@@ -35,6 +35,7 @@ class Runtime:
         *,
         studies: StudyIndex | None = None,
         moves: MoveRegistry | None = None,
+        commitments: CommitmentRegistry | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.metrics = metrics if metrics is not None else Metrics()  # shared by the App's runtimes
@@ -42,6 +43,8 @@ class Runtime:
         # Kept across reloads (App passes them on): where studies are, moves in flight.
         self.studies = studies if studies is not None else StudyIndex()
         self.moves = moves if moves is not None else MoveRegistry()
+        # Storage commitment transactions awaiting their backend's N-EVENT-REPORT.
+        self.commitments = commitments if commitments is not None else CommitmentRegistry()
         services = {Service.QUERY_RETRIEVE}
         if any(p.storage_commitment is StorageCommitment.FORWARD for p in snapshot.pools.values()):
             services.add(Service.STORAGE_COMMITMENT)

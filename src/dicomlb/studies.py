@@ -1,6 +1,7 @@
 """Where is a study? The study -> backend table that C-MOVE and C-GET are sent by.
 
-Every routed C-STORE records (StudyInstanceUID, backend). The table lives in memory and,
+Every routed C-STORE records (StudyInstanceUID, backend), and in memory (SOP Instance UID,
+backend) for storage commitment. The table lives in memory and,
 when the config has a `state_dir`, in SQLite there (`studies.sqlite3`), so it survives
 restarts. Only a pair not seen before costs a write: a 300-instance series writes once.
 """
@@ -16,6 +17,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FILE_NAME = "studies.sqlite3"
+# SOP Instance UID -> backend, in memory only, for storage commitment (an N-ACTION names
+# instances, not studies): the most recent this many instances (~150 bytes each).
+INSTANCE_LIMIT = 200_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS study_location (
     study_uid TEXT NOT NULL,
@@ -31,6 +35,7 @@ class StudyIndex:
 
     def __init__(self, state_dir: str | Path | None = None) -> None:
         self._where: dict[str, list[str]] = {}
+        self._instances: dict[str, str] = {}
         self._db: sqlite3.Connection | None = None
         self.path: Path | None = None
         if state_dir is not None:
@@ -48,8 +53,13 @@ class StudyIndex:
                 self._where.setdefault(study_uid, []).append(backend)
             log.info("studies.loaded path=%s studies=%d", self.path, len(self._where))
 
-    def record(self, study_uid: str, backend: str) -> None:
-        """`backend` received an instance of `study_uid`."""
+    def record(self, study_uid: str, backend: str, sop_instance_uid: str = "") -> None:
+        """`backend` received an instance of `study_uid` (`sop_instance_uid`, when given)."""
+        if sop_instance_uid:
+            self._instances.pop(sop_instance_uid, None)
+            self._instances[sop_instance_uid] = backend
+            if len(self._instances) > INSTANCE_LIMIT:
+                del self._instances[next(iter(self._instances))]
         if not study_uid:
             return
         backends = self._where.setdefault(study_uid, [])
@@ -77,6 +87,11 @@ class StudyIndex:
     def locate(self, study_uid: str) -> list[str]:
         """The backends known to hold `study_uid` (empty when unknown)."""
         return list(self._where.get(study_uid, ()))
+
+    def holders(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
+        """The backends recently sent these instances, for those dicomlb remembers."""
+        known = self._instances
+        return {uid: known[uid] for uid in sop_instance_uids if uid in known}
 
     def __len__(self) -> int:
         return len(self._where)

@@ -467,3 +467,251 @@ def test_c_cancel_reaches_the_backend(balancer: Any) -> None:
     assert statuses[-1] == 0xFE00
     assert len(statuses) < 20
     assert saw_cancel == [True]
+
+
+def test_storage_commitment_goes_to_the_holder_and_the_report_comes_back(
+    tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pynetdicom requester asks dicomlb to commit instances it stored through dicomlb on
+    two Orthancs: each N-ACTION goes to the Orthanc holding the instances; Orthanc reports
+    to the requester's AE title, which it knows at dicomlb's address; dicomlb relays the
+    N-EVENT-REPORT to the requester's own listener (SCU role) and its response back."""
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+    requester_port = free_port()
+    lb_port = free_port()
+    modalities = {"COMMITSCU": f"COMMITSCU@{LOOPBACK}:{lb_port}"}  # reports go to dicomlb
+    orthancs = [Orthanc(f"ORTHANC{i}", modalities=modalities) for i in (1, 2)]
+    reports: dict[str, tuple[int, list[str], list[str]]] = {}
+
+    def on_report(event: Any) -> tuple[int, None]:
+        ds = event.event_information
+        ok = [item.ReferencedSOPInstanceUID for item in ds.get("ReferencedSOPSequence", [])]
+        failed = [item.ReferencedSOPInstanceUID for item in ds.get("FailedSOPSequence", [])]
+        reports[str(ds.TransactionUID)] = (int(event.request.EventTypeID), ok, failed)
+        return 0x0000, None
+
+    listener = AE("COMMITSCU")
+    # dicomlb proposes to be SCP only (PS3.4 J.3.3): accept that, so this AE is the SCU.
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    server = listener.start_server(
+        (LOOPBACK, requester_port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    try:
+        for orthanc in orthancs:
+            orthanc.start()
+        lb = balancer(
+            {
+                "listeners": {"dicom": {"bind": f"127.0.0.1:{lb_port}", "ae_title": "DICOMLB"}},
+                "pools": {
+                    "pacs": {
+                        "strategy": "affinity",
+                        "key": "StudyInstanceUID",
+                        "storage_commitment": "forward",
+                        "backends": [
+                            {"name": f"orthanc{i}", "dicom": o.address}
+                            for i, o in enumerate(orthancs, 1)
+                        ],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "pacs"}],
+                "dicom_nodes": {"COMMITSCU": f"COMMITSCU@{LOOPBACK}:{requester_port}"},
+            }
+        )
+        studies = make_studies([("CT", 2)] * 6)
+        paths = []
+        for uid, instances in studies.items():
+            paths += write_series(instances, tmp_path / uid)
+        result = storescu(LOOPBACK, lb.port, paths, aec="DICOMLB")
+        assert result.returncode == 0, result.stderr
+        table = lb.app.runtime.studies
+        on: dict[str, str] = {}  # backend -> a study it holds
+        for uid in studies:
+            on.setdefault(table.locate(uid)[0], uid)
+        assert len(on) == 2, "affinity put every study on one backend"
+        one, two = on.values()
+
+        def commit(transaction: str, instances: list[Dataset]) -> int:
+            request = Dataset()
+            request.TransactionUID = transaction
+            request.ReferencedSOPSequence = []
+            for ds in instances:
+                item = Dataset()
+                item.ReferencedSOPClassUID = ds.SOPClassUID
+                item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+                request.ReferencedSOPSequence.append(item)
+            ae = AE("COMMITSCU")
+            ae.add_requested_context(StorageCommitmentPushModel)
+            assoc = ae.associate(LOOPBACK, lb.port, ae_title="DICOMLB")
+            assert assoc.is_established
+            try:
+                status, _ = assoc.send_n_action(
+                    request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+                )
+                return int(status.Status)
+            finally:
+                assoc.release()
+
+        t1, t2, t3 = (f"2.25.{n}{int(time.time())}" for n in (1, 2, 3))
+        assert commit(t1, studies[one]) == 0x0000
+        assert commit(t2, studies[two]) == 0x0000
+        mixed = studies[one] + studies[two][:1]
+        assert commit(t3, mixed) == 0x0000
+        deadline = time.monotonic() + 15
+        while len(reports) < 3:
+            assert time.monotonic() < deadline, f"reports: {reports}\n{caplog.text[-3000:]}"
+            time.sleep(0.05)
+    finally:
+        server.shutdown()
+        for orthanc in orthancs:
+            orthanc.close()
+    # Each transaction went where its instances are: every instance committed.
+    assert reports[t1] == (1, [ds.SOPInstanceUID for ds in studies[one]], [])
+    assert reports[t2] == (1, [ds.SOPInstanceUID for ds in studies[two]], [])
+    # Spread: the backend holding most commits its own and reports the other as failed.
+    assert reports[t3] == (
+        2,
+        [ds.SOPInstanceUID for ds in studies[one]],
+        [studies[two][0].SOPInstanceUID],
+    )
+    assert "commitment.spread" in caplog.text
+    assert caplog.text.count("commitment.reported") == 3
+    assert len(lb.app.runtime.commitments) == 0
+
+
+def test_fanout_timeout_counts_toward_passive_health(balancer: Any) -> None:
+    """A backend that does not finish a fan-out C-FIND within query_timeout is left out of
+    the results and, like any relay failure, counts toward its fall."""
+
+    def handler(delay: float, uid: str) -> Any:
+        def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+            time.sleep(delay)
+            result = Dataset()
+            result.QueryRetrieveLevel = "STUDY"
+            result.StudyInstanceUID = uid
+            yield 0xFF00, result
+            yield 0x0000, None
+
+        return on_find
+
+    servers = []
+    ports = {}
+    for name, delay in (("fast", 0.0), ("slow", 2.0)):
+        ae = AE(name.upper())
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        ports[name] = free_port()
+        servers.append(
+            ae.start_server(
+                (LOOPBACK, ports[name]),
+                block=False,
+                evt_handlers=[(evt.EVT_C_FIND, handler(delay, f"1.2.3.{len(servers)}"))],
+            )
+        )
+    try:
+        lb = balancer(
+            {
+                "pools": {
+                    "p": {
+                        "query": "fanout",
+                        "query_timeout": "300ms",
+                        "health": {"enabled": False, "fall": 1},
+                        "backends": [
+                            {"name": name, "dicom": f"{name.upper()}@{LOOPBACK}:{port}"}
+                            for name, port in ports.items()
+                        ],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "p"}],
+            }
+        )
+        results, status, comment = pyn_find(lb.port, study_query())
+        assert [ds.StudyInstanceUID for ds in results] == ["1.2.3.0"]
+        assert status == 0x0000 and comment == "partial: no answer from slow (timed out)"
+        assert lb.backend("fast").health.up
+        assert not lb.backend("slow").health.up
+    finally:
+        for server in servers:
+            server.shutdown()
+
+
+def test_failed_instances_of_a_spread_move_reach_the_client(balancer: Any) -> None:
+    """Two pynetdicom backends hold parts of a study and move it (passthrough) to a
+    destination that refuses one instance of each: the client's final C-MOVE-RSP lists both
+    in its Failed SOP Instance UID List, with the counts summed."""
+    study = "1.2.826.0.1.3680043.8.498.555"
+    refused = {"1.2.826.0.1.3680043.8.498.555.1.2", "1.2.826.0.1.3680043.8.498.555.2.1"}
+    dest_port = free_port()
+
+    def on_store(event: Any) -> int:
+        return 0xA700 if event.request.AffectedSOPInstanceUID in refused else 0x0000
+
+    dest = AE("DEST")
+    dest.add_supported_context(CTImageStorage)
+    dest_server = dest.start_server(
+        (LOOPBACK, dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+
+    def mover(part: int) -> Any:
+        def on_move(event: Any) -> Iterator[Any]:
+            yield LOOPBACK, dest_port
+            instances = []
+            for n in (1, 2):
+                ds = make_studies([("CT", 1)])
+                instance = next(iter(ds.values()))[0]
+                instance.SOPInstanceUID = f"{study}.{part}.{n}"
+                instance.file_meta.MediaStorageSOPInstanceUID = instance.SOPInstanceUID
+                instance.StudyInstanceUID = study
+                instances.append(instance)
+            yield len(instances)
+            for instance in instances:
+                yield 0xFF00, instance
+
+        return on_move
+
+    servers = [dest_server]
+    backends = []
+    for part in (1, 2):
+        ae = AE(f"MOVEPACS{part}")
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(CTImageStorage)
+        port = free_port()
+        servers.append(
+            ae.start_server(
+                (LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_MOVE, mover(part))]
+            )
+        )
+        backends.append({"name": f"pacs{part}", "dicom": f"MOVEPACS{part}@{LOOPBACK}:{port}"})
+    try:
+        lb = balancer(
+            {
+                "pools": {
+                    "p": {
+                        "query": "fanout",
+                        "health": {"enabled": False},
+                        "backends": backends,
+                    }
+                },
+                "routes": [{"name": "all", "pool": "p"}],
+            }
+        )
+        lb.app.runtime.studies.record_many(study, ["pacs1", "pacs2"])
+        ae = AE("MOVESCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate(LOOPBACK, lb.port, ae_title="DICOMLB")
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study
+        responses = list(
+            assoc.send_c_move(query, "DEST", StudyRootQueryRetrieveInformationModelMove)
+        )
+        assoc.release()
+    finally:
+        for server in servers:
+            server.shutdown()
+    status, identifier = responses[-1]
+    assert int(status.Status) == 0xB000
+    assert status.NumberOfCompletedSuboperations == 2
+    assert status.NumberOfFailedSuboperations == 2
+    assert identifier is not None
+    assert set(identifier.FailedSOPInstanceUIDList) == refused

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
 from dicomlb.config import ConfigError, build_snapshot
@@ -26,10 +27,15 @@ from dicomlb.dicom.qr import (
     MODALITY_WORKLIST_FIND,
     STUDY_ROOT,
     SUBOPERATIONS_FAILED,
+    CommitmentRegistry,
     Counts,
     FindMerger,
     MoveRegistry,
     RetrieveTally,
+    commitment_holder,
+    commitment_request,
+    failed_instances,
+    failed_list_identifier,
     find_model_of,
     identifier_values,
     result_key,
@@ -176,6 +182,45 @@ def test_retrieve_response_elements() -> None:
     assert Command.decode(final.encode()).encode() == final.encode()
 
 
+def test_failed_instance_lists_are_merged_across_backends() -> None:
+    tally = RetrieveTally(("a", "b"))
+    tally.failed_instances(["1.2.3", "1.2.4"])
+    tally.failed_instances(["1.2.4", "", "1.2.5"])
+    assert tally.failed_uids == ["1.2.3", "1.2.4", "1.2.5"]
+
+
+@pytest.mark.parametrize(
+    "syntax", [IMPLICIT_VR_LE, EXPLICIT_VR_LE, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"]
+)
+def test_failed_list_identifier_reads_back(syntax: str) -> None:
+    uids = ["1.2.840.1", "1.2.840.22", "1.2.3"]
+    data = failed_list_identifier(uids, syntax)
+    assert failed_instances(data, syntax) == uids
+    if syntax in (IMPLICIT_VR_LE, EXPLICIT_VR_LE):
+        implicit = syntax == IMPLICIT_VR_LE
+        ds = read_dataset(DicomBytesIO(data), implicit, True)  # pydicom agrees
+        assert list(ds.FailedSOPInstanceUIDList) == uids
+        # A backend's own list, pydicom-encoded, reads the same.
+        own = identifier(implicit, FailedSOPInstanceUIDList=uids)  # type: ignore[arg-type]
+        assert failed_instances(own, syntax) == uids
+
+
+def test_failed_list_identifier_fits_a_two_byte_length() -> None:
+    uids = [f"1.2.826.0.1.3680043.8.498.{n:020d}" for n in range(3000)]
+    data = failed_list_identifier(uids, EXPLICIT_VR_LE)
+    assert len(data) <= 8 + 0xFFFE
+    kept = failed_instances(data, EXPLICIT_VR_LE)
+    assert kept == uids[: len(kept)] and len(kept) > 1000
+    final = retrieve_response(
+        Command.build({Tag.COMMAND_FIELD: CommandField.C_GET_RQ, Tag.MESSAGE_ID: 1}),
+        SUBOPERATIONS_FAILED,
+        Counts(0, 1, 3000, 0),
+        final=True,
+        identifier=True,
+    )
+    assert final.has_data_set
+
+
 # ------------------------------------------------------------------ move correlation
 
 
@@ -318,3 +363,54 @@ def test_study_table_survives_a_restart(tmp_path: Path) -> None:
     assert len(again) == 1
     again.close()
     assert StudyIndex().locate("1.2.3") == []  # no state_dir: memory only
+
+
+# ------------------------------------------------------------------ storage commitment
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_commitment_request_reads_transaction_and_instances(implicit: bool) -> None:
+    items = []
+    for uid in ("1.2.3.1", "1.2.3.2"):
+        item = Dataset()
+        item.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+        item.ReferencedSOPInstanceUID = uid
+        items.append(item)
+    data = identifier(implicit, TransactionUID="2.25.9", ReferencedSOPSequence=items)  # type: ignore[arg-type]
+    wanted = commitment_request(data, IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE)
+    assert wanted.transaction_uid == "2.25.9"
+    assert wanted.instances == ("1.2.3.1", "1.2.3.2")
+    with pytest.raises(ValueError, match=r"Transaction UID|unreadable"):
+        commitment_request(b"\x08\x00\x95\x11\xff\xff\xff\x7f", IMPLICIT_VR_LE)
+
+
+def test_commitment_goes_to_the_backend_holding_most() -> None:
+    holders = {"i1": "b", "i2": "a", "i3": "a"}
+    assert commitment_holder(["i1", "i2", "i3", "i4"], holders) == ("a", {"b": 1, "a": 2})
+    assert commitment_holder(["i1", "i2"], holders) == ("b", {"b": 1, "a": 1})  # first seen
+    assert commitment_holder(["i4"], holders) == (None, {})
+
+
+def test_commitment_registry_is_taken_once_and_bounded() -> None:
+    registry = CommitmentRegistry(limit=2)
+    for n in range(3):
+        registry.register(transaction_uid=f"t{n}", requester_ae="WS", backend="a")
+    assert len(registry) == 2
+    assert registry.take("t0") is None  # the oldest went beyond the limit
+    pending = registry.take("t2")
+    assert pending is not None and pending.requester_ae == "WS"
+    assert registry.take("t2") is None
+
+
+def test_study_table_remembers_recent_instances_in_memory(tmp_path: Path) -> None:
+    index = StudyIndex(tmp_path)
+    index.record("1.2.1", "a", "1.2.1.1")
+    index.record("1.2.1", "b", "1.2.1.2")
+    index.record("", "b", "1.2.9.9")
+    assert index.holders(["1.2.1.1", "1.2.1.2", "1.2.9.9", "x"]) == {
+        "1.2.1.1": "a",
+        "1.2.1.2": "b",
+        "1.2.9.9": "b",
+    }
+    assert index.locate("1.2.1") == ["a", "b"]
+    index.close()

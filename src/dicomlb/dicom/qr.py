@@ -8,11 +8,17 @@ and send what they decide; nothing here touches a socket, a clock or a logger.
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from io import BytesIO
+
+from pydicom.filereader import read_dataset
 
 from dicomlb.dicom.dimse import Command, CommandField, Status, Tag
 from dicomlb.dicom.tags import HeaderScanner
+from dicomlb.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 # PS3.4 C.6: the information models' SOP classes, FIND / MOVE / GET of each root.
 PATIENT_ROOT = (
@@ -41,6 +47,10 @@ ACCESSION_NUMBER = 0x00080050
 PATIENT_ID = 0x00100020
 STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
+TRANSACTION_UID = 0x00081195  # PS3.4 J.3.2: storage commitment Action / Event Information
+REFERENCED_SOP_SEQUENCE = 0x00081199
+REFERENCED_SOP_INSTANCE_UID = 0x00081155
+FAILED_SOP_INSTANCE_UID_LIST = 0x00080058  # PS3.4 C.4.2.1.5: final C-MOVE / C-GET identifier
 IDENTIFIER_TAGS = frozenset(
     {
         QUERY_RETRIEVE_LEVEL,
@@ -166,6 +176,15 @@ class RetrieveTally:
     counts: dict[str, Counts] = field(default_factory=dict)
     finals: dict[str, int] = field(default_factory=dict)  # backend -> final status
     problems: dict[str, str] = field(default_factory=dict)  # backend -> why it failed
+    failed_uids: list[str] = field(default_factory=list)  # backends' Failed SOP Instance UIDs
+
+    def failed_instances(self, uids: Iterable[str]) -> None:
+        """A backend's Failed SOP Instance UID List, merged (each UID once, in order)."""
+        seen = set(self.failed_uids)
+        for uid in uids:
+            if uid and uid not in seen:
+                seen.add(uid)
+                self.failed_uids.append(uid)
 
     def pending(self, backend: str, counts: Counts) -> Counts:
         """A backend's pending response: the sum across backends to relay."""
@@ -210,20 +229,60 @@ def _success_or_warning(status: int) -> bool:
 
 
 def retrieve_response(
-    request: Command, status: int, counts: Counts, *, final: bool, error_comment: str | None = None
+    request: Command,
+    status: int,
+    counts: Counts,
+    *,
+    final: bool,
+    error_comment: str | None = None,
+    identifier: bool = False,
 ) -> Command:
-    """The C-MOVE-RSP / C-GET-RSP dicomlb sends the client (no data set)."""
+    """The C-MOVE-RSP / C-GET-RSP dicomlb sends the client; with `identifier`, a data set
+    (`failed_list_identifier`) follows."""
     values: dict[int, int | str | bytes] = {
         Tag.AFFECTED_SOP_CLASS_UID: request.sop_class_uid,
         Tag.COMMAND_FIELD: request.command_field | 0x8000,
         Tag.MESSAGE_ID_BEING_RESPONDED_TO: request.message_id,
-        Tag.COMMAND_DATA_SET_TYPE: 0x0101,
+        Tag.COMMAND_DATA_SET_TYPE: 0x0000 if identifier else 0x0101,
         Tag.STATUS: status,
         **counts.elements(final=final),
     }
     if error_comment:
         values[Tag.ERROR_COMMENT] = error_comment[:64]  # PS3.7 C.4: LO
     return Command.build(values)
+
+
+def failed_instances(data: bytes | memoryview, transfer_syntax: str) -> list[str]:
+    """The Failed SOP Instance UID List of a final C-MOVE / C-GET response's identifier."""
+    scanner = HeaderScanner(transfer_syntax, frozenset({FAILED_SOP_INSTANCE_UID_LIST}))
+    scanner.feed(data)
+    scanner.finish()
+    text = scanner.values.get(FAILED_SOP_INSTANCE_UID_LIST, "")
+    return [uid.strip("\x00 ") for uid in text.split("\\") if uid.strip("\x00 ")]
+
+
+def failed_list_identifier(uids: Iterable[str], transfer_syntax: str) -> bytes:
+    """The identifier of a final C-MOVE / C-GET response: (0008,0058) Failed SOP Instance UID
+    List, UI, multi-valued (PS3.4 C.4.2.1.5). Explicit VR keeps a 2-byte length, so the list
+    is cut at 65534 bytes; the counts still say how many failed."""
+    value = b""
+    for uid in uids:
+        more = (b"\\" if value else b"") + uid.encode("ascii")
+        if len(value) + len(more) > 0xFFFE:
+            break
+        value += more
+    if len(value) % 2:
+        value += b"\x00"  # PS3.5 6.2: UI is padded with NUL to even length
+    group, element = FAILED_SOP_INSTANCE_UID_LIST >> 16, FAILED_SOP_INSTANCE_UID_LIST & 0xFFFF
+    if transfer_syntax == IMPLICIT_VR_LE:
+        return struct.pack("<HHI", group, element, len(value)) + value
+    if transfer_syntax == EXPLICIT_VR_BE:
+        return struct.pack(">HH2sH", group, element, b"UI", len(value)) + value
+    encoded = struct.pack("<HH2sH", group, element, b"UI", len(value)) + value
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:  # PS3.5 A.5: raw deflate, no zlib header
+        deflater = zlib.compressobj(wbits=-15)
+        return deflater.compress(encoded) + deflater.flush()
+    return encoded
 
 
 def find_final(request: Command, status: int, error_comment: str | None = None) -> Command:
@@ -310,3 +369,94 @@ class MoveRegistry:
 
     def __len__(self) -> int:
         return len(self._moves)
+
+
+# ------------------------------------------------------------------ storage commitment
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitmentRequest:
+    """What dicomlb reads of an N-ACTION-RQ's Action Information (PS3.4 J.3.2.1)."""
+
+    transaction_uid: str
+    instances: tuple[str, ...]  # Referenced SOP Sequence > Referenced SOP Instance UID
+
+
+def commitment_request(data: bytes | memoryview, transfer_syntax: str) -> CommitmentRequest:
+    """The Transaction UID and referenced instances of a storage commitment data set (an
+    N-ACTION's Action Information or an N-EVENT-REPORT's Event Information); raises
+    ValueError when it cannot be read."""
+    raw = bytes(data)
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
+        raw = zlib.decompress(raw, -15)
+    try:
+        ds = read_dataset(
+            BytesIO(raw),
+            transfer_syntax == IMPLICIT_VR_LE,
+            transfer_syntax != EXPLICIT_VR_BE,
+        )
+        transaction = str(ds.get("TransactionUID", "") or "")
+        instances = tuple(
+            str(item.get("ReferencedSOPInstanceUID", "") or "")
+            for item in ds.get("ReferencedSOPSequence", None) or ()
+        )
+    except Exception as err:  # pydicom raises many kinds on garbage
+        raise ValueError(f"unreadable storage commitment data set: {err}") from None
+    if not transaction:  # PS3.4 J.3.2.1: Transaction UID is required (1/1)
+        raise ValueError("storage commitment data set without Transaction UID")
+    return CommitmentRequest(transaction_uid=transaction, instances=instances)
+
+
+def commitment_holder(
+    instances: Iterable[str], holders: Mapping[str, str]
+) -> tuple[str | None, dict[str, int]]:
+    """The backend to send a storage commitment request to: the one that received most of
+    its instances (first seen wins a tie), and how many each backend holds. `holders` maps
+    the instances dicomlb knows of to their backend. None when no instance is known.
+
+    The request is not split: one Transaction UID must get one N-EVENT-REPORT (PS3.4
+    J.3.3), and the chosen backend reports the instances it lacks in the Failed SOP
+    Sequence, so the requester learns they are not committed and can retry.
+    """
+    counts: dict[str, int] = {}
+    for uid in instances:
+        backend = holders.get(uid)
+        if backend is not None:
+            counts[backend] = counts.get(backend, 0) + 1
+    if not counts:
+        return None, counts
+    return max(counts, key=lambda b: counts[b]), counts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingCommitment:
+    """A storage commitment request forwarded to a backend, awaiting its N-EVENT-REPORT."""
+
+    transaction_uid: str
+    requester_ae: str  # the client's calling AE: where the report goes (dicom_nodes)
+    backend: str
+
+
+class CommitmentRegistry:
+    """Storage commitment transactions forwarded, by Transaction UID, until the backend's
+    N-EVENT-REPORT comes back through dicomlb. A report may come long after, on another
+    association (PS3.4 J.3.3), so entries do not expire by time; the oldest go beyond `limit`."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._pending: dict[str, PendingCommitment] = {}
+        self.limit = limit
+
+    def register(self, *, transaction_uid: str, requester_ae: str, backend: str) -> None:
+        self._pending.pop(transaction_uid, None)
+        self._pending[transaction_uid] = PendingCommitment(
+            transaction_uid=transaction_uid, requester_ae=requester_ae, backend=backend
+        )
+        while len(self._pending) > self.limit:
+            del self._pending[next(iter(self._pending))]
+
+    def take(self, transaction_uid: str) -> PendingCommitment | None:
+        """The transaction a report is about, forgotten once taken."""
+        return self._pending.pop(transaction_uid, None)
+
+    def __len__(self) -> int:
+        return len(self._pending)

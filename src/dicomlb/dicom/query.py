@@ -333,6 +333,9 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
                 )
         except TimeoutError:
             problems[backend.name] = "timed out"
+            # Like any relay failure, a backend silent past query_timeout counts toward
+            # passive health (fall); asyncio.timeout cancelled `_ask`, which did not count it.
+            _passive_failure(relay, backend, pool.name)
         except UpstreamError as err:
             problems[backend.name] = str(err)
             if "rejected abstract syntax" not in str(err) and backend.health.failure():
@@ -378,6 +381,12 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
         status,
         (time.monotonic() - started) * 1000,
     )
+
+
+def _passive_failure(relay: Relay, backend: BackendState, pool: str) -> None:
+    if backend.health.failure():
+        log.warning("backend.down backend=%s pool=%s cause=passive", backend.name, pool)
+        relay.runtime.metrics.backend_transition(backend.name, up=False, cause="passive")
 
 
 def _reason(err: BaseException, timeout: float) -> str:

@@ -42,6 +42,7 @@ _QR_SERVICES = frozenset(
         CommandField.C_MOVE_RQ,
         CommandField.C_GET_RQ,
         CommandField.N_ACTION_RQ,
+        CommandField.N_EVENT_REPORT_RQ,  # a backend's storage commitment report
     }
 )
 
@@ -249,7 +250,7 @@ class Relay:
             self._respond(message, failure.status, f"{backend.name}: {failure}")
             return
         if _stored(status) and 0x0020000D in tags:
-            self.runtime.studies.record(tags[0x0020000D], backend.name)  # where is the study
+            self.runtime.studies.record(tags[0x0020000D], backend.name, sop_uid)  # where is it
         outcome = "store.delivered" if _stored(status) else "store.failed"
         self.runtime.metrics.store_finished(
             route=route.name,

@@ -1,4 +1,4 @@
-"""C-MOVE and C-GET through the balancer, and storage commitment.
+"""C-MOVE and C-GET through the balancer (storage commitment: `dicom/commitment.py`).
 
 Which backends: the study -> backend table (`studies.py`) when it knows the study; with
 `query: one` any one healthy backend (shared database); otherwise a C-FIND probe across the
@@ -23,7 +23,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from dicomlb.dicom import query
+from dicomlb.dicom import commitment, query
 from dicomlb.dicom.acceptor import InboundAssociation, InboundMessage
 from dicomlb.dicom.dimse import (
     Command,
@@ -37,18 +37,19 @@ from dicomlb.dicom.dimse import (
 from dicomlb.dicom.negotiation import role_item
 from dicomlb.dicom.qr import (
     MOVE_DESTINATION_UNKNOWN,
-    STORAGE_COMMITMENT_PUSH,
     STUDY_INSTANCE_UID,
     Counts,
     PendingMove,
     RetrieveTally,
+    failed_instances,
+    failed_list_identifier,
     find_model_of,
     retrieve_response,
     unanswered_comment,
 )
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
 from dicomlb.pools import BackendState
-from dicomlb.snapshot import MoveDestination, QueryMode, StorageCommitment
+from dicomlb.snapshot import MoveDestination, QueryMode
 
 if TYPE_CHECKING:
     from dicomlb.dicom.relay import Relay
@@ -59,7 +60,7 @@ _SUBOPERATION_TIMEOUT = 120.0  # a destination's C-STORE response
 
 
 async def serve(relay: Relay, message: InboundMessage) -> None:
-    """Dispatch a C-FIND, C-MOVE, C-GET or N-ACTION request."""
+    """Dispatch a C-FIND, C-MOVE, C-GET, N-ACTION or N-EVENT-REPORT request."""
     field = message.command.command_field
     if field == CommandField.C_FIND_RQ:
         await query.find(relay, message)
@@ -67,8 +68,10 @@ async def serve(relay: Relay, message: InboundMessage) -> None:
         await move(relay, message)
     elif field == CommandField.C_GET_RQ:
         await get(relay, message)
+    elif field == CommandField.N_ACTION_RQ:
+        await commitment.request(relay, message)
     else:
-        await commitment(relay, message)
+        await commitment.report(relay, message)
 
 
 # ------------------------------------------------------------------ which backends
@@ -214,10 +217,7 @@ async def move(relay: Relay, message: InboundMessage) -> None:
             relay.runtime.moves.done(pending_move)
     status = tally.final_status()
     total = tally.total()
-    inbound.send_command(
-        message.context_id,
-        retrieve_response(command, status, total, final=True, error_comment=_comment(tally)),
-    )
+    _final(relay, message, tally, status)
     log.log(
         logging.INFO if status == Status.SUCCESS else logging.WARNING,
         "move.relayed route=%s pool=%s backends=%s destination=%s mode=%s completed=%d "
@@ -237,6 +237,23 @@ async def move(relay: Relay, message: InboundMessage) -> None:
 
 def _comment(tally: RetrieveTally) -> str | None:
     return unanswered_comment(tally.problems)
+
+
+def _final(relay: Relay, message: InboundMessage, tally: RetrieveTally, status: int) -> None:
+    """The final C-MOVE-RSP / C-GET-RSP: summed counts and, when backends listed failed
+    instances, their merged Failed SOP Instance UID List (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+    identifier = None
+    if tally.failed_uids and status != Status.SUCCESS:
+        identifier = failed_list_identifier(tally.failed_uids, message.transfer_syntax)
+    answer = retrieve_response(
+        message.command,
+        status,
+        tally.total(),
+        final=True,
+        error_comment=_comment(tally),
+        identifier=identifier is not None,
+    )
+    relay.inbound.send_message(message.context_id, answer, identifier)
 
 
 def _refuse(relay: Relay, message: InboundMessage, what: str, status: int, reason: str) -> None:
@@ -285,6 +302,10 @@ async def _retrieve(
         message_id = pending_move.message_id if pending_move is not None else up.next_message_id()
         bridge = GetBridge(inbound, up) if command.command_field == CommandField.C_GET_RQ else None
 
+        def on_final(answer: Command, data: bytes | None) -> None:
+            if data is not None:
+                tally.failed_instances(failed_instances(data, message.transfer_syntax))
+
         def on_pending(answer: Command, data: bytes | None) -> None:
             total = tally.pending(backend.name, Counts.of(answer))
             inbound.send_command(
@@ -302,6 +323,7 @@ async def _retrieve(
                 [(placed.identifier, True)],
                 pool_config.response_timeout,
                 on_pending=on_pending,
+                on_final=on_final,
             )
             asked.add(backend.name, up, context_id, message_id)
             answer = await future
@@ -453,12 +475,7 @@ async def get(relay: Relay, message: InboundMessage) -> None:
     tally = await _retrieve(relay, message, placed, backends, {}, None, sequential=True)
     status = tally.final_status()
     total = tally.total()
-    relay.inbound.send_command(
-        message.context_id,
-        retrieve_response(
-            message.command, status, total, final=True, error_comment=_comment(tally)
-        ),
-    )
+    _final(relay, message, tally, status)
     log.log(
         logging.INFO if status == Status.SUCCESS else logging.WARNING,
         "get.relayed route=%s pool=%s backends=%s completed=%d failed=%d warning=%d "
@@ -567,57 +584,3 @@ class GetBridge:
                 answer.status or 0,
                 (time.monotonic() - started) * 1000,
             )
-
-
-# ------------------------------------------------------------------ storage commitment
-
-
-async def commitment(relay: Relay, message: InboundMessage) -> None:
-    """N-ACTION (storage commitment push model): forwarded to one backend of a pool that has
-    `storage_commitment: forward`, which reports (N-EVENT-REPORT) to the requester itself;
-    refused otherwise."""
-    from dicomlb.dicom.relay import MessageFailed
-
-    command = message.command
-    try:
-        placed = await query.place(relay, message, "N-ACTION")
-    except query.QueryRefused as refusal:
-        _n_refuse(relay, message, refusal.status, str(refusal))
-        return
-    if (
-        command.sop_class_uid != STORAGE_COMMITMENT_PUSH
-        or placed.route.pool.storage_commitment is not StorageCommitment.FORWARD
-    ):
-        _n_refuse(
-            relay,
-            message,
-            Status.NO_SUCH_SOP_CLASS,
-            f"pool {placed.pool.name} does not take storage commitment",
-        )
-        return
-    try:
-        backend, up = await relay._connect(placed.pool, placed.key, message)
-        status = await relay._forward(
-            message,
-            placed.route.pool,
-            backend,
-            up,
-            [DataReceived(context_id=message.context_id, data=placed.identifier, is_last=True)],
-            True,
-        )
-    except MessageFailed as failure:
-        _n_refuse(relay, message, failure.status, str(failure))
-        return
-    log.info(
-        "commitment.forwarded pool=%s backend=%s transaction=%s status=0x%04X",
-        placed.pool.name,
-        backend.name,
-        command.sop_instance_uid,
-        status,
-    )
-
-
-def _n_refuse(relay: Relay, message: InboundMessage, status: int, reason: str) -> None:
-    log.warning("commitment.failed status=0x%04X reason=%r", status, reason)
-    answer = response(message.command, status, error_comment=reason)
-    relay.inbound.send_command(message.context_id, answer)

@@ -117,6 +117,8 @@ class UpstreamAssociation(asyncio.Protocol):
         # Pending responses (C-FIND, C-MOVE, C-GET) go to these as they arrive; each one
         # gives the request `timeout` more seconds.
         self._on_pending: dict[int, ResponseHandler] = {}
+        # The final response's data set (a C-MOVE / C-GET Failed SOP Instance UID List).
+        self._on_final: dict[int, ResponseHandler] = {}
         self._timeouts: dict[int, float] = {}
         self._collecting: tuple[Command, list[bytes]] | None = None  # a response's data set
         self._data_to: RequestHandler | None = None  # where a request's data set goes
@@ -243,6 +245,9 @@ class UpstreamAssociation(asyncio.Protocol):
                 return
         self._on_pending.pop(command.responded_to, None)
         self._timeouts.pop(command.responded_to, None)
+        on_final = self._on_final.pop(command.responded_to, None)
+        if on_final is not None:
+            on_final(command, data)
         future = self._responses.pop(command.responded_to, None)
         callback = self._on_response.pop(command.responded_to, None)
         self._response_deadlines.pop(command.responded_to, None)
@@ -268,6 +273,7 @@ class UpstreamAssociation(asyncio.Protocol):
         self._responses.clear()
         self._on_response.clear()
         self._on_pending.clear()
+        self._on_final.clear()
         self._response_deadlines.clear()
         self._writable.set()
         self._close()
@@ -303,6 +309,7 @@ class UpstreamAssociation(asyncio.Protocol):
         timeout: float | None = None,
         on_response: Callable[[Command], None] | None = None,
         on_pending: ResponseHandler | None = None,
+        on_final: ResponseHandler | None = None,
     ) -> asyncio.Future[Command]:
         """Send a request's command set and the data-set fragments already at hand, in one
         write; the future resolves with the final response (TimeoutError after `timeout`
@@ -310,7 +317,8 @@ class UpstreamAssociation(asyncio.Protocol):
 
         `on_response` runs as soon as the final response is decoded, before the awaiting
         task resumes: relaying it to the client from there saves a loop turn per message.
-        `on_pending` gets each pending response (C-FIND, C-MOVE, C-GET) with its data set.
+        `on_pending` gets each pending response (C-FIND, C-MOVE, C-GET) with its data set;
+        `on_final` the final response with its data set (None when it has none).
         """
         if not self.usable:
             raise UpstreamError(self.failure or "association closed")
@@ -323,6 +331,8 @@ class UpstreamAssociation(asyncio.Protocol):
             self._on_pending[command.message_id] = on_pending
             if timeout is not None:
                 self._timeouts[command.message_id] = timeout
+        if on_final is not None:
+            self._on_final[command.message_id] = on_final
         buffers = self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
         for fragment, is_last in data:
             buffers += self.assoc.send_data(context_id, fragment, is_command=False, is_last=is_last)
@@ -346,6 +356,7 @@ class UpstreamAssociation(asyncio.Protocol):
                 del self._response_deadlines[message_id]
                 self._on_response.pop(message_id, None)
                 self._on_pending.pop(message_id, None)
+                self._on_final.pop(message_id, None)
                 future = self._responses.pop(message_id, None)
                 if future is not None and not future.done():
                     future.set_exception(TimeoutError())

@@ -1,0 +1,242 @@
+"""Storage commitment (push model, PS3.4 Annex J) through the balancer.
+
+N-ACTION-RQ from a client, on a pool with `storage_commitment: forward`: sent to the
+backend that received the referenced instances (the study table remembers SOP Instance UID
+-> backend for recent C-STOREs); when they are spread, to the backend holding most of them,
+which reports the others as failed (`qr.commitment_holder` says why the request is not
+split); when none is known, to a backend the pool's strategy picks. The Transaction UID and
+the client's AE title are registered (`qr.CommitmentRegistry`).
+
+N-EVENT-REPORT-RQ from the backend: the backend reports to the client's AE title from its own
+table (Orthanc: `DicomModalities`), which points at dicomlb. dicomlb opens an association to
+the client's real address in `dicom_nodes`, as SCP of Storage Commitment (role selection:
+the client takes the SCU role, PS3.4 J.3.3 and PS3.7 D.3.3.4), relays the report byte for
+byte and the client's N-EVENT-REPORT-RSP back to the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from dicomlb.dicom import query
+from dicomlb.dicom.acceptor import InboundMessage
+from dicomlb.dicom.dimse import DataReceived, Status, Tag, response
+from dicomlb.dicom.negotiation import role_item
+from dicomlb.dicom.pdu import RoleSelection
+from dicomlb.dicom.qr import STORAGE_COMMITMENT_PUSH, commitment_holder, commitment_request
+from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.pools import BackendState
+from dicomlb.snapshot import StorageCommitment
+
+if TYPE_CHECKING:
+    from dicomlb.dicom.relay import Relay
+
+log = logging.getLogger(__name__)
+
+_REPORT_TIMEOUT = 30.0  # the requester's N-EVENT-REPORT-RSP
+_CONNECT_TIMEOUT = 10.0
+
+
+async def request(relay: Relay, message: InboundMessage) -> None:
+    """Serve one N-ACTION-RQ (Request Storage Commitment)."""
+    from dicomlb.dicom.relay import MessageFailed
+
+    command = message.command
+    try:
+        placed = await query.place(relay, message, "N-ACTION")
+    except query.QueryRefused as refusal:
+        _refuse(relay, message, refusal.status, str(refusal))
+        return
+    if (
+        command.sop_class_uid != STORAGE_COMMITMENT_PUSH
+        or placed.route.pool.storage_commitment is not StorageCommitment.FORWARD
+    ):
+        _refuse(
+            relay,
+            message,
+            Status.NO_SUCH_SOP_CLASS,
+            f"pool {placed.pool.name} does not take storage commitment",
+        )
+        return
+    try:
+        wanted = commitment_request(placed.identifier, message.transfer_syntax)
+    except ValueError as err:
+        _refuse(relay, message, Status.PROCESSING_FAILURE, str(err))
+        return
+    pool = placed.pool
+    available = {b.name: b for b in pool.backends if b.available and b.config.dicom is not None}
+    holders = {
+        uid: backend
+        for uid, backend in relay.runtime.studies.holders(wanted.instances).items()
+        if backend in available
+    }
+    chosen, counts = commitment_holder(wanted.instances, holders)
+    if len(counts) > 1:
+        log.warning(
+            "commitment.spread transaction=%s instances=%d backends=%s chosen=%s",
+            wanted.transaction_uid,
+            len(wanted.instances),
+            ",".join(f"{name}:{n}" for name, n in counts.items()),
+            chosen,
+        )
+    try:
+        backend, up = await _connect(relay, message, placed, available.get(chosen or ""))
+        # Registered before forwarding: the report may come before the N-ACTION-RSP.
+        relay.runtime.commitments.register(
+            transaction_uid=wanted.transaction_uid,
+            requester_ae=relay.inbound.calling_ae,
+            backend=backend.name,
+        )
+        status = await relay._forward(
+            message,
+            placed.route.pool,
+            backend,
+            up,
+            [DataReceived(context_id=message.context_id, data=placed.identifier, is_last=True)],
+            True,
+        )
+    except MessageFailed as failure:
+        relay.runtime.commitments.take(wanted.transaction_uid)
+        _refuse(relay, message, failure.status, str(failure))
+        return
+    if status != Status.SUCCESS:
+        relay.runtime.commitments.take(wanted.transaction_uid)  # no report will come
+    log.info(
+        "commitment.forwarded pool=%s backend=%s transaction=%s calling_aet=%s instances=%d "
+        "located=%d status=0x%04X",
+        pool.name,
+        backend.name,
+        wanted.transaction_uid,
+        relay.inbound.calling_ae,
+        len(wanted.instances),
+        counts.get(backend.name, 0),
+        status,
+    )
+
+
+async def _connect(
+    relay: Relay, message: InboundMessage, placed: query.Placed, holder: BackendState | None
+) -> tuple[BackendState, UpstreamAssociation]:
+    """The holder's upstream association, else the pool strategy's pick."""
+    if holder is not None:
+        try:
+            up = await relay.runtime.upstreams[holder.name].acquire(
+                relay._upstream_key(placed.route.pool, holder),
+                (message.abstract_syntax, message.transfer_syntax),
+                relay.contexts,
+            )
+        except UpstreamError as err:
+            log.warning("commitment.holder_unreachable backend=%s reason=%r", holder.name, str(err))
+        else:
+            return holder, up
+    else:
+        log.info("commitment.unlocated pool=%s: no referenced instance known", placed.pool.name)
+    return await relay._connect(placed.pool, placed.key, message)
+
+
+async def report(relay: Relay, message: InboundMessage) -> None:
+    """Relay a backend's N-EVENT-REPORT-RQ (Storage Commitment Result) to the requester and
+    its N-EVENT-REPORT-RSP back."""
+    started = time.monotonic()
+    inbound = relay.inbound
+    command = message.command
+    data = await query.read_identifier(message)
+    if command.sop_class_uid != STORAGE_COMMITMENT_PUSH:
+        _refuse(
+            relay,
+            message,
+            Status.NO_SUCH_SOP_CLASS,
+            "dicomlb relays storage commitment reports only",
+            what="report",
+        )
+        return
+    try:
+        transaction = commitment_request(data, message.transfer_syntax).transaction_uid
+    except ValueError as err:
+        _refuse(relay, message, Status.PROCESSING_FAILURE, str(err), what="report")
+        return
+    pending = relay.runtime.commitments.take(transaction)
+    # Not registered (dicomlb restarted, or the registry overflowed): the backend calls the
+    # requester's AE title, so the called AE names it.
+    requester = pending.requester_ae if pending is not None else inbound.called_ae
+    snapshot = relay.runtime.snapshot
+    address = snapshot.dicom_nodes.get(requester)
+    if address is None:
+        _refuse(
+            relay,
+            message,
+            Status.PROCESSING_FAILURE,
+            f"storage commitment requester {requester} is not in dicomlb's dicom_nodes",
+            what="report",
+        )
+        return
+    calling = snapshot.dicom.ae_title if snapshot.dicom else "DICOMLB"
+    # PS3.7 D.3.3.4: dicomlb proposes only the SCP role, the requester then is the SCU.
+    roles = (
+        role_item(
+            RoleSelection(sop_class_uid=STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
+        ),
+    )
+    pair = (STORAGE_COMMITMENT_PUSH, message.transfer_syntax)
+    loop = asyncio.get_running_loop()
+    link: UpstreamAssociation | None = None
+    try:
+        async with asyncio.timeout(_CONNECT_TIMEOUT):
+            _, link = await loop.create_connection(
+                lambda: UpstreamAssociation(
+                    f"requester {requester}", (calling, address.ae_title, roles), [pair], 65536
+                ),
+                address.host,
+                address.port,
+            )
+            await link.established
+        context_id = link.context_for(pair)
+        if context_id is None:
+            raise UpstreamError(f"{requester} refused storage commitment in {pair[1]}")
+        answer = await link.send_command(
+            context_id,
+            command.replace({Tag.MESSAGE_ID: link.next_message_id()}),
+            [(data, True)],
+            _REPORT_TIMEOUT,
+        )
+    except (UpstreamError, TimeoutError, OSError) as err:
+        if link is not None:
+            link.abort()
+        _refuse(
+            relay,
+            message,
+            Status.PROCESSING_FAILURE,
+            f"{requester}: {err or 'timed out'}",
+            what="report",
+        )
+        return
+    status = answer.status or 0
+    inbound.send_command(
+        message.context_id,
+        answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: command.message_id}),
+    )
+    log.log(
+        logging.INFO if status == Status.SUCCESS else logging.WARNING,
+        "commitment.reported transaction=%s backend_aet=%s requester=%s address=%s "
+        "event_type=%d status=0x%04X ms=%d",
+        transaction,
+        inbound.calling_ae,
+        requester,
+        address,
+        command.us(Tag.EVENT_TYPE_ID) or 0,
+        status,
+        (time.monotonic() - started) * 1000,
+    )
+    await link.release()
+
+
+def _refuse(
+    relay: Relay, message: InboundMessage, status: int, reason: str, what: str = "request"
+) -> None:
+    log.warning("commitment.failed %s status=0x%04X reason=%r", what, status, reason)
+    relay.inbound.send_command(
+        message.context_id, response(message.command, status, error_comment=reason)
+    )
