@@ -1,6 +1,7 @@
 """HTTP peers for tests and benchmarks: dicomlb with an HTTP listener, a small aiohttp
-backend (echo, names, websocket, chunked, slow), and nginx (Debian package) serving files
-or proxying. All on loopback, free ports; stopped by `stop()` / the context manager."""
+backend (echo, names, websocket, chunked, slow), a raw asyncio backend for keep-alive and
+framing edges, and nginx (Debian package) serving files or proxying. All on loopback, free
+ports; stopped by `stop()` / the context manager."""
 
 from __future__ import annotations
 
@@ -189,6 +190,87 @@ class WebBackend:
         self.requests += 1
         await request.read()
         return web.Response(text=f"{self.name} {request.method} {request.path_qs}")
+
+
+class RawBackend:
+    """A raw asyncio HTTP/1.1 backend for the edges aiohttp hides: it closes a keep-alive
+    connection idle for `keepalive` seconds, or (`close_on_reuse`) closes instead of
+    answering any request after a connection's first, the way a backend closing an idle
+    connection races with a request written to it. `/split-chunked` sends its chunked body's
+    last chunk on its own, a moment after the rest. Anything else → 200 with
+    "<method> <path> <body size> <body sha256>"."""
+
+    def __init__(self, *, keepalive: float = 5.0, close_on_reuse: bool = False) -> None:
+        self.keepalive = keepalive
+        self.close_on_reuse = close_on_reuse
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.connections = 0
+        self.answered = 0
+        self.runner = LoopThread()
+        self._server: asyncio.Server | None = None
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, LOOPBACK, self.port)
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def start(self) -> Self:
+        self.runner.call(self._start())
+        return self
+
+    def stop(self) -> None:
+        self.runner.call(self._stop())
+        self.runner.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.keepalive if served else 30):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    return
+                if served and self.close_on_reuse:
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length) if length else b""
+                served += 1
+                self.answered += 1
+                if path == "/split-chunked":
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                    )
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    writer.write(b"0\r\n\r\n")
+                else:
+                    text = f"{method} {path} {len(body)} {hashlib.sha256(body).hexdigest()}"
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(text), text.encode())
+                    )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
 
 
 class Nginx:

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.httppeers import HttpBalancer, WebBackend, raw_exchange
+from tests.httppeers import HttpBalancer, RawBackend, WebBackend, raw_exchange
 from tests.peers import LOOPBACK
 
 
@@ -103,6 +103,75 @@ def test_chunked_head_and_304_like_bodies(lb: HttpBalancer) -> None:
     assert status == 200 and answer == b"" and response.getheader("Content-Length") == "1000"
     assert get(lb, "/status/204", conn=conn)[:2] == (204, b"")
     assert get(lb, "/name", conn=conn)[0] == 200  # the connection is still in step
+
+
+def raw_pool(backend: RawBackend, **http: Any) -> dict[str, Any]:
+    return {
+        "pools": {
+            "web": {
+                "backends": [{"name": "raw", "http": backend.url}],
+                "http": {"idle_timeout": "30s", **http},  # pooled longer than the backend keeps
+            }
+        },
+        "http_routes": [{"name": "all", "pool": "web"}],
+    }
+
+
+def test_last_chunk_alone_in_its_own_read_is_relayed() -> None:
+    # The `0\r\n\r\n` that ends a chunked body came on its own and was held, never written:
+    # the client waited for it until its timeout.
+    with RawBackend() as backend, HttpBalancer(raw_pool(backend)) as lb:
+        conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=5)
+        for _ in range(3):
+            assert get(lb, "/split-chunked", conn=conn)[:2] == (200, b"hello")
+        assert get(lb, "/after", conn=conn)[1].startswith(b"GET /after 0 ")
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT"])
+def test_request_on_a_pooled_connection_the_backend_closed_is_retried(method: str) -> None:
+    # The backend closes each connection instead of answering its second request: the
+    # request (head and body) goes again on a fresh connection, promptly.
+    body = b"x" * 5000 if method != "GET" else None
+    expected = f"{method} /second {len(body or b'')} {hashlib.sha256(body or b'').hexdigest()}"
+    with RawBackend(close_on_reuse=True) as backend, HttpBalancer(raw_pool(backend)) as lb:
+        assert get(lb, "/first")[0] == 200  # leaves a pooled connection
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=5)
+        status, answer, _ = get(lb, "/second", method, body, conn=conn)
+        assert (status, answer.decode()) == (200, expected)
+        assert time.monotonic() - started < 2
+        assert backend.connections >= 2
+
+
+def test_unreplayable_request_on_a_closed_pooled_connection_is_a_clean_502() -> None:
+    with (
+        RawBackend(close_on_reuse=True) as backend,
+        HttpBalancer(raw_pool(backend, retry_buffer=0)) as lb,
+    ):
+        assert get(lb, "/first")[0] == 200
+        started = time.monotonic()
+        status, _, _ = get(lb, "/second", "POST", b"y" * 1000)
+        assert status == 502 and time.monotonic() - started < 2
+
+
+def test_requests_spaced_around_the_backend_keepalive_timeout() -> None:
+    # The backend closes idle keep-alive connections after 0.2 s; dicomlb pools them for
+    # 30 s. Requests spaced around 0.2 s race the close: each gets its answer (a retry on a
+    # fresh connection) or a clean 502, quickly, never a hang.
+    with RawBackend(keepalive=0.2) as backend, HttpBalancer(raw_pool(backend)) as lb:
+        statuses = []
+        for i in range(24):
+            time.sleep(0.17 + (i % 7) * 0.01)
+            body = b"%d" % i * 300 if i % 2 else None
+            method = "POST" if body else "GET"
+            started = time.monotonic()
+            status, answer, _ = get(lb, f"/r{i}", method, body)
+            assert time.monotonic() - started < 3
+            statuses.append(status)
+            if status == 200:
+                size = len(body or b"")
+                assert answer.decode().startswith(f"{method} /r{i} {size} ")
+        assert set(statuses) <= {200, 502} and statuses.count(200) >= 20
 
 
 def test_expect_100_continue_relayed(lb: HttpBalancer) -> None:

@@ -384,6 +384,12 @@ def test_down_backend_costs_no_attempts_and_study_fails_over_when_configured(
     assert storescu("127.0.0.1", lb.port, tmp_path / "out", aec="DICOMLB").returncode == 0
     total = sum(len(v) for v in studies.values())
     assert wait_until(lambda: len(b.files()) == total, timeout=30)
+    # storescp writes the file before it answers, and the delivery is recorded after the
+    # answer (a bookkeeping update that rides with the next batch): wait for the index too.
+    spool = tmp_path / "spool"
+    assert wait_until(lambda: index_states(spool) == {"delivered": total}, timeout=10), (
+        index_states(spool)
+    )
     on_b = set(b.by_sop_instance_uid())
     for instances in studies.values():
         assert {ds.SOPInstanceUID for ds in instances} <= on_b

@@ -197,6 +197,39 @@ def test_head_response_has_no_body_whatever_its_length() -> None:
         ] == [Response, Data, EndOfMessage]
 
 
+KEEP_ALIVE_RESPONSES = (  # (method asked, response) in turn on one backend connection
+    (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nAAAAA\r\n0\r\n\r\n"),
+    (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\nT: 1\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+)
+
+
+@pytest.mark.parametrize("index", range(len(KEEP_ALIVE_RESPONSES)))
+def test_keep_alive_responses_at_every_two_splits(index: int) -> None:
+    # Each response after the one before on the same reader, its bytes cut at every pair of
+    # points: the same events, an end for each, and the reader ready for the next.
+    def run(cuts: list[int]) -> list[Event]:
+        reader = ResponseReader()
+        for method, wire in KEEP_ALIVE_RESPONSES[:index]:
+            reader.expect(method)
+            reader.receive_data(wire)
+        method, wire = KEEP_ALIVE_RESPONSES[index]
+        reader.expect(method)
+        events = feed_split(reader, wire, cuts)
+        assert reader.state is ReaderState.IDLE
+        return events
+
+    whole = run([])
+    assert isinstance(whole[0], Response) and isinstance(whole[-1], EndOfMessage)
+    wire = KEEP_ALIVE_RESPONSES[index][1]
+    for i in range(len(wire) + 1):
+        for j in range(i, len(wire) + 1):
+            assert run([i, j]) == whole
+
+
 def test_close_delimited_body_ends_at_eof_truncated_one_is_an_error() -> None:
     reader = ResponseReader()
     events = reader.receive_data(b"HTTP/1.1 200 OK\r\n\r\nsome")

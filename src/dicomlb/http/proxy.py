@@ -371,6 +371,10 @@ class ClientConnection(asyncio.Protocol):
             limit, deadline_from = self.config.tunnel_timeout, self.last_activity
         elif exchange is not None:
             limit, deadline_from = exchange.current_timeout(), self.last_activity
+            if exchange.request_done and not exchange.response_started:
+                # Waiting for the backend: client bytes (pipelined requests) do not
+                # postpone the 504.
+                deadline_from = max(exchange.started, exchange.backend_activity)
         elif self.head_started is not None or self.reader.state is ReaderState.HEAD:
             start = self.head_started if self.head_started is not None else self.last_activity
             limit, deadline_from = self.config.head_timeout, start
@@ -432,6 +436,8 @@ class Exchange:
     path = ""
     upgrade_tunnel = False
     counted = False  # this exchange is in its backend's `active` count
+    sent = False  # the head went to a backend connection: a later one gets `replay`
+    backend_activity = 0.0  # request sent in full, or backend bytes: the read timeout's start
     verbatim = True  # no head rewrite: relay the backend's bytes unchanged
     ready = False  # out / held has something complete to write
 
@@ -641,14 +647,17 @@ class Exchange:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
+        self.backend_activity = self.client.loop.time()
         conn.exchange = self
         conn.requests += 1
         conn.reader.expect(self.request.method)
         transport = conn.transport
         assert transport is not None
-        if self.replay is not None and self.tries > 1:
+        if self.sent:  # a retry (`replay` holds the head and every body byte so far)
+            assert self.replay is not None
             transport.writelines(self.replay)
         else:
+            self.sent = True
             transport.write(self.head)
             if self.pending:
                 transport.writelines(self.pending)
@@ -703,6 +712,7 @@ class Exchange:
                 self._send(data)
         elif isinstance(event, EndOfMessage):
             self.request_done = True
+            self.backend_activity = self.client.loop.time()
             if self.request.chunked:
                 self._send(last_chunk(event.trailers))
         elif isinstance(event, Upgrade) and event.data:
@@ -717,7 +727,7 @@ class Exchange:
         the backend's bytes (`data`) go to the client verbatim, one write per batch; the
         events then only tell where the response ends and what it says."""
         client = self.client
-        client.last_activity = client.loop.time()
+        client.last_activity = self.backend_activity = client.loop.time()
         if data:
             self.held.append(data)
         out = self.out
@@ -745,6 +755,9 @@ class Exchange:
                     continue
                 if self.response_chunked and not self.verbatim:
                     out.append(last_chunk(event.trailers))  # type: ignore[union-attr]
+                # The end may come alone in its own read (a chunked body's last chunk,
+                # `0\r\n\r\n`): those held bytes are complete too and must go out now.
+                self.ready = True
                 self._flush()
                 self._response_complete(conn)
             elif kind is Upgrade:
