@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -53,7 +54,8 @@ class HttpBalancer:
         self.snapshot = build_snapshot(config, source="<test>")
         assert self.snapshot.http is not None
         self.port = self.snapshot.http.port
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        scheme = "https" if self.snapshot.http.tls is not None else "http"
+        self.url = f"{scheme}://{LOOPBACK}:{self.port}"
         self.runner = LoopThread()
         self.app = App(self.snapshot)
 
@@ -84,16 +86,20 @@ class WebBackend:
     method and path.
     """
 
-    def __init__(self, name: str, port: int | None = None) -> None:
+    def __init__(
+        self, name: str, port: int | None = None, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.name = name
         self.port = port or free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.tls = tls  # a server context: the backend speaks https
+        self.url = f"{'https' if tls else 'http'}://{LOOPBACK}:{self.port}"
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.requests = 0
         self.runner = LoopThread()
         self._site: web.AppRunner | None = None
 
     async def _start(self) -> None:
-        app = web.Application(client_max_size=1 << 34)
+        app = web.Application(client_max_size=1 << 34, middlewares=[self._record])
         app.router.add_route("*", "/name", self._name)
         app.router.add_route("*", "/echo", self._echo)
         app.router.add_route("*", "/status/{n}", self._status)
@@ -105,7 +111,7 @@ class WebBackend:
         app.router.add_route("*", "/{tail:.*}", self._any)
         self._site = web.AppRunner(app, access_log=None)
         await self._site.setup()
-        await web.TCPSite(self._site, LOOPBACK, self.port).start()
+        await web.TCPSite(self._site, LOOPBACK, self.port, ssl_context=self.tls).start()
 
     async def _stop(self) -> None:
         if self._site is not None:
@@ -124,6 +130,11 @@ class WebBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.seen.append((request.method, request.path))
+        return await handler(request)
 
     async def _name(self, request: web.Request) -> web.Response:
         self.requests += 1

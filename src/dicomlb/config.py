@@ -397,10 +397,14 @@ class _AdminListenerModel(_Model):
     auth: _AdminAuthModel | None = None
 
 
+class _HttpListenerModel(HttpListenerModel):
+    tls: _ListenerTlsModel | None = None  # HTTPS; built like listeners.dicom.tls
+
+
 class _ListenersModel(_Model):
     dicom: _DicomListenerModel | None = None
     admin: _AdminListenerModel | None = None
-    http: HttpListenerModel | None = None
+    http: _HttpListenerModel | None = None
 
 
 class _HealthModel(_Model):
@@ -677,12 +681,19 @@ class _Builder:
             extra["state_dir"] = self.model.state_dir
             wanted.add(STUDY_INSTANCE_UID)  # the study -> backend table records every store
         listeners = self.model.listeners
+        http_listener = listeners.http if listeners else None
+        http_tls = (
+            _listener_tls(http_listener.tls, "listeners.http.tls", self.issues)
+            if http_listener is not None and http_listener.tls is not None
+            else None
+        )
         extra["http"], extra["http_routes"] = build_http(
-            listeners.http if listeners else None,
+            http_listener,
             self.model.http_routes,
             self.model.middlewares,
             pools,
             self.fail,
+            http_tls,
         )
         return Snapshot(
             source=source,

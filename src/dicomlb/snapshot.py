@@ -53,8 +53,8 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpAddress:
-    """An HTTP backend's base URL: `http://host:port` (`https://`, and a base path such as
-    `/orthanc`, only for backends that take C-STOREs over HTTP: `store_via`)."""
+    """An HTTP backend's base URL: `http://host:port` or `https://host:port` (a base path
+    such as `/orthanc` only for backends that take C-STOREs over HTTP: `store_via`)."""
 
     host: str
     port: int

@@ -119,14 +119,22 @@ class HttpListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        tls = self.config.tls
         self.server = await loop.create_server(
             lambda: ClientConnection(self),
             self.config.host,
             self.config.port,
             backlog=1024,
             reuse_address=True,
+            ssl=tls.context if tls is not None else None,
+            ssl_handshake_timeout=self.config.head_timeout if tls is not None else None,
         )
-        log.info("listener.started listener=http bind=%s:%d", self.config.host, self.config.port)
+        log.info(
+            "listener.started listener=http bind=%s:%d tls=%s",
+            self.config.host,
+            self.config.port,
+            "on" if tls is not None else "off",
+        )
 
     async def stop(self, graceful_timeout: float) -> None:
         """Stop accepting; let requests in flight finish (bounded); close the rest."""
@@ -480,6 +488,7 @@ class Exchange:
                 headers=headers,
                 client_ip=client.peer[0],
                 host=host,
+                scheme=b"https" if client.config.tls is not None else b"http",
             )
             now = client.loop.time()
             for middleware in middlewares:
