@@ -81,6 +81,7 @@ class WebBackend:
     """A small aiohttp backend on a free port, answering as `name`.
 
     `/name` → its name; `/echo` → the request body (and its sha256 in X-Sha256);
+    `/job/{id}` → Orthanc's answer to a job created, `{"ID": id, "Path": "/jobs/{id}"}`;
     `/status/{n}`; `/chunked?n=&size=`; `/slow?s=`; `/ws` websocket echo; `/headers` → the
     request head as JSON; `/big?size=` → that many bytes; anything else → 200 with the
     method and path.
@@ -108,6 +109,7 @@ class WebBackend:
         app.router.add_get("/ws", self._ws)
         app.router.add_route("*", "/headers", self._headers)
         app.router.add_get("/big", self._big)
+        app.router.add_route("*", "/job/{id}", self._job)
         app.router.add_route("*", "/{tail:.*}", self._any)
         self._site = web.AppRunner(app, access_log=None)
         await self._site.setup()
@@ -195,6 +197,11 @@ class WebBackend:
 
     async def _big(self, request: web.Request) -> web.Response:
         return web.Response(body=b"x" * int(request.query.get("size", "1024")))
+
+    async def _job(self, request: web.Request) -> web.Response:
+        await request.read()
+        job = request.match_info["id"]
+        return web.json_response({"ID": job, "Path": f"/jobs/{job}"})
 
     async def _any(self, request: web.Request) -> web.Response:
         self.requests += 1

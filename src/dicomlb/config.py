@@ -457,6 +457,12 @@ def _backend_store(
     )
 
 
+class _OrthancModel(_Model):
+    """`orthanc: {writer: NAME}`: Orthanc awareness with a writer / reader split."""
+
+    writer: Annotated[str, Field(strict=True)] | None = None
+
+
 class _PoolModel(_Model):
     strategy: Strategy = Strategy.ROUND_ROBIN
     key: Annotated[str, Field(strict=True)] | None = None
@@ -471,7 +477,7 @@ class _PoolModel(_Model):
     query_timeout: Duration | None = None
     move_destination: MoveDestination | None = None
     storage_commitment: StorageCommitment | None = None
-    orthanc: StrictBool | None = None
+    orthanc: StrictBool | _OrthancModel | None = None
     http: HttpPoolModel | None = None
 
 
@@ -758,6 +764,14 @@ class _Builder:
                 if spec.health
                 else HealthConfig()
             )
+            orthanc = spec.orthanc is not None and spec.orthanc is not False
+            writer = spec.orthanc.writer if isinstance(spec.orthanc, _OrthancModel) else None
+            if writer is not None and writer not in {b.name for b in backends}:
+                self.fail(
+                    f"{path}.orthanc.writer",
+                    f'backend "{writer}" is not in pool "{pool_name}"; name one of its '
+                    f"backends: {', '.join(b.name for b in backends)}",
+                )
             pools[pool_name] = PoolConfig(
                 name=pool_name,
                 strategy=spec.strategy,
@@ -765,8 +779,10 @@ class _Builder:
                 key_name=key_name,
                 health=health,
                 backends=tuple(backends),
-                http=http_pool_config(spec.http, bool(spec.orthanc)),
-                **_set(spec, "strategy", "key", "health", "backends", "http"),
+                http=http_pool_config(spec.http, orthanc),
+                orthanc=orthanc,
+                orthanc_writer=writer,
+                **_set(spec, "strategy", "key", "health", "backends", "http", "orthanc"),
             )
         return pools
 

@@ -169,6 +169,7 @@ class PoolConfig:
     move_destination: MoveDestination = MoveDestination.PASSTHROUGH
     storage_commitment: StorageCommitment = StorageCommitment.REFUSE
     orthanc: bool = False  # HTTP: learn job / query owners, pin sender-transfer-id
+    orthanc_writer: str | None = None  # HTTP: the backend taking POST / PUT / DELETE / PATCH
     http: HttpPoolConfig | None = None  # HTTP balancing options (None: defaults)
 
 

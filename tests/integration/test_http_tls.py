@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dicomlb.config import ConfigError, build_snapshot
+from dicomlb.config import ConfigError, build_snapshot, describe
 from dicomlb.tls import server_context
 from tests.httppeers import HttpBalancer, WebBackend
 from tests.peers import LOOPBACK
@@ -185,5 +185,12 @@ def test_https_backend_config(pki: Path) -> None:
         "pools": {"web": {"backends": [{"name": "b", "http": "http://h:1"}]}},
         "http_routes": [{"name": "all", "pool": "web"}],
     }
+    data["listeners"]["http"]["tls"] = {
+        "cert": str(pki / "dicomlb.crt"),
+        "key": str(pki / "dicomlb.key"),
+        "ca": str(pki / "ca.crt"),
+    }
+    assert "; TLS (client certificates required);" in describe(build_snapshot(data, "<test>"))
+    data["listeners"]["http"]["tls"] = {"cert": "/nonexistent.crt", "key": "/nonexistent.key"}
     with pytest.raises(ConfigError, match=r"listeners\.http\.tls: cannot set up TLS"):
         build_snapshot(data, source="<test>")

@@ -414,8 +414,10 @@ def describe_http(
 
     if listener is None:
         return []  # no HTTP side: `dicomlb check` reads as before
+    tls = listener.tls
+    https = "" if tls is None else "; TLS" + (" (client certificates required)" if tls.ca else "")
     lines = [
-        f"http listener: {listener.host}:{listener.port}; max connections "
+        f"http listener: {listener.host}:{listener.port}{https}; max connections "
         f"{listener.max_connections}, max head {listener.max_head_size} bytes",
         f"  timeouts: head {format_duration(listener.head_timeout)}, keep-alive "
         f"{format_duration(listener.keepalive_timeout)}, idle "
@@ -424,5 +426,9 @@ def describe_http(
     ]
     for n, route in enumerate(routes, 1):
         mws = f" via {', '.join(m.name for m in route.middlewares)}" if route.middlewares else ""
-        lines.append(f"  {n}. {route.name}: {route.match_text} -> pool {route.pool.name}{mws}")
+        writer = route.pool.orthanc_writer
+        writes = f" (writes to {writer})" if writer else ""
+        lines.append(
+            f"  {n}. {route.name}: {route.match_text} -> pool {route.pool.name}{writes}{mws}"
+        )
     return lines

@@ -61,6 +61,7 @@ DEFAULT_POOL_HTTP = HttpPoolConfig()
 CLIENT_WRITE_HIGH = 256 * 1024
 PENDING_HIGH = 256 * 1024  # body bytes held while a backend connection is being opened
 QUEUE_HIGH = 64  # pipelined events held before reading from the client pauses
+WRITES = frozenset((b"POST", b"PUT", b"DELETE", b"PATCH"))  # to an Orthanc pool's writer
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE", b"PROPFIND"))
 _ERROR = object()  # queued in place of events after a malformed request
 _NONE: frozenset[str] = frozenset()
@@ -528,6 +529,11 @@ class Exchange:
                 if (self.pin_key.startswith("transfer:"))
                 else self._owner(pool, exclude)
             )
+        writer = self.route.pool.orthanc_writer
+        if writer is not None and self.request.method in WRITES:
+            for b in pool.backends:  # down, drained or failed already: balanced like reads
+                if b.name == writer and b.available and b.name not in exclude:
+                    return b
         options = self.options
         key_spec = options.key
         if options.sticky or pool.config.strategy is Strategy.AFFINITY:
