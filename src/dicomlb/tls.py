@@ -1,4 +1,4 @@
-"""TLS contexts for DICOM listeners and backends (PS3.15 B.1, BCP 195: TLS 1.2 or later)."""
+"""TLS contexts for listeners (DICOM, HTTP) and backends (PS3.15 B.1, BCP 195: TLS 1.2+)."""
 
 from __future__ import annotations
 
