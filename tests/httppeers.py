@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -54,7 +55,8 @@ class HttpBalancer:
         self.snapshot = build_snapshot(config, source="<test>")
         assert self.snapshot.http is not None
         self.port = self.snapshot.http.port
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        scheme = "https" if self.snapshot.http.tls is not None else "http"
+        self.url = f"{scheme}://{LOOPBACK}:{self.port}"
         self.runner = LoopThread()
         self.app = App(self.snapshot)
 
@@ -80,21 +82,26 @@ class WebBackend:
     """A small aiohttp backend on a free port, answering as `name`.
 
     `/name` → its name; `/echo` → the request body (and its sha256 in X-Sha256);
+    `/job/{id}` → Orthanc's answer to a job created, `{"ID": id, "Path": "/jobs/{id}"}`;
     `/status/{n}`; `/chunked?n=&size=`; `/slow?s=`; `/ws` websocket echo; `/headers` → the
     request head as JSON; `/big?size=` → that many bytes; anything else → 200 with the
     method and path.
     """
 
-    def __init__(self, name: str, port: int | None = None) -> None:
+    def __init__(
+        self, name: str, port: int | None = None, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.name = name
         self.port = port or free_port()
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.tls = tls  # a server context: the backend speaks https
+        self.url = f"{'https' if tls else 'http'}://{LOOPBACK}:{self.port}"
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.requests = 0
         self.runner = LoopThread()
         self._site: web.AppRunner | None = None
 
     async def _start(self) -> None:
-        app = web.Application(client_max_size=1 << 34)
+        app = web.Application(client_max_size=1 << 34, middlewares=[self._record])
         app.router.add_route("*", "/name", self._name)
         app.router.add_route("*", "/echo", self._echo)
         app.router.add_route("*", "/status/{n}", self._status)
@@ -103,10 +110,11 @@ class WebBackend:
         app.router.add_get("/ws", self._ws)
         app.router.add_route("*", "/headers", self._headers)
         app.router.add_get("/big", self._big)
+        app.router.add_route("*", "/job/{id}", self._job)
         app.router.add_route("*", "/{tail:.*}", self._any)
         self._site = web.AppRunner(app, access_log=None)
         await self._site.setup()
-        await web.TCPSite(self._site, LOOPBACK, self.port).start()
+        await web.TCPSite(self._site, LOOPBACK, self.port, ssl_context=self.tls).start()
 
     async def _stop(self) -> None:
         if self._site is not None:
@@ -125,6 +133,11 @@ class WebBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.seen.append((request.method, request.path))
+        return await handler(request)
 
     async def _name(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -185,6 +198,11 @@ class WebBackend:
 
     async def _big(self, request: web.Request) -> web.Response:
         return web.Response(body=b"x" * int(request.query.get("size", "1024")))
+
+    async def _job(self, request: web.Request) -> web.Response:
+        await request.read()
+        job = request.match_info["id"]
+        return web.json_response({"ID": job, "Path": f"/jobs/{job}"})
 
     async def _any(self, request: web.Request) -> web.Response:
         self.requests += 1

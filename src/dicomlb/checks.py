@@ -16,6 +16,7 @@ from dicomlb.dicom.dimse import echo_request
 from dicomlb.dicom.errors import LocalProtocolError
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
 from dicomlb.http.checks import DEFAULT_CHECK, HttpCheckError, http_check
+from dicomlb.http.upstream import upstream_tls
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import HealthConfig
@@ -102,8 +103,13 @@ class HealthChecker:
 
                 await bridge_check(config, self.health.http, self.health.timeout)
             elif config.http is not None and (config.dicom is None or self.health.http):
+                context, server_name = upstream_tls(config)
                 await http_check(
-                    config.http, self.health.http or DEFAULT_CHECK, self.health.timeout
+                    config.http,
+                    self.health.http or DEFAULT_CHECK,
+                    self.health.timeout,
+                    tls=context,
+                    server_name=server_name,
                 )
             else:
                 await echo(self.backend, self.calling_ae, self.health.timeout)

@@ -397,10 +397,14 @@ class _AdminListenerModel(_Model):
     auth: _AdminAuthModel | None = None
 
 
+class _HttpListenerModel(HttpListenerModel):
+    tls: _ListenerTlsModel | None = None  # HTTPS; built like listeners.dicom.tls
+
+
 class _ListenersModel(_Model):
     dicom: _DicomListenerModel | None = None
     admin: _AdminListenerModel | None = None
-    http: HttpListenerModel | None = None
+    http: _HttpListenerModel | None = None
 
 
 class _HealthModel(_Model):
@@ -453,6 +457,12 @@ def _backend_store(
     )
 
 
+class _OrthancModel(_Model):
+    """`orthanc: {writer: NAME}`: Orthanc awareness with a writer / reader split."""
+
+    writer: Annotated[str, Field(strict=True)] | None = None
+
+
 class _PoolModel(_Model):
     strategy: Strategy = Strategy.ROUND_ROBIN
     key: Annotated[str, Field(strict=True)] | None = None
@@ -467,7 +477,7 @@ class _PoolModel(_Model):
     query_timeout: Duration | None = None
     move_destination: MoveDestination | None = None
     storage_commitment: StorageCommitment | None = None
-    orthanc: StrictBool | None = None
+    orthanc: StrictBool | _OrthancModel | None = None
     http: HttpPoolModel | None = None
 
 
@@ -677,12 +687,19 @@ class _Builder:
             extra["state_dir"] = self.model.state_dir
             wanted.add(STUDY_INSTANCE_UID)  # the study -> backend table records every store
         listeners = self.model.listeners
+        http_listener = listeners.http if listeners else None
+        http_tls = (
+            _listener_tls(http_listener.tls, "listeners.http.tls", self.issues)
+            if http_listener is not None and http_listener.tls is not None
+            else None
+        )
         extra["http"], extra["http_routes"] = build_http(
-            listeners.http if listeners else None,
+            http_listener,
             self.model.http_routes,
             self.model.middlewares,
             pools,
             self.fail,
+            http_tls,
         )
         return Snapshot(
             source=source,
@@ -747,6 +764,14 @@ class _Builder:
                 if spec.health
                 else HealthConfig()
             )
+            orthanc = spec.orthanc is not None and spec.orthanc is not False
+            writer = spec.orthanc.writer if isinstance(spec.orthanc, _OrthancModel) else None
+            if writer is not None and writer not in {b.name for b in backends}:
+                self.fail(
+                    f"{path}.orthanc.writer",
+                    f'backend "{writer}" is not in pool "{pool_name}"; name one of its '
+                    f"backends: {', '.join(b.name for b in backends)}",
+                )
             pools[pool_name] = PoolConfig(
                 name=pool_name,
                 strategy=spec.strategy,
@@ -754,8 +779,10 @@ class _Builder:
                 key_name=key_name,
                 health=health,
                 backends=tuple(backends),
-                http=http_pool_config(spec.http, bool(spec.orthanc)),
-                **_set(spec, "strategy", "key", "health", "backends", "http"),
+                http=http_pool_config(spec.http, orthanc),
+                orthanc=orthanc,
+                orthanc_writer=writer,
+                **_set(spec, "strategy", "key", "health", "backends", "http", "orthanc"),
             )
         return pools
 

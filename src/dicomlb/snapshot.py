@@ -53,8 +53,8 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpAddress:
-    """An HTTP backend's base URL: `http://host:port` (`https://`, and a base path such as
-    `/orthanc`, only for backends that take C-STOREs over HTTP: `store_via`)."""
+    """An HTTP backend's base URL: `http://host:port` or `https://host:port` (a base path
+    such as `/orthanc` only for backends that take C-STOREs over HTTP: `store_via`)."""
 
     host: str
     port: int
@@ -169,6 +169,7 @@ class PoolConfig:
     move_destination: MoveDestination = MoveDestination.PASSTHROUGH
     storage_commitment: StorageCommitment = StorageCommitment.REFUSE
     orthanc: bool = False  # HTTP: learn job / query owners, pin sender-transfer-id
+    orthanc_writer: str | None = None  # HTTP: the backend taking POST / PUT / DELETE / PATCH
     http: HttpPoolConfig | None = None  # HTTP balancing options (None: defaults)
 
 

@@ -1,7 +1,8 @@
-"""TLS contexts for DICOM listeners and backends (PS3.15 B.1, BCP 195: TLS 1.2 or later)."""
+"""TLS contexts for listeners (DICOM, HTTP) and backends (PS3.15 B.1, BCP 195: TLS 1.2+)."""
 
 from __future__ import annotations
 
+import functools
 import ssl
 
 
@@ -35,3 +36,9 @@ def client_context(
     if cert is not None:
         context.load_cert_chain(cert, key)
     return context
+
+
+@functools.cache
+def default_client_context() -> ssl.SSLContext:
+    """Toward an https backend without a `tls` block: the system's CAs, names checked."""
+    return client_context(ca=None, cert=None, key=None, verify=True)

@@ -434,3 +434,72 @@ def test_max_connections_waits_then_503_and_drain_closes_idle(backends: list[Web
         time.sleep(0.05)
         assert conns.idle == [] and conns.open == 0
         assert get(lb, "/name")[0] == 503  # no new requests to a drained backend
+
+
+def test_orthanc_writer_takes_writes_reads_balanced(backends: list[WebBackend]) -> None:
+    from dicomlb.pools import rendezvous_score
+
+    a, b = backends
+    config = {
+        "pools": {"orthanc": pool(backends, orthanc={"writer": "b"})},
+        "http_routes": [{"name": "rest", "pool": "orthanc"}],
+    }
+    with HttpBalancer(config) as lb:
+        conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=10)
+
+        def on(backend: WebBackend, prefix: str) -> list[tuple[str, str]]:
+            return [seen for seen in backend.seen if seen[1].startswith(prefix)]
+
+        for i in range(8):
+            method = "GET" if i < 2 or i > 5 else "HEAD"
+            assert get(lb, f"/instances/{i}", method, conn=conn)[0] == 200
+        for method in ("POST", "PUT", "DELETE", "PATCH", "POST"):
+            assert get(lb, "/instances", method, b"{}", conn=conn)[0] == 200
+        reads_a, reads_b = on(a, "/instances/"), on(b, "/instances/")
+        assert len(reads_a) == len(reads_b) == 4  # reads balanced (round robin)
+        assert {m for m, _ in reads_a} == {m for m, _ in reads_b} == {"GET", "HEAD"}
+        assert [m for m, p in on(b, "/instances") if p == "/instances"] == [
+            "POST", "PUT", "DELETE", "PATCH", "POST"
+        ]  # fmt: skip
+        assert on(a, "/instances") == reads_a  # no write on a
+
+        # A sender-transfer-id placed on a (not the writer) keeps every request there.
+        transfer = next(
+            t
+            for t in (f"t{i}" for i in range(100))
+            if rendezvous_score(f"transfer:{t}", lb.backend("a"))
+            > rendezvous_score(f"transfer:{t}", lb.backend("b"))
+        )
+        for method in ("POST", "PUT", "PUT", "POST"):
+            headers = {"sender-transfer-id": transfer}
+            get(lb, "/transfers/push", method, b"x", headers=headers, conn=conn)
+        assert len(on(a, "/transfers")) == 4 and on(b, "/transfers") == []
+
+        # The writer drained: writes are balanced like reads; a job learned on a stays there.
+        lb.backend("b").enabled = False
+        status, body, _ = get(lb, "/job/j1", "POST", b"{}", conn=conn)
+        assert status == 200 and b"/jobs/j1" in body and on(a, "/job/") == [("POST", "/job/j1")]
+        lb.backend("b").enabled = True
+        get(lb, "/jobs/j1/cancel", "POST", b"{}", conn=conn)
+        get(lb, "/jobs/j1", "DELETE", conn=conn)
+        assert [m for m, _ in on(a, "/jobs/j1")] == ["POST", "DELETE"] and on(b, "/jobs/") == []
+        get(lb, "/instances", "POST", b"{}", conn=conn)  # the writer is back
+        assert on(b, "/instances")[-1] == ("POST", "/instances")
+
+
+def test_orthanc_writer_must_be_a_backend_of_the_pool(backends: list[WebBackend]) -> None:
+    from dicomlb.config import ConfigError, build_snapshot, describe
+
+    config = {
+        "pools": {"orthanc": pool(backends, orthanc={"writer": "nope"})},
+        "http_routes": [{"name": "rest", "pool": "orthanc"}],
+    }
+    with pytest.raises(ConfigError, match=r"pools\.orthanc\.orthanc\.writer: backend \"nope\""):
+        build_snapshot(config, source="<test>")
+    config["pools"]["orthanc"]["orthanc"] = {"writer": "a"}
+    config["listeners"] = {"http": {"bind": "127.0.0.1:8080"}}
+    text = describe(build_snapshot(config, source="<test>"))
+    assert "1. rest: everything -> pool orthanc (writes to a)" in text
+    config["pools"]["orthanc"]["orthanc"] = True  # still valid
+    snapshot = build_snapshot(config, source="<test>")
+    assert snapshot.pools["orthanc"].orthanc and snapshot.pools["orthanc"].orthanc_writer is None

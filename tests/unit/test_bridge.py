@@ -252,8 +252,9 @@ def test_store_via_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     text = errors(config({"dicom": "A@h:1", "stow_path": "/x"}))
     assert "pools.pacs.backends[0].stow_path: stow_path is used only with store_via" in text
-    # without store_via: https and paths stay refused, a DICOM route needs dicom addresses
-    assert "pools.pacs.backends[0].http" in errors(config({"http": "https://h:1"}))
+    # without store_via: paths stay refused (https is for the proxy too), a DICOM route
+    # needs dicom addresses
+    assert "pools.pacs.backends[0].http" not in errors(config({"http": "https://h:1"}))
     assert "has a path" in errors(config({"http": "http://h:1/x"}))
     text = errors(config({"http": "http://h:1"}))
     assert 'routes[0].pool: pool "pacs" has backends without a dicom address (o)' in text

@@ -68,7 +68,7 @@ def test_dicom_routes_need_dicom_backends_and_http_routes_http_ones() -> None:
 
 def test_http_config_errors_name_the_field() -> None:
     assert "pools.web.backends[0].http" in errors(
-        config(pools={"web": {"backends": [{"name": "a", "http": "https://x:1"}]}})
+        config(pools={"web": {"backends": [{"name": "a", "http": "https://x:1/base"}]}})
     )
     text = errors(config(middlewares={"m": {"strip_prefixes": {}}}))
     assert 'middlewares.m.strip_prefixes: unknown middleware kind "strip_prefixes"' in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 
 from dicomlb.http.snapshot import HttpCheckConfig
 from dicomlb.snapshot import HttpAddress
@@ -19,8 +20,16 @@ class HttpCheckError(Exception):
     """The check failed; the text says why."""
 
 
-async def http_check(address: HttpAddress, check: HttpCheckConfig, timeout: float) -> int:
-    """Run one check; returns the status, raises HttpCheckError when it is not expected."""
+async def http_check(
+    address: HttpAddress,
+    check: HttpCheckConfig,
+    timeout: float,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> int:
+    """Run one check (over TLS with `tls`, for https backends); returns the status, raises
+    HttpCheckError when it is not expected."""
     host = check.host or f"{address.host}:{address.port}"
     lines = [
         f"{check.method} {check.path} HTTP/1.1",
@@ -34,7 +43,9 @@ async def http_check(address: HttpAddress, check: HttpCheckConfig, timeout: floa
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(address.host, address.port)
+            reader, writer = await asyncio.open_connection(
+                address.host, address.port, ssl=tls, server_hostname=server_name
+            )
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             status_line = await reader.readline()
     except TimeoutError:

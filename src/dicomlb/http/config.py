@@ -25,7 +25,7 @@ from dicomlb.http.snapshot import (
     MiddlewareConfig,
 )
 from dicomlb.routing import MatchError
-from dicomlb.snapshot import HttpAddress, PoolConfig
+from dicomlb.snapshot import HttpAddress, PoolConfig, TlsConfig
 
 __all__ = [
     "HttpCheckModel",
@@ -57,8 +57,8 @@ def _bind(value: Any) -> tuple[str, int]:
 
 
 def parse_http_address(value: Any) -> HttpAddress:
-    """`http://host:port` (port 80 when omitted); `https://` (443) and a base path are
-    parsed too, but only backends with `store_via` may use them (config.py checks)."""
+    """`http://host:port` (port 80 when omitted) or `https://host:port` (443); a base path
+    is parsed too, but only backends with `store_via` may use one (config.py checks)."""
     from dicomlb.config import _split_host_port
 
     form = "http://host:port"
@@ -78,10 +78,9 @@ def parse_http_address(value: Any) -> HttpAddress:
 
 def proxy_address_issue(address: HttpAddress) -> str | None:
     """Why an address cannot be used by the HTTP proxy / C-STORE-less backends, if it
-    cannot (https and base paths are for `store_via` backends only)."""
-    form = "http://host:port"
-    if address.scheme != "http":
-        return f'"{address}": https backends are supported only with store_via; write {form}'
+    cannot (base paths are for `store_via` backends only; https is fine: the backend's
+    `tls` block, or the system's CAs)."""
+    form = "http://host:port or https://host:port"
     if address.path:
         return (
             f'"{address}" has a path; write {form} and rewrite paths with a middleware '
@@ -309,8 +308,10 @@ def build_http(
     middlewares: Mapping[str, Any],
     pools: Mapping[str, PoolConfig],
     fail: Fail,
+    tls: TlsConfig | None = None,
 ) -> tuple[HttpListenerConfig | None, tuple[HttpRouteConfig, ...]]:
-    """The HTTP listener and routes; problems go to `fail(path, message)`."""
+    """The HTTP listener and routes; problems go to `fail(path, message)`. `tls`: the
+    listener's `tls` block, built by `dicomlb.config` like the DICOM listener's."""
     built_mw: dict[str, MiddlewareConfig] = {}
     for name, spec in middlewares.items():
         m = _middleware(name, spec, f"middlewares.{name}", fail)
@@ -337,7 +338,7 @@ def build_http(
         else:
             missing = [b.name for b in pool.backends if b.http is None]
             proxied = [b for b in pool.backends if b.http is not None]
-            for b in proxied:  # https / base paths: only the bridge (store_via) speaks them
+            for b in proxied:  # base paths: only the bridge (store_via) speaks them
                 issue = proxy_address_issue(b.http) if b.http is not None else None
                 if issue is not None:
                     fail(f"{path}.pool", f'pool "{pool.name}": backend {b.name}: {issue}')
@@ -388,8 +389,10 @@ def build_http(
         kwargs: dict[str, Any] = {
             k: v
             for k in type(listener).model_fields
-            if k != "bind" and (v := getattr(listener, k)) is not None
+            if k not in ("bind", "tls") and (v := getattr(listener, k)) is not None
         }
+        if tls is not None:
+            kwargs["tls"] = tls
         if listener.bind is not None:
             kwargs["host"], kwargs["port"] = listener.bind
         config = HttpListenerConfig(**kwargs)
@@ -411,8 +414,10 @@ def describe_http(
 
     if listener is None:
         return []  # no HTTP side: `dicomlb check` reads as before
+    tls = listener.tls
+    https = "" if tls is None else "; TLS" + (" (client certificates required)" if tls.ca else "")
     lines = [
-        f"http listener: {listener.host}:{listener.port}; max connections "
+        f"http listener: {listener.host}:{listener.port}{https}; max connections "
         f"{listener.max_connections}, max head {listener.max_head_size} bytes",
         f"  timeouts: head {format_duration(listener.head_timeout)}, keep-alive "
         f"{format_duration(listener.keepalive_timeout)}, idle "
@@ -421,5 +426,9 @@ def describe_http(
     ]
     for n, route in enumerate(routes, 1):
         mws = f" via {', '.join(m.name for m in route.middlewares)}" if route.middlewares else ""
-        lines.append(f"  {n}. {route.name}: {route.match_text} -> pool {route.pool.name}{mws}")
+        writer = route.pool.orthanc_writer
+        writes = f" (writes to {writer})" if writer else ""
+        lines.append(
+            f"  {n}. {route.name}: {route.match_text} -> pool {route.pool.name}{writes}{mws}"
+        )
     return lines

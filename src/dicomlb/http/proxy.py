@@ -61,6 +61,7 @@ DEFAULT_POOL_HTTP = HttpPoolConfig()
 CLIENT_WRITE_HIGH = 256 * 1024
 PENDING_HIGH = 256 * 1024  # body bytes held while a backend connection is being opened
 QUEUE_HIGH = 64  # pipelined events held before reading from the client pauses
+WRITES = frozenset((b"POST", b"PUT", b"DELETE", b"PATCH"))  # to an Orthanc pool's writer
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE", b"PROPFIND"))
 _ERROR = object()  # queued in place of events after a malformed request
 _NONE: frozenset[str] = frozenset()
@@ -119,14 +120,22 @@ class HttpListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        tls = self.config.tls
         self.server = await loop.create_server(
             lambda: ClientConnection(self),
             self.config.host,
             self.config.port,
             backlog=1024,
             reuse_address=True,
+            ssl=tls.context if tls is not None else None,
+            ssl_handshake_timeout=self.config.head_timeout if tls is not None else None,
         )
-        log.info("listener.started listener=http bind=%s:%d", self.config.host, self.config.port)
+        log.info(
+            "listener.started listener=http bind=%s:%d tls=%s",
+            self.config.host,
+            self.config.port,
+            "on" if tls is not None else "off",
+        )
 
     async def stop(self, graceful_timeout: float) -> None:
         """Stop accepting; let requests in flight finish (bounded); close the rest."""
@@ -486,6 +495,7 @@ class Exchange:
                 headers=headers,
                 client_ip=client.peer[0],
                 host=host,
+                scheme=b"https" if client.config.tls is not None else b"http",
             )
             now = client.loop.time()
             for middleware in middlewares:
@@ -525,6 +535,11 @@ class Exchange:
                 if (self.pin_key.startswith("transfer:"))
                 else self._owner(pool, exclude)
             )
+        writer = self.route.pool.orthanc_writer
+        if writer is not None and self.request.method in WRITES:
+            for b in pool.backends:  # down, drained or failed already: balanced like reads
+                if b.name == writer and b.available and b.name not in exclude:
+                    return b
         options = self.options
         key_spec = options.key
         if options.sticky or pool.config.strategy is Strategy.AFFINITY:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dicomlb.http.routing import RequestFacts
-    from dicomlb.snapshot import PoolConfig
+    from dicomlb.snapshot import PoolConfig, TlsConfig
 
 HttpPredicate = Callable[["RequestFacts"], bool]
 
@@ -29,6 +29,7 @@ class HttpListenerConfig:
     keepalive_timeout: float = 75.0  # an idle client connection between requests
     idle_timeout: float = 60.0  # nothing moves either way during a request
     tunnel_timeout: float = 3600.0  # nothing moves either way through an Upgrade tunnel
+    tls: TlsConfig | None = None  # HTTPS: clients speak TLS (with `ca`: client certificates)
 
 
 class KeyKind(enum.StrEnum):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import typing
 from collections import deque
 from typing import TYPE_CHECKING
@@ -20,12 +21,13 @@ from dicomlb.http.balancing import FailureWindow, SlowStart
 from dicomlb.http.h1 import Event, RemoteProtocolError, ResponseReader
 from dicomlb.http.snapshot import HttpPoolConfig
 from dicomlb.pools import BackendState
-from dicomlb.snapshot import HttpAddress
+from dicomlb.snapshot import BackendConfig, HttpAddress
+from dicomlb.tls import default_client_context
 
 if TYPE_CHECKING:
     from dicomlb.http.proxy import Exchange
 
-__all__ = ["BackendConnections", "UpstreamConnection"]
+__all__ = ["BackendConnections", "UpstreamConnection", "upstream_tls"]
 
 WRITE_HIGH = 256 * 1024  # write buffer toward a backend before the client is paused
 
@@ -108,12 +110,25 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
 
+def upstream_tls(config: BackendConfig) -> tuple[ssl.SSLContext | None, str | None]:
+    """The TLS context and server name toward an `https://` backend (its `tls` block, or
+    the system's CAs), or (None, None) for plain http."""
+    address = config.http
+    if address is None or address.scheme != "https":
+        return None, None
+    tls = config.tls
+    context = tls.context if tls is not None else default_client_context()
+    name = tls.server_name if tls is not None and tls.server_name else address.host
+    return context, name
+
+
 class BackendConnections:
     """The keep-alive connections of one backend."""
 
     def __init__(self, backend: BackendState, address: HttpAddress) -> None:
         self.backend = backend
         self.address = address
+        self.ssl, self.server_hostname = upstream_tls(backend.config)
         self.idle: list[UpstreamConnection] = []
         self.open = 0  # connections open or being opened
         # Requests waiting for a slot at a capped backend: each future gets a connection
@@ -217,7 +232,11 @@ class BackendConnections:
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.address.host, self.address.port
+                    lambda: UpstreamConnection(self),
+                    self.address.host,
+                    self.address.port,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname,
                 )
         except BaseException:
             self.open -= 1
