@@ -77,6 +77,8 @@ def test_large_instance_spills_to_a_temp_file_and_mirror_is_a_hard_link(tmp_path
         inst = instance(1)
         for k in range(0, len(body), 100_000):
             await store.add_part(inst, body[k : k + 100_000])
+        assert inst.writing is not None  # spilled by a placer thread, receiving went on
+        await asyncio.wrap_future(inst.writing)
         assert inst.spill_path is not None and inst.spill_path.exists()
         targets = [
             Target(route="r", pool="p", backend="b"),

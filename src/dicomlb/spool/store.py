@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -127,8 +127,10 @@ class Target:
 @dataclass(slots=True, kw_only=True)
 class Instance:
     """An instance being ingested: its facts and its bytes, gathered in memory and written to
-    a temp file every SPILL_AT bytes (writeback starts at once, so the final fsync has
-    little left to wait for); up to KEEP_MAX a copy stays in `keep` for the senders."""
+    a temp file every SPILL_AT bytes by a placer thread while more arrives (writeback starts
+    at once, so the final fsync has little left to wait for); up to KEEP_MAX a copy stays in
+    `keep` for the senders. `writing` is the last disk step handed to a thread for it: each
+    waits for the one before, so the file is written in order."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -143,6 +145,7 @@ class Instance:
     size: int = 0
     spill_path: Path | None = None
     spill_fd: int | None = None
+    writing: Future[Any] | None = None
     committing: bool = False  # handed to the group committer
 
 
@@ -164,7 +167,16 @@ class Recovery:
 
 
 class _Job:
-    __slots__ = ("durable", "future", "instance", "now", "remove", "targets", "updates")
+    __slots__ = (
+        "durable",
+        "future",
+        "instance",
+        "now",
+        "placing",
+        "remove",
+        "targets",
+        "updates",
+    )
 
     def __init__(
         self,
@@ -184,6 +196,7 @@ class _Job:
         self.now = now
         self.updates = updates
         self.durable = durable
+        self.placing: Future[list[str]] | None = None
 
 
 class SpoolStore:
@@ -297,12 +310,16 @@ class SpoolStore:
             else:
                 instance.keep = None
         if instance.buffered >= SPILL_AT:
+            # Written by a thread while the next fragments arrive: receiving does not wait
+            # for the disk. A write error surfaces when the instance is committed.
             parts, instance.parts, instance.buffered = instance.parts, [], 0
-            await asyncio.to_thread(self._spill, instance, parts)
+            instance.writing = self._placers.submit(
+                self._after, instance.writing, self._spill, instance, parts
+            )
 
     async def discard(self, instance: Instance) -> None:
         """Drop an instance that will not be acknowledged (the client went away)."""
-        if instance.spill_path is not None:
+        if instance.spill_path is not None or instance.writing is not None:
             await asyncio.to_thread(_remove_spill, instance)
 
     async def commit(self, instance: Instance, targets: Sequence[Target], now: float) -> list[Item]:
@@ -310,7 +327,14 @@ class SpoolStore:
         file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
         future: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
         instance.committing = True
-        self._submit(_Job(future, instance=instance, targets=targets, now=now, durable=True))
+        job = _Job(future, instance=instance, targets=targets, now=now, durable=True)
+        # The file's last bytes, its fsync and its rename start now on a placer thread, while
+        # the committer gathers the batch (and while the previous batch commits).
+        job.placing = self._placers.submit(
+            self._after, instance.writing, self._place, instance, len(targets)
+        )
+        instance.writing = job.placing
+        self._submit(job)
         return await future
 
     async def update(
@@ -378,6 +402,14 @@ class SpoolStore:
 
     # -------------------------------------------------------- ingest (disk side, threads)
 
+    @staticmethod
+    def _after(previous: Future[Any] | None, step: Callable[..., Any], *args: Any) -> Any:
+        """(placer thread) `step` once the instance's previous disk step is done (its error,
+        if it failed: the file is incomplete)."""
+        if previous is not None:
+            previous.result()
+        return step(*args)
+
     def _spill(self, instance: Instance, parts: list[bytes | memoryview]) -> None:
         if instance.spill_fd is None:
             path = self.tmp / f"{uuid.uuid4().hex}.part"
@@ -393,12 +425,9 @@ class SpoolStore:
         results: list[Any] = [None] * len(batch)
         placed: dict[int, list[str]] = {}
         ingests = [(n, job) for n, job in enumerate(batch) if job.instance is not None]
-        # Several files: write and fsync them in parallel (the disk merges the flushes).
-        outcomes = (
-            list(self._placers.map(self._try_place, [job for _, job in ingests]))
-            if len(ingests) > 1
-            else [self._try_place(job) for _, job in ingests]
-        )
+        # Each file was handed to a placer thread when its last byte came (in parallel: the
+        # disk merges the flushes); wait for them.
+        outcomes = [_placed(job) for _, job in ingests]
         for (n, job), outcome in zip(ingests, outcomes, strict=True):
             if isinstance(outcome, OSError):
                 assert job.instance is not None
@@ -435,13 +464,6 @@ class SpoolStore:
         self.batches += 1
         self.committed += len(placed)
         return results
-
-    def _try_place(self, job: _Job) -> list[str] | OSError:
-        assert job.instance is not None
-        try:
-            return self._place(job.instance, len(job.targets))
-        except OSError as err:
-            return err
 
     def _place(self, instance: Instance, copies: int) -> list[str]:
         """Write the rest, fsync, rename into data/, one hard link per extra copy."""
@@ -638,7 +660,20 @@ def _log_failure(future: asyncio.Future[None]) -> None:
         log.error("spool.update_failed reason=%r", str(future.exception()))
 
 
+def _placed(job: _Job) -> list[str] | OSError:
+    """(committer thread) The names of a job's placed file(s), or why it could not be."""
+    assert job.placing is not None
+    try:
+        return job.placing.result()
+    except OSError as err:
+        return err
+
+
 def _remove_spill(instance: Instance) -> None:
+    """(thread) Remove an unacknowledged instance's temp file, once no thread writes it."""
+    if instance.writing is not None:
+        with contextlib.suppress(Exception):
+            instance.writing.result()
     if instance.spill_fd is not None:
         os.close(instance.spill_fd)
         instance.spill_fd = None
