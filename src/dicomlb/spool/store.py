@@ -3,7 +3,8 @@
 Layout of `spool.directory`::
 
     index.sqlite3   the index (WAL mode): one row per item (an instance for one pool)
-    tmp/            files being written; whatever is here at start is a crash leftover
+    tmp/            files being written, and delivered files waiting to be overwritten by
+                    new ones (`*.free`); whatever is here at start is removed
     data/           complete, fsynced files, `<uuid>.dcm` (mirror copies are hard links)
 
 An instance becomes safe in this order, and only then is Success sent (DESIGN decision 6):
@@ -20,6 +21,7 @@ serialises use of the SQLite connection across threads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import functools
@@ -44,6 +46,8 @@ KEEP_MAX = 1 << 20  # instances up to this size also stay in memory for their se
 SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writeback, do not wait
 PLACERS = 8  # threads writing and fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
+RECYCLE_FILES = 16  # delivered files kept in tmp/ to be overwritten by new instances...
+RECYCLE_SIZE = 4 << 20  # ...when no larger than this
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -146,6 +150,7 @@ class Instance:
     size: int = 0
     spill_path: Path | None = None
     spill_fd: int | None = None
+    recycled: bool = False  # the temp file is a delivered file being overwritten
     writing: Future[Any] | None = None
     committing: bool = False  # handed to the group committer
 
@@ -212,6 +217,10 @@ class SpoolStore:
         # Delivered files are unlinked here, after their commit and off its path: on this
         # ext4 (mounted with discard) an unlink costs about as much as the commit itself.
         self._remover = ThreadPoolExecutor(1, thread_name_prefix="spool-remove")
+        # Delivered files to overwrite: their blocks are allocated and their pages cached, so
+        # writing and fsyncing a new instance there costs less than a new file (CT on this
+        # VM: write 0.22 -> 0.08 ms, fsync 0.43 -> 0.31 ms, unlink 0.22 -> rename 0.01 ms).
+        self._free: collections.deque[Path] = collections.deque()
         self._db: sqlite3.Connection | None = None
         self._jobs: list[_Job] = []
         self._wake: asyncio.Event | None = None
@@ -240,6 +249,8 @@ class SpoolStore:
     def close(self) -> None:
         self._placers.shutdown(wait=True)
         self._remover.shutdown(wait=True)
+        while self._free:
+            self._free.popleft().unlink(missing_ok=True)
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -255,7 +266,7 @@ class SpoolStore:
         partial = 0
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)  # never acknowledged: discard, never send
-            partial += 1
+            partial += leftover.suffix != ".free"  # (a delivered file kept for reuse)
         with self._lock:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
@@ -408,7 +419,7 @@ class SpoolStore:
             if removing:
                 # Success for the batch's instances is not kept waiting for the unlinks.
                 names = [name for job in removing for name in job.remove]
-                removed = asyncio.wrap_future(self._remover.submit(self.remove_files, names))
+                removed = asyncio.wrap_future(self._remover.submit(self._recycle, names))
                 removed.add_done_callback(functools.partial(_removed, removing))
 
     # -------------------------------------------------------- ingest (disk side, threads)
@@ -421,11 +432,45 @@ class SpoolStore:
             previous.result()
         return step(*args)
 
+    def _open_temp(self, instance: Instance) -> None:
+        """(placer thread) The instance's temp file: a delivered file to overwrite if one is
+        kept, else a new one. Either way it is in tmp/ until complete and fsynced."""
+        path = self.tmp / f"{uuid.uuid4().hex}.part"
+        with contextlib.suppress(IndexError, OSError):
+            os.rename(self._free.popleft(), path)
+            instance.spill_fd = os.open(path, os.O_WRONLY)
+            instance.spill_path = path
+            instance.recycled = True
+            return
+        instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        instance.spill_path = path
+
+    def _recycle(self, names: Iterable[str]) -> None:
+        """(remover thread) Remove delivered files, keeping a few to be overwritten. Only a
+        file with no other link: a mirror copy (hard link) may still be waiting to be sent."""
+        for name in names:
+            if not name:
+                continue
+            path = self.data / name
+            try:
+                stat = os.stat(path)
+                if (
+                    stat.st_nlink == 1
+                    and stat.st_size <= RECYCLE_SIZE
+                    and len(self._free) < RECYCLE_FILES
+                ):
+                    free = self.tmp / f"{uuid.uuid4().hex}.free"
+                    os.rename(path, free)
+                    self._free.append(free)
+                    continue
+            except OSError:
+                pass
+            path.unlink(missing_ok=True)
+
     def _spill(self, instance: Instance, parts: list[bytes | memoryview]) -> None:
         if instance.spill_fd is None:
-            path = self.tmp / f"{uuid.uuid4().hex}.part"
-            instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            instance.spill_path = path
+            self._open_temp(instance)
+            assert instance.spill_fd is not None
         _write_all(instance.spill_fd, parts)
         if _sync_file_range is not None:
             _sync_file_range(instance.spill_fd, 0, 0, SYNC_FILE_RANGE_WRITE)
@@ -478,13 +523,13 @@ class SpoolStore:
     def _place(self, instance: Instance, copies: int) -> list[str]:
         """Write the rest, fsync, rename into data/, one hard link per extra copy."""
         if instance.spill_fd is None:
-            path = self.tmp / f"{uuid.uuid4().hex}.part"
-            instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            instance.spill_path = path
-        assert instance.spill_path is not None
+            self._open_temp(instance)
+        assert instance.spill_fd is not None and instance.spill_path is not None
         fd, path = instance.spill_fd, instance.spill_path
         try:
             _write_all(fd, instance.parts)
+            if instance.recycled:  # cut what is left of the delivered file's bytes
+                os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
             os.fsync(fd)
         finally:
             os.close(fd)
