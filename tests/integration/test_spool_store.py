@@ -77,6 +77,8 @@ def test_large_instance_spills_to_a_temp_file_and_mirror_is_a_hard_link(tmp_path
         inst = instance(1)
         for k in range(0, len(body), 100_000):
             await store.add_part(inst, body[k : k + 100_000])
+        assert inst.writing is not None  # spilled by a placer thread, receiving went on
+        await asyncio.wrap_future(inst.writing)
         assert inst.spill_path is not None and inst.spill_path.exists()
         targets = [
             Target(route="r", pool="p", backend="b"),
@@ -117,3 +119,38 @@ def test_recovery_discards_partial_and_orphan_files_and_requeues_sending(tmp_pat
     assert not list((tmp_path / "tmp").iterdir())
     assert {item.state for item in store.items()} == {"queued"}
     store.close()
+
+
+def test_delivered_files_are_overwritten_by_new_instances_but_never_a_mirrors_link(
+    tmp_path: Path,
+) -> None:
+    big = DATASET + b"\x10\x00\x10\x00PN\x00\x00" * (SPILL_AT // 8 + 10)  # spills
+
+    async def main() -> None:
+        store = SpoolStore(tmp_path)
+        store.open()
+        await store.start()
+        (first,) = await ingest(store, 1, big)
+        await store.update([], remove=[first.file])  # delivered: kept in tmp/ for reuse
+        assert [p.suffix for p in (tmp_path / "tmp").iterdir()] == [".free"]
+        assert not (tmp_path / "data" / first.file).exists()
+        inst = instance(2)
+        await store.add_part(inst, DATASET)  # shorter than what it overwrites
+        (second,) = await store.commit(inst, [Target(route="r", pool="p", backend="b")], 1.0)
+        assert inst.recycled
+        assert not list((tmp_path / "tmp").iterdir())
+        on_disk = pydicom.dcmread(tmp_path / "data" / second.file)
+        assert on_disk.file_meta.MediaStorageSOPInstanceUID == "1.2.3.2"
+        assert on_disk.Modality == "CT"
+        assert (tmp_path / "data" / second.file).stat().st_size == second.size
+        # A copy whose mirror link is still queued is unlinked, never overwritten.
+        main_copy, mirror = await ingest(store, 3, big, copies=2)
+        await store.update([], remove=[main_copy.file])
+        assert not list((tmp_path / "tmp").iterdir())
+        mirrored = (tmp_path / "data" / mirror.file).read_bytes()
+        assert mirrored.endswith(big) and len(mirrored) == mirror.size
+        await store.update([], remove=[second.file])
+        await store.stop()  # kept files go with a graceful stop
+        assert not list((tmp_path / "tmp").iterdir())
+
+    asyncio.run(main())

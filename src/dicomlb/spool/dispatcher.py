@@ -42,6 +42,8 @@ CLAIM_BATCH = 32  # items claimed from the index at once per backend
 READ_WHOLE = 8 << 20  # data sets up to this size are read in one go, larger ones in chunks
 CHUNK = 4 << 20
 IDLE_WAIT = 1.0  # longest sleep of an idle feeder (ingest wakes it sooner)
+QUIET = 0.05  # after finding nothing due, a feeder asks the index again only when woken
+# (new queued items) or after this long: not once per item its workers take
 
 Claimed = tuple[Item, bytes | None]  # an item and, when small, its data set bytes
 
@@ -226,6 +228,8 @@ class BackendSender:
         self._ready: collections.deque[Claimed] = collections.deque()
         self._has_ready = asyncio.Event()
         self._event = asyncio.Event()  # wakes the feeder: new items, or a worker took one
+        self._dirty = True  # items may have been queued since the index was last asked
+        self._quiet_until = 0.0  # the index had nothing due: do not ask before (unless dirty)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -248,6 +252,8 @@ class BackendSender:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def wake(self) -> None:
+        """New queued items for this backend (ingest, failover, a failed attempt)."""
+        self._dirty = True
         self._event.set()
 
     def has_room(self) -> bool:
@@ -299,13 +305,20 @@ class BackendSender:
             if want <= 0:
                 await self._idle(IDLE_WAIT)
                 continue
+            if not self._dirty and now < self._quiet_until:
+                # A worker took a handed-over item: room, but the index had nothing due.
+                await self._idle(self._quiet_until - now)
+                continue
             self._event.clear()
+            self._dirty = False
             batch, due = await asyncio.to_thread(self._claim, now, min(want, CLAIM_BATCH))
             if batch:
                 self._ready.extend(batch)
                 self._has_ready.set()
                 continue
-            wait = IDLE_WAIT if due is None else min(max(due - time.time(), 0.01), IDLE_WAIT)
+            now = time.time()
+            self._quiet_until = now + QUIET if due is None else min(due, now + QUIET)
+            wait = IDLE_WAIT if due is None else min(max(due - now, 0.01), IDLE_WAIT)
             if not self._event.is_set():
                 await self._idle(wait)
 
@@ -538,6 +551,7 @@ class BackendSender:
                 )
             ]
         )
+        self.wake()  # its retry time may come before what the feeder last saw
         log.warning(
             "store.failed sop_instance_uid=%s route=%s pool=%s backend=%s via=spool attempts=%d "
             "retry_in=%.1fs item=%d reason=%r",

@@ -3,7 +3,8 @@
 Layout of `spool.directory`::
 
     index.sqlite3   the index (WAL mode): one row per item (an instance for one pool)
-    tmp/            files being written; whatever is here at start is a crash leftover
+    tmp/            files being written, and delivered files waiting to be overwritten by
+                    new ones (`*.free`); whatever is here at start is removed
     data/           complete, fsynced files, `<uuid>.dcm` (mirror copies are hard links)
 
 An instance becomes safe in this order, and only then is Success sent (DESIGN decision 6):
@@ -20,15 +21,17 @@ serialises use of the SQLite connection across threads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -43,6 +46,8 @@ KEEP_MAX = 1 << 20  # instances up to this size also stay in memory for their se
 SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writeback, do not wait
 PLACERS = 8  # threads writing and fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
+RECYCLE_FILES = 16  # delivered files kept in tmp/ to be overwritten by new instances...
+RECYCLE_SIZE = 4 << 20  # ...when no larger than this
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -127,8 +132,10 @@ class Target:
 @dataclass(slots=True, kw_only=True)
 class Instance:
     """An instance being ingested: its facts and its bytes, gathered in memory and written to
-    a temp file every SPILL_AT bytes (writeback starts at once, so the final fsync has
-    little left to wait for); up to KEEP_MAX a copy stays in `keep` for the senders."""
+    a temp file every SPILL_AT bytes by a placer thread while more arrives (writeback starts
+    at once, so the final fsync has little left to wait for); up to KEEP_MAX a copy stays in
+    `keep` for the senders. `writing` is the last disk step handed to a thread for it: each
+    waits for the one before, so the file is written in order."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -143,6 +150,8 @@ class Instance:
     size: int = 0
     spill_path: Path | None = None
     spill_fd: int | None = None
+    recycled: bool = False  # the temp file is a delivered file being overwritten
+    writing: Future[Any] | None = None
     committing: bool = False  # handed to the group committer
 
 
@@ -164,7 +173,16 @@ class Recovery:
 
 
 class _Job:
-    __slots__ = ("durable", "future", "instance", "now", "remove", "targets", "updates")
+    __slots__ = (
+        "durable",
+        "future",
+        "instance",
+        "now",
+        "placing",
+        "remove",
+        "targets",
+        "updates",
+    )
 
     def __init__(
         self,
@@ -184,6 +202,7 @@ class _Job:
         self.now = now
         self.updates = updates
         self.durable = durable
+        self.placing: Future[list[str]] | None = None
 
 
 class SpoolStore:
@@ -195,6 +214,13 @@ class SpoolStore:
         self.tmp = self.directory / "tmp"
         self._lock = threading.Lock()
         self._placers = ThreadPoolExecutor(PLACERS, thread_name_prefix="spool-place")
+        # Delivered files are unlinked here, after their commit and off its path: on this
+        # ext4 (mounted with discard) an unlink costs about as much as the commit itself.
+        self._remover = ThreadPoolExecutor(1, thread_name_prefix="spool-remove")
+        # Delivered files to overwrite: their blocks are allocated and their pages cached, so
+        # writing and fsyncing a new instance there costs less than a new file (CT on this
+        # VM: write 0.22 -> 0.08 ms, fsync 0.43 -> 0.31 ms, unlink 0.22 -> rename 0.01 ms).
+        self._free: collections.deque[Path] = collections.deque()
         self._db: sqlite3.Connection | None = None
         self._jobs: list[_Job] = []
         self._wake: asyncio.Event | None = None
@@ -222,6 +248,9 @@ class SpoolStore:
 
     def close(self) -> None:
         self._placers.shutdown(wait=True)
+        self._remover.shutdown(wait=True)
+        while self._free:
+            self._free.popleft().unlink(missing_ok=True)
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -237,7 +266,7 @@ class SpoolStore:
         partial = 0
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)  # never acknowledged: discard, never send
-            partial += 1
+            partial += leftover.suffix != ".free"  # (a delivered file kept for reuse)
         with self._lock:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
@@ -297,12 +326,16 @@ class SpoolStore:
             else:
                 instance.keep = None
         if instance.buffered >= SPILL_AT:
+            # Written by a thread while the next fragments arrive: receiving does not wait
+            # for the disk. A write error surfaces when the instance is committed.
             parts, instance.parts, instance.buffered = instance.parts, [], 0
-            await asyncio.to_thread(self._spill, instance, parts)
+            instance.writing = self._placers.submit(
+                self._after, instance.writing, self._spill, instance, parts
+            )
 
     async def discard(self, instance: Instance) -> None:
         """Drop an instance that will not be acknowledged (the client went away)."""
-        if instance.spill_path is not None:
+        if instance.spill_path is not None or instance.writing is not None:
             await asyncio.to_thread(_remove_spill, instance)
 
     async def commit(self, instance: Instance, targets: Sequence[Target], now: float) -> list[Item]:
@@ -310,7 +343,14 @@ class SpoolStore:
         file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
         future: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
         instance.committing = True
-        self._submit(_Job(future, instance=instance, targets=targets, now=now, durable=True))
+        job = _Job(future, instance=instance, targets=targets, now=now, durable=True)
+        # The file's last bytes, its fsync and its rename start now on a placer thread, while
+        # the committer gathers the batch (and while the previous batch commits).
+        job.placing = self._placers.submit(
+            self._after, instance.writing, self._place, instance, len(targets)
+        )
+        instance.writing = job.placing
+        self._submit(job)
         return await future
 
     async def update(
@@ -368,37 +408,83 @@ class SpoolStore:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
+            removing = [job for job in batch if job.remove]
             for job, result in zip(batch, results, strict=True):
-                if job.future.done():
+                if job.future.done() or job.remove:
                     continue
                 if isinstance(result, BaseException):
                     job.future.set_exception(result)
                 else:
                     job.future.set_result(result)
+            if removing:
+                # Success for the batch's instances is not kept waiting for the unlinks.
+                names = [name for job in removing for name in job.remove]
+                removed = asyncio.wrap_future(self._remover.submit(self._recycle, names))
+                removed.add_done_callback(functools.partial(_removed, removing))
 
     # -------------------------------------------------------- ingest (disk side, threads)
 
+    @staticmethod
+    def _after(previous: Future[Any] | None, step: Callable[..., Any], *args: Any) -> Any:
+        """(placer thread) `step` once the instance's previous disk step is done (its error,
+        if it failed: the file is incomplete)."""
+        if previous is not None:
+            previous.result()
+        return step(*args)
+
+    def _open_temp(self, instance: Instance) -> None:
+        """(placer thread) The instance's temp file: a delivered file to overwrite if one is
+        kept, else a new one. Either way it is in tmp/ until complete and fsynced."""
+        path = self.tmp / f"{uuid.uuid4().hex}.part"
+        with contextlib.suppress(IndexError, OSError):
+            os.rename(self._free.popleft(), path)
+            instance.spill_fd = os.open(path, os.O_WRONLY)
+            instance.spill_path = path
+            instance.recycled = True
+            return
+        instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        instance.spill_path = path
+
+    def _recycle(self, names: Iterable[str]) -> None:
+        """(remover thread) Remove delivered files, keeping a few to be overwritten. Only a
+        file with no other link: a mirror copy (hard link) may still be waiting to be sent."""
+        for name in names:
+            if not name:
+                continue
+            path = self.data / name
+            try:
+                stat = os.stat(path)
+                if (
+                    stat.st_nlink == 1
+                    and stat.st_size <= RECYCLE_SIZE
+                    and len(self._free) < RECYCLE_FILES
+                ):
+                    free = self.tmp / f"{uuid.uuid4().hex}.free"
+                    os.rename(path, free)
+                    self._free.append(free)
+                    continue
+            except OSError:
+                pass
+            path.unlink(missing_ok=True)
+
     def _spill(self, instance: Instance, parts: list[bytes | memoryview]) -> None:
         if instance.spill_fd is None:
-            path = self.tmp / f"{uuid.uuid4().hex}.part"
-            instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            instance.spill_path = path
+            self._open_temp(instance)
+            assert instance.spill_fd is not None
         _write_all(instance.spill_fd, parts)
         if _sync_file_range is not None:
             _sync_file_range(instance.spill_fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
     def _commit_batch(self, batch: list[_Job]) -> list[Any]:
         """One group commit: files fsynced and renamed, `data/` fsynced once, one index
-        transaction. Per-job results: row ids, None, or the exception of that job."""
+        transaction. Per-job results: row ids, None, or the exception of that job. The
+        files of the jobs' `remove` are the caller's to remove, after."""
         results: list[Any] = [None] * len(batch)
         placed: dict[int, list[str]] = {}
         ingests = [(n, job) for n, job in enumerate(batch) if job.instance is not None]
-        # Several files: write and fsync them in parallel (the disk merges the flushes).
-        outcomes = (
-            list(self._placers.map(self._try_place, [job for _, job in ingests]))
-            if len(ingests) > 1
-            else [self._try_place(job) for _, job in ingests]
-        )
+        # Each file was handed to a placer thread when its last byte came (in parallel: the
+        # disk merges the flushes); wait for them.
+        outcomes = [_placed(job) for _, job in ingests]
         for (n, job), outcome in zip(ingests, outcomes, strict=True):
             if isinstance(outcome, OSError):
                 assert job.instance is not None
@@ -430,29 +516,20 @@ class SpoolStore:
                 for name in names:
                     (self.data / name).unlink(missing_ok=True)
             raise
-        for job in batch:
-            self.remove_files(job.remove)
         self.batches += 1
         self.committed += len(placed)
         return results
 
-    def _try_place(self, job: _Job) -> list[str] | OSError:
-        assert job.instance is not None
-        try:
-            return self._place(job.instance, len(job.targets))
-        except OSError as err:
-            return err
-
     def _place(self, instance: Instance, copies: int) -> list[str]:
         """Write the rest, fsync, rename into data/, one hard link per extra copy."""
         if instance.spill_fd is None:
-            path = self.tmp / f"{uuid.uuid4().hex}.part"
-            instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            instance.spill_path = path
-        assert instance.spill_path is not None
+            self._open_temp(instance)
+        assert instance.spill_fd is not None and instance.spill_path is not None
         fd, path = instance.spill_fd, instance.spill_path
         try:
             _write_all(fd, instance.parts)
+            if instance.recycled:  # cut what is left of the delivered file's bytes
+                os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -638,7 +715,32 @@ def _log_failure(future: asyncio.Future[None]) -> None:
         log.error("spool.update_failed reason=%r", str(future.exception()))
 
 
+def _removed(jobs: list[_Job], removal: asyncio.Future[None]) -> None:
+    """The jobs whose files were to go after their commit: done (or why not)."""
+    failure = None if removal.cancelled() else removal.exception()
+    for job in jobs:
+        if job.future.done():
+            continue
+        if failure is not None:
+            job.future.set_exception(failure)
+        else:
+            job.future.set_result(None)
+
+
+def _placed(job: _Job) -> list[str] | OSError:
+    """(committer thread) The names of a job's placed file(s), or why it could not be."""
+    assert job.placing is not None
+    try:
+        return job.placing.result()
+    except OSError as err:
+        return err
+
+
 def _remove_spill(instance: Instance) -> None:
+    """(thread) Remove an unacknowledged instance's temp file, once no thread writes it."""
+    if instance.writing is not None:
+        with contextlib.suppress(Exception):
+            instance.writing.result()
     if instance.spill_fd is not None:
         os.close(instance.spill_fd)
         instance.spill_fd = None
