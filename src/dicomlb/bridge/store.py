@@ -144,7 +144,7 @@ def _account(
     elif outcome.status < 0xFF00:
         backend.health.success()
     if outcome.stored and 0x0020000D in tags:
-        runtime.studies.record(tags[0x0020000D], backend.name)
+        runtime.studies.record(tags[0x0020000D], backend.name, message.command.sop_instance_uid)
     runtime.metrics.store_finished(
         route=route.name,
         pool=pool,

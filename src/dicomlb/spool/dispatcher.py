@@ -510,7 +510,10 @@ class BackendSender:
             remove=() if keep else (item.file,),
         )
         self.spool.items -= 1
-        self.spool.runtime().metrics.spool_delivery(item.backend, "delivered")
+        runtime = self.spool.runtime()
+        runtime.metrics.spool_delivery(item.backend, "delivered")
+        # where is the study (issue #6): spooled instances count once they are delivered
+        runtime.studies.record(item.study_uid, item.backend, item.sop_instance_uid)
         if not keep:
             self.spool.bytes -= item.size
         log.info(
