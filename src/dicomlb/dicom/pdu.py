@@ -383,10 +383,10 @@ def decode_pdu(pdu_type: int, body: memoryview) -> Pdu:
         if len(body) < 4:
             raise _invalid("A-ASSOCIATE-RJ too short")
         try:
-            result, source = RejectResult(body[1]), RejectSource(body[2])
+            result, rejector = RejectResult(body[1]), RejectSource(body[2])
         except ValueError as err:
             raise _invalid(f"A-ASSOCIATE-RJ: {err}") from None
-        return AssociateReject(result=result, source=source, reason=body[3])
+        return AssociateReject(result=result, source=rejector, reason=body[3])
     if pdu_type == PduType.RELEASE_RQ:
         return ReleaseRequest()
     if pdu_type == PduType.RELEASE_RP:

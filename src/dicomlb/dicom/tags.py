@@ -478,8 +478,8 @@ class HeaderScanner:
             return
         if not passed and not final:
             return
-        for tag, vr, value in found:
-            self._raw[tag] = (vr, value)
+        for tag, found_vr, value in found:
+            self._raw[tag] = (found_vr, value)
         self._set_done()
 
     # -- values ----------------------------------------------------------------------------
