@@ -1,4 +1,4 @@
-"""Real network peers for integration tests and benchmarks: DCMTK tools and Orthanc.
+"""Real network peers for integration tests and benchmarks: DCMTK tools, Orthanc, PostgreSQL.
 
 No mocks (DESIGN.md decision 12). Every peer runs on loopback on a free port, gets
 ``TCP_NODELAY=1`` in its environment (decision 5: Debian's DCMTK and Orthanc leave Nagle on
@@ -12,6 +12,9 @@ group, and is stopped by ``stop()`` / the context manager, children included.
     with Orthanc(modalities={"DICOMLB": "DICOMLB@127.0.0.1:11112"}) as orthanc:
         ...
         assert orthanc.calling_aet(orthanc.find_sop(uid)) == "DICOMLB"
+
+    with Postgres(database="orthanc", user="orthanc") as pg:  # Orthancs sharing one index
+        ...
 
 The DCMTK tools are called by absolute path (``/usr/bin`` or ``$DICOMLB_DCMTK_BIN``):
 pynetdicom installs console scripts named ``storescp``, ``storescu``, ``echoscu``... that
@@ -48,6 +51,7 @@ __all__ = [
     "DicomlbProcess",
     "Orthanc",
     "PeerError",
+    "Postgres",
     "StoreSCP",
     "dataset_bytes",
     "dcmtk_tool",
@@ -55,6 +59,7 @@ __all__ = [
     "free_port",
     "have_dcmtk",
     "have_orthanc",
+    "have_postgres",
     "is_listening",
     "parse_address",
     "peer_env",
@@ -69,6 +74,7 @@ LOOPBACK = "127.0.0.1"
 DCMTK_BIN = Path(os.environ.get("DICOMLB_DCMTK_BIN", "/usr/bin"))
 ORTHANC_BIN = os.environ.get("DICOMLB_ORTHANC_BIN", "/usr/sbin/Orthanc")
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
+POSTGRES_BIN = Path(os.environ.get("DICOMLB_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 
 PathLike = os.PathLike[str] | str
 
@@ -758,6 +764,266 @@ class Orthanc:
         """Delete every stored patient (and so every instance)."""
         for patient in self.get_json("/patients"):
             self.request("DELETE", f"/patients/{urllib.parse.quote(patient)}")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _postgres_user() -> tuple[int, int] | None:
+    """(uid, gid) to run the server as: the ``postgres`` account when we are root (the
+    server refuses to run as root), else None (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam("postgres")
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def have_postgres() -> bool:
+    """True when the PostgreSQL server binaries are installed and can run here (as root,
+    they need the ``postgres`` OS account)."""
+    binaries = all(os.access(POSTGRES_BIN / tool, os.X_OK) for tool in ("initdb", "postgres"))
+    return binaries and (os.geteuid() != 0 or _postgres_user() is not None)
+
+
+class Postgres:
+    """A throwaway PostgreSQL server (Debian ``postgresql``) on a free loopback port.
+
+    ``initdb`` into a temporary directory (trust authentication, superuser ``user``), the
+    server on 127.0.0.1 only with its Unix socket in that directory (never the system's
+    /var/run/postgresql), durability off (``fsync``, ``synchronous_commit``) for speed,
+    then ``database`` is created. Run as root, initdb and the server run as the
+    ``postgres`` OS account (``setpriv``), which owns the directory.
+
+    ``close()`` / the context manager stops the server (fast shutdown: SIGINT, then SIGKILL
+    of its process group) and removes the directory. Start takes about 1.5 s.
+
+        with Postgres(database="orthanc") as pg:
+            uri = f"postgresql://{pg.user}@127.0.0.1:{pg.port}/{pg.database}"
+    """
+
+    host = LOOPBACK
+
+    def __init__(
+        self,
+        database: str = "test",
+        *,
+        user: str = "test",
+        port: int | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.database = database
+        self.user = user
+        self.port = port or free_port()
+        self.start_timeout = start_timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix="postgres-"))
+        self.data_dir = self.workdir / "data"
+        self.log_path = self.workdir / "postgres.log"
+        self._owner = _postgres_user()
+        if self._owner is not None:
+            os.chown(self.workdir, *self._owner)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the postmaster is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def uri(self) -> str:
+        """``postgresql://user@127.0.0.1:port/database`` (no password: trust)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+    def _as_owner(self, cmd: Sequence[str]) -> list[str]:
+        if self._owner is None:
+            return list(cmd)
+        uid, gid = self._owner
+        # setpriv execs (no intermediate process, unlike runuser): the server is our child
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", *cmd]
+
+    def _client_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE"):
+            env.pop(name, None)
+        return env
+
+    def start(self) -> Self:
+        """initdb (first time only), start the server, wait until it accepts connections,
+        create ``database`` (first time only)."""
+        if self.running:
+            return self
+        fresh = not self.data_dir.exists()
+        if fresh:
+            initdb = self._as_owner(
+                [
+                    str(POSTGRES_BIN / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.user,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]
+            )
+            done = subprocess.run(
+                initdb, cwd=self.workdir, capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                raise PeerError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        server = self._as_owner(
+            [
+                str(POSTGRES_BIN / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.workdir),
+                "-c",
+                f"listen_addresses={self.host}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
+        )
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                server,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._client_env(),
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+            if fresh:
+                self.psql(f'CREATE DATABASE "{self.database}"', database="postgres")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        assert self._process is not None
+        wait_listening(
+            self.port,
+            timeout=self.start_timeout,
+            process=self._process,
+            what="postgres",
+            log=self.log_path,
+        )
+        while True:  # listening comes before "ready to accept connections"
+            ready = subprocess.run(
+                [
+                    str(POSTGRES_BIN / "pg_isready"),
+                    "-q",
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    self.user,
+                    "-d",
+                    "postgres",
+                ],
+                env=self._client_env(),
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise PeerError(
+                    f"postgres is not ready on port {self.port}{_log_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def psql(self, sql: str, *, database: str | None = None) -> str:
+        """Run SQL with ``psql`` over TCP; return its unaligned, tuples-only output."""
+        done = subprocess.run(
+            [
+                str(POSTGRES_BIN / "psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                database or self.database,
+                "-c",
+                sql,
+            ],
+            env=self._client_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise PeerError(f"psql {sql!r} failed ({done.returncode}): {done.stderr}")
+        return done.stdout
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: clients are disconnected, no waiting for them), SIGKILL
+        of the process group after 10 s; the port is closed on return. Data stays."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10.0)
+        stop_process(process, graceful=False)  # backends left over, if any
+        self._process = None
+        deadline = time.monotonic() + 5.0
+        while is_listening(self.port) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        """Stop the server and remove the directory (data, socket, log)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log(self) -> str:
+        """The server's log so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Postgres {self.uri} {state}>"
 
 
 # --------------------------------------------------------------------------- dicomlb
