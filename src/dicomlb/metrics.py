@@ -49,6 +49,7 @@ LATENCY_BUCKETS = (
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 WINDOW = 60.0  # seconds of latency samples kept for the dashboard's p50 / p99
 RECENT_ASSOCIATIONS = 200
+RECENT_HTTP_REQUESTS = 50
 HISTORY = 60  # health checks / transitions kept per backend
 
 
@@ -117,6 +118,32 @@ class AssociationRecord:
             "bytes": self.bytes,
             "outcome": self.outcome,
             "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequestRecord:
+    """One HTTP request answered by the HTTP listener, for the dashboard's recent list."""
+
+    time: float  # wall clock, when answered
+    client: str
+    method: str
+    path: str
+    route: str
+    backend: str
+    status: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "client": self.client,
+            "method": self.method,
+            "path": self.path,
+            "route": self.route,
+            "backend": self.backend,
+            "status": self.status,
+            "ms": round(self.seconds * 1000, 1),
         }
 
 
@@ -248,6 +275,9 @@ class Metrics:
         self.recent_associations: collections.deque[AssociationRecord] = collections.deque(
             maxlen=RECENT_ASSOCIATIONS
         )
+        self.recent_http: collections.deque[HttpRequestRecord] = collections.deque(
+            maxlen=RECENT_HTTP_REQUESTS
+        )
         self._latencies: dict[str, collections.deque[tuple[float, float]]] = {}
         self.checks: dict[str, collections.deque[tuple[float, bool]]] = {}
         self.transitions: dict[str, collections.deque[tuple[float, str, str]]] = {}
@@ -288,9 +318,21 @@ class Metrics:
             ring.append((time.monotonic(), seconds))
 
     def http_request(
-        self, *, route: str, pool: str, backend: str, status: int, seconds: float
+        self,
+        *,
+        route: str,
+        pool: str,
+        backend: str,
+        status: int,
+        seconds: float,
+        client: str = "",
+        method: str = "",
+        path: str = "",
     ) -> None:
         """One HTTP request answered (or given up: 499) by the HTTP listener."""
+        self.recent_http.append(
+            HttpRequestRecord(self.clock(), client, method, path, route, backend, status, seconds)
+        )
         key = (route, pool, backend, http_status_class(status))
         child = self._http_children.get(key)
         if child is None:

@@ -100,6 +100,18 @@ def test_http_metrics_and_status_move_with_requests(
     assert web["web-a"]["http_requests"]["2xx"] == 3
     assert web["web-a"]["http_latency"]["count"] >= 3
     assert {p["name"]: p["in_use"] for p in state["pools"]} == {"web": True}
+    for name in ("web-a", "web-b"):  # keep-alive connections to each backend, idle now
+        assert web[name]["http_open_connections"] >= 1
+        assert web[name]["http_idle_connections"] == web[name]["http_open_connections"]
+    recent = state["http_recent"]  # newest first
+    assert [(r["method"], r["path"], r["status"]) for r in recent] == [
+        ("GET", "/elsewhere", 404),
+        ("GET", "/status/500", 500),
+        *[("GET", f"/app/{n}", 200) for n in reversed(range(6))],
+    ]
+    assert recent[0]["route"] == "" and recent[0]["backend"] == ""
+    assert recent[1]["route"] == "status" and recent[1]["backend"] in ("web-a", "web-b")
+    assert all(r["client"] == LOOPBACK and r["ms"] >= 0 and r["time"] > 0 for r in recent)
 
     # One access line per request; with --log-format json its fields are members.
     lines = [r for r in caplog.records if r.getMessage().startswith("http.request ")]

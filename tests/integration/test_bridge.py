@@ -3,6 +3,7 @@ its REST API (`store_via: orthanc_rest`) and over the DICOMweb plugin (`stow_rs`
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.request
 from pathlib import Path
@@ -168,8 +169,42 @@ def test_backend_down_fails_the_store_in_pass_through(tmp_path: Path, balancer: 
         )
         rest.stop()
         ((status, comment),) = _send(lb.port, make_series(1, rows=64, cols=64))
-        assert status == 0x0110
-        assert "connect" in comment.lower()
+        assert status == 0xA700  # no backend left to try, with the reasons
+        assert "rest: cannot connect" in comment.lower()
+
+
+@pytest.mark.parametrize("rows", [64, 512])  # whole small data sets and streamed large ones
+def test_unreachable_backend_fails_over_to_the_next(
+    tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture, rows: int
+) -> None:
+    """A stopped REST backend: nothing was sent, so each instance goes to the next backend
+    of the pool (like a DIMSE backend that refuses the association) and the dead one is
+    marked down by passive health."""
+    with Orthanc("DEAD") as dead, Orthanc("LIVE") as live:
+        lb = balancer(
+            {
+                "pools": {
+                    "pacs": {
+                        "strategy": "round_robin",
+                        "health": {"enabled": False, "fall": 2},
+                        "backends": [_rest("dead", dead), _rest("live", live)],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "pacs"}],
+            },
+            admin=True,
+        )
+        dead.stop()
+        datasets = make_series(6, rows=rows, cols=rows)
+        with caplog.at_level(logging.INFO, logger="dicomlb"):
+            assert _send(lb.port, datasets) == [(0, "")] * 6
+        assert live.sop_instance_uids() == {ds.SOPInstanceUID for ds in datasets}
+        assert "backend.unreachable backend=dead pool=pacs via=orthanc_rest" in caplog.text
+        assert "backend.down backend=dead pool=pacs cause=passive" in caplog.text
+        assert not lb.backend("dead").health.up and lb.backend("live").health.up
+        _, status = lb.http("GET", "/api/v1/status")
+        states = {b["name"]: b["up"] for b in status["backends"]}
+        assert states == {"dead": False, "live": True}
 
 
 def test_spool_delivers_after_recovery(tmp_path: Path, balancer: Any) -> None:

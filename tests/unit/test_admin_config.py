@@ -149,3 +149,15 @@ def test_metrics_have_their_own_registry() -> None:
     assert b'dicomlb_messages_total{backend="b"' in one.exposition()
     assert b'dicomlb_messages_total{backend="b"' not in two.exposition()
     assert b"dicomlb_route_hits_total" in one.exposition()
+
+
+def test_recent_http_requests_are_bounded() -> None:
+    metrics = Metrics()
+    for n in range(60):
+        metrics.http_request(
+            route="r", pool="p", backend="b", status=200, seconds=0.002,
+            client="10.0.0.9", method="GET", path=f"/x/{n}",
+        )  # fmt: skip
+    assert len(metrics.recent_http) == 50
+    newest = metrics.recent_http[-1].as_dict()
+    assert newest["path"] == "/x/59" and newest["ms"] == 2.0 and newest["client"] == "10.0.0.9"

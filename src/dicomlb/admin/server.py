@@ -420,6 +420,7 @@ class AdminServer:
             "routes": self._routes(),
             "http_routes": self._http_routes(),
             "associations": self._associations(),
+            "http_recent": [r.as_dict() for r in reversed(metrics.recent_http)],
             "errors": [{"time": t, "text": text} for t, text in metrics.errors],
         }
 
@@ -586,6 +587,7 @@ class AdminServer:
             "latency": metrics.latency(backend.name),
             "http_requests": self._http_counts().get(("backend", backend.name), {}),
             "http_latency": metrics.http_latency(backend.name),
+            "http_open_connections": conns.open if conns is not None else None,
             "http_idle_connections": len(conns.idle) if conns is not None else None,
         }
 

@@ -80,7 +80,11 @@ class HttpStoreClient:
         self, instances: Sequence[BridgeInstance], *, connect_timeout: float, read_timeout: float
     ) -> list[StoreOutcome]:
         """Store `instances` in one request (several only for STOW-RS); one outcome each.
-        Never raises for the backend's failures: they are outcomes."""
+        Never raises for the backend's failures: they are outcomes.
+
+        The connection is taken from the keep-alive pool or made (connect, TLS handshake)
+        before any byte of the body is read; when that fails the outcomes are `unreachable`:
+        nothing was sent and the caller may try another backend with the same body."""
         uids = [i.sop_instance_uid for i in instances]
         boundary = base64.b32encode(os.urandom(15)).decode("ascii").lower()
         whole = all(isinstance(i.body, bytes) for i in instances)
@@ -112,6 +116,11 @@ class HttpStoreClient:
                 ) as answer:
                     data = await answer.content.read(_MAX_ANSWER)
                     return core.map_answer(self.store.via, answer.status, data, uids)
+            except aiohttp.ClientConnectorError as err:  # refused, unresolvable, TLS failure
+                return [core.connection_failed(_describe(err), unreachable=True)] * len(uids)
+            except aiohttp.ConnectionTimeoutError:
+                reason = f"cannot connect: no connection within {connect_timeout:g}s"
+                return [core.connection_failed(reason, unreachable=True)] * len(uids)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as err:
                 if attempt + 1 < attempts:
                     continue  # a pooled connection closed by the backend: once more, fresh
@@ -126,7 +135,14 @@ class HttpStoreClient:
 
 def _describe(err: BaseException) -> str:
     text = str(err) or type(err).__name__
-    if isinstance(err, aiohttp.ClientConnectorError):
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):  # short: comments are 64 chars
+        cert = err.certificate_error
+        detail = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or cert
+        text = f"TLS certificate not trusted: {detail}"
+    elif isinstance(err, aiohttp.ClientSSLError):
+        ssl_error = err.os_error
+        text = f"TLS handshake failed: {getattr(ssl_error, 'reason', None) or ssl_error}"
+    elif isinstance(err, aiohttp.ClientConnectorError):
         text = f"cannot connect: {err.os_error.strerror or err.os_error}"
     return text
 

@@ -69,6 +69,7 @@ class StoreOutcome:
     status: int
     comment: str = ""
     backend_failed: bool = False  # the backend, not the instance: passive health, breaker
+    unreachable: bool = False  # no connection made: nothing was sent, another backend may try
 
     @property
     def stored(self) -> bool:
@@ -106,12 +107,14 @@ def _comment(text: str) -> str:
     return _NOT_LO.sub(" ", text).strip()[:COMMENT_MAX]
 
 
-def connection_failed(reason: str) -> StoreOutcome:
-    """The request failed before an answer: connect error, reset, timeout."""
+def connection_failed(reason: str, *, unreachable: bool = False) -> StoreOutcome:
+    """The request failed before an answer: connect error, reset, timeout. `unreachable`:
+    no connection could be made (refused, TLS failure, connect timeout), nothing was sent."""
     return StoreOutcome(
         status=PROCESSING_FAILURE,
         comment=_comment(reason or "connection failed"),
         backend_failed=True,
+        unreachable=unreachable,
     )
 
 

@@ -67,8 +67,10 @@ class _MessageBody:
         self.head = head
         self.done = done
         self.gone: ClientGone | None = None
+        self.started = False  # a byte went out: the stream cannot be sent elsewhere
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
         yield self.prefix
         for fragment in self.head:
             yield bytes(fragment.data)
@@ -92,8 +94,13 @@ async def relay_store(
     done: bool,
     tags: dict[int, str],
     started: float,
-) -> None:
-    """Send one C-STORE from the client to `backend` over HTTP and answer the client."""
+) -> str | None:
+    """Send one C-STORE from the client to `backend` over HTTP and answer the client; None.
+
+    When no connection to `backend` can be made (refused, TLS failure, connect timeout)
+    nothing has been sent: the passive health failure is recorded, the client is not
+    answered and the reason is returned, for `Relay.store` to try the pool's next backend
+    (as `Relay._place` does for a DIMSE backend that cannot be reached)."""
     from dicomlb.dicom.relay import _discard
 
     runtime = relay.runtime
@@ -120,10 +127,21 @@ async def relay_store(
         backend.active -= 1
     if stream.gone is not None:
         raise stream.gone
+    outcome = outcomes[0]
+    if outcome.unreachable and not stream.started:
+        log.warning(
+            "backend.unreachable backend=%s pool=%s via=%s reason=%r",
+            backend.name,
+            route.pool.name,
+            store.via.value,
+            outcome.comment,
+        )
+        passive_failure(runtime, backend, route.pool.name, outcome.comment)
+        return outcome.comment
     if not stream.done:
         await _discard(message)  # the request failed mid-stream: drop the rest
-    outcome = outcomes[0]
     _account(relay, message, route, backend, outcome, tags, started)
+    return None
 
 
 def _account(

@@ -194,38 +194,33 @@ class Relay:
         # --- end spool hook
         pool = self.runtime.pools[route.pool.name]
         key = tags.get(route.pool.key, "") if route.pool.key is not None else ""
-        try:
-            backend, maybe_up = await self._place(pool, key, message, http_store=True)
-        except MessageFailed as failure:
-            if not done:
-                await _discard(message)
-            log.warning(
-                "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
-                sop_uid,
-                route.name,
-                pool.name,
-                failure.status,
-                str(failure),
-            )
-            self.runtime.metrics.store_finished(
-                route=route.name, pool=pool.name, status=failure.status, seconds=0.0
-            )
-            self._respond(message, failure.status, str(failure))
-            return
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "store.routed sop_instance_uid=%s route=%s pool=%s backend=%s key=%s",
-                sop_uid,
-                route.name,
-                pool.name,
-                backend.name,
-                key,
-            )
-        if maybe_up is None:  # a store_via backend: the DICOM -> HTTP bridge (issue #7)
-            from dicomlb.bridge.store import relay_store
+        tried: set[str] = set()
+        reasons: list[str] = []
+        while True:  # a bridged backend that cannot be reached: the next one (issue #7)
+            try:
+                backend, maybe_up = await self._place(
+                    pool, key, message, http_store=True, tried=tried, reasons=reasons
+                )
+            except MessageFailed as failure:
+                await self._store_refused(message, route.name, pool.name, done, failure)
+                return
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "store.routed sop_instance_uid=%s route=%s pool=%s backend=%s key=%s",
+                    sop_uid,
+                    route.name,
+                    pool.name,
+                    backend.name,
+                    key,
+                )
+            if maybe_up is not None:
+                break
+            from dicomlb.bridge.store import relay_store  # a store_via backend: over HTTP
 
-            await relay_store(self, message, route, backend, head, done, tags, started)
-            return
+            reason = await relay_store(self, message, route, backend, head, done, tags, started)
+            if reason is None:
+                return
+            reasons.append(f"{backend.name}: {reason}")
         up = maybe_up
         try:
             status = await self._forward(message, route.pool, backend, up, head, done)
@@ -271,6 +266,25 @@ class Relay:
             (time.monotonic() - started) * 1000,
         )
 
+    async def _store_refused(
+        self, message: InboundMessage, route: str, pool: str, done: bool, failure: MessageFailed
+    ) -> None:
+        """No backend of the pool took the C-STORE: drop its data set, answer the failure."""
+        if not done:
+            await _discard(message)
+        log.warning(
+            "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
+            message.command.sop_instance_uid,
+            route,
+            pool,
+            failure.status,
+            str(failure),
+        )
+        self.runtime.metrics.store_finished(
+            route=route, pool=pool, status=failure.status, seconds=0.0
+        )
+        self._respond(message, failure.status, str(failure))
+
     async def _read_header(
         self, message: InboundMessage
     ) -> tuple[list[DataReceived], bool, dict[int, str]]:
@@ -303,13 +317,22 @@ class Relay:
         return backend, up
 
     async def _place(
-        self, pool: Pool, key: str, message: InboundMessage, *, http_store: bool = False
+        self,
+        pool: Pool,
+        key: str,
+        message: InboundMessage,
+        *,
+        http_store: bool = False,
+        tried: set[str] | None = None,
+        reasons: list[str] | None = None,
     ) -> tuple[BackendState, UpstreamAssociation | None]:
         """`_connect`; with `http_store`, a `store_via` backend is returned without an
-        association (None): the C-STORE goes over HTTP. Backends without a dicom address
-        are skipped for everything else."""
-        tried: set[str] = set()
-        reasons: list[str] = []
+        association (None): the C-STORE goes over HTTP, and when the bridge cannot reach it
+        the caller calls again with the same `tried` and `reasons` (the bridge's reason
+        added) for the next backend. Backends without a dicom address are skipped for
+        everything else."""
+        tried = set() if tried is None else tried
+        reasons = [] if reasons is None else reasons
         http_only: list[str] = []
         needed = (message.abstract_syntax, message.transfer_syntax)
         while True:

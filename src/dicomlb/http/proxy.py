@@ -1066,6 +1066,9 @@ class Exchange:
             backend=self.backend.name if self.backend else "",
             status=self.status,
             seconds=self.client.loop.time() - self.started,
+            client=self.client.peer[0],
+            method=self.request.method.decode("latin-1"),
+            path=self.path,
         )
         self.client.exchange_done(keep_alive and self.request_done)
 
