@@ -11,29 +11,7 @@ import pytest
 
 from tests.dicomdata import make_series, write_series
 from tests.peers import DicomlbProcess, StoreSCP, free_port, have_dcmtk, storescu
-
-EXAMPLE = """\
-listeners:
-  dicom: {bind: "127.0.0.1:PORT", ae_title: DICOMLB}
-pools:
-  ct:
-    strategy: affinity            # weighted rendezvous hashing
-    key: StudyInstanceUID
-    health: {interval: 5s, timeout: 2s, fall: 3, rise: 2}
-    backends:
-      - {name: pacs-a, dicom: "PACSA@10.0.0.5:4242", max_associations: 4}
-      - {name: pacs-b, dicom: "PACSB@10.0.0.6:4242", weight: 2}
-  general:
-    strategy: round_robin
-    backends:
-      - {name: store-1, dicom: "STORE1@10.0.0.7:104"}
-routes:
-  - name: ct-and-pet
-    match: {Modality: [CT, PT], calling_aet: {regex: "^CT_"}}
-    pool: ct
-  - name: default
-    pool: general
-"""
+from tests.unit.test_config import EXAMPLE
 
 
 def dicomlb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -48,7 +26,7 @@ def dicomlb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 def test_check_prints_the_resolved_config(tmp_path: Path) -> None:
     config = tmp_path / "lb.yaml"
-    config.write_text(EXAMPLE.replace("PORT", "11112"))
+    config.write_text(EXAMPLE)
     result = dicomlb("check", "-c", str(config))
     assert result.returncode == 0, result.stderr
     for expected in ("ct-and-pet", "pacs-a", "PACSB@10.0.0.6:4242", "affinity", "StudyInstanceUID"):
@@ -57,9 +35,7 @@ def test_check_prints_the_resolved_config(tmp_path: Path) -> None:
 
 def test_check_names_file_field_and_reason(tmp_path: Path) -> None:
     config = tmp_path / "lb.yaml"
-    config.write_text(
-        EXAMPLE.replace("PORT", "11112").replace("PACSB@10.0.0.6:4242", "PACSB@10.0.0.6")
-    )
+    config.write_text(EXAMPLE.replace("PACSB@10.0.0.6:4242", "PACSB@10.0.0.6"))
     result = dicomlb("check", "-c", str(config))
     assert result.returncode == 2
     assert "lb.yaml: pools.ct.backends[1].dicom:" in result.stderr

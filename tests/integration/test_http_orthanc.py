@@ -94,6 +94,30 @@ def part10(ds: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def archive_job_followed(base: str, nodes: list[Orthanc], patient: str) -> str:
+    """Start an asynchronous archive of `patient` through dicomlb at `base`, check that one
+    node owns the job, poll it through dicomlb until it succeeds; the job ID."""
+    status, answer = call(
+        f"{base}/tools/create-archive",
+        "POST",
+        json.dumps({"Resources": [patient], "Asynchronous": True}).encode(),
+    )
+    assert status == 200, answer
+    job = json.loads(answer)
+    assert job["Path"] == f"/jobs/{job['ID']}"
+    # only the node that created the job knows it, whatever they share
+    owner = [n for n in nodes if job["ID"] in n.get_json("/jobs")]
+    assert len(owner) == 1
+    deadline = time.monotonic() + 20
+    while True:  # round robin would send every other request to the wrong node
+        status, answer = call(f"{base}/jobs/{job['ID']}")
+        assert status == 200, answer
+        if json.loads(answer)["State"] == "Success":
+            return str(job["ID"])
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.1)
+
+
 def test_rest_upload_download_byte_identical(nodes: list[Orthanc]) -> None:
     files = [part10(ds) for ds in make_small(3)]
     with HttpBalancer(config(nodes, strategy="affinity", http={"key": "client_ip"})) as lb:
@@ -115,26 +139,9 @@ def test_job_followed_to_the_node_that_owns_it(nodes: list[Orthanc]) -> None:
     for node in nodes:  # the same data on both nodes; only one will own the job
         patient = json.loads(node.request("POST", "/instances", data))["ParentPatient"]
     with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
-        status, answer = call(
-            f"{lb.url}/tools/create-archive",
-            "POST",
-            json.dumps({"Resources": [patient], "Asynchronous": True}).encode(),
-        )
-        assert status == 200, answer
-        job = json.loads(answer)
-        assert job["Path"] == f"/jobs/{job['ID']}"
-        owner = [n for n in nodes if job["ID"] in n.get_json("/jobs")]
-        assert len(owner) == 1
-        deadline = time.monotonic() + 20
-        while True:  # round robin would send every other request to the wrong node
-            status, answer = call(f"{lb.url}/jobs/{job['ID']}")
-            assert status == 200, answer
-            if json.loads(answer)["State"] == "Success":
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        job = archive_job_followed(lb.url, nodes, patient)
         for _ in range(4):
-            status, archive = call(f"{lb.url}/jobs/{job['ID']}/archive")
+            status, archive = call(f"{lb.url}/jobs/{job}/archive")
             assert status == 200
             assert zipfile.ZipFile(io.BytesIO(archive)).namelist()
 

@@ -21,6 +21,7 @@ import pytest
 
 from tests.dicomdata import make_small
 from tests.httppeers import HttpBalancer
+from tests.integration.test_http_orthanc import archive_job_followed
 from tests.peers import ORTHANC_PLUGINS, Orthanc, Postgres, have_orthanc, have_postgres
 
 INDEX = ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so"
@@ -163,27 +164,9 @@ def test_job_followed_to_the_node_that_owns_it(nodes: list[Orthanc]) -> None:
     data = part10(make_small(1)[0])
     with HttpBalancer(config(nodes)) as lb:
         patient = upload(lb, data)["ParentPatient"]
-        status, answer = call(
-            f"{lb.url}/tools/create-archive",
-            "POST",
-            json.dumps({"Resources": [patient], "Asynchronous": True}).encode(),
-        )
-        assert status == 200, answer
-        job = json.loads(answer)
-        assert job["Path"] == f"/jobs/{job['ID']}"
-        # the database is shared, the job is not: only the node that created it knows it
-        owner = [n for n in nodes if job["ID"] in n.get_json("/jobs")]
-        assert len(owner) == 1
-        deadline = time.monotonic() + 20
-        while True:  # round robin would send every other request to the wrong node
-            status, answer = call(f"{lb.url}/jobs/{job['ID']}")
-            assert status == 200, answer
-            if json.loads(answer)["State"] == "Success":
-                break
-            assert time.monotonic() < deadline, answer
-            time.sleep(0.1)
+        job = archive_job_followed(lb.url, nodes, patient)
         for _ in range(4):
-            status, archive = call(f"{lb.url}/jobs/{job['ID']}/archive")
+            status, archive = call(f"{lb.url}/jobs/{job}/archive")
             assert status == 200, archive
             [member] = [
                 name
