@@ -352,7 +352,39 @@ def echoscu(
 # --------------------------------------------------------------------------- StoreSCP
 
 
-class StoreSCP:
+class _Peer:
+    """What every peer process shares: its log, and a context manager that starts it and
+    always cleans up (`close()`), also when starting fails."""
+
+    log_path: Path
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def log(self) -> str:
+        """The peer's output so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class StoreSCP(_Peer):
     """DCMTK ``storescp`` as a storage backend, on a free port unless one is given.
 
     Accepts every transfer syntax DCMTK knows (``+xa``: implicit, explicit LE/BE, deflated,
@@ -480,25 +512,6 @@ class StoreSCP:
                 return found
             time.sleep(0.02)
 
-    def log(self) -> str:
-        """storescp's output so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<StoreSCP {self.address} {state}>"
@@ -519,7 +532,7 @@ def _modality_entry(value: Modality) -> list[Any] | dict[str, Any]:
     return list(value)
 
 
-class Orthanc:
+class Orthanc(_Peer):
     """A real Orthanc server (Debian package) on free HTTP and DICOM ports.
 
     Configuration goes to ``cfg.json`` in a temporary directory, with storage and index
@@ -659,25 +672,6 @@ class Orthanc:
         self.stop(graceful=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def log(self) -> str:
-        """Orthanc's log so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Orthanc {self.address} {self.url} {state}>"
@@ -790,7 +784,7 @@ def have_postgres() -> bool:
     return binaries and (os.geteuid() != 0 or _postgres_user() is not None)
 
 
-class Postgres:
+class Postgres(_Peer):
     """A throwaway PostgreSQL server (Debian ``postgresql``) on a free loopback port.
 
     ``initdb`` into a temporary directory (trust authentication, superuser ``user``), the
@@ -1002,25 +996,6 @@ class Postgres:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def log(self) -> str:
-        """The server's log so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Postgres {self.uri} {state}>"
@@ -1029,7 +1004,7 @@ class Postgres:
 # --------------------------------------------------------------------------- dicomlb
 
 
-class DicomlbProcess:
+class DicomlbProcess(_Peer):
     """``python -m dicomlb run -c CONFIG`` as a separate process, as an operator runs it.
 
     ``config`` is the YAML text; the log (stdout and stderr) goes to ``dicomlb.log`` in
@@ -1112,17 +1087,7 @@ class DicomlbProcess:
             self.process.kill()
             self.process.wait(10)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Stop dicomlb gracefully if it still runs."""
         if self.process is not None and self.process.poll() is None:
             self.stop()
