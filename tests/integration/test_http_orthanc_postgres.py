@@ -10,18 +10,15 @@ from __future__ import annotations
 import io
 import json
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from typing import Any
 
-import pydicom
 import pytest
 
 from tests.dicomdata import make_small
 from tests.httppeers import HttpBalancer
-from tests.integration.test_http_orthanc import archive_job_followed
+from tests.integration.test_http_orthanc import archive_job_followed, call, config, part10
 from tests.peers import ORTHANC_PLUGINS, Orthanc, Postgres, have_orthanc, have_postgres
 
 INDEX = ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so"
@@ -41,7 +38,6 @@ pytestmark = [
     ),
 ]
 
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 NAMES = ("node-a", "node-b")
 
 
@@ -89,43 +85,6 @@ def empty(nodes: list[Orthanc]) -> None:
     nodes[0].clear()  # one database: clearing one node clears both
 
 
-def config(nodes: list[Orthanc]) -> dict[str, Any]:
-    return {
-        "pools": {
-            "orthanc": {
-                "orthanc": True,
-                "strategy": "round_robin",
-                "health": {
-                    "interval": "200ms",
-                    "timeout": "1s",
-                    "fall": 1,
-                    "rise": 1,
-                    "http": {"path": "/system", "status": 200},
-                },
-                "backends": [
-                    {"name": n.config["Name"], "http": n.url, "dicom": n.address} for n in nodes
-                ],
-            }
-        },
-        "http_routes": [{"name": "orthanc", "pool": "orthanc"}],
-    }
-
-
-def call(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
-    try:
-        with OPENER.open(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def part10(ds: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def upload(lb: HttpBalancer, data: bytes) -> dict[str, Any]:
     status, answer = call(f"{lb.url}/instances", "POST", data)
     assert status == 200, answer
@@ -147,7 +106,7 @@ def test_upload_visible_from_both_nodes_download_identical_from_any(
     nodes: list[Orthanc],
 ) -> None:
     files = [part10(ds) for ds in make_small(4)]
-    with HttpBalancer(config(nodes)) as lb:
+    with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
         assert set(served_by(lb)) == set(NAMES)  # round robin really spreads requests
         ids = [upload(lb, data)["ID"] for data in files]  # so uploads land on both nodes
         for node in nodes:  # the shared index: each node lists everything
@@ -162,7 +121,7 @@ def test_upload_visible_from_both_nodes_download_identical_from_any(
 
 def test_job_followed_to_the_node_that_owns_it(nodes: list[Orthanc]) -> None:
     data = part10(make_small(1)[0])
-    with HttpBalancer(config(nodes)) as lb:
+    with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
         patient = upload(lb, data)["ParentPatient"]
         job = archive_job_followed(lb.url, nodes, patient)
         for _ in range(4):
@@ -178,7 +137,7 @@ def test_job_followed_to_the_node_that_owns_it(nodes: list[Orthanc]) -> None:
 
 def test_node_killed_requests_keep_working_through_the_other(nodes: list[Orthanc]) -> None:
     first, second = (part10(ds) for ds in make_small(2))
-    with HttpBalancer(config(nodes)) as lb:
+    with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
         before = upload(lb, first)["ID"]
         nodes[0].stop(graceful=False)
         deadline = time.monotonic() + 5
