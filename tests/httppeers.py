@@ -78,7 +78,33 @@ class HttpBalancer:
         self.stop()
 
 
-class WebBackend:
+class _LoopBackend:
+    """A backend served from its own event-loop thread: `_start` / `_stop` run there."""
+
+    runner: LoopThread
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self.runner.call(self._start())
+        return self
+
+    def stop(self) -> None:
+        self.runner.call(self._stop())
+        self.runner.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WebBackend(_LoopBackend):
     """A small aiohttp backend on a free port, answering as `name`.
 
     `/name` → its name; `/echo` → the request body (and its sha256 in X-Sha256);
@@ -119,20 +145,6 @@ class WebBackend:
     async def _stop(self) -> None:
         if self._site is not None:
             await self._site.cleanup()
-
-    def start(self) -> Self:
-        self.runner.call(self._start())
-        return self
-
-    def stop(self) -> None:
-        self.runner.call(self._stop())
-        self.runner.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -210,7 +222,7 @@ class WebBackend:
         return web.Response(text=f"{self.name} {request.method} {request.path_qs}")
 
 
-class RawBackend:
+class RawBackend(_LoopBackend):
     """A raw asyncio HTTP/1.1 backend for the edges aiohttp hides: it closes a keep-alive
     connection idle for `keepalive` seconds, or (`close_on_reuse`) closes instead of
     answering any request after a connection's first, the way a backend closing an idle
@@ -234,20 +246,6 @@ class RawBackend:
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
-
-    def start(self) -> Self:
-        self.runner.call(self._start())
-        return self
-
-    def stop(self) -> None:
-        self.runner.call(self._stop())
-        self.runner.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
