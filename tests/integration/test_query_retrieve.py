@@ -4,6 +4,7 @@ that accepts only explicit VR little endian; DCMTK findscu / movescu / getscu an
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,6 +213,19 @@ def test_findscu_through_dicomlb(site: Site, balancer: Any, tmp_path: Path) -> N
     assert uids == set(site.uids)
 
 
+def movescu_study(port: int, study_uid: str) -> subprocess.CompletedProcess[str]:
+    """DCMTK movescu: move a study through dicomlb (study root) to the DEST AE."""
+    return run_dcmtk(
+        "movescu",
+        [
+            *("-S", "-aet", "MOVESCU", "-aec", "DICOMLB", "-aem", "DEST"),
+            *("-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"),
+            LOOPBACK,
+            str(port),
+        ],
+    )
+
+
 def sop_uid_of(path: Path) -> str:
     from pydicom import dcmread
 
@@ -222,24 +236,7 @@ def sop_uid_of(path: Path) -> str:
 def test_movescu_to_storescp(site: Site, balancer: Any, mode: str) -> None:
     lb = balancer(site.config(query="fanout", move_destination=mode))
     _, _, s = site.uids
-    result = run_dcmtk(
-        "movescu",
-        [
-            "-S",
-            "-aet",
-            "MOVESCU",
-            "-aec",
-            "DICOMLB",
-            "-aem",
-            "DEST",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={s}",
-            LOOPBACK,
-            str(lb.port),
-        ],
-    )
+    result = movescu_study(lb.port, s)
     assert result.returncode == 0, result.stderr + result.stdout
     expected = {ds.SOPInstanceUID for ds in site.studies[s]}
     deadline = time.monotonic() + 10
@@ -351,24 +348,7 @@ def test_moves_go_where_dicomlb_stored_the_study(
     lb = balancer(config)  # same listener port and state directory
     assert lb.app.runtime.studies.locate(uid) == holder
     caplog.clear()
-    result = run_dcmtk(
-        "movescu",
-        [
-            "-S",
-            "-aet",
-            "MOVESCU",
-            "-aec",
-            "DICOMLB",
-            "-aem",
-            "DEST",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={uid}",
-            LOOPBACK,
-            str(lb.port),
-        ],
-    )
+    result = movescu_study(lb.port, uid)
     assert result.returncode == 0, result.stderr
     expected = {ds.SOPInstanceUID for ds in studies[uid]}
     deadline = time.monotonic() + 10
