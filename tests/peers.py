@@ -94,16 +94,25 @@ def peer_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_GIVEN_PORTS: set[int] = set()  # ports free_port() returned in this process
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now.
 
     The kernel picks it (bind to port 0); another process could take it before the caller
-    binds, which on a test box is rare enough.
+    binds, which on a test box is rare enough. A port is never handed out twice in one
+    test process: a peer not started yet must not get the balancer's port, or the balancer
+    would relay to itself.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no loopback port left that was not handed out before")
 
 
 def is_listening(port: int) -> bool:
