@@ -578,10 +578,13 @@ class Orthanc(_Peer):
         self.config_path = self.workdir / "cfg.json"
         self.log_path = self.workdir / "orthanc.log"
         storage = self.workdir / "storage"
+        (self.workdir / "tmp").mkdir()
         self.config: dict[str, Any] = {
             "Name": name,
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
+            # Its temporary files (uploads, DICOMweb) go with the rest when the peer closes.
+            "TemporaryDirectory": str(self.workdir / "tmp"),
             "HttpPort": self.http_port,
             "DicomPort": self.dicom_port,
             "DicomAet": aet,
