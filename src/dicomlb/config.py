@@ -52,6 +52,7 @@ from dicomlb.http.config import (
     parse_http_address,
     proxy_address_issue,
 )
+from dicomlb.http.snapshot import HttpListenerConfig
 from dicomlb.routing import MatchError, parse_match
 from dicomlb.snapshot import (
     Ack,
@@ -641,6 +642,21 @@ def build_backend(data: Any, path: str = "backend", source: str = "<api>") -> Ba
     )
 
 
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _reaches(host: str, port: int, bind_host: str, bind_port: int) -> bool:
+    """Whether `host:port` is a listener bound at `bind_host:bind_port` on this machine,
+    judged from the literal addresses (names other than localhost are not resolved)."""
+    if port != bind_port:
+        return False
+    if host == bind_host:
+        return True
+    wildcard = bind_host in ("0.0.0.0", "::", "")
+    return _is_loopback(host) and (wildcard or _is_loopback(bind_host))
+
+
 class _Builder:
     """Cross-field checks and name resolution, collecting every issue."""
 
@@ -701,6 +717,7 @@ class _Builder:
             self.fail,
             http_tls,
         )
+        self.self_references(pools, dicom, extra["http"])
         return Snapshot(
             source=source,
             dicom=dicom,
@@ -709,6 +726,40 @@ class _Builder:
             wanted_tags=frozenset(wanted),
             **extra,
         )
+
+    def self_references(
+        self,
+        pools: Mapping[str, PoolConfig],
+        dicom: DicomListenerConfig | None,
+        http: HttpListenerConfig | None,
+    ) -> None:
+        """A backend whose address is one of dicomlb's own listeners: every message would
+        come back in and go out again until limits or timeouts stop it."""
+        for pool_name, pool in pools.items():
+            for i, backend in enumerate(pool.backends):
+                path = f"pools.{pool_name}.backends[{i}]"
+                if (
+                    dicom is not None
+                    and backend.dicom is not None
+                    and _reaches(backend.dicom.host, backend.dicom.port, dicom.host, dicom.port)
+                ):
+                    self.fail(
+                        f"{path}.dicom",
+                        f"{backend.dicom} is dicomlb's own DICOM listener "
+                        f"({dicom.host}:{dicom.port}); images would loop back into it — give "
+                        "the storage node's address",
+                    )
+                if (
+                    http is not None
+                    and backend.http is not None
+                    and _reaches(backend.http.host, backend.http.port, http.host, http.port)
+                ):
+                    self.fail(
+                        f"{path}.http",
+                        f"{backend.http} is dicomlb's own HTTP listener "
+                        f"({http.host}:{http.port}); requests would loop back into it — give "
+                        "the web server's address",
+                    )
 
     def pools(self) -> dict[str, PoolConfig]:
         pools: dict[str, PoolConfig] = {}

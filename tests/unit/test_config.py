@@ -474,6 +474,22 @@ BAD_CONFIGS: list[tuple[str, Mutation, str]] = [
         "keeps it as written",
     ),
     (
+        "a backend that is dicomlb itself",
+        backend(0, dicom="PACSA@127.0.0.1:11112"),
+        "pools.ct.backends[0].dicom: PACSA@127.0.0.1:11112 is dicomlb's own DICOM listener "
+        "(0.0.0.0:11112); images would loop back into it — give the storage node's address",
+    ),
+    (
+        "an HTTP backend that is dicomlb itself",
+        lambda d: (
+            d["listeners"].update(http={"bind": "127.0.0.1:8080"}),
+            d.update(http_routes=[{"name": "web", "pool": "web"}]),
+            d["pools"].update(web={"backends": [{"name": "w", "http": "http://localhost:8080"}]}),
+        ),
+        "pools.web.backends[0].http: http://localhost:8080 is dicomlb's own HTTP listener "
+        "(127.0.0.1:8080); requests would loop back into it — give the web server's address",
+    ),
+    (
         "dicom listener without routes",
         lambda d: d.pop("routes"),
         "routes: there are no routes, so the dicom listener cannot forward anything; add one, "
@@ -493,6 +509,21 @@ def test_bad_config_error_text(mutate: Mutation, expected: str) -> None:
         build_snapshot(data, "lb.yaml")
     assert str(caught.value).startswith(f"lb.yaml: {expected}")
     assert len(caught.value.issues) == 1
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [
+        ("0.0.0.0:11112", "A@127.0.0.1:11113"),  # another port
+        ("127.0.0.1:11112", "A@10.0.0.5:11112"),  # another machine
+        ("10.0.0.9:11112", "A@127.0.0.1:11112"),  # the listener is not on loopback
+    ],
+)
+def test_a_backend_beside_the_listener_is_not_a_loop(listen: str, address: str) -> None:
+    data = example()
+    data["listeners"]["dicom"]["bind"] = listen
+    data["pools"]["ct"]["backends"][0]["dicom"] = address
+    assert build_snapshot(data).pools["ct"].backends[0].dicom is not None
 
 
 def test_several_errors_give_one_line_each() -> None:
