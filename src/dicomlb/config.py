@@ -737,29 +737,22 @@ class _Builder:
         come back in and go out again until limits or timeouts stop it."""
         for pool_name, pool in pools.items():
             for i, backend in enumerate(pool.backends):
-                path = f"pools.{pool_name}.backends[{i}]"
-                if (
-                    dicom is not None
-                    and backend.dicom is not None
-                    and _reaches(backend.dicom.host, backend.dicom.port, dicom.host, dicom.port)
-                ):
-                    self.fail(
-                        f"{path}.dicom",
-                        f"{backend.dicom} is dicomlb's own DICOM listener "
-                        f"({dicom.host}:{dicom.port}); images would loop back into it — give "
-                        "the storage node's address",
-                    )
-                if (
-                    http is not None
-                    and backend.http is not None
-                    and _reaches(backend.http.host, backend.http.port, http.host, http.port)
-                ):
-                    self.fail(
-                        f"{path}.http",
-                        f"{backend.http} is dicomlb's own HTTP listener "
-                        f"({http.host}:{http.port}); requests would loop back into it — give "
-                        "the web server's address",
-                    )
+                pairs = (
+                    ("dicom", "DICOM", backend.dicom, dicom, "images", "storage node"),
+                    ("http", "HTTP", backend.http, http, "requests", "web server"),
+                )
+                for field, kind, address, listener, what, peer in pairs:
+                    if (
+                        address is not None
+                        and listener is not None
+                        and _reaches(address.host, address.port, listener.host, listener.port)
+                    ):
+                        self.fail(
+                            f"pools.{pool_name}.backends[{i}].{field}",
+                            f"{address} is dicomlb's own {kind} listener "
+                            f"({listener.host}:{listener.port}); {what} would loop back into "
+                            f"it — give the {peer}'s address",
+                        )
 
     def pools(self) -> dict[str, PoolConfig]:
         pools: dict[str, PoolConfig] = {}
