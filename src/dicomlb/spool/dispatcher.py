@@ -45,7 +45,7 @@ IDLE_WAIT = 1.0  # longest sleep of an idle feeder (ingest wakes it sooner)
 QUIET = 0.05  # after finding nothing due, a feeder asks the index again only when woken
 # (new queued items) or after this long: not once per item its workers take
 
-Claimed = tuple[Item, bytes | None]  # an item and, when small, its data set bytes
+Claimed = tuple[Item, bytes | memoryview | None]  # an item and, when small, its data set bytes
 
 
 class Dispatcher:
@@ -85,7 +85,7 @@ class Dispatcher:
         sender = self.senders.get(backend)
         return sender is not None and sender.has_room()
 
-    def hand(self, item: Item, data: bytes | None) -> None:
+    def hand(self, item: Item, data: bytes | memoryview | None) -> None:
         """Give a just-spooled 'sending' item to its sender."""
         sender = self.senders.get(item.backend)
         if sender is None:  # gone since can_take: leave it to the index
@@ -266,7 +266,7 @@ class BackendSender:
             return False
         return len(self._ready) + self.inflight < 2 * backend.config.max_associations
 
-    def take(self, item: Item, data: bytes | None) -> None:
+    def take(self, item: Item, data: bytes | memoryview | None) -> None:
         self._ready.append((item, data))
         self._has_ready.set()
 
@@ -391,7 +391,7 @@ class BackendSender:
     async def _deliver(
         self,
         item: Item,
-        data: bytes | None,
+        data: bytes | memoryview | None,
         backend: BackendState,
         upstream: UpstreamPool,
         runtime: Runtime,
@@ -447,7 +447,7 @@ class BackendSender:
             await self._failed(item, text)
 
     async def _send(
-        self, item: Item, data: bytes | None, up: UpstreamAssociation, timeout: float
+        self, item: Item, data: bytes | memoryview | None, up: UpstreamAssociation, timeout: float
     ) -> tuple[int, str]:
         needed = (item.sop_class_uid, item.transfer_syntax)
         context_id = up.context_for(needed)

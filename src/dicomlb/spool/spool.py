@@ -213,9 +213,12 @@ class Spool:
                 fragment = await message.data.get()
                 await self.store.add_part(instance, fragment.data)
                 done = fragment.is_last
-            # Small instances are still in memory: their senders get the bytes, no re-read.
+            # Small instances are still in memory: their senders get the bytes, no re-read
+            # (a view: the data set is not copied out of the joined file a second time).
             kept = instance.keep
-            data = b"".join(kept)[instance.dataset_offset :] if kept is not None else None
+            data = (
+                memoryview(b"".join(kept))[instance.dataset_offset :] if kept is not None else None
+            )
             committing = time.monotonic()
             items = await self.store.commit(instance, targets, time.time())
         except (ClientGone, asyncio.CancelledError):
