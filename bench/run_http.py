@@ -7,7 +7,9 @@ dicomlb, in front of the same backend (nginx serving static files), in one run.
 
 Workloads: a small GET (≈100 bytes), a 512 KiB GET and a 512 KiB POST (nginx answers the
 POST after reading the body). Paths and workloads are interleaved per round; the median
-of the rounds is kept. Results: a table on stdout and a marked section in
+of the rounds is kept. Beside throughput, the CPU time the proxy process(es) used per
+request (user + system, from /proc): unlike req/s it does not depend on which process of
+the box is the bottleneck. Results: a table on stdout and a marked section in
 bench/RESULTS.md. The machine is shared and noisy: read the ratios, not the absolutes.
 """
 
@@ -36,6 +38,21 @@ WORKLOADS = ("small GET", "512 KiB GET", "512 KiB POST")
 PATHS = ("nginx", "dicomlb")
 
 
+def cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process `root` and its children (nginx's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        if pid == root or int(fields[1]) == root:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def wrk(url: str, seconds: float, connections: int, script: Path | None) -> dict[str, float]:
     """Run wrk; returns requests/s, MB/s (response bytes) and p99 latency in ms."""
     cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
@@ -51,7 +68,7 @@ def wrk(url: str, seconds: float, connections: int, script: Path | None) -> dict
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
-    return {"rps": rps, "p99": float(p99.group(1)) * scale}
+    return {"rps": rps, "p99": float(p99.group(1)) * scale, "requests": rps * seconds}
 
 
 def main() -> None:
@@ -117,6 +134,8 @@ http_routes:
     try:
         wait_listening(lb_port, timeout=20, process=lb, what="dicomlb")
         ports = {"nginx": proxy.port, "dicomlb": lb_port}
+        assert proxy.pid is not None
+        pids = {"nginx": proxy.pid, "dicomlb": lb.pid}
         load_before = os.getloadavg()[0]
         for round_ in range(args.repeat):
             for workload in workloads:
@@ -128,11 +147,13 @@ http_routes:
                         "512 KiB GET": (f"{base}/big.bin", None),
                         "512 KiB POST": (f"{base}/post", post),
                     }[workload]
+                    before = cpu_seconds(pids[path])
                     got = wrk(url, args.duration, args.connections, script)
+                    got["cpu_us"] = (cpu_seconds(pids[path]) - before) / got["requests"] * 1e6
                     results.setdefault((workload, path), []).append(got)
                     print(
                         f"round {round_ + 1} {workload:13} {path:8} {got['rps']:9.0f} req/s "
-                        f"p99 {got['p99']:7.2f} ms",
+                        f"p99 {got['p99']:7.2f} ms cpu {got['cpu_us']:6.1f} µs/req",
                         flush=True,
                     )
         load_after = os.getloadavg()[0]
@@ -149,12 +170,18 @@ http_routes:
             runs = results[(workload, path)]
             rps = statistics.median(r["rps"] for r in runs)
             p99 = statistics.median(r["p99"] for r in runs)
+            cpu = statistics.median(r["cpu_us"] for r in runs)
             med[path] = rps
+            med[f"{path} cpu"] = cpu
             mbs = rps * (BIG if "512" in workload else 100) / 1e6
             rows.append(
-                f"| {workload} | {path} | {rps:.0f} | {mbs:.0f} | {p99:.2f} | {len(runs)} |"
+                f"| {workload} | {path} | {rps:.0f} | {mbs:.0f} | {p99:.2f} | {cpu:.1f} | "
+                f"{len(runs)} |"
             )
-        ratios.append(f"| {workload} | {med['dicomlb'] / med['nginx']:.2f} |")
+        ratios.append(
+            f"| {workload} | {med['dicomlb'] / med['nginx']:.2f} | "
+            f"{med['dicomlb cpu'] / med['nginx cpu']:.1f} |"
+        )
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[
         0
     ]
@@ -178,12 +205,12 @@ http_routes:
         f"level warning; median of {args.repeat} interleaved rounds; MB = 10⁶ bytes of "
         "bodies.",
         "",
-        "| workload | path | req/s | MB/s | p99 ms | runs |",
-        "|---|---|---:|---:|---:|---:|",
+        "| workload | path | req/s | MB/s | p99 ms | proxy CPU µs/req | runs |",
+        "|---|---|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        "| workload | dicomlb / nginx (req/s) |",
-        "|---|---:|",
+        "| workload | dicomlb / nginx (req/s) | dicomlb / nginx (CPU per request) |",
+        "|---|---:|---:|",
         *ratios,
     ]
     print("\n".join(body))

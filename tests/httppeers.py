@@ -342,6 +342,11 @@ http {{
         wait_listening(self.port, timeout=10, process=self._process, what="nginx")
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The master process (its workers are its children), while running."""
+        return self._process.pid if self._process is not None else None
+
     def stop(self) -> None:
         stop_process(self._process, timeout=5.0, graceful=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
