@@ -6,21 +6,32 @@ method updates prometheus-client objects in the App's own `CollectorRegistry` (n
 global one: several Apps may run in one process) and appends to small bounded rings.
 
 Gauges that mirror live state (backend up, messages in flight, open associations) are not
-updated on the data path at all: `StateCollector` reads them from the App when scraped.
+updated on the data path at all: `StateCollector` reads them from the App when scraped. The
+per-message and per-request families (`Counts`, `Durations`) are plain numbers in dicts,
+turned into metric families when scraped: an update is a dict lookup and an addition, no
+lock (only the loop thread writes them), which matters at tens of thousands per second.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "Metrics", "percentile", "status_class"]
 
@@ -121,9 +132,9 @@ class AssociationRecord:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequestRecord:
-    """One HTTP request answered by the HTTP listener, for the dashboard's recent list."""
+class HttpRequestRecord(NamedTuple):
+    """One HTTP request answered by the HTTP listener, for the dashboard's recent list (a
+    tuple: one is made per request)."""
 
     time: float  # wall clock, when answered
     client: str
@@ -147,6 +158,68 @@ class HttpRequestRecord:
         }
 
 
+class Counts(Collector):
+    """A counter family kept as one number per tuple of label values."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def inc(self, key: tuple[str, ...], amount: float = 1) -> None:
+        values = self.values
+        values[key] = values.get(key, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, value in list(self.values.items()):
+            family.add_metric(key, value)
+        yield family
+
+
+class Durations(Collector):
+    """A histogram family kept as bucket counts and a sum per tuple of label values."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(buckets)
+        # Per key: the count of each bucket (not cumulative), then +Inf's, then the sum.
+        self.series: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def observe(self, key: tuple[str, ...], seconds: float) -> None:
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = [0] * (len(self.bounds) + 2)
+        series[bisect.bisect_left(self.bounds, seconds)] += 1  # first bound >= seconds
+        series[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        edges = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for key, series in list(self.series.items()):
+            cumulative = itertools.accumulate(series[:-1])
+            family.add_metric(key, list(zip(edges, cumulative, strict=True)), series[-1])
+        yield family
+
+
 class Metrics:
     """Prometheus metrics of one App, and the recent history the admin API shows."""
 
@@ -163,16 +236,16 @@ class Metrics:
         self.associations_accepted = Counter(
             "dicomlb_associations_accepted", "Client DICOM associations accepted.", registry=r
         )
-        self.messages = Counter(
+        self.messages = Counts(
             "dicomlb_messages",
             "DIMSE requests answered, by command, status class, route, pool and backend.",
             ["command", "status_class", "route", "pool", "backend"],
             registry=r,
         )
-        self.route_hits = Counter(
+        self.route_hits = Counts(
             "dicomlb_route_hits", "Messages that matched each route.", ["route"], registry=r
         )
-        self.relay_duration = Histogram(
+        self.relay_duration = Durations(
             "dicomlb_relay_duration_seconds",
             "Time from a request's command to the backend's response relayed to the client.",
             ["command", "pool", "backend"],
@@ -215,14 +288,14 @@ class Metrics:
             ["action"],
             registry=r,
         )
-        self.http_requests = Counter(
+        self.http_requests = Counts(
             "dicomlb_http_requests",
             "HTTP requests answered, by route, pool, backend (empty when not reached) and "
             "status class (2xx, 4xx, 5xx, ...).",
             ["route", "pool", "backend", "status_class"],
             registry=r,
         )
-        self.http_duration = Histogram(
+        self.http_duration = Durations(
             "dicomlb_http_request_duration_seconds",
             "Time from a request's head to the last byte of its response.",
             ["route", "pool", "backend"],
@@ -265,12 +338,7 @@ class Metrics:
         # refresh it first (admin/spool.py), so its gauges are read at scrape time.
         self.spool_state: dict[str, Any] | None = None
         self._closed_bytes = 0
-        self._http_children: dict[tuple[str, str, str, str], Any] = {}
-        self._http_latency_children: dict[tuple[str, str, str], Any] = {}
         self._http_latencies: dict[str, collections.deque[tuple[float, float]]] = {}
-        self._message_children: dict[tuple[str, str, str, str, str], Any] = {}
-        self._latency_children: dict[tuple[str, str, str], Any] = {}
-        self._route_children: dict[str, Any] = {}
         # Dashboard history: bounded rings, read by the admin API.
         self.recent_associations: collections.deque[AssociationRecord] = collections.deque(
             maxlen=RECENT_ASSOCIATIONS
@@ -296,22 +364,11 @@ class Metrics:
         command: str = "C-STORE",
     ) -> None:
         """One request answered: its fate (status), where it went and how long it took."""
-        key = (command, status_class(status), route, pool, backend)
-        child = self._message_children.get(key)
-        if child is None:
-            child = self._message_children[key] = self.messages.labels(*key)
-        child.inc()
+        self.messages.inc((command, status_class(status), route, pool, backend))
         if route:
-            hits = self._route_children.get(route)
-            if hits is None:
-                hits = self._route_children[route] = self.route_hits.labels(route)
-            hits.inc()
+            self.route_hits.inc((route,))
         if backend:
-            lkey = (command, pool, backend)
-            timer = self._latency_children.get(lkey)
-            if timer is None:
-                timer = self._latency_children[lkey] = self.relay_duration.labels(*lkey)
-            timer.observe(seconds)
+            self.relay_duration.observe((command, pool, backend), seconds)
             ring = self._latencies.get(backend)
             if ring is None:
                 ring = self._latencies[backend] = collections.deque(maxlen=4096)
@@ -333,17 +390,9 @@ class Metrics:
         self.recent_http.append(
             HttpRequestRecord(self.clock(), client, method, path, route, backend, status, seconds)
         )
-        key = (route, pool, backend, http_status_class(status))
-        child = self._http_children.get(key)
-        if child is None:
-            child = self._http_children[key] = self.http_requests.labels(*key)
-        child.inc()
+        self.http_requests.inc((route, pool, backend, http_status_class(status)))
         if backend:
-            lkey = (route, pool, backend)
-            timer = self._http_latency_children.get(lkey)
-            if timer is None:
-                timer = self._http_latency_children[lkey] = self.http_duration.labels(*lkey)
-            timer.observe(seconds)
+            self.http_duration.observe((route, pool, backend), seconds)
             ring = self._http_latencies.get(backend)
             if ring is None:
                 ring = self._http_latencies[backend] = collections.deque(maxlen=4096)
@@ -466,7 +515,7 @@ class Metrics:
             "count": len(values),
         }
 
-    def counter_values(self, counter: Counter) -> Iterator[tuple[dict[str, str], float]]:
+    def counter_values(self, counter: Counter | Counts) -> Iterator[tuple[dict[str, str], float]]:
         """(labels, value) of each child of `counter`."""
         for metric in counter.collect():
             for sample in metric.samples:
