@@ -202,3 +202,57 @@ def test_echo_forwarded_to_a_pool_reports_the_backend(tmp_path: Path, balancer: 
         assoc.release()
         assert status.Status == 0xA700
         assert "no healthy backend in pool p" in status.ErrorComment
+
+
+class SilentBackend:
+    """A hung PACS: it accepts TCP connections and reads, but never answers a PDU."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(timeout=5)
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_backend_that_never_answers_the_association_is_left_for_the_next(
+    tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    silent = SilentBackend()
+    try:
+        with StoreSCP("GOOD", tmp_path / "good") as good:
+            lb = balancer(
+                one_pool(
+                    {"name": "hung", "dicom": f"HUNG@127.0.0.1:{silent.port}"},
+                    {"name": "good", "dicom": good.address},
+                    strategy="round_robin",
+                    connect_timeout="0.5s",
+                    health={"enabled": False},
+                )
+            )
+            files = write_series(make_small(4), tmp_path / "out")
+            sent = storescu("127.0.0.1", lb.port, files, aec="DICOMLB", timeout=60)
+            assert sent.returncode == 0, sent.stderr
+            assert len(good.wait_files(4)) == 4  # every instance, none lost to the hung node
+            assert silent.accepted, "dicomlb never tried the hung backend"
+            assert not lb.backend("hung").health.up
+            assert (
+                "backend=hung pool=p reason='cannot associate with HUNG@127.0.0.1:" in caplog.text
+            )
+            assert "no A-ASSOCIATE-AC within connect_timeout 0.5s" in caplog.text
+    finally:
+        silent.close()

@@ -545,9 +545,11 @@ class UpstreamPool:
             self._wake()
             if up is not None:
                 up.abort()
-            reason = (
-                "timed out" if isinstance(err, TimeoutError) else str(err) or type(err).__name__
-            )
+            if isinstance(err, TimeoutError):
+                done = "no A-ASSOCIATE-AC" if up is not None else "no TCP connection"
+                reason = f"{done} within connect_timeout {self.pool.connect_timeout:g}s"
+            else:
+                reason = str(err) or type(err).__name__
             raise UpstreamError(f"cannot associate with {address}: {reason}") from None
         if up.context_for(needed) is None:
             self._retire(up)
