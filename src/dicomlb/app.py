@@ -23,7 +23,7 @@ from dicomlb.pools import BackendState
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import AdminListenerConfig, Snapshot
 from dicomlb.spool.spool import Spool
-from dicomlb.studies import StudyIndex
+from dicomlb.studies import SAVE_SECONDS, StudyIndex
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class App:
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics.add_state_collector(StateCollector(self.state_for_metrics, self.metrics))
 
@@ -66,6 +67,7 @@ class App:
         """Open the spool (recovering after a crash), bind the listeners, start the checks."""
         if self.spool is not None:
             await self.spool.start()
+        self._saver = asyncio.get_running_loop().create_task(self._save_studies())
         if self.snapshot.dicom is not None:
             self.dicom = DicomListener(self.runtime)
             await self.dicom.start()
@@ -168,6 +170,12 @@ class App:
         if config is not None:
             self.admin = AdminServer(self)
             await self.admin.start(config.host, config.port)
+
+    async def _save_studies(self) -> None:
+        """Write the study table's recent instance rows every SAVE_SECONDS."""
+        while True:
+            await asyncio.sleep(SAVE_SECONDS)
+            self.runtime.studies.save()
 
     def _update_watcher(self) -> None:
         wanted = self.snapshot.watch and self.config_path is not None
@@ -329,6 +337,11 @@ class App:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
         self.runtime.studies.close()
         log.info("dicomlb.stopped")
 

@@ -1,9 +1,12 @@
 """Where is a study? The study -> backend table that C-MOVE and C-GET are sent by.
 
-Every routed C-STORE records (StudyInstanceUID, backend), and in memory (SOP Instance UID,
-backend) for storage commitment. The table lives in memory and,
-when the config has a `state_dir`, in SQLite there (`studies.sqlite3`), so it survives
-restarts. Only a pair not seen before costs a write: a 300-instance series writes once.
+Every routed C-STORE records (StudyInstanceUID, backend), and (SOP Instance UID, backend)
+for storage commitment (an N-ACTION names instances, not studies). Both live in memory and,
+when the config has a `state_dir`, in SQLite there (`studies.sqlite3`), so they survive
+restarts. Only a study pair not seen before costs a write: a 300-instance series writes
+once. Instance rows are written in batches (`save`, at least every SAVE_SECONDS while the
+App runs, and on close), the most recent INSTANCE_LIMIT kept: a crash loses at most the last
+second's, and those only fall back to the pool's choice.
 """
 
 from __future__ import annotations
@@ -17,25 +20,35 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FILE_NAME = "studies.sqlite3"
-# SOP Instance UID -> backend, in memory only, for storage commitment (an N-ACTION names
-# instances, not studies): the most recent this many instances (~150 bytes each).
+# SOP Instance UID -> backend for storage commitment: the most recent this many instances
+# (~150 bytes each in memory).
 INSTANCE_LIMIT = 200_000
+SAVE_SECONDS = 1.0  # instance rows wait at most this long for their batch (App timer)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS study_location (
     study_uid TEXT NOT NULL,
     backend TEXT NOT NULL,
     first_seen REAL NOT NULL,
     PRIMARY KEY (study_uid, backend)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS instance_location (
+    sop_instance_uid TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    seen REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS instance_seen ON instance_location (seen);
 """
 
 
 class StudyIndex:
     """Study Instance UID -> the backends that received instances of it, in order seen."""
 
-    def __init__(self, state_dir: str | Path | None = None) -> None:
+    def __init__(self, state_dir: str | Path | None = None, *, limit: int = INSTANCE_LIMIT) -> None:
         self._where: dict[str, list[str]] = {}
         self._instances: dict[str, str] = {}
+        self._unsaved: list[tuple[str, str, float]] = []
+        self._rows = 0  # instance rows on disk, about
+        self.limit = limit
         self._db: sqlite3.Connection | None = None
         self.path: Path | None = None
         if state_dir is not None:
@@ -45,21 +58,35 @@ class StudyIndex:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
             rows = self._db.execute(
                 "SELECT study_uid, backend FROM study_location ORDER BY first_seen"
             )
             for study_uid, backend in rows:
                 self._where.setdefault(study_uid, []).append(backend)
-            log.info("studies.loaded path=%s studies=%d", self.path, len(self._where))
+            recent = self._db.execute(
+                "SELECT sop_instance_uid, backend FROM "
+                "(SELECT * FROM instance_location ORDER BY seen DESC LIMIT ?) ORDER BY seen",
+                (limit,),
+            )
+            self._instances.update(recent)
+            (self._rows,) = self._db.execute("SELECT count(*) FROM instance_location").fetchone()
+            log.info(
+                "studies.loaded path=%s studies=%d instances=%d",
+                self.path,
+                len(self._where),
+                len(self._instances),
+            )
 
     def record(self, study_uid: str, backend: str, sop_instance_uid: str = "") -> None:
         """`backend` received an instance of `study_uid` (`sop_instance_uid`, when given)."""
         if sop_instance_uid:
             self._instances.pop(sop_instance_uid, None)
             self._instances[sop_instance_uid] = backend
-            if len(self._instances) > INSTANCE_LIMIT:
+            if len(self._instances) > self.limit:
                 del self._instances[next(iter(self._instances))]
+            if self._db is not None:
+                self._unsaved.append((sop_instance_uid, backend, time.time()))
         if not study_uid:
             return
         backends = self._where.setdefault(study_uid, [])
@@ -93,10 +120,35 @@ class StudyIndex:
         known = self._instances
         return {uid: known[uid] for uid in sop_instance_uids if uid in known}
 
+    def save(self) -> None:
+        """Write the instance rows recorded since the last save, and forget the oldest
+        beyond the limit (one transaction, no fsync: the table is a hint)."""
+        if self._db is None or not self._unsaved:
+            return
+        rows, self._unsaved = self._unsaved, []
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO instance_location VALUES (?, ?, ?)", rows)
+            self._rows += len(rows)  # an upper bound (a replaced row counts again)
+            if self._rows > self.limit * 5 // 4:  # prune now and then, not every save
+                db.execute(
+                    "DELETE FROM instance_location WHERE seen < (SELECT seen FROM "
+                    "instance_location ORDER BY seen DESC LIMIT 1 OFFSET ?)",
+                    (self.limit - 1,),
+                )
+                self._rows = self.limit
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            log.warning("studies.write_failed instances=%d reason=%r", len(rows), str(err))
+
     def __len__(self) -> int:
         return len(self._where)
 
     def close(self) -> None:
         if self._db is not None:
+            self.save()
             self._db.close()
             self._db = None

@@ -4,6 +4,7 @@ role items proposed upstream, the Q/R config options, the study table."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -414,3 +415,21 @@ def test_study_table_remembers_recent_instances_in_memory(tmp_path: Path) -> Non
     }
     assert index.locate("1.2.1") == ["a", "b"]
     index.close()
+
+
+def test_recent_instances_survive_a_restart_up_to_the_limit(tmp_path: Path) -> None:
+    index = StudyIndex(tmp_path, limit=4)
+    for n in range(3):
+        index.record("1.2.1", "a", f"1.2.1.{n}")
+    index.save()
+    for n in range(3, 8):
+        index.record("1.2.1", "b", f"1.2.1.{n}")
+    index.record("1.2.1", "c", "1.2.1.0")  # sent again, elsewhere: the newest place counts
+    index.close()  # saves what the last save did not
+    again = StudyIndex(tmp_path, limit=4)
+    remembered = again.holders([f"1.2.1.{n}" for n in range(8)])
+    assert remembered == {"1.2.1.5": "b", "1.2.1.6": "b", "1.2.1.7": "b", "1.2.1.0": "c"}
+    again.close()
+    with sqlite3.connect(tmp_path / "studies.sqlite3") as db:  # pruned on disk too
+        assert db.execute("SELECT count(*) FROM instance_location").fetchone() == (4,)
+    assert StudyIndex(tmp_path / "none").holders(["1.2.1.7"]) == {}
