@@ -175,17 +175,8 @@ class Relay:
         )
         route = self.runtime.router.select(facts)
         if route is None:
-            if not done:
-                await _discard(message)
-            reason = "no route matches this instance"
-            log.warning(
-                "store.failed sop_instance_uid=%s status=0x%04X reason=%r",
-                sop_uid,
-                Status.NOT_AUTHORIZED,
-                reason,
-            )
-            self.runtime.metrics.store_finished(status=Status.NOT_AUTHORIZED, seconds=0.0)
-            self._respond(message, Status.NOT_AUTHORIZED, reason)
+            refusal = MessageFailed(Status.NOT_AUTHORIZED, "no route matches this instance")
+            await self._store_refused(message, "", "", done, refusal)
             return
         # --- spool hook (issue #3): `ack: spool` routes answer once the instance is durable
         if route.ack is Ack.SPOOL and self.runtime.spool is not None:
@@ -269,7 +260,8 @@ class Relay:
     async def _store_refused(
         self, message: InboundMessage, route: str, pool: str, done: bool, failure: MessageFailed
     ) -> None:
-        """No backend of the pool took the C-STORE: drop its data set, answer the failure."""
+        """No route, or no backend of the route's pool, took the C-STORE: drop its data set,
+        answer the failure (`route` and `pool` empty when no route matched)."""
         if not done:
             await _discard(message)
         log.warning(
