@@ -34,6 +34,16 @@ def one_pool(*backends: dict[str, Any], **pool: Any) -> dict[str, Any]:
     }
 
 
+def bad_then_good(name: str, port: int, good: StoreSCP, **pool: Any) -> dict[str, Any]:
+    """A round-robin pool of a failing backend `name` at `port`, then `good`."""
+    return one_pool(
+        {"name": name, "dicom": f"{name.upper()}@127.0.0.1:{port}"},
+        {"name": "good", "dicom": good.address},
+        strategy="round_robin",
+        **pool,
+    )
+
+
 def raw_associate(port: int, calling: str = "RAW") -> socket.socket:
     """A raw client that completed an association proposing CT storage (explicit VR LE)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -161,14 +171,8 @@ def test_backend_dying_mid_message_fails_that_message_then_traffic_moves(
     dying = DyingBackend()
     try:
         with StoreSCP("GOOD", tmp_path / "good") as good:
-            lb = balancer(
-                one_pool(
-                    {"name": "dying", "dicom": f"DYING@127.0.0.1:{dying.port}"},
-                    {"name": "good", "dicom": good.address},
-                    strategy="round_robin",
-                    health={"interval": "60s", "fall": 1, "rise": 1},
-                )
-            )
+            health = {"interval": "60s", "fall": 1, "rise": 1}
+            lb = balancer(bad_then_good("dying", dying.port, good, health=health))
             ae = AE(ae_title="CT_SCANNER")
             ae.add_requested_context(CTImageStorage, EXPLICIT)
             assoc = ae.associate("127.0.0.1", lb.port, ae_title="DICOMLB")
@@ -236,12 +240,8 @@ def test_a_backend_that_never_answers_the_association_is_left_for_the_next(
     try:
         with StoreSCP("GOOD", tmp_path / "good") as good:
             lb = balancer(
-                one_pool(
-                    {"name": "hung", "dicom": f"HUNG@127.0.0.1:{silent.port}"},
-                    {"name": "good", "dicom": good.address},
-                    strategy="round_robin",
-                    connect_timeout="0.5s",
-                    health={"enabled": False},
+                bad_then_good(
+                    "hung", silent.port, good, connect_timeout="0.5s", health={"enabled": False}
                 )
             )
             files = write_series(make_small(4), tmp_path / "out")

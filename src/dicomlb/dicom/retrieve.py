@@ -215,18 +215,32 @@ async def move(relay: Relay, message: InboundMessage) -> None:
     finally:
         if pending_move is not None:
             relay.runtime.moves.done(pending_move)
+    where = f" destination={destination} mode={mode.value}"
+    _conclude(relay, message, placed, backends, tally, started, "move.relayed", where)
+
+
+def _conclude(
+    relay: Relay,
+    message: InboundMessage,
+    placed: query.Placed,
+    backends: list[BackendState],
+    tally: RetrieveTally,
+    started: float,
+    event: str,
+    where: str = "",
+) -> None:
+    """Send a retrieve's final response and log its outcome (`where`: extra key=values)."""
     status = tally.final_status()
     total = tally.total()
     _final(relay, message, tally, status)
     log.log(
         logging.INFO if status == Status.SUCCESS else logging.WARNING,
-        "move.relayed route=%s pool=%s backends=%s destination=%s mode=%s completed=%d "
-        "failed=%d warning=%d status=0x%04X ms=%d",
+        "%s route=%s pool=%s backends=%s%s completed=%d failed=%d warning=%d status=0x%04X ms=%d",
+        event,
         placed.route.name,
         placed.pool.name,
         ",".join(b.name for b in backends),
-        destination,
-        mode.value,
+        where,
         total.completed,
         total.failed,
         total.warning,
@@ -473,22 +487,7 @@ async def get(relay: Relay, message: InboundMessage) -> None:
         return
     # One backend at a time: their sub-operations share the client's association.
     tally = await _retrieve(relay, message, placed, backends, {}, None, sequential=True)
-    status = tally.final_status()
-    total = tally.total()
-    _final(relay, message, tally, status)
-    log.log(
-        logging.INFO if status == Status.SUCCESS else logging.WARNING,
-        "get.relayed route=%s pool=%s backends=%s completed=%d failed=%d warning=%d "
-        "status=0x%04X ms=%d",
-        placed.route.name,
-        placed.pool.name,
-        ",".join(b.name for b in backends),
-        total.completed,
-        total.failed,
-        total.warning,
-        status,
-        (time.monotonic() - started) * 1000,
-    )
+    _conclude(relay, message, placed, backends, tally, started, "get.relayed")
 
 
 class GetBridge:
