@@ -158,21 +158,26 @@ class HttpRequestRecord(NamedTuple):
         }
 
 
-class Counts(Collector):
-    """A counter family kept as one number per tuple of label values."""
+class _Family(Collector):
+    """A metric family of this module's own, registered in `registry` when made."""
 
     def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry,
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self.values: dict[tuple[str, ...], float] = {}
         registry.register(self)
+
+
+class Counts(_Family):
+    """A counter family kept as one number per tuple of label values."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.values: dict[tuple[str, ...], float] = {}
+        super().__init__(name, documentation, labelnames, registry)
 
     def inc(self, key: tuple[str, ...], amount: float = 1) -> None:
         values = self.values
@@ -185,7 +190,7 @@ class Counts(Collector):
         yield family
 
 
-class Durations(Collector):
+class Durations(_Family):
     """A histogram family kept as bucket counts and a sum per tuple of label values."""
 
     def __init__(
@@ -196,13 +201,10 @@ class Durations(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         self.bounds = tuple(buckets)
         # Per key: the count of each bucket (not cumulative), then +Inf's, then the sum.
         self.series: dict[tuple[str, ...], list[float]] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
     def observe(self, key: tuple[str, ...], seconds: float) -> None:
         series = self.series.get(key)
