@@ -546,7 +546,7 @@ class UpstreamPool:
             if up is not None:
                 up.abort()
             if isinstance(err, TimeoutError):
-                done = "no A-ASSOCIATE-AC" if up is not None else "no TCP connection"
+                done = "no A-ASSOCIATE-AC" if up is not None else "no connection"
                 reason = f"{done} within connect_timeout {self.pool.connect_timeout:g}s"
             else:
                 reason = str(err) or type(err).__name__

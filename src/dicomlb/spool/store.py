@@ -500,7 +500,9 @@ class SpoolStore:
                 self._after, job.instance.writing, self._place, job.instance, len(job.targets)
             )
             job.instance.writing = job.placing
-        outcomes = [_placed(job) if job.placing else self._place_now(job) for _, job in ingests]
+        outcomes = [
+            self._place_now(job) if job.placing is None else _placed(job) for _, job in ingests
+        ]
         for (n, job), outcome in zip(ingests, outcomes, strict=True):
             if isinstance(outcome, OSError):
                 assert job.instance is not None
