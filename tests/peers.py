@@ -366,6 +366,12 @@ class _Peer:
     always cleans up (`close()`), also when starting fails."""
 
     log_path: Path
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the peer's process is alive."""
+        return self._process is not None and self._process.poll() is None
 
     def start(self) -> Self:
         raise NotImplementedError
@@ -434,17 +440,12 @@ class StoreSCP(_Peer):
         self.output_dir = Path(output_dir) if output_dir is not None else self.workdir / "in"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "storescp.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
 
     @property
     def address(self) -> str:
         """``AET@127.0.0.1:port``, the form dicomlb's config takes."""
         return f"{self.ae_title}@{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        """True while the storescp process is alive."""
-        return self._process is not None and self._process.poll() is None
 
     def command(self) -> list[str]:
         """The storescp command line this peer runs."""
@@ -598,7 +599,7 @@ class Orthanc(_Peer):
         }
         self.config.update(config or {})
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = None
 
     # ---- lifecycle
 
@@ -611,11 +612,6 @@ class Orthanc(_Peer):
     def address(self) -> str:
         """``AET@127.0.0.1:dicom_port``, the form dicomlb's config takes."""
         return f"{self.aet}@{self.host}:{self.dicom_port}"
-
-    @property
-    def running(self) -> bool:
-        """True while the Orthanc process is alive."""
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> Self:
         """Write the config, start Orthanc, wait for ``/system`` and the DICOM port."""
@@ -832,12 +828,7 @@ class Postgres(_Peer):
         self._owner = _postgres_user()
         if self._owner is not None:
             os.chown(self.workdir, *self._owner)
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        """True while the postmaster is alive."""
-        return self._process is not None and self._process.poll() is None
+        self._process = None
 
     @property
     def uri(self) -> str:
