@@ -175,31 +175,7 @@ def commit_latency(directory: Path, rounds: int = 50) -> float:
 
 
 def table(times: dict[tuple[str, int, str], list[float]], datasets: Sequence[DataSet]) -> list[str]:
-    lines = [
-        "| data | assoc | path | median s | inst/s | MB/s | runs |",
-        "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    rates: dict[tuple[str, int, str], float] = {}
-    for data in datasets:
-        for concurrency in CONCURRENCY:
-            for path in PATHS:
-                runs = times.get((data.name, concurrency, path))
-                if not runs:
-                    continue
-                median = statistics.median(runs)
-                rates[(data.name, concurrency, path)] = data.count / median
-                lines.append(
-                    f"| {data.name} ({data.count} x {data.nbytes / data.count / 1e3:.0f} kB) "
-                    f"| {concurrency} | {path} | {median:.3f} | {data.count / median:.0f} "
-                    f"| {data.nbytes / median / 1e6:.0f} | {len(runs)} |"
-                )
-    lines += ["", "| data | assoc | spool / pass-through |", "|---|---:|---:|"]
-    for data in datasets:
-        for concurrency in CONCURRENCY:
-            a = rates.get((data.name, concurrency, "spool"))
-            b = rates.get((data.name, concurrency, "pass-through"))
-            lines.append(f"| {data.name} | {concurrency} | {a / b:.2f} |" if a and b else "")
-    return lines
+    return run_store.table(times, datasets, PATHS, ratios=[("spool", "pass-through")])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

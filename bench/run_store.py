@@ -313,12 +313,17 @@ def versions() -> dict[str, str]:
     }
 
 
+RATIOS = (("dicomlb", "haproxy"), ("haproxy", "direct"), ("dicomlb", "direct"))
+
+
 def table(
     times: dict[tuple[str, int, str], list[float]],
     datasets: Sequence[DataSet],
     paths: Sequence[str],
+    ratios: Sequence[tuple[str, str]] = RATIOS,
 ) -> list[str]:
-    """Markdown lines: throughput per (data set, concurrency, path), then the ratios."""
+    """Markdown lines: throughput per (data set, concurrency, path), then the `ratios` of
+    throughputs (path a / path b) among the paths measured."""
     lines = [
         "| data | assoc | path | median s | inst/s | MB/s | runs |",
         "|---|---:|---|---:|---:|---:|---:|",
@@ -338,8 +343,7 @@ def table(
                     f"| {concurrency} | {path} | {median:.3f} | {data.count / median:.0f} "
                     f"| {mbps:.0f} | {len(runs)} |"
                 )
-    ratio_pairs = [("dicomlb", "haproxy"), ("haproxy", "direct"), ("dicomlb", "direct")]
-    present = [(a, b) for a, b in ratio_pairs if a in paths and b in paths]
+    present = [(a, b) for a, b in ratios if a in paths and b in paths]
     if present:
         lines += ["", "| data | assoc | " + " | ".join(f"{a} / {b}" for a, b in present) + " |"]
         lines.append("|---|---:|" + "---:|" * len(present))
