@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -61,6 +61,7 @@ __all__ = [
     "have_orthanc",
     "have_postgres",
     "is_listening",
+    "orthanc_nodes",
     "parse_address",
     "peer_env",
     "run_dcmtk",
@@ -790,6 +791,23 @@ def have_postgres() -> bool:
     they need the ``postgres`` OS account)."""
     binaries = all(os.access(POSTGRES_BIN / tool, os.X_OK) for tool in ("initdb", "postgres"))
     return binaries and (os.geteuid() != 0 or _postgres_user() is not None)
+
+
+@contextlib.contextmanager
+def orthanc_nodes(names: Sequence[str], **options: Any) -> Iterator[list[Orthanc]]:
+    """Orthanc nodes named `names` (AE title: the name in capitals, without dashes) with the
+    same `options`, started one after the other (a shared database's schema is made once);
+    every one started is closed after, also when a later one fails to start."""
+    started: list[Orthanc] = []
+    try:
+        for name in names:
+            node = Orthanc(name.upper().replace("-", ""), name=name, **options)
+            started.append(node)
+            node.start()
+        yield started
+    finally:
+        for node in started:
+            node.close()
 
 
 class Postgres(_Peer):

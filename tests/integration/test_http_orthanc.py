@@ -21,7 +21,7 @@ import pytest
 
 from tests.dicomdata import make_small
 from tests.httppeers import HttpBalancer
-from tests.peers import ORTHANC_PLUGINS, Orthanc, have_orthanc
+from tests.peers import ORTHANC_PLUGINS, Orthanc, have_orthanc, orthanc_nodes
 
 pytestmark = [
     pytest.mark.orthanc,
@@ -35,16 +35,8 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[list[Orthanc]]:
     plugins = [DICOMWEB] if DICOMWEB.exists() else []
-    started = []
-    try:
-        for name in ("node-a", "node-b"):
-            started.append(
-                Orthanc(name.upper().replace("-", ""), name=name, plugins=plugins).start()
-            )
+    with orthanc_nodes(("node-a", "node-b"), plugins=plugins) as started:
         yield started
-    finally:
-        for node in started:
-            node.close()
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,14 @@ import pytest
 from tests.dicomdata import make_small
 from tests.httppeers import HttpBalancer
 from tests.integration.test_http_orthanc import archive_job_followed, call, config, part10
-from tests.peers import ORTHANC_PLUGINS, Orthanc, Postgres, have_orthanc, have_postgres
+from tests.peers import (
+    ORTHANC_PLUGINS,
+    Orthanc,
+    Postgres,
+    have_orthanc,
+    have_postgres,
+    orthanc_nodes,
+)
 
 INDEX = ORTHANC_PLUGINS / "libOrthancPostgreSQLIndex.so"
 STORAGE = ORTHANC_PLUGINS / "libOrthancPostgreSQLStorage.so"
@@ -63,18 +70,8 @@ def nodes(postgres: Postgres) -> Iterator[list[Orthanc]]:
             "ConnectionRetryInterval": 1,
         }
     }
-    started: list[Orthanc] = []
-    try:
-        for name in NAMES:  # one after the other: the first one creates the schema
-            node = Orthanc(
-                name.upper().replace("-", ""), name=name, plugins=[INDEX, STORAGE], config=shared
-            )
-            started.append(node)
-            node.start()
+    with orthanc_nodes(NAMES, plugins=[INDEX, STORAGE], config=shared) as started:
         yield started
-    finally:
-        for node in started:
-            node.close()
 
 
 @pytest.fixture(autouse=True)
