@@ -237,6 +237,7 @@ def make_studies(
     series_per_study: int = 1,
     rows: int = 64,
     cols: int = 64,
+    study_uids: Sequence[str] = (),
     **kwargs: object,
 ) -> dict[str, list[Dataset]]:
     """Build several studies and return ``{StudyInstanceUID: [instances]}`` in spec order.
@@ -245,12 +246,13 @@ def make_studies(
     ``(modality, instances)`` pairs, one study each, so the same modality can repeat:
     ``make_studies([("CT", 5), ("CT", 5), ("MR", 3)])``. Each study gets its own patient
     (``PAT0001``, ``PAT0002``...) and accession number unless given in ``kwargs``, and
-    ``series_per_study`` series. Images default to 64x64 to keep this fast.
+    ``series_per_study`` series. Images default to 64x64 to keep this fast. ``study_uids``
+    (one per study) replaces the fresh UIDs (e.g. `tests.integration.conftest.uids_across`).
     """
     pairs = list(spec.items()) if isinstance(spec, Mapping) else list(spec)
     studies: dict[str, list[Dataset]] = {}
     for number, (modality, count) in enumerate(pairs, start=1):
-        study_uid = new_uid()
+        study_uid = study_uids[number - 1] if study_uids else new_uid()
         options: dict[str, object] = {
             "patient_id": f"PAT{number:04d}",
             "patient_name": f"TEST^PATIENT{number}",

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ import yaml
 
 from dicomlb.app import App
 from dicomlb.config import build_snapshot, load_snapshot
-from dicomlb.pools import BackendState
+from dicomlb.pools import BackendState, rendezvous_order
+from tests.dicomdata import new_uid
 from tests.peers import free_port
 
 
@@ -132,3 +133,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", f"{name}.crt",
                 cwd=root)  # fmt: skip
     return root
+
+
+def uids_across(backends: Sequence[BackendState], count: int) -> list[str]:
+    """`count` fresh Study Instance UIDs of which each of `backends` is the first choice of at
+    least one (rendezvous order, as an `affinity` pool on the study places them): a test of
+    spreading cannot then fail by chance, as random UIDs all on one backend would."""
+    wanted = {b.name for b in backends}
+    for _ in range(100):  # bounded; two backends and 4 UIDs fail a draw 1 time in 8
+        uids = [new_uid() for _ in range(count)]
+        if {rendezvous_order(uid, list(backends))[0].name for uid in uids} == wanted:
+            return uids
+    raise AssertionError(f"no {count} study UIDs spread over {sorted(wanted)}")

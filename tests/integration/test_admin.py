@@ -19,6 +19,7 @@ import yaml
 
 from dicomlb.config import hash_secret
 from tests.dicomdata import make_small, make_studies, write_series
+from tests.integration.conftest import uids_across
 from tests.peers import StoreSCP, free_port, have_dcmtk, is_listening, storescu
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
@@ -154,8 +155,9 @@ def test_drained_backend_gets_no_new_studies_and_enable_brings_it_back(
     assert len(b.wait_files(24)) == 24
 
     assert lb.http("POST", "/api/v1/backends/pacsa/enable")[1]["state"] == "up"
-    # Affinity: with both up, about half of new studies belong to pacsa.
-    studies = make_studies([("CT", 3)] * 12)
+    # Affinity: with both up, some new studies belong to pacsa (chosen so that one does).
+    pool = [lb.backend("pacsa"), lb.backend("pacsb")]
+    studies = make_studies([("CT", 3)] * 12, study_uids=uids_across(pool, 12))
     for n, instances in enumerate(studies.values()):
         send(tmp_path, lb.port, instances, f"enabled-{n}")
     assert len(a.wait_files(3)) >= 3

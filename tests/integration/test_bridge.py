@@ -16,6 +16,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 from tests.dicomdata import make_series, make_studies, write_series
 from tests.httppeers import Nginx
+from tests.integration.conftest import uids_across
 from tests.peers import (
     Orthanc,
     StoreSCP,
@@ -111,7 +112,8 @@ def test_rest_and_stow_backends_byte_identical(tmp_path: Path, balancer: Any) ->
             }
         )
         # 512x512 CT: data sets larger than the header scan, so they are streamed (chunked)
-        studies = make_studies([("CT", 3)] * 8, rows=512, cols=512)
+        uids = uids_across([lb.backend("rest"), lb.backend("web")], 8)
+        studies = make_studies([("CT", 3)] * 8, rows=512, cols=512, study_uids=uids)
         sent = _files(tmp_path, studies)
         result = storescu("127.0.0.1", lb.port, tmp_path / "out", aet="CT_SCANNER")
         assert result.returncode == 0, result.stderr

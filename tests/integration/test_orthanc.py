@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.dicomdata import make_studies, write_series
+from tests.integration.conftest import uids_across
 from tests.peers import (
     Orthanc,
     StoreSCP,
@@ -42,7 +43,8 @@ def test_orthanc_and_storescp_behind_one_pool(tmp_path: Path, balancer: Any) -> 
                 "routes": [{"name": "all", "pool": "pacs"}],
             }
         )
-        studies = make_studies([("CT", 2)] * 12)
+        pool = [lb.backend("orthanc"), lb.backend("storescp")]
+        studies = make_studies([("CT", 2)] * 12, study_uids=uids_across(pool, 12))
         sent = {}
         for uid, instances in studies.items():
             for path in write_series(instances, tmp_path / "out" / uid):

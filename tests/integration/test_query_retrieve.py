@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from tests.dicomdata import make_studies, write_series
-from tests.integration.conftest import Balancer
+from tests.integration.conftest import Balancer, uids_across
 from tests.peers import (
     LOOPBACK,
     Orthanc,
@@ -498,7 +498,8 @@ def test_storage_commitment_goes_to_the_holder_and_the_report_comes_back(
                 "dicom_nodes": {"COMMITSCU": f"COMMITSCU@{LOOPBACK}:{requester_port}"},
             }
         )
-        studies = make_studies([("CT", 2)] * 6)
+        pool = [lb.backend("orthanc1"), lb.backend("orthanc2")]
+        studies = make_studies([("CT", 2)] * 6, study_uids=uids_across(pool, 6))
         paths = []
         for uid, instances in studies.items():
             paths += write_series(instances, tmp_path / uid)

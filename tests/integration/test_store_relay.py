@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from dicomlb.pools import rendezvous_order
-from tests.dicomdata import make_series, make_studies, write_series
+from tests.dicomdata import make_series, make_studies, new_uid, write_series
+from tests.integration.conftest import uids_across
 from tests.peers import StoreSCP, dataset_bytes, echoscu, have_dcmtk, sop_instance_uid, storescu
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
@@ -58,10 +59,8 @@ def test_instances_arrive_byte_identical_where_routes_and_affinity_say(
     a, b, c = backends
     lb = balancer(two_pool_config(a, b, c))
     pool = [lb.backend("pacs-a"), lb.backend("pacs-b")]
-    for _ in range(20):  # bounded: 6 studies all on one backend has probability 1/32
-        studies = make_studies([("CT", 4)] * 6 + [("PT", 3), ("MR", 3)])
-        if len({rendezvous_order(uid, pool)[0].name for uid in list(studies)[:6]}) == 2:
-            break
+    uids = [*uids_across(pool, 6), new_uid(), new_uid()]  # the CT studies on both
+    studies = make_studies([("CT", 4)] * 6 + [("PT", 3), ("MR", 3)], study_uids=uids)
     sent: dict[str, Path] = {}
     for uid, instances in studies.items():
         for path in write_series(instances, tmp_path / "out" / uid):
