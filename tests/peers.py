@@ -39,10 +39,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 __all__ = [
     "LOOPBACK",
@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+_T = TypeVar("_T")
 DCMTK_BIN = Path(os.environ.get("DICOMLB_DCMTK_BIN", "/usr/bin"))
 ORTHANC_BIN = os.environ.get("DICOMLB_ORTHANC_BIN", "/usr/sbin/Orthanc")
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -362,6 +363,19 @@ def echoscu(
 # --------------------------------------------------------------------------- StoreSCP
 
 
+def _at_least(
+    read: Callable[[], list[_T]], count: int, *, timeout: float, every: float
+) -> list[_T]:
+    """`read()` again every `every` seconds until it has `count` items or `timeout` passed;
+    its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read()
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(every)
+
+
 class _Peer:
     """What every peer process shares: its log, and a context manager that starts it and
     always cleans up (`close()`), also when starting fails."""
@@ -516,12 +530,7 @@ class StoreSCP(_Peer):
 
     def wait_files(self, count: int, *, timeout: float = 10.0) -> list[Path]:
         """Wait until at least ``count`` files were received; return them."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.files()
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
+        return _at_least(self.files, count, timeout=timeout, every=0.02)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -756,12 +765,7 @@ class Orthanc(_Peer):
 
     def wait_instances(self, count: int, *, timeout: float = 10.0) -> list[str]:
         """Wait until at least ``count`` instances are stored; return their IDs."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ids = self.instances()
-            if len(ids) >= count or time.monotonic() > deadline:
-                return ids
-            time.sleep(0.05)
+        return _at_least(self.instances, count, timeout=timeout, every=0.05)
 
     def clear(self) -> None:
         """Delete every stored patient (and so every instance)."""
