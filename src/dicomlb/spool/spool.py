@@ -205,13 +205,13 @@ class Spool:
             dataset_offset=len(header),
         )
         try:
-            await self.store.add_part(instance, header)
+            self.store.add_part(instance, header)
             for fragment in head:
-                await self.store.add_part(instance, fragment.data)
+                self.store.add_part(instance, fragment.data)
             while not done:
                 assert message.data is not None
                 fragment = await message.data.get()
-                await self.store.add_part(instance, fragment.data)
+                self.store.add_part(instance, fragment.data)
                 done = fragment.is_last
             # Small instances are still in memory: their senders get the bytes, no re-read
             # (a view: the data set is not copied out of the joined file a second time).

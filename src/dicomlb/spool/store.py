@@ -14,9 +14,12 @@ point: a file in `data/` without one is removed at start. Concurrent writers sha
 batch: while a batch is being made durable the next one gathers, so the directory fsync
 and the index commit are paid once per batch, not once per instance.
 
-Every method whose name does not start with `async` blocks on disk; the asyncio side calls
-them through `asyncio.to_thread` (the group committer does that for its batches). One lock
-serialises use of the SQLite connection across threads.
+An instance's bytes are written on the event loop as they arrive: a write lands in the
+page cache (tens of microseconds for SPILL_AT bytes), which costs less than handing it to a
+thread and back. What waits for the disk (fsync, the index) runs on threads: the group
+committer's for its batch, placer threads for files that arrive while a batch is in flight.
+The query and maintenance methods block too; the asyncio side calls them through
+`asyncio.to_thread`. One lock serialises use of the SQLite connection across threads.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ INDEX = "index.sqlite3"
 SPILL_AT = 256 << 10  # bytes gathered in memory before they go to the temp file
 KEEP_MAX = 1 << 20  # instances up to this size also stay in memory for their senders
 SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writeback, do not wait
-PLACERS = 8  # threads writing and fsyncing the files of one batch in parallel
+PLACERS = 8  # threads fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
 RECYCLE_FILES = 16  # delivered files kept in tmp/ to be overwritten by new instances...
 RECYCLE_SIZE = 4 << 20  # ...when no larger than this
@@ -133,10 +136,9 @@ class Target:
 @dataclass(slots=True, kw_only=True)
 class Instance:
     """An instance being ingested: its facts and its bytes, gathered in memory and written to
-    a temp file every SPILL_AT bytes by a placer thread while more arrives (writeback starts
-    at once, so the final fsync has little left to wait for); up to KEEP_MAX a copy stays in
-    `keep` for the senders. `writing` is the last disk step handed to a thread for it: each
-    waits for the one before, so the file is written in order."""
+    a temp file every SPILL_AT bytes (writeback starts at once, so the final fsync has little
+    left to wait for); up to KEEP_MAX a copy stays in `keep` for the senders. Once complete
+    it is renamed into data/ under `names` (one per copy) and waits there for its fsync."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -152,7 +154,7 @@ class Instance:
     spill_path: Path | None = None
     spill_fd: int | None = None
     recycled: int = -1  # the temp file is a delivered file of this size, being overwritten
-    writing: Future[Any] | None = None
+    names: list[str] = field(default_factory=list)  # in data/, once complete
     committing: bool = False  # handed to the group committer
 
 
@@ -179,8 +181,8 @@ class _Job:
         "future",
         "instance",
         "now",
-        "placing",
         "remove",
+        "syncing",
         "targets",
         "updates",
     )
@@ -203,7 +205,7 @@ class _Job:
         self.now = now
         self.updates = updates
         self.durable = durable
-        self.placing: Future[list[str]] | None = None
+        self.syncing: Future[None] | None = None
 
 
 class SpoolStore:
@@ -214,9 +216,13 @@ class SpoolStore:
         self.data = self.directory / "data"
         self.tmp = self.directory / "tmp"
         self._lock = threading.Lock()
+        # One thread makes the batches durable: the same thread each time, so the loop's
+        # hand-offs do not wake a different idle worker (each wake and GIL hand-over costs).
+        self._committer_thread = ThreadPoolExecutor(1, thread_name_prefix="spool-commit")
         self._placers = ThreadPoolExecutor(PLACERS, thread_name_prefix="spool-place")
-        # Delivered files are unlinked here, after their commit and off its path: on this
-        # ext4 (mounted with discard) an unlink costs about as much as the commit itself.
+        # Delivered files that cannot be recycled are unlinked here, after their commit and
+        # off its path: on this ext4 (mounted with discard) an unlink costs about as much as
+        # the commit itself.
         self._remover = ThreadPoolExecutor(1, thread_name_prefix="spool-remove")
         # Delivered files to overwrite: their blocks are allocated and their pages cached, so
         # writing and fsyncing a new instance there costs less than a new file (CT on this
@@ -224,6 +230,8 @@ class SpoolStore:
         self._free: collections.deque[tuple[Path, int]] = collections.deque()  # (path, size)
         self._busy = False  # a batch is being made durable (the next one gathers)
         self._db: sqlite3.Connection | None = None
+        self._synchronous = ""  # the index connection's PRAGMA synchronous, once set
+        self._data_fd: int | None = None  # data/, kept open for its fsyncs
         self._jobs: list[_Job] = []
         self._wake: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -243,16 +251,20 @@ class SpoolStore:
             self.directory / INDEX, check_same_thread=False, isolation_level=None, timeout=30
         )
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._db = db
+        self._data_fd = os.open(self.data, os.O_RDONLY | os.O_DIRECTORY)
         return self._recover() if recover else None
 
     def close(self) -> None:
+        self._committer_thread.shutdown(wait=True)
         self._placers.shutdown(wait=True)
         self._remover.shutdown(wait=True)
         while self._free:
             self._free.popleft()[0].unlink(missing_ok=True)
+        if self._data_fd is not None:
+            os.close(self._data_fd)
+            self._data_fd = None
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -263,6 +275,16 @@ class SpoolStore:
         if self._db is None:
             raise RuntimeError("the spool index is not open")
         return self._db
+
+    def _begin(self, synchronous: str) -> sqlite3.Connection:
+        """(holding the lock) Start a write transaction; `synchronous` FULL when its commit
+        must be on disk before it returns, NORMAL when losing it only means work again."""
+        db = self.db
+        if synchronous != self._synchronous:
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous
+        db.execute("BEGIN IMMEDIATE")
+        return db
 
     def _recover(self) -> Recovery:
         partial = 0
@@ -289,7 +311,7 @@ class SpoolStore:
         for name in orphans:
             (self.data / name).unlink(missing_ok=True)
         if partial or orphans:
-            _fsync_dir(self.data)
+            self._fsync_data()
         return Recovery(
             requeued=requeued,
             queued=queued,
@@ -316,8 +338,9 @@ class SpoolStore:
             self._committer = None
         await asyncio.to_thread(self.close)
 
-    async def add_part(self, instance: Instance, data: bytes | memoryview) -> None:
-        """Append data-set bytes; past SPILL_AT they go to the instance's temp file."""
+    def add_part(self, instance: Instance, data: bytes | memoryview) -> None:
+        """Append data-set bytes; past SPILL_AT they go to the instance's temp file (OSError
+        if they cannot)."""
         piece = data if isinstance(data, bytes) else bytes(data)
         instance.parts.append(piece)
         instance.buffered += len(piece)
@@ -328,32 +351,25 @@ class SpoolStore:
             else:
                 instance.keep = None
         if instance.buffered >= SPILL_AT:
-            # Written by a thread while the next fragments arrive: receiving does not wait
-            # for the disk. A write error surfaces when the instance is committed.
-            parts, instance.parts, instance.buffered = instance.parts, [], 0
-            instance.writing = self._placers.submit(
-                self._after, instance.writing, self._spill, instance, parts
-            )
+            self._spill(instance)
 
     async def discard(self, instance: Instance) -> None:
         """Drop an instance that will not be acknowledged (the client went away)."""
-        if instance.spill_path is not None or instance.writing is not None:
-            await asyncio.to_thread(_remove_spill, instance)
+        if instance.spill_path is not None or instance.names:
+            await asyncio.to_thread(self._remove_spill, instance)
 
     async def commit(self, instance: Instance, targets: Sequence[Target], now: float) -> list[Item]:
         """Make `instance` durable with one index row per target; the rows. Returns only once
         file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
         future: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
+        self._place(instance, len(targets))
         instance.committing = True
         job = _Job(future, instance=instance, targets=targets, now=now, durable=True)
         if self._busy:
-            # The file's last bytes, its rename and its fsync start now on a placer thread,
-            # while the previous batch commits and this one gathers. An idle committer
-            # places the file itself: one thread hand-off less for a lone sender.
-            job.placing = self._placers.submit(
-                self._after, instance.writing, self._place, instance, len(targets)
-            )
-            instance.writing = job.placing
+            # The fsync starts now on a placer thread, while the previous batch commits and
+            # this one gathers. An idle committer syncs the file itself: one thread hand-off
+            # less for a lone sender.
+            job.syncing = self._placers.submit(_sync, instance)
         self._submit(job)
         return await future
 
@@ -406,7 +422,9 @@ class SpoolStore:
                 continue
             self._busy = True
             try:
-                results = await asyncio.to_thread(self._commit_batch, batch)
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._committer_thread, self._commit_batch, batch
+                )
             except Exception as err:  # the whole batch failed: nobody gets Success
                 log.error("spool.commit_failed items=%d reason=%r", len(batch), str(err))
                 for job in batch:
@@ -415,9 +433,16 @@ class SpoolStore:
                 continue
             finally:
                 self._busy = False
-            removing = [job for job in batch if job.remove]
+            # Cheap steps stay on the loop: every step on the committer thread costs a GIL
+            # hand-over, dearer here than the step itself.
+            for job in batch:
+                if job.instance is not None and job.instance.spill_fd is not None:
+                    os.close(job.instance.spill_fd)
+                    job.instance.spill_fd = None
+            unlink = self._recycle(name for job in batch for name in job.remove)
+            removing = [job for job in batch if job.remove] if unlink else []
             for job, result in zip(batch, results, strict=True):
-                if job.future.done() or job.remove:
+                if job.future.done() or (unlink and job.remove):
                     continue
                 if isinstance(result, BaseException):
                     job.future.set_exception(result)
@@ -425,22 +450,13 @@ class SpoolStore:
                     job.future.set_result(result)
             if removing:
                 # Success for the batch's instances is not kept waiting for the unlinks.
-                names = [name for job in removing for name in job.remove]
-                removed = asyncio.wrap_future(self._remover.submit(self._recycle, names))
+                removed = asyncio.wrap_future(self._remover.submit(self.remove_files, unlink))
                 removed.add_done_callback(functools.partial(_removed, removing))
 
     # -------------------------------------------------------- ingest (disk side, threads)
 
-    @staticmethod
-    def _after(previous: Future[Any] | None, step: Callable[..., Any], *args: Any) -> Any:
-        """(placer thread) `step` once the instance's previous disk step is done (its error,
-        if it failed: the file is incomplete)."""
-        if previous is not None:
-            previous.result()
-        return step(*args)
-
     def _open_temp(self, instance: Instance) -> None:
-        """(placer thread) The instance's temp file: a delivered file to overwrite if one is
+        """The instance's temp file: a delivered file to overwrite if one is
         kept, else a new one. Either way it is in tmp/ until complete and fsynced."""
         path = self.tmp / f"{uuid.uuid4().hex}.part"
         with contextlib.suppress(IndexError, OSError):
@@ -453,9 +469,11 @@ class SpoolStore:
         instance.spill_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         instance.spill_path = path
 
-    def _recycle(self, names: Iterable[str]) -> None:
-        """(remover thread) Remove delivered files, keeping a few to be overwritten. Only a
-        file with no other link: a mirror copy (hard link) may still be waiting to be sent."""
+    def _recycle(self, names: Iterable[str]) -> list[str]:
+        """Keep delivered files to be overwritten, up to RECYCLE_FILES; the
+        names left to unlink. Only a file with no other link is kept: a mirror copy (hard
+        link) may still be waiting to be sent."""
+        unlink = []
         for name in names:
             if not name:
                 continue
@@ -473,51 +491,51 @@ class SpoolStore:
                     continue
             except OSError:
                 pass
-            path.unlink(missing_ok=True)
+            unlink.append(name)
+        return unlink
 
-    def _spill(self, instance: Instance, parts: list[bytes | memoryview]) -> None:
+    def _spill(self, instance: Instance) -> None:
+        """Write the gathered bytes to the temp file and start their writeback."""
         if instance.spill_fd is None:
             self._open_temp(instance)
             assert instance.spill_fd is not None
-        _write_all(instance.spill_fd, parts)
+        _write_all(instance.spill_fd, instance.parts)
+        instance.parts, instance.buffered = [], 0
         if _sync_file_range is not None:
             _sync_file_range(instance.spill_fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
     def _commit_batch(self, batch: list[_Job]) -> list[Any]:
-        """One group commit: files fsynced and renamed, `data/` fsynced once, one index
-        transaction. Per-job results: row ids, None, or the exception of that job. The
-        files of the jobs' `remove` are the caller's to remove, after."""
+        """One group commit: files fsynced, `data/` fsynced once, one index transaction.
+        Per-job results: row ids, None, or the exception of that job. The files of the
+        jobs' `remove` are the caller's to remove, after."""
         results: list[Any] = [None] * len(batch)
         placed: dict[int, list[str]] = {}
         ingests = [(n, job) for n, job in enumerate(batch) if job.instance is not None]
         # A file handed to a placer thread when its last byte came (a batch was in flight)
-        # is waited for; the others are placed now, in parallel when there are several (the
+        # is waited for; the others are synced now, in parallel when there are several (the
         # disk merges the flushes), the last one on this thread.
-        unplaced = [job for _, job in ingests if job.placing is None]
-        for job in unplaced[:-1]:
+        unsynced = [job for _, job in ingests if job.syncing is None]
+        for job in unsynced[:-1]:
             assert job.instance is not None
-            job.placing = self._placers.submit(
-                self._after, job.instance.writing, self._place, job.instance, len(job.targets)
-            )
-            job.instance.writing = job.placing
-        outcomes = [
-            self._place_now(job) if job.placing is None else _placed(job) for _, job in ingests
-        ]
-        for (n, job), outcome in zip(ingests, outcomes, strict=True):
-            if isinstance(outcome, OSError):
-                assert job.instance is not None
-                _remove_spill(job.instance)
-                results[n] = outcome
+            job.syncing = self._placers.submit(_sync, job.instance)
+        for n, job in ingests:
+            assert job.instance is not None
+            try:
+                if job.syncing is None:
+                    _sync(job.instance)
+                else:
+                    job.syncing.result()
+            except OSError as err:
+                self._remove_spill(job.instance)
+                results[n] = err
             else:
-                placed[n] = outcome
+                placed[n] = job.instance.names
         if placed:
-            _fsync_dir(self.data)
+            self._fsync_data()
         durable = any(job.durable for job in batch)
         try:
             with self._lock:
-                db = self.db
-                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-                db.execute("BEGIN IMMEDIATE")
+                db = self._begin("FULL" if durable else "NORMAL")
                 try:
                     for n, job in enumerate(batch):
                         if n in placed:
@@ -538,8 +556,12 @@ class SpoolStore:
         self.committed += len(placed)
         return results
 
-    def _place(self, instance: Instance, copies: int) -> list[str]:
-        """Write the rest, rename into data/, fsync, one hard link per extra copy.
+    def _fsync_data(self) -> None:
+        assert self._data_fd is not None
+        os.fsync(self._data_fd)
+
+    def _place(self, instance: Instance, copies: int) -> None:
+        """Write the rest, rename into data/ (one hard link per extra copy); the fsync follows.
 
         The rename comes before the fsync so that the fsync's journal commit carries it and
         the directory fsync after has little left to do. A crash in between leaves a file in
@@ -550,36 +572,30 @@ class SpoolStore:
         fd, path = instance.spill_fd, instance.spill_path
         stem = path.stem
         names = [f"{stem}.dcm"] + [f"{stem}.{k}.dcm" for k in range(1, copies)]
-        final = self.data / names[0]
-        try:
-            _write_all(fd, instance.parts)
-            end = os.lseek(fd, 0, os.SEEK_CUR)
-            # A delivered file's leftover bytes are cut; an equal size (a series of one
-            # geometry) changes no metadata, which keeps the fsync cheap.
-            if end < instance.recycled:
-                os.ftruncate(fd, end)
-            os.rename(path, final)
-            instance.spill_path = final
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            instance.spill_fd = None
-        for name in names[1:]:
-            os.link(final, self.data / name)
+        _write_all(fd, instance.parts)
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        # A delivered file's leftover bytes are cut; an equal size (a series of one
+        # geometry) changes no metadata, which keeps the fsync cheap.
+        if end < instance.recycled:
+            os.ftruncate(fd, end)
+        os.rename(path, self.data / names[0])
         instance.spill_path = None
-        return names
+        instance.names = names[:1]
+        for name in names[1:]:
+            os.link(self.data / names[0], self.data / name)
+            instance.names.append(name)
 
-    def _place_now(self, job: _Job) -> list[str] | OSError:
-        """(committer thread) Place a job's file that no placer thread was given."""
-        instance = job.instance
-        assert instance is not None
-        try:
-            names: list[str] = self._after(
-                instance.writing, self._place, instance, len(job.targets)
-            )
-        except OSError as err:
-            return err
-        return names
+    def _remove_spill(self, instance: Instance) -> None:
+        """Remove an unacknowledged instance's files, temp or placed."""
+        if instance.spill_fd is not None:
+            os.close(instance.spill_fd)
+            instance.spill_fd = None
+        if instance.spill_path is not None:
+            instance.spill_path.unlink(missing_ok=True)
+            instance.spill_path = None
+        for name in instance.names:
+            (self.data / name).unlink(missing_ok=True)
+        instance.names = []
 
     def _insert(self, job: _Job, names: list[str]) -> list[Item]:
         instance = job.instance
@@ -659,9 +675,7 @@ class SpoolStore:
         """Run statements in one durable transaction; the rows they changed."""
         changed = 0
         with self._lock:
-            db = self.db
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
+            db = self._begin("FULL")
             try:
                 for sql, params in statements:
                     changed += db.execute(sql, params).rowcount
@@ -674,9 +688,7 @@ class SpoolStore:
     def claim(self, backend: str, now: float, limit: int) -> list[Item]:
         """Up to `limit` queued items of `backend` that are due, marked sending."""
         with self._lock:
-            db = self.db
-            db.execute("PRAGMA synchronous=NORMAL")  # losing 'sending' only resends
-            db.execute("BEGIN IMMEDIATE")
+            db = self._begin("NORMAL")  # losing 'sending' only resends
             try:
                 rows = db.execute(
                     f"SELECT {_COLUMNS} FROM items WHERE state='queued' AND backend=? "
@@ -766,31 +778,7 @@ def _removed(jobs: list[_Job], removal: asyncio.Future[None]) -> None:
             job.future.set_result(None)
 
 
-def _placed(job: _Job) -> list[str] | OSError:
-    """(committer thread) The names of a job's placed file(s), or why it could not be."""
-    assert job.placing is not None
-    try:
-        return job.placing.result()
-    except OSError as err:
-        return err
-
-
-def _remove_spill(instance: Instance) -> None:
-    """(thread) Remove an unacknowledged instance's temp file, once no thread writes it."""
-    if instance.writing is not None:
-        with contextlib.suppress(Exception):
-            instance.writing.result()
-    if instance.spill_fd is not None:
-        os.close(instance.spill_fd)
-        instance.spill_fd = None
-    if instance.spill_path is not None:
-        instance.spill_path.unlink(missing_ok=True)
-        instance.spill_path = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _sync(instance: Instance) -> None:
+    """(thread) fsync a placed instance's file (the loop closes it after the batch)."""
+    assert instance.spill_fd is not None
+    os.fsync(instance.spill_fd)
