@@ -9,14 +9,21 @@ from pathlib import Path
 import pydicom
 
 from dicomlb.dicom.part10 import file_header
-from dicomlb.spool.store import SPILL_AT, Instance, Item, SpoolStore, Target
+from dicomlb.spool.store import SPILL_AT, Instance, Item, SpoolStore, Target, record
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
 
 
-def instance(n: int) -> Instance:
-    header = file_header(sop_class_uid=CT, sop_instance_uid=f"1.2.3.{n}", transfer_syntax=EXPLICIT)
+def instance(n: int, targets: list[Target] | None = None) -> Instance:
+    header = file_header(
+        sop_class_uid=CT,
+        sop_instance_uid=f"1.2.3.{n}",
+        transfer_syntax=EXPLICIT,
+        source_ae="CT1",
+        receiving_ae="DICOMLB",
+        private_information=record("1.2.3", targets or []),
+    )
     inst = Instance(
         sop_class_uid=CT,
         sop_instance_uid=f"1.2.3.{n}",
@@ -32,11 +39,11 @@ def instance(n: int) -> Instance:
 
 
 async def ingest(store: SpoolStore, n: int, body: bytes, copies: int = 1) -> list[Item]:
-    inst = instance(n)
-    store.add_part(inst, body)
     targets = [
         Target(route="r", pool=f"p{k}", backend=f"b{k}", mirror=k > 0) for k in range(copies)
     ]
+    inst = instance(n, targets)
+    store.add_part(inst, body)
     return await store.commit(inst, targets, 1000.0)
 
 
@@ -118,6 +125,40 @@ def test_recovery_discards_partial_and_orphan_files_and_requeues_sending(tmp_pat
     assert not (tmp_path / "data" / "orphan.dcm").exists()
     assert not list((tmp_path / "tmp").iterdir())
     assert {item.state for item in store.items()} == {"queued"}
+    store.close()
+
+
+def test_files_whose_rows_were_lost_get_them_back_from_their_file_meta(tmp_path: Path) -> None:
+    """The rows' commit is not waited for: after a machine crash a file in data/ may have no
+    row. Its file meta carries what the rows held; a file without that record goes."""
+
+    async def main() -> list[Item]:
+        store = SpoolStore(tmp_path)
+        store.open()
+        await store.start()
+        first = await ingest(store, 1, DATASET, copies=2)  # with a mirror copy
+        second = await ingest(store, 2, DATASET)
+        await store.stop()
+        return first + second
+
+    before = asyncio.run(main())
+    with sqlite3.connect(tmp_path / "index.sqlite3") as db:
+        db.execute("DELETE FROM items")  # as if the WAL had not reached the disk
+    foreign = file_header(sop_class_uid=CT, sop_instance_uid="9.9", transfer_syntax=EXPLICIT)
+    (tmp_path / "data" / "foreign.dcm").write_bytes(foreign + DATASET)
+    store = SpoolStore(tmp_path)
+    recovery = store.open()
+    assert recovery is not None
+    assert (recovery.reindexed_files, recovery.orphan_files, recovery.queued) == (2, 1, 3)
+    assert not (tmp_path / "data" / "foreign.dcm").exists()
+    fields = ("file", "route", "pool", "backend", "mirror", "study_uid", "sop_class_uid",
+              "sop_instance_uid", "transfer_syntax", "calling_aet", "called_aet", "size",
+              "dataset_offset")  # fmt: skip
+    again = {item.file: item for item in store.items()}
+    for item in before:
+        assert again[item.file].state == "queued"
+        assert [getattr(again[item.file], f) for f in fields] == [getattr(item, f) for f in fields]
+    assert store.read(again[before[0].file]) == DATASET
     store.close()
 
 

@@ -23,7 +23,7 @@ from dicomlb.pools import BackendState, Pool, rendezvous_order
 from dicomlb.snapshot import RouteConfig, SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.dispatcher import Dispatcher
-from dicomlb.spool.store import Instance, SpoolStore, Target
+from dicomlb.spool.store import Instance, SpoolStore, Target, record
 
 if TYPE_CHECKING:
     from dicomlb.dicom.relay import Relay
@@ -77,13 +77,15 @@ class Spool:
         await self.store.start()
         log.info(
             "spool.started directory=%s queued=%d requeued=%d items=%d bytes=%d "
-            "partial_files_removed=%d orphan_files_removed=%d missing_files=%d",
+            "partial_files_removed=%d reindexed_files=%d orphan_files_removed=%d "
+            "missing_files=%d",
             self.config.directory,
             recovery.queued,
             recovery.requeued,
             self.items,
             self.bytes,
             recovery.partial_files,
+            recovery.reindexed_files,
             recovery.orphan_files,
             recovery.missing_files,
         )
@@ -194,6 +196,8 @@ class Spool:
             sop_instance_uid=sop_uid,
             transfer_syntax=message.transfer_syntax,
             source_ae=relay.inbound.calling_ae,
+            receiving_ae=relay.inbound.called_ae,
+            private_information=record(study, targets),
         )
         instance = Instance(
             sop_class_uid=command.sop_class_uid,

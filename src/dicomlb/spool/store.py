@@ -5,14 +5,19 @@ Layout of `spool.directory`::
     index.sqlite3   the index (WAL mode): one row per item (an instance for one pool)
     tmp/            files being written, and delivered files waiting to be overwritten by
                     new ones (`*.free`); whatever is here at start is removed
-    data/           complete, fsynced files, `<uuid>.dcm` (mirror copies are hard links)
+    data/           complete, fsynced files, `<uuid>.dcm` (mirror copies are hard links,
+                    `<uuid>.<k>.dcm`)
 
 An instance becomes safe in this order, and only then is Success sent (DESIGN decision 6):
-write to `tmp/`, rename into `data/`, fsync the file (hard-link mirror copies), fsync
-`data/`, insert the index rows and commit (synchronous=FULL). The index row is the commit
-point: a file in `data/` without one is removed at start. Concurrent writers share one
-batch: while a batch is being made durable the next one gathers, so the directory fsync
-and the index commit are paid once per batch, not once per instance.
+write to `tmp/`, fsync the file, rename it into `data/` (hard-link mirror copies), fsync
+`data/`, insert the index rows. The file is the record: its file meta carries what its
+rows hold (Private Information: route, study, each copy's pool and backend; the AE titles;
+the UIDs), and only complete, fsynced files ever enter `data/`. So the rows' commit need
+not reach the disk before Success (synchronous=NORMAL: it survives a crash of the process,
+not of the machine): a file in `data/` without a row — the machine stopped before the
+index's WAL was written out — gets its rows back from its file meta at start. Concurrent
+writers share one batch: while a batch is being made durable the next one gathers, so the
+directory fsync and the index commit are paid once per batch, not once per instance.
 
 An instance's bytes are written on the event loop as they arrive: a write lands in the
 page cache (tens of microseconds for SPILL_AT bytes), which costs less than handing it to a
@@ -29,6 +34,7 @@ import collections
 import contextlib
 import ctypes
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -40,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from dicomlb.dicom.part10 import read_file_meta
 from dicomlb.spool.state import ItemState
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,12 @@ PLACERS = 8  # threads fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
 RECYCLE_FILES = 16  # delivered files kept in tmp/ to be overwritten by new instances...
 RECYCLE_SIZE = 4 << 20  # ...when no larger than this
+META_READ = 64 << 10  # bytes read to find a file's meta group at recovery
+SOURCE_AE = 0x00020016
+RECEIVING_AE = 0x00020018
+SOP_CLASS = 0x00020002
+SOP_INSTANCE = 0x00020003
+TRANSFER_SYNTAX = 0x00020010
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -133,6 +146,17 @@ class Target:
     sending: bool = False  # handed straight to its backend's sender: inserted as 'sending'
 
 
+def record(study: str, targets: Sequence[Target]) -> bytes:
+    """What a spool file carries in its file meta (Private Information) so that its index
+    rows can be made again from the file alone: the study and each copy's route, pool,
+    backend (the k-th copy is the file `<uuid>.<k>.dcm`, the first `<uuid>.dcm`)."""
+    copies = [
+        {"route": t.route, "pool": t.pool, "backend": t.backend, "mirror": t.mirror}
+        for t in targets
+    ]
+    return json.dumps({"study": study, "copies": copies}, separators=(",", ":")).encode()
+
+
 @dataclass(slots=True, kw_only=True)
 class Instance:
     """An instance being ingested: its facts and its bytes, gathered in memory and written to
@@ -171,7 +195,8 @@ class Recovery:
     requeued: int  # 'sending' when the previous run stopped
     queued: int  # undelivered items, to be sent
     partial_files: int  # temp files of instances never acknowledged: removed
-    orphan_files: int  # complete files without an index row (crash before commit): removed
+    reindexed_files: int  # files in data/ whose rows were lost (machine crash): rows again
+    orphan_files: int  # files in data/ without rows nor dicomlb's record in them: removed
     missing_files: int  # index rows whose file is gone: made dead
 
 
@@ -305,9 +330,9 @@ class SpoolStore:
                     ("spool file missing at start", name),
                 )
                 db.execute("UPDATE items SET file='' WHERE file=?", (name,))
+            reindexed, orphans = self._reindex(on_disk - known)
             (queued,) = db.execute("SELECT count(*) FROM items WHERE state='queued'").fetchone()
             db.execute("COMMIT")
-        orphans = on_disk - known
         for name in orphans:
             (self.data / name).unlink(missing_ok=True)
         if partial or orphans:
@@ -316,9 +341,53 @@ class SpoolStore:
             requeued=requeued,
             queued=queued,
             partial_files=partial,
+            reindexed_files=reindexed,
             orphan_files=len(orphans),
             missing_files=len(missing),
         )
+
+    def _reindex(self, names: Iterable[str]) -> tuple[int, list[str]]:
+        """(in the recovery transaction) Rows again, queued, for files in data/ that have
+        none, from the record in their file meta; the number of files taken back, and the
+        names to remove (no record of dicomlb's, or a copy the record does not list)."""
+        copies: dict[str, list[str]] = collections.defaultdict(list)
+        for name in names:
+            copies[name.split(".", 1)[0]].append(name)
+        taken, remove = 0, []
+        for stem, group in sorted(copies.items()):
+            try:
+                with open(self.data / group[0], "rb") as handle:
+                    meta = read_file_meta(handle.read(META_READ))
+                    size = os.fstat(handle.fileno()).st_size
+                    created = os.fstat(handle.fileno()).st_mtime
+                record = json.loads(meta.private_information() or b"null")
+                study, targets = record["study"], [Target(**copy) for copy in record["copies"]]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                log.warning("spool.orphan_removed files=%s reason=%r", ",".join(group), str(err))
+                remove.extend(group)
+                continue
+            instance = Instance(
+                sop_class_uid=meta.text(SOP_CLASS),
+                sop_instance_uid=meta.text(SOP_INSTANCE),
+                transfer_syntax=meta.text(TRANSFER_SYNTAX),
+                study_uid=study,
+                calling_aet=meta.text(SOURCE_AE),
+                called_aet=meta.text(RECEIVING_AE),
+                dataset_offset=meta.dataset_offset,
+                size=size,
+            )
+            for k, target in enumerate(targets):
+                name = f"{stem}.dcm" if k == 0 else f"{stem}.{k}.dcm"
+                if name in group:
+                    self._insert_row(name, target, instance, created, queued=True)
+            remove.extend(name for name in group if not _copy_listed(name, len(targets)))
+            taken += 1
+            log.warning(
+                "spool.reindexed sop_instance_uid=%s files=%s",
+                instance.sop_instance_uid,
+                ",".join(sorted(group)),
+            )
+        return taken, remove
 
     # -------------------------------------------------------- ingest (async side)
 
@@ -360,7 +429,8 @@ class SpoolStore:
 
     async def commit(self, instance: Instance, targets: Sequence[Target], now: float) -> list[Item]:
         """Make `instance` durable with one index row per target; the rows. Returns only once
-        file, directory and index are on disk; raises OSError / sqlite3.Error if not."""
+        the file and `data/` are on disk and the rows written (the file is their record);
+        raises OSError / sqlite3.Error if not."""
         future: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
         self._place(instance, len(targets))
         instance.committing = True
@@ -369,7 +439,7 @@ class SpoolStore:
             # The fsync starts now on a placer thread, while the previous batch commits and
             # this one gathers. An idle committer syncs the file itself: one thread hand-off
             # less for a lone sender.
-            job.syncing = self._placers.submit(_sync, instance)
+            job.syncing = self._placers.submit(_sync, instance, self.data)
         self._submit(job)
         return await future
 
@@ -517,12 +587,12 @@ class SpoolStore:
         unsynced = [job for _, job in ingests if job.syncing is None]
         for job in unsynced[:-1]:
             assert job.instance is not None
-            job.syncing = self._placers.submit(_sync, job.instance)
+            job.syncing = self._placers.submit(_sync, job.instance, self.data)
         for n, job in ingests:
             assert job.instance is not None
             try:
                 if job.syncing is None:
-                    _sync(job.instance)
+                    _sync(job.instance, self.data)
                 else:
                     job.syncing.result()
             except OSError as err:
@@ -532,7 +602,9 @@ class SpoolStore:
                 placed[n] = job.instance.names
         if placed:
             self._fsync_data()
-        durable = any(job.durable for job in batch)
+        # Ingested rows need not wait for the disk (their files are the record); explicitly
+        # durable bookkeeping does.
+        durable = any(job.durable and job.instance is None for job in batch)
         try:
             with self._lock:
                 db = self._begin("FULL" if durable else "NORMAL")
@@ -561,29 +633,18 @@ class SpoolStore:
         os.fsync(self._data_fd)
 
     def _place(self, instance: Instance, copies: int) -> None:
-        """Write the rest, rename into data/ (one hard link per extra copy); the fsync follows.
-
-        The rename comes before the fsync so that the fsync's journal commit carries it and
-        the directory fsync after has little left to do. A crash in between leaves a file in
-        data/ without an index row: an orphan, removed at start (never acknowledged)."""
+        """Write the rest and name the file's copies in data/; `_sync` moves it there."""
         if instance.spill_fd is None:
             self._open_temp(instance)
         assert instance.spill_fd is not None and instance.spill_path is not None
-        fd, path = instance.spill_fd, instance.spill_path
-        stem = path.stem
-        names = [f"{stem}.dcm"] + [f"{stem}.{k}.dcm" for k in range(1, copies)]
+        fd, stem = instance.spill_fd, instance.spill_path.stem
         _write_all(fd, instance.parts)
         end = os.lseek(fd, 0, os.SEEK_CUR)
         # A delivered file's leftover bytes are cut; an equal size (a series of one
         # geometry) changes no metadata, which keeps the fsync cheap.
         if end < instance.recycled:
             os.ftruncate(fd, end)
-        os.rename(path, self.data / names[0])
-        instance.spill_path = None
-        instance.names = names[:1]
-        for name in names[1:]:
-            os.link(self.data / names[0], self.data / name)
-            instance.names.append(name)
+        instance.names = [f"{stem}.dcm"] + [f"{stem}.{k}.dcm" for k in range(1, copies)]
 
     def _remove_spill(self, instance: Instance) -> None:
         """Remove an unacknowledged instance's files, temp or placed."""
@@ -600,60 +661,65 @@ class SpoolStore:
     def _insert(self, job: _Job, names: list[str]) -> list[Item]:
         instance = job.instance
         assert instance is not None
-        items = []
-        for target, name in zip(job.targets, names, strict=True):
-            cursor = self.db.execute(
-                "INSERT INTO items (file, state, route, pool, backend, mirror, study_uid, "
-                "sop_class_uid, sop_instance_uid, transfer_syntax, calling_aet, called_aet, "
-                "size, dataset_offset, next_attempt_at, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    ItemState.SENDING if target.sending else ItemState.QUEUED,
-                    target.route,
-                    target.pool,
-                    target.backend,
-                    int(target.mirror),
-                    instance.study_uid,
-                    instance.sop_class_uid,
-                    instance.sop_instance_uid,
-                    instance.transfer_syntax,
-                    instance.calling_aet,
-                    instance.called_aet,
-                    instance.size,
-                    instance.dataset_offset,
-                    job.now,
-                    job.now,
-                    job.now,
-                ),
-            )
-            assert cursor.lastrowid is not None
-            items.append(
-                Item(
-                    id=cursor.lastrowid,
-                    file=name,
-                    state=ItemState.SENDING if target.sending else ItemState.QUEUED,
-                    route=target.route,
-                    pool=target.pool,
-                    backend=target.backend,
-                    mirror=target.mirror,
-                    study_uid=instance.study_uid,
-                    sop_class_uid=instance.sop_class_uid,
-                    sop_instance_uid=instance.sop_instance_uid,
-                    transfer_syntax=instance.transfer_syntax,
-                    calling_aet=instance.calling_aet,
-                    called_aet=instance.called_aet,
-                    size=instance.size,
-                    dataset_offset=instance.dataset_offset,
-                    attempts=0,
-                    last_error="",
-                    next_attempt_at=job.now,
-                    created_at=job.now,
-                    updated_at=job.now,
-                    delivered_at=None,
-                )
-            )
-        return items
+        return [
+            self._insert_row(name, target, instance, job.now)
+            for target, name in zip(job.targets, names, strict=True)
+        ]
+
+    def _insert_row(
+        self, name: str, target: Target, instance: Instance, now: float, *, queued: bool = False
+    ) -> Item:
+        """(holding the lock, in a transaction) The index row of one copy of an instance."""
+        state = ItemState.SENDING if target.sending and not queued else ItemState.QUEUED
+        cursor = self.db.execute(
+            "INSERT INTO items (file, state, route, pool, backend, mirror, study_uid, "
+            "sop_class_uid, sop_instance_uid, transfer_syntax, calling_aet, called_aet, "
+            "size, dataset_offset, next_attempt_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                name,
+                state,
+                target.route,
+                target.pool,
+                target.backend,
+                int(target.mirror),
+                instance.study_uid,
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                instance.transfer_syntax,
+                instance.calling_aet,
+                instance.called_aet,
+                instance.size,
+                instance.dataset_offset,
+                now,
+                now,
+                now,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return Item(
+            id=cursor.lastrowid,
+            file=name,
+            state=state,
+            route=target.route,
+            pool=target.pool,
+            backend=target.backend,
+            mirror=target.mirror,
+            study_uid=instance.study_uid,
+            sop_class_uid=instance.sop_class_uid,
+            sop_instance_uid=instance.sop_instance_uid,
+            transfer_syntax=instance.transfer_syntax,
+            calling_aet=instance.calling_aet,
+            called_aet=instance.called_aet,
+            size=instance.size,
+            dataset_offset=instance.dataset_offset,
+            attempts=0,
+            last_error="",
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+            delivered_at=None,
+        )
 
     # -------------------------------------------------------- queries (threads)
 
@@ -778,7 +844,19 @@ def _removed(jobs: list[_Job], removal: asyncio.Future[None]) -> None:
             job.future.set_result(None)
 
 
-def _sync(instance: Instance) -> None:
-    """(thread) fsync a placed instance's file (the loop closes it after the batch)."""
-    assert instance.spill_fd is not None
+def _sync(instance: Instance, data: Path) -> None:
+    """(thread) fsync a placed instance's file, then rename it into data/ and link its other
+    copies: only complete files ever enter data/ (the loop closes it after the batch)."""
+    assert instance.spill_fd is not None and instance.spill_path is not None
     os.fsync(instance.spill_fd)
+    first, *others = instance.names
+    os.rename(instance.spill_path, data / first)
+    instance.spill_path = None
+    for name in others:
+        os.link(data / first, data / name)
+
+
+def _copy_listed(name: str, copies: int) -> bool:
+    """Whether `<uuid>.dcm` / `<uuid>.<k>.dcm` is one of a record's `copies`."""
+    parts = name.split(".")
+    return len(parts) == 2 or (len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < copies)
