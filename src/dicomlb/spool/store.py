@@ -670,56 +670,31 @@ class SpoolStore:
         self, name: str, target: Target, instance: Instance, now: float, *, queued: bool = False
     ) -> Item:
         """(holding the lock, in a transaction) The index row of one copy of an instance."""
-        state = ItemState.SENDING if target.sending and not queued else ItemState.QUEUED
+        row = {
+            "file": name,
+            "state": ItemState.SENDING if target.sending and not queued else ItemState.QUEUED,
+            "route": target.route,
+            "pool": target.pool,
+            "backend": target.backend,
+            "mirror": target.mirror,
+            "study_uid": instance.study_uid,
+            "sop_class_uid": instance.sop_class_uid,
+            "sop_instance_uid": instance.sop_instance_uid,
+            "transfer_syntax": instance.transfer_syntax,
+            "calling_aet": instance.calling_aet,
+            "called_aet": instance.called_aet,
+            "size": instance.size,
+            "dataset_offset": instance.dataset_offset,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
         cursor = self.db.execute(
-            "INSERT INTO items (file, state, route, pool, backend, mirror, study_uid, "
-            "sop_class_uid, sop_instance_uid, transfer_syntax, calling_aet, called_aet, "
-            "size, dataset_offset, next_attempt_at, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                name,
-                state,
-                target.route,
-                target.pool,
-                target.backend,
-                int(target.mirror),
-                instance.study_uid,
-                instance.sop_class_uid,
-                instance.sop_instance_uid,
-                instance.transfer_syntax,
-                instance.calling_aet,
-                instance.called_aet,
-                instance.size,
-                instance.dataset_offset,
-                now,
-                now,
-                now,
-            ),
+            f"INSERT INTO items ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            tuple(row.values()),
         )
         assert cursor.lastrowid is not None
-        return Item(
-            id=cursor.lastrowid,
-            file=name,
-            state=state,
-            route=target.route,
-            pool=target.pool,
-            backend=target.backend,
-            mirror=target.mirror,
-            study_uid=instance.study_uid,
-            sop_class_uid=instance.sop_class_uid,
-            sop_instance_uid=instance.sop_instance_uid,
-            transfer_syntax=instance.transfer_syntax,
-            calling_aet=instance.calling_aet,
-            called_aet=instance.called_aet,
-            size=instance.size,
-            dataset_offset=instance.dataset_offset,
-            attempts=0,
-            last_error="",
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-            delivered_at=None,
-        )
+        return Item(id=cursor.lastrowid, attempts=0, last_error="", delivered_at=None, **row)
 
     # -------------------------------------------------------- queries (threads)
 
