@@ -21,6 +21,7 @@ from dicomlb.http.h1 import (
     ResponseReader,
     Upgrade,
     chunk,
+    forward_head,
     last_chunk,
     serialize_request,
     serialize_response,
@@ -90,6 +91,43 @@ def test_pipelined_requests_at_every_split() -> None:
     assert whole[7] == EndOfMessage(trailers=((b"X-Trailer", b"t"),))
     for cuts in every_split(PIPELINE):
         assert feed_split(RequestReader(), PIPELINE, cuts) == whole
+
+
+def test_raw_head_kept_only_when_it_can_be_delimited_exactly() -> None:
+    head = b"GET /a HTTP/1.1\r\nHost:  h \r\nX-Odd:v\r\n\r\n"
+    [req, _] = RequestReader().receive_data(head)
+    assert isinstance(req, Request) and req.raw == head
+    post = b"POST /b HTTP/1.1\r\nContent-Length: 8\r\n\r\n"
+    [req, *_] = RequestReader().receive_data(post + b"\r\n\r\nbody")
+    assert isinstance(req, Request) and req.raw == post  # the body's CRLFs are not the end
+    # Only the first head of a feed starts at byte 0; a split head or empty lines before the
+    # request line leave `raw` unset (the head is then written from its fields).
+    reqs = [e for e in RequestReader().receive_data(head + head) if isinstance(e, Request)]
+    assert [r.raw for r in reqs] == [head, None]
+    reader = RequestReader()
+    assert reader.receive_data(head[:10]) == []
+    [req, _] = reader.receive_data(head[10:])
+    assert isinstance(req, Request) and req.raw is None
+    [req, _] = RequestReader().receive_data(b"\r\n" + head)
+    assert isinstance(req, Request) and req.raw is None
+
+
+def test_forward_head_is_the_clients_bytes_unless_rewritten() -> None:
+    head = b"GET /a?q=1 HTTP/1.1\r\nHost:  h \r\nX-Odd:v\r\n\r\n"
+    [req, _] = RequestReader().receive_data(head)
+    assert isinstance(req, Request)
+    assert forward_head(req, req.target, req.headers) == head
+    assert forward_head(req, req.target, list(req.headers)) == head  # a copy, unchanged
+    assert forward_head(req, b"/b?q=1", req.headers) == (
+        b"GET /b?q=1 HTTP/1.1\r\nHost: h \r\nX-Odd: v\r\n\r\n"
+    )
+    added = [*req.headers, (b"X-Forwarded-For", b"10.0.0.9")]
+    assert forward_head(req, req.target, added).endswith(b"X-Forwarded-For: 10.0.0.9\r\n\r\n")
+    [split, _] = feed_split(RequestReader(), head, [5])
+    assert isinstance(split, Request) and split.raw is None
+    assert forward_head(split, split.target, split.headers) == serialize_request(
+        b"GET", b"/a?q=1", split.headers
+    )
 
 
 def test_http10_and_keep_alive_flags() -> None:

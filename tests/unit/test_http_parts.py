@@ -9,6 +9,7 @@ import pytest
 
 from dicomlb.config import ConfigError, build_snapshot, describe
 from dicomlb.http.affinity import StickyTable, request_key
+from dicomlb.http.h1 import Request, RequestReader, forward_head
 from dicomlb.http.middlewares import RequestContext, build_middleware, hash_password
 from dicomlb.http.orthanc import OwnerTable, is_commit, resource_of
 from dicomlb.http.routing import HttpRouter, RequestFacts
@@ -176,6 +177,41 @@ def test_header_and_forwarded_middlewares() -> None:
     for edit in c.response_edits:
         edit(response)
     assert response == [(b"ETag", b"e"), (b"X-R", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "rewritten"),
+    [
+        ("forwarded", {}, True),
+        ("headers", {"request": {"set": {"X-Set": "v"}}, "response": {}}, True),
+        ("headers", {"request": {}, "response": {"set": {"X-R": "1"}}}, False),
+        ("strip_prefix", {"prefixes": ["/orthanc"]}, True),
+        ("strip_prefix", {"prefixes": ["/other"]}, False),
+        ("ip_filter", {"allow": ["10.0.0.0/8"]}, False),
+    ],
+)
+def test_head_forwarded_verbatim_only_when_no_middleware_rewrote_it(
+    kind: str, options: dict[str, Any], rewritten: bool
+) -> None:
+    wire = (
+        b"GET /orthanc/system?x=1 HTTP/1.1\r\n"
+        b"Host:lb.example.org\r\nX-Forwarded-For:1.1.1.1\r\n\r\n"
+    )
+    [request, _] = RequestReader().receive_data(wire)
+    assert isinstance(request, Request) and request.raw == wire
+    c = RequestContext(
+        method=request.method,
+        target=request.target,
+        headers=list(request.headers),
+        client_ip="10.0.0.9",
+        host=b"lb.example.org",
+    )
+    assert run(kind, c, **options) is None
+    head = forward_head(request, c.target, c.headers)
+    assert (head != wire) is rewritten
+    if kind == "forwarded":
+        assert b"X-Forwarded-For: 1.1.1.1, 10.0.0.9\r\n" in head
+        assert b"X-Forwarded-Proto: http\r\n" in head
 
 
 def test_basic_auth_ip_filter_max_body_rate_limit() -> None:

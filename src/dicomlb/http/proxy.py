@@ -40,9 +40,9 @@ from dicomlb.http.h1 import (
     Response,
     Upgrade,
     chunk,
+    forward_head,
     header,
     last_chunk,
-    serialize_request,
     serialize_response,
 )
 from dicomlb.http.middlewares import Middleware, RequestContext, build_middleware
@@ -508,7 +508,7 @@ class Exchange:
             self.response_edits = ctx.response_edits
         if route.pool.orthanc:
             self._orthanc_pin(facts)
-        self.head = serialize_request(request.method, target, headers, request.version)
+        self.head = forward_head(request, target, headers)
         self._record(self.head)
         self._choose_and_send()
 
