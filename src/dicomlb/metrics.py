@@ -82,6 +82,10 @@ def http_status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "other"
 
 
+# Looked up once per HTTP request instead of formatted.
+_HTTP_CLASSES = {status: http_status_class(status) for status in range(100, 600)}
+
+
 def association_outcome(text: str) -> str:
     """The outcome label of an association from the acceptor's outcome text."""
     if text == "released":
@@ -392,7 +396,7 @@ class Metrics:
         self.recent_http.append(
             HttpRequestRecord(self.clock(), client, method, path, route, backend, status, seconds)
         )
-        self.http_requests.inc((route, pool, backend, http_status_class(status)))
+        self.http_requests.inc((route, pool, backend, _HTTP_CLASSES.get(status, "other")))
         if backend:
             self.http_duration.observe((route, pool, backend), seconds)
             ring = self._http_latencies.get(backend)

@@ -204,11 +204,6 @@ class _Reader:
 
     # httptools callbacks -------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.state = ReaderState.HEAD
-        self._headers = []
-        self._head_fed = 0
-
     def on_header(self, name: bytes, value: bytes) -> None:
         # Called once per field of every message: keep it to an append. The head size is
         # checked when the head completes (`_take_headers`).
@@ -294,7 +289,10 @@ class RequestReader(_Reader):
         self._raw: bytes | None = None  # the bytes the message in progress began with
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # The base's fields set here, not through super(): one call less per request.
+        self.state = ReaderState.HEAD
+        self._headers = []
+        self._head_fed = 0
         self._url = b""
         # Only the first message begun in a feed that started between messages can start
         # at byte 0 of it (llhttp gives no offsets).
@@ -371,7 +369,10 @@ class ResponseReader(_Reader):
         self._head_request = method == b"HEAD"
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # The base's fields set here, not through super(): one call less per response.
+        self.state = ReaderState.HEAD
+        self._headers = []
+        self._head_fed = 0
         self._reason = b""
 
     def on_status(self, reason: bytes) -> None:

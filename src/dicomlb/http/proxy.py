@@ -309,7 +309,7 @@ class ClientConnection(asyncio.Protocol):
                 if item is _ERROR:
                     self._refuse()
                     return
-                if isinstance(item, Request):
+                if type(item) is Request:
                     self.head_started = None
                     self.exchange = exchange = Exchange(self, item)
                     exchange.start()
@@ -327,7 +327,7 @@ class ClientConnection(asyncio.Protocol):
                 break
         if len(queue) > QUEUE_HIGH:
             self.pause_reading("pipeline")
-        else:
+        elif self.paused:
             self.resume_reading("pipeline")
 
     def exchange_done(self, keep_alive: bool) -> None:
@@ -676,9 +676,10 @@ class Exchange:
             transport.write(self.head)
             if self.pending:
                 transport.writelines(self.pending)
-        self.pending = []
-        self.pending_size = 0
-        self.client.resume_reading("connecting")
+        if self.pending:
+            self.pending = []
+            self.pending_size = 0
+            self.client.resume_reading("connecting")
         if self.client.write_paused:
             transport.pause_reading()
 
@@ -862,7 +863,8 @@ class Exchange:
             client = self.client
             client.tunnel = conn
             self.finished = True
-            self._log()
+            if log.isEnabledFor(logging.INFO):
+                self._log()
             queued = [e.data for e in client.queue if isinstance(e, Upgrade)]
             client.queue.clear()
             if conn.transport is not None:
@@ -1016,8 +1018,10 @@ class Exchange:
         if self.counted and self.backend is not None:
             self.counted = False
             self.backend.active -= 1
-        self.client.resume_reading("upstream")
-        self.client.resume_reading("connecting")
+        client = self.client
+        if client.paused:
+            client.resume_reading("upstream")
+            client.resume_reading("connecting")
 
     def local(self, response: LocalResponse) -> None:
         """Answer the client from dicomlb itself (refusals, 502 / 503 / 504)."""
@@ -1058,32 +1062,33 @@ class Exchange:
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
-        self._log()
+        if log.isEnabledFor(logging.INFO):
+            self._log()
         route = self.route
+        client = self.client
         self.http.runtime.metrics.http_request(
             route=route.name if route else "",
             pool=route.pool.name if route else "",
             backend=self.backend.name if self.backend else "",
             status=self.status,
-            seconds=self.client.loop.time() - self.started,
-            client=self.client.peer[0],
+            seconds=client.loop.time() - self.started,
+            client=client.peer[0],
             method=self.request.method.decode("latin-1"),
             path=self.path,
         )
-        self.client.exchange_done(keep_alive and self.request_done)
+        client.exchange_done(keep_alive and self.request_done)
 
     def _log(self) -> None:
-        if log.isEnabledFor(logging.INFO):
-            route = self.route
-            log.info(
-                "http.request route=%s pool=%s backend=%s method=%s path=%s status=%d ms=%d "
-                "bytes=%d",
-                route.name if route else "-",
-                route.pool.name if route else "-",
-                (self.backend.name if self.backend else "-"),
-                self.request.method.decode("latin-1"),
-                self.path,
-                self.status,
-                (self.client.loop.time() - self.started) * 1000,
-                self.bytes_out,
-            )
+        """The access log line (callers check the level first: most runs have it off)."""
+        route = self.route
+        log.info(
+            "http.request route=%s pool=%s backend=%s method=%s path=%s status=%d ms=%d bytes=%d",
+            route.name if route else "-",
+            route.pool.name if route else "-",
+            (self.backend.name if self.backend else "-"),
+            self.request.method.decode("latin-1"),
+            self.path,
+            self.status,
+            (self.client.loop.time() - self.started) * 1000,
+            self.bytes_out,
+        )

@@ -34,7 +34,7 @@ _VALUE_OPERATORS = ("regex", "glob", "exists")
 class RequestFacts:
     """What a route may look at for one request; header and query lookups are lazy."""
 
-    __slots__ = ("_query", "client_ip", "headers", "host", "method", "path", "query_string")
+    __slots__ = ("_host", "_query", "client_ip", "headers", "method", "path", "query_string")
 
     def __init__(self, *, method: str, target: str, headers: Headers, client_ip: str = "") -> None:
         self.method = method
@@ -42,13 +42,20 @@ class RequestFacts:
         self.path = unquote(path) if "%" in path else path
         self.headers = headers
         self.client_ip = client_ip
-        host = b""
-        for name, value in headers:
-            if len(name) == 4 and name.lower() == b"host":
-                host = value
-                break
-        self.host = _strip_port(host.decode("latin-1").lower())
+        self._host: str | None = None
         self._query: dict[str, list[str]] | None = None
+
+    @property
+    def host(self) -> str:
+        """The Host header's name, lower case, without the port ("" when absent)."""
+        if self._host is None:
+            host = b""
+            for name, value in self.headers:
+                if len(name) == 4 and name.lower() == b"host":
+                    host = value
+                    break
+            self._host = _strip_port(host.decode("latin-1").lower())
+        return self._host
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
