@@ -222,6 +222,33 @@ def test_bodyless_statuses(status: int) -> None:
     assert [type(e) for e in events] == [Response, EndOfMessage]
 
 
+@pytest.mark.parametrize(
+    ("method", "head", "facts"),
+    [
+        (b"GET", b"200 OK\r\nContent-Length: 3", (True, False, 3, False)),
+        (b"GET", b"200 OK\r\nTransfer-Encoding: gzip, chunked", (True, True, None, False)),
+        (b"GET", b"200 OK\r\nConnection: close\r\nContent-Length: 3", (False, False, 3, False)),
+        (
+            b"GET",
+            b"200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked",
+            (False, True, None, False),
+        ),
+        (b"GET", b"200 OK\r\nServer: x", (False, False, None, True)),
+        (b"GET", b"304 Not Modified\r\nTransfer-Encoding: chunked", (True, False, None, False)),
+        (b"HEAD", b"200 OK\r\nTransfer-Encoding: chunked", (True, False, None, False)),
+    ],
+)
+def test_response_framing_facts(
+    method: bytes, head: bytes, facts: tuple[bool, bool, int | None, bool]
+) -> None:
+    reader = ResponseReader()
+    reader.expect(method)
+    [response, *_] = reader.receive_data(b"HTTP/1.1 " + head + b"\r\n\r\n")
+    assert isinstance(response, Response)
+    got = (response.keep_alive, response.chunked, response.content_length)
+    assert (*got, response.close_delimited) == facts
+
+
 def test_head_response_has_no_body_whatever_its_length() -> None:
     wire = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
     for cuts in every_split(wire):

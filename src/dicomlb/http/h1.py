@@ -111,17 +111,29 @@ class Request:
 
 @dataclass(slots=True, kw_only=True)
 class Response:
-    """A response head (1xx informational heads are Responses too, with no body events)."""
+    """A response head (1xx informational heads are Responses too, with no body events).
+
+    `chunked` and `content_length` are read from the fields when asked: a response relayed
+    as it came needs neither, and most are keep-alive, where llhttp's own framing already
+    tells that the body is not close-delimited."""
 
     status: int
     reason: bytes
     version: bytes
     headers: Headers
     keep_alive: bool
-    chunked: bool
-    content_length: int | None
+    bodyless: bool  # no body whatever the head says: 1xx, 204, 304, an answer to HEAD
     close_delimited: bool  # the body ends when the backend closes (RFC 9112 6.3 item 8)
     upgrade: bool  # 101 Switching Protocols
+
+    @property
+    def chunked(self) -> bool:
+        """The body comes in chunks (relaying it decoded needs framing again)."""
+        return not self.bodyless and _framing(self.headers)[0]
+
+    @property
+    def content_length(self) -> int | None:
+        return _framing(self.headers)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,19 +171,23 @@ def header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def _framing(headers: Headers) -> tuple[bool, int | None, bool]:
-    """(chunked, content length, has transfer-encoding) from `headers`."""
+def _framing(headers: Headers) -> tuple[bool, int | None, bool, bytes | None]:
+    """(chunked, content length, has transfer-encoding, first Expect value) from `headers`,
+    in one pass over the fields."""
     chunked = False
     length: int | None = None
     transfer = False
+    expect: bytes | None = None
     for key, value in headers:
-        size = len(key)  # compare lengths first: most fields are neither
+        size = len(key)  # compare lengths first: most fields are none of these
         if size == 14 and key.lower() == b"content-length":
             length = int(value)  # llhttp already refused non-digits and conflicting values
         elif size == 17 and key.lower() == b"transfer-encoding":
             transfer = True
             chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-    return chunked, length, transfer
+        elif size == 6 and expect is None and key.lower() == b"expect":
+            expect = value
+    return chunked, length, transfer, expect
 
 
 def _whole_head(data: bytes, method: bytes) -> bytes | None:
@@ -309,9 +325,8 @@ class RequestReader(_Reader):
     def on_headers_complete(self) -> None:
         parser = self._parser
         headers = self._take_headers()
-        chunked, length, transfer = _framing(headers)
+        chunked, length, transfer, expect = _framing(headers)
         method = parser.get_method()
-        expect = header(headers, b"expect")
         raw = self._raw
         if raw is not None:
             self._raw = None
@@ -382,9 +397,16 @@ class ResponseReader(_Reader):
         parser = self._parser
         status = parser.get_status_code()
         headers = self._take_headers()
-        chunked, length, _ = _framing(headers)
-        bodyless = status < 200 or status in (204, 304) or self._head_request
-        self._close_delimited = not bodyless and not chunked and length is None
+        bodyless = status < 200 or status == 204 or status == 304 or self._head_request
+        keep_alive = parser.should_keep_alive()
+        if keep_alive or bodyless:
+            # llhttp keeps a connection alive only when the body does not need the EOF
+            # (llhttp_message_needs_eof): no need to read the framing fields here.
+            close_delimited = False
+        else:
+            chunked, length, _, _ = _framing(headers)
+            close_delimited = not chunked and length is None
+        self._close_delimited = close_delimited
         self.state = ReaderState.BODY
         self._events.append(
             Response(
@@ -392,10 +414,9 @@ class ResponseReader(_Reader):
                 reason=self._reason,
                 version=parser.get_http_version().encode(),
                 headers=headers,
-                keep_alive=parser.should_keep_alive() and not self._close_delimited,
-                chunked=chunked and not bodyless,
-                content_length=length,
-                close_delimited=self._close_delimited,
+                keep_alive=keep_alive,
+                bodyless=bodyless,
+                close_delimited=close_delimited,
                 upgrade=status == 101,
             )
         )

@@ -829,7 +829,6 @@ class Exchange:
         self.response = response
         self.status = status
         self.response_started = True
-        self.response_chunked = response.chunked
         headers = response.headers
         if self.response_edits:
             edited = list(headers)
@@ -847,6 +846,7 @@ class Exchange:
             self._drop_verbatim()
         self.ready = True
         if not self.verbatim:
+            self.response_chunked = response.chunked  # the body is framed again
             self.out.append(serialize_response(status, headers, response.reason, response.version))
 
     def _drop_verbatim(self) -> None:
