@@ -445,6 +445,8 @@ class Exchange:
     upstream: UpstreamConnection | None = None
     connecting: asyncio.Task[None] | None = None
     pending: list[bytes] | None = None  # framed body bytes waiting for a backend connection
+    # Everything sent (head first, made by `start`), while small enough to resend.
+    replay: list[bytes] | None = None
     pending_size = 0
     replay_size = 0
     head = b""
@@ -472,7 +474,6 @@ class Exchange:
         self.http = client.listener.http
         self.started = client.last_activity  # set by the callback that brings the request
         self.request_done = False
-        self.replay: list[bytes] | None = []  # everything sent, while small enough to resend
         self.tried: set[str] = set()  # backends tried, one per try
         # Response bytes for the client, written once per batch: the backend's own bytes
         # while `verbatim`, else the head and body written from the events.
@@ -528,7 +529,9 @@ class Exchange:
         if plan.orthanc:
             self._orthanc_pin(facts)
         self.head = head = forward_head(request, target, headers)
-        self._record(head)
+        if len(head) <= self.options.retry_buffer:
+            self.replay = [head]
+            self.replay_size = len(head)
         self._choose_and_send()
 
     def _orthanc_pin(self, facts: RequestFacts) -> None:
@@ -1027,20 +1030,23 @@ class Exchange:
             self.connecting.cancel()
             self.connecting = None
         conn = self.upstream
+        client = self.client
         if conn is not None:
             self.upstream = None
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.resume_reading()
+            # Reading from the backend is paused only while the client's buffer is full
+            # (pause_writing / _attach); resume_writing resumes it otherwise.
+            transport = conn.transport
+            if client.write_paused and transport is not None and not transport.is_closing():
+                transport.resume_reading()
             if reuse and not conn.closed and self.backend is not None:
                 self.http.connections[self.backend.name].give_back(
-                    conn, self.client.loop.time(), self.options.idle_timeout
+                    conn, client.loop.time(), self.options.idle_timeout
                 )
             else:
                 conn.close()
         if self.counted and self.backend is not None:
             self.counted = False
             self.backend.active -= 1
-        client = self.client
         if client.paused:
             client.resume_reading("upstream")
             client.resume_reading("connecting")
