@@ -12,7 +12,7 @@ from dicomlb.http.affinity import StickyTable, request_key
 from dicomlb.http.h1 import Request, RequestReader, forward_head
 from dicomlb.http.middlewares import RequestContext, build_middleware, hash_password
 from dicomlb.http.orthanc import OwnerTable, is_commit, resource_of
-from dicomlb.http.routing import HttpRouter, RequestFacts
+from dicomlb.http.routing import HttpRouter, RequestFacts, request_path
 from dicomlb.http.snapshot import HttpKey, KeyKind, MiddlewareConfig
 from dicomlb.pools import BackendState, Pool
 
@@ -132,6 +132,16 @@ def test_routes_first_match_in_file_order() -> None:
     assert pick(facts("/q?expand=true", X_Tenant="b", Authorization="x")) == "hdr"
     assert pick(facts("/q?expand=false", X_Tenant="b", Authorization="x")) == "default"
     assert pick(facts("/system?x=1")) == "exact"
+
+
+def test_a_first_route_matching_everything_takes_every_request() -> None:
+    routes = [{"name": "all", "pool": "web"}]
+    router = HttpRouter(build_snapshot(config(http_routes=routes)).http_routes)
+    assert router.everything is not None and router.everything.name == "all"
+    assert router.select(facts("/x", Host="h")) is router.everything
+    routes = [{"name": "v1", "pool": "web", "match": {"path_prefix": "/v1/"}}, *routes]
+    assert HttpRouter(build_snapshot(config(http_routes=routes)).http_routes).everything is None
+    assert request_path("/a%20b/c?x=%20") == "/a b/c" == facts("/a%20b/c?x=%20").path
 
 
 def run(kind: str, ctx: RequestContext, now: float = 0.0, **options: Any) -> Any:

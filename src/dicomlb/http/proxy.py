@@ -46,7 +46,7 @@ from dicomlb.http.h1 import (
     serialize_response,
 )
 from dicomlb.http.middlewares import RequestContext, build_middleware
-from dicomlb.http.routing import HttpRouter, RequestFacts
+from dicomlb.http.routing import HttpRouter, RequestFacts, request_path
 from dicomlb.http.snapshot import HttpListenerConfig, HttpPoolConfig, HttpRouteConfig, KeyKind
 from dicomlb.http.upstream import BackendConnections, UpstreamConnection
 from dicomlb.pools import BackendState, Pool
@@ -486,15 +486,19 @@ class Exchange:
         client = self.client
         request = self.request
         http = self.http
-        method = _METHOD_NAMES.get(request.method) or request.method.decode("latin-1")
-        facts = RequestFacts(
-            method=method,
-            target=request.target.decode("latin-1"),
-            headers=request.headers,
-            client_ip=client.peer[0],
-        )
-        self.path = facts.path
-        route = http.router.select(facts)
+        router = http.router
+        route = router.everything
+        if route is None:
+            facts = RequestFacts(
+                method=_METHOD_NAMES.get(request.method) or request.method.decode("latin-1"),
+                target=request.target.decode("latin-1"),
+                headers=request.headers,
+                client_ip=client.peer[0],
+            )
+            self.path = facts.path
+            route = router.select(facts)
+        else:
+            self.path = request_path(request.target.decode("latin-1"))
         if route is None:
             self.local(LocalResponse(status=404, body=b"no route matches this request\n"))
             return
@@ -527,22 +531,22 @@ class Exchange:
             self.max_body = ctx.max_body
             self.response_edits = ctx.response_edits
         if plan.orthanc:
-            self._orthanc_pin(facts)
+            self._orthanc_pin()
         self.head = head = forward_head(request, target, headers)
         if len(head) <= self.options.retry_buffer:
             self.replay = [head]
             self.replay_size = len(head)
         self._choose_and_send()
 
-    def _orthanc_pin(self, facts: RequestFacts) -> None:
+    def _orthanc_pin(self) -> None:
         owners = self.http.owners[self.route.pool.name]  # type: ignore[union-attr]
-        resource = orthanc.resource_of(facts.path)
+        resource = orthanc.resource_of(self.path)
         if resource is not None and owners.owner(resource) is not None:
             self.pin_key = resource
         transfer = header(self.request.headers, orthanc.TRANSFER_HEADER)
         if transfer is not None:
             self.pin_key = "transfer:" + transfer.decode("latin-1")
-        if orthanc.is_commit(facts.path):
+        if orthanc.is_commit(self.path):
             self.read_timeout = max(self.read_timeout, self.options.commit_timeout)
         if self.request.method == b"POST" or self.request.method == b"PUT":
             self.learn = []

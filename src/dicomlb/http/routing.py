@@ -25,7 +25,14 @@ from dicomlb.http.h1 import Headers
 from dicomlb.http.snapshot import HttpPredicate, HttpRouteConfig
 from dicomlb.routing import MatchError
 
-__all__ = ["MATCH_KEYS", "HttpMatch", "HttpRouter", "RequestFacts", "parse_http_match"]
+__all__ = [
+    "MATCH_KEYS",
+    "HttpMatch",
+    "HttpRouter",
+    "RequestFacts",
+    "parse_http_match",
+    "request_path",
+]
 
 MATCH_KEYS = ("host", "path", "path_prefix", "path_regex", "method", "headers", "query")
 _VALUE_OPERATORS = ("regex", "glob", "exists")
@@ -39,7 +46,7 @@ class RequestFacts:
     def __init__(self, *, method: str, target: str, headers: Headers, client_ip: str = "") -> None:
         self.method = method
         path, _, self.query_string = target.partition("?")
-        self.path = unquote(path) if "%" in path else path
+        self.path = unquote(path) if "%" in path else path  # as request_path() does
         self.headers = headers
         self.client_ip = client_ip
         self._host: str | None = None
@@ -72,6 +79,12 @@ class RequestFacts:
             for key, value in parse_qsl(self.query_string, keep_blank_values=True):
                 self._query.setdefault(key, []).append(value)
         return self._query.get(name, [])
+
+
+def request_path(target: str) -> str:
+    """The path of a request target, percent-decoded (the query left out)."""
+    path = target.partition("?")[0]
+    return unquote(path) if "%" in path else path
 
 
 def _strip_port(host: str) -> str:
@@ -217,10 +230,13 @@ def _query_pred(name: str, test: Callable[[list[str]], bool]) -> HttpPredicate:
 class HttpRouter:
     """Picks the HTTP route for a request: the first, in file order, whose match holds."""
 
-    __slots__ = ("routes",)
+    __slots__ = ("everything", "routes")
 
     def __init__(self, routes: Sequence[HttpRouteConfig]) -> None:
         self.routes = tuple(routes)
+        # The route every request takes when the first one matches everything: then no
+        # request needs its facts gathered to be routed.
+        self.everything = routes[0] if routes and routes[0].match is _always else None
 
     def select(self, facts: RequestFacts) -> HttpRouteConfig | None:
         """The first route whose match holds for `facts`, or None."""
