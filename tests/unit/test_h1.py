@@ -104,12 +104,29 @@ def test_raw_head_kept_only_when_it_can_be_delimited_exactly() -> None:
     # request line leave `raw` unset (the head is then written from its fields).
     reqs = [e for e in RequestReader().receive_data(head + head) if isinstance(e, Request)]
     assert [r.raw for r in reqs] == [head, None]
-    reader = RequestReader()
-    assert reader.receive_data(head[:10]) == []
-    [req, _] = reader.receive_data(head[10:])
-    assert isinstance(req, Request) and req.raw is None
+    for cut in range(1, len(head)):
+        reader = RequestReader()
+        assert reader.receive_data(head[:cut]) == []
+        [req, _] = reader.receive_data(head[cut:])
+        assert isinstance(req, Request) and req.raw is None
     [req, _] = RequestReader().receive_data(b"\r\n" + head)
     assert isinstance(req, Request) and req.raw is None
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"GET / HTTP/1.1\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\n\n",
+        b"GET / HTTP/1.1\r\nHost: h\n\n",
+    ],
+)
+def test_bare_lf_line_ends_are_refused(wire: bytes) -> None:
+    # `raw` relies on it: with CRLF lines only, the first CRLF CRLF ends the head.
+    with pytest.raises(RemoteProtocolError) as err:
+        RequestReader().receive_data(wire)
+    assert err.value.status_hint == 400
 
 
 def test_forward_head_is_the_clients_bytes_unless_rewritten() -> None:

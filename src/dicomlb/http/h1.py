@@ -94,8 +94,8 @@ class ReaderState(enum.Enum):
 @dataclass(slots=True, kw_only=True)
 class Request:
     """A request head. `raw` is the head exactly as the client sent it, when it came whole
-    at the start of one read and its lines all end in CRLF (None otherwise): forwarded as
-    is when nothing rewrites the head (`forward_head`)."""
+    at the start of one read (None otherwise): forwarded as is when nothing rewrites the
+    head (`forward_head`)."""
 
     method: bytes
     target: bytes
@@ -191,18 +191,15 @@ def _framing(headers: Headers) -> tuple[bool, int | None, bool, bytes | None]:
 
 
 def _whole_head(data: bytes, method: bytes) -> bytes | None:
-    """The head at the start of `data` (a request llhttp parsed from there), or None when it
-    cannot be delimited exactly: data not starting with the request line (llhttp skips
-    empty lines before it), or a bare LF in the head (today's llhttp refuses LF line ends,
-    lenient builds accept them, which would put the end elsewhere). With CRLF lines only,
-    the first empty line ends the head (RFC 9112 2.1)."""
+    """The head at the start of `data` (a request llhttp parsed from there), or None when
+    `data` does not hold it whole (it began in an earlier read) or does not start with the
+    request line (llhttp skips empty lines before it). llhttp refuses bare LF line ends
+    (lenient parsing is opt-in through `set_dangerous_leniencies`, never used here), so the
+    head's lines all end in CRLF and the first empty line ends it (RFC 9112 2.1)."""
     end = data.find(b"\r\n\r\n") + 4
     if end < 4 or not data.startswith(method):
         return None
-    head = data if end == len(data) else data[:end]
-    if head.count(b"\n") != head.count(b"\r\n"):
-        return None
-    return head
+    return data if end == len(data) else data[:end]
 
 
 class _Reader:
