@@ -122,7 +122,13 @@ class Pool:
 
         `exclude` names backends already tried for this message.
         """
-        available = [b for b in self.backends if b.available and b.name not in exclude]
+        # `enabled and health.up` is `available`, spelled out: no property call per backend.
+        if exclude:
+            available = [
+                b for b in self.backends if b.enabled and b.health.up and b.name not in exclude
+            ]
+        else:
+            available = [b for b in self.backends if b.enabled and b.health.up]
         if not available:
             return None
         return self.chooser.choose(available, key)

@@ -73,14 +73,23 @@ class RoutePlan:
     """What a request on one route needs from the snapshot, resolved once per snapshot
     rather than looked up per request."""
 
-    __slots__ = ("middlewares", "options", "orthanc", "pool", "read_timeout")
+    __slots__ = ("balanced", "middlewares", "options", "orthanc", "pool", "read_timeout")
 
     def __init__(self, route: HttpRouteConfig, pool: Pool) -> None:
         self.pool = pool
-        self.options = route.pool.http or DEFAULT_POOL_HTTP
-        self.read_timeout = route.read_timeout or self.options.read_timeout
+        self.options = options = route.pool.http or DEFAULT_POOL_HTTP
+        self.read_timeout = route.read_timeout or options.read_timeout
         self.middlewares = tuple(build_middleware(m) for m in route.middlewares)
         self.orthanc = route.pool.orthanc
+        # Nothing but the pool's strategy places a request: no Orthanc writer or pins, no
+        # stickiness or affinity key, no slow start.
+        self.balanced = not (
+            route.pool.orthanc
+            or route.pool.orthanc_writer
+            or options.sticky
+            or pool.config.strategy is Strategy.AFFINITY
+            or options.slow_start > 0
+        )
 
 
 class HttpRuntime:
@@ -439,7 +448,7 @@ class Exchange:
     # Keep the attributes a request sets few: past 30 an instance loses CPython's shared-key
     # dict and a small request costs ≈0.7 µs more.
     route: HttpRouteConfig | None = None
-    pool: Pool | None = None
+    plan: RoutePlan | None = None
     options = DEFAULT_POOL_HTTP
     backend: BackendState | None = None
     upstream: UpstreamConnection | None = None
@@ -504,7 +513,7 @@ class Exchange:
             return
         self.route = route
         plan = http.plans[route.name]
-        self.pool = plan.pool
+        self.plan = plan
         self.options = plan.options
         self.read_timeout = plan.read_timeout
         headers: Sequence[tuple[bytes, bytes]] = request.headers
@@ -552,9 +561,12 @@ class Exchange:
             self.learn = []
 
     def _pick(self) -> BackendState | None:
-        pool = self.pool
-        assert pool is not None and self.route is not None
+        plan = self.plan
+        assert plan is not None and self.route is not None
+        pool = plan.pool
         exclude = frozenset(self.tried) if self.tried else _NONE
+        if plan.balanced:
+            return pool.pick("", exclude)
         if self.pin_key is not None:
             return (
                 self.http.sticky[pool.name].place(pool, self.pin_key, exclude)
