@@ -339,7 +339,11 @@ class ClientConnection(asyncio.Protocol):
                     self.exchange = exchange = Exchange(self, item)
                     exchange.start()
                     if not exchange.finished:
-                        self._ensure_timer(min(self.config.idle_timeout, exchange.read_timeout))
+                        limit = min(self.config.idle_timeout, exchange.read_timeout)
+                        # Most requests find the timer due early enough already (checked
+                        # against this callback's time, no clock read).
+                        if self.timer is None or self.timer_at > self.last_activity + limit:
+                            self._ensure_timer(limit)
                 # (a stray Upgrade / Data here belongs to a refused request: dropped)
             elif not exchange.request_done:
                 item = queue.popleft()
