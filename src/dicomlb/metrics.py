@@ -82,6 +82,11 @@ def http_status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "other"
 
 
+_new_tuple = tuple.__new__
+# Looked up once per HTTP request instead of formatted.
+_HTTP_CLASSES = {status: http_status_class(status) for status in range(100, 600)}
+
+
 def association_outcome(text: str) -> str:
     """The outcome label of an association from the acceptor's outcome text."""
     if text == "released":
@@ -389,10 +394,14 @@ class Metrics:
         path: str = "",
     ) -> None:
         """One HTTP request answered (or given up: 499) by the HTTP listener."""
+        # tuple.__new__: a NamedTuple's own __new__ is a Python function, one frame more.
         self.recent_http.append(
-            HttpRequestRecord(self.clock(), client, method, path, route, backend, status, seconds)
+            _new_tuple(
+                HttpRequestRecord,
+                (self.clock(), client, method, path, route, backend, status, seconds),
+            )
         )
-        self.http_requests.inc((route, pool, backend, http_status_class(status)))
+        self.http_requests.inc((route, pool, backend, _HTTP_CLASSES.get(status, "other")))
         if backend:
             self.http_duration.observe((route, pool, backend), seconds)
             ring = self._http_latencies.get(backend)

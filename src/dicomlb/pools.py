@@ -16,18 +16,13 @@ class BackendState:
 
     def __init__(self, config: BackendConfig, health: HealthConfig) -> None:
         self.config = config
+        # Copied from the (frozen) config: read on every pick, a property call each time.
+        self.name = config.name
+        self.weight = config.weight
         self.health = HealthState(fall=health.fall, rise=health.rise)
         self.enabled = True  # False: drained or disabled by the operator
         self.mode = "enabled"  # what the operator asked: enabled | draining | disabled
         self.active = 0  # messages in flight to this backend
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def weight(self) -> int:
-        return self.config.weight
 
     @property
     def available(self) -> bool:
@@ -127,7 +122,13 @@ class Pool:
 
         `exclude` names backends already tried for this message.
         """
-        available = [b for b in self.backends if b.available and b.name not in exclude]
+        # `enabled and health.up` is `available`, spelled out: no property call per backend.
+        if exclude:
+            available = [
+                b for b in self.backends if b.enabled and b.health.up and b.name not in exclude
+            ]
+        else:
+            available = [b for b in self.backends if b.enabled and b.health.up]
         if not available:
             return None
         return self.chooser.choose(available, key)

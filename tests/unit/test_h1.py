@@ -21,6 +21,7 @@ from dicomlb.http.h1 import (
     ResponseReader,
     Upgrade,
     chunk,
+    forward_head,
     last_chunk,
     serialize_request,
     serialize_response,
@@ -90,6 +91,60 @@ def test_pipelined_requests_at_every_split() -> None:
     assert whole[7] == EndOfMessage(trailers=((b"X-Trailer", b"t"),))
     for cuts in every_split(PIPELINE):
         assert feed_split(RequestReader(), PIPELINE, cuts) == whole
+
+
+def test_raw_head_kept_only_when_it_can_be_delimited_exactly() -> None:
+    head = b"GET /a HTTP/1.1\r\nHost:  h \r\nX-Odd:v\r\n\r\n"
+    [req, _] = RequestReader().receive_data(head)
+    assert isinstance(req, Request) and req.raw == head
+    post = b"POST /b HTTP/1.1\r\nContent-Length: 8\r\n\r\n"
+    [req, *_] = RequestReader().receive_data(post + b"\r\n\r\nbody")
+    assert isinstance(req, Request) and req.raw == post  # the body's CRLFs are not the end
+    # Only the first head of a feed starts at byte 0; a split head or empty lines before the
+    # request line leave `raw` unset (the head is then written from its fields).
+    reqs = [e for e in RequestReader().receive_data(head + head) if isinstance(e, Request)]
+    assert [r.raw for r in reqs] == [head, None]
+    for cut in range(1, len(head)):
+        reader = RequestReader()
+        assert reader.receive_data(head[:cut]) == []
+        [req, _] = reader.receive_data(head[cut:])
+        assert isinstance(req, Request) and req.raw is None
+    [req, _] = RequestReader().receive_data(b"\r\n" + head)
+    assert isinstance(req, Request) and req.raw is None
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"GET / HTTP/1.1\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\n\n",
+        b"GET / HTTP/1.1\r\nHost: h\n\n",
+    ],
+)
+def test_bare_lf_line_ends_are_refused(wire: bytes) -> None:
+    # `raw` relies on it: with CRLF lines only, the first CRLF CRLF ends the head.
+    with pytest.raises(RemoteProtocolError) as err:
+        RequestReader().receive_data(wire)
+    assert err.value.status_hint == 400
+
+
+def test_forward_head_is_the_clients_bytes_unless_rewritten() -> None:
+    head = b"GET /a?q=1 HTTP/1.1\r\nHost:  h \r\nX-Odd:v\r\n\r\n"
+    [req, _] = RequestReader().receive_data(head)
+    assert isinstance(req, Request)
+    assert forward_head(req, req.target, req.headers) == head
+    assert forward_head(req, req.target, list(req.headers)) == head  # a copy, unchanged
+    assert forward_head(req, b"/b?q=1", req.headers) == (
+        b"GET /b?q=1 HTTP/1.1\r\nHost: h \r\nX-Odd: v\r\n\r\n"
+    )
+    added = [*req.headers, (b"X-Forwarded-For", b"10.0.0.9")]
+    assert forward_head(req, req.target, added).endswith(b"X-Forwarded-For: 10.0.0.9\r\n\r\n")
+    [split, _] = feed_split(RequestReader(), head, [5])
+    assert isinstance(split, Request) and split.raw is None
+    assert forward_head(split, split.target, split.headers) == serialize_request(
+        b"GET", b"/a?q=1", split.headers
+    )
 
 
 def test_http10_and_keep_alive_flags() -> None:
@@ -182,6 +237,33 @@ def test_bodyless_statuses(status: int) -> None:
     wire = b"HTTP/1.1 %d X\r\nContent-Length: 10\r\n\r\n" % status
     events = ResponseReader().receive_data(wire)
     assert [type(e) for e in events] == [Response, EndOfMessage]
+
+
+@pytest.mark.parametrize(
+    ("method", "head", "facts"),
+    [
+        (b"GET", b"200 OK\r\nContent-Length: 3", (True, False, 3, False)),
+        (b"GET", b"200 OK\r\nTransfer-Encoding: gzip, chunked", (True, True, None, False)),
+        (b"GET", b"200 OK\r\nConnection: close\r\nContent-Length: 3", (False, False, 3, False)),
+        (
+            b"GET",
+            b"200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked",
+            (False, True, None, False),
+        ),
+        (b"GET", b"200 OK\r\nServer: x", (False, False, None, True)),
+        (b"GET", b"304 Not Modified\r\nTransfer-Encoding: chunked", (True, False, None, False)),
+        (b"HEAD", b"200 OK\r\nTransfer-Encoding: chunked", (True, False, None, False)),
+    ],
+)
+def test_response_framing_facts(
+    method: bytes, head: bytes, facts: tuple[bool, bool, int | None, bool]
+) -> None:
+    reader = ResponseReader()
+    reader.expect(method)
+    [response, *_] = reader.receive_data(b"HTTP/1.1 " + head + b"\r\n\r\n")
+    assert isinstance(response, Response)
+    got = (response.keep_alive, response.chunked, response.content_length)
+    assert (*got, response.close_delimited) == facts
 
 
 def test_head_response_has_no_body_whatever_its_length() -> None:

@@ -9,9 +9,10 @@ import pytest
 
 from dicomlb.config import ConfigError, build_snapshot, describe
 from dicomlb.http.affinity import StickyTable, request_key
+from dicomlb.http.h1 import Request, RequestReader, forward_head
 from dicomlb.http.middlewares import RequestContext, build_middleware, hash_password
 from dicomlb.http.orthanc import OwnerTable, is_commit, resource_of
-from dicomlb.http.routing import HttpRouter, RequestFacts
+from dicomlb.http.routing import HttpRouter, RequestFacts, request_path
 from dicomlb.http.snapshot import HttpKey, KeyKind, MiddlewareConfig
 from dicomlb.pools import BackendState, Pool
 
@@ -133,6 +134,16 @@ def test_routes_first_match_in_file_order() -> None:
     assert pick(facts("/system?x=1")) == "exact"
 
 
+def test_a_first_route_matching_everything_takes_every_request() -> None:
+    routes = [{"name": "all", "pool": "web"}]
+    router = HttpRouter(build_snapshot(config(http_routes=routes)).http_routes)
+    assert router.everything is not None and router.everything.name == "all"
+    assert router.select(facts("/x", Host="h")) is router.everything
+    routes = [{"name": "v1", "pool": "web", "match": {"path_prefix": "/v1/"}}, *routes]
+    assert HttpRouter(build_snapshot(config(http_routes=routes)).http_routes).everything is None
+    assert request_path("/a%20b/c?x=%20") == "/a b/c" == facts("/a%20b/c?x=%20").path
+
+
 def run(kind: str, ctx: RequestContext, now: float = 0.0, **options: Any) -> Any:
     mw = build_middleware(MiddlewareConfig(name="m", kind=kind, options=options))
     return mw.request(ctx, now)
@@ -176,6 +187,41 @@ def test_header_and_forwarded_middlewares() -> None:
     for edit in c.response_edits:
         edit(response)
     assert response == [(b"ETag", b"e"), (b"X-R", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "rewritten"),
+    [
+        ("forwarded", {}, True),
+        ("headers", {"request": {"set": {"X-Set": "v"}}, "response": {}}, True),
+        ("headers", {"request": {}, "response": {"set": {"X-R": "1"}}}, False),
+        ("strip_prefix", {"prefixes": ["/orthanc"]}, True),
+        ("strip_prefix", {"prefixes": ["/other"]}, False),
+        ("ip_filter", {"allow": ["10.0.0.0/8"]}, False),
+    ],
+)
+def test_head_forwarded_verbatim_only_when_no_middleware_rewrote_it(
+    kind: str, options: dict[str, Any], rewritten: bool
+) -> None:
+    wire = (
+        b"GET /orthanc/system?x=1 HTTP/1.1\r\n"
+        b"Host:lb.example.org\r\nX-Forwarded-For:1.1.1.1\r\n\r\n"
+    )
+    [request, _] = RequestReader().receive_data(wire)
+    assert isinstance(request, Request) and request.raw == wire
+    c = RequestContext(
+        method=request.method,
+        target=request.target,
+        headers=list(request.headers),
+        client_ip="10.0.0.9",
+        host=b"lb.example.org",
+    )
+    assert run(kind, c, **options) is None
+    head = forward_head(request, c.target, c.headers)
+    assert (head != wire) is rewritten
+    if kind == "forwarded":
+        assert b"X-Forwarded-For: 1.1.1.1, 10.0.0.9\r\n" in head
+        assert b"X-Forwarded-Proto: http\r\n" in head
 
 
 def test_basic_auth_ip_filter_max_body_rate_limit() -> None:

@@ -40,13 +40,13 @@ from dicomlb.http.h1 import (
     Response,
     Upgrade,
     chunk,
+    forward_head,
     header,
     last_chunk,
-    serialize_request,
     serialize_response,
 )
-from dicomlb.http.middlewares import Middleware, RequestContext, build_middleware
-from dicomlb.http.routing import HttpRouter, RequestFacts
+from dicomlb.http.middlewares import RequestContext, build_middleware
+from dicomlb.http.routing import HttpRouter, RequestFacts, request_path
 from dicomlb.http.snapshot import HttpListenerConfig, HttpPoolConfig, HttpRouteConfig, KeyKind
 from dicomlb.http.upstream import BackendConnections, UpstreamConnection
 from dicomlb.pools import BackendState, Pool
@@ -65,6 +65,31 @@ WRITES = frozenset((b"POST", b"PUT", b"DELETE", b"PATCH"))  # to an Orthanc pool
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE", b"PROPFIND"))
 _ERROR = object()  # queued in place of events after a malformed request
 _NONE: frozenset[str] = frozenset()
+# Method names as text (routing facts, metrics, logs) without a decode per request.
+_METHOD_NAMES = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS")}
+
+
+class RoutePlan:
+    """What a request on one route needs from the snapshot, resolved once per snapshot
+    rather than looked up per request."""
+
+    __slots__ = ("balanced", "middlewares", "options", "orthanc", "pool", "read_timeout")
+
+    def __init__(self, route: HttpRouteConfig, pool: Pool) -> None:
+        self.pool = pool
+        self.options = options = route.pool.http or DEFAULT_POOL_HTTP
+        self.read_timeout = route.read_timeout or options.read_timeout
+        self.middlewares = tuple(build_middleware(m) for m in route.middlewares)
+        self.orthanc = route.pool.orthanc
+        # Nothing but the pool's strategy places a request: no Orthanc writer or pins, no
+        # stickiness or affinity key, no slow start.
+        self.balanced = not (
+            route.pool.orthanc
+            or route.pool.orthanc_writer
+            or options.sticky
+            or pool.config.strategy is Strategy.AFFINITY
+            or options.slow_start > 0
+        )
 
 
 class HttpRuntime:
@@ -75,11 +100,11 @@ class HttpRuntime:
         snapshot = runtime.snapshot
         self.runtime = runtime
         self.router = HttpRouter(snapshot.http_routes)
-        self.middlewares: dict[str, tuple[Middleware, ...]] = {
-            route.name: tuple(build_middleware(m) for m in route.middlewares)
+        self.pools: Mapping[str, Pool] = runtime.pools
+        self.plans = {
+            route.name: RoutePlan(route, self.pools[route.pool.name])
             for route in snapshot.http_routes
         }
-        self.pools: Mapping[str, Pool] = runtime.pools
         old_conns = previous.connections if previous else {}
         self.connections: dict[str, BackendConnections] = {}
         for name, backend in runtime.backends.items():
@@ -309,12 +334,16 @@ class ClientConnection(asyncio.Protocol):
                 if item is _ERROR:
                     self._refuse()
                     return
-                if isinstance(item, Request):
+                if type(item) is Request:
                     self.head_started = None
                     self.exchange = exchange = Exchange(self, item)
                     exchange.start()
                     if not exchange.finished:
-                        self._ensure_timer(min(self.config.idle_timeout, exchange.read_timeout))
+                        limit = min(self.config.idle_timeout, exchange.read_timeout)
+                        # Most requests find the timer due early enough already (checked
+                        # against this callback's time, no clock read).
+                        if self.timer is None or self.timer_at > self.last_activity + limit:
+                            self._ensure_timer(limit)
                 # (a stray Upgrade / Data here belongs to a refused request: dropped)
             elif not exchange.request_done:
                 item = queue.popleft()
@@ -327,7 +356,7 @@ class ClientConnection(asyncio.Protocol):
                 break
         if len(queue) > QUEUE_HIGH:
             self.pause_reading("pipeline")
-        else:
+        elif self.paused:
             self.resume_reading("pipeline")
 
     def exchange_done(self, keep_alive: bool) -> None:
@@ -380,7 +409,7 @@ class ClientConnection(asyncio.Protocol):
             limit, deadline_from = self.config.tunnel_timeout, self.last_activity
         elif exchange is not None:
             limit, deadline_from = exchange.current_timeout(), self.last_activity
-            if exchange.request_done and not exchange.response_started:
+            if exchange.request_done and exchange.response is None:
                 # Waiting for the backend: client bytes (pipelined requests) do not
                 # postpone the 504.
                 deadline_from = max(exchange.started, exchange.backend_activity)
@@ -420,18 +449,21 @@ class Exchange:
 
     # Per-request state starts from these class defaults (immutable values only), so a
     # small request does not pay for assigning every field: an exchange is made per request.
+    # Keep the attributes a request sets few: past 30 an instance loses CPython's shared-key
+    # dict and a small request costs ≈0.7 µs more.
     route: HttpRouteConfig | None = None
-    pool: Pool | None = None
+    plan: RoutePlan | None = None
     options = DEFAULT_POOL_HTTP
     backend: BackendState | None = None
     upstream: UpstreamConnection | None = None
     connecting: asyncio.Task[None] | None = None
+    pending: list[bytes] | None = None  # framed body bytes waiting for a backend connection
+    # Everything sent (head first, made by `start`), while small enough to resend.
+    replay: list[bytes] | None = None
     pending_size = 0
     replay_size = 0
     head = b""
-    tries = 0
-    response: Response | None = None
-    response_started = False
+    response: Response | None = None  # the final response's head, once it came
     response_chunked = False
     status = 0
     bytes_out = 0
@@ -445,22 +477,20 @@ class Exchange:
     path = ""
     upgrade_tunnel = False
     counted = False  # this exchange is in its backend's `active` count
-    sent = False  # the head went to a backend connection: a later one gets `replay`
     backend_activity = 0.0  # request sent in full, or backend bytes: the read timeout's start
     verbatim = True  # no head rewrite: relay the backend's bytes unchanged
-    ready = False  # out / held has something complete to write
+    ready = False  # out has something complete to write
 
     def __init__(self, client: ClientConnection, request: Request) -> None:
         self.client = client
         self.request = request
         self.http = client.listener.http
-        self.started = client.loop.time()
+        self.started = client.last_activity  # set by the callback that brings the request
         self.request_done = False
-        self.pending: list[bytes] = []  # framed body bytes waiting for a backend connection
-        self.replay: list[bytes] | None = []  # everything sent, while small enough to resend
-        self.tried: set[str] = set()
-        self.out: list[bytes] = []  # response bytes for the client, written once per batch
-        self.held: list[bytes] = []  # the backend's bytes, written as they are when verbatim
+        self.tried: set[str] = set()  # backends tried, one per try
+        # Response bytes for the client, written once per batch: the backend's own bytes
+        # while `verbatim`, else the head and body written from the events.
+        self.out: list[bytes] = []
 
     # request side --------------------------------------------------------------------------
 
@@ -468,24 +498,31 @@ class Exchange:
         """Route, run middlewares, choose a backend, send (or wait for a connection)."""
         client = self.client
         request = self.request
-        facts = RequestFacts(
-            method=request.method.decode("latin-1"),
-            target=request.target.decode("latin-1"),
-            headers=request.headers,
-            client_ip=client.peer[0],
-        )
-        self.path = facts.path
-        route = self.http.router.select(facts)
+        http = self.http
+        router = http.router
+        route = router.everything
+        if route is None:
+            facts = RequestFacts(
+                method=_METHOD_NAMES.get(request.method) or request.method.decode("latin-1"),
+                target=request.target.decode("latin-1"),
+                headers=request.headers,
+                client_ip=client.peer[0],
+            )
+            self.path = facts.path
+            route = router.select(facts)
+        else:
+            self.path = request_path(request.target.decode("latin-1"))
         if route is None:
             self.local(LocalResponse(status=404, body=b"no route matches this request\n"))
             return
         self.route = route
-        self.pool = self.http.pools[route.pool.name]
-        self.options = route.pool.http or DEFAULT_POOL_HTTP
-        self.read_timeout = route.read_timeout or self.options.read_timeout
+        plan = http.plans[route.name]
+        self.plan = plan
+        self.options = plan.options
+        self.read_timeout = plan.read_timeout
         headers: Sequence[tuple[bytes, bytes]] = request.headers
         target = request.target
-        middlewares = self.http.middlewares[route.name]
+        middlewares = plan.middlewares
         if middlewares:
             headers = list(headers)
             host = header(request.headers, b"host") or b""
@@ -506,29 +543,34 @@ class Exchange:
             target, headers = ctx.target, ctx.headers
             self.max_body = ctx.max_body
             self.response_edits = ctx.response_edits
-        if route.pool.orthanc:
-            self._orthanc_pin(facts)
-        self.head = serialize_request(request.method, target, headers, request.version)
-        self._record(self.head)
+        if plan.orthanc:
+            self._orthanc_pin()
+        self.head = head = forward_head(request, target, headers)
+        if len(head) <= self.options.retry_buffer:
+            self.replay = [head]
+            self.replay_size = len(head)
         self._choose_and_send()
 
-    def _orthanc_pin(self, facts: RequestFacts) -> None:
+    def _orthanc_pin(self) -> None:
         owners = self.http.owners[self.route.pool.name]  # type: ignore[union-attr]
-        resource = orthanc.resource_of(facts.path)
+        resource = orthanc.resource_of(self.path)
         if resource is not None and owners.owner(resource) is not None:
             self.pin_key = resource
         transfer = header(self.request.headers, orthanc.TRANSFER_HEADER)
         if transfer is not None:
             self.pin_key = "transfer:" + transfer.decode("latin-1")
-        if orthanc.is_commit(facts.path):
+        if orthanc.is_commit(self.path):
             self.read_timeout = max(self.read_timeout, self.options.commit_timeout)
         if self.request.method == b"POST" or self.request.method == b"PUT":
             self.learn = []
 
     def _pick(self) -> BackendState | None:
-        pool = self.pool
-        assert pool is not None and self.route is not None
+        plan = self.plan
+        assert plan is not None and self.route is not None
+        pool = plan.pool
         exclude = frozenset(self.tried) if self.tried else _NONE
+        if plan.balanced:
+            return pool.pick("", exclude)
         if self.pin_key is not None:
             return (
                 self.http.sticky[pool.name].place(pool, self.pin_key, exclude)
@@ -587,7 +629,6 @@ class Exchange:
             return
         self.backend = backend
         self.tried.add(backend.name)
-        self.tries += 1
         backend.active += 1
         self.counted = True
         conns = self.http.connections[backend.name]
@@ -668,17 +709,23 @@ class Exchange:
         conn.reader.expect(self.request.method)
         transport = conn.transport
         assert transport is not None
-        if self.sent:  # a retry (`replay` holds the head and every body byte so far)
-            assert self.replay is not None
-            transport.writelines(self.replay)
-        else:
-            self.sent = True
+        replay = self.replay
+        pending = self.pending
+        if replay is not None:
+            # The head and every body byte so far, in order: the first try's head and
+            # pending bytes, or all a retry must send again.
+            if len(replay) == 1:
+                transport.write(replay[0])
+            else:
+                transport.writelines(replay)
+        else:  # too large to replay, so this is the first try (retries need `replay`)
             transport.write(self.head)
-            if self.pending:
-                transport.writelines(self.pending)
-        self.pending = []
-        self.pending_size = 0
-        self.client.resume_reading("connecting")
+            if pending:
+                transport.writelines(pending)
+        if pending:
+            self.pending = None
+            self.pending_size = 0
+            self.client.resume_reading("connecting")
         if self.client.write_paused:
             transport.pause_reading()
 
@@ -697,6 +744,8 @@ class Exchange:
         if upstream is not None and upstream.transport is not None:
             upstream.transport.write(data)
         elif not self.finished:
+            if self.pending is None:
+                self.pending = []
             self.pending.append(data)
             self.pending_size += len(data)
             if self.pending_size > PENDING_HIGH:
@@ -727,7 +776,7 @@ class Exchange:
                 self._send(data)
         elif isinstance(event, EndOfMessage):
             self.request_done = True
-            self.backend_activity = self.client.loop.time()
+            self.backend_activity = self.client.last_activity  # now: set by this callback
             if self.request.chunked:
                 self._send(last_chunk(event.trailers))
         elif isinstance(event, Upgrade) and event.data:
@@ -743,12 +792,13 @@ class Exchange:
         events then only tell where the response ends and what it says."""
         client = self.client
         client.last_activity = self.backend_activity = client.loop.time()
-        if data:
-            self.held.append(data)
         out = self.out
+        if data and self.verbatim:
+            out.append(data)
         for event in events:
-            if conn.exchange is not self:
-                self.held.clear()
+            if conn.exchange is not self:  # released mid-batch (a retry): drop its bytes
+                if self.verbatim:
+                    out.clear()
                 break
             kind = type(event)
             if kind is Data:
@@ -775,6 +825,8 @@ class Exchange:
                 self.ready = True
                 self._flush()
                 self._response_complete(conn)
+                if not self.upgrade_tunnel:
+                    return  # the connection is released: later events are not this exchange's
             elif kind is Upgrade:
                 self.ready = True
                 if not self.verbatim:
@@ -785,25 +837,20 @@ class Exchange:
         if not self.ready:
             return  # nothing complete yet (a partial head stays held)
         self.ready = False
-        held = self.held
-        if self.verbatim:
-            if held:
-                self.client.write(held[0] if len(held) == 1 else b"".join(held))
-        else:
-            out = self.out
-            if out:
-                self.client.write(out[0] if len(out) == 1 else b"".join(out))
+        out = self.out
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-        held.clear()
 
     def _on_response(self, conn: UpstreamConnection, response: Response) -> None:
         status = response.status
         if status < 200 and status != 101:
             if self.request.version == b"1.1":
                 self.ready = True
-                self.out.append(
-                    serialize_response(status, response.headers, response.reason, b"1.1")
-                )
+                if not self.verbatim:  # (verbatim: its bytes are in `out` already)
+                    self.out.append(
+                        serialize_response(status, response.headers, response.reason, b"1.1")
+                    )
             else:  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client; drop it from the bytes
                 self._drop_verbatim()
             return
@@ -819,7 +866,8 @@ class Exchange:
                     self.request.method.decode(),
                     self.path,
                 )
-                self.held.clear()  # the refused answer is not relayed
+                if self.verbatim:
+                    self.out.clear()  # the refused answer is not relayed
                 self._release_upstream(reuse=False)
                 self._choose_and_send()
                 return
@@ -827,8 +875,6 @@ class Exchange:
             backend.health.success()
         self.response = response
         self.status = status
-        self.response_started = True
-        self.response_chunked = response.chunked
         headers = response.headers
         if self.response_edits:
             edited = list(headers)
@@ -846,13 +892,14 @@ class Exchange:
             self._drop_verbatim()
         self.ready = True
         if not self.verbatim:
+            self.response_chunked = response.chunked  # the body is framed again
             self.out.append(serialize_response(status, headers, response.reason, response.version))
 
     def _drop_verbatim(self) -> None:
         """From here on write the response from events (the head is rewritten)."""
         if self.verbatim:
             self.verbatim = False
-            self.held.clear()
+            self.out.clear()  # the backend's bytes: what follows is written from events
 
     def _response_complete(self, conn: UpstreamConnection) -> None:
         response = self.response
@@ -862,7 +909,8 @@ class Exchange:
             client = self.client
             client.tunnel = conn
             self.finished = True
-            self._log()
+            if log.isEnabledFor(logging.INFO):
+                self._log()
             queued = [e.data for e in client.queue if isinstance(e, Upgrade)]
             client.queue.clear()
             if conn.transport is not None:
@@ -883,7 +931,7 @@ class Exchange:
         )
 
     def _can_retry(self, *, safe_status: bool = False) -> bool:
-        if self.response_started or self.finished or self.tries > self.options.retries:
+        if self.response is not None or self.finished or len(self.tried) > self.options.retries:
             return False
         if self.replay is None:
             return False  # part of the body is gone already: never replay a large stream
@@ -947,7 +995,7 @@ class Exchange:
             return
         if conn.exchange is not self or self.finished:
             return
-        if self.response_started:
+        if self.response is not None:
             log.warning(
                 "http.aborted backend=%s path=%s reason=%r",
                 self.backend.name if self.backend else "-",
@@ -963,13 +1011,12 @@ class Exchange:
             # A pooled connection the backend had closed: not a backend failure.
             self._release_upstream(reuse=False)
             self.tried.discard(self.backend.name if self.backend else "")
-            self.tries -= 1
             self._choose_and_send()
             return
         self._backend_failed(reason, connect=False)
 
     def timed_out(self, limit: float) -> None:
-        if self.response_started:
+        if self.response is not None:
             log.warning("http.aborted path=%s reason='idle %gs'", self.path, limit)
             self._release_upstream(reuse=False)
             self._finish(keep_alive=False)
@@ -990,7 +1037,7 @@ class Exchange:
         )
 
     def current_timeout(self) -> float:
-        if self.request_done and not self.response_started:
+        if self.request_done and self.response is None:
             return self.read_timeout
         return max(self.client.config.idle_timeout, self.read_timeout if self.request_done else 0)
 
@@ -1003,21 +1050,26 @@ class Exchange:
             self.connecting.cancel()
             self.connecting = None
         conn = self.upstream
+        client = self.client
         if conn is not None:
             self.upstream = None
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.resume_reading()
+            # Reading from the backend is paused only while the client's buffer is full
+            # (pause_writing / _attach); resume_writing resumes it otherwise.
+            transport = conn.transport
+            if client.write_paused and transport is not None and not transport.is_closing():
+                transport.resume_reading()
             if reuse and not conn.closed and self.backend is not None:
                 self.http.connections[self.backend.name].give_back(
-                    conn, self.client.loop.time(), self.options.idle_timeout
+                    conn, client.loop.time(), self.options.idle_timeout
                 )
             else:
                 conn.close()
         if self.counted and self.backend is not None:
             self.counted = False
             self.backend.active -= 1
-        self.client.resume_reading("upstream")
-        self.client.resume_reading("connecting")
+        if client.paused:
+            client.resume_reading("upstream")
+            client.resume_reading("connecting")
 
     def local(self, response: LocalResponse) -> None:
         """Answer the client from dicomlb itself (refusals, 502 / 503 / 504)."""
@@ -1058,32 +1110,33 @@ class Exchange:
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
-        self._log()
+        if log.isEnabledFor(logging.INFO):
+            self._log()
         route = self.route
+        client = self.client
         self.http.runtime.metrics.http_request(
             route=route.name if route else "",
             pool=route.pool.name if route else "",
             backend=self.backend.name if self.backend else "",
             status=self.status,
-            seconds=self.client.loop.time() - self.started,
-            client=self.client.peer[0],
-            method=self.request.method.decode("latin-1"),
+            seconds=client.loop.time() - self.started,
+            client=client.peer[0],
+            method=_METHOD_NAMES.get(self.request.method) or self.request.method.decode("latin-1"),
             path=self.path,
         )
-        self.client.exchange_done(keep_alive and self.request_done)
+        client.exchange_done(keep_alive and self.request_done)
 
     def _log(self) -> None:
-        if log.isEnabledFor(logging.INFO):
-            route = self.route
-            log.info(
-                "http.request route=%s pool=%s backend=%s method=%s path=%s status=%d ms=%d "
-                "bytes=%d",
-                route.name if route else "-",
-                route.pool.name if route else "-",
-                (self.backend.name if self.backend else "-"),
-                self.request.method.decode("latin-1"),
-                self.path,
-                self.status,
-                (self.client.loop.time() - self.started) * 1000,
-                self.bytes_out,
-            )
+        """The access log line (callers check the level first: most runs have it off)."""
+        route = self.route
+        log.info(
+            "http.request route=%s pool=%s backend=%s method=%s path=%s status=%d ms=%d bytes=%d",
+            route.name if route else "-",
+            route.pool.name if route else "-",
+            (self.backend.name if self.backend else "-"),
+            self.request.method.decode("latin-1"),
+            self.path,
+            self.status,
+            (self.client.loop.time() - self.started) * 1000,
+            self.bytes_out,
+        )

@@ -25,7 +25,14 @@ from dicomlb.http.h1 import Headers
 from dicomlb.http.snapshot import HttpPredicate, HttpRouteConfig
 from dicomlb.routing import MatchError
 
-__all__ = ["MATCH_KEYS", "HttpMatch", "HttpRouter", "RequestFacts", "parse_http_match"]
+__all__ = [
+    "MATCH_KEYS",
+    "HttpMatch",
+    "HttpRouter",
+    "RequestFacts",
+    "parse_http_match",
+    "request_path",
+]
 
 MATCH_KEYS = ("host", "path", "path_prefix", "path_regex", "method", "headers", "query")
 _VALUE_OPERATORS = ("regex", "glob", "exists")
@@ -34,21 +41,28 @@ _VALUE_OPERATORS = ("regex", "glob", "exists")
 class RequestFacts:
     """What a route may look at for one request; header and query lookups are lazy."""
 
-    __slots__ = ("_query", "client_ip", "headers", "host", "method", "path", "query_string")
+    __slots__ = ("_host", "_query", "client_ip", "headers", "method", "path", "query_string")
 
     def __init__(self, *, method: str, target: str, headers: Headers, client_ip: str = "") -> None:
         self.method = method
         path, _, self.query_string = target.partition("?")
-        self.path = unquote(path) if "%" in path else path
+        self.path = unquote(path) if "%" in path else path  # as request_path() does
         self.headers = headers
         self.client_ip = client_ip
-        host = b""
-        for name, value in headers:
-            if len(name) == 4 and name.lower() == b"host":
-                host = value
-                break
-        self.host = _strip_port(host.decode("latin-1").lower())
+        self._host: str | None = None
         self._query: dict[str, list[str]] | None = None
+
+    @property
+    def host(self) -> str:
+        """The Host header's name, lower case, without the port ("" when absent)."""
+        if self._host is None:
+            host = b""
+            for name, value in self.headers:
+                if len(name) == 4 and name.lower() == b"host":
+                    host = value
+                    break
+            self._host = _strip_port(host.decode("latin-1").lower())
+        return self._host
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
@@ -65,6 +79,12 @@ class RequestFacts:
             for key, value in parse_qsl(self.query_string, keep_blank_values=True):
                 self._query.setdefault(key, []).append(value)
         return self._query.get(name, [])
+
+
+def request_path(target: str) -> str:
+    """The path of a request target, percent-decoded (the query left out)."""
+    path = target.partition("?")[0]
+    return unquote(path) if "%" in path else path
 
 
 def _strip_port(host: str) -> str:
@@ -210,10 +230,13 @@ def _query_pred(name: str, test: Callable[[list[str]], bool]) -> HttpPredicate:
 class HttpRouter:
     """Picks the HTTP route for a request: the first, in file order, whose match holds."""
 
-    __slots__ = ("routes",)
+    __slots__ = ("everything", "routes")
 
     def __init__(self, routes: Sequence[HttpRouteConfig]) -> None:
         self.routes = tuple(routes)
+        # The route every request takes when the first one matches everything: then no
+        # request needs its facts gathered to be routed.
+        self.everything = routes[0] if routes and routes[0].match is _always else None
 
     def select(self, facts: RequestFacts) -> HttpRouteConfig | None:
         """The first route whose match holds for `facts`, or None."""
