@@ -418,16 +418,6 @@ class ResponseReader(_Reader):
             )
         )
 
-    def on_message_complete(self) -> None:
-        # The base's work done here, not through super(): one call less per response.
-        if self._headers:
-            self._events.append(EndOfMessage(trailers=tuple(self._headers)))
-            self._headers = []
-        else:
-            self._events.append(_END)
-        self.state = ReaderState.IDLE
-        self._close_delimited = False
-
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the backend; returns the complete events they finish."""
         if not self._head_request or self.state in (ReaderState.UPGRADED, ReaderState.ERROR):
