@@ -162,7 +162,7 @@ class Instance:
     """An instance being ingested: its facts and its bytes, gathered in memory and written to
     a temp file every SPILL_AT bytes (writeback starts at once, so the final fsync has little
     left to wait for); up to KEEP_MAX a copy stays in `keep` for the senders. Once complete
-    it is renamed into data/ under `names` (one per copy) and waits there for its fsync."""
+    its copies are named (`names`); it enters data/ under them once fsynced."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -361,8 +361,7 @@ class SpoolStore:
             try:
                 with open(self.data / group[0], "rb") as handle:
                     meta = read_file_meta(handle.read(META_READ))
-                    size = os.fstat(handle.fileno()).st_size
-                    created = os.fstat(handle.fileno()).st_mtime
+                    stat = os.fstat(handle.fileno())
                 record = json.loads(meta.private_information() or b"null")
                 study, targets = record["study"], [Target(**copy) for copy in record["copies"]]
             except (OSError, ValueError, KeyError, TypeError) as err:
@@ -377,12 +376,12 @@ class SpoolStore:
                 calling_aet=meta.text(SOURCE_AE),
                 called_aet=meta.text(RECEIVING_AE),
                 dataset_offset=meta.dataset_offset,
-                size=size,
+                size=stat.st_size,
             )
             for k, target in enumerate(targets):
                 name = f"{stem}.dcm" if k == 0 else f"{stem}.{k}.dcm"
                 if name in group:
-                    self._insert_row(name, target, instance, created, queued=True)
+                    self._insert_row(name, target, instance, stat.st_mtime, queued=True)
             remove.extend(name for name in group if not _copy_listed(name, len(targets)))
             taken += 1
             log.warning(
