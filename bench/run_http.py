@@ -20,6 +20,7 @@ import datetime as dt
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -161,6 +162,7 @@ http_routes:
         stop_process(lb, timeout=10, graceful=True)
         proxy.stop()
         backend.stop()
+    shutil.rmtree(work, ignore_errors=True)  # kept (with lb.log) when a run failed
 
     rows = []
     ratios = []
