@@ -47,7 +47,13 @@ from dicomlb.http.h1 import (
 )
 from dicomlb.http.middlewares import RequestContext, build_middleware
 from dicomlb.http.routing import HttpRouter, RequestFacts, request_path
-from dicomlb.http.snapshot import HttpListenerConfig, HttpPoolConfig, HttpRouteConfig, KeyKind
+from dicomlb.http.snapshot import (
+    HttpKey,
+    HttpListenerConfig,
+    HttpPoolConfig,
+    HttpRouteConfig,
+    KeyKind,
+)
 from dicomlb.http.upstream import BackendConnections, UpstreamConnection
 from dicomlb.pools import BackendState, Pool
 from dicomlb.runtime import Runtime
@@ -65,6 +71,7 @@ WRITES = frozenset((b"POST", b"PUT", b"DELETE", b"PATCH"))  # to an Orthanc pool
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE", b"PROPFIND"))
 _ERROR = object()  # queued in place of events after a malformed request
 _NONE: frozenset[str] = frozenset()
+_CLIENT_IP_KEY = HttpKey(kind=KeyKind.CLIENT_IP)  # sticky / affinity without a key: the client
 # Method names as text (routing facts, metrics, logs) without a decode per request.
 _METHOD_NAMES = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS")}
 
@@ -586,9 +593,7 @@ class Exchange:
         key_spec = options.key
         if options.sticky or pool.config.strategy is Strategy.AFFINITY:
             if key_spec is None:
-                from dicomlb.http.snapshot import HttpKey
-
-                key_spec = HttpKey(kind=KeyKind.CLIENT_IP)
+                key_spec = _CLIENT_IP_KEY
             key = request_key(key_spec, self.request.headers, self.client.peer[0])
             if key is not None:
                 if options.sticky:
