@@ -227,7 +227,8 @@ class RawBackend(_LoopBackend):
     connection idle for `keepalive` seconds, or (`close_on_reuse`) closes instead of
     answering any request after a connection's first, the way a backend closing an idle
     connection races with a request written to it. `/split-chunked` sends its chunked body's
-    last chunk on its own, a moment after the rest. Anything else → 200 with
+    last chunk on its own, a moment after the rest; `/stray` sends the start of a second
+    response behind its answer, in the same write, unasked. Anything else → 200 with
     "<method> <path> <body size> <body sha256>"."""
 
     def __init__(self, *, keepalive: float = 5.0, close_on_reuse: bool = False) -> None:
@@ -278,9 +279,10 @@ class RawBackend(_LoopBackend):
                     writer.write(b"0\r\n\r\n")
                 else:
                     text = f"{method} {path} {len(body)} {hashlib.sha256(body).hexdigest()}"
+                    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsne"
                     writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                        % (len(text), text.encode())
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s%s"
+                        % (len(text), text.encode(), stray if path == "/stray" else b"")
                     )
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -127,6 +127,19 @@ def test_last_chunk_alone_in_its_own_read_is_relayed() -> None:
         assert get(lb, "/after", conn=conn)[1].startswith(b"GET /after 0 ")
 
 
+def test_a_connection_that_sent_bytes_after_its_response_is_not_reused() -> None:
+    # The backend wrote the start of a response nobody asked for behind its answer: the
+    # answer is relayed, the connection is dropped; the next request goes on a new one
+    # and gets its own answer, not the stray bytes.
+    with RawBackend() as backend, HttpBalancer(raw_pool(backend)) as lb:
+        conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=5)
+        status, answer, _ = get(lb, "/stray", conn=conn)
+        assert (status, answer.split(b" ")[:2]) == (200, [b"GET", b"/stray"])
+        status, answer, _ = get(lb, "/after", conn=conn)
+        assert (status, answer.split(b" ")[:2]) == (200, [b"GET", b"/after"])
+        assert backend.connections >= 2
+
+
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT"])
 def test_request_on_a_pooled_connection_the_backend_closed_is_retried(method: str) -> None:
     # The backend closes each connection instead of answering its second request: the

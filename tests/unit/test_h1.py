@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -310,6 +311,93 @@ def test_keep_alive_responses_at_every_two_splits(index: int) -> None:
     for i in range(len(wire) + 1):
         for j in range(i, len(wire) + 1):
             assert run([i, j]) == whole
+
+
+def undecoded(events: list[Event]) -> list[Event]:
+    """What a reader with decode=False gives for `events` read with decode=True."""
+    return [
+        EndOfMessage() if isinstance(e, EndOfMessage) else e
+        for e in events
+        if not isinstance(e, Data)
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(KEEP_ALIVE_RESPONSES)))
+def test_responses_read_without_decoding_give_heads_and_ends_only(index: int) -> None:
+    # The same responses, one after another on one reader, each read with decode=False at
+    # every split: the decoded reading's events without Data and trailers.
+    def run(decode: bool, cuts: list[int]) -> list[Event]:
+        reader = ResponseReader()
+        events: list[Event] = []
+        for i, (method, wire) in enumerate(KEEP_ALIVE_RESPONSES[: index + 1]):
+            reader.expect(method, decode=decode)
+            events = feed_split(reader, wire, cuts if i == index else [])
+            assert reader.state is ReaderState.IDLE
+        return events
+
+    expected = undecoded(run(True, []))
+    assert not any(isinstance(e, Data) for e in expected) and expected
+    for cuts in every_split(KEEP_ALIVE_RESPONSES[index][1]):
+        assert run(False, cuts) == expected
+    reader = ResponseReader()
+    reader.expect(b"GET", decode=False)
+    assert feed_split(reader, RESPONSES, [30]) == undecoded(
+        feed_split(ResponseReader(), RESPONSES, [])
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.text(alphabet="abcXYZ-_!#$%&'*+.^`|~09", min_size=1, max_size=8),
+            st.binary(max_size=12).map(
+                lambda b: bytes(c for c in b if c == 9 or 32 <= c <= 126 or c >= 128)
+            ),
+        ),
+        max_size=6,
+    ),
+    reason=st.sampled_from([b"OK", b"", b"Very Fine \x80"]),
+    cut=st.integers(0, 400),
+)
+def test_response_fields_read_from_the_head_are_those_llhttp_reports(
+    fields: list[tuple[str, bytes]], reason: bytes, cut: int
+) -> None:
+    head = b"HTTP/1.1 200 " + reason + b"\r\n"
+    head += b"".join(n.encode() + b":" + v + b"\r\n" for n, v in fields)
+    head += b"Content-Length: 0\r\n\r\n"
+
+    class Fields:
+        def __init__(self) -> None:
+            self.fields: list[tuple[bytes, bytes]] = []
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.fields.append((name, value))
+
+    llhttp = Fields()
+    httptools.HttpResponseParser(llhttp).feed_data(head)
+    for decode in (True, False):
+        reader = ResponseReader()
+        reader.expect(b"GET", decode=decode)
+        [response, end] = feed_split(reader, head, [cut])
+        assert isinstance(response, Response) and response.head == head
+        assert response.headers == tuple(llhttp.fields)
+        assert (response.version, response.reason) == (b"1.1", reason)
+        assert end == EndOfMessage()
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_bytes_after_a_response_leave_the_reader_unusable(decode: bool) -> None:
+    # One request, one response: a second response in the same read (or a second head
+    # after a body) is nothing that was asked for. The first still comes out whole.
+    reader = ResponseReader()
+    reader.expect(b"GET", decode=decode)
+    wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    events = reader.receive_data(wire + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [type(e) for e in events] == [Response, *([Data] if decode else []), EndOfMessage]
+    assert reader.state is ReaderState.ERROR
+    with pytest.raises(RemoteProtocolError):
+        reader.receive_data(wire)
 
 
 def test_close_delimited_body_ends_at_eof_truncated_one_is_an_error() -> None:

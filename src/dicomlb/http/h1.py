@@ -8,7 +8,7 @@ One reader per direction and connection, the same surface as the DICOM cores::
     reader.receive_eof()
 
     responses = ResponseReader()
-    responses.expect(method=b"HEAD")          # before each request is sent
+    responses.expect(b"GET", decode=False)    # before each request is sent
     responses.receive_data(data)              # Response (1xx first), Data, EndOfMessage
 
 A malformed message raises `RemoteProtocolError` with `status_hint` (400, 413, 414, 431,
@@ -17,7 +17,9 @@ A malformed message raises `RemoteProtocolError` with `status_hint` (400, 413, 4
 Bodies come out decoded (chunk framing removed, RFC 9112 7.1); `chunk()` / `last_chunk()`
 frame them again for relaying. Heads come out as ordered (name, value) pairs with names in
 their original case, and `serialize_request` / `serialize_response` write them back, so a
-relayed head keeps its fields, order and case.
+relayed head keeps its fields, order and case. A response read with `decode=False` has no
+Data events: llhttp only frames it (no Python call per field or body piece), for a caller
+that relays the bytes it fed; its fields are read from the head's bytes when asked.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "Upgrade",
     "chunk",
     "forward_head",
+    "head_fields",
     "header",
     "last_chunk",
     "serialize_request",
@@ -113,18 +116,33 @@ class Request:
 class Response:
     """A response head (1xx informational heads are Responses too, with no body events).
 
-    `chunked` and `content_length` are read from the fields when asked: a response relayed
-    as it came needs neither, and most are keep-alive, where llhttp's own framing already
-    tells that the body is not close-delimited."""
+    `head` is the head as the backend sent it; its fields, reason and version are read from
+    it when asked: a response relayed as it came needs none of them, and most are
+    keep-alive, where llhttp's own framing already tells that the body is not
+    close-delimited."""
 
     status: int
-    reason: bytes
-    version: bytes
-    headers: Headers
+    head: bytes
     keep_alive: bool
     bodyless: bool  # no body whatever the head says: 1xx, 204, 304, an answer to HEAD
     close_delimited: bool  # the body ends when the backend closes (RFC 9112 6.3 item 8)
     upgrade: bool  # 101 Switching Protocols
+    _headers: Headers | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = head_fields(self.head)
+        return headers
+
+    @property
+    def version(self) -> bytes:
+        return self.head[5:8]  # llhttp accepted the status line: "HTTP/x.y NNN ..."
+
+    @property
+    def reason(self) -> bytes:
+        return self.head[13 : self.head.index(b"\r\n")]
 
     @property
     def chunked(self) -> bool:
@@ -171,6 +189,22 @@ def header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def head_fields(head: bytes) -> Headers:
+    """The fields of a head llhttp accepted: its lines end in CRLF (bare LF and CR refused),
+    none is folded (obs-fold refused), every one has a colon after a token name."""
+    return _fields(head[head.find(b"\r\n") + 2 : -2])
+
+
+def _fields(lines: bytes) -> Headers:
+    """(name, value) of field lines, each ending in CRLF; a value without the whitespace
+    before it, as llhttp gives it (whitespace after it is kept, so a head written again
+    from the fields is the head that came)."""
+    return tuple(
+        (name, value.lstrip(b" \t"))
+        for name, _, value in (line.partition(b":") for line in lines.split(b"\r\n")[:-1])
+    )
+
+
 def _framing(headers: Headers) -> tuple[bool, int | None, bool, bytes | None]:
     """(chunked, content length, has transfer-encoding, first Expect value) from `headers`,
     in one pass over the fields."""
@@ -202,6 +236,10 @@ def _whole_head(data: bytes, method: bytes) -> bytes | None:
     return data if end == len(data) else data[:end]
 
 
+class _StrayResponse(Exception):
+    """A response began after a response body in the same feed: nothing asked for it."""
+
+
 class _Reader:
     """What the request and response readers share: callbacks → events, head size bound."""
 
@@ -209,30 +247,19 @@ class _Reader:
         self.max_head_size = max_head_size
         self.state = ReaderState.IDLE
         self._events: list[Event] = []
-        # Fields of the head in progress; after the head, the trailers (llhttp reports
-        # trailers through on_header too).
+        # Fields llhttp reported through on_header: a request head's, then trailers.
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_fed = 0  # bytes fed while a head was incomplete
-        self._check_size = False  # a head completed by this feed may exceed max_head_size
 
-    # httptools callbacks -------------------------------------------------------------------
+    # httptools callbacks (a reader's parser calls on_header / on_body only when its protocol
+    # has them: these two are given that name where they are wanted) ----------------------
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Called once per field of every message: keep it to an append. The head size is
-        # checked when the head completes (`_take_headers`).
+    def _on_field(self, name: bytes, value: bytes) -> None:
+        # Called once per field: keep it to an append. The head size is checked when the
+        # head completes.
         self._headers.append((name, value))
 
-    def _take_headers(self) -> Headers:
-        """The head's fields, at on_headers_complete; later on_header calls are trailers."""
-        headers = tuple(self._headers)
-        self._headers = []
-        if self._check_size and (sum(len(n) + len(v) + 4 for n, v in headers) > self.max_head_size):
-            raise RemoteProtocolError(
-                f"request head larger than {self.max_head_size} bytes", status_hint=431
-            )
-        return headers
-
-    def on_body(self, body: bytes) -> None:
+    def _on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
@@ -253,9 +280,6 @@ class _Reader:
             raise RemoteProtocolError("the connection already failed", status_hint=400)
         if state is ReaderState.UPGRADED:
             return [Upgrade(data)] if data else []
-        # A head that completes in this feed is at most what was fed of it before plus
-        # `data`: only when that could pass the limit are its fields counted.
-        self._check_size = self._head_fed + len(data) > self.max_head_size
         events = self._events = []
         try:
             parser.feed_data(data)
@@ -269,6 +293,8 @@ class _Reader:
         except httptools.HttpParserCallbackError as err:
             self.state = ReaderState.ERROR
             cause = err.__context__
+            if isinstance(cause, _StrayResponse):
+                return events  # the responses before it are whole; the connection is not
             if isinstance(cause, RemoteProtocolError):
                 raise cause from None
             raise RemoteProtocolError(f"malformed message ({cause or err})") from None
@@ -281,18 +307,22 @@ class _Reader:
             self._head_fed += len(data)
             if self._head_fed > self.max_head_size:
                 self.state = ReaderState.ERROR
-                raise RemoteProtocolError(
-                    f"head larger than {self.max_head_size} bytes", status_hint=431
-                )
+                raise self._too_large()
         return events
 
     def _parse_error(self, err: Exception) -> RemoteProtocolError:
         return RemoteProtocolError(f"malformed message ({err})")
 
+    def _too_large(self) -> RemoteProtocolError:
+        return RemoteProtocolError(f"head larger than {self.max_head_size} bytes", 431)
+
 
 class RequestReader(_Reader):
     """The server side of a connection: client bytes in, request events out (pipelined
     requests come out one after another)."""
+
+    on_header = _Reader._on_field
+    on_body = _Reader._on_body
 
     def __init__(self, *, max_head_size: int = 65536) -> None:
         super().__init__(max_head_size)
@@ -300,6 +330,7 @@ class RequestReader(_Reader):
         self._parser = httptools.HttpRequestParser(self)
         self._fed: bytes | None = None  # this feed, while a message may begin at its start
         self._raw: bytes | None = None  # the bytes the message in progress began with
+        self._check_size = False  # a head completed by this feed may exceed max_head_size
 
     def on_message_begin(self) -> None:
         # The base's fields set here, not through super(): one call less per request.
@@ -318,6 +349,16 @@ class RequestReader(_Reader):
             raise RemoteProtocolError(
                 f"request target longer than {self.max_head_size} bytes", status_hint=414
             )
+
+    def _take_headers(self) -> Headers:
+        """The head's fields, at on_headers_complete; later on_header calls are trailers."""
+        headers = tuple(self._headers)
+        self._headers = []
+        if self._check_size and (sum(len(n) + len(v) + 4 for n, v in headers) > self.max_head_size):
+            raise RemoteProtocolError(
+                f"request head larger than {self.max_head_size} bytes", status_hint=431
+            )
+        return headers
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -350,6 +391,9 @@ class RequestReader(_Reader):
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; returns the complete events they finish."""
         self._fed = data if self.state is ReaderState.IDLE else None
+        # A head that completes in this feed is at most what was fed of it before plus
+        # `data`: only when that could pass the limit are its fields counted.
+        self._check_size = self._head_fed + len(data) > self.max_head_size
         return self._feed(self._parser, data)
 
     def receive_eof(self) -> list[Event]:
@@ -364,36 +408,51 @@ class RequestReader(_Reader):
 class ResponseReader(_Reader):
     """The client side of a backend connection: backend bytes in, response events out.
 
-    Call `expect(method)` before each request is sent: a response to HEAD has no body
-    whatever its Content-Length says (RFC 9110 9.3.2), which llhttp cannot be told.
+    Call `expect(method, decode=...)` before each request is sent: a response to HEAD has no
+    body whatever its Content-Length says (RFC 9110 9.3.2), which llhttp cannot be told; with
+    `decode=False` the body and trailers give no events (the caller relays what it fed).
     """
 
     def __init__(self, *, max_head_size: int = 65536) -> None:
         super().__init__(max_head_size)
-        self._parser = httptools.HttpResponseParser(self)
-        self._reason = b""
+        # One parser per way of reading, each used between messages only. This reader has
+        # no on_header / on_body, so its own parser calls no Python per field or body
+        # piece; the decoding one calls them through `_Decoding`.
+        self._framer = httptools.HttpResponseParser(self)
+        self._decoder = httptools.HttpResponseParser(_Decoding(self))
+        self._decode = True
+        self._parser = self._decoder
         self._head_request = False
         self._close_delimited = False
         self._pending = b""  # bytes after a HEAD response's head, for the next response
+        # llhttp gives no offsets: a head is found in the bytes fed, from where it began.
+        self._data = b""  # the bytes being fed
+        self._begin: int | None = 0  # where in them the next response begins (None: unknown)
+        self._head_start = 0  # where in them the head in progress began
+        self._partial = b""  # that head's bytes from earlier feeds
 
-    def expect(self, method: bytes) -> None:
-        """The next response answers a request with `method`."""
+    def expect(self, method: bytes, *, decode: bool = True) -> None:
+        """The next response answers a request with `method`; `decode`: give its body as
+        Data events and its trailers (else only Response and EndOfMessage)."""
         self._head_request = method == b"HEAD"
+        if decode is not self._decode and self.state is ReaderState.IDLE:
+            self._decode = decode
+            self._parser = self._decoder if decode else self._framer
 
     def on_message_begin(self) -> None:
+        begin = self._begin
+        if begin is None:
+            raise _StrayResponse
         # The base's fields set here, not through super(): one call less per response.
         self.state = ReaderState.HEAD
-        self._headers = []
         self._head_fed = 0
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        self._head_start = begin
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        headers = self._take_headers()
+        head = self._take_head()
+        self._headers = []  # (the decoder's on_header: the head's fields, read from `head`)
         bodyless = status < 200 or status == 204 or status == 304 or self._head_request
         keep_alive = parser.should_keep_alive()
         if keep_alive or bodyless:
@@ -401,22 +460,59 @@ class ResponseReader(_Reader):
             # (llhttp_message_needs_eof): no need to read the framing fields here.
             close_delimited = False
         else:
-            chunked, length, _, _ = _framing(headers)
+            chunked, length, _, _ = _framing(head_fields(head))
             close_delimited = not chunked and length is None
+        if not bodyless:
+            self._begin = None  # where the body ends is llhttp's business
         self._close_delimited = close_delimited
         self.state = ReaderState.BODY
         self._events.append(
             Response(
                 status=status,
-                reason=self._reason,
-                version=parser.get_http_version().encode(),
-                headers=headers,
+                head=head,
                 keep_alive=keep_alive,
                 bodyless=bodyless,
                 close_delimited=close_delimited,
                 upgrade=status == 101,
             )
         )
+
+    def _take_head(self) -> bytes:
+        """The head llhttp has just read whole, from the bytes fed; the next response (after
+        a bodyless one) begins right after it."""
+        data = self._data
+        partial = self._partial
+        if partial:
+            self._partial = b""
+            data = partial + data
+            start = 0
+        else:
+            start = self._head_start
+        if not data.startswith(b"HTTP/", start):
+            while data[start] in b"\r\n":  # llhttp skips empty lines before a status line
+                start += 1
+        # llhttp refuses bare CR and LF: the head's first empty line ends it.
+        end = data.find(b"\r\n\r\n", start) + 4
+        if end - start > self.max_head_size:
+            raise self._too_large()
+        self._begin = end - len(partial)
+        return data[start:end] if start or end != len(data) else data
+
+    def _feed(
+        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
+    ) -> list[Event]:
+        state = self.state
+        self._data = data
+        if state is ReaderState.IDLE:
+            self._begin = 0
+        elif state is ReaderState.BODY:
+            self._begin = None
+        events = super()._feed(parser, data)
+        if self.state is ReaderState.HEAD:
+            self._partial += data[self._head_start :]
+            self._head_start = 0
+        self._data = b""
+        return events
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the backend; returns the complete events they finish."""
@@ -446,7 +542,10 @@ class ResponseReader(_Reader):
                 if self.state is not ReaderState.IDLE:  # llhttp waits for a body: end it
                     events.append(_END)
                     self.state = ReaderState.IDLE
-                    self._parser = httptools.HttpResponseParser(self)
+                    if self._decode:
+                        self._parser = self._decoder = httptools.HttpResponseParser(_Decoding(self))
+                    else:
+                        self._parser = self._framer = httptools.HttpResponseParser(self)
                 self._head_request = False
         if buffer:
             events.extend(self._feed(self._parser, buffer))
@@ -465,6 +564,30 @@ class ResponseReader(_Reader):
 
     def _parse_error(self, err: Exception) -> RemoteProtocolError:
         return RemoteProtocolError(f"malformed response ({err})", status_hint=502)
+
+    def _too_large(self) -> RemoteProtocolError:
+        return RemoteProtocolError(f"response head larger than {self.max_head_size} bytes", 502)
+
+
+class _Decoding:
+    """The callbacks of a response parser that decodes: the reader's, and its field and
+    body callbacks (fields after the head are trailers; the head's own are read from its
+    bytes)."""
+
+    __slots__ = (
+        "on_body",
+        "on_header",
+        "on_headers_complete",
+        "on_message_begin",
+        "on_message_complete",
+    )
+
+    def __init__(self, reader: ResponseReader) -> None:
+        self.on_message_begin = reader.on_message_begin
+        self.on_headers_complete = reader.on_headers_complete
+        self.on_message_complete = reader.on_message_complete
+        self.on_header = reader._on_field
+        self.on_body = reader._on_body
 
 
 # --- writing --------------------------------------------------------------------------------

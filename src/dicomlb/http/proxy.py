@@ -252,10 +252,17 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading("error")
             self._pump()
             return
-        if self.exchange is None and self.head_started is None and not events:
-            self.head_started = self.last_activity
-            self._ensure_timer(self.config.head_timeout)
         exchange = self.exchange
+        if exchange is None and not self.queue:
+            if (
+                len(events) == 2 and type(events[1]) is EndOfMessage and not events[0].chunked  # type: ignore[union-attr]
+            ):
+                # The common case: a whole request without a body.
+                self._start(events[0], done=True)  # type: ignore[arg-type]
+                return
+            if not events and self.head_started is None:
+                self.head_started = self.last_activity
+                self._ensure_timer(self.config.head_timeout)
         if exchange is not None and not exchange.request_done and not self.queue:
             # The common case: body bytes of the request in progress.
             for i, event in enumerate(events):
@@ -342,15 +349,11 @@ class ClientConnection(asyncio.Protocol):
                     self._refuse()
                     return
                 if type(item) is Request:
-                    self.head_started = None
-                    self.exchange = exchange = Exchange(self, item)
-                    exchange.start()
-                    if not exchange.finished:
-                        limit = min(self.config.idle_timeout, exchange.read_timeout)
-                        # Most requests find the timer due early enough already (checked
-                        # against this callback's time, no clock read).
-                        if self.timer is None or self.timer_at > self.last_activity + limit:
-                            self._ensure_timer(limit)
+                    # A request without a body has its end right behind it.
+                    done = bool(queue) and type(queue[0]) is EndOfMessage and not item.chunked
+                    if done:
+                        queue.popleft()
+                    self._start(item, done=done)
                 # (a stray Upgrade / Data here belongs to a refused request: dropped)
             elif not exchange.request_done:
                 item = queue.popleft()
@@ -365,6 +368,22 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading("pipeline")
         elif self.paused:
             self.resume_reading("pipeline")
+
+    def _start(self, request: Request, *, done: bool) -> None:
+        """Begin the exchange for `request`; `done`: the request has no body (its end came
+        with it)."""
+        self.head_started = None
+        self.exchange = exchange = Exchange(self, request)
+        if done:
+            exchange.request_done = True
+            exchange.backend_activity = self.last_activity
+        exchange.start()
+        if not exchange.finished:
+            limit = min(self.config.idle_timeout, exchange.read_timeout)
+            # Most requests find the timer due early enough already (checked against this
+            # callback's time, no clock read).
+            if self.timer is None or self.timer_at > self.last_activity + limit:
+                self._ensure_timer(limit)
 
     def exchange_done(self, keep_alive: bool) -> None:
         """The exchange in progress has sent its whole response."""
@@ -486,6 +505,9 @@ class Exchange:
     counted = False  # this exchange is in its backend's `active` count
     backend_activity = 0.0  # request sent in full, or backend bytes: the read timeout's start
     verbatim = True  # no head rewrite: relay the backend's bytes unchanged
+    # Response bodies as events too (re-framed, learned from, or 1xx dropped for HTTP/1.0):
+    # else the reader only frames the response and its bytes are relayed as they came.
+    decode = False
     ready = False  # out has something complete to write
 
     def __init__(self, client: ClientConnection, request: Request) -> None:
@@ -552,6 +574,8 @@ class Exchange:
             self.response_edits = ctx.response_edits
         if plan.orthanc:
             self._orthanc_pin()
+        if self.response_edits or self.learn is not None or request.version != b"1.1":
+            self.decode = True
         self.head = head = forward_head(request, target, headers)
         if len(head) <= self.options.retry_buffer:
             self.replay = [head]
@@ -711,7 +735,7 @@ class Exchange:
         self.backend_activity = self.client.loop.time()
         conn.exchange = self
         conn.requests += 1
-        conn.reader.expect(self.request.method)
+        conn.reader.expect(self.request.method, decode=self.decode)
         transport = conn.transport
         assert transport is not None
         replay = self.replay
@@ -800,6 +824,8 @@ class Exchange:
         out = self.out
         if data and self.verbatim:
             out.append(data)
+            if self.response is not None:  # more of a body: complete as it comes
+                self.ready = True
         for event in events:
             if conn.exchange is not self:  # released mid-batch (a retry): drop its bytes
                 if self.verbatim:
@@ -808,7 +834,6 @@ class Exchange:
             kind = type(event)
             if kind is Data:
                 piece = event.data  # type: ignore[union-attr]
-                self.bytes_out += len(piece)
                 if self.learn is not None:
                     self.learn.append(piece)
                 self.ready = True
@@ -844,8 +869,10 @@ class Exchange:
         self.ready = False
         out = self.out
         if out:
-            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
+            self.bytes_out += len(data)
+            self.client.write(data)
 
     def _on_response(self, conn: UpstreamConnection, response: Response) -> None:
         status = response.status
@@ -880,15 +907,11 @@ class Exchange:
             backend.health.success()
         self.response = response
         self.status = status
-        headers = response.headers
-        if self.response_edits:
-            edited = list(headers)
-            for edit in self.response_edits:
-                edit(edited)
-            headers = tuple(edited)
         if self.learn is not None and not (
             200 <= status < 300
-            and orthanc.is_learnable(header(headers, b"content-type"), response.content_length)
+            and orthanc.is_learnable(
+                header(response.headers, b"content-type"), response.content_length
+            )
         ):
             self.learn = None
         if status == 101:
@@ -896,8 +919,14 @@ class Exchange:
         if self.response_edits:
             self._drop_verbatim()
         self.ready = True
-        if not self.verbatim:
-            self.response_chunked = response.chunked  # the body is framed again
+        if not self.verbatim:  # the head written again, the body framed again
+            headers = response.headers
+            if self.response_edits:
+                edited = list(headers)
+                for edit in self.response_edits:
+                    edit(edited)
+                headers = tuple(edited)
+            self.response_chunked = response.chunked
             self.out.append(serialize_response(status, headers, response.reason, response.version))
 
     def _drop_verbatim(self) -> None:
@@ -1097,8 +1126,9 @@ class Exchange:
                 self.path,
                 response.body.decode(errors="replace").strip(),
             )
-        self.bytes_out += len(response.body)
-        self.client.write(response.serialize())
+        data = response.serialize()
+        self.bytes_out += len(data)
+        self.client.write(data)
         self._finish(keep_alive=self.request.keep_alive and not close)
 
     def client_gone(self, reason: str) -> None:

@@ -18,7 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from dicomlb.http.balancing import FailureWindow, SlowStart
-from dicomlb.http.h1 import Event, RemoteProtocolError, ResponseReader
+from dicomlb.http.h1 import Event, ReaderState, RemoteProtocolError, ResponseReader
 from dicomlb.http.snapshot import HttpPoolConfig
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import BackendConfig, HttpAddress
@@ -101,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
             and self.transport is not None
             and not self.transport.is_closing()
             and now - self.idle_since < idle_timeout
+            and self.reader.state is ReaderState.IDLE  # (ERROR: bytes after a response)
         )
 
     def close(self) -> None:
