@@ -33,6 +33,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from dicomlb.http.routing import request_path
+
 __all__ = ["CONTENT_TYPE", "Metrics", "percentile", "status_class"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -139,12 +141,13 @@ class AssociationRecord:
 
 class HttpRequestRecord(NamedTuple):
     """One HTTP request answered by the HTTP listener, for the dashboard's recent list (a
-    tuple: one is made per request)."""
+    tuple: one is made per request, with the method and target as the client sent them,
+    made text when shown)."""
 
     time: float  # wall clock, when answered
     client: str
-    method: str
-    path: str
+    method: bytes
+    target: bytes
     route: str
     backend: str
     status: int
@@ -154,8 +157,8 @@ class HttpRequestRecord(NamedTuple):
         return {
             "time": self.time,
             "client": self.client,
-            "method": self.method,
-            "path": self.path,
+            "method": self.method.decode("latin-1"),
+            "path": request_path(self.target.decode("latin-1")),
             "route": self.route,
             "backend": self.backend,
             "status": self.status,
@@ -390,15 +393,15 @@ class Metrics:
         status: int,
         seconds: float,
         client: str = "",
-        method: str = "",
-        path: str = "",
+        method: bytes = b"",
+        target: bytes = b"",
     ) -> None:
         """One HTTP request answered (or given up: 499) by the HTTP listener."""
+        now = self.clock()
         # tuple.__new__: a NamedTuple's own __new__ is a Python function, one frame more.
         self.recent_http.append(
             _new_tuple(
-                HttpRequestRecord,
-                (self.clock(), client, method, path, route, backend, status, seconds),
+                HttpRequestRecord, (now, client, method, target, route, backend, status, seconds)
             )
         )
         self.http_requests.inc((route, pool, backend, _HTTP_CLASSES.get(status, "other")))
@@ -407,7 +410,7 @@ class Metrics:
             ring = self._http_latencies.get(backend)
             if ring is None:
                 ring = self._http_latencies[backend] = collections.deque(maxlen=4096)
-            ring.append((time.monotonic(), seconds))
+            ring.append((now, seconds))  # (the clock's time: one clock read per request)
 
     def spool_delivery(self, backend: str, result: str) -> None:
         """A spooled item's attempt ended: `delivered`, `failed` (retried later) or `dead`."""
@@ -518,7 +521,7 @@ class Metrics:
 
     def http_latency(self, backend: str, window: float = WINDOW) -> dict[str, Any]:
         """p50 / p99 (seconds) and count of `backend`'s HTTP requests in the last `window`."""
-        since = time.monotonic() - window
+        since = self.clock() - window
         values = [s for t, s in self._http_latencies.get(backend, ()) if t >= since]
         return {
             "p50": percentile(values, 0.5),

@@ -156,7 +156,7 @@ def test_recent_http_requests_are_bounded() -> None:
     for n in range(60):
         metrics.http_request(
             route="r", pool="p", backend="b", status=200, seconds=0.002,
-            client="10.0.0.9", method="GET", path=f"/x/{n}",
+            client="10.0.0.9", method=b"GET", target=f"/x/{n}?q=1".encode(),
         )  # fmt: skip
     assert len(metrics.recent_http) == 50
     newest = metrics.recent_http[-1].as_dict()

@@ -80,9 +80,10 @@ class RoutePlan:
     """What a request on one route needs from the snapshot, resolved once per snapshot
     rather than looked up per request."""
 
-    __slots__ = ("balanced", "middlewares", "options", "orthanc", "pool", "read_timeout")
+    __slots__ = ("balanced", "middlewares", "options", "orthanc", "pool", "read_timeout", "route")
 
     def __init__(self, route: HttpRouteConfig, pool: Pool) -> None:
+        self.route = route
         self.pool = pool
         self.options = options = route.pool.http or DEFAULT_POOL_HTTP
         self.read_timeout = route.read_timeout or options.read_timeout
@@ -112,6 +113,9 @@ class HttpRuntime:
             route.name: RoutePlan(route, self.pools[route.pool.name])
             for route in snapshot.http_routes
         }
+        # The plan of every request when the first route matches everything.
+        everything = self.router.everything
+        self.everything = self.plans[everything.name] if everything is not None else None
         old_conns = previous.connections if previous else {}
         self.connections: dict[str, BackendConnections] = {}
         for name, backend in runtime.backends.items():
@@ -500,7 +504,8 @@ class Exchange:
     read_timeout = DEFAULT_POOL_HTTP.read_timeout
     finished = False
     pin_key: str | None = None
-    path = ""
+    tried: tuple[str, ...] = ()  # backends tried, one per try
+    _path: str | None = None
     upgrade_tunnel = False
     counted = False  # this exchange is in its backend's `active` count
     backend_activity = 0.0  # request sent in full, or backend bytes: the read timeout's start
@@ -516,10 +521,17 @@ class Exchange:
         self.http = client.listener.http
         self.started = client.last_activity  # set by the callback that brings the request
         self.request_done = False
-        self.tried: set[str] = set()  # backends tried, one per try
         # Response bytes for the client, written once per batch: the backend's own bytes
         # while `verbatim`, else the head and body written from the events.
         self.out: list[bytes] = []
+
+    @property
+    def path(self) -> str:
+        """The request's path, percent-decoded, without the query (logs, Orthanc rules)."""
+        path = self._path
+        if path is None:
+            path = self._path = request_path(self.request.target.decode("latin-1"))
+        return path
 
     # request side --------------------------------------------------------------------------
 
@@ -528,24 +540,21 @@ class Exchange:
         client = self.client
         request = self.request
         http = self.http
-        router = http.router
-        route = router.everything
-        if route is None:
+        plan = http.everything
+        if plan is None:
             facts = RequestFacts(
                 method=_METHOD_NAMES.get(request.method) or request.method.decode("latin-1"),
                 target=request.target.decode("latin-1"),
                 headers=request.headers,
                 client_ip=client.peer[0],
             )
-            self.path = facts.path
-            route = router.select(facts)
-        else:
-            self.path = request_path(request.target.decode("latin-1"))
-        if route is None:
-            self.local(LocalResponse(status=404, body=b"no route matches this request\n"))
-            return
-        self.route = route
-        plan = http.plans[route.name]
+            self._path = facts.path
+            chosen = http.router.select(facts)
+            if chosen is None:
+                self.local(LocalResponse(status=404, body=b"no route matches this request\n"))
+                return
+            plan = http.plans[chosen.name]
+        self.route = plan.route
         self.plan = plan
         self.options = plan.options
         self.read_timeout = plan.read_timeout
@@ -657,11 +666,12 @@ class Exchange:
             self.local(LocalResponse(status=503, body=f"{why}\n".encode(), close=False))
             return
         self.backend = backend
-        self.tried.add(backend.name)
+        self.tried += (backend.name,)
         backend.active += 1
         self.counted = True
         conns = self.http.connections[backend.name]
-        conn = conns.take(self.client.loop.time(), self.options.idle_timeout)
+        # (this callback's time: the request's, or the response's that brought a retry)
+        conn = conns.take(self.client.last_activity, self.options.idle_timeout)
         if conn is not None:
             self._attach(conn)
         else:
@@ -1044,7 +1054,8 @@ class Exchange:
         if reused and not received and self.replay is not None:
             # A pooled connection the backend had closed: not a backend failure.
             self._release_upstream(reuse=False)
-            self.tried.discard(self.backend.name if self.backend else "")
+            name = self.backend.name if self.backend else ""
+            self.tried = tuple(t for t in self.tried if t != name)
             self._choose_and_send()
             return
         self._backend_failed(reason, connect=False)
@@ -1094,7 +1105,7 @@ class Exchange:
                 transport.resume_reading()
             if reuse and not conn.closed and self.backend is not None:
                 self.http.connections[self.backend.name].give_back(
-                    conn, client.loop.time(), self.options.idle_timeout
+                    conn, client.last_activity, self.options.idle_timeout
                 )
             else:
                 conn.close()
@@ -1156,8 +1167,8 @@ class Exchange:
             status=self.status,
             seconds=client.loop.time() - self.started,
             client=client.peer[0],
-            method=_METHOD_NAMES.get(self.request.method) or self.request.method.decode("latin-1"),
-            path=self.path,
+            method=self.request.method,
+            target=self.request.target,
         )
         client.exchange_done(keep_alive and self.request_done)
 
