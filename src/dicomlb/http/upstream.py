@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["BackendConnections", "UpstreamConnection", "upstream_tls"]
 
 WRITE_HIGH = 256 * 1024  # write buffer toward a backend before the client is paused
+_IDLE = ReaderState.IDLE  # (a global: an Enum member read from its class costs ~130 ns)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -101,7 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
             and self.transport is not None
             and not self.transport.is_closing()
             and now - self.idle_since < idle_timeout
-            and self.reader.state is ReaderState.IDLE  # (ERROR: bytes after a response)
+            and self.reader.state is _IDLE  # (ERROR: bytes after a response)
         )
 
     def close(self) -> None:
