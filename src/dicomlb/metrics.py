@@ -85,8 +85,11 @@ def http_status_class(status: int) -> str:
 
 
 _new_tuple = tuple.__new__
-# Looked up once per HTTP request instead of formatted.
-_HTTP_CLASSES = {status: http_status_class(status) for status in range(100, 600)}
+_HTTP_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+# Looked up once per HTTP request instead of formatted: the status class's place in a series.
+_HTTP_CLASS_INDEX = {
+    status: _HTTP_CLASSES.index(http_status_class(status)) for status in range(100, 600)
+}
 
 
 def association_outcome(text: str) -> str:
@@ -223,11 +226,90 @@ class Durations(_Family):
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        edges = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        edges = _edges(self.bounds)
         for key, series in list(self.series.items()):
-            cumulative = itertools.accumulate(series[:-1])
-            family.add_metric(key, list(zip(edges, cumulative, strict=True)), series[-1])
+            family.add_metric(key, _cumulative(edges, series[:-1]), series[-1])
         yield family
+
+
+def _edges(bounds: Sequence[float]) -> list[str]:
+    """The `le` labels of a histogram's buckets."""
+    return [floatToGoString(b) for b in bounds] + ["+Inf"]
+
+
+def _cumulative(edges: list[str], buckets: Sequence[float]) -> list[tuple[str, float]]:
+    """(le, cumulative count) of a histogram's buckets, each counted on its own."""
+    return list(zip(edges, itertools.accumulate(buckets), strict=True))
+
+
+class _HttpSeries:
+    """The numbers of one (route, pool, backend): requests per status class, then the
+    durations' buckets (each on its own), +Inf's and their sum; recent (time, seconds)."""
+
+    __slots__ = ("counts", "recent")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts: list[float] = [0] * (len(_HTTP_CLASSES) + buckets + 2)
+        self.recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
+
+
+class HttpRequests(_Family):
+    """dicomlb_http_requests_total (by status class) and
+    dicomlb_http_request_duration_seconds (requests a backend answered) kept as one series
+    per (route, pool, backend): one lookup per request."""
+
+    DURATIONS = "dicomlb_http_request_duration_seconds"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.bounds = LATENCY_BUCKETS
+        self.series: dict[tuple[str, str, str], _HttpSeries] = {}
+        super().__init__(
+            "dicomlb_http_requests",
+            "HTTP requests answered, by route, pool, backend (empty when not reached) and "
+            "status class (2xx, 4xx, 5xx, ...).",
+            ["route", "pool", "backend", "status_class"],
+            registry,
+        )
+
+    def observe(self, key: tuple[str, str, str], status: int, seconds: float, now: float) -> None:
+        """A request of `key` answered with `status` after `seconds`, at `now`."""
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = _HttpSeries(len(self.bounds))
+        counts = series.counts
+        counts[_HTTP_CLASS_INDEX.get(status, 5)] += 1
+        if key[2]:  # a backend answered: how long it took
+            counts[6 + bisect.bisect_left(self.bounds, seconds)] += 1  # first bound >= it
+            counts[-1] += seconds
+            series.recent.append((now, seconds))
+
+    def recent(self, backend: str, since: float) -> list[float]:
+        """Durations of `backend`'s requests answered since `since`."""
+        return [
+            seconds
+            for key, series in list(self.series.items())
+            if key[2] == backend
+            for at, seconds in series.recent
+            if at >= since
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        durations = HistogramMetricFamily(
+            self.DURATIONS,
+            "Time from a request's head to the last byte of its response.",
+            labels=self.labelnames[:3],
+        )
+        edges = _edges(self.bounds)
+        for key, series in list(self.series.items()):
+            counts = series.counts
+            for name, count in zip(_HTTP_CLASSES, counts, strict=False):
+                if count:
+                    requests.add_metric([*key, name], count)
+            if key[2]:
+                durations.add_metric(key, _cumulative(edges, counts[6:-1]), counts[-1])
+        yield requests
+        yield durations
 
 
 class Metrics:
@@ -298,20 +380,7 @@ class Metrics:
             ["action"],
             registry=r,
         )
-        self.http_requests = Counts(
-            "dicomlb_http_requests",
-            "HTTP requests answered, by route, pool, backend (empty when not reached) and "
-            "status class (2xx, 4xx, 5xx, ...).",
-            ["route", "pool", "backend", "status_class"],
-            registry=r,
-        )
-        self.http_duration = Durations(
-            "dicomlb_http_request_duration_seconds",
-            "Time from a request's head to the last byte of its response.",
-            ["route", "pool", "backend"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.http_requests = HttpRequests(r)
         self.spool_deliveries = Counter(
             "dicomlb_spool_deliveries",
             "Attempts to deliver spooled items, by backend and result (delivered, failed, dead).",
@@ -348,7 +417,6 @@ class Metrics:
         # refresh it first (admin/spool.py), so its gauges are read at scrape time.
         self.spool_state: dict[str, Any] | None = None
         self._closed_bytes = 0
-        self._http_latencies: dict[str, collections.deque[tuple[float, float]]] = {}
         # Dashboard history: bounded rings, read by the admin API.
         self.recent_associations: collections.deque[AssociationRecord] = collections.deque(
             maxlen=RECENT_ASSOCIATIONS
@@ -404,13 +472,7 @@ class Metrics:
                 HttpRequestRecord, (now, client, method, target, route, backend, status, seconds)
             )
         )
-        self.http_requests.inc((route, pool, backend, _HTTP_CLASSES.get(status, "other")))
-        if backend:
-            self.http_duration.observe((route, pool, backend), seconds)
-            ring = self._http_latencies.get(backend)
-            if ring is None:
-                ring = self._http_latencies[backend] = collections.deque(maxlen=4096)
-            ring.append((now, seconds))  # (the clock's time: one clock read per request)
+        self.http_requests.observe((route, pool, backend), status, seconds, now)
 
     def spool_delivery(self, backend: str, result: str) -> None:
         """A spooled item's attempt ended: `delivered`, `failed` (retried later) or `dead`."""
@@ -521,8 +583,7 @@ class Metrics:
 
     def http_latency(self, backend: str, window: float = WINDOW) -> dict[str, Any]:
         """p50 / p99 (seconds) and count of `backend`'s HTTP requests in the last `window`."""
-        since = self.clock() - window
-        values = [s for t, s in self._http_latencies.get(backend, ()) if t >= since]
+        values = self.http_requests.recent(backend, self.clock() - window)
         return {
             "p50": percentile(values, 0.5),
             "p99": percentile(values, 0.99),

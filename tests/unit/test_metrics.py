@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dicomlb.metrics import Counts, Durations, Metrics
+from dicomlb.metrics import LATENCY_BUCKETS, Counts, Durations, HttpRequests, Metrics
 
 BOUNDS = (0.001, 0.01, 0.1)
 
@@ -30,6 +30,27 @@ def test_durations_scrape_like_a_prometheus_histogram() -> None:
         histogram.labels(backend).observe(seconds)
     assert samples(ours) == samples(theirs)
     assert samples(ours)[("lat_seconds_bucket", (("backend", "a"), ("le", "0.01")))] == 2
+
+
+def test_http_requests_scrape_like_a_prometheus_counter_and_histogram() -> None:
+    # One series per (route, pool, backend) read as prometheus-client's two families; a
+    # request no backend answered (backend "") is counted, not timed.
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    requests = HttpRequests(ours)
+    labels = ["route", "pool", "backend"]
+    counter = Counter("dicomlb_http_requests", "x", [*labels, "status_class"], registry=theirs)
+    histogram = Histogram(
+        HttpRequests.DURATIONS, "x", labels, buckets=LATENCY_BUCKETS, registry=theirs
+    )
+    answered = [("r", "p", "a", 200, 0.001), ("r", "p", "a", 503, 0.3), ("r", "p", "b", 304, 9.0)]
+    for route, pool, backend, status, seconds in [*answered, ("r", "p", "", 404, 0.0)]:
+        requests.observe((route, pool, backend), status, seconds, now=100.0)
+        counter.labels(route, pool, backend, f"{status // 100}xx").inc()
+        if backend:
+            histogram.labels(route, pool, backend).observe(seconds)
+    assert samples(ours) == samples(theirs)
+    assert requests.recent("a", since=99.0) == [0.001, 0.3]
+    assert requests.recent("a", since=101.0) == []
 
 
 def test_counts_scrape_as_counters_with_their_labels() -> None:
