@@ -127,6 +127,33 @@ def test_last_chunk_alone_in_its_own_read_is_relayed() -> None:
         assert get(lb, "/after", conn=conn)[1].startswith(b"GET /after 0 ")
 
 
+def test_a_refused_request_without_a_body_leaves_the_connection_open(
+    backends: list[WebBackend],
+) -> None:
+    # 404 (no route) and 503 (every node down) answer a whole request: the client's
+    # connection carries the next one. A refused request with a body closes it (the body is
+    # not read through).
+    config = {
+        "pools": {"web": pool(backends)},
+        "http_routes": [{"name": "app", "pool": "web", "match": {"path_prefix": "/app/"}}],
+    }
+    with HttpBalancer(config) as lb:
+        conn = http.client.HTTPConnection(LOOPBACK, lb.port, timeout=5)
+        status, answer, response = get(lb, "/elsewhere", conn=conn)
+        assert (status, answer) == (404, b"no route matches this request\n")
+        assert response.getheader("Connection") is None
+        status, answer, _ = get(lb, "/app/1", conn=conn)
+        assert status == 200 and answer.endswith(b" GET /app/1")
+        conn.close()
+        raw = socket.create_connection((LOOPBACK, lb.port), timeout=5)
+        raw.sendall(b"POST /elsewhere HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):  # the server closes after its answer
+            answer += chunk
+        raw.close()
+        assert answer.startswith(b"HTTP/1.1 404 ") and b"Connection: close" in answer
+
+
 def test_a_connection_that_sent_bytes_after_its_response_is_not_reused() -> None:
     # The backend wrote the start of a response nobody asked for behind its answer: the
     # answer is relayed, the connection is dropped; the next request goes on a new one

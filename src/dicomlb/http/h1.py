@@ -201,17 +201,12 @@ def header(headers: Headers, name: bytes) -> bytes | None:
 
 def head_fields(head: bytes) -> Headers:
     """The fields of a head llhttp accepted: its lines end in CRLF (bare LF and CR refused),
-    none is folded (obs-fold refused), every one has a colon after a token name."""
-    return _fields(head[head.find(b"\r\n") + 2 : -2])
-
-
-def _fields(lines: bytes) -> Headers:
-    """(name, value) of field lines, each ending in CRLF; a value without the whitespace
-    before it, as llhttp gives it (whitespace after it is kept, so a head written again
-    from the fields is the head that came)."""
+    none is folded (obs-fold refused), every one has a colon after a token name. A value
+    comes without the whitespace before it, as llhttp gives it (whitespace after it is
+    kept, so a head written again from the fields is the head that came)."""
     return tuple(
         (name, value.lstrip(b" \t"))
-        for name, _, value in (line.partition(b":") for line in lines.split(b"\r\n")[:-1])
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:-2])
     )
 
 
@@ -454,6 +449,13 @@ class ResponseReader(_Reader):
             self._decode = decode
             self._parser = self._decoder if decode else self._framer
 
+    def _restart_parser(self) -> None:
+        """A fresh parser for the way of reading in use (the one in use is mid-message)."""
+        if self._decode:
+            self._parser = self._decoder = httptools.HttpResponseParser(_Decoding(self))
+        else:
+            self._parser = self._framer = httptools.HttpResponseParser(self)
+
     def on_message_begin(self) -> None:
         begin = self._begin
         if begin is None:
@@ -550,10 +552,7 @@ class ResponseReader(_Reader):
                 if self.state is not _IDLE:  # llhttp waits for a body: end it
                     events.append(_END)
                     self.state = _IDLE
-                    if self._decode:
-                        self._parser = self._decoder = httptools.HttpResponseParser(_Decoding(self))
-                    else:
-                        self._parser = self._framer = httptools.HttpResponseParser(self)
+                    self._restart_parser()
                 self._head_request = False
         if buffer:
             events.extend(self._feed(self._parser, buffer))
