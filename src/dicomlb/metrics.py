@@ -86,6 +86,8 @@ def http_status_class(status: int) -> str:
 
 _new_tuple = tuple.__new__
 _HTTP_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+_HTTP_OTHER = _HTTP_CLASSES.index("other")
+_HTTP_BUCKETS = len(_HTTP_CLASSES)  # where an HTTP series' duration buckets begin
 # Looked up once per HTTP request instead of formatted: the status class's place in a series.
 _HTTP_CLASS_INDEX = {
     status: _HTTP_CLASSES.index(http_status_class(status)) for status in range(100, 600)
@@ -249,7 +251,7 @@ class _HttpSeries:
     __slots__ = ("counts", "recent")
 
     def __init__(self, buckets: int) -> None:
-        self.counts: list[float] = [0] * (len(_HTTP_CLASSES) + buckets + 2)
+        self.counts: list[float] = [0] * (_HTTP_BUCKETS + buckets + 2)
         self.recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
 
 
@@ -277,9 +279,10 @@ class HttpRequests(_Family):
         if series is None:
             series = self.series[key] = _HttpSeries(len(self.bounds))
         counts = series.counts
-        counts[_HTTP_CLASS_INDEX.get(status, 5)] += 1
+        counts[_HTTP_CLASS_INDEX.get(status, _HTTP_OTHER)] += 1
         if key[2]:  # a backend answered: how long it took
-            counts[6 + bisect.bisect_left(self.bounds, seconds)] += 1  # first bound >= it
+            # (the first bound >= it)
+            counts[_HTTP_BUCKETS + bisect.bisect_left(self.bounds, seconds)] += 1
             counts[-1] += seconds
             series.recent.append((now, seconds))
 
@@ -307,7 +310,7 @@ class HttpRequests(_Family):
                 if count:
                     requests.add_metric([*key, name], count)
             if key[2]:
-                durations.add_metric(key, _cumulative(edges, counts[6:-1]), counts[-1])
+                durations.add_metric(key, _cumulative(edges, counts[_HTTP_BUCKETS:-1]), counts[-1])
         yield requests
         yield durations
 
