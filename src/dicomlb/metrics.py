@@ -410,6 +410,13 @@ class Metrics:
             buckets=COMMIT_BUCKETS,
             registry=r,
         )
+        self.spool_task_restarts = Counter(
+            "dicomlb_spool_task_restarts",
+            "Spool tasks (committer, sweep, a backend's feeder or worker) that failed and were "
+            "restarted, by task kind and backend.",
+            ["task", "backend"],
+            registry=r,
+        )
         self.spool_operations = Counter(
             "dicomlb_spool_operations",
             "Operator actions on spooled items through the admin API, by action and items.",
@@ -488,6 +495,10 @@ class Metrics:
             self.spool_spooled.labels(route, pool).inc()
         self.spool_commit.observe(seconds)
         self.store_finished(route=route, pool=pools[0] if pools else "", status=0, seconds=0.0)
+
+    def spool_task_restart(self, task: str, backend: str) -> None:
+        """A spool task failed; the supervisor restarts it."""
+        self.spool_task_restarts.labels(task, backend).inc()
 
     def spool_refusal(self, *, route: str, pool: str, status: int) -> None:
         """A C-STORE on a spooled route refused (spool limit, low disk, write error)."""
@@ -712,6 +723,12 @@ def spool_gauges(spool: dict[str, Any]) -> Iterator[Metric]:
             spool["oldest_age_seconds"] or 0,
         ),
         ("dicomlb_spool_dead_items", "Dead letters: items given up on.", spool["dead"]),
+        (
+            "dicomlb_spool_dispatcher_up",
+            "1 while every spool task runs (committer, sweep, senders); 0 while one waits to "
+            "be restarted or failed within the last 30 s.",
+            1 if spool["dispatcher"]["up"] else 0,
+        ),
         (
             "dicomlb_spool_accepting",
             "1 while the spool takes new instances (0: a limit or low disk refuses them).",

@@ -91,3 +91,15 @@ class Runtime:
             return True
         spooled = any(r.ack is Ack.SPOOL for r in routes)
         return spooled and self.spool is not None and self.spool.accepting()
+
+    def no_route_reason(self) -> str:
+        """Why no route can take a message now (when `any_route_available` says so): the
+        spool's refusal for spooled routes, no healthy backend for the others."""
+        routes = self.snapshot.routes
+        reasons = []
+        if any(r.ack is Ack.BACKEND for r in routes):
+            reasons.append("no healthy backend in any pool a route uses")
+        refusal = self.spool.refusal() if self.spool is not None else None
+        if refusal is not None and any(r.ack is Ack.SPOOL for r in routes):
+            reasons.append(f"spool full: {refusal}")
+        return "; ".join(reasons) or "no route can take a message"

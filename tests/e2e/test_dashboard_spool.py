@@ -10,6 +10,7 @@ the test's tmp_path (printed, and named in the assertion messages).
 from __future__ import annotations
 
 import http.client
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,47 @@ def _wait_files(scp: StoreSCP, count: int, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.05)
     return len(scp.files()) == count
+
+
+def test_spool_panel_shows_a_restarting_dispatcher_with_its_cause(
+    tmp_path: Path, balancer: Any, page: Any
+) -> None:
+    """The feeder's claims fail as on a full disk: the badge turns to 'dispatcher
+    restarting', with the task and the cause in its title."""
+    good = StoreSCP("PACSA", tmp_path / "a").start()
+    try:
+        config = {
+            "pools": {
+                "pacs": {
+                    "health": {"enabled": False},
+                    "backends": [{"name": "pacs-a", "dicom": good.address}],
+                }
+            },
+            "routes": [{"name": "modalities", "pool": "pacs", "ack": "spool"}],
+            "spool": {"directory": str(tmp_path / "spool"), "min_free_disk": 0},
+        }
+        lb = balancer(config, admin=True)
+        page.goto(lb.admin_url + "/")
+        badge = page.locator("#spool-dispatcher")
+        badge.filter(has_text="dispatcher running").wait_for(timeout=10_000)
+
+        store = lb.app.spool.store
+        real_claim = store.claim
+
+        def full_disk(*args: Any) -> Any:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        store.claim = full_disk
+        files = write_series(make_small(3), tmp_path / "out")
+        assert storescu("127.0.0.1", lb.port, files, aec="DICOMLB").returncode == 0
+        badge.filter(has_text="dispatcher restarting").wait_for(timeout=10_000)
+        title = badge.get_attribute("title") or ""
+        assert "feeder/pacs-a" in title and "database or disk is full" in title, title
+        shot = tmp_path / "dashboard-spool-restarting.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"dashboard screenshot (dispatcher restarting): {shot}")
+
+        store.claim = real_claim
+        assert _wait_files(good, 3)
+    finally:
+        good.close()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from dicomlb.metrics import Metrics
     from dicomlb.spool.spool import Spool
 
-__all__ = ["DEAD_LETTERS", "SpoolView", "item_dict"]
+__all__ = ["DEAD_LETTERS", "SpoolView", "dispatcher_state", "item_dict"]
 
 FRESH = 0.5  # seconds a summary is reused
 DEAD_LETTERS = 50  # dead items listed in the summary (oldest first)
@@ -40,6 +40,29 @@ def item_dict(item: Item) -> dict[str, Any]:
     data["state"] = str(item.state)
     data["on_disk"] = bool(data.pop("file"))
     return data
+
+
+def dispatcher_state(spool: Spool) -> dict[str, Any]:
+    """Whether every spool task runs, the restarts so far, and the tasks in trouble (waiting
+    to be restarted, or restarted within the last HEALTHY_AFTER seconds) with their cause."""
+    tasks = spool.supervisor.tasks.values()
+    troubled = spool.supervisor.troubled()
+    return {
+        "up": not troubled,
+        "tasks": len(tasks),
+        "restarts": sum(t.restarts for t in tasks),
+        "troubled": [
+            {
+                "task": t.name,
+                "running": t.running,
+                "restarts": t.restarts,
+                "last_error": t.last_error,
+                "failed_at": t.failed_at,
+                "retry_at": t.retry_at,
+            }
+            for t in troubled
+        ],
+    }
 
 
 class SpoolView:
@@ -136,6 +159,7 @@ class SpoolView:
                 "max_age": config.retry.max_age,
             },
             "backends": backends,
+            "dispatcher": dispatcher_state(spool),
             "dead_letters": [item_dict(item) for item in dead],
         }
         self._summary, self._summary_at = summary, now

@@ -330,7 +330,7 @@ class InboundAssociation(asyncio.Protocol):
             why = "association negotiation failed"
             if isinstance(answer, AssociateAccept) and not self._backends_available(answer):
                 answer = reject(RejectReason.TEMPORARY_CONGESTION, transient=True)
-                why = "no healthy backend in any pool a route uses"
+                why = self.runtime.no_route_reason()
         if isinstance(answer, AssociateReject):
             self.listener.stats.rejected += 1
             self._outcome = f"rejected: {why}"

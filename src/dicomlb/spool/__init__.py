@@ -6,4 +6,6 @@
 - `ingest.py`: a C-STORE from the relay into the spool, answered once it is durable.
 - `dispatcher.py`: per-backend senders that deliver spooled items, with retries.
 - `ops.py`: list / show / retry / purge, for the CLI and the admin API.
+- `supervisor.py`: runs the long-running tasks (committer, sweep, senders); a task that
+  fails is logged, counted and restarted with backoff.
 """

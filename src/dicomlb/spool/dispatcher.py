@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -55,24 +57,27 @@ class Dispatcher:
         self.spool = spool
         self.store = spool.store
         self.senders: dict[str, BackendSender] = {}
-        self._task: asyncio.Task[None] | None = None
+        self.supervisor = spool.supervisor
+        self._sweeper: str | None = None  # the sweep's name in the supervisor
         self._handing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._sync_senders()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._sweeper = self.supervisor.spawn(self._run, kind="sweep")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._sweeper is not None:
+            await self.supervisor.stop([self._sweeper])
         await asyncio.gather(*(s.stop() for s in self.senders.values()))
-        # What was on the wire is sent again next time (at least once).
-        await asyncio.to_thread(
-            self.store.execute,
-            [("UPDATE items SET state='queued' WHERE state='sending'", ())],
-        )
+        # What was on the wire is sent again next time (at least once); if the index
+        # refuses now, the next start's recovery does it.
+        try:
+            await asyncio.to_thread(
+                self.store.execute,
+                [("UPDATE items SET state='queued' WHERE state='sending'", ())],
+            )
+        except sqlite3.OperationalError as err:
+            log.error("spool.requeue_failed reason=%r", str(err))
 
     def wake(self, backend: str) -> None:
         sender = self.senders.get(backend)
@@ -106,15 +111,13 @@ class Dispatcher:
                 sender.start()
 
     async def _run(self) -> None:
+        """Sweep every SWEEP_EVERY (a failed sweep is the supervisor's: logged, restarted)."""
         sweeps = 0
         while True:
             await asyncio.sleep(SWEEP_EVERY)
             sweeps += 1
-            try:
-                self._sync_senders()
-                await self.sweep(time.time(), recount=sweeps % RECOUNT_EVERY == 0)
-            except Exception:  # a sweep must not end delivery; the next one tries again
-                log.exception("spool.sweep_failed")
+            self._sync_senders()
+            await self.sweep(time.time(), recount=sweeps % RECOUNT_EVERY == 0)
 
     async def sweep(self, now: float, *, recount: bool = False) -> None:
         """Dead letters for items too old, failover, retention of delivered files."""
@@ -230,7 +233,7 @@ class BackendSender:
         self._event = asyncio.Event()  # wakes the feeder: new items, or a worker took one
         self._dirty = True  # items may have been queued since the index was last asked
         self._quiet_until = 0.0  # the index had nothing due: do not ask before (unless dirty)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[str] = []  # names of the feeder and workers in the supervisor
 
     @property
     def down_since(self) -> float | None:
@@ -241,15 +244,14 @@ class BackendSender:
     def start(self) -> None:
         runtime = self.spool.runtime()
         backend = runtime.backends[self.name]
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._feed())] + [
-            loop.create_task(self._work(n)) for n in range(backend.config.max_associations)
-        ]
+        supervisor = self.dispatcher.supervisor
+        self._tasks = [supervisor.spawn(self._feed, kind="feeder", backend=self.name)]
+        for n in range(backend.config.max_associations):
+            work = functools.partial(self._work, n)
+            self._tasks.append(supervisor.spawn(work, kind="worker", backend=self.name, index=n))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.dispatcher.supervisor.stop(self._tasks)
 
     def wake(self) -> None:
         """New queued items for this backend (ingest, failover, a failed attempt)."""
@@ -366,13 +368,20 @@ class BackendSender:
                 await self._requeue(item)
                 continue
             self.inflight += 1
+            settled = False
             try:
                 await self._deliver(item, data, backend, upstream, runtime)
+                settled = True
             finally:
                 self.inflight -= 1
+                if not settled:  # the attempt broke off (a failure, a stop): queued again
+                    self._put_back(item)
 
     async def _requeue(self, item: Item) -> None:
         """Back to queued without an attempt: the backend, not the item, was the problem."""
+        self._put_back(item)
+
+    def _put_back(self, item: Item) -> None:
         self.store.update_soon([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
 
     def _available(self, backend: BackendState, runtime: Runtime) -> bool:

@@ -23,7 +23,8 @@ from dicomlb.pools import BackendState, Pool, rendezvous_order
 from dicomlb.snapshot import RouteConfig, SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.dispatcher import Dispatcher
-from dicomlb.spool.store import Instance, SpoolStore, Target, record
+from dicomlb.spool.store import Instance, SpoolStore, Target, disk_full, record
+from dicomlb.spool.supervisor import Supervisor, TaskState
 
 if TYPE_CHECKING:
     from dicomlb.dicom.relay import Relay
@@ -57,6 +58,8 @@ class Spool:
         self._free_disk = 0
         self._free_disk_at = 0.0
         self._refusing: str | None = None
+        # Every long-running task of the spool (committer, sweep, senders) runs under it.
+        self.supervisor = Supervisor(on_restart=self._restarted)
         self.dispatcher = Dispatcher(self)
 
     # -------------------------------------------------------- life
@@ -74,7 +77,7 @@ class Spool:
         )
         for pool, study, backend in rows:
             self.remember(pool, study, backend)
-        await self.store.start()
+        await self.store.start(self.supervisor)
         log.info(
             "spool.started directory=%s queued=%d requeued=%d items=%d bytes=%d "
             "partial_files_removed=%d reindexed_files=%d orphan_files_removed=%d "
@@ -94,7 +97,11 @@ class Spool:
     async def stop(self) -> None:
         await self.dispatcher.stop()
         await self.store.stop()
+        await self.supervisor.stop()
         log.info("spool.stopped items=%d bytes=%d", self.items, self.bytes)
+
+    def _restarted(self, task: TaskState) -> None:
+        self.runtime().metrics.spool_task_restart(task.kind, task.backend)
 
     # -------------------------------------------------------- limits
 
@@ -235,15 +242,20 @@ class Spool:
             await self.store.discard(instance)
             if not done:
                 await _discard(message)
+            if disk_full(err):
+                self._free_disk_at = 0.0  # the limits see the full disk now, not in a second
+                why = f"spool full: {self.refusal() or 'no space left on its file system'}"
+            else:
+                why = f"spool write failed: {err}"
             log.error(
                 "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
                 sop_uid,
                 route.name,
                 route.pool.name,
                 Status.OUT_OF_RESOURCES,
-                f"spool write failed: {err}",
+                why,
             )
-            relay._respond(message, Status.OUT_OF_RESOURCES, f"spool write failed: {err}")
+            relay._respond(message, Status.OUT_OF_RESOURCES, why)
             relay.runtime.metrics.spool_refusal(
                 route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
             )

@@ -182,3 +182,9 @@ def should_fail_over(*, down_since: float | None, now: float, failover_after: fl
         and down_since is not None
         and now - down_since >= (failover_after)
     )
+
+
+def restart_delay(failures: int, *, base: float, cap: float) -> float:
+    """Seconds before retrying after the `failures`-th consecutive failure (1-based) of a
+    spool task or write: base, 2 base, 4 base, ... capped at `cap`."""
+    return min(cap, base * 2.0 ** min(max(failures - 1, 0), 62))

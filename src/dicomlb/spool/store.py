@@ -33,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import errno
 import functools
 import json
 import logging
@@ -47,7 +48,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from dicomlb.dicom.part10 import read_file_meta
-from dicomlb.spool.state import ItemState
+from dicomlb.spool.state import ItemState, restart_delay
+from dicomlb.spool.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ PLACERS = 8  # threads fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
 RECYCLE_FILES = 16  # delivered files kept in tmp/ to be overwritten by new instances...
 RECYCLE_SIZE = 4 << 20  # ...when no larger than this
+REFUSED_BASE = 0.1  # seconds before bookkeeping the disk refused is tried again...
+REFUSED_CAP = 5.0  # ...doubling up to this while the disk keeps refusing
+STOP_WAIT = 5.0  # seconds stop() waits for pending bookkeeping
 META_READ = 64 << 10  # bytes read to find a file's meta group at recovery
 SOURCE_AE = 0x00020016
 RECEIVING_AE = 0x00020018
@@ -261,7 +266,8 @@ class SpoolStore:
         self._data_fd: int | None = None  # data/, kept open for its fsyncs
         self._jobs: list[_Job] = []
         self._wake: asyncio.Event | None = None
-        self._committer: asyncio.Task[None] | None = None
+        self._supervisor: Supervisor | None = None
+        self._committer: str | None = None  # the committer's name in the supervisor
         self.batches = 0  # group commits so far (for tests and the bench)
         self.committed = 0  # instances made durable so far
 
@@ -393,19 +399,27 @@ class SpoolStore:
 
     # -------------------------------------------------------- ingest (async side)
 
-    async def start(self) -> None:
-        """Start the group committer (on the running loop)."""
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the group committer (on the running loop), under `supervisor`."""
         self._wake = asyncio.Event()
-        self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
+        self._supervisor = supervisor or Supervisor()
+        self._committer = self._supervisor.spawn(self._commit_loop, kind="committer")
 
     async def stop(self) -> None:
-        """Commit what is pending, stop the committer, close the index."""
+        """Commit what is pending (for STOP_WAIT at most: a full disk may refuse it; what is
+        lost is done again at the next start), stop the committer, close the index."""
         if self._committer is not None and self._jobs:
-            await self.update([], durable=True)
+            try:
+                await asyncio.wait_for(self.update([], durable=True), STOP_WAIT)
+            except TimeoutError:
+                log.error(
+                    "spool.stop_unsaved updates=%d reason=%r",
+                    len(self._jobs),
+                    "the index refused writes; items being sent are queued again at start",
+                )
         if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
+            assert self._supervisor is not None
+            await self._supervisor.stop([self._committer])
             self._committer = None
         await asyncio.to_thread(self.close)
 
@@ -475,6 +489,9 @@ class SpoolStore:
 
     async def _commit_loop(self) -> None:
         assert self._wake is not None
+        refused = 0  # consecutive batches the disk refused
+        if self._jobs:  # restarted by the supervisor: work may be waiting
+            self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -493,10 +510,17 @@ class SpoolStore:
             if not batch:
                 continue
             self._busy = True
+            refusal: float | None = None
             try:
                 results = await asyncio.get_running_loop().run_in_executor(
                     self._committer_thread, self._commit_batch, batch
                 )
+            except (OSError, sqlite3.OperationalError) as err:
+                # The disk refused (full, I/O error): nobody gets Success, and the
+                # bookkeeping (an item back to queued, delivered, failed) is kept, in order,
+                # and tried again: dropped, it would leave its item 'sending' for good.
+                refused += 1
+                refusal = self._refused(batch, err, refused)
             except Exception as err:  # the whole batch failed: nobody gets Success
                 log.error("spool.commit_failed items=%d reason=%r", len(batch), str(err))
                 for job in batch:
@@ -506,6 +530,11 @@ class SpoolStore:
                 continue
             finally:
                 self._busy = False
+            if refusal is not None:
+                await asyncio.sleep(refusal)  # new work waits too: the disk is the problem
+                self._wake.set()
+                continue
+            refused = 0
             for job, result in zip(batch, results, strict=True):
                 if job.future.done() or job.remove:
                     continue
@@ -515,6 +544,26 @@ class SpoolStore:
                     job.future.set_result(result)
             # After the writers that wait for this batch have resumed: Success goes first.
             asyncio.get_running_loop().call_soon(self._tidy, batch)
+
+    def _refused(self, batch: list[_Job], err: BaseException, refused: int) -> float:
+        """A batch the disk refused: its ingests fail, its bookkeeping is kept for a retry;
+        the seconds to wait before it."""
+        ingests = [job for job in batch if job.instance is not None]
+        kept = [job for job in batch if job.instance is None and not job.future.done()]
+        for job in ingests:
+            if not job.future.done():
+                job.future.set_exception(err)
+        self._tidy(ingests)
+        self._jobs[:0] = kept
+        delay = restart_delay(refused, base=REFUSED_BASE, cap=REFUSED_CAP)
+        log.error(
+            "spool.commit_failed items=%d updates_kept=%d retry_in=%.1fs reason=%r",
+            len(ingests),
+            len(kept),
+            delay,
+            str(err),
+        )
+        return delay
 
     def _tidy(self, batch: list[_Job]) -> None:
         """After a batch: close its files, recycle or unlink the files it marked delivered.
@@ -628,7 +677,7 @@ class SpoolStore:
                             db.execute(sql, params)
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     raise
         except BaseException:
             for names in placed.values():
@@ -734,7 +783,7 @@ class SpoolStore:
                     changed += db.execute(sql, params).rowcount
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         return changed
 
@@ -754,7 +803,7 @@ class SpoolStore:
                 )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         return [Item.from_row(row) for row in rows]
 
@@ -812,6 +861,20 @@ def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
             else:
                 pending[0] = pending[0][written:]
                 written = 0
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End a failed transaction. SQLite rolls back by itself after some errors (SQLITE_FULL,
+    SQLITE_IOERR...): a second ROLLBACK would then raise and hide the error that matters."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether a spool write failed for lack of space (file system or SQLite)."""
+    if isinstance(err, sqlite3.Error):
+        return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:
