@@ -203,10 +203,11 @@ def test_unlimited_max_length_still_works(lb: Any, tmp_path: Path) -> None:
 
 class TinyBackend:
     """A backend that accepts every context but announces Maximum Length `max_length`, and
-    records what dicomlb sends after its A-ASSOCIATE-AC."""
+    records the first PDU dicomlb sends after its A-ASSOCIATE-AC."""
 
-    def __init__(self, max_length: int) -> None:
+    def __init__(self, max_length: int, transfer_syntax: str | None = None) -> None:
         self.max_length = max_length
+        self.transfer_syntax = transfer_syntax  # accepted instead of the one proposed
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.after_accept: list[bytes] = []
@@ -230,7 +231,7 @@ class TinyBackend:
                         PresentationContextResult(
                             context_id=c.context_id,
                             result=ContextResult.ACCEPTANCE,
-                            transfer_syntax=c.transfer_syntaxes[0],
+                            transfer_syntax=self.transfer_syntax or c.transfer_syntaxes[0],
                         )
                         for c in rq.contexts
                     ),
@@ -249,6 +250,31 @@ class TinyBackend:
         self.thread.join(timeout=5)
 
 
+def echo_pool(port: int) -> dict[str, Any]:
+    """C-ECHO relayed to a pool of the one backend at `port`, health checks off."""
+    return {
+        "listeners": {
+            "dicom": {"bind": f"127.0.0.1:{free_port()}", "ae_title": "DICOMLB", "echo": "p"}
+        },
+        "pools": {
+            "p": {
+                "backends": [{"name": "tiny", "dicom": f"TINY@127.0.0.1:{port}"}],
+                "health": {"enabled": False},
+            }
+        },
+        "routes": [{"name": "all", "pool": "p"}],
+    }
+
+
+def echo_status(port: int) -> int:
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMLB")
+    status = assoc.send_c_echo()
+    assoc.release()
+    return int(status.Status)
+
+
 @pytest.mark.parametrize(
     ("max_length", "abort"),
     [
@@ -262,31 +288,9 @@ def test_tiny_max_length_from_a_backend_is_its_failure(
 ) -> None:
     tiny = TinyBackend(max_length)
     try:
-        lb = balancer(
-            {
-                "listeners": {
-                    "dicom": {
-                        "bind": f"127.0.0.1:{free_port()}",
-                        "ae_title": "DICOMLB",
-                        "echo": "p",
-                    }
-                },
-                "pools": {
-                    "p": {
-                        "backends": [{"name": "tiny", "dicom": f"TINY@127.0.0.1:{tiny.port}"}],
-                        "health": {"enabled": False},
-                    }
-                },
-                "routes": [{"name": "all", "pool": "p"}],
-            }
-        )
+        lb = balancer(echo_pool(tiny.port))
         before = rss()
-        ae = AE(ae_title="ECHOSCU")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", lb.port, ae_title="DICOMLB")
-        status = assoc.send_c_echo()
-        assoc.release()
-        assert status.Status == 0xA700  # no backend could take it
+        assert echo_status(lb.port) == 0xA700  # no backend could take it
         assert rss() - before < 64 * MIB
         assert tiny.after_accept and tiny.after_accept[0] == abort
         assert "upstream.protocol_error backend=tiny" in caplog.text
@@ -294,6 +298,22 @@ def test_tiny_max_length_from_a_backend_is_its_failure(
         assert_no_error(caplog)
     finally:
         tiny.close()
+
+
+def test_a_backend_accepting_another_transfer_syntax_is_not_used(
+    balancer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PS3.8 9.3.3.2: one transfer syntax proposed per context; an acceptance naming another
+    used to be taken, and the message relayed in a syntax the backend did not agree to."""
+    other = TinyBackend(16384, transfer_syntax="1.2.840.10008.1.2.2")
+    try:
+        lb = balancer(echo_pool(other.port))
+        assert echo_status(lb.port) == 0xA700
+        assert other.after_accept and other.after_accept[0][:1] != b"\x04"  # no P-DATA-TF
+        assert "rejected abstract syntax 1.2.840.10008.1.1" in caplog.text
+        assert_no_error(caplog)
+    finally:
+        other.close()
 
 
 # ------------------------------------------------------------------ negotiation
