@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from dicomlb.dicom.association import Association, AssocState, Event, Role
+from dicomlb.dicom.association import MIN_PEER_MAX_PDU, Association, AssocState, Event, Role
 from dicomlb.dicom.pdu import (
     AssociateAccept,
     AssociateRequest,
@@ -172,15 +172,44 @@ uids = (
     .filter(lambda uid: len(uid) <= 64)
 )
 context_ids = st.integers(0, 127).map(lambda i: 2 * i + 1)
-# User-information sub-items the decoder keeps raw (0x51-0x55 are typed).
-raw_item_types = st.sampled_from([0x56, 0x57, 0x58, 0x59, 0x5A, 0x5F, 0x60])
+# A peer's Maximum Length: unlimited (0) or one the association core accepts.
+max_lengths = st.just(0) | st.integers(MIN_PEER_MAX_PDU, 2**32 - 1)
+
+
+def _field(value: bytes) -> bytes:
+    return len(value).to_bytes(2, "big") + value
+
+
+_uid_bytes = uids.map(str.encode)
+# User-information sub-items the decoder keeps raw (0x51-0x55 are typed): those it checks
+# (PS3.7 D.3.3.5-7) well formed, unknown ones any bytes.
+raw_user_items = st.one_of(
+    st.tuples(
+        st.just(0x56),
+        st.tuples(_uid_bytes, st.binary(max_size=8)).map(lambda parts: _field(parts[0]) + parts[1]),
+    ),
+    st.tuples(
+        st.just(0x57),
+        st.tuples(_uid_bytes, _uid_bytes, st.lists(_uid_bytes, max_size=2)).map(
+            lambda p: _field(p[0]) + _field(p[1]) + _field(b"".join(map(_field, p[2])))
+        ),
+    ),
+    st.tuples(
+        st.just(0x58),
+        st.tuples(
+            st.integers(1, 5), st.booleans(), st.binary(max_size=12), st.binary(max_size=12)
+        ).map(lambda p: bytes((p[0], p[1])) + _field(p[2]) + _field(p[3])),
+    ),
+    st.tuples(st.just(0x59), st.binary(max_size=12).map(_field)),
+    st.tuples(st.sampled_from([0x5A, 0x5F, 0x60]), st.binary(max_size=40)),
+)
 
 
 @st.composite
 def user_infos(draw: st.DrawFn) -> UserInformation:
     version = draw(st.none() | ae_titles)
     return UserInformation(
-        max_pdu=draw(st.none() | st.integers(0, 2**32 - 1)),
+        max_pdu=draw(st.none() | max_lengths),
         implementation_class_uid=draw(uids),
         implementation_version_name=version,
         async_ops=draw(st.none() | st.tuples(st.integers(0, 65535), st.integers(0, 65535))),
@@ -198,9 +227,7 @@ def user_infos(draw: st.DrawFn) -> UserInformation:
                 )
             )
         ),
-        raw_items=tuple(
-            draw(st.lists(st.tuples(raw_item_types, st.binary(max_size=40)), max_size=3))
-        ),
+        raw_items=tuple(draw(st.lists(raw_user_items, max_size=3))),
     )
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dicomlb.dicom.association import (
     MAX_CONTROL_PDU,
+    MIN_PEER_MAX_PDU,
     UNLIMITED_PDU_CHUNK,
     Association,
     AssocState,
@@ -19,14 +20,18 @@ from dicomlb.dicom.association import (
 )
 from dicomlb.dicom.errors import LocalProtocolError, RemoteProtocolError
 from dicomlb.dicom.pdu import (
+    PDV_HEADER_LEN,
     Abort,
     AbortReason,
     AbortSource,
     AssociateAccept,
+    AssociateReject,
     AssociateRequest,
     PData,
     PduType,
     RejectReason,
+    RejectResult,
+    RejectSource,
     ReleaseReply,
     ReleaseRequest,
     decode_pdu,
@@ -235,6 +240,12 @@ def test_abort_received_in_every_state(state: AssocState) -> None:
     core = IN_STATE[state](AssociationPair())
     abort = Abort(source=AbortSource.SERVICE_USER, reason=AbortReason.NOT_SPECIFIED)
     events = core.receive_data(encode(abort))
+    if state is S.STA3:
+        # Held until the request is answered; then AA-3 as in any other state.
+        assert events == []
+        assert core.request is not None
+        core.send(make_accept(core.request))
+        events = core.receive_data(b"")
     if state is S.STA13:
         assert events == []  # PS3.8 AA-2: already closing, nothing to indicate
         assert core.state is S.STA13
@@ -258,7 +269,6 @@ UNEXPECTED = [
     (S.STA2, pdata(1, b"x")),
     (S.STA2, ReleaseRequest()),
     (S.STA2, make_accept(make_request())),
-    (S.STA3, make_request()),
     (S.STA5, pdata(1, b"x")),
     (S.STA5, make_request()),
     (S.STA6, make_request()),
@@ -279,6 +289,95 @@ def test_unexpected_pdu(state: AssocState, event: object) -> None:
     assert err.value.reply == provider_abort(AbortReason.UNEXPECTED_PDU)
     assert core.state is S.STA13
     assert core.receive_eof() == [ConnectionClosed(expected=True)]
+
+
+@pytest.mark.parametrize("answer", ["accept", "reject"])
+def test_pdus_after_a_request_wait_for_its_answer(answer: str) -> None:
+    """An A-ASSOCIATE-RQ and an A-ABORT in one read: the acceptor's answer still finds Sta3
+    (it used to find Sta1 and raise LocalProtocolError), then the abort is indicated."""
+    core = Association(Role.ACCEPTOR, max_pdu=16384)
+    request = make_request()
+    abort = Abort(source=AbortSource.SERVICE_USER, reason=AbortReason.NOT_SPECIFIED)
+    assert core.receive_data(encode(request) + encode(abort)) == [request]
+    assert core.state is S.STA3
+    assert core.receive_data(b"") == []  # still unanswered: still held
+    if answer == "accept":
+        core.send(make_accept(request))
+        assert core.receive_data(b"") == [abort]
+        assert core.state is S.STA1
+    else:
+        core.send(reject(RejectReason.CALLED_AE_NOT_RECOGNIZED))
+        assert core.receive_data(b"") == []  # Sta13: AA-6, ignored while closing
+        assert core.state is S.STA13
+
+
+def test_second_request_after_the_answer_is_unexpected() -> None:
+    core = Association(Role.ACCEPTOR, max_pdu=16384)
+    request = make_request()
+    assert core.receive_data(encode(request) + encode(request)[:10]) == [request]
+    core.send(make_accept(request))
+    with pytest.raises(RemoteProtocolError, match="in STA6") as err:
+        core.receive_data(encode(request)[10:])
+    assert err.value.reply == provider_abort(AbortReason.UNEXPECTED_PDU)
+
+
+@pytest.mark.parametrize("max_length", [7, 512, MIN_PEER_MAX_PDU - 1])
+def test_small_max_length_from_a_client_is_rejected(max_length: int) -> None:
+    core = Association(Role.ACCEPTOR, max_pdu=16384)
+    with pytest.raises(RemoteProtocolError, match=f"maximum length {max_length} is below") as err:
+        core.receive_data(encode(make_request(max_pdu=max_length)))
+    # PS3.8 9.3.4: permanent, service user, no reason given; the reply is legal in Sta3.
+    assert err.value.reply == AssociateReject(
+        result=RejectResult.PERMANENT, source=RejectSource.SERVICE_USER, reason=1
+    )
+    assert core.send(err.value.reply) == bytes.fromhex("03000000000400010101")
+    assert core.state is S.STA13
+
+
+@pytest.mark.parametrize("max_length", [0, MIN_PEER_MAX_PDU])
+def test_unlimited_and_floor_max_length_are_accepted(max_length: int) -> None:
+    pair = AssociationPair()
+    pair.associate(make_request(max_pdu=max_length), None)
+    assert pair.acceptor.peer_max_pdu == max_length
+
+
+@pytest.mark.parametrize("max_length", [7, MIN_PEER_MAX_PDU - 1])
+def test_small_max_length_from_a_backend_is_aborted(max_length: int) -> None:
+    pair = AssociationPair()
+    request = make_request()
+    pair.send(pair.requestor, request)
+    with pytest.raises(RemoteProtocolError, match=f"maximum length {max_length} is below") as err:
+        pair.requestor.receive_data(pair.acceptor.send(make_accept(request, max_pdu=max_length)))
+    assert err.value.reply == Abort(source=AbortSource.SERVICE_USER)
+    assert pair.requestor.state is S.STA13
+    assert pair.requestor.accepted == {}  # nothing can be sent on it
+
+
+@pytest.mark.parametrize("max_length", [1, 2, 5, 6])
+@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
+def test_max_length_that_cannot_carry_a_pdv_is_aborted(role: Role, max_length: int) -> None:
+    """PS3.8 D.1: 1..6 leave no room for a PDV; sending to such a peer looped for ever."""
+    if role is Role.ACCEPTOR:
+        core = Association(role, max_pdu=16384)
+        wire = encode(make_request(max_pdu=max_length))
+    else:
+        pair = AssociationPair()
+        request = make_request()
+        pair.send(pair.requestor, request)
+        core = pair.requestor
+        wire = encode(make_accept(request, max_pdu=max_length))
+    with pytest.raises(RemoteProtocolError, match=f"maximum length {max_length} cannot") as err:
+        core.receive_data(wire)
+    # PS3.8 9.3.8: source 2 (service provider), reason 6 (invalid PDU parameter value)
+    assert core.send(err.value.reply) == bytes.fromhex("07000000000400000206")
+    assert core.state is S.STA13
+
+
+def test_send_data_never_loops_without_progress() -> None:
+    core = established().requestor
+    core.peer_max_pdu = PDV_HEADER_LEN  # not reachable from the wire; the guard says so
+    with pytest.raises(LocalProtocolError, match="cannot carry data"):
+        core.send_data(1, b"x" * 100, is_command=False, is_last=True)
 
 
 def test_pdata_before_association_is_unexpected() -> None:

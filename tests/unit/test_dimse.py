@@ -24,6 +24,7 @@ from dicomlb.dicom.dimse import (
     Status,
     Tag,
     echo_request,
+    request_refusal,
     response,
 )
 from dicomlb.dicom.errors import RemoteProtocolError
@@ -481,3 +482,119 @@ def test_dataset_is_never_decoded() -> None:
     assembler.receive([pdv(store_rq().encode(), command=True, last=True)])
     (event,) = assembler.receive([pdv(b"\xff" * 7, command=False, last=True)])
     assert isinstance(event, DataReceived) and bytes(event.data) == b"\xff" * 7
+
+
+def test_command_fragments_on_two_contexts() -> None:
+    wire = store_rq().encode()
+    assembler = MessageAssembler()
+    assembler.receive([pdv(wire[:10], context_id=1, command=True, last=False)])
+    with pytest.raises(RemoteProtocolError, match="command fragment on context 3") as err:
+        assembler.receive([pdv(wire[10:], context_id=3, command=True, last=True)])
+    assert err.value.reply == Abort(
+        source=AbortSource.SERVICE_PROVIDER, reason=AbortReason.UNEXPECTED_PDU_PARAMETER
+    )
+
+
+FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _request(field: int, sop_class: str, *, data_set: bool) -> Command:
+    return Command.build(
+        {
+            Tag.AFFECTED_SOP_CLASS_UID: sop_class,
+            Tag.COMMAND_FIELD: field,
+            Tag.MESSAGE_ID: 1,
+            Tag.COMMAND_DATA_SET_TYPE: 0x0000 if data_set else NO_DATA_SET,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "abstract", "status", "reason"),
+    [
+        # A C-FIND on a context accepted as CT storage was relayed as if it were a C-STORE.
+        (
+            _request(CommandField.C_FIND_RQ, FIND_MODEL, data_set=True),
+            CT_IMAGE_STORAGE,
+            Status.SOP_CLASS_NOT_SUPPORTED,
+            f"SOP class {FIND_MODEL} on a context for {CT_IMAGE_STORAGE}",
+        ),
+        (
+            _request(CommandField.C_STORE_RQ, "1.2.840.10008.5.1.4.1.1.4", data_set=True),
+            CT_IMAGE_STORAGE,
+            Status.SOP_CLASS_NOT_SUPPORTED,
+            "SOP class 1.2.840.10008.5.1.4.1.1.4 on a context",
+        ),
+        (
+            _request(CommandField.C_STORE_RQ, "", data_set=True),
+            CT_IMAGE_STORAGE,
+            Status.SOP_CLASS_NOT_SUPPORTED,
+            "SOP class (none)",
+        ),
+        # Data Set Type 0x0101 on a C-STORE-RQ: there is nothing to store.
+        (
+            _request(CommandField.C_STORE_RQ, CT_IMAGE_STORAGE, data_set=False),
+            CT_IMAGE_STORAGE,
+            Status.CANNOT_UNDERSTAND,
+            "C-STORE without a data set",
+        ),
+        (
+            _request(CommandField.C_FIND_RQ, FIND_MODEL, data_set=False),
+            FIND_MODEL,
+            Status.CANNOT_UNDERSTAND,
+            "C-FIND without a data set",
+        ),
+        (
+            _request(CommandField.C_ECHO_RQ, VERIFICATION, data_set=True),
+            VERIFICATION,
+            Status.CANNOT_UNDERSTAND,
+            "C-ECHO with a data set",
+        ),
+        (
+            _request(0x0042, CT_IMAGE_STORAGE, data_set=True),
+            CT_IMAGE_STORAGE,
+            Status.UNRECOGNIZED_OPERATION,
+            "unknown command field 0x0042",
+        ),
+    ],
+)
+def test_request_refusal(command: Command, abstract: str, status: Status, reason: str) -> None:
+    refusal = request_refusal(command, abstract)
+    assert refusal is not None
+    assert refusal[0] == status
+    assert refusal[1].startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("command", "abstract"),
+    [
+        (store_rq(), CT_IMAGE_STORAGE),
+        (_request(CommandField.C_FIND_RQ, FIND_MODEL, data_set=True), FIND_MODEL),
+        (echo_request(3), VERIFICATION),
+        # N-ACTION names its class in Requested SOP Class UID; its data set is optional.
+        (
+            Command.build(
+                {
+                    Tag.REQUESTED_SOP_CLASS_UID: "1.2.840.10008.1.20.1",
+                    Tag.COMMAND_FIELD: CommandField.N_ACTION_RQ,
+                    Tag.MESSAGE_ID: 1,
+                    Tag.COMMAND_DATA_SET_TYPE: NO_DATA_SET,
+                }
+            ),
+            "1.2.840.10008.1.20.1",
+        ),
+    ],
+)
+def test_request_refusal_lets_matching_requests_pass(command: Command, abstract: str) -> None:
+    assert request_refusal(command, abstract) is None
+
+
+def test_related_general_sop_class_may_carry_its_specialisation() -> None:
+    """PS3.4 B.3.1.4: an instance of a specialised class may travel on the context of a
+    related general class the client named in common extended negotiation."""
+    general = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
+    special = "1.2.840.10008.5.1.4.1.1.88.65"  # Chest CAD SR
+    command = _request(CommandField.C_STORE_RQ, special, data_set=True)
+    assert request_refusal(command, general) is not None
+    assert request_refusal(command, general, {special: frozenset({general})}) is None

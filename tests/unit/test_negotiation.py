@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dicomlb.dicom import uids
-from dicomlb.dicom.negotiation import is_supported_abstract_syntax, negotiate, upstream_request
+from dicomlb.dicom.negotiation import (
+    is_supported_abstract_syntax,
+    negotiate,
+    related_general_classes,
+    upstream_request,
+)
 from dicomlb.dicom.pdu import (
     AssociateAccept,
     AssociateRequest,
@@ -267,3 +272,18 @@ def test_upstream_request_keeps_order_and_ids_odd(pairs: list[tuple[str, str]]) 
     )
     assert all(c.context_id % 2 == 1 and 1 <= c.context_id <= 255 for c in rq.contexts)
     assert len({c.context_id for c in rq.contexts}) == len(rq.contexts)
+
+
+def test_related_general_classes_from_common_extended_negotiation() -> None:
+    def field(value: bytes) -> bytes:
+        return len(value).to_bytes(2, "big") + value
+
+    general = b"1.2.840.10008.5.1.4.1.1.88.22"
+    other = b"1.2.840.10008.5.1.4.1.1.88.33\x00"  # padded to even length
+    special = b"1.2.840.10008.5.1.4.1.1.88.65"
+    item = field(special) + field(b"1.2.840.10008.4.2") + field(field(general) + field(other))
+    info = UserInformation(raw_items=((0x58, b"\x01\x00\x00\x01a\x00\x00"), (0x57, item)))
+    assert related_general_classes(info) == {
+        special.decode(): frozenset({general.decode(), other.decode().rstrip("\x00")})
+    }
+    assert related_general_classes(UserInformation()) == {}

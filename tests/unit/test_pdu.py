@@ -552,3 +552,138 @@ def test_garbage_bodies_decode_or_raise_remote_error(pdu_type: PduType, body: by
         decode_pdu(pdu_type, memoryview(body))
     except RemoteProtocolError as err:
         assert isinstance(err.reply, Abort)
+
+
+# ------------------------------------------------------------------ lengths and counts checked
+
+
+def _item(kind: int, value: bytes) -> bytes:
+    return struct.pack(">BxH", kind, len(value)) + value
+
+
+def _field(value: bytes) -> bytes:
+    return struct.pack(">H", len(value)) + value
+
+
+def _context(context_id: int, abstract: str = CT_IMAGE_STORAGE) -> bytes:
+    subs = _item(0x30, abstract.encode()) + _item(0x40, IMPLICIT_VR_LE.encode())
+    return _item(0x20, bytes((context_id, 0, 0, 0)) + subs)
+
+
+def _request(*items: bytes, user: bytes = b"") -> memoryview:
+    """An A-ASSOCIATE-RQ body: fixed fields, application context, `items`, user information."""
+    fixed = struct.pack(">Hxx16s16s32x", 1, b"DICOMLB".ljust(16), b"STORESCU".ljust(16))
+    app = _item(0x10, b"1.2.840.10008.3.1.1.1")
+    return memoryview(fixed + app + b"".join(items) + _item(0x50, user))
+
+
+def _accept(*items: bytes) -> memoryview:
+    fixed = struct.pack(">Hxx16s16s32x", 1, b"DICOMLB".ljust(16), b"STORESCU".ljust(16))
+    return memoryview(fixed + b"".join(items) + _item(0x50, b""))
+
+
+def _ac_context(context_id: int) -> bytes:
+    return _item(0x21, bytes((context_id, 0, 0, 0)) + _item(0x40, IMPLICIT_VR_LE.encode()))
+
+
+def test_presentation_context_ids_in_range_are_decoded() -> None:
+    rq = decode_pdu(PduType.ASSOCIATE_RQ, _request(*(_context(i) for i in range(1, 256, 2))))
+    assert isinstance(rq, AssociateRequest)
+    assert len(rq.contexts) == 128
+    assert [c.context_id for c in rq.contexts] == list(range(1, 256, 2))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # PS3.8 9.3.2.2: odd IDs only, each once, so at most 128 contexts.
+        (_request(_context(2)), "ID 2 is not odd"),
+        (_request(_context(0)), "ID 0 is not odd"),
+        (_request(_context(3), _context(1), _context(3)), "ID 3 appears twice"),
+        (_request(*(_context(i % 256) for i in range(1, 259, 2))), "appears twice"),
+        (
+            _request(
+                _item(
+                    0x20,
+                    b"\x01\x00\x00\x00"
+                    + _item(0x30, CT_IMAGE_STORAGE.encode())
+                    + _item(0x30, MR_IMAGE_STORAGE.encode())
+                    + _item(0x40, IMPLICIT_VR_LE.encode()),
+                )
+            ),
+            "two abstract syntaxes",
+        ),
+        (_accept(_ac_context(1), _ac_context(1)), "ID 1 appears twice"),
+        (_accept(_ac_context(4)), "ID 4 is not odd"),
+    ],
+)
+def test_bad_presentation_context_ids_abort(body: memoryview, message: str) -> None:
+    pdu_type = PduType.ASSOCIATE_AC if body[68:69] == b"\x21" else PduType.ASSOCIATE_RQ
+    with pytest.raises(RemoteProtocolError, match=message) as err:
+        decode_pdu(pdu_type, body)
+    assert err.value.reply == abort(AbortReason.INVALID_PDU_PARAMETER)
+
+
+LONG_UID = "1." + "2" * 63  # 65 bytes: PS3.5 9.1 allows 64
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_request(_context(1, abstract=LONG_UID)), "abstract syntax of 65 bytes"),
+        (
+            _request(_item(0x20, b"\x01\x00\x00\x00" + _item(0x40, LONG_UID.encode()))),
+            "transfer syntax of 65 bytes",
+        ),
+        (_request(user=_item(0x52, LONG_UID.encode())), "implementation class UID of 65"),
+        (_request(user=_item(0x55, b"V" * 17)), "implementation version name of 17"),
+        # Maximum Length: 4 bytes, and 0 or at least 7 (PS3.8 D.1).
+        (_request(user=_item(0x51, b"\x00\x00\x40")), "maximum length item of 3 bytes"),
+        (_request(user=_item(0x51, struct.pack(">L", 6))), "maximum length 6 cannot carry"),
+        (_request(user=_item(0x51, struct.pack(">L", 1))), "maximum length 1 cannot carry"),
+        (_request(user=_item(0x53, b"\x00\x01")), "asynchronous operations window of 2"),
+        (_request(user=_item(0x54, b"\x00")), "role selection item too short"),
+        (_request(user=_item(0x54, _field(LONG_UID.encode()) + b"\x01\x00")), "65 bytes"),
+        # User identity (PS3.7 D.3.3.7): both field lengths must fill the item exactly.
+        (_request(user=_item(0x58, b"\x01\x00")), "user identity: truncated field length"),
+        (_request(user=_item(0x58, b"\x01\x00\x00\x09alice\x00\x00")), "overruns"),
+        (_request(user=_item(0x58, b"\x02\x01\x00\x01a\x00\x01bX")), "1 bytes after"),
+        (_request(user=_item(0x58, b"\x01")), "user identity item too short"),
+        (_request(user=_item(0x59, b"\x00\x05abc")), "user identity response: field length"),
+        # Extended negotiation items are forwarded to backends: their lengths are checked.
+        (_request(user=_item(0x56, b"\x00\x20" + b"1.2")), "UID length 32 overruns"),
+        (_request(user=_item(0x56, b"\x00")), "SOP class extended negotiation item too short"),
+        (
+            _request(user=_item(0x57, _field(b"1.2") + _field(b"1.3") + b"\x00\x03\x00\x07x")),
+            "common extended negotiation: field length 7 overruns",
+        ),
+        (_request(user=_item(0x57, _field(b"1.2"))), "common extended negotiation: truncated"),
+    ],
+)
+def test_length_fields_are_checked_before_use(body: memoryview, message: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=message) as err:
+        decode_pdu(PduType.ASSOCIATE_RQ, body)
+    # PS3.8 9.3.8: source 2 (service provider), reason 6 (invalid PDU parameter value)
+    assert err.value.reply == abort(AbortReason.INVALID_PDU_PARAMETER)
+    assert encode(err.value.reply) == bytes.fromhex("07000000000400000206")
+
+
+@pytest.mark.parametrize("max_length", [0, 7, 1024, 2**32 - 1])
+def test_legal_maximum_lengths_decode(max_length: int) -> None:
+    rq = decode_pdu(PduType.ASSOCIATE_RQ, _request(user=_item(0x51, struct.pack(">L", max_length))))
+    assert isinstance(rq, AssociateRequest)
+    assert rq.user_info.max_pdu == max_length
+
+
+def test_well_formed_forwarded_items_are_kept_raw() -> None:
+    common = _field(b"1.2.3") + _field(b"1.2.4") + _field(_field(b"1.2.5") + _field(b"1.2.6"))
+    items = [
+        (0x56, EXT_NEG),
+        (0x57, common),
+        (0x58, USER_IDENTITY),
+        (0x58, b"\x01\x00" + _field(b"bob") + _field(b"")),
+        (0x5A, b"\xff"),  # unknown: passed on as is
+    ]
+    rq = decode_pdu(PduType.ASSOCIATE_RQ, _request(user=b"".join(_item(k, v) for k, v in items)))
+    assert isinstance(rq, AssociateRequest)
+    assert rq.user_info.raw_items == tuple(items)

@@ -298,8 +298,9 @@ class InboundAssociation(asyncio.Protocol):
         if isinstance(event, PData):
             for dimse in self.assembler.receive(event.pdvs):
                 if isinstance(dimse, DataReceived):
-                    assert self._current is not None
                     stream = self._current
+                    if stream is None:
+                        continue  # the data set of a command not relayed (a stray response)
                     if dimse.is_last:
                         self._current = None
                     stream.put(dimse)
@@ -310,6 +311,10 @@ class InboundAssociation(asyncio.Protocol):
                     self._on_command(dimse)
         elif isinstance(event, AssociateRequest):
             self._on_associate(event)
+            # What came after the request (an A-ABORT in the same segment) waited in the
+            # core until the request was answered.
+            for later in self.assoc.receive_data(b""):
+                self._on_event(later)
         elif isinstance(event, ReleaseRequest):
             self._queue.append(_Release())
             self._wake_relay()
@@ -408,15 +413,17 @@ class InboundAssociation(asyncio.Protocol):
             handler = self.on_response if field & 0x8000 else self.on_cancel
             if handler is not None:
                 handler(received)
-                return
-            if field & 0x8000:
+            elif field & 0x8000:
+                # PS3.7 has no answer to a response nobody asked for: dropped, data set too.
                 log.warning(
                     "association.unexpected_response peer=%s:%d calling_aet=%s command=%s",
                     *self.peer,
                     self.calling_ae,
                     received.command.service,
                 )
-                return
+            # PS3.7 9.3.2.3: a C-CANCEL-RQ has no response; with nothing in progress it
+            # cancels nothing.
+            return
         accepted = self.assoc.accepted[received.context_id]
         abstract = self._abstract_syntaxes.get(received.context_id, "")
         stream = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from dicomlb.dicom.errors import LocalProtocolError, RemoteProtocolError
 from dicomlb.dicom.pdu import (
     PDU_HEADER_LEN,
+    PDV_HEADER_LEN,
     Abort,
     AbortReason,
     AbortSource,
@@ -24,12 +25,14 @@ from dicomlb.dicom.pdu import (
     Pdu,
     PduType,
     PresentationContextResult,
+    RejectReason,
     ReleaseReply,
     ReleaseRequest,
     decode_pdu,
     encode,
     pdata_header,
     pdv_header,
+    reject,
     split_header,
 )
 
@@ -38,6 +41,12 @@ from dicomlb.dicom.pdu import (
 MAX_CONTROL_PDU = 1 << 20
 # With an unlimited peer maximum (0), data still goes out in PDUs of this size.
 UNLIMITED_PDU_CHUNK = 1 << 20
+# The least Maximum Length dicomlb accepts from a peer (0, unlimited, aside). PS3.8 allows
+# any value from 7, and DCMTK sends whatever it is told; below this floor every KiB relayed
+# would cost a PDU of its own, so the association is refused instead (A-ASSOCIATE-RJ from a
+# client, A-ABORT toward a backend). Its own -pdu option starts at 4096; 1024 leaves room
+# for old devices.
+MIN_PEER_MAX_PDU = 1024
 _PDU_TYPES = frozenset(int(t) for t in PduType)
 
 
@@ -113,12 +122,20 @@ class Association:
     """One association's upper-layer protocol state, without I/O.
 
     `max_pdu` is the largest P-DATA-TF body this side accepts (0: no limit); the peer's
-    maximum is learnt from its A-ASSOCIATE and used by `send_data` to fragment.
+    maximum is learnt from its A-ASSOCIATE and used by `send_data` to fragment. A peer
+    maximum below `min_peer_max_pdu` refuses the association.
+
+    After an A-ASSOCIATE-RQ, bytes that follow it stay buffered until it has been answered
+    (h11's PAUSED): the acceptor's answer must find the state the request left, even when an
+    A-ABORT came in the same read. `receive_data(b"")` after `send` gives what they hold.
     """
 
-    def __init__(self, role: Role, *, max_pdu: int) -> None:
+    def __init__(
+        self, role: Role, *, max_pdu: int, min_peer_max_pdu: int = MIN_PEER_MAX_PDU
+    ) -> None:
         self.role = role
         self.max_pdu = max_pdu
+        self.min_peer_max_pdu = min_peer_max_pdu
         self.state = S.STA2 if role is Role.ACCEPTOR else S.STA4
         self.peer_max_pdu = 0
         self.request: AssociateRequest | None = None
@@ -146,7 +163,7 @@ class Association:
         pos = 0
         events: list[Event] = []
         need = PDU_HEADER_LEN
-        while end - pos >= PDU_HEADER_LEN:
+        while end - pos >= PDU_HEADER_LEN and self.state is not S.STA3:
             pdu_type, length = split_header(view[pos : pos + PDU_HEADER_LEN])
             self._check_header(pdu_type, length)
             need = PDU_HEADER_LEN + length
@@ -231,8 +248,23 @@ class Association:
         elif isinstance(event, AssociateRequest):
             self.request = event
             self.peer_max_pdu = event.user_info.max_pdu or 0
+            if 0 < self.peer_max_pdu < self.min_peer_max_pdu:
+                self.state = nxt  # Sta3: the reply is this side's A-ASSOCIATE-RJ (AE-8)
+                raise RemoteProtocolError(
+                    f"maximum length {self.peer_max_pdu} is below {self.min_peer_max_pdu}, "
+                    "the least dicomlb accepts",
+                    reply=reject(RejectReason.NO_REASON),
+                )
         elif isinstance(event, AssociateAccept):
             self.peer_max_pdu = event.user_info.max_pdu or 0
+            if 0 < self.peer_max_pdu < self.min_peer_max_pdu:
+                self.state = S.STA13
+                raise RemoteProtocolError(
+                    f"maximum length {self.peer_max_pdu} is below {self.min_peer_max_pdu}, "
+                    "the least dicomlb accepts",
+                    # PS3.8 9.3.8: the source is the service user, who refuses the value.
+                    reply=Abort(source=AbortSource.SERVICE_USER),
+                )
             self._record_accepted(event)
         self.state = nxt
         return event
@@ -268,7 +300,11 @@ class Association:
                 f"cannot send P-DATA in {self.state.name} ({self.state.value}); "
                 "wait for the association to be established"
             )
-        chunk = (self.peer_max_pdu - 6) if self.peer_max_pdu else UNLIMITED_PDU_CHUNK
+        # The peer's maximum is 0 or at least min_peer_max_pdu (its A-ASSOCIATE said so, or
+        # it was refused), so every piece carries data and the loop ends.
+        chunk = (self.peer_max_pdu - PDV_HEADER_LEN) if self.peer_max_pdu else UNLIMITED_PDU_CHUNK
+        if chunk < 1:
+            raise LocalProtocolError(f"peer maximum length {self.peer_max_pdu} cannot carry data")
         view = memoryview(data)
         total = len(view)
         out: list[bytes | memoryview] = []
@@ -277,7 +313,7 @@ class Association:
             piece = view[pos : pos + chunk]
             pos += len(piece)
             last = is_last and pos >= total
-            out.append(pdata_header(len(piece) + 6))
+            out.append(pdata_header(len(piece) + PDV_HEADER_LEN))
             out.append(pdv_header(context_id, len(piece), is_command=is_command, is_last=last))
             out.append(piece)
             if pos >= total:

@@ -10,6 +10,7 @@ import enum
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from dicomlb.dicom.errors import RemoteProtocolError
 from dicomlb.dicom.pdu import Abort, AbortReason, AbortSource, PresentationDataValue
@@ -304,6 +305,44 @@ def response(request: Command, status: int, *, error_comment: str | None = None)
     return Command.build(values)
 
 
+# PS3.7 9.3 and 10.3: requests whose data set (the instance, the identifier) is mandatory,
+# and those that have none.
+_DATA_SET_REQUIRED = frozenset(
+    {CommandField.C_STORE_RQ, CommandField.C_FIND_RQ, CommandField.C_MOVE_RQ, CommandField.C_GET_RQ}
+)
+_NO_DATA_SET = frozenset({CommandField.C_ECHO_RQ})
+_REQUESTS = frozenset(field for field in CommandField if not field.is_response)
+
+
+def request_refusal(
+    command: Command,
+    abstract_syntax: str,
+    related: Mapping[str, frozenset[str]] = MappingProxyType({}),
+) -> tuple[Status, str] | None:
+    """The failure status and reason a client's request gets instead of being relayed, or
+    None when it may be relayed on its presentation context (`abstract_syntax`).
+
+    `related` maps a SOP class to the related general SOP classes the client named for it
+    (PS3.7 D.3.3.6): PS3.4 B.3.1.4 lets such an instance travel on their contexts."""
+    field = command.command_field
+    if field not in _REQUESTS:
+        return Status.UNRECOGNIZED_OPERATION, f"unknown command field 0x{field:04X}"
+    if field in _DATA_SET_REQUIRED and not command.has_data_set:
+        # PS3.4 B.2.3, C.4: "cannot understand" / "unable to process" (0xC000).
+        return Status.CANNOT_UNDERSTAND, f"{command.service} without a data set"
+    if field in _NO_DATA_SET and command.has_data_set:
+        return Status.CANNOT_UNDERSTAND, f"{command.service} with a data set"
+    sop_class = command.sop_class_uid
+    if sop_class != abstract_syntax and abstract_syntax not in related.get(sop_class, ()):
+        # PS3.7 9.1: the SOP class of a request is the abstract syntax of its presentation
+        # context. Refused as DCMTK's dcmqrscp refuses a SOP class it does not serve: the
+        # association stays, the data set is read and dropped.
+        return Status.SOP_CLASS_NOT_SUPPORTED, (
+            f"SOP class {sop_class or '(none)'} on a context for {abstract_syntax}"
+        )
+    return None
+
+
 def echo_request(message_id: int) -> Command:
     """A C-ECHO-RQ (Verification SOP class)."""
     return Command.build(
@@ -338,6 +377,7 @@ class MessageAssembler:
     def __init__(self) -> None:
         self._command: list[bytes] = []
         self._command_len = 0
+        self._command_context: int | None = None  # set while a command is incomplete
         self._data_context: int | None = None  # set while a data set is expected
 
     @property
@@ -351,6 +391,12 @@ class MessageAssembler:
             if pdv.is_command:
                 if self._data_context is not None:
                     raise _invalid("a command fragment arrived while a data set was expected")
+                if self._command_context not in (None, pdv.context_id):
+                    raise _invalid(
+                        f"command fragment on context {pdv.context_id}, "
+                        f"its first fragment came on {self._command_context}"
+                    )
+                self._command_context = pdv.context_id
                 self._command.append(bytes(pdv.data))
                 self._command_len += len(pdv.data)
                 if self._command_len > MAX_COMMAND_BYTES:
@@ -359,6 +405,7 @@ class MessageAssembler:
                     command = Command.decode(b"".join(self._command))
                     self._command.clear()
                     self._command_len = 0
+                    self._command_context = None
                     if command.has_data_set:
                         self._data_context = pdv.context_id
                     events.append(CommandReceived(context_id=pdv.context_id, command=command))

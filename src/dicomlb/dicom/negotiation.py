@@ -18,6 +18,7 @@ from dicomlb.dicom.pdu import (
     RoleSelection,
     UserInformation,
     reject,
+    split_fields,
 )
 from dicomlb.snapshot import DicomListenerConfig
 
@@ -178,6 +179,24 @@ def upstream_request(
             raw_items=raw,
         ),
     )
+
+
+def related_general_classes(user_info: UserInformation) -> dict[str, frozenset[str]]:
+    """SOP class -> the related general SOP classes a requestor named for it, from its SOP
+    Class Common Extended Negotiation items (PS3.7 D.3.3.6; the codec checked their
+    lengths)."""
+    related: dict[str, frozenset[str]] = {}
+    for kind, value in user_info.raw_items:
+        if kind == ItemType.SOP_CLASS_COMMON_EXTENDED_NEGOTIATION:
+            sop_class, _, general = split_fields(value, 3)
+            related[_text_uid(sop_class)] = frozenset(
+                _text_uid(uid) for uid in split_fields(general, None)
+            )
+    return related
+
+
+def _text_uid(raw: bytes | memoryview) -> str:
+    return bytes(raw).decode("ascii", "replace").rstrip("\x00 ")
 
 
 def role_item(role: RoleSelection) -> tuple[int, bytes]:

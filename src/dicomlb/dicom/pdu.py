@@ -20,6 +20,15 @@ _PDV = struct.Struct(">LBB")
 _ASSOC_FIXED = struct.Struct(">Hxx16s16s32x")
 PDU_HEADER_LEN = 6
 PDV_HEADER_LEN = 6
+# PS3.8 D.1: a Maximum Length below this cannot carry a PDV with one byte of data (length 4,
+# context ID 1, message control header 1); 0 means unlimited.
+SMALLEST_MAX_LENGTH = PDV_HEADER_LEN + 1
+# PS3.8 9.3.2.2: presentation context IDs are odd integers 1..255, so at most 128 contexts.
+MAX_CONTEXTS = 128
+# PS3.5 9.1: a UID is at most 64 bytes (padded to even length, which 64 already is).
+MAX_UID_LEN = 64
+# PS3.7 D.3.3.2: the implementation version name is 1 to 16 characters.
+MAX_VERSION_NAME_LEN = 16
 
 
 class PduType(enum.IntEnum):
@@ -44,6 +53,8 @@ class ItemType(enum.IntEnum):
     ASYNCHRONOUS_OPERATIONS_WINDOW = 0x53
     ROLE_SELECTION = 0x54
     IMPLEMENTATION_VERSION_NAME = 0x55
+    SOP_CLASS_EXTENDED_NEGOTIATION = 0x56
+    SOP_CLASS_COMMON_EXTENDED_NEGOTIATION = 0x57
     USER_IDENTITY_RQ = 0x58
     USER_IDENTITY_AC = 0x59
 
@@ -229,7 +240,9 @@ def _text(raw: bytes) -> str:
     return raw.decode("ascii", "replace").strip(" \x00")
 
 
-def _uid(raw: bytes | memoryview) -> str:
+def _uid(raw: bytes | memoryview, what: str) -> str:
+    if len(raw) > MAX_UID_LEN:
+        raise _invalid(f"{what} of {len(raw)} bytes is longer than a UID ({MAX_UID_LEN})")
     return bytes(raw).decode("ascii", "replace").rstrip("\x00 ")
 
 
@@ -248,6 +261,56 @@ def _items(body: memoryview, where: str) -> list[tuple[int, memoryview]]:
     return items
 
 
+def split_fields(
+    raw: bytes | memoryview, count: int | None, where: str = "sub-item"
+) -> list[memoryview]:
+    """Fields of 2-byte length and that many bytes, filling `raw` exactly: `count` of them,
+    or as many as there are (None). Raises RemoteProtocolError (A-ABORT, invalid parameter)
+    otherwise."""
+    value = memoryview(raw)
+    fields: list[memoryview] = []
+    pos, end = 0, len(value)
+    while (pos < end) if count is None else (len(fields) < count):
+        if end - pos < 2:
+            raise _invalid(f"{where}: truncated field length")
+        (length,) = struct.unpack_from(">H", value, pos)
+        pos += 2
+        if pos + length > end:
+            raise _invalid(f"{where}: field length {length} overruns the item")
+        fields.append(value[pos : pos + length])
+        pos += length
+    if pos != end:
+        raise _invalid(f"{where}: {end - pos} bytes after its last field")
+    return fields
+
+
+def _check_forwarded(kind: int, value: memoryview) -> None:
+    """Sub-items passed to backends untouched must be well formed: a backend that aborts on
+    a client's broken item must not look unwell for it."""
+    if kind == ItemType.SOP_CLASS_EXTENDED_NEGOTIATION:
+        # PS3.7 D.3.3.5: a SOP class UID, then service class application information.
+        where = "SOP class extended negotiation"
+        if len(value) < 2:
+            raise _invalid(f"{where} item too short")
+        (uid_len,) = struct.unpack_from(">H", value)
+        if 2 + uid_len > len(value):
+            raise _invalid(f"{where}: UID length {uid_len} overruns the item")
+        _uid(value[2 : 2 + uid_len], f"{where} UID")
+    elif kind == ItemType.SOP_CLASS_COMMON_EXTENDED_NEGOTIATION:
+        # PS3.7 D.3.3.6: SOP class UID, service class UID, related general SOP class UIDs.
+        where = "SOP class common extended negotiation"
+        sop_class, service_class, related = split_fields(value, 3, where)
+        for uid in (sop_class, service_class, *split_fields(related, None, where)):
+            _uid(uid, f"{where} UID")
+    elif kind == ItemType.USER_IDENTITY_RQ:
+        # PS3.7 D.3.3.7.1: type, positive response requested, primary and secondary fields.
+        if len(value) < 2:
+            raise _invalid("user identity item too short")
+        split_fields(value[2:], 2, "user identity")
+    elif kind == ItemType.USER_IDENTITY_AC:
+        split_fields(value, 1, "user identity response")  # PS3.7 D.3.3.7.2: server response
+
+
 def _decode_user_info(body: memoryview) -> UserInformation:
     max_pdu: int | None = None
     class_uid = ""
@@ -256,26 +319,38 @@ def _decode_user_info(body: memoryview) -> UserInformation:
     roles: list[RoleSelection] = []
     raw: list[tuple[int, bytes]] = []
     for kind, value in _items(body, "user information"):
-        if kind == ItemType.MAXIMUM_LENGTH and len(value) == 4:
+        if kind == ItemType.MAXIMUM_LENGTH:
+            if len(value) != 4:
+                raise _invalid(f"maximum length item of {len(value)} bytes, not 4")
             max_pdu = struct.unpack(">L", value)[0]
+            if 0 < max_pdu < SMALLEST_MAX_LENGTH:
+                # PS3.8 D.1: 0 is unlimited; 1..6 leave no room for a PDV.
+                raise _invalid(f"maximum length {max_pdu} cannot carry a PDV")
         elif kind == ItemType.IMPLEMENTATION_CLASS_UID:
-            class_uid = _uid(value)
+            class_uid = _uid(value, "implementation class UID")
         elif kind == ItemType.IMPLEMENTATION_VERSION_NAME:
+            if len(value) > MAX_VERSION_NAME_LEN:
+                raise _invalid(f"implementation version name of {len(value)} bytes")
             version = _text(bytes(value))
-        elif kind == ItemType.ASYNCHRONOUS_OPERATIONS_WINDOW and len(value) == 4:
+        elif kind == ItemType.ASYNCHRONOUS_OPERATIONS_WINDOW:
+            if len(value) != 4:
+                raise _invalid(f"asynchronous operations window of {len(value)} bytes, not 4")
             async_ops = struct.unpack(">HH", value)
-        elif kind == ItemType.ROLE_SELECTION and len(value) >= 2:
+        elif kind == ItemType.ROLE_SELECTION:
+            if len(value) < 2:
+                raise _invalid("SCP/SCU role selection item too short")
             (uid_len,) = struct.unpack_from(">H", value)
             if len(value) != uid_len + 4:
                 raise _invalid("SCP/SCU role selection item has a bad length")
             roles.append(
                 RoleSelection(
-                    sop_class_uid=_uid(value[2 : 2 + uid_len]),
+                    sop_class_uid=_uid(value[2 : 2 + uid_len], "role selection SOP class UID"),
                     scu_role=bool(value[2 + uid_len]),
                     scp_role=bool(value[3 + uid_len]),
                 )
             )
         else:
+            _check_forwarded(kind, value)
             raw.append((kind, bytes(value)))
     return UserInformation(
         max_pdu=max_pdu,
@@ -287,6 +362,20 @@ def _decode_user_info(body: memoryview) -> UserInformation:
     )
 
 
+def _context_id(value: memoryview, seen: set[int]) -> int:
+    """The ID of a presentation context item, checked (PS3.8 9.3.2.2: odd, 1..255, unique,
+    so at most 128 of them)."""
+    if len(value) < 4:
+        raise _invalid("presentation context item too short")
+    context_id = value[0]
+    if not context_id & 1:
+        raise _invalid(f"presentation context ID {context_id} is not odd")
+    if context_id in seen:
+        raise _invalid(f"presentation context ID {context_id} appears twice")
+    seen.add(context_id)
+    return context_id
+
+
 def _decode_associate(pdu_type: int, body: memoryview) -> AssociateRequest | AssociateAccept:
     if len(body) < _ASSOC_FIXED.size:
         raise _invalid("A-ASSOCIATE PDU shorter than its fixed fields")
@@ -294,39 +383,42 @@ def _decode_associate(pdu_type: int, body: memoryview) -> AssociateRequest | Ass
     app_context = ""
     proposals: list[PresentationContextProposal] = []
     results: list[PresentationContextResult] = []
+    seen: set[int] = set()
     user_info = UserInformation()
     for kind, value in _items(body[_ASSOC_FIXED.size :], "A-ASSOCIATE"):
         if kind == ItemType.APPLICATION_CONTEXT:
-            app_context = _uid(value)
+            app_context = _uid(value, "application context name")
         elif kind == ItemType.PRESENTATION_CONTEXT_RQ and pdu_type == PduType.ASSOCIATE_RQ:
-            if len(value) < 4:
-                raise _invalid("presentation context item too short")
-            abstract = ""
+            context_id = _context_id(value, seen)
+            abstract: str | None = None
             syntaxes: list[str] = []
             for sub, sub_value in _items(value[4:], "presentation context"):
                 if sub == ItemType.ABSTRACT_SYNTAX:
-                    abstract = _uid(sub_value)
+                    if abstract is not None:
+                        raise _invalid(f"presentation context {context_id}: two abstract syntaxes")
+                    abstract = _uid(sub_value, "abstract syntax")
                 elif sub == ItemType.TRANSFER_SYNTAX:
-                    syntaxes.append(_uid(sub_value))
+                    syntaxes.append(_uid(sub_value, "transfer syntax"))
             proposals.append(
                 PresentationContextProposal(
-                    context_id=value[0], abstract_syntax=abstract, transfer_syntaxes=tuple(syntaxes)
+                    context_id=context_id,
+                    abstract_syntax=abstract or "",
+                    transfer_syntaxes=tuple(syntaxes),
                 )
             )
         elif kind == ItemType.PRESENTATION_CONTEXT_AC and pdu_type == PduType.ASSOCIATE_AC:
-            if len(value) < 4:
-                raise _invalid("presentation context item too short")
+            context_id = _context_id(value, seen)
             syntax = ""
             for sub, sub_value in _items(value[4:], "presentation context"):
                 if sub == ItemType.TRANSFER_SYNTAX:
-                    syntax = _uid(sub_value)
+                    syntax = _uid(sub_value, "transfer syntax")
             try:
                 result = ContextResult(value[2])
             except ValueError:
                 result = ContextResult.NO_REASON
             results.append(
                 PresentationContextResult(
-                    context_id=value[0], result=result, transfer_syntax=syntax
+                    context_id=context_id, result=result, transfer_syntax=syntax
                 )
             )
         elif kind == ItemType.USER_INFORMATION:

@@ -12,7 +12,15 @@ import logging
 import time
 
 from dicomlb.dicom.acceptor import ClientGone, InboundAssociation, InboundMessage
-from dicomlb.dicom.dimse import CommandField, DataReceived, Status, Tag, response
+from dicomlb.dicom.dimse import (
+    CommandField,
+    DataReceived,
+    Status,
+    Tag,
+    request_refusal,
+    response,
+)
+from dicomlb.dicom.negotiation import related_general_classes
 from dicomlb.dicom.tags import HeaderScanner
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, UpstreamKey
 from dicomlb.pools import BackendState, Pool
@@ -63,6 +71,7 @@ class Relay:
             if proposal.context_id in inbound.assoc.accepted
         ]
         self.forwarded = request.user_info.raw_items
+        self.related = related_general_classes(request.user_info)
         # C-MOVE destinations this association's sub-operations are relayed to (via_balancer).
         self.destinations: dict[str, UpstreamAssociation] = {}
 
@@ -86,13 +95,27 @@ class Relay:
                 link.schedule_idle_release(0.0)  # A-RELEASE on the next turn; it owns the task
 
     async def handle(self, message: InboundMessage) -> None:
+        refusal = request_refusal(message.command, message.abstract_syntax, self.related)
+        if refusal is not None:
+            status, reason = refusal
+            await _discard(message)
+            log.warning(
+                "dimse.refused peer=%s:%d calling_aet=%s command=%s context=%d status=0x%04X "
+                "reason=%r",
+                *self.inbound.peer,
+                self.inbound.calling_ae,
+                message.command.service,
+                message.context_id,
+                status,
+                reason,
+            )
+            self._respond(message, status, reason)
+            return
         field = message.command.command_field
         if field == CommandField.C_STORE_RQ:
             await self.store(message)
         elif field == CommandField.C_ECHO_RQ:
             await self.echo(message)
-        elif field == CommandField.C_CANCEL_RQ:
-            return  # nothing of ours is cancellable yet; PS3.7 9.3.2.3 needs no response
         elif field in _QR_SERVICES:
             from dicomlb.dicom.retrieve import serve  # query/retrieve, storage commitment
 

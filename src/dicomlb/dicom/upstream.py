@@ -161,8 +161,10 @@ class UpstreamAssociation(asyncio.Protocol):
             self.contexts = {}
             for proposal in self.request.contexts:
                 result = self.assoc.accepted.get(proposal.context_id)
-                if result is not None:
-                    pair = (proposal.abstract_syntax, proposal.transfer_syntaxes[0])
+                pair = (proposal.abstract_syntax, proposal.transfer_syntaxes[0])
+                # One transfer syntax was proposed per context: an acceptance naming another
+                # (PS3.8 9.3.3.2 forbids it) would relay data the backend cannot read.
+                if result is not None and result.transfer_syntax == pair[1]:
                     self.contexts[pair] = proposal.context_id
             if not self.established.done():
                 self.established.set_result(None)
