@@ -38,7 +38,7 @@ from pydantic import (
 from pydicom._uid_dict import UID_dictionary
 
 from dicomlb.bridge.config import BackendAuthModel, build_store
-from dicomlb.dicom.tags import tag_from_name, tag_name
+from dicomlb.dicom.tags import MAX_BYTES, tag_from_name, tag_name
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
 from dicomlb.http.config import (
     HttpCheckModel,
@@ -70,6 +70,7 @@ from dicomlb.snapshot import (
     QueryMode,
     RetryConfig,
     RouteConfig,
+    ScanLimit,
     Snapshot,
     SpoolConfig,
     StorageCommitment,
@@ -200,6 +201,25 @@ def parse_size(value: Any) -> int:
     if not 0 <= size < float("inf"):
         raise ValueError(f"{_show(value)} is not a size; {_SIZE_HINT}")
     return int(size)
+
+
+def _scan_budget(value: Any) -> int:
+    size = parse_size(value)
+    if size < MAX_BYTES:
+        raise ValueError(
+            f"{_show(value)} is less than one message's scan cap ({MAX_BYTES} bytes, 1MiB); "
+            'write at least "1MiB", e.g. "64MiB" (the default)'
+        )
+    return size
+
+
+def _scan_limit(value: Any) -> ScanLimit:
+    if isinstance(value, str) and value in {choice.value for choice in ScanLimit}:
+        return ScanLimit(value)
+    raise ValueError(
+        f"{_show(value)} is not what to do when the routing tags are not in the first MiB; "
+        "write refuse (answer 0xC000, the default) or route (route on the tags found)"
+    )
 
 
 def _positive_duration(value: Any) -> float:
@@ -372,6 +392,7 @@ class _DicomListenerModel(_Model):
     ) = None
     echo: Annotated[str, Field(strict=True)] = ECHO_LOCAL
     tls: _ListenerTlsModel | None = None
+    scan_budget: Annotated[int, BeforeValidator(_scan_budget)] | None = None
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -490,6 +511,7 @@ class _RouteModel(_Model):
     mirror: list[Annotated[str, Field(strict=True)]] | None = None
     query: QueryMode | None = None
     move_destination: MoveDestination | None = None
+    on_scan_limit: Annotated[ScanLimit, BeforeValidator(_scan_limit)] | None = None
 
 
 class _RetryModel(_Model):
@@ -896,6 +918,7 @@ class _Builder:
                     mirror=mirrors,
                     query=spec.query,
                     move_destination=spec.move_destination,
+                    on_scan_limit=spec.on_scan_limit or ScanLimit.REFUSE,
                 )
                 routes.append((route, match.tags))
         return routes

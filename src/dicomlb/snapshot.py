@@ -180,6 +180,14 @@ class Ack(enum.StrEnum):
     SPOOL = "spool"  # Success once the instance is durable in the spool; delivered later
 
 
+class ScanLimit(enum.StrEnum):
+    """What a route does with a C-STORE whose routing tags were not all found before the
+    scan cap (the first MiB of the data set)."""
+
+    REFUSE = "refuse"  # 0xC000 with an Error Comment saying why
+    ROUTE = "route"  # route on the tags that were found
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     name: str
@@ -190,6 +198,7 @@ class RouteConfig:
     mirror: tuple[PoolConfig, ...] = ()  # pools that each get an independent spooled copy
     query: QueryMode | None = None  # overrides the pool's
     move_destination: MoveDestination | None = None  # overrides the pool's
+    on_scan_limit: ScanLimit = ScanLimit.REFUSE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,6 +238,8 @@ class DicomListenerConfig:
     transfer_syntaxes: tuple[str, ...] = KNOWN_TRANSFER_SYNTAXES
     echo_pool: PoolConfig | None = None  # None: dicomlb answers C-ECHO itself
     tls: TlsConfig | None = None
+    # Bytes all associations together may hold while looking for routing tags.
+    scan_budget: int = 64 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,6 +29,7 @@ from dicomlb.snapshot import (
     DicomListenerConfig,
     HealthConfig,
     MessageFacts,
+    ScanLimit,
     Strategy,
 )
 
@@ -651,3 +652,25 @@ def test_compound_durations_add_up(h: int, m: int, s: int, ms: int) -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_scan_limit_settings() -> None:
+    data = example()
+    snapshot = build_snapshot(data, "lb.yaml")
+    assert snapshot.dicom is not None and snapshot.dicom.scan_budget == 64 << 20
+    assert {route.on_scan_limit for route in snapshot.routes} == {ScanLimit.REFUSE}
+    data["listeners"]["dicom"]["scan_budget"] = "8MiB"
+    data["routes"][0]["on_scan_limit"] = "route"
+    snapshot = build_snapshot(data, "lb.yaml")
+    assert snapshot.dicom is not None and snapshot.dicom.scan_budget == 8 << 20
+    assert snapshot.routes[0].on_scan_limit is ScanLimit.ROUTE
+    for key, value, expected in [
+        ("scan_budget", "100kB", 'listeners.dicom.scan_budget: "100kB" is less than one'),
+        ("on_scan_limit", "drop", 'routes[0].on_scan_limit: "drop" is not what to do when'),
+    ]:
+        data = example()
+        where = data["listeners"]["dicom"] if key == "scan_budget" else data["routes"][0]
+        where[key] = value
+        with pytest.raises(ConfigError) as caught:
+            build_snapshot(data, "lb.yaml")
+        assert str(caught.value).startswith(f"lb.yaml: {expected}")

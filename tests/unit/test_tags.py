@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import struct
+import sys
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from io import BytesIO
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pydicom
 import pytest
@@ -23,8 +26,10 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from dicomlb.dicom import uids
 from dicomlb.dicom.tags import (
+    FALLBACK_MAX_BYTES,
     SPECIFIC_CHARACTER_SET,
     HeaderScanner,
+    ScanBudget,
     tag_from_name,
     tag_name,
 )
@@ -456,6 +461,7 @@ def test_gives_up_after_max_bytes() -> None:
     assert scanner.done
     assert start == 4000  # gave up at the budget, before the end of the data set
     assert scanner.values == {MODALITY: "CT"}
+    assert scanner.limited  # Patient ID and the rest may lie further on
     # Within budget a big element is skipped (not buffered) and the scan goes on.
     scanner = HeaderScanner(uids.EXPLICIT_VR_LE, WANTED)
     assert feed_reused(scanner, data, 100) == {MODALITY: "CT", PATIENT_ID: "X"}
@@ -463,6 +469,128 @@ def test_gives_up_after_max_bytes() -> None:
     scanner = HeaderScanner(uids.EXPLICIT_VR_LE, WANTED, max_bytes=4096)
     assert scanner.feed(data)
     assert scanner.values == {MODALITY: "CT", PATIENT_ID: "X"}
+
+
+# -- work per byte and the caps ------------------------------------------------------------
+
+_SQ_UNDEFINED = struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+_ITEM_UNDEFINED = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+_EMPTY_ITEM = struct.pack("<HHL", 0xFFFE, 0xE000, 0)
+# An item delimiter where an item must start: the walker hands the rest to pydicom.
+_ODD_SEQUENCE = _SQ_UNDEFINED + _delimiter(0xFFFEE00D)
+_TINY = _explicit(0x00080100, b"SH", b"")  # 8 bytes: the most elements per byte
+
+# Crafted data sets (no wanted tag follows, so nothing ends the scan early) of `size` bytes.
+CRAFTED: dict[str, Callable[[int], bytes]] = {
+    "pydicom, elements": lambda size: _repeat(_ODD_SEQUENCE + _ITEM_UNDEFINED, _TINY, size),
+    "pydicom, items": lambda size: _repeat(_ODD_SEQUENCE, _EMPTY_ITEM, size),
+    "walker, elements": lambda size: _repeat(_SQ_UNDEFINED + _ITEM_UNDEFINED, _TINY, size),
+    "walker, items": lambda size: _repeat(_SQ_UNDEFINED, _EMPTY_ITEM, size),
+    "walker, long wanted value": lambda size: _repeat(
+        struct.pack("<HH2sHL", 0x0008, 0x0060, b"UN", 0, size), b"CT", size
+    ),
+}
+
+
+def _repeat(prefix: bytes, unit: bytes, size: int) -> bytes:
+    return (prefix + unit * (size // len(unit) + 1))[:size]
+
+
+def _calls(work: Callable[[], Any]) -> int:
+    """Python and C function calls made by `work`: CPU work counted, not timed."""
+    count = 0
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal count
+        count += event in ("call", "c_call")
+
+    sys.setprofile(profile)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize("fragment", [512, 2048])
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+def test_work_grows_linearly_with_the_data_set(kind: str, fragment: int) -> None:
+    # 4x the bytes may cost 4x the work (plus slack), not 16x: a scanner that re-reads what
+    # it has buffered on every fragment is quadratic.
+    size = 8 * 1024
+    work = []
+    for n in (size, 4 * size):
+        data, cuts = CRAFTED[kind](n), range(0, n, fragment)
+        scanner = HeaderScanner(uids.EXPLICIT_VR_LE, WANTED)
+        work.append(_calls(lambda: feed_split(scanner, data, cuts)))  # noqa: B023 (called here)
+    assert work[1] < 6 * work[0], f"{work[0]} calls for {size} bytes, {work[1]} for 4x that"
+
+
+def test_pydicom_reads_once_within_its_own_cap() -> None:
+    data = CRAFTED["pydicom, elements"](4 * FALLBACK_MAX_BYTES)
+    scanner = HeaderScanner(uids.EXPLICIT_VR_LE, WANTED)
+    fed = 0
+    while not scanner.feed(data[fed : fed + 4096]):
+        fed += 4096
+    assert fed < FALLBACK_MAX_BYTES + 4096
+    assert scanner.limited
+    assert scanner.values == {}
+
+
+def test_limited_only_when_a_wanted_tag_may_still_come() -> None:
+    blob = _explicit(0x00091010, b"OB", bytes(5000))
+    modality = _explicit(0x00080060, b"CS", b"CT")
+    # Everything wanted found before the cap.
+    scanner = HeaderScanner(uids.EXPLICIT_VR_LE, [MODALITY], max_bytes=4096)
+    feed_reused(scanner, modality + blob, 100)
+    assert scanner.values == {MODALITY: "CT"}
+    assert not scanner.limited
+    # The data set ended before the cap: what is missing is not there.
+    scanner = HeaderScanner(uids.EXPLICIT_VR_LE, WANTED, max_bytes=1 << 20)
+    feed_reused(scanner, modality + blob, 100)
+    assert not scanner.limited
+    # Passed every wanted tag before the cap.
+    scanner = HeaderScanner(uids.EXPLICIT_VR_LE, [MODALITY], max_bytes=4096)
+    feed_reused(scanner, blob + _explicit(0x00100020, b"LO", b"X") + bytes(8000), 100)
+    assert scanner.values == {}
+    assert not scanner.limited
+
+
+def test_pydicom_at_the_cap_keeps_what_it_read() -> None:
+    # A malformed sequence, then the wanted tags, then a cut at the cap mid-element: what
+    # pydicom read before the cut counts.
+    data = (
+        _ODD_SEQUENCE
+        + _delimiter(0xFFFEE0DD)
+        + _explicit(0x00100020, b"LO", b"PID1")
+        + _explicit(0x0020000D, b"UI", b"1.2.3\0")
+        + _explicit(0x00280010, b"US", b"\x00\x02")
+        + _explicit(0x00291010, b"OB", bytes(8000))
+    )
+    scanner = HeaderScanner(uids.EXPLICIT_VR_LE, [PATIENT_ID, STUDY_INSTANCE_UID], max_bytes=4096)
+    feed_reused(scanner, data, 512)
+    assert scanner.values == {PATIENT_ID: "PID1", STUDY_INSTANCE_UID: "1.2.3"}
+    assert not scanner.limited
+    scanner = HeaderScanner(uids.EXPLICIT_VR_LE, [PATIENT_ID, ROWS, 0x00300010], max_bytes=4096)
+    feed_reused(scanner, data, 512)
+    assert scanner.values == {PATIENT_ID: "PID1", ROWS: "512"}
+    assert scanner.limited  # (0030,0010) may come after the OB that the cap cut
+
+
+def test_scan_budget_lease() -> None:
+    budget = ScanBudget()
+    with budget.lease(100) as first:
+        assert first.take(60)
+        with budget.lease(100) as second:
+            assert not second.take(41)  # the sum would pass the limit: nothing taken
+            assert second.take(40)
+            assert budget.held == 100
+        assert budget.held == 60
+    assert budget.held == 0
+    with pytest.raises(RuntimeError), budget.lease(100) as lease:
+        assert lease.take(10)
+        raise RuntimeError("the client went away")
+    assert budget.held == 0  # given back on every exit
 
 
 # -- names ----------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from dicomlb.dicom.pdu import (
     ReleaseRequest,
     reject,
 )
+from dicomlb.dicom.tags import ScanBudget
 from dicomlb.dicom.upstream import set_nodelay, write_buffers
 from dicomlb.runtime import Runtime
 
@@ -130,6 +131,7 @@ class DicomListener:
         self.runtime = runtime
         self.stats = ListenerStats()
         self.associations: set[InboundAssociation] = set()
+        self.scan_budget = ScanBudget()  # bytes held for routing tags, under scan_budget
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:

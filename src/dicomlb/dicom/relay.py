@@ -21,10 +21,10 @@ from dicomlb.dicom.dimse import (
     response,
 )
 from dicomlb.dicom.negotiation import related_general_classes
-from dicomlb.dicom.tags import HeaderScanner
+from dicomlb.dicom.tags import HeaderScanner, tag_name
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, UpstreamKey
 from dicomlb.pools import BackendState, Pool
-from dicomlb.snapshot import Ack, CalledAet, MessageFacts, PoolConfig
+from dicomlb.snapshot import Ack, CalledAet, MessageFacts, PoolConfig, ScanLimit
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,11 @@ class Relay:
 
                 await relay_suboperation(self, message, move)
                 return
-        head, done, tags = await self._read_header(message)
+        try:
+            head, done, tags, limited = await self._read_header(message)
+        except MessageFailed as failure:
+            await self._store_refused(message, "", "", False, failure)
+            return
         facts = MessageFacts(
             calling_aet=inbound.calling_ae,
             called_aet=inbound.called_ae,
@@ -197,6 +201,17 @@ class Relay:
             tags=tags,
         )
         route = self.runtime.router.select(facts)
+        if limited and (route is None or route.on_scan_limit is ScanLimit.REFUSE):
+            missing = ", ".join(
+                tag_name(tag) for tag in sorted(self.runtime.snapshot.wanted_tags - tags.keys())
+            )
+            refusal = MessageFailed(
+                Status.CANNOT_UNDERSTAND,
+                f"routing tags not found within the scan limit: {missing}",
+            )
+            route_name, pool_name = (route.name, route.pool.name) if route else ("", "")
+            await self._store_refused(message, route_name, pool_name, done, refusal)
+            return
         if route is None:
             refusal = MessageFailed(Status.NOT_AUTHORIZED, "no route matches this instance")
             await self._store_refused(message, "", "", done, refusal)
@@ -302,23 +317,36 @@ class Relay:
 
     async def _read_header(
         self, message: InboundMessage
-    ) -> tuple[list[DataReceived], bool, dict[int, str]]:
+    ) -> tuple[list[DataReceived], bool, dict[int, str], bool]:
         """Fragments read until the routing tags are known, whether that was the whole data
-        set, and the tags."""
+        set, the tags, and whether the scan cap ended the search (`HeaderScanner.limited`).
+
+        Fragments held while the tags are still unknown count against the listener's
+        `scan_budget`, shared by every association: when it is spent, MessageFailed (0xA700,
+        the rest of the data set still to be read) rather than more memory.
+        """
         wanted = self.runtime.snapshot.wanted_tags
         head: list[DataReceived] = []
         assert message.data is not None
         if not wanted:
-            return head, False, {}
+            return head, False, {}, False
         scanner = HeaderScanner(message.transfer_syntax, wanted)
-        while not scanner.done:
-            fragment = await message.data.get()
-            head.append(fragment)
-            scanner.feed(fragment.data)
-            if fragment.is_last:
-                scanner.finish()
-                return head, True, scanner.values
-        return head, False, scanner.values
+        budget = self.inbound.listener.scan_budget
+        with budget.lease(self.inbound.config.scan_budget) as lease:
+            while not scanner.done:
+                fragment = await message.data.get()
+                head.append(fragment)
+                done = scanner.feed(fragment.data)
+                if fragment.is_last:
+                    scanner.finish()
+                    return head, True, scanner.values, scanner.limited
+                if not done and not lease.take(len(fragment.data)):
+                    raise MessageFailed(
+                        Status.OUT_OF_RESOURCES,
+                        f"scan budget spent: {budget.held} bytes held waiting for routing "
+                        f"tags, scan_budget={lease.limit}; retry later",
+                    )
+        return head, False, scanner.values, scanner.limited
 
     # -------------------------------------------------------- forwarding
 

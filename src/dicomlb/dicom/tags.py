@@ -4,7 +4,11 @@
 P-DATA carries) with precompiled `struct` readers, keeps only the values of the wanted
 elements, and stops once it is past the highest wanted tag: top-level elements are in
 ascending tag order (PS3.5 7.1). Nothing is decoded unless wanted. Undefined-length
-sequences are walked item by item; pydicom reads only what this walker does not understand.
+sequences are walked item by item; pydicom reads only what this walker does not understand,
+and only once per data set: when it has ended or a cap (`max_bytes`, `FALLBACK_MAX_BYTES`) is
+reached, never per fragment (re-reading a growing buffer is quadratic: a crafted megabyte in
+4 KiB fragments took 25 s of CPU that way). So the work per data set is linear in its bytes.
+`ScanBudget` bounds the bytes held for scanning by every association together.
 Pure: no I/O, no logging, no asyncio.
 """
 
@@ -15,21 +19,34 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from typing import Final
 
 from pydicom.charset import convert_encodings, decode_bytes, default_encoding, python_encoding
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag, tag_for_keyword
-from pydicom.filereader import read_dataset
+from pydicom.filereader import data_element_generator
 
 from dicomlb.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
-__all__ = ["MAX_BYTES", "SPECIFIC_CHARACTER_SET", "HeaderScanner", "tag_from_name", "tag_name"]
+__all__ = [
+    "FALLBACK_MAX_BYTES",
+    "MAX_BYTES",
+    "SPECIFIC_CHARACTER_SET",
+    "HeaderScanner",
+    "ScanBudget",
+    "ScanLease",
+    "tag_from_name",
+    "tag_name",
+]
 
 SPECIFIC_CHARACTER_SET: Final = 0x00080005
 # Give up looking for wanted tags after this many data-set bytes (inflated, for deflate).
 MAX_BYTES: Final = 1 << 20
+# pydicom reads at most this much, from the element the walker could not follow on: it costs
+# up to ~1.7 s of CPU per MiB of crafted items (bench/run_scan.py), so ~0.1 s per message.
+FALLBACK_MAX_BYTES: Final = 64 * 1024
 
 _ITEM: Final = 0xFFFEE000
 _ITEM_DELIMITER: Final = 0xFFFEE00D
@@ -139,7 +156,8 @@ class HeaderScanner:
 
     Feed the data set's fragments in order; `done` turns true once every wanted tag was
     seen or passed, or the scanner gave up (oddity, `max_bytes`). Call `finish` at the end
-    of the data set. `values` maps each wanted tag present at the top level to its text.
+    of the data set. `values` maps each wanted tag present at the top level to its text;
+    `limited` says the cap was reached before some of them could be found or ruled out.
     """
 
     bytes_needed_hint: int
@@ -179,6 +197,7 @@ class HeaderScanner:
         self._fallback = False  # pydicom reads the rest
         self._total = 0
         self._done = False
+        self._limited = False
         self._raw: dict[int, tuple[str | None, bytes]] = {}
         self._values: dict[int, str] | None = None
         self.bytes_needed_hint = 8
@@ -187,6 +206,13 @@ class HeaderScanner:
     def done(self) -> bool:
         """True once no more input can change `values`."""
         return self._done
+
+    @property
+    def limited(self) -> bool:
+        """True when a cap (`max_bytes`, or `FALLBACK_MAX_BYTES` of what only pydicom reads)
+        ended the scan while a wanted tag was neither found nor passed: `values` may lack tags
+        that the data set has further on."""
+        return self._limited
 
     @property
     def values(self) -> dict[int, str]:
@@ -225,7 +251,7 @@ class HeaderScanner:
             if tail:
                 self._scan(tail)
         if not self._done and self._fallback:
-            self._read_with_pydicom(final=True)
+            self._read_with_pydicom(complete=True)
         self._set_done()
 
     # -- input -----------------------------------------------------------------------------
@@ -255,14 +281,13 @@ class HeaderScanner:
             if len(chunk) <= self._skip:
                 self._skip -= len(chunk)
                 self.bytes_needed_hint = self._skip + 8
-                self._check_budget()
+                self._check_cap()
                 return
             chunk = memoryview(chunk)[self._skip :]
             self._skip = 0
         if self._fallback:
-            self._buf += chunk
-            self._read_with_pydicom(final=False)
-            self._check_budget()
+            self._buf += chunk  # pydicom reads it all once, at the end or at the cap
+            self._check_cap()
             return
         if self._buf:
             self._buf += chunk
@@ -293,16 +318,21 @@ class HeaderScanner:
                 self._buf = bytearray(buf[keep:])
             self._pos = pos - keep
             self._top_start -= keep
-        if self._fallback:
-            self._read_with_pydicom(final=False)
-        self._check_budget()
+        self._check_cap()
 
-    def _check_budget(self) -> None:
-        if not self._done and self._total >= self._max_bytes:
-            # Routing tags live in the first kilobytes; past the budget, route on what we have.
-            if self._fallback:
-                self._read_with_pydicom(final=True)
-            self._set_done()
+    def _check_cap(self) -> None:
+        if self._done:
+            return
+        if self._total < self._max_bytes and not (
+            self._fallback and len(self._buf) >= FALLBACK_MAX_BYTES
+        ):
+            return
+        # Routing tags live in the first kilobytes; past the cap, report what was found.
+        if self._fallback:
+            self._read_with_pydicom(complete=False)
+        else:
+            self._limited = not self._asked <= self._raw.keys()
+        self._set_done()
 
     def _set_done(self) -> None:
         self._done = True
@@ -439,47 +469,40 @@ class HeaderScanner:
 
     # -- pydicom for the odd cases ----------------------------------------------------------
 
-    def _read_with_pydicom(self, *, final: bool) -> None:
-        """Read from the current top-level element on with pydicom.
+    def _read_with_pydicom(self, *, complete: bool) -> None:
+        """Read the buffer, from the current top-level element on, with pydicom; once.
 
-        Until `final`, a read that did not get past the highest wanted tag waits for more.
+        `complete`: the data set ended. Otherwise the cap was reached and the buffer may end
+        in the middle of an element: what pydicom read before that counts.
         """
         max_tag = self._max_tag
         passed = False
 
         def stop_when(tag: int, vr: str | None, length: int) -> bool:
             nonlocal passed
-            if tag > max_tag:
-                passed = True
+            passed = tag > max_tag
             return passed
 
+        wanted = self._wanted
+        raw = self._raw
+        elements = data_element_generator(
+            BytesIO(self._buf), self._implicit, self._little, stop_when=stop_when
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dataset = read_dataset(
-                    BytesIO(bytes(self._buf)),
-                    self._implicit,
-                    self._little,
-                    stop_when=stop_when,
-                )
-                found: list[tuple[int, str | None, bytes]] = []
-                for tag in self._wanted:
-                    element = dataset.get_item(tag)
-                    if element is None:
+                for element in elements:
+                    if element.tag not in wanted:
                         continue
-                    vr = element.VR
-                    if vr == "SQ" or not isinstance(element.value, bytes | type(None)):
-                        found.append((tag, "SQ", b""))
+                    value = element.value
+                    if element.VR == "SQ" or not isinstance(value, bytes | None):
+                        raw[element.tag] = ("SQ", b"")
                     else:
-                        found.append((tag, vr, element.value or b""))
-        except Exception:  # pydicom on arbitrary bytes may raise anything
-            if final:
-                self._set_done()
-            return
-        if not passed and not final:
-            return
-        for tag, found_vr, value in found:
-            self._raw[tag] = (found_vr, value)
+                        raw[element.tag] = (element.VR, value or b"")
+        except Exception:  # pydicom on arbitrary bytes may raise anything; keep what it read
+            pass
+        if not (complete or passed):
+            self._limited = not self._asked <= raw.keys()
         self._set_done()
 
     # -- values ----------------------------------------------------------------------------
@@ -525,6 +548,43 @@ class HeaderScanner:
             return "\\".join(str(number) for number in numbers)
         # Binary (OB, OW, UN...): private tags often hold text, so give it as Latin-1.
         return _clean(raw.decode("latin-1"), vr)
+
+
+class ScanBudget:
+    """Bytes that messages hold while their routing tags are looked for, summed over every
+    association of a listener and kept under one limit: `max_bytes` bounds what one message
+    costs, this what all of them together may hold (`listeners.dicom.scan_budget`)."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    @contextmanager
+    def lease(self, limit: int) -> Iterator[ScanLease]:
+        """One message's share, under `limit` for the sum; all of it given back on exit."""
+        lease = ScanLease(self, limit)
+        try:
+            yield lease
+        finally:
+            self.held -= lease.held
+            lease.held = 0
+
+
+class ScanLease:
+    """What one message holds of a `ScanBudget` (made by `ScanBudget.lease`)."""
+
+    def __init__(self, budget: ScanBudget, limit: int) -> None:
+        self._budget = budget
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Hold `size` more bytes; False, taking nothing, when the sum would pass the limit."""
+        budget = self._budget
+        if budget.held + size > self.limit:
+            return False
+        budget.held += size
+        self.held += size
+        return True
 
 
 def _decode_text(raw: bytes, vr: str, encodings: list[str]) -> str:
