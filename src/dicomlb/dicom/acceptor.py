@@ -118,6 +118,21 @@ class InboundMessage:
     received_at: float = field(default_factory=time.monotonic)
 
 
+class _Handshake(asyncio.Protocol):
+    """Keeps what arrives between the end of a TLS handshake and the moment the association
+    takes the TLS transport over (when `start_tls` returns, a loop iteration later)."""
+
+    def __init__(self) -> None:
+        self.early: list[bytes] = []
+        self.lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)
+
+
 class _Release:
     """Queue marker: the client asked to release after its earlier messages."""
 
@@ -310,10 +325,11 @@ class InboundAssociation(asyncio.Protocol):
     async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
         """Run the server side of the TLS handshake; the association then reads through it."""
         tls: asyncio.Transport | None = None
+        handshake = _Handshake()
         try:
             tls = await asyncio.get_running_loop().start_tls(
                 raw,
-                self,
+                handshake,
                 context,
                 server_side=True,
                 ssl_handshake_timeout=self.config.artim_timeout,  # ARTIM closes it first
@@ -333,6 +349,11 @@ class InboundAssociation(asyncio.Protocol):
                 self.connection_lost(None)
         if tls is not None:
             self.transport = tls
+            tls.set_protocol(self)
+            for data in handshake.early:
+                self.data_received(data)
+            if handshake.lost is not None:
+                self.connection_lost(handshake.lost[0])
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
