@@ -9,13 +9,17 @@ import re
 import resource
 import socket
 import ssl
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pynetdicom import AE
 from pynetdicom.association import Association as PynetdicomAssociation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -26,7 +30,15 @@ from dicomlb.dicom.pdu import (
     UserInformation,
     encode,
 )
-from tests.peers import DicomlbProcess, echoscu, free_port, have_dcmtk
+from tests.peers import (
+    DicomlbProcess,
+    echoscu,
+    free_port,
+    have_dcmtk,
+    is_listening,
+    stop_process,
+    wait_listening,
+)
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
 
@@ -199,7 +211,6 @@ def test_tls_client_that_never_says_hello_is_closed_at_artim(balancer: Any, pki:
     lb = balancer(config(artim_timeout="1s", tls=tls_listener(pki)))
     with socket.create_connection(("127.0.0.1", lb.port), timeout=5) as sock:
         started = time.monotonic()
-        wait_for(lambda: lb.app.dicom.stats.negotiating == 1, "the handshake is counted")
         assert closed_within(sock, 5), "a silent TLS client was held past ARTIM"
         assert time.monotonic() - started < 2.0
     wait_for(lambda: lb.app.dicom.stats.negotiating == 0, "the connection is not counted")
@@ -303,3 +314,77 @@ def test_per_address_limit_holds_whatever_ae_titles_are_used(balancer: Any) -> N
         for assoc in (first, second):
             if assoc.is_established:
                 assoc.release()
+
+
+def test_client_connections_leave_the_last_descriptors_free(
+    tmp_path: Path,
+) -> None:
+    dicom_port, http_port, admin_port = free_port(), free_port(), free_port()
+    config_path = tmp_path / "dicomlb.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "listeners": {
+                    "dicom": {
+                        "bind": f"127.0.0.1:{dicom_port}",
+                        "max_negotiating": 1000,
+                        "max_negotiating_per_ip": 1000,
+                        "artim_timeout": "60s",
+                    },
+                    "http": {"bind": f"127.0.0.1:{http_port}"},
+                    "admin": {"bind": f"127.0.0.1:{admin_port}"},
+                },
+                "pools": {
+                    "p": {
+                        "health": {"enabled": False},
+                        "backends": [
+                            {
+                                "name": "a",
+                                "dicom": f"PACS@127.0.0.1:{free_port()}",
+                                "http": f"http://127.0.0.1:{free_port()}",
+                            }
+                        ],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "p"}],
+                "http_routes": [{"name": "all", "pool": "p"}],
+            }
+        )
+    )
+    log_path = tmp_path / "dicomlb.log"
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dicomlb", "run", "-c", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=few_descriptors,
+            start_new_session=True,
+        )
+    try:
+        wait_listening(admin_port, process=process, what="dicomlb", log=log_path)
+        with ExitStack() as stack:
+            silent = [
+                stack.enter_context(connect_from("127.0.0.2", dicom_port)) for _ in range(250)
+            ]
+            refused = sum(closed_within(sock, 0.02) for sock in silent)
+            assert 64 <= refused < 250
+            # the admin listener still answers, the HTTP listener refuses with a status
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=5) as r:
+                assert r.status == 200
+            with socket.create_connection(("127.0.0.1", http_port), timeout=5) as client:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                client.settimeout(5)
+                assert client.recv(4096).startswith(b"HTTP/1.1 503")
+        wait_for(lambda: is_listening(dicom_port), "dicomlb listens")
+        result = echoscu("127.0.0.1", dicom_port, aec="DICOMLB")
+        assert result.returncode == 0, result.stdout + result.stderr
+        text = log_path.read_text()
+        assert "limit=descriptors" in text
+        assert "Too many open files" not in text
+    finally:
+        stop_process(process)
