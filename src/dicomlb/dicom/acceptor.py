@@ -119,18 +119,38 @@ class InboundMessage:
 
 
 class _Handshake(asyncio.Protocol):
-    """Keeps what arrives between the end of a TLS handshake and the moment the association
-    takes the TLS transport over (when `start_tls` returns, a loop iteration later)."""
+    """The protocol of a TLS connection until the association takes it over. It keeps the
+    client's first bytes before `start_tls` runs (uvloop starts reading after
+    `connection_made` even when it paused reading), and the first decrypted ones between the
+    end of the handshake and the moment `start_tls` returns."""
 
     def __init__(self) -> None:
-        self.early: list[bytes] = []
+        self.chunks: list[bytes] = []
         self.lost: tuple[Exception | None] | None = None
 
     def data_received(self, data: bytes) -> None:
-        self.early.append(data)
+        self.chunks.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = (exc,)
+
+    def take(self) -> list[bytes]:
+        chunks, self.chunks = self.chunks, []
+        return chunks
+
+
+def _feed(protocol: asyncio.BaseProtocol, chunks: list[bytes]) -> None:
+    """Give bytes read before it was in place to the TLS protocol (a buffered protocol in
+    asyncio and uvloop alike)."""
+    buffered = cast(asyncio.BufferedProtocol, protocol)
+    for data in chunks:
+        view = memoryview(data)
+        while view:
+            buffer = memoryview(buffered.get_buffer(len(view)))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            buffered.buffer_updated(size)
+            view = view[size:]
 
 
 class _Release:
@@ -317,23 +337,33 @@ class InboundAssociation(asyncio.Protocol):
         # handshake included; bytes arriving do not extend it.
         self._start_artim()
         if self.config.tls is not None:
-            self.transport.pause_reading()  # the ClientHello is for the TLS protocol
+            handshake = _Handshake()
+            self.transport.set_protocol(handshake)  # the ClientHello is for the TLS protocol
             self._tls_task = asyncio.get_running_loop().create_task(
-                self._start_tls(self.transport, self.config.tls.context)
+                self._start_tls(self.transport, handshake, self.config.tls.context)
             )
 
-    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+    async def _start_tls(
+        self, raw: asyncio.Transport, handshake: _Handshake, context: ssl.SSLContext
+    ) -> None:
         """Run the server side of the TLS handshake; the association then reads through it."""
-        tls: asyncio.Transport | None = None
-        handshake = _Handshake()
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
+        loop = asyncio.get_running_loop()
+        starting = loop.create_task(
+            loop.start_tls(
                 raw,
                 handshake,
                 context,
                 server_side=True,
                 ssl_handshake_timeout=self.config.artim_timeout,  # ARTIM closes it first
             )
+        )
+        tls: asyncio.Transport | None = None
+        try:
+            # One step later start_tls has put its TLS protocol on the transport and queued
+            # its connection_made: the bytes read before go to it right after that.
+            await asyncio.sleep(0)
+            loop.call_soon(_feed, raw.get_protocol(), handshake.take())
+            tls = await starting
         except Exception as err:  # the peer's handshake failed; closed in finally
             if self._outcome == "open":
                 self._outcome = "TLS handshake failed"
@@ -344,13 +374,14 @@ class InboundAssociation(asyncio.Protocol):
                 )
         finally:
             if tls is None:
+                starting.cancel()
                 # Before a completed handshake the TLS protocol does not report the loss.
                 raw.close()
                 self.connection_lost(None)
         if tls is not None:
             self.transport = tls
             tls.set_protocol(self)
-            for data in handshake.early:
+            for data in handshake.take():
                 self.data_received(data)
             if handshake.lost is not None:
                 self.connection_lost(handshake.lost[0])
