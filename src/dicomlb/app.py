@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dicomlb import changes
+from dicomlb import changes, descriptors
 from dicomlb.admin.server import AdminServer
 from dicomlb.checks import HealthChecker
 from dicomlb.config import ConfigError, build_backend, load_snapshot
@@ -65,6 +65,13 @@ class App:
 
     async def start(self) -> None:
         """Open the spool (recovering after a crash), bind the listeners, start the checks."""
+        soft, hard = descriptors.raise_limit()
+        log.info(
+            "dicomlb.descriptors limit=%s hard=%s headroom=%d",
+            "unlimited" if soft is None else soft,
+            "unlimited" if hard is None else hard,
+            descriptors.HEADROOM,
+        )
         if self.spool is not None:
             await self.spool.start()
         self._saver = asyncio.get_running_loop().create_task(self._save_studies())

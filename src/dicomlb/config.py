@@ -34,6 +34,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    model_validator,
 )
 from pydicom._uid_dict import UID_dictionary
 
@@ -58,6 +59,7 @@ from dicomlb.snapshot import (
     Ack,
     AdminAuth,
     AdminListenerConfig,
+    AllowRule,
     BackendConfig,
     CalledAet,
     DicomAddress,
@@ -375,6 +377,40 @@ class _BackendTlsModel(_Model):
     server_name: Annotated[str, Field(strict=True)] | None = None
 
 
+def _parse_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    form = "an address or network, e.g. 10.1.2.0/24, 10.1.2.7 or fd00::/64"
+    if not isinstance(value, str):
+        raise ValueError(f"{_show(value)} is not {form}; write it in quotes")
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{_show(value)} is not {form}") from None
+    raise ValueError(
+        f"{_show(value)} has bits set after the prefix; write {network} for the network, or "
+        "the address alone for one host"
+    )
+
+
+class _AllowModel(_Model):
+    aet: AeTitle | None = None
+    cidr: (
+        Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_given(self) -> _AllowModel:
+        if self.aet is None and self.cidr is None:
+            raise ValueError(
+                "names nothing to allow; write {aet: CT1}, {cidr: 10.1.2.0/24} or both"
+            )
+        return self
+
+
 class _DicomListenerModel(_Model):
     bind: Annotated[tuple[str, int], BeforeValidator(_parse_bind)] | None = None
     ae_title: AeTitle | None = None
@@ -393,6 +429,10 @@ class _DicomListenerModel(_Model):
     echo: Annotated[str, Field(strict=True)] = ECHO_LOCAL
     tls: _ListenerTlsModel | None = None
     scan_budget: Annotated[int, BeforeValidator(_scan_budget)] | None = None
+    max_associations_per_ip: Annotated[StrictInt, Field(ge=0)] | None = None
+    max_negotiating: Count | None = None
+    max_negotiating_per_ip: Count | None = None
+    allow: Annotated[list[_AllowModel], Field(min_length=1)] | None = None
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -994,7 +1034,9 @@ class _Builder:
         if self.model.listeners is None or self.model.listeners.dicom is None:
             return None
         spec = self.model.listeners.dicom
-        kwargs = _set(spec, "bind", "echo", "transfer_syntaxes", "tls")
+        kwargs = _set(spec, "bind", "echo", "transfer_syntaxes", "tls", "allow")
+        if spec.allow is not None:
+            kwargs["allow"] = tuple(AllowRule(aet=a.aet, network=a.cidr) for a in spec.allow)
         if spec.tls is not None:
             kwargs["tls"] = _listener_tls(spec.tls, "listeners.dicom.tls", self.issues)
         if spec.bind is not None:
@@ -1224,6 +1266,15 @@ def describe(snapshot: Snapshot) -> str:
         lines.append("dicom listener: none")
     else:
         per_aet = d.max_associations_per_calling_aet or "no limit"
+        per_ip = d.max_associations_per_ip or "no limit"
+        allow = (
+            ", ".join(
+                " from ".join(str(part) for part in (rule.aet, rule.network) if part is not None)
+                for rule in d.allow
+            )
+            if d.allow
+            else "any calling AE title from any address"
+        )
         echo = f"pool {d.echo_pool.name}" if d.echo_pool else "answered by dicomlb"
         syntaxes = (
             f"all {len(d.transfer_syntaxes)} that dicomlb can read"
@@ -1235,6 +1286,8 @@ def describe(snapshot: Snapshot) -> str:
             f"  called AE title checked: {'yes' if d.check_called_aet else 'no'}; "
             f"max associations {d.max_associations} (per calling AE: {per_aet}); "
             f"max PDU {_pdu(d.max_pdu)}",
+            f"  allowed: {allow}; associations per address: {per_ip}; negotiating at once: "
+            f"{d.max_negotiating} (per address: {d.max_negotiating_per_ip})",
             f"  timeouts: ARTIM {format_duration(d.artim_timeout)}, "
             f"idle {format_duration(d.idle_timeout)}; C-ECHO: {echo}",
             f"  transfer syntaxes: {syntaxes}",

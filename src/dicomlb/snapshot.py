@@ -7,6 +7,7 @@ holds references and a reload swaps one object.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -225,6 +226,15 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AllowRule:
+    """One entry of a listener's `allow` list: a client matches it when every field given
+    matches (at least one is given)."""
+
+    aet: str | None = None  # the calling AE title; `*` stands for any characters, `?` for one
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None  # the source address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DicomListenerConfig:
     host: str = "0.0.0.0"
     port: int = 11112
@@ -232,8 +242,14 @@ class DicomListenerConfig:
     check_called_aet: bool = False  # refuse associations whose called AE is not ae_title
     max_associations: int = 200
     max_associations_per_calling_aet: int = 0  # 0: no limit
+    max_associations_per_ip: int = 0  # 0: no limit
+    # Connections not yet associated (TLS handshake, A-ASSOCIATE-RQ awaited, rejected and not
+    # yet closed); more are closed at once, without a PDU.
+    max_negotiating: int = 128
+    max_negotiating_per_ip: int = 16
+    allow: tuple[AllowRule, ...] = ()  # empty: any calling AE title from any address
     max_pdu: int = 65536  # the largest P-DATA-TF dicomlb accepts from clients
-    artim_timeout: float = 30.0
+    artim_timeout: float = 30.0  # from connect (TLS handshake included) to the A-ASSOCIATE-RQ
     idle_timeout: float = 300.0
     transfer_syntaxes: tuple[str, ...] = KNOWN_TRANSFER_SYNTAXES
     echo_pool: PoolConfig | None = None  # None: dicomlb answers C-ECHO itself

@@ -135,6 +135,8 @@ def test_describe_summarises_listeners_routes_and_pools() -> None:
         "dicom listener: DICOMLB on 0.0.0.0:11112",
         "  called AE title checked: no; max associations 200 (per calling AE: no limit); "
         "max PDU 65536",
+        "  allowed: any calling AE title from any address; associations per address: "
+        "no limit; negotiating at once: 128 (per address: 16)",
         "  timeouts: ARTIM 30s, idle 5m; C-ECHO: answered by dicomlb",
         f"  transfer syntaxes: all {len(KNOWN_TRANSFER_SYNTAXES)} that dicomlb can read",
         "routes (first match wins):",

@@ -11,12 +11,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from dicomlb import descriptors
 from dicomlb.dicom import uids
+from dicomlb.dicom.admission import (
+    ConnectionRefusal,
+    LogBudget,
+    Rejection,
+    admit_association,
+    admit_connection,
+    source_address,
+)
 from dicomlb.dicom.association import Association, ConnectionClosed, Role
 from dicomlb.dicom.dimse import (
     Command,
@@ -109,6 +119,41 @@ class InboundMessage:
     received_at: float = field(default_factory=time.monotonic)
 
 
+class _Handshake(asyncio.Protocol):
+    """The protocol of a TLS connection until the association takes it over. It keeps the
+    client's first bytes before `start_tls` runs (uvloop starts reading after
+    `connection_made` even when it paused reading), and the first decrypted ones between the
+    end of the handshake and the moment `start_tls` returns."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)
+
+    def take(self) -> list[bytes]:
+        chunks, self.chunks = self.chunks, []
+        return chunks
+
+
+def _feed(protocol: asyncio.BaseProtocol, chunks: list[bytes]) -> None:
+    """Give bytes read before it was in place to the TLS protocol (a buffered protocol in
+    asyncio and uvloop alike)."""
+    buffered = cast(asyncio.BufferedProtocol, protocol)
+    for data in chunks:
+        view = memoryview(data)
+        while view:
+            buffer = memoryview(buffered.get_buffer(len(view)))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            buffered.buffer_updated(size)
+            view = view[size:]
+
+
 class _Release:
     """Queue marker: the client asked to release after its earlier messages."""
 
@@ -119,9 +164,15 @@ class ListenerStats:
 
     active: int = 0
     by_calling_aet: collections.Counter[str] = field(default_factory=collections.Counter)
+    by_ip: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Connections without an accepted association yet (TLS handshake, A-ASSOCIATE-RQ
+    # awaited, rejected and not yet closed).
+    negotiating: int = 0
+    negotiating_by_ip: collections.Counter[str] = field(default_factory=collections.Counter)
     accepted: int = 0
     rejected: int = 0
     aborted: int = 0
+    refused: int = 0  # connections closed on arrival (negotiating limits, descriptor headroom)
 
 
 class DicomListener:
@@ -133,17 +184,18 @@ class DicomListener:
         self.associations: set[InboundAssociation] = set()
         self.scan_budget = ScanBudget()  # bytes held for routing tags, under scan_budget
         self.server: asyncio.Server | None = None
+        self.fd_limit: int | None = None
+        self._refusal_log = LogBudget()
 
     async def start(self) -> None:
         config = self.runtime.snapshot.dicom
         assert config is not None
+        self.fd_limit = descriptors.soft_limit()
         loop = asyncio.get_running_loop()
+        # TLS is started by each connection (InboundAssociation.connection_made), so that a
+        # connection is counted and under ARTIM from its TCP connect, handshake included.
         self.server = await loop.create_server(
-            lambda: InboundAssociation(self),
-            config.host,
-            config.port,
-            backlog=512,
-            ssl=config.tls.context if config.tls is not None else None,
+            lambda: InboundAssociation(self), config.host, config.port, backlog=512
         )
         log.info(
             "listener.started listener=dicom bind=%s:%d ae_title=%s tls=%s",
@@ -158,21 +210,47 @@ class DicomListener:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    def admit(self, calling_ae: str) -> tuple[RejectReason, str] | None:
-        """Why a new association from `calling_ae` must be refused, if it must."""
+    def admit_connection(self, source: str, fd: int) -> ConnectionRefusal | None:
+        """Why a connection from `source` (its socket descriptor `fd`) must be closed now."""
+        if descriptors.in_headroom(fd, self.fd_limit):
+            return ConnectionRefusal(
+                setting="descriptors",
+                why=f"descriptor {fd} is within {descriptors.HEADROOM} of the limit "
+                f"{self.fd_limit}",
+            )
         config = self.runtime.snapshot.dicom
         assert config is not None
-        if self.stats.active >= config.max_associations:
-            return RejectReason.LOCAL_LIMIT_EXCEEDED, (
-                f"{self.stats.active} associations open, max_associations={config.max_associations}"
+        return admit_connection(
+            config,
+            negotiating=self.stats.negotiating,
+            negotiating_from_ip=self.stats.negotiating_by_ip[source],
+        )
+
+    def refused(self, peer: tuple[str, int], refusal: ConnectionRefusal) -> None:
+        """Count a connection closed on arrival; log it, at most one line a second."""
+        self.stats.refused += 1
+        held = self._refusal_log.take(time.monotonic())
+        if held is not None:
+            log.warning(
+                "listener.refused listener=dicom peer=%s:%d limit=%s why=%r refused_since=%d",
+                *peer,
+                refusal.setting,
+                refusal.why,
+                held,
             )
-        per_ae = config.max_associations_per_calling_aet
-        if per_ae and self.stats.by_calling_aet[calling_ae] >= per_ae:
-            return RejectReason.LOCAL_LIMIT_EXCEEDED, (
-                f"{calling_ae} has {per_ae} associations open, "
-                f"max_associations_per_calling_aet={per_ae}"
-            )
-        return None
+
+    def admit(self, calling_ae: str, source: str) -> Rejection | None:
+        """Why a new association from `calling_ae` at `source` must be rejected, if it must."""
+        config = self.runtime.snapshot.dicom
+        assert config is not None
+        return admit_association(
+            config,
+            calling_aet=calling_ae,
+            peer_ip=source,
+            active=self.stats.active,
+            active_from_ip=self.stats.by_ip[source],
+            active_from_aet=self.stats.by_calling_aet[calling_ae],
+        )
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; let associations in flight finish for up to `grace` seconds."""
@@ -201,9 +279,14 @@ class InboundAssociation(asyncio.Protocol):
         self.assembler = MessageAssembler()
         self.transport: asyncio.Transport | None = None
         self.peer = ("", 0)
+        self.source = ""  # the peer's address as the per-address limits count it
         self.calling_ae = ""
         self.called_ae = ""
-        self.counted = False
+        self.negotiating = False  # counted in stats.negotiating
+        self.counted = False  # counted in stats.active
+        self._artim: asyncio.TimerHandle | None = None
+        self._tls_task: asyncio.Task[None] | None = None
+        self._lost = False
         self.started = time.monotonic()
         self.messages = 0
         self.bytes_in = 0
@@ -236,11 +319,74 @@ class InboundAssociation(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        set_nodelay(self.transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1]))
+        address = source_address(self.peer[0])
+        self.source = str(address) if address is not None else self.peer[0]
+        refusal = self.listener.admit_connection(self.source, descriptors.transport_fd(transport))
+        if refusal is not None:
+            self._outcome = f"refused: {refusal.why}"
+            self.listener.refused(self.peer, refusal)
+            self.transport.close()
+            return
+        set_nodelay(self.transport)
+        stats = self.listener.stats
+        stats.negotiating += 1
+        stats.negotiating_by_ip[self.source] += 1
+        self.negotiating = True
         self.listener.associations.add(self)
-        self._arm_timer(self.config.artim_timeout)  # ARTIM: the A-ASSOCIATE-RQ must come soon
+        # ARTIM (PS3.8 9.1.3): a deadline from connect to the whole A-ASSOCIATE-RQ, TLS
+        # handshake included; bytes arriving do not extend it.
+        self._start_artim()
+        if self.config.tls is not None:
+            handshake = _Handshake()
+            self.transport.set_protocol(handshake)  # the ClientHello is for the TLS protocol
+            self._tls_task = asyncio.get_running_loop().create_task(
+                self._start_tls(self.transport, handshake, self.config.tls.context)
+            )
+
+    async def _start_tls(
+        self, raw: asyncio.Transport, handshake: _Handshake, context: ssl.SSLContext
+    ) -> None:
+        """Run the server side of the TLS handshake; the association then reads through it."""
+        loop = asyncio.get_running_loop()
+        starting = loop.create_task(
+            loop.start_tls(
+                raw,
+                handshake,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.config.artim_timeout,  # ARTIM closes it first
+            )
+        )
+        tls: asyncio.Transport | None = None
+        try:
+            # One step later start_tls has put its TLS protocol on the transport and queued
+            # its connection_made: the bytes read before go to it right after that.
+            await asyncio.sleep(0)
+            loop.call_soon(_feed, raw.get_protocol(), handshake.take())
+            tls = await starting
+        except Exception as err:  # the peer's handshake failed; closed in finally
+            if self._outcome == "open":
+                self._outcome = "TLS handshake failed"
+                log.warning(
+                    "listener.tls_failed listener=dicom peer=%s:%d reason=%r",
+                    *self.peer,
+                    str(err) or type(err).__name__,
+                )
+        finally:
+            if tls is None:
+                starting.cancel()
+                # Before a completed handshake the TLS protocol does not report the loss.
+                raw.close()
+                self.connection_lost(None)
+        if tls is not None:
+            self.transport = tls
+            tls.set_protocol(self)
+            for data in handshake.take():
+                self.data_received(data)
+            if handshake.lost is not None:
+                self.connection_lost(handshake.lost[0])
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -260,18 +406,28 @@ class InboundAssociation(asyncio.Protocol):
             self._shutdown(f"protocol error: {err}")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
         for event in self.assoc.receive_eof():
             assert isinstance(event, ConnectionClosed)
             if not event.expected and self._outcome == "open":
                 self._outcome = "connection lost"
         self._shutdown(self._outcome)
+        self._stop_artim()
+        if self._tls_task is not None and not self._tls_task.done():
+            self._tls_task.cancel()
         self.listener.associations.discard(self)
+        self._leave_negotiating()
         if self.counted:
             stats = self.listener.stats
             stats.active -= 1
             stats.by_calling_aet[self.calling_ae] -= 1
             if stats.by_calling_aet[self.calling_ae] <= 0:
                 del stats.by_calling_aet[self.calling_ae]
+            stats.by_ip[self.source] -= 1
+            if stats.by_ip[self.source] <= 0:
+                del stats.by_ip[self.source]
             self.counted = False
             log.info(
                 "association.closed peer=%s:%d calling_aet=%s called_aet=%s messages=%d "
@@ -325,13 +481,13 @@ class InboundAssociation(asyncio.Protocol):
             self._shutdown(self._outcome)
 
     def _on_associate(self, request: AssociateRequest) -> None:
+        self._stop_artim()
         self.calling_ae = request.calling_ae
         self.called_ae = request.called_ae
-        refusal = self.listener.admit(request.calling_ae)
+        rejection = self.listener.admit(request.calling_ae, self.source)
         answer: AssociateAccept | AssociateReject
-        if refusal is not None:
-            reason, why = refusal
-            answer = reject(reason, transient=True)
+        if rejection is not None:
+            answer, why = rejection.answer, rejection.why
         else:
             answer = negotiate(request, self.config, self.runtime.services)
             why = "association negotiation failed"
@@ -359,14 +515,16 @@ class InboundAssociation(asyncio.Protocol):
                 why=why,
             )
             self._send(self.assoc.send(answer))
-            self._arm_timer(self.config.artim_timeout)  # Sta13: the client should close now
+            self._start_artim()  # Sta13: the client should close now
             return
         self._send(self.assoc.send(answer))
         self._abstract_syntaxes = {c.context_id: c.abstract_syntax for c in request.contexts}
+        self._leave_negotiating()
         stats = self.listener.stats
         stats.active += 1
         stats.accepted += 1
         stats.by_calling_aet[request.calling_ae] += 1
+        stats.by_ip[self.source] += 1
         self.counted = True
         self.runtime.metrics.association_accepted()
         accepted = sum(1 for ctx in answer.contexts if ctx.result == 0)
@@ -559,6 +717,40 @@ class InboundAssociation(asyncio.Protocol):
             self._timer = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _start_artim(self) -> None:
+        self._stop_artim()
+        loop = asyncio.get_running_loop()
+        self._artim = loop.call_later(self.config.artim_timeout, self._artim_expired)
+
+    def _stop_artim(self) -> None:
+        if self._artim is not None:
+            self._artim.cancel()
+            self._artim = None
+
+    def _artim_expired(self) -> None:
+        """No whole A-ASSOCIATE-RQ within ARTIM of connect (Sta2), or the client did not close
+        after its A-ASSOCIATE-RJ (Sta13): close (PS3.8 AA-2)."""
+        self._artim = None
+        self.assoc.artim_expired()
+        if self._outcome == "open":
+            self._outcome = "ARTIM timeout"
+            log.info(
+                "association.artim_expired peer=%s:%d artim=%gs bytes=%d",
+                *self.peer,
+                self.config.artim_timeout,
+                self.bytes_in,
+            )
+        self._shutdown(self._outcome)
+
+    def _leave_negotiating(self) -> None:
+        if self.negotiating:
+            stats = self.listener.stats
+            stats.negotiating -= 1
+            stats.negotiating_by_ip[self.source] -= 1
+            if stats.negotiating_by_ip[self.source] <= 0:
+                del stats.negotiating_by_ip[self.source]
+            self.negotiating = False
 
     def _arm_timer(self, timeout: float) -> None:
         if self._timer is not None:

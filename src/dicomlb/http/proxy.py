@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dicomlb import descriptors
 from dicomlb.http import orthanc
 from dicomlb.http.affinity import StickyTable, least_loaded, request_key
 from dicomlb.http.balancing import ramping_excluded
@@ -147,6 +148,7 @@ class HttpListener:
         self.http = HttpRuntime(runtime)
         self.server: asyncio.Server | None = None
         self.clients: set[ClientConnection] = set()
+        self.fd_limit: int | None = None
 
     def reload(self, runtime: Runtime) -> None:
         """New requests use `runtime`; requests in flight finish on theirs."""
@@ -157,6 +159,7 @@ class HttpListener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         tls = self.config.tls
+        self.fd_limit = descriptors.soft_limit()
         self.server = await loop.create_server(
             lambda: ClientConnection(self),
             self.config.host,
@@ -231,7 +234,9 @@ class ClientConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
         clients = self.listener.clients
-        if len(clients) >= self.config.max_connections:
+        if len(clients) >= self.config.max_connections or descriptors.in_headroom(
+            descriptors.transport_fd(transport), self.listener.fd_limit
+        ):
             log.warning("http.refused peer=%s:%d reason='too many connections'", *self.peer)
             transport.write(
                 LocalResponse(status=503, body=b"too many connections\n", close=True).serialize()
