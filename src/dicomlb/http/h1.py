@@ -468,7 +468,8 @@ class RequestReader(_Reader):
             # RFC 9112 6.3 item 4: a request with a non-chunked final coding has no length.
             raise RemoteProtocolError("transfer-encoding without chunked", status_hint=400)
         if connection is not None and (
-            keep_alive_field or connection.lower() not in _COMMON_CONNECTION
+            keep_alive_field
+            or (connection != b"keep-alive" and connection.lower() not in _COMMON_CONNECTION)
         ):
             drop = _hop_by_hop(connection)
             if drop:

@@ -69,8 +69,9 @@ class PathError(Exception):
 # (no "." first in a segment: neither a dot segment nor hidden behind ";"), and no empty
 # segment but a last one.
 _FIRST = rb"!$&'()*+,\-0-9:;<=>@A-Z\[\]^_`a-z{|}~\""
-_SEGMENT = rb"[" + _FIRST + rb"][" + _FIRST + rb".]*"
-_PLAIN = rb"/(?:" + _SEGMENT + rb"/)*(?:" + _SEGMENT + rb")?"
+_SEGMENT = rb"[" + _FIRST + rb"][" + _FIRST + rb".]*+"
+# Possessive and atomic: nothing to backtrack into, so a long target is one pass.
+_PLAIN = rb"/(?>(?:" + _SEGMENT + rb"/)*+)(?:" + _SEGMENT + rb")?+"
 plain_target = re.compile(_PLAIN + rb"(?:\?|\Z)").match
 """Matches a target that is normalised already (its path; the query is not looked at)."""
 _plain_path = re.compile(_PLAIN + rb"\Z").match
@@ -128,31 +129,34 @@ def normalize_path(path: bytes, *, slashes: EncodedSlashes = EncodedSlashes.REJE
             if byte < b"\x21" or byte == b"\x7f"
             else PathProblem.BAD_CHARACTER
         )
-    escapes = _ESCAPES[slashes]
+    if b"%" in path:
+        # Whole, before splitting: no escape decodes to a separator (%2F and %5C are
+        # refused or stay encoded), so the segments are the same.
+        escapes = _ESCAPES[slashes]
 
-    def decode(match: re.Match[bytes]) -> bytes:
-        becomes = escapes.get(match[0].upper(), PathProblem.BAD_ESCAPE)
-        if isinstance(becomes, PathProblem):
-            raise PathError(becomes)
-        return becomes
+        def decode(match: re.Match[bytes]) -> bytes:
+            becomes = escapes.get(match[0].upper(), PathProblem.BAD_ESCAPE)
+            if isinstance(becomes, PathProblem):
+                raise PathError(becomes)
+            return becomes
 
+        path = _escape.sub(decode, path)
     out: list[bytes] = []
+    keep = out.append
     segments = path[1:].split(b"/")
-    last = len(segments) - 1
-    for i, segment in enumerate(segments):
-        if b"%" in segment:
-            segment = _escape.sub(decode, segment)
-        if not segment or segment == b".":
-            pass  # merged / current directory: nothing to keep
+    for segment in segments:
+        if segment and segment[0] != 0x2E:  # neither empty nor led by "."
+            keep(segment)
         elif segment == b"..":
             if not out:
                 raise PathError(PathProblem.ABOVE_ROOT)
             out.pop()
-        else:
-            if b";" in segment and segment.partition(b";")[0] in _DOT_SEGMENTS:
+        elif segment and segment != b".":  # ".well-known", "...", but not ".;x" / "..;x"
+            if segment.partition(b";")[0] in _DOT_SEGMENTS:
                 raise PathError(PathProblem.DOT_PARAMETERS)
-            out.append(segment)
-            continue
-        if i == last and out:
-            out.append(b"")  # `/a/b/..`, `/a/.`, `/a/`: the path ends in a slash
+            keep(segment)
+        # (empty: merged; ".": the current directory)
+    last = segments[-1]
+    if out and (not last or last == b"." or last == b".."):
+        out.append(b"")  # `/a/b/..`, `/a/.`, `/a/`: the path ends in a slash
     return b"/" + b"/".join(out)
