@@ -5,6 +5,7 @@ checks on `/system`, a node killed while requests flow."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import threading
@@ -19,8 +20,9 @@ from typing import Any
 import pydicom
 import pytest
 
+from dicomlb.http.middlewares import hash_password
 from tests.dicomdata import make_small
-from tests.httppeers import HttpBalancer
+from tests.httppeers import HttpBalancer, raw_exchange
 from tests.peers import ORTHANC_PLUGINS, Orthanc, have_orthanc, orthanc_nodes
 
 pytestmark = [
@@ -224,3 +226,77 @@ def test_large_upload_streamed_to_orthanc(nodes: list[Orthanc], tmp_path: Path) 
         instance = json.loads(answer)["ID"]
         status, back = call(f"{lb.url}/instances/{instance}/file")
         assert status == 200 and back == data
+
+
+def readme_example(nodes: list[Orthanc]) -> dict[str, Any]:
+    """README's HTTP example (its Orthanc part): DICOMweb open, the REST API behind
+    basic_auth."""
+    users = {"alice": hash_password("s3cret", iterations=1000)}
+    return {
+        "pools": {
+            "orthanc": {
+                "strategy": "least_connections",
+                "orthanc": True,
+                "backends": [{"name": n.config["Name"], "http": n.url} for n in nodes],
+            }
+        },
+        "middlewares": {"fwd": {"forwarded": {}}, "staff": {"basic_auth": {"users": users}}},
+        "http_routes": [
+            {
+                "name": "dicomweb",
+                "match": {"path_prefix": "/dicom-web/", "method": ["GET", "HEAD", "POST"]},
+                "pool": "orthanc",
+                "middlewares": ["fwd"],
+            },
+            {"name": "orthanc-rest", "pool": "orthanc", "middlewares": ["staff", "fwd"]},
+        ],
+    }
+
+
+def raw_call(port: int, method: str, target: str, auth: bool = False) -> tuple[int, bytes]:
+    """A request whose target is sent exactly as written (urllib and http.client keep it,
+    but say nothing of it): status and body."""
+    credentials = b"Authorization: Basic " + base64.b64encode(b"alice:s3cret") + b"\r\n"
+    wire = (
+        f"{method} {target} HTTP/1.1\r\nHost: pacs\r\nContent-Length: 0\r\n".encode()
+        + (credentials if auth else b"")
+        + b"Connection: close\r\n\r\n"
+    )
+    answer = raw_exchange(port, wire, timeout=30)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/dicom-web/../patients",
+        "/dicom-web/%2e%2e/patients",
+        "/dicom-web/.%2E/patients",
+        "/dicom-web/..%2Fpatients",
+        "/dicom-web//../patients",
+    ],
+)
+def test_dot_segments_do_not_bypass_basic_auth(nodes: list[Orthanc], target: str) -> None:
+    patient = json.loads(nodes[0].request("POST", "/instances", part10(make_small(1)[0])))[
+        "ParentPatient"
+    ]
+    with HttpBalancer(readme_example(nodes)) as lb:
+        status, body = raw_call(lb.port, "GET", target)
+        assert status in (400, 401) and patient.encode() not in body
+        status, body = raw_call(lb.port, "POST", target.replace("patients", "tools/reset"))
+        assert status in (400, 401)
+        if status == 401:  # the path is fine, the password was missing
+            status, body = raw_call(lb.port, "GET", target, auth=True)
+            assert status == 200 and patient in json.loads(body)
+    assert nodes[0].get_json("/patients") == [patient]  # not reset
+
+
+def test_orthanc_clients_double_slash_is_merged(nodes: list[Orthanc]) -> None:
+    data = part10(make_small(1)[0])
+    with HttpBalancer(readme_example(nodes[:1])) as lb:
+        status, body = raw_call(lb.port, "GET", "//system", auth=True)
+        assert status == 200 and json.loads(body)["Name"] == nodes[0].config["Name"]
+        instance = json.loads(nodes[0].request("POST", "/instances", data))["ID"]
+        status, body = raw_call(lb.port, "GET", f"//instances//{instance}/file", auth=True)
+        assert status == 200 and body == data

@@ -27,6 +27,7 @@ from dicomlb.http.h1 import (
     serialize_request,
     serialize_response,
 )
+from dicomlb.http.paths import EncodedSlashes, PathError, normalize_target
 
 
 def feed_split(
@@ -98,7 +99,7 @@ def test_raw_head_kept_only_when_it_can_be_delimited_exactly() -> None:
     head = b"GET /a HTTP/1.1\r\nHost:  h \r\nX-Odd:v\r\n\r\n"
     [req, _] = RequestReader().receive_data(head)
     assert isinstance(req, Request) and req.raw == head
-    post = b"POST /b HTTP/1.1\r\nContent-Length: 8\r\n\r\n"
+    post = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 8\r\n\r\n"
     [req, *_] = RequestReader().receive_data(post + b"\r\n\r\nbody")
     assert isinstance(req, Request) and req.raw == post  # the body's CRLFs are not the end
     # Only the first head of a feed starts at byte 0; a split head or empty lines before the
@@ -151,13 +152,15 @@ def test_forward_head_is_the_clients_bytes_unless_rewritten() -> None:
 def test_http10_and_keep_alive_flags() -> None:
     [req, _] = RequestReader().receive_data(b"GET / HTTP/1.0\r\n\r\n")
     assert isinstance(req, Request) and req.version == b"1.0" and not req.keep_alive
-    [req, _] = RequestReader().receive_data(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    [req, _] = RequestReader().receive_data(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    )
     assert isinstance(req, Request) and not req.keep_alive
 
 
 def test_expect_continue_flag() -> None:
     [req] = RequestReader().receive_data(
-        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
     )
     assert isinstance(req, Request) and req.expect_continue
 
@@ -195,6 +198,95 @@ def test_malformed_requests_carry_a_status(wire: bytes, status: int) -> None:
         reader.receive_data(b"GET / HTTP/1.1\r\n\r\n")
 
 
+@pytest.mark.parametrize(
+    ("wire", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nX: y\r\n\r\n", 400),  # RFC 9112 3.2: no Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Transfer-Encoding\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"GET /a/../../x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /%2Fsecret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /a%00 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ],
+)
+def test_requests_rfc_9112_refuses(wire: bytes, status: int) -> None:
+    for cuts in ([], list(range(len(wire)))):
+        reader = RequestReader()
+        with pytest.raises(RemoteProtocolError) as caught:
+            feed_split(reader, wire, cuts)
+        assert caught.value.status_hint == status
+        assert reader.state is ReaderState.ERROR
+
+
+def test_http10_without_host_is_fine() -> None:
+    [req, _] = RequestReader().receive_data(b"GET / HTTP/1.0\r\n\r\n")
+    assert isinstance(req, Request) and req.version == b"1.0"
+
+
+def test_fields_named_in_connection_are_removed_but_never_host() -> None:
+    wire = (
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Secret, host, Keep-Alive\r\n"
+        b"X-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Other: 2\r\n\r\n"
+    )
+    for cuts in every_split(wire):
+        [req, _] = feed_split(RequestReader(), wire, cuts)
+        assert isinstance(req, Request) and req.raw is None  # the head is written again
+        assert req.headers == (
+            (b"Host", b"h"),
+            (b"Connection", b"X-Secret, host, Keep-Alive"),
+            (b"X-Other", b"2"),
+        )
+    # `Connection: keep-alive` names the Keep-Alive field too; `upgrade` keeps Upgrade
+    [req, _] = RequestReader().receive_data(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n\r\n"
+    )
+    assert isinstance(req, Request) and [n for n, _ in req.headers] == [b"Host", b"Connection"]
+    wire = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    [req, *_] = RequestReader().receive_data(wire)
+    assert isinstance(req, Request) and req.raw == wire and len(req.headers) == 3
+
+
+def test_the_pipeline_behind_connection_close_is_ignored() -> None:
+    # RFC 9112 9.6: a request with close is the last the server reads on the connection.
+    first = b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    rest = b"GET /b HTTP/1.1\r\nHost: h\r\n\r\nGARBAGE"
+    for wire in (first + rest, b"GET /a HTTP/1.0\r\n\r\n" + rest):
+        for cuts in every_split(wire):
+            reader = RequestReader()
+            events = feed_split(reader, wire, cuts)
+            assert [type(e) for e in events] == [Request, EndOfMessage]
+            assert isinstance(events[0], Request) and events[0].target == b"/a"
+            assert reader.state is ReaderState.CLOSED
+            assert reader.receive_data(b"GET /c HTTP/1.1\r\n\r\n") == []
+            assert reader.receive_eof() == []
+    # a body is read whole first
+    post = b"POST /p HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc"
+    events = RequestReader().receive_data(post + rest)
+    assert [type(e) for e in events] == [Request, Data, EndOfMessage]
+
+
+def test_the_target_comes_normalised() -> None:
+    wire = b"GET /a/%2e%2e//b/./c%7e?x=/../%2e HTTP/1.1\r\nHost: h\r\n\r\n"
+    for cuts in every_split(wire):
+        [req, _] = feed_split(RequestReader(), wire, cuts)
+        assert isinstance(req, Request) and req.target == b"/b/c~?x=/../%2e"
+        assert req.raw is None  # the client's head would send the backend another path
+        assert forward_head(req, req.target, req.headers).startswith(b"GET /b/c~?x=/../%2e ")
+    slashes = RequestReader(slashes=EncodedSlashes.PASS)
+    [req, _] = slashes.receive_data(b"GET /a%2fb HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(req, Request) and req.target == b"/a%2Fb"
+
+
 def test_head_bound_applies_while_the_head_trickles_in() -> None:
     reader = RequestReader(max_head_size=1024)
     reader.receive_data(b"GET / HTTP/1.1\r\nX: ")
@@ -206,10 +298,10 @@ def test_head_bound_applies_while_the_head_trickles_in() -> None:
 
 def test_eof_mid_request_is_an_error_between_requests_is_not() -> None:
     reader = RequestReader()
-    reader.receive_data(b"GET / HTTP/1.1\r\n\r\n")
+    reader.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     assert reader.receive_eof() == []
     reader = RequestReader()
-    reader.receive_data(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+    reader.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab")
     with pytest.raises(RemoteProtocolError):
         reader.receive_eof()
 
@@ -431,18 +523,36 @@ def test_garbage_response_is_502() -> None:
 
 # --- hypothesis -----------------------------------------------------------------------------
 
+
+def normalizable(target: bytes) -> bool:
+    try:
+        normalize_target(target)
+    except PathError:
+        return False
+    return True
+
+
 tokens = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-", min_size=1, max_size=12
 )
 values = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20)
 requests = st.tuples(
     st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PROPFIND", b"OPTIONS"]),
-    st.text(alphabet="abc/-_.~%20", max_size=30).map(lambda p: ("/" + p).encode()),
+    st.text(alphabet="abc/-_.~%20", max_size=30)
+    .map(lambda p: ("/" + p).encode())
+    .filter(normalizable),
     st.lists(
         st.tuples(tokens, values).filter(
             lambda kv: (
                 kv[0].lower()
-                not in ("content-length", "transfer-encoding", "connection", "upgrade", "expect")
+                not in (
+                    "content-length",
+                    "transfer-encoding",
+                    "connection",
+                    "upgrade",
+                    "expect",
+                    "host",
+                )
             )
         ),
         max_size=6,
@@ -455,7 +565,7 @@ requests = st.tuples(
 def wire_of(
     method: bytes, target: bytes, headers: list[tuple[str, str]], body: bytes, chunked: bool
 ) -> bytes:
-    fields = [(k.encode(), v.encode()) for k, v in headers]
+    fields = [(b"Host", b"h"), *((k.encode(), v.encode()) for k, v in headers)]
     if chunked:
         fields.append((b"Transfer-Encoding", b"chunked"))
         framed = b"".join(b"".join(chunk(body[i : i + 7])) for i in range(0, len(body), 7))
@@ -473,7 +583,7 @@ def test_any_pipeline_survives_any_split(reqs: list, cuts: list[int]) -> None:
     wire = b"".join(wire_of(*r) for r in reqs)
     events = feed_split(RequestReader(), wire, cuts)
     heads = [e for e in events if isinstance(e, Request)]
-    assert [(h.method, h.target) for h in heads] == [(r[0], r[1]) for r in reqs]
+    assert [(h.method, h.target) for h in heads] == [(r[0], normalize_target(r[1])) for r in reqs]
     bodies = []
     current = b""
     for e in events:
@@ -485,10 +595,8 @@ def test_any_pipeline_survives_any_split(reqs: list, cuts: list[int]) -> None:
     assert bodies == [r[3] for r in reqs]
     # The head written back from the event is the head that came in.
     for head, r in zip(heads, reqs, strict=True):
-        assert (
-            serialize_request(head.method, head.target, head.headers)
-            == wire_of(*r)[: len(serialize_request(head.method, head.target, head.headers))]
-        )
+        written = serialize_request(head.method, head.target, head.headers)
+        assert written == wire_of(r[0], head.target, *r[2:])[: len(written)]
 
 
 @settings(max_examples=300, deadline=None)

@@ -141,7 +141,59 @@ def test_a_first_route_matching_everything_takes_every_request() -> None:
     assert router.select(facts("/x", Host="h")) is router.everything
     routes = [{"name": "v1", "pool": "web", "match": {"path_prefix": "/v1/"}}, *routes]
     assert HttpRouter(build_snapshot(config(http_routes=routes)).http_routes).everything is None
-    assert request_path("/a%20b/c?x=%20") == "/a b/c" == facts("/a%20b/c?x=%20").path
+    # The reader normalised the target: its path is matched as it is, never decoded again
+    assert request_path("/a%20b/c?x=%20") == "/a%20b/c" == facts("/a%20b/c?x=%20").path
+    assert facts("/a%2Fb").path == "/a%2Fb"  # (an encoded slash let through) is no slash
+
+
+def routed(routes: list[dict[str, Any]], wire: bytes) -> str | None:
+    """The route the request on `wire` takes, read by the request reader as the proxy does."""
+    [request, _] = RequestReader().receive_data(wire)
+    assert isinstance(request, Request)
+    router = HttpRouter(build_snapshot(config(http_routes=routes)).http_routes)
+    route = router.select(
+        facts(request.target.decode("latin-1"), request.method.decode(), Host="h")
+    )
+    return route.name if route is not None else None
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/a/../secret", b"/a/%2e%2e/secret", b"//secret", b"/./secret", b"/%73ecret", b"/SeCrEt/.."],
+)
+def test_routes_see_the_normalised_path(target: bytes) -> None:
+    # A route guarding /secret is the one every spelling of /secret takes.
+    routes = [
+        {"name": "guarded", "pool": "web", "match": {"path_prefix": "/secret"}},
+        {"name": "open", "pool": "web", "match": {"path_prefix": "/a/"}},
+    ]
+    wire = b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+    expected = "guarded" if target != b"/SeCrEt/.." else None
+    assert routed(routes, wire) == expected
+
+
+def test_route_paths_are_normalised_when_compiled() -> None:
+    routes = [
+        {"name": "space", "pool": "web", "match": {"path_prefix": "/a b/"}},
+        {"name": "tilde", "pool": "web", "match": {"path": "/%7euser/./x"}},
+        {"name": "e", "pool": "web", "match": {"path": "/é"}},
+    ]
+    assert routed(routes, b"GET /a%20b/x HTTP/1.1\r\nHost: h\r\n\r\n") == "space"
+    assert routed(routes, b"GET /~user/x HTTP/1.1\r\nHost: h\r\n\r\n") == "tilde"
+    assert routed(routes, b"GET /%c3%a9 HTTP/1.1\r\nHost: h\r\n\r\n") == "e"
+    bad = [{"name": "r", "pool": "web", "match": {"path_prefix": "/../x"}}]
+    assert "http_routes[0].match.path_prefix" in errors(config(http_routes=bad))
+
+
+def test_listener_option_encoded_slashes() -> None:
+    snap = build_snapshot(config(), "lb.yaml")
+    assert snap.http is not None and snap.http.encoded_slashes == "reject"
+    data = config()
+    data["listeners"]["http"]["encoded_slashes"] = "pass"
+    snap = build_snapshot(data, "lb.yaml")
+    assert snap.http is not None and snap.http.encoded_slashes == "pass"
+    data["listeners"]["http"]["encoded_slashes"] = "decode"
+    assert "listeners.http.encoded_slashes" in errors(data)
 
 
 def run(kind: str, ctx: RequestContext, now: float = 0.0, **options: Any) -> Any:
@@ -167,6 +219,17 @@ def test_path_middlewares() -> None:
     assert c.target == b"/api/system?x=1"
     run("replace_path", c, regex="^/api/(.*)$", replacement=r"/v2/\1")
     assert c.target == b"/v2/system?x=1"
+
+
+def test_a_rewritten_path_is_normalised_again() -> None:
+    # A rewrite cannot make a path the routes and later middlewares did not see.
+    c = ctx(b"/orthanc/x..?q=/..")
+    assert run("replace_path", c, regex="^/orthanc/x", replacement="/a/b/") is None
+    assert c.target == b"/a/?q=/.."  # `/a/b/..` resolved; the query untouched
+    c = ctx(b"/orthanc/system")
+    assert run("add_prefix", c, prefix="/a//b") is None and c.target == b"/a/b/orthanc/system"
+    answer = run("replace_path", ctx(b"/x"), regex="^/x", replacement="/../y")
+    assert answer is not None and answer.status == 400
 
 
 def test_header_and_forwarded_middlewares() -> None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
 from dicomlb.http.middlewares import KINDS
+from dicomlb.http.paths import EncodedSlashes
 from dicomlb.http.routing import parse_http_match
 from dicomlb.http.snapshot import (
     HttpCheckConfig,
@@ -117,6 +118,7 @@ class HttpListenerModel(_Model):
     keepalive_timeout: Duration | None = None
     idle_timeout: Duration | None = None
     tunnel_timeout: Duration | None = None
+    encoded_slashes: EncodedSlashes | None = None
 
 
 class PassiveModel(_Model):

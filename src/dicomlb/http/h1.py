@@ -12,7 +12,15 @@ One reader per direction and connection, the same surface as the DICOM cores::
     responses.receive_data(data)              # Response (1xx first), Data, EndOfMessage
 
 A malformed message raises `RemoteProtocolError` with `status_hint` (400, 413, 414, 431,
-501 for a request; 502 for a response) and leaves the reader in ERROR.
+501, 505 for a request; 502 for a response) and leaves the reader in ERROR.
+
+A request's target comes out normalised (`paths.normalize_target`: the one path routes,
+middlewares, logs and the backend see); one that cannot be is refused with 400. RFC 9112 /
+9110 rules a request must keep: HTTP/1.0 or 1.1 only (505), exactly one Host in HTTP/1.1
+and at most one in 1.0 (400), fields named in Connection removed (never Host; naming
+Content-Length or Transfer-Encoding there is refused); after a request that ends the
+connection (`Connection: close`, HTTP/1.0 without keep-alive) the reader is CLOSED and what
+the client sends behind it is ignored.
 
 Bodies come out decoded (chunk framing removed, RFC 9112 7.1); `chunk()` / `last_chunk()`
 frame them again for relaying. Heads come out as ordered (name, value) pairs with names in
@@ -29,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httptools
+
+from dicomlb.http.paths import EncodedSlashes, PathError, normalize_target, plain_target
 
 __all__ = [
     "Data",
@@ -72,6 +82,7 @@ REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -88,6 +99,7 @@ class ReaderState(enum.Enum):
     HEAD = "head"  # inside a head
     BODY = "body"  # inside a body
     UPGRADED = "upgraded"  # the connection is a tunnel now; bytes are not HTTP
+    CLOSED = "closed"  # the last request asked to close the connection; later bytes ignored
     ERROR = "error"
 
 
@@ -97,6 +109,7 @@ _IDLE = ReaderState.IDLE
 _HEAD = ReaderState.HEAD
 _BODY = ReaderState.BODY
 _UPGRADED = ReaderState.UPGRADED
+_CLOSED = ReaderState.CLOSED
 _ERROR = ReaderState.ERROR
 
 
@@ -111,9 +124,9 @@ class Request:
     head (`forward_head`)."""
 
     method: bytes
-    target: bytes
+    target: bytes  # normalised path (paths.normalize_target) and the query as it came
     version: bytes  # b"1.1" or b"1.0"
-    headers: Headers
+    headers: Headers  # without the fields named in Connection
     keep_alive: bool  # the client allows another request on this connection
     chunked: bool
     content_length: int | None
@@ -229,6 +242,56 @@ def _framing(headers: Headers) -> tuple[bool, int | None, bool, bytes | None]:
     return chunked, length, transfer, expect
 
 
+def _request_fields(
+    headers: Headers,
+) -> tuple[bool, int | None, bool, bytes | None, int, bytes | None, bool]:
+    """`_framing`'s facts for a request, and the number of Host fields, the Connection
+    values (joined) and whether a Keep-Alive field is there, in one pass over the fields."""
+    chunked = False
+    length: int | None = None
+    transfer = False
+    expect: bytes | None = None
+    hosts = 0
+    connection: bytes | None = None
+    keep_alive_field = False
+    for key, value in headers:
+        size = len(key)  # compare lengths first: most fields are none of these
+        if size == 4 and key.lower() == b"host":
+            hosts += 1
+        elif size == 10:
+            lower = key.lower()
+            if lower == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            elif lower == b"keep-alive":
+                keep_alive_field = True
+        elif size == 14 and key.lower() == b"content-length":
+            length = int(value)  # llhttp already refused non-digits and conflicting values
+        elif size == 17 and key.lower() == b"transfer-encoding":
+            transfer = True
+            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        elif size == 6 and expect is None and key.lower() == b"expect":
+            expect = value
+    return chunked, length, transfer, expect, hosts, connection, keep_alive_field
+
+
+# Connection options that name no field to remove: `upgrade` keeps the Upgrade field a
+# tunnel needs, Host is never removed (RFC 9110 7.6.1 lets a client name only hop-by-hop
+# fields; Host is end to end).
+_KEPT_OPTIONS = frozenset((b"close", b"upgrade", b"host", b"connection", b""))
+# Removing these would change where the body ends for the backend but not for dicomlb.
+_FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding"))
+_COMMON_CONNECTION = frozenset((b"keep-alive", b"close", b"upgrade"))
+
+
+def _hop_by_hop(connection: bytes) -> frozenset[bytes]:
+    """The field names (lower case) the Connection values name, to be removed before the
+    request goes anywhere. Raises RemoteProtocolError when they name a framing field."""
+    names = frozenset(option.strip().lower() for option in connection.split(b","))
+    if names & _FRAMING_FIELDS:
+        raise RemoteProtocolError("Connection names Content-Length or Transfer-Encoding")
+    return names - _KEPT_OPTIONS
+
+
 def _whole_head(data: bytes, method: bytes) -> bytes | None:
     """The head at the start of `data` (a request llhttp parsed from there), or None when
     `data` does not hold it whole (it began in an earlier read) or does not start with the
@@ -243,6 +306,10 @@ def _whole_head(data: bytes, method: bytes) -> bytes | None:
 
 class _StrayResponse(Exception):
     """A response began after a response body in the same feed: nothing asked for it."""
+
+
+class _LastRequest(Exception):
+    """A request that ends the connection is complete: stop parsing what follows it."""
 
 
 class _Reader:
@@ -285,6 +352,8 @@ class _Reader:
             raise RemoteProtocolError("the connection already failed", status_hint=400)
         if state is _UPGRADED:
             return [Upgrade(data)] if data else []
+        if state is _CLOSED:
+            return []  # (RFC 9112 9.6: nothing after a request with close is read)
         events = self._events = []
         try:
             parser.feed_data(data)
@@ -300,6 +369,9 @@ class _Reader:
             cause = err.__context__
             if isinstance(cause, _StrayResponse):
                 return events  # the responses before it are whole; the connection is not
+            if isinstance(cause, _LastRequest):
+                self.state = _CLOSED
+                return events
             if isinstance(cause, RemoteProtocolError):
                 raise cause from None
             raise RemoteProtocolError(f"malformed message ({cause or err})") from None
@@ -329,9 +401,13 @@ class RequestReader(_Reader):
     on_header = _Reader._on_field
     on_body = _Reader._on_body
 
-    def __init__(self, *, max_head_size: int = 65536) -> None:
+    def __init__(
+        self, *, max_head_size: int = 65536, slashes: EncodedSlashes = EncodedSlashes.REJECT
+    ) -> None:
         super().__init__(max_head_size)
+        self.slashes = slashes
         self._url = b""
+        self._last = False  # the request being read ends the connection
         self._parser = httptools.HttpRequestParser(self)
         self._fed: bytes | None = None  # this feed, while a message may begin at its start
         self._raw: bytes | None = None  # the bytes the message in progress began with
@@ -368,7 +444,9 @@ class RequestReader(_Reader):
     def on_headers_complete(self) -> None:
         parser = self._parser
         headers = self._take_headers()
-        chunked, length, transfer, expect = _framing(headers)
+        chunked, length, transfer, expect, hosts, connection, keep_alive_field = _request_fields(
+            headers
+        )
         method = parser.get_method()
         raw = self._raw
         if raw is not None:
@@ -379,24 +457,63 @@ class RequestReader(_Reader):
             version = raw[line - 3 : line]
         else:
             version = parser.get_http_version().encode()
+        if version != b"1.1" and version != b"1.0":
+            # llhttp reads HTTP/0.9 and 2.0 request lines (other versions it refuses, 400);
+            # relayed, they would leave the backend connection in another protocol.
+            raise RemoteProtocolError(f"HTTP/{version.decode()} is not supported", 505)
+        if hosts != 1 and (hosts or version == b"1.1"):
+            # RFC 9112 3.2: no Host in HTTP/1.1, or more than one in any version
+            raise RemoteProtocolError(f"{hosts} Host fields; write exactly one")
+        if transfer and not chunked:
+            # RFC 9112 6.3 item 4: a request with a non-chunked final coding has no length.
+            raise RemoteProtocolError("transfer-encoding without chunked", status_hint=400)
+        if connection is not None and (
+            keep_alive_field
+            or (connection != b"keep-alive" and connection.lower() not in _COMMON_CONNECTION)
+        ):
+            drop = _hop_by_hop(connection)
+            if drop:
+                kept = tuple(f for f in headers if f[0].lower() not in drop)
+                if len(kept) != len(headers):
+                    headers = kept
+                    raw = None
+        target = self._url
+        if plain_target(target) is None:  # most targets need nothing done
+            try:
+                target = normalize_target(target, slashes=self.slashes)
+            except PathError as err:
+                raise RemoteProtocolError(str(err)) from None
+            if target != self._url:
+                raw = None
+        keep_alive = parser.should_keep_alive()
+        upgrade = parser.should_upgrade() or method == b"CONNECT"
+        self._last = not keep_alive and not upgrade
         self.state = _BODY
         self._events.append(
             Request(
                 method,
-                self._url,
+                target,
                 version,
                 headers,
-                parser.should_keep_alive(),
+                keep_alive,
                 chunked,
                 length,
-                parser.should_upgrade() or method == b"CONNECT",  # upgrade
+                upgrade,
                 expect is not None and expect.lower() == b"100-continue",
                 raw,
             )
         )
-        if transfer and not chunked:
-            # RFC 9112 6.3 item 4: a request with a non-chunked final coding has no length.
-            raise RemoteProtocolError("transfer-encoding without chunked", status_hint=400)
+
+    def on_message_complete(self) -> None:
+        # The base's, written out: one call less per request.
+        if self._headers:
+            self._events.append(EndOfMessage(trailers=tuple(self._headers)))
+            self._headers = []
+        else:
+            self._events.append(_END)
+        self.state = _IDLE
+        if self._last:
+            raise _LastRequest  # stops llhttp, which would refuse the bytes behind it
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; returns the complete events they finish."""
@@ -409,7 +526,7 @@ class RequestReader(_Reader):
     def receive_eof(self) -> list[Event]:
         """The client closed its side. Mid-message that is an error; between messages it
         is the ordinary end of the connection."""
-        if self.state in (_HEAD, _BODY):
+        if self.state is _HEAD or self.state is _BODY:
             self.state = _ERROR
             raise RemoteProtocolError("the client closed the connection mid-request")
         return []

@@ -2,8 +2,12 @@
 shell passes the clock (`now`), nothing here does I/O.
 
 Each middleware sees the request head (`RequestContext`) before a backend is chosen and may
-rewrite its target or headers, or answer it itself (`LocalResponse`: 401, 403, 413, 429).
-Response header edits are recorded on the context and applied to the backend's head.
+rewrite its target or headers, or answer it itself (`LocalResponse`: 400, 401, 403, 413,
+429). Response header edits are recorded on the context and applied to the backend's head.
+
+The path they see is the normalised one routes matched (`paths.normalize_target`); a path
+they rewrite is normalised again, so no rewrite sends the backend a `..` or `//` that the
+routes and the middlewares after it did not see (400 when it cannot be).
 
 Kinds (YAML `middlewares.<name>.<kind>`): `strip_prefix`, `add_prefix`, `replace_path`,
 `headers`, `forwarded`, `basic_auth`, `ip_filter`, `max_body`, `rate_limit`.
@@ -22,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from dicomlb.http.h1 import LocalResponse
+from dicomlb.http.paths import EncodedSlashes, PathError, normalize_path
 from dicomlb.http.snapshot import MiddlewareConfig
 
 __all__ = [
@@ -47,6 +52,7 @@ class RequestContext:
         "method",
         "response_edits",
         "scheme",
+        "slashes",
         "target",
     )
 
@@ -59,6 +65,7 @@ class RequestContext:
         client_ip: str,
         host: bytes = b"",
         scheme: bytes = b"http",
+        slashes: EncodedSlashes = EncodedSlashes.REJECT,
     ) -> None:
         self.method = method
         self.target = target
@@ -66,6 +73,7 @@ class RequestContext:
         self.client_ip = client_ip
         self.host = host
         self.scheme = scheme
+        self.slashes = slashes  # the listener's `encoded_slashes`
         self.max_body: int | None = None  # enforced on the body by the shell
         self.response_edits: list[Callable[[HeaderList], None]] = []
 
@@ -73,9 +81,15 @@ class RequestContext:
     def path(self) -> bytes:
         return self.target.partition(b"?")[0]
 
-    def set_path(self, path: bytes) -> None:
+    def set_path(self, path: bytes) -> LocalResponse | None:
+        """Rewrite the path (normalised again); a 400 to answer when it cannot be."""
+        try:
+            path = normalize_path(path, slashes=self.slashes)
+        except PathError as err:
+            return LocalResponse(status=400, body=f"rewritten path refused: {err}\n".encode())
         _, mark, query = self.target.partition(b"?")
         self.target = path + mark + query
+        return None
 
 
 class Middleware(Protocol):
@@ -101,8 +115,7 @@ class StripPrefix:
         path = ctx.path
         for prefix in self.prefixes:
             if path == prefix or path.startswith(prefix + b"/"):
-                ctx.set_path(path[len(prefix) :] or b"/")
-                break
+                return ctx.set_path(path[len(prefix) :] or b"/")
         return None
 
 
@@ -113,8 +126,7 @@ class AddPrefix:
         self.prefix = prefix.rstrip("/").encode()
 
     def request(self, ctx: RequestContext, now: float) -> LocalResponse | None:
-        ctx.set_path(self.prefix + ctx.path)
-        return None
+        return ctx.set_path(self.prefix + ctx.path)
 
 
 class ReplacePath:
@@ -125,8 +137,7 @@ class ReplacePath:
         self.replacement = replacement.encode()
 
     def request(self, ctx: RequestContext, now: float) -> LocalResponse | None:
-        ctx.set_path(self.pattern.sub(self.replacement, ctx.path))
-        return None
+        return ctx.set_path(self.pattern.sub(self.replacement, ctx.path))
 
 
 class Headers:

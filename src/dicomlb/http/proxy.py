@@ -205,7 +205,9 @@ class ClientConnection(asyncio.Protocol):
         self.listener = listener
         self.config = listener.config
         self.loop = asyncio.get_running_loop()
-        self.reader = RequestReader(max_head_size=self.config.max_head_size)
+        self.reader = RequestReader(
+            max_head_size=self.config.max_head_size, slashes=self.config.encoded_slashes
+        )
         self.queue: deque[Any] = deque()
         self.exchange: Exchange | None = None
         self.transport: asyncio.Transport | None = None
@@ -532,7 +534,7 @@ class Exchange:
 
     @property
     def path(self) -> str:
-        """The request's path, percent-decoded, without the query (logs, Orthanc rules)."""
+        """The request's normalised path, without the query (logs, Orthanc rules)."""
         path = self._path
         if path is None:
             path = self._path = request_path(self.request.target.decode("latin-1"))
@@ -576,6 +578,7 @@ class Exchange:
                 client_ip=client.peer[0],
                 host=host,
                 scheme=b"https" if client.config.tls is not None else b"http",
+                slashes=client.config.encoded_slashes,
             )
             now = client.loop.time()
             for middleware in middlewares:

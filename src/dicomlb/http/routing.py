@@ -10,6 +10,11 @@ A match is a mapping whose keys must all hold::
 `path_regex` (search, anchored by the author), `method`, `headers` and `query` (name →
 value). A value is a scalar (equals), a list (any of) or one operator `regex`, `glob`,
 `exists`.
+
+Paths are matched in their normalised form (`paths.normalize_target`, the form the request
+reader gives and the backend receives: escapes of unreserved characters decoded, others kept
+with upper-case hex); `path` and `path_prefix` values are normalised the same way when the
+match is compiled, so `/a b/` matches a request for `/a%20b/`.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import translate as glob_to_regex
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from dicomlb.http.h1 import Headers
+from dicomlb.http.paths import PathError, normalize_path
 from dicomlb.http.snapshot import HttpPredicate, HttpRouteConfig
 from dicomlb.routing import MatchError
 
@@ -45,8 +51,10 @@ class RequestFacts:
 
     def __init__(self, *, method: str, target: str, headers: Headers, client_ip: str = "") -> None:
         self.method = method
-        path, _, self.query_string = target.partition("?")
-        self.path = unquote(path) if "%" in path else path  # as request_path() does
+        # `target` is normalised already (the request reader did it): its path is matched
+        # as it is, never decoded again (a decoded %2F would be a slash the backend never
+        # sees).
+        self.path, _, self.query_string = target.partition("?")
         self.headers = headers
         self.client_ip = client_ip
         self._host: str | None = None
@@ -82,9 +90,22 @@ class RequestFacts:
 
 
 def request_path(target: str) -> str:
-    """The path of a request target, percent-decoded (the query left out)."""
-    path = target.partition("?")[0]
-    return unquote(path) if "%" in path else path
+    """The path of a (normalised) request target, the query left out."""
+    return target.partition("?")[0]
+
+
+def _match_path(value: str, where: str) -> str:
+    """A `path` / `path_prefix` value in the normalised form requests are matched in
+    (characters outside printable ASCII percent-encoded as UTF-8 first)."""
+    if not value.startswith("/"):
+        raise MatchError(where, f'"{value}" does not start with "/"')
+    written = b"".join(
+        bytes((c,)) if 0x20 < c < 0x7F else b"%%%02X" % c for c in value.encode("utf-8")
+    )
+    try:
+        return normalize_path(written).decode("ascii")
+    except PathError as err:
+        raise MatchError(where, f'"{value}": {err}') from None
 
 
 def _strip_port(host: str) -> str:
@@ -168,16 +189,10 @@ def _compile_key(key: str, value: Any, where: str) -> tuple[HttpPredicate, str]:
         methods = frozenset(v.upper() for v in values)
         return (lambda f: f.method in methods), f"method in {sorted(methods)}"
     if key == "path":
-        paths = frozenset(values)
-        for p in paths:
-            if not p.startswith("/"):
-                raise MatchError(where, f'"{p}" does not start with "/"')
+        paths = frozenset(_match_path(p, where) for p in values)
         return (lambda f: f.path in paths), f"path in {sorted(paths)}"
     if key == "path_prefix":
-        prefixes = tuple(values)
-        for p in prefixes:
-            if not p.startswith("/"):
-                raise MatchError(where, f'"{p}" does not start with "/"')
+        prefixes = tuple(_match_path(p, where) for p in values)
         return (lambda f: f.path.startswith(prefixes)), f"path starts with {list(prefixes)}"
     # host
     exact = frozenset(v.lower() for v in values if not any(c in v for c in "*?["))

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dicomlb.http.paths import EncodedSlashes
+
 if TYPE_CHECKING:
     from dicomlb.http.routing import RequestFacts
     from dicomlb.snapshot import PoolConfig, TlsConfig
@@ -30,6 +32,7 @@ class HttpListenerConfig:
     idle_timeout: float = 60.0  # nothing moves either way during a request
     tunnel_timeout: float = 3600.0  # nothing moves either way through an Upgrade tunnel
     tls: TlsConfig | None = None  # HTTPS: clients speak TLS (with `ca`: client certificates)
+    encoded_slashes: EncodedSlashes = EncodedSlashes.REJECT  # %2F / %5C in a path: 400 or kept
 
 
 class KeyKind(enum.StrEnum):
