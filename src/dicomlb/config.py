@@ -414,6 +414,7 @@ class _HealthModel(_Model):
     timeout: Duration | None = None
     fall: Count | None = None
     rise: Count | None = None
+    fail_timeout: Duration | None = None
     http: HttpCheckModel | None = None
 
 

@@ -14,7 +14,7 @@ def run(state: HealthState, checks: str) -> str:
     lowercase marking the check that changed it."""
     out = []
     for check in checks:
-        changed = state.success() if check == "+" else state.failure()
+        changed = state.success() if check == "+" else state.failure(0.0)
         mark = "U" if state.up else "D"
         out.append(mark.lower() if changed else mark)
     return "".join(out)
@@ -58,7 +58,7 @@ def test_transitions_need_runs(fall: int, rise: int, checks: str) -> None:
     run_length = 0
     for check in checks:
         good = check == "+"
-        changed = state.success() if good else state.failure()
+        changed = state.success() if good else state.failure(0.0)
         if good == up:
             run_length = 0  # a check agreeing with the current state resets the count
             assert not changed
