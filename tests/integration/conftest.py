@@ -99,14 +99,16 @@ class Balancer:
         return self.app.runtime.backends[name]
 
     def held(self) -> dict[str, tuple[int, int]]:
-        """Backends with upstream association slots leased out or messages counted in
-        flight: name -> (slots held, active)."""
+        """Backends with DICOM association slots leased out or HTTP connections in use, or
+        messages counted in flight: name -> (slots and connections held, active)."""
 
         async def look() -> dict[str, tuple[int, int]]:
             runtime = self.app.runtime
-            held = {name: (upstream.held, 0) for name, upstream in runtime.upstreams.items()}
-            for name, backend in runtime.backends.items():
-                held[name] = (held.get(name, (0, 0))[0], backend.active)
+            slots = {name: upstream.held for name, upstream in runtime.upstreams.items()}
+            if self.app.http is not None:
+                for name, conns in self.app.http.http.connections.items():
+                    slots[name] = slots.get(name, 0) + conns.open - len(conns.idle)
+            held = {name: (slots.get(name, 0), b.active) for name, b in runtime.backends.items()}
             return {name: counts for name, counts in held.items() if counts != (0, 0)}
 
         return dict(self.call(look()))
