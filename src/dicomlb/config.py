@@ -1237,7 +1237,7 @@ def describe(snapshot: Snapshot) -> str:
             f"every {format_duration(h.interval)}, timeout {format_duration(h.timeout)}, "
             f"fall {h.fall}, rise {h.rise}"
             if h.enabled
-            else "off"
+            else f"off (passive: fall {h.fall}, back after {format_duration(h.fail_timeout)})"
         )
         lines += [
             f"  {pool.name}: {strategy}; health: {health}",

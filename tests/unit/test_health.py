@@ -6,7 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dicomlb.config import build_snapshot
 from dicomlb.health import Cause, HealthState, counts_against_backend
+from dicomlb.pools import BackendState
+from dicomlb.snapshot import HealthConfig
 
 
 def run(state: HealthState, checks: str) -> str:
@@ -147,3 +150,25 @@ def test_reset_brings_a_backend_up_and_clears_counts() -> None:
     state.success()
     assert state.reset() and state.up and state.successes == 0
     assert state.recoveries == 1
+
+
+def test_fail_timeout_applies_only_without_active_checks() -> None:
+    snapshot = build_snapshot(
+        {
+            "listeners": {"dicom": {"bind": "127.0.0.1:11112"}},
+            "pools": {
+                name: {
+                    "health": {"enabled": enabled, "fail_timeout": "3s"},
+                    "backends": [{"name": f"b-{name}", "dicom": "PACS@127.0.0.1:104"}],
+                }
+                for name, enabled in (("checked", True), ("unchecked", False))
+            },
+            "routes": [{"name": "all", "pool": "checked"}],
+        },
+        source="<test>",
+    )
+    assert snapshot.pools["unchecked"].health.fail_timeout == 3.0
+    assert HealthConfig().fail_timeout == 10.0  # nginx's default
+    checked, unchecked = (BackendState(p.backends[0], p.health) for p in snapshot.pools.values())
+    assert checked.health.fail_timeout is None  # the checks bring it back
+    assert unchecked.health.fail_timeout == 3.0
