@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,67 @@ def wait_held(lb: Balancer, timeout: float = 20.0) -> None:
         time.sleep(0.005)
 
 
+class StallingProxy:
+    """A TCP relay to `target` that stops reading from dicomlb for `stall` seconds once
+    `after` bytes went through: a backend that reads slowly, so dicomlb pauses reading
+    from its client (paired back-pressure) and the client's bytes stop arriving."""
+
+    def __init__(self, target: int, *, after: int, stall: float) -> None:
+        self.target = target
+        self.after = after
+        self.stall = stall
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.sockets: list[socket.socket] = []
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            outbound = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [inbound, outbound]
+            for args in ((inbound, outbound, True), (outbound, inbound, False)):
+                thread = threading.Thread(target=self._pump, args=args, daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, stalls: bool) -> None:
+        moved = 0
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+                moved += len(data)
+                if stalls and moved > self.after and not self.stalled.is_set():
+                    self.stalled.set()
+                    time.sleep(self.stall)
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.sockets]:  # shutdown wakes a blocked accept / recv
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+@contextlib.contextmanager
+def stalling(scp: StoreSCP, stall: float) -> Iterator[str]:
+    """`scp`'s address behind a StallingProxy that stalls once, after 1 MiB: a C-STORE
+    larger than that is still on its way when a test cuts it off."""
+    proxy = StallingProxy(scp.port, after=1 << 20, stall=stall)
+    try:
+        yield f"{scp.ae_title}@127.0.0.1:{proxy.port}"
+        assert proxy.stalled.is_set(), "no C-STORE went through the proxy"
+    finally:
+        proxy.close()
+
+
 def assert_cut_off(caplog: pytest.LogCaptureFixture, uid: str) -> None:
     """The test did what it says: the instance did not reach the backend whole."""
     assert f"store.delivered sop_instance_uid={uid}" not in caplog.text
@@ -94,8 +156,8 @@ def test_storescu_killed_mid_store_gives_the_slot_back(
     tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     big = write_series(make_series(1, rows=4096, cols=4096), tmp_path / "big")  # 32 MiB
-    with StoreSCP("SCP1", tmp_path / "scp") as scp:
-        lb = balancer(one_slot(scp.address))
+    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 2.0) as backend:
+        lb = balancer(one_slot(backend))
         sender = subprocess.Popen(
             [dcmtk_tool("storescu"), "-aec", "DICOMLB", "127.0.0.1", str(lb.port), str(big[0])],
             env=peer_env(),
@@ -118,8 +180,8 @@ def test_pynetdicom_abort_mid_data_set_gives_the_slot_back(
     tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     big = make_series(1, rows=4096, cols=4096)[0]
-    with StoreSCP("SCP1", tmp_path / "scp") as scp:
-        lb = balancer(one_slot(scp.address))
+    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 2.0) as backend:
+        lb = balancer(one_slot(backend))
         ae = AE(ae_title="ABORTER")
         ae.dimse_timeout = 2  # send_c_store waits that long for the response it will not get
         ae.add_requested_context(CTImageStorage, EXPLICIT)
@@ -250,67 +312,13 @@ def test_a_client_waiting_on_a_slow_backend_is_not_idle(tmp_path: Path, balancer
         server.shutdown()
 
 
-class StallingProxy:
-    """A TCP relay to `target` that stops reading from dicomlb for `stall` seconds once
-    `after` bytes went through: a backend that reads slowly, so dicomlb pauses reading
-    from its client (paired back-pressure) and the client's bytes stop arriving."""
-
-    def __init__(self, target: int, *, after: int, stall: float) -> None:
-        self.target = target
-        self.after = after
-        self.stall = stall
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stalled = threading.Event()
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.sockets: list[socket.socket] = []
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                inbound, _ = self.listener.accept()
-            except OSError:  # closed
-                return
-            outbound = socket.create_connection(("127.0.0.1", self.target))
-            self.sockets += [inbound, outbound]
-            for args in ((inbound, outbound, True), (outbound, inbound, False)):
-                thread = threading.Thread(target=self._pump, args=args, daemon=True)
-                self.threads.append(thread)
-                thread.start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, stalls: bool) -> None:
-        moved = 0
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-                moved += len(data)
-                if stalls and moved > self.after and not self.stalled.is_set():
-                    self.stalled.set()
-                    time.sleep(self.stall)
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        for sock in [self.listener, *self.sockets]:  # shutdown wakes a blocked accept / recv
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        for thread in self.threads:
-            thread.join(5)
-
-
 def test_a_client_paused_by_dicomlb_is_not_silent(tmp_path: Path, balancer: Any) -> None:
     """dicomlb stops reading a client while the backend is slow to read: the client's
     bytes stop because of dicomlb, which must not time that silence (idle_timeout 1s, the
     backend stalls 3 s in the middle of a 16 MiB instance)."""
     big = write_series(make_series(1, rows=4096, cols=2048), tmp_path / "big")
-    with StoreSCP("SCP1", tmp_path / "scp") as scp:
-        proxy = StallingProxy(scp.port, after=1 << 20, stall=3.0)
-        try:
-            lb = balancer(one_slot(f"SCP1@127.0.0.1:{proxy.port}", idle_timeout="1s"))
-            sent = storescu("127.0.0.1", lb.port, big, aec="DICOMLB", timeout=60)
-            assert proxy.stalled.is_set()
-            assert sent.returncode == 0, sent.stderr
-            assert len(scp.wait_files(1, timeout=30)) == 1
-        finally:
-            proxy.close()
+    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 3.0) as backend:
+        lb = balancer(one_slot(backend, idle_timeout="1s"))
+        sent = storescu("127.0.0.1", lb.port, big, aec="DICOMLB", timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        assert len(scp.wait_files(1, timeout=30)) == 1
