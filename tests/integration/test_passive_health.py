@@ -137,3 +137,49 @@ def test_admin_enable_brings_a_passively_downed_backend_up(tmp_path: Path, balan
         store_succeeds(tmp_path, lb, scp)
     finally:
         scp.close()
+
+
+def test_no_accept_while_dicomlb_holds_the_backends_association_is_not_a_failure(
+    tmp_path: Path, balancer: Any
+) -> None:
+    """A storescp serving one association at a time answers no second A-ASSOCIATE-RQ while
+    dicomlb's first (idle, pooled) association is open: that is dicomlb's own doing, so the
+    backend stays up (fall 1); nothing held by dicomlb, the same silence counts."""
+    with StoreSCP("SERIAL", tmp_path / "scp") as scp:  # no --fork: one association at a time
+        config = pool_of(scp.address, enabled=False, fall=1)
+        config["pools"]["p"].update(connect_timeout="500ms", idle_timeout="60s")
+        config["pools"]["p"]["backends"][0]["max_associations"] = 2
+        lb = balancer(config)
+        first = write_series(make_small(1), tmp_path / "first")
+        sent = storescu("127.0.0.1", lb.port, first, aet="FIRST", aec="DICOMLB", timeout=60)
+        assert sent.returncode == 0, sent.stderr  # its upstream association stays, idle
+        second = write_series(make_small(1), tmp_path / "second")
+        refused = storescu("127.0.0.1", lb.port, second, aet="SECOND", aec="DICOMLB", timeout=60)
+        assert refused.returncode != 0  # another calling AE: a second association, unanswered
+        assert lb.backend("scp1").health.up
+
+
+def test_a_permanent_rejection_refuses_that_sender_only(balancer: Any) -> None:
+    """A backend that does not know the calling AE title rejects the association
+    (permanent): that sender's store gets 0x0124, the backend stays up (fall 1) and a
+    sender it knows still gets through."""
+    port = free_port()
+    scp = AE(ae_title="PICKY")
+    scp.require_calling_aet = ["KNOWN"]
+    scp.add_supported_context(CTImageStorage, EXPLICIT)
+    server = scp.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda _: 0x0000)]
+    )
+    try:
+        lb = balancer(pool_of(f"PICKY@127.0.0.1:{port}", enabled=False, fall=1))
+        statuses = {}
+        for calling in ("STRANGER", "KNOWN"):
+            client = AE(ae_title=calling)
+            client.add_requested_context(CTImageStorage, EXPLICIT)
+            assoc = client.associate("127.0.0.1", lb.port, ae_title="DICOMLB")
+            statuses[calling] = assoc.send_c_store(make_small(1)[0]).Status
+            assoc.release()
+        assert statuses == {"STRANGER": 0x0124, "KNOWN": 0x0000}
+        assert lb.backend("scp1").health.up
+    finally:
+        server.shutdown()
