@@ -248,6 +248,9 @@ class App:
         backend = self.runtime.backends[name]
         backend.mode = mode
         backend.enabled = mode == "enabled"
+        if backend.enabled and backend.health.reset():  # the operator vouches for it
+            log.warning("backend.up backend=%s cause=admin", name)
+            self.metrics.backend_transition(name, up=True, cause="admin")
         if mode == "disabled":
             self._spawn(self.runtime.upstreams[name].close())
         self.metrics.admin_actions.labels(mode).inc()

@@ -15,6 +15,7 @@ from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
 from dicomlb.dicom.errors import LocalProtocolError
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
+from dicomlb.health import Cause
 from dicomlb.http.checks import DEFAULT_CHECK, HttpCheckError, http_check
 from dicomlb.http.upstream import upstream_tls
 from dicomlb.metrics import Metrics
@@ -37,14 +38,14 @@ async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
             await up.established
             context_id = up.context_for(verification)
             if context_id is None:
-                raise UpstreamError("verification not accepted")
+                raise UpstreamError("verification not accepted", Cause.CONTEXT_REJECTED)
             answer = await up.send_command(context_id, echo_request(up.next_message_id()))
             if answer.status != 0:
-                raise UpstreamError(f"C-ECHO status 0x{answer.status or 0:04X}")
+                raise UpstreamError(f"C-ECHO status 0x{answer.status or 0:04X}", Cause.STATUS)
     except TimeoutError:
-        raise UpstreamError(f"no answer within {timeout:g}s") from None
+        raise UpstreamError(f"no answer within {timeout:g}s", Cause.CHECK_TIMEOUT) from None
     except OSError as err:
-        raise UpstreamError(str(err) or type(err).__name__) from None
+        raise UpstreamError(str(err) or type(err).__name__, Cause.REFUSED) from None
     finally:
         if up is not None:
             try:
@@ -116,7 +117,7 @@ class HealthChecker:
         except (UpstreamError, HttpCheckError) as err:
             self.last_error = str(err)
             self.metrics.health_check(self.backend.name, False)
-            if state.failure():
+            if state.failure(asyncio.get_running_loop().time()):
                 log.warning(
                     "backend.down backend=%s pool=%s cause=check reason=%r",
                     self.backend.name,

@@ -475,6 +475,7 @@ class _HealthModel(_Model):
     timeout: Duration | None = None
     fall: Count | None = None
     rise: Count | None = None
+    fail_timeout: Duration | None = None
     http: HttpCheckModel | None = None
 
 
@@ -1312,7 +1313,7 @@ def describe(snapshot: Snapshot) -> str:
             f"every {format_duration(h.interval)}, timeout {format_duration(h.timeout)}, "
             f"fall {h.fall}, rise {h.rise}"
             if h.enabled
-            else "off"
+            else f"off (passive: fall {h.fall}, back after {format_duration(h.fail_timeout)})"
         )
         lines += [
             f"  {pool.name}: {strategy}; health: {health}",

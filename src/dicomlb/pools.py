@@ -19,7 +19,12 @@ class BackendState:
         # Copied from the (frozen) config: read on every pick, a property call each time.
         self.name = config.name
         self.weight = config.weight
-        self.health = HealthState(fall=health.fall, rise=health.rise)
+        # Without active checks nothing else brings a passively failed backend back.
+        self.health = HealthState(
+            fall=health.fall,
+            rise=health.rise,
+            fail_timeout=None if health.enabled else health.fail_timeout,
+        )
         self.enabled = True  # False: drained or disabled by the operator
         self.mode = "enabled"  # what the operator asked: enabled | draining | disabled
         self.active = 0  # messages in flight to this backend

@@ -137,6 +137,7 @@ class HealthConfig:
     timeout: float = 2.0
     fall: int = 3
     rise: int = 2
+    fail_timeout: float = 10.0  # without checks (enabled false): down expires after this
     http: HttpCheckConfig | None = None  # how HTTP-only backends are checked (None: defaults)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -97,6 +98,29 @@ class Balancer:
     def backend(self, name: str) -> BackendState:
         return self.app.runtime.backends[name]
 
+    def held(self) -> dict[str, tuple[int, int]]:
+        """Backends with DICOM association slots leased out or HTTP connections in use, or
+        messages counted in flight: name -> (slots and connections held, active)."""
+
+        async def look() -> dict[str, tuple[int, int]]:
+            runtime = self.app.runtime
+            slots = {name: upstream.held for name, upstream in runtime.upstreams.items()}
+            if self.app.http is not None:
+                for name, conns in self.app.http.http.connections.items():
+                    slots[name] = slots.get(name, 0) + conns.open - len(conns.idle)
+            held = {name: (slots.get(name, 0), b.active) for name, b in runtime.backends.items()}
+            return {name: counts for name, counts in held.items() if counts != (0, 0)}
+
+        return dict(self.call(look()))
+
+    def assert_nothing_held(self, settle: float = 5.0) -> None:
+        """Every upstream slot given back and no message counted in flight, once the
+        associations still closing have had `settle` seconds."""
+        deadline = time.monotonic() + settle
+        while (held := self.held()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not held, f"left held after the test (backend: (slots, active)): {held}"
+
 
 @pytest.fixture
 def balancer() -> Iterator[Any]:
@@ -110,8 +134,12 @@ def balancer() -> Iterator[Any]:
         return lb
 
     yield start
-    for lb in started:
-        lb.stop()
+    try:
+        for lb in started:
+            lb.assert_nothing_held()  # DESIGN 13: every lease given back, on every exit path
+    finally:
+        for lb in started:
+            lb.stop()
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -140,7 +140,8 @@ def test_no_matching_route_is_refused_with_a_reason(tmp_path: Path, balancer: An
 
 
 class DyingBackend:
-    """A pynetdicom storage SCP that aborts the association on its first C-STORE."""
+    """A pynetdicom storage SCP that dies on a C-STORE: its connection closes before any
+    answer (no A-ABORT), as when the process crashes."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -158,7 +159,7 @@ class DyingBackend:
     def on_store(self, event: Any) -> int:
         with self.lock:
             self.stores += 1
-        event.assoc.abort()
+        event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
         return 0xC000
 
     def close(self) -> None:
@@ -251,7 +252,8 @@ def test_a_backend_that_never_answers_the_association_is_left_for_the_next(
             assert silent.accepted, "dicomlb never tried the hung backend"
             assert not lb.backend("hung").health.up
             assert (
-                "backend=hung pool=p reason='cannot associate with HUNG@127.0.0.1:" in caplog.text
+                "backend=hung pool=p cause=no_accept reason='cannot associate with HUNG@127.0.0.1:"
+                in caplog.text
             )
             assert "no A-ASSOCIATE-AC within connect_timeout 0.5s" in caplog.text
     finally:

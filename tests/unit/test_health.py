@@ -1,4 +1,4 @@
-"""health.py: fall/rise hysteresis."""
+"""health.py: fall/rise hysteresis, fail_timeout, and the passive-health rule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicomlb.health import HealthState
+from dicomlb.config import build_snapshot
+from dicomlb.health import Cause, HealthState, counts_against_backend
+from dicomlb.pools import BackendState
+from dicomlb.snapshot import HealthConfig
 
 
 def run(state: HealthState, checks: str) -> str:
@@ -14,7 +17,7 @@ def run(state: HealthState, checks: str) -> str:
     lowercase marking the check that changed it."""
     out = []
     for check in checks:
-        changed = state.success() if check == "+" else state.failure()
+        changed = state.success() if check == "+" else state.failure(0.0)
         mark = "U" if state.up else "D"
         out.append(mark.lower() if changed else mark)
     return "".join(out)
@@ -58,7 +61,7 @@ def test_transitions_need_runs(fall: int, rise: int, checks: str) -> None:
     run_length = 0
     for check in checks:
         good = check == "+"
-        changed = state.success() if good else state.failure()
+        changed = state.success() if good else state.failure(0.0)
         if good == up:
             run_length = 0  # a check agreeing with the current state resets the count
             assert not changed
@@ -70,3 +73,102 @@ def test_transitions_need_runs(fall: int, rise: int, checks: str) -> None:
             else:
                 assert not changed
         assert state.up == up
+
+
+# DESIGN 14, one row per cause: what says the backend itself is unwell counts toward fall;
+# what one message (or dicomlb's own load) brought about never does.
+RULE = {
+    Cause.REFUSED: True,  # connect refused / reset
+    Cause.TLS: True,
+    Cause.CONNECT_TIMEOUT: True,
+    Cause.NO_ACCEPT: True,  # no A-ASSOCIATE-AC in time, none of its associations held
+    Cause.CLOSED: True,  # closed before the first response byte
+    Cause.RESPONSE_TIMEOUT: True,
+    Cause.PROTOCOL_ERROR: True,
+    Cause.CHECK_TIMEOUT: True,  # a C-ECHO check timing out
+    Cause.NO_ACCEPT_WHILE_HOLDING: False,  # its limit is likely full of dicomlb's own
+    Cause.REJECTED_PERMANENT: False,  # that sender is refused
+    Cause.REJECTED_TRANSIENT: False,  # busy: the next backend is tried
+    Cause.CONTEXT_REJECTED: False,
+    Cause.BUSY: False,  # no slot within acquire_timeout
+    Cause.ABORTED_WHILE_SENDING: False,  # e.g. a malformed data set
+    Cause.ABORTED: False,  # the backend aborted because of the message
+    Cause.RELEASED: False,
+    Cause.LOCAL: False,
+    Cause.STATUS: False,  # DIMSE failure statuses, HTTP 4xx / 5xx
+    Cause.QUERY_TIMEOUT: False,  # C-FIND / C-MOVE / C-GET response timeouts
+}
+
+
+def test_every_cause_has_a_row() -> None:
+    assert set(RULE) == set(Cause)
+
+
+@pytest.mark.parametrize(("cause", "counts"), RULE.items(), ids=[c.value for c in RULE])
+def test_what_counts_against_a_backend(cause: Cause, counts: bool) -> None:
+    assert counts_against_backend(cause) is counts
+
+
+def test_down_expires_after_fail_timeout() -> None:
+    state = HealthState(fall=2, rise=2, fail_timeout=10.0)
+    assert not state.failure(100.0)
+    assert state.failure(101.0) and not state.up
+    assert state.expires_at() == 111.0
+    assert not state.expire(110.9) and not state.up
+    assert state.expire(111.0) and state.up
+    assert state.recoveries == 1  # slow start sees the recovery
+    assert state.expires_at() is None and not state.expire(200.0)
+    # back up with no failures counted: it takes `fall` again to go down
+    assert not state.failure(300.0)
+    assert state.failure(300.5) and state.expires_at() == 310.5
+
+
+def test_without_fail_timeout_down_stays_until_checks_pass() -> None:
+    state = HealthState(fall=1, rise=2)
+    assert state.failure(0.0)
+    assert state.expires_at() is None
+    assert not state.expire(1e9) and not state.up
+    assert run(state, "++") == "Du"
+
+
+def test_eject_also_expires() -> None:
+    state = HealthState(fall=3, rise=2, fail_timeout=5.0)
+    assert state.eject(50.0) and state.expires_at() == 55.0
+    assert state.expire(55.0) and state.up
+
+
+def test_reset_brings_a_backend_up_and_clears_counts() -> None:
+    state = HealthState(fall=2, rise=3)
+    assert not state.reset()  # already up
+    state.failure(0.0)
+    assert state.failures == 1
+    state.reset()
+    assert state.failures == 0
+    state.failure(1.0)
+    state.failure(2.0)
+    assert not state.up
+    state.success()
+    assert state.reset() and state.up and state.successes == 0
+    assert state.recoveries == 1
+
+
+def test_fail_timeout_applies_only_without_active_checks() -> None:
+    snapshot = build_snapshot(
+        {
+            "listeners": {"dicom": {"bind": "127.0.0.1:11112"}},
+            "pools": {
+                name: {
+                    "health": {"enabled": enabled, "fail_timeout": "3s"},
+                    "backends": [{"name": f"b-{name}", "dicom": "PACS@127.0.0.1:104"}],
+                }
+                for name, enabled in (("checked", True), ("unchecked", False))
+            },
+            "routes": [{"name": "all", "pool": "checked"}],
+        },
+        source="<test>",
+    )
+    assert snapshot.pools["unchecked"].health.fail_timeout == 3.0
+    assert HealthConfig().fail_timeout == 10.0  # nginx's default
+    checked, unchecked = (BackendState(p.backends[0], p.health) for p in snapshot.pools.values())
+    assert checked.health.fail_timeout is None  # the checks bring it back
+    assert unchecked.health.fail_timeout == 3.0

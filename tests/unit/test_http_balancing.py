@@ -42,7 +42,7 @@ def test_slow_start_ramps_after_recovery_only() -> None:
     health = HealthState(fall=1, rise=1)
     ramp = SlowStart(30.0)
     assert ramp.share(health, 0.0) == 1.0  # up from the start: no ramp
-    health.failure()
+    health.failure(0.0)
     assert ramp.share(health, 1.0) == 1.0  # down (the pool skips it anyway)
     assert health.success()  # down → up
     assert ramp.share(health, 10.0) == MIN_SHARE
@@ -83,7 +83,7 @@ def test_failure_window_needs_the_threshold_within_the_window() -> None:
 
 def test_eject_takes_a_backend_down_once() -> None:
     health = HealthState(fall=3, rise=2)
-    assert health.eject() and not health.up
-    assert not health.eject()
+    assert health.eject(0.0) and not health.up
+    assert not health.eject(0.0)
     health.success()
     assert health.success() and health.up and health.recoveries == 1

@@ -56,7 +56,7 @@ def owners(members: Sequence[BackendState], keys: Sequence[str] = KEYS) -> dict[
 
 def take_down(b: BackendState) -> None:
     while b.health.up:
-        b.health.failure()
+        b.health.failure(0.0)
 
 
 def bring_up(b: BackendState) -> None:
@@ -204,7 +204,7 @@ def test_pick_excludes_disabled_down_and_excluded(strategy: Strategy) -> None:
 def test_backend_state_defaults() -> None:
     b = backend("a", 3)
     assert (b.name, b.weight, b.active, b.enabled, b.available) == ("a", 3, 0, True, True)
-    b.health.failure()
+    b.health.failure(0.0)
     assert b.available  # fall=2: one failure is not enough
-    b.health.failure()
+    b.health.failure(0.0)
     assert not b.available

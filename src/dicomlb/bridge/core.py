@@ -70,6 +70,7 @@ class StoreOutcome:
     comment: str = ""
     backend_failed: bool = False  # the backend, not the instance: passive health, breaker
     unreachable: bool = False  # no connection made: nothing was sent, another backend may try
+    answered: bool = True  # False: the connection failed before an HTTP answer
 
     @property
     def stored(self) -> bool:
@@ -115,6 +116,7 @@ def connection_failed(reason: str, *, unreachable: bool = False) -> StoreOutcome
         comment=_comment(reason or "connection failed"),
         backend_failed=True,
         unreachable=unreachable,
+        answered=False,
     )
 
 

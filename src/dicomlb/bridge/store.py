@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 
 from dicomlb.bridge.client import BridgeInstance, HttpStoreClient
 from dicomlb.bridge.core import StoreOutcome
-from dicomlb.dicom.acceptor import ClientGone, InboundMessage
+from dicomlb.delivery.passive import passive_failure
+from dicomlb.dicom.acceptor import ClientGone, InboundMessage, discard
 from dicomlb.dicom.dimse import DataReceived
 from dicomlb.dicom.part10 import file_header
+from dicomlb.health import Cause
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import PoolConfig, RouteConfig
 
@@ -47,13 +49,12 @@ def _timeouts(pool: PoolConfig | None) -> dict[str, float]:
     return {"connect_timeout": pool.connect_timeout, "read_timeout": pool.response_timeout}
 
 
-def passive_failure(runtime: Runtime, backend: BackendState, pool: str, reason: str) -> None:
-    """A backend failure (5xx, connection) counts toward fall, like a failed association."""
-    if backend.health.failure():
-        log.warning(
-            "backend.down backend=%s pool=%s cause=passive reason=%r", backend.name, pool, reason
-        )
-        runtime.metrics.backend_transition(backend.name, up=False, cause="passive")
+def cause_of(outcome: StoreOutcome) -> Cause:
+    """What a failed bridge request tells passive health: no connection, or one that broke
+    before an answer, counts; an HTTP answer (4xx / 5xx) is the message's failure."""
+    if outcome.unreachable:
+        return Cause.REFUSED
+    return Cause.STATUS if outcome.answered else Cause.CLOSED
 
 
 class _MessageBody:
@@ -101,8 +102,6 @@ async def relay_store(
     nothing has been sent: the passive health failure is recorded, the client is not
     answered and the reason is returned, for `Relay.store` to try the pool's next backend
     (as `Relay._place` does for a DIMSE backend that cannot be reached)."""
-    from dicomlb.dicom.relay import _discard
-
     runtime = relay.runtime
     command = message.command
     store = backend.config.store
@@ -136,10 +135,10 @@ async def relay_store(
             store.via.value,
             outcome.comment,
         )
-        passive_failure(runtime, backend, route.pool.name, outcome.comment)
+        cause = cause_of(outcome)
+        passive_failure(runtime.metrics, backend, route.pool.name, cause, outcome.comment)
         return outcome.comment
-    if not stream.done:
-        await _discard(message)  # the request failed mid-stream: drop the rest
+    await discard(message)  # the request failed mid-stream: drop the rest
     _account(relay, message, route, backend, outcome, tags, started)
     return None
 
@@ -158,7 +157,7 @@ def _account(
     store = backend.config.store
     assert store is not None
     if outcome.backend_failed:
-        passive_failure(runtime, backend, pool, outcome.comment)
+        passive_failure(runtime.metrics, backend, pool, cause_of(outcome), outcome.comment)
     elif outcome.status < 0xFF00:
         backend.health.success()
     if outcome.stored and 0x0020000D in tags:
@@ -248,7 +247,9 @@ async def deliver_spooled(
     finally:
         backend.active -= len(batch)
     if any(o.backend_failed for o in outcomes):
-        sender._backend_failed(backend, runtime, outcomes[0].comment)
+        sender._backend_failed(
+            backend, runtime, outcomes[0].comment, cause_of(outcomes[0]), claimed[0].pool
+        )
     else:
         sender.breaker.success()
         backend.health.success()

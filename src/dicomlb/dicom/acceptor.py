@@ -74,6 +74,7 @@ class FragmentStream:
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._error: str | None = None
+        self.ended = False  # the last fragment was taken: nothing more to read or drop
 
     def put(self, fragment: DataReceived) -> None:
         self._items.append(fragment)
@@ -95,6 +96,7 @@ class FragmentStream:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         fragment = self._items.popleft()
+        self.ended = fragment.is_last
         self._bytes -= len(fragment.data)
         if self._paused and self._bytes <= self._high // 2:
             self._paused = False
@@ -152,6 +154,16 @@ def _feed(protocol: asyncio.BaseProtocol, chunks: list[bytes]) -> None:
             buffer[:size] = view[:size]
             buffered.buffer_updated(size)
             view = view[size:]
+
+
+async def discard(message: InboundMessage) -> None:
+    """Read and drop what is left of a message's data set (it will not be forwarded); safe
+    to call whatever was read already."""
+    stream = message.data
+    if stream is None:
+        return
+    while not stream.ended:
+        await stream.get()
 
 
 class _Release:
@@ -303,6 +315,7 @@ class InboundAssociation(asyncio.Protocol):
         self._relay_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
+        self._reading_paused = False  # by dicomlb, for back-pressure: silence is ours then
         self._outcome = "open"
         self.busy = False  # the relay is working on a message
         self._abstract_syntaxes: dict[int, str] = {}
@@ -693,9 +706,12 @@ class InboundAssociation(asyncio.Protocol):
 
     def _pause_reading(self) -> None:
         if self.transport is not None:
+            self._reading_paused = True
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
+        self._reading_paused = False
+        self._last_activity = time.monotonic()  # the client's silence is timed from here
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -771,8 +787,11 @@ class InboundAssociation(asyncio.Protocol):
             self.assoc.artim_expired()
             self._outcome = self._outcome if self._outcome != "open" else "ARTIM timeout"
             self._shutdown("ARTIM timeout")
+        elif self._current is not None and not self._reading_paused:
+            # Half a message, and the client owes the rest: its silence, not a backend's.
+            self.abort(f"silent for {timeout:g}s in the middle of a message")
         elif self._relay_busy():
-            self._arm_timer(timeout)
+            self._arm_timer(timeout)  # waiting on a backend or paused by us: not idle
         else:
             self.abort(f"idle for {timeout:g}s")
 

@@ -17,6 +17,7 @@ byte and the client's N-EVENT-REPORT-RSP back to the backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -27,7 +28,9 @@ from dicomlb.dicom.dimse import DataReceived, Status, Tag, response
 from dicomlb.dicom.negotiation import role_item
 from dicomlb.dicom.pdu import RoleSelection
 from dicomlb.dicom.qr import STORAGE_COMMITMENT_PUSH, commitment_holder, commitment_request
+from dicomlb.dicom.relay import MessageFailed
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.health import Cause
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import StorageCommitment
 
@@ -42,8 +45,6 @@ _CONNECT_TIMEOUT = 10.0
 
 async def request(relay: Relay, message: InboundMessage) -> None:
     """Serve one N-ACTION-RQ (Request Storage Commitment)."""
-    from dicomlb.dicom.relay import MessageFailed
-
     command = message.command
     try:
         placed = await query.place(relay, message, "N-ACTION")
@@ -83,21 +84,23 @@ async def request(relay: Relay, message: InboundMessage) -> None:
             chosen,
         )
     try:
-        backend, up = await _connect(relay, message, placed, available.get(chosen or ""))
-        # Registered before forwarding: the report may come before the N-ACTION-RSP.
-        relay.runtime.commitments.register(
-            transaction_uid=wanted.transaction_uid,
-            requester_ae=relay.inbound.calling_ae,
-            backend=backend.name,
-        )
-        status = await relay._forward(
-            message,
-            placed.route.pool,
-            backend,
-            up,
-            [DataReceived(context_id=message.context_id, data=placed.identifier, is_last=True)],
-            True,
-        )
+        async with contextlib.AsyncExitStack() as leases:
+            holder = available.get(chosen or "")
+            backend, up = await _connect(relay, message, placed, holder, leases)
+            # Registered before forwarding: the report may come before the N-ACTION-RSP.
+            relay.runtime.commitments.register(
+                transaction_uid=wanted.transaction_uid,
+                requester_ae=relay.inbound.calling_ae,
+                backend=backend.name,
+            )
+            status = await relay._forward(
+                message,
+                placed.route.pool,
+                backend,
+                up,
+                [DataReceived(context_id=message.context_id, data=placed.identifier, is_last=True)],
+                True,
+            )
     except MessageFailed as failure:
         relay.runtime.commitments.take(wanted.transaction_uid)
         _refuse(relay, message, failure.status, str(failure))
@@ -118,23 +121,29 @@ async def request(relay: Relay, message: InboundMessage) -> None:
 
 
 async def _connect(
-    relay: Relay, message: InboundMessage, placed: query.Placed, holder: BackendState | None
+    relay: Relay,
+    message: InboundMessage,
+    placed: query.Placed,
+    holder: BackendState | None,
+    leases: contextlib.AsyncExitStack,
 ) -> tuple[BackendState, UpstreamAssociation]:
-    """The holder's upstream association, else the pool strategy's pick."""
+    """The holder's upstream association, else the pool strategy's pick (leased on
+    `leases`)."""
     if holder is not None:
+        lease = relay.runtime.upstreams[holder.name].lease(
+            relay._upstream_key(placed.route.pool, holder),
+            (message.abstract_syntax, message.transfer_syntax),
+            relay.contexts,
+        )
         try:
-            up = await relay.runtime.upstreams[holder.name].acquire(
-                relay._upstream_key(placed.route.pool, holder),
-                (message.abstract_syntax, message.transfer_syntax),
-                relay.contexts,
-            )
+            up = await leases.enter_async_context(lease)
         except UpstreamError as err:
-            log.warning("commitment.holder_unreachable backend=%s reason=%r", holder.name, str(err))
+            relay.declined(holder, placed.pool.name, err)
         else:
             return holder, up
     else:
         log.info("commitment.unlocated pool=%s: no referenced instance known", placed.pool.name)
-    return await relay._connect(placed.pool, placed.key, message)
+    return await relay._connect(placed.pool, placed.key, message, leases)
 
 
 async def report(relay: Relay, message: InboundMessage) -> None:
@@ -184,53 +193,58 @@ async def report(relay: Relay, message: InboundMessage) -> None:
     loop = asyncio.get_running_loop()
     link: UpstreamAssociation | None = None
     try:
-        async with asyncio.timeout(_CONNECT_TIMEOUT):
-            _, link = await loop.create_connection(
-                lambda: UpstreamAssociation(
-                    f"requester {requester}", (calling, address.ae_title, roles), [pair], 65536
-                ),
-                address.host,
-                address.port,
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                _, link = await loop.create_connection(
+                    lambda: UpstreamAssociation(
+                        f"requester {requester}", (calling, address.ae_title, roles), [pair], 65536
+                    ),
+                    address.host,
+                    address.port,
+                )
+                await link.established
+            context_id = link.context_for(pair)
+            if context_id is None:
+                raise UpstreamError(
+                    f"{requester} refused storage commitment in {pair[1]}",
+                    Cause.CONTEXT_REJECTED,
+                )
+            answer = await link.send_command(
+                context_id,
+                command.replace({Tag.MESSAGE_ID: link.next_message_id()}),
+                [(data, True)],
+                _REPORT_TIMEOUT,
             )
-            await link.established
-        context_id = link.context_for(pair)
-        if context_id is None:
-            raise UpstreamError(f"{requester} refused storage commitment in {pair[1]}")
-        answer = await link.send_command(
-            context_id,
-            command.replace({Tag.MESSAGE_ID: link.next_message_id()}),
-            [(data, True)],
-            _REPORT_TIMEOUT,
+        except (UpstreamError, TimeoutError, OSError) as err:
+            _refuse(
+                relay,
+                message,
+                Status.PROCESSING_FAILURE,
+                f"{requester}: {err or 'timed out'}",
+                what="report",
+            )
+            return
+        status = answer.status or 0
+        inbound.send_command(
+            message.context_id,
+            answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: command.message_id}),
         )
-    except (UpstreamError, TimeoutError, OSError) as err:
-        if link is not None:
+        log.log(
+            logging.INFO if status == Status.SUCCESS else logging.WARNING,
+            "commitment.reported transaction=%s backend_aet=%s requester=%s address=%s "
+            "event_type=%d status=0x%04X ms=%d",
+            transaction,
+            inbound.calling_ae,
+            requester,
+            address,
+            command.us(Tag.EVENT_TYPE_ID) or 0,
+            status,
+            (time.monotonic() - started) * 1000,
+        )
+        await link.release()
+    finally:
+        if link is not None and link.usable:  # not released: cut off, never half-done
             link.abort()
-        _refuse(
-            relay,
-            message,
-            Status.PROCESSING_FAILURE,
-            f"{requester}: {err or 'timed out'}",
-            what="report",
-        )
-        return
-    status = answer.status or 0
-    inbound.send_command(
-        message.context_id,
-        answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: command.message_id}),
-    )
-    log.log(
-        logging.INFO if status == Status.SUCCESS else logging.WARNING,
-        "commitment.reported transaction=%s backend_aet=%s requester=%s address=%s "
-        "event_type=%d status=0x%04X ms=%d",
-        transaction,
-        inbound.calling_ae,
-        requester,
-        address,
-        command.us(Tag.EVENT_TYPE_ID) or 0,
-        status,
-        (time.monotonic() - started) * 1000,
-    )
-    await link.release()
 
 
 def _refuse(

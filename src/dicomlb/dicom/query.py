@@ -11,11 +11,13 @@ response's Error Comment. A client's C-CANCEL-RQ is passed on to every backend a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dicomlb.delivery.passive import passive_failure
 from dicomlb.dicom.acceptor import InboundMessage
 from dicomlb.dicom.dimse import (
     NO_DATA_SET,
@@ -36,10 +38,12 @@ from dicomlb.dicom.qr import (
     result_key,
     unanswered_comment,
 )
+from dicomlb.dicom.relay import MessageFailed
 from dicomlb.dicom.tags import HeaderScanner
 from dicomlb.dicom.upstream import (
     PENDING_STATUSES,
     ResponseHandler,
+    Unreachable,
     UpstreamAssociation,
     UpstreamError,
 )
@@ -182,19 +186,7 @@ async def find(relay: Relay, message: InboundMessage) -> None:
 
 
 async def _one(relay: Relay, message: InboundMessage, placed: Placed, started: float) -> None:
-    from dicomlb.dicom.relay import MessageFailed
-
     pool = placed.pool
-    try:
-        backend, up = await relay._connect(pool, placed.key, message)
-    except MessageFailed as failure:
-        log.warning(
-            "find.failed pool=%s status=0x%04X reason=%r", pool.name, failure.status, str(failure)
-        )
-        relay.inbound.send_command(
-            message.context_id, find_final(message.command, failure.status, str(failure))
-        )
-        return
     results = 0
 
     def relay_pending(answer: Command, data: bytes | None) -> None:
@@ -206,23 +198,43 @@ async def _one(relay: Relay, message: InboundMessage, placed: Placed, started: f
             data,
         )
 
-    with Asked(relay, message) as asked:
+    async with contextlib.AsyncExitStack() as leases:
         try:
-            status, comment = await _ask(relay, message, placed, backend, up, asked, relay_pending)
-        except (UpstreamError, TimeoutError) as err:
-            reason = _reason(err, placed.route.pool.response_timeout)
+            backend, up = await relay._connect(pool, placed.key, message, leases)
+        except MessageFailed as failure:
             log.warning(
-                "find.failed route=%s pool=%s backend=%s reason=%r",
-                placed.route.name,
+                "find.failed pool=%s status=0x%04X reason=%r",
                 pool.name,
-                backend.name,
-                reason,
+                failure.status,
+                str(failure),
             )
             relay.inbound.send_command(
-                message.context_id,
-                find_final(message.command, Status.PROCESSING_FAILURE, f"{backend.name}: {reason}"),
+                message.context_id, find_final(message.command, failure.status, str(failure))
             )
             return
+        with Asked(relay, message) as asked:
+            try:
+                status, comment = await _ask(
+                    relay, message, placed, backend, up, asked, relay_pending
+                )
+            except (UpstreamError, TimeoutError) as err:
+                reason = _reason(err, placed.route.pool.response_timeout)
+                if isinstance(err, UpstreamError):
+                    passive_failure(relay.runtime.metrics, backend, pool.name, err.cause, reason)
+                log.warning(
+                    "find.failed route=%s pool=%s backend=%s reason=%r",
+                    placed.route.name,
+                    pool.name,
+                    backend.name,
+                    reason,
+                )
+                relay.inbound.send_command(
+                    message.context_id,
+                    find_final(
+                        message.command, Status.PROCESSING_FAILURE, f"{backend.name}: {reason}"
+                    ),
+                )
+                return
     relay.inbound.send_command(message.context_id, find_final(message.command, status, comment))
     log.info(
         "find.relayed route=%s pool=%s backend=%s mode=one level=%s results=%d status=0x%04X ms=%d",
@@ -246,14 +258,13 @@ async def _ask(
     on_pending: ResponseHandler,
     timeout: float | None = None,
 ) -> tuple[int, str | None]:
-    """Send the C-FIND over `up`, pending responses to `on_pending`; the final status and
-    Error Comment. Gives `up` back (or aborts it on failure) and counts health."""
-    upstreams = relay.runtime.upstreams[backend.name]
+    """Send the C-FIND over `up` (leased by the caller), pending responses to `on_pending`;
+    the final status and Error Comment. Raises UpstreamError, or TimeoutError (a slow query
+    is not the backend's failure: PS3.4 leaves its duration to the backend)."""
     pool_config = placed.route.pool
     context_id = up.context_for((message.abstract_syntax, message.transfer_syntax))
     assert context_id is not None
     message_id = up.next_message_id()
-    backend.active += 1
     try:
         pending = up.send_command(
             context_id,
@@ -264,18 +275,8 @@ async def _ask(
         )
         asked.add(backend.name, up, context_id, message_id)
         answer = await pending
-    except BaseException as err:
-        up.abort()
-        upstreams.release(up)
-        if isinstance(err, UpstreamError | TimeoutError) and backend.health.failure():
-            log.warning(
-                "backend.down backend=%s pool=%s cause=passive", backend.name, pool_config.name
-            )
-        raise
     finally:
         asked.discard(backend.name)
-        backend.active -= 1
-    upstreams.release(up)
     backend.health.success()
     return answer.status or 0, answer.error_comment
 
@@ -298,6 +299,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
         return
     merger = FindMerger()
     problems: dict[str, str] = {}
+    brief: dict[str, str] = {}  # the same, short enough to share a 64-character Error Comment
     per_backend: dict[str, int] = {}
     ts = message.transfer_syntax
     studies = relay.runtime.studies
@@ -320,33 +322,28 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
         return on_pending
 
     async def ask(backend: BackendState, asked: Asked) -> None:
-        upstreams = relay.runtime.upstreams[backend.name]
+        lease = relay.runtime.upstreams[backend.name].lease(
+            relay._upstream_key(pool_config, backend),
+            (message.abstract_syntax, message.transfer_syntax),
+            relay.contexts,
+        )
         try:
-            async with asyncio.timeout(pool_config.query_timeout):
-                up = await upstreams.acquire(
-                    relay._upstream_key(pool_config, backend),
-                    (message.abstract_syntax, message.transfer_syntax),
-                    relay.contexts,
-                )
+            async with asyncio.timeout(pool_config.query_timeout), lease as up:
                 status, comment = await _ask(
                     relay, message, placed, backend, up, asked, make_handler(backend)
                 )
         except TimeoutError:
-            problems[backend.name] = "timed out"
-            # Like any relay failure, a backend silent past query_timeout counts toward
-            # passive health (fall); asyncio.timeout cancelled `_ask`, which did not count it.
-            _passive_failure(relay, backend, pool.name)
+            problems[backend.name] = brief[backend.name] = "timed out"
         except UpstreamError as err:
             problems[backend.name] = str(err)
-            if "rejected abstract syntax" not in str(err) and backend.health.failure():
-                log.warning(
-                    "backend.down backend=%s pool=%s cause=passive", backend.name, pool.name
-                )
+            brief[backend.name] = "unreachable" if isinstance(err, Unreachable) else str(err)[:24]
+            passive_failure(relay.runtime.metrics, backend, pool.name, err.cause, str(err))
         else:
             if status not in (Status.SUCCESS, CANCELLED) and status not in PENDING_STATUSES:
                 problems[backend.name] = f"status 0x{status:04X}" + (
                     f" {comment}" if comment else ""
                 )
+                brief[backend.name] = problems[backend.name][:24]
             return
         log.warning(
             "find.backend_failed route=%s pool=%s backend=%s reason=%r",
@@ -359,7 +356,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
     with Asked(relay, message) as asked:
         await asyncio.gather(*(ask(b, asked) for b in backends))
         cancelled = asked.cancelled
-    comment = unanswered_comment({k: _short(v) for k, v in problems.items()})
+    comment = unanswered_comment(brief)
     if cancelled:
         status = CANCELLED
     elif len(problems) == len(backends):
@@ -383,18 +380,5 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
     )
 
 
-def _passive_failure(relay: Relay, backend: BackendState, pool: str) -> None:
-    if backend.health.failure():
-        log.warning("backend.down backend=%s pool=%s cause=passive", backend.name, pool)
-        relay.runtime.metrics.backend_transition(backend.name, up=False, cause="passive")
-
-
 def _reason(err: BaseException, timeout: float) -> str:
     return f"no response within {timeout:g}s" if isinstance(err, TimeoutError) else str(err)
-
-
-def _short(reason: str) -> str:
-    """A reason short enough to share a 64-character Error Comment."""
-    if "cannot associate" in reason or "connection" in reason or "refused" in reason:
-        return "unreachable"
-    return reason[:24]

@@ -8,10 +8,17 @@ Every image's fate is logged: store.received -> store.routed -> store.delivered 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
-from dicomlb.dicom.acceptor import ClientGone, InboundAssociation, InboundMessage
+from dicomlb.delivery.passive import passive_failure
+from dicomlb.dicom.acceptor import (
+    ClientGone,
+    InboundAssociation,
+    InboundMessage,
+    discard,
+)
 from dicomlb.dicom.dimse import (
     CommandField,
     DataReceived,
@@ -22,7 +29,14 @@ from dicomlb.dicom.dimse import (
 )
 from dicomlb.dicom.negotiation import related_general_classes
 from dicomlb.dicom.tags import HeaderScanner, tag_name
-from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, UpstreamKey
+from dicomlb.dicom.upstream import (
+    Rejected,
+    Unreachable,
+    UpstreamAssociation,
+    UpstreamError,
+    UpstreamKey,
+)
+from dicomlb.health import Cause
 from dicomlb.pools import BackendState, Pool
 from dicomlb.snapshot import Ack, CalledAet, MessageFacts, PoolConfig, ScanLimit
 
@@ -92,13 +106,16 @@ class Relay:
                     inbound.busy = False
         finally:
             for link in self.destinations.values():
-                link.schedule_idle_release(0.0)  # A-RELEASE on the next turn; it owns the task
+                if link.clean:
+                    link.schedule_idle_release(0.0)  # A-RELEASE on the next turn; it owns the task
+                else:
+                    link.abort()  # a sub-operation cut off: the destination must not keep it
 
     async def handle(self, message: InboundMessage) -> None:
         refusal = request_refusal(message.command, message.abstract_syntax, self.related)
         if refusal is not None:
             status, reason = refusal
-            await _discard(message)
+            await discard(message)
             log.warning(
                 "dimse.refused peer=%s:%d calling_aet=%s command=%s context=%d status=0x%04X "
                 "reason=%r",
@@ -121,7 +138,7 @@ class Relay:
 
             await serve(self, message)
         else:
-            await _discard(message)
+            await discard(message)
             self._respond(
                 message,
                 Status.UNRECOGNIZED_OPERATION,
@@ -138,14 +155,11 @@ class Relay:
         pool = self.runtime.pools[pool_config.name]
         started = time.monotonic()
         try:
-            backend, up = await self._connect(pool, "", message)
+            async with contextlib.AsyncExitStack() as leases:
+                backend, up = await self._connect(pool, "", message, leases)
+                status = await self._forward(message, pool_config, backend, up, [], done=True)
         except MessageFailed as failure:
             log.warning("echo.failed pool=%s reason=%r", pool.name, str(failure))
-            self._respond(message, failure.status, str(failure))
-            return
-        try:
-            status = await self._forward(message, pool_config, backend, up, [], done=True)
-        except MessageFailed as failure:
             self._respond(message, failure.status, str(failure))
             return
         self.runtime.metrics.store_finished(
@@ -190,7 +204,7 @@ class Relay:
         try:
             head, done, tags, limited = await self._read_header(message)
         except MessageFailed as failure:
-            await self._store_refused(message, "", "", False, failure)
+            await self._store_refused(message, "", "", failure)
             return
         facts = MessageFacts(
             calling_aet=inbound.calling_ae,
@@ -210,11 +224,11 @@ class Relay:
                 f"routing tags not found within the scan limit: {missing}",
             )
             route_name, pool_name = (route.name, route.pool.name) if route else ("", "")
-            await self._store_refused(message, route_name, pool_name, done, refusal)
+            await self._store_refused(message, route_name, pool_name, refusal)
             return
         if route is None:
             refusal = MessageFailed(Status.NOT_AUTHORIZED, "no route matches this instance")
-            await self._store_refused(message, "", "", done, refusal)
+            await self._store_refused(message, "", "", refusal)
             return
         # --- spool hook (issue #3): `ack: spool` routes answer once the instance is durable
         if route.ack is Ack.SPOOL and self.runtime.spool is not None:
@@ -225,35 +239,41 @@ class Relay:
         key = tags.get(route.pool.key, "") if route.pool.key is not None else ""
         tried: set[str] = set()
         reasons: list[str] = []
-        while True:  # a bridged backend that cannot be reached: the next one (issue #7)
-            try:
-                backend, maybe_up = await self._place(
-                    pool, key, message, http_store=True, tried=tried, reasons=reasons
-                )
-            except MessageFailed as failure:
-                await self._store_refused(message, route.name, pool.name, done, failure)
-                return
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "store.routed sop_instance_uid=%s route=%s pool=%s backend=%s key=%s",
-                    sop_uid,
-                    route.name,
-                    pool.name,
-                    backend.name,
-                    key,
-                )
-            if maybe_up is not None:
-                break
-            from dicomlb.bridge.store import relay_store  # a store_via backend: over HTTP
+        failure: MessageFailed | None = None
+        async with contextlib.AsyncExitStack() as leases:
+            while True:  # a bridged backend that cannot be reached: the next one (issue #7)
+                try:
+                    backend, maybe_up = await self._place(
+                        pool, key, message, leases, http_store=True, tried=tried, reasons=reasons
+                    )
+                except MessageFailed as refusal:
+                    await self._store_refused(message, route.name, pool.name, refusal)
+                    return
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "store.routed sop_instance_uid=%s route=%s pool=%s backend=%s key=%s",
+                        sop_uid,
+                        route.name,
+                        pool.name,
+                        backend.name,
+                        key,
+                    )
+                if maybe_up is not None:
+                    break
+                from dicomlb.bridge.store import relay_store  # a store_via backend: over HTTP
 
-            reason = await relay_store(self, message, route, backend, head, done, tags, started)
-            if reason is None:
-                return
-            reasons.append(f"{backend.name}: {reason}")
-        up = maybe_up
-        try:
-            status = await self._forward(message, route.pool, backend, up, head, done)
-        except MessageFailed as failure:
+                reason = await relay_store(self, message, route, backend, head, done, tags, started)
+                if reason is None:
+                    return
+                reasons.append(f"{backend.name}: {reason}")
+            try:
+                status = await self._forward(message, route.pool, backend, maybe_up, head, done)
+            except MessageFailed as err:
+                failure = err
+        if failure is not None:
+            # The lease is given back (aborted) first: the slot is free while the rest of
+            # the data set is read and dropped.
+            await discard(message)
             log.warning(
                 "store.failed sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X "
                 "reason=%r",
@@ -296,12 +316,11 @@ class Relay:
         )
 
     async def _store_refused(
-        self, message: InboundMessage, route: str, pool: str, done: bool, failure: MessageFailed
+        self, message: InboundMessage, route: str, pool: str, failure: MessageFailed
     ) -> None:
         """No route, or no backend of the route's pool, took the C-STORE: drop its data set,
         answer the failure (`route` and `pool` empty when no route matched)."""
-        if not done:
-            await _discard(message)
+        await discard(message)
         log.warning(
             "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
             message.command.sop_instance_uid,
@@ -351,11 +370,12 @@ class Relay:
     # -------------------------------------------------------- forwarding
 
     async def _connect(
-        self, pool: Pool, key: str, message: InboundMessage
+        self, pool: Pool, key: str, message: InboundMessage, leases: contextlib.AsyncExitStack
     ) -> tuple[BackendState, UpstreamAssociation]:
-        """Pick a backend and get an upstream association, trying the next backend when one
-        cannot be reached (nothing has been sent yet, so this is safe)."""
-        backend, up = await self._place(pool, key, message)
+        """Pick a backend and lease an upstream association on `leases` (given back when it
+        closes), trying the next backend when one cannot take the message (nothing has been
+        sent yet, so this is safe)."""
+        backend, up = await self._place(pool, key, message, leases)
         assert up is not None
         return backend, up
 
@@ -364,6 +384,7 @@ class Relay:
         pool: Pool,
         key: str,
         message: InboundMessage,
+        leases: contextlib.AsyncExitStack,
         *,
         http_store: bool = False,
         tried: set[str] | None = None,
@@ -376,45 +397,48 @@ class Relay:
         everything else."""
         tried = set() if tried is None else tried
         reasons = [] if reasons is None else reasons
-        http_only: list[str] = []
+        http_only = False
+        causes: list[Cause] = []
         needed = (message.abstract_syntax, message.transfer_syntax)
         while True:
             backend = pool.pick(key, exclude=frozenset(tried))
             if backend is None:
-                if http_only and not reasons:
-                    raise MessageFailed(
-                        Status.SOP_CLASS_NOT_SUPPORTED,
-                        f"{message.command.service} not possible: pool {pool.name} is http only",
-                    )
-                detail = "; ".join(reasons) if reasons else "every backend is down or disabled"
-                raise MessageFailed(
-                    Status.OUT_OF_RESOURCES, f"no healthy backend in pool {pool.name}: {detail}"
+                raise placement_refusal(
+                    pool.name, message.command.service, http_only, causes, reasons
                 )
             tried.add(backend.name)
             if http_store and backend.config.store is not None:
                 return backend, None
             if backend.config.dicom is None:
-                http_only.append(backend.name)
+                http_only = True
                 continue
+            lease = self.runtime.upstreams[backend.name].lease(
+                self._upstream_key(pool.config, backend), needed, self.contexts
+            )
             try:
-                up = await self.runtime.upstreams[backend.name].acquire(
-                    self._upstream_key(pool.config, backend), needed, self.contexts
-                )
+                up = await leases.enter_async_context(lease)
             except UpstreamError as err:
                 reasons.append(f"{backend.name}: {err}")
-                log.warning(
-                    "backend.unreachable backend=%s pool=%s reason=%r",
-                    backend.name,
-                    pool.name,
-                    str(err),
-                )
-                if "rejected abstract syntax" not in str(err) and backend.health.failure():
-                    log.warning(
-                        "backend.down backend=%s pool=%s cause=passive", backend.name, pool.name
-                    )
-                    self.runtime.metrics.backend_transition(backend.name, up=False, cause="passive")
+                causes.append(err.cause)
+                self.declined(backend, pool.name, err)
+                if isinstance(err, Rejected) and err.permanent:
+                    raise MessageFailed(Status.NOT_AUTHORIZED, f"{backend.name}: {err}") from None
                 continue
             return backend, up
+
+    def declined(self, backend: BackendState, pool: str, err: UpstreamError) -> None:
+        """A backend could not take a message (no association): one log line, and passive
+        health told what happened."""
+        event = "backend.unreachable" if isinstance(err, Unreachable) else "backend.declined"
+        log.warning(
+            "%s backend=%s pool=%s cause=%s reason=%r",
+            event,
+            backend.name,
+            pool,
+            err.cause.value,
+            str(err),
+        )
+        passive_failure(self.runtime.metrics, backend, pool, err.cause, str(err))
 
     def _upstream_key(self, pool: PoolConfig, backend: BackendState) -> UpstreamKey:
         dicom = backend.config.dicom
@@ -433,11 +457,11 @@ class Relay:
         head: list[DataReceived],
         done: bool,
     ) -> int:
-        """Send the message over `up`, relay the response to the client; the status."""
-        upstreams = self.runtime.upstreams[backend.name]
+        """Send the message over `up` (leased by the caller, whose lease aborts it if the
+        message is cut off), relay the response to the client; the status. Raises
+        MessageFailed when the backend fails it (the rest of the data set is left unread)."""
         context_id = up.context_for((message.abstract_syntax, message.transfer_syntax))
         assert context_id is not None
-        backend.active += 1
         try:
             command = message.command.replace({Tag.MESSAGE_ID: up.next_message_id()})
             pending = up.send_command(
@@ -458,29 +482,15 @@ class Relay:
                 done = fragment.is_last
                 await up.drain()
             answer = await pending
-        except ClientGone:
-            up.abort()  # the backend must not keep half a message
-            upstreams.release(up)
-            raise
-        except (UpstreamError, TimeoutError) as err:
-            up.abort()
-            upstreams.release(up)
-            if not done:
-                await _discard(message)
-            if backend.health.failure():
-                log.warning(
-                    "backend.down backend=%s pool=%s cause=passive", backend.name, pool.name
-                )
-                self.runtime.metrics.backend_transition(backend.name, up=False, cause="passive")
-            reason = (
-                f"no response within {pool.response_timeout:g}s"
-                if isinstance(err, TimeoutError)
-                else str(err)
+        except UpstreamError as err:
+            passive_failure(self.runtime.metrics, backend, pool.name, err.cause, str(err))
+            raise MessageFailed(Status.PROCESSING_FAILURE, str(err)) from None
+        except TimeoutError:
+            reason = f"no response within {pool.response_timeout:g}s"
+            passive_failure(
+                self.runtime.metrics, backend, pool.name, Cause.RESPONSE_TIMEOUT, reason
             )
             raise MessageFailed(Status.PROCESSING_FAILURE, reason) from None
-        finally:
-            backend.active -= 1
-        upstreams.release(up)
         backend.health.success()
         return answer.status or 0
 
@@ -490,9 +500,20 @@ class Relay:
         )
 
 
-async def _discard(message: InboundMessage) -> None:
-    """Read and drop the rest of a message's data set (it will not be forwarded)."""
-    if message.data is None:
-        return
-    while not (await message.data.get()).is_last:
-        pass
+def placement_refusal(
+    pool: str, service: str, http_only: bool, causes: list[Cause], reasons: list[str]
+) -> MessageFailed:
+    """The answer when no backend of `pool` took a message: SOP class not supported when
+    the backends refused its presentation context (or speak HTTP only), else out of
+    resources with every backend's reason."""
+    if http_only and not reasons:
+        return MessageFailed(
+            Status.SOP_CLASS_NOT_SUPPORTED, f"{service} not possible: pool {pool} is http only"
+        )
+    if causes and all(cause is Cause.CONTEXT_REJECTED for cause in causes):
+        return MessageFailed(
+            Status.SOP_CLASS_NOT_SUPPORTED,
+            f"no backend of pool {pool} accepts it: {'; '.join(reasons)}",
+        )
+    detail = "; ".join(reasons) if reasons else "every backend is down or disabled"
+    return MessageFailed(Status.OUT_OF_RESOURCES, f"no healthy backend in pool {pool}: {detail}")

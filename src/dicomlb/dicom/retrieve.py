@@ -23,8 +23,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from dicomlb.delivery.passive import passive_failure
 from dicomlb.dicom import commitment, query
-from dicomlb.dicom.acceptor import InboundAssociation, InboundMessage
+from dicomlb.dicom.acceptor import InboundAssociation, InboundMessage, discard
 from dicomlb.dicom.dimse import (
     Command,
     CommandField,
@@ -47,7 +48,8 @@ from dicomlb.dicom.qr import (
     retrieve_response,
     unanswered_comment,
 )
-from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.dicom.upstream import Unreachable, UpstreamAssociation, UpstreamError
+from dicomlb.health import Cause
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import MoveDestination, QueryMode
 
@@ -113,19 +115,17 @@ async def _probe(
     needed = (find_uid, message.transfer_syntax)
 
     async def ask(backend: BackendState) -> bool:
-        upstreams = relay.runtime.upstreams[backend.name]
         matches = 0
 
         def on_pending(answer: Command, data: bytes | None) -> None:
             nonlocal matches
             matches += 1
 
-        up: UpstreamAssociation | None = None
+        lease = relay.runtime.upstreams[backend.name].lease(
+            relay._upstream_key(pool_config, backend), needed, relay.contexts
+        )
         try:
-            async with asyncio.timeout(pool_config.query_timeout):
-                up = await upstreams.acquire(
-                    relay._upstream_key(pool_config, backend), needed, relay.contexts
-                )
+            async with asyncio.timeout(pool_config.query_timeout), lease as up:
                 context_id = up.context_for(needed)
                 assert context_id is not None
                 request = Command.build(
@@ -146,11 +146,11 @@ async def _probe(
                 )
         except (UpstreamError, TimeoutError) as err:
             log.warning("retrieve.probe_failed backend=%s reason=%r", backend.name, str(err))
-            if up is not None:
-                up.abort()
-                upstreams.release(up)
+            if isinstance(err, UpstreamError):
+                passive_failure(
+                    relay.runtime.metrics, backend, placed.pool.name, err.cause, str(err)
+                )
             return False
-        upstreams.release(up)
         return matches > 0
 
     hits = await asyncio.gather(*(ask(b) for b in backends))
@@ -301,20 +301,9 @@ async def _retrieve(
         forwarded = forwarded + tuple(role_item(r) for r in request.user_info.roles)
 
     async def ask(backend: BackendState, asked: query.Asked) -> None:
-        upstreams = relay.runtime.upstreams[backend.name]
         key = relay._upstream_key(pool_config, backend)
         key = (key[0], key[1], forwarded)
         needed = (message.abstract_syntax, message.transfer_syntax)
-        try:
-            up = await upstreams.acquire(key, needed, relay.contexts)
-        except UpstreamError as err:
-            tally.failed(backend.name, "unreachable")
-            log.warning("retrieve.backend_failed backend=%s reason=%r", backend.name, str(err))
-            return
-        context_id = up.context_for(needed)
-        assert context_id is not None
-        message_id = pending_move.message_id if pending_move is not None else up.next_message_id()
-        bridge = GetBridge(inbound, up) if command.command_field == CommandField.C_GET_RQ else None
 
         def on_final(answer: Command, data: bytes | None) -> None:
             if data is not None:
@@ -327,43 +316,46 @@ async def _retrieve(
                 retrieve_response(command, answer.status or 0xFF00, total, final=False),
             )
 
-        backend.active += 1
         try:
-            if bridge is not None:
-                bridge.attach()
-            future = up.send_command(
-                context_id,
-                command.replace({Tag.MESSAGE_ID: message_id, **rewrite}),
-                [(placed.identifier, True)],
-                pool_config.response_timeout,
-                on_pending=on_pending,
-                on_final=on_final,
-            )
-            asked.add(backend.name, up, context_id, message_id)
-            answer = await future
-        except (UpstreamError, TimeoutError) as err:
-            up.abort()
-            upstreams.release(up)
-            reason = "timed out" if isinstance(err, TimeoutError) else "failed"
-            tally.failed(backend.name, reason)
-            log.warning(
-                "retrieve.backend_failed backend=%s reason=%r", backend.name, str(err) or reason
-            )
-            if backend.health.failure():
-                log.warning(
-                    "backend.down backend=%s pool=%s cause=passive", backend.name, pool_config.name
+            async with relay.runtime.upstreams[backend.name].lease(
+                key, needed, relay.contexts
+            ) as up:
+                context_id = up.context_for(needed)
+                assert context_id is not None
+                message_id = (
+                    pending_move.message_id if pending_move is not None else up.next_message_id()
                 )
+                bridge = (
+                    GetBridge(inbound, up)
+                    if command.command_field == CommandField.C_GET_RQ
+                    else None
+                )
+                try:
+                    if bridge is not None:
+                        bridge.attach()
+                    future = up.send_command(
+                        context_id,
+                        command.replace({Tag.MESSAGE_ID: message_id, **rewrite}),
+                        [(placed.identifier, True)],
+                        pool_config.response_timeout,
+                        on_pending=on_pending,
+                        on_final=on_final,
+                    )
+                    asked.add(backend.name, up, context_id, message_id)
+                    answer = await future
+                finally:
+                    if bridge is not None:
+                        bridge.detach()
+                    asked.discard(backend.name)
+        except UpstreamError as err:
+            tally.failed(backend.name, "unreachable" if isinstance(err, Unreachable) else "failed")
+            log.warning("retrieve.backend_failed backend=%s reason=%r", backend.name, str(err))
+            passive_failure(relay.runtime.metrics, backend, pool_config.name, err.cause, str(err))
             return
-        except BaseException:
-            up.abort()
-            upstreams.release(up)
-            raise
-        finally:
-            if bridge is not None:
-                bridge.detach()
-            asked.discard(backend.name)
-            backend.active -= 1
-        upstreams.release(up)
+        except TimeoutError:  # a long retrieve is not the backend's failure
+            tally.failed(backend.name, "timed out")
+            log.warning("retrieve.backend_failed backend=%s reason='timed out'", backend.name)
+            return
         backend.health.success()
         tally.final(backend.name, answer.status or 0, Counts.of(answer))
         if answer.error_comment and answer.status:
@@ -389,13 +381,16 @@ async def relay_suboperation(relay: Relay, message: InboundMessage, move: Pendin
     sop_uid = command.sop_instance_uid
     status: int
     comment: str | None = None
+    link: UpstreamAssociation | None = None
     try:
         link = await _destination(relay, move.destination)
         pair = (message.abstract_syntax, message.transfer_syntax)
         context_id = link.context_for(pair)
         if context_id is None:
             raise UpstreamError(
-                f"{move.destination} refused {message.abstract_syntax} in {message.transfer_syntax}"
+                f"{move.destination} refused {message.abstract_syntax} "
+                f"in {message.transfer_syntax}",
+                Cause.CONTEXT_REJECTED,
             )
         future = link.send_command(
             context_id,
@@ -419,13 +414,13 @@ async def relay_suboperation(relay: Relay, message: InboundMessage, move: Pendin
         status = answer.status or 0
         comment = answer.error_comment
     except (UpstreamError, TimeoutError, OSError) as err:
-        if message.data is not None:
-            from dicomlb.dicom.relay import _discard
-
-            await _discard(message)
+        await discard(message)
         status = Status.OUT_OF_RESOURCES  # PS3.4 C.4.2.1.5: A702 would be the mover's own
         comment = str(err) or "timed out"
-        relay.destinations.pop(move.destination, None)
+    finally:
+        if link is not None and not link.clean:  # cut off or failed: never reused
+            link.abort()
+            relay.destinations.pop(move.destination, None)
     relay.inbound.send_command(message.context_id, response(command, status, error_comment=comment))
     log.log(
         logging.INFO if status == Status.SUCCESS else logging.WARNING,
@@ -450,15 +445,24 @@ async def _destination(relay: Relay, ae_title: str) -> UpstreamAssociation:
     address = snapshot.dicom_nodes[ae_title]
     calling = snapshot.dicom.ae_title if snapshot.dicom else "DICOMLB"
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(10.0):
-        _, link = await loop.create_connection(
-            lambda: UpstreamAssociation(
-                f"destination {ae_title}", (calling, address.ae_title, ()), relay.contexts, 65536
-            ),
-            address.host,
-            address.port,
-        )
-        await link.established
+    link = None
+    try:
+        async with asyncio.timeout(10.0):
+            _, link = await loop.create_connection(
+                lambda: UpstreamAssociation(
+                    f"destination {ae_title}",
+                    (calling, address.ae_title, ()),
+                    relay.contexts,
+                    65536,
+                ),
+                address.host,
+                address.port,
+            )
+            await link.established
+    except BaseException:
+        if link is not None:
+            link.abort()
+        raise
     relay.destinations[ae_title] = link
     log.info("move.destination_associated destination=%s address=%s", ae_title, address)
     return link

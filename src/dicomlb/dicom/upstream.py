@@ -3,6 +3,14 @@
 An `UpstreamAssociation` is one association dicomlb opened as requestor. The
 `UpstreamPool` of a backend keeps idle ones for reuse, caps how many are open (Orthanc
 takes 4 by default), and makes callers wait, not fail, while it is briefly saturated.
+
+An association is held for one message as a lease, `async with upstreams.lease(...) as up`,
+whose exit gives it back on every path, cancellation included: to the idle list when every
+request on it was answered, else aborted (a backend must never keep half a message).
+
+Failures are typed (`Unreachable`, `Rejected`, `ContextRejected`, `Busy`, or an
+`UpstreamError` during a message) and carry a `health.Cause`: what passive health counts is
+decided from it (`delivery.passive`), never from the text.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ import collections
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable
+from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
 from dicomlb.dicom.association import Association, AssocState, ConnectionClosed, Role
@@ -35,6 +45,7 @@ from dicomlb.dicom.pdu import (
     ReleaseReply,
     ReleaseRequest,
 )
+from dicomlb.health import Cause
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import BackendConfig, PoolConfig
 
@@ -57,7 +68,41 @@ PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 
 
 class UpstreamError(Exception):
-    """The backend could not be reached or failed; the message did not get through."""
+    """The backend could not be reached or failed; the message did not get through.
+    `cause` says why, for passive health (`health.counts_against_backend`)."""
+
+    def __init__(self, reason: str, cause: Cause) -> None:
+        super().__init__(reason)
+        self.cause = cause
+
+
+class Unreachable(UpstreamError):
+    """No association: the connection was refused, reset or timed out, TLS failed, or no
+    A-ASSOCIATE-AC came in time. Nothing was sent; another backend may be tried."""
+
+
+class Rejected(UpstreamError):
+    """A-ASSOCIATE-RJ: permanent (this sender is refused there) or transient (busy)."""
+
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(
+            reason, Cause.REJECTED_PERMANENT if permanent else Cause.REJECTED_TRANSIENT
+        )
+        self.permanent = permanent
+
+
+class ContextRejected(UpstreamError):
+    """The backend does not take this abstract syntax in this transfer syntax."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, Cause.CONTEXT_REJECTED)
+
+
+class Busy(UpstreamError):
+    """Every association slot of the backend stayed in use for the acquire timeout."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, Cause.BUSY)
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -100,7 +145,11 @@ class UpstreamAssociation(asyncio.Protocol):
         self.established: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.contexts: dict[SyntaxPair, int] = {}
-        self.failure: str | None = None
+        self.error: UpstreamError | None = None  # the first failure; the association is done
+        # Clean (reusable) only when every request sent was answered and no data set is
+        # half sent: a lease gives back only clean associations, and aborts the others.
+        self._unanswered = 0
+        self._sending = False
         self.transport: asyncio.Transport | None = None
         self._responses: dict[int, asyncio.Future[Command]] = {}
         self._on_response: dict[int, Callable[[Command], None]] = {}
@@ -139,11 +188,13 @@ class UpstreamAssociation(asyncio.Protocol):
         except RemoteProtocolError as err:
             log.warning("upstream.protocol_error backend=%s reason=%r", self.backend, str(err))
             self._write(self.assoc.send(err.reply))
-            self._fail(f"protocol error from backend: {err}")
+            self._fail(UpstreamError(f"protocol error from backend: {err}", Cause.PROTOCOL_ERROR))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.assoc.receive_eof()
-        self._fail("connection closed by the backend" if exc is None else f"connection lost: {exc}")
+        self._closed(
+            "connection closed by the backend" if exc is None else f"connection lost: {exc}"
+        )
         if not self.closed.done():
             self.closed.set_result(None)
         self._stop_timers()
@@ -169,9 +220,13 @@ class UpstreamAssociation(asyncio.Protocol):
             if not self.established.done():
                 self.established.set_result(None)
         elif isinstance(event, AssociateReject):
+            # PS3.8 9.3.4: result 1 rejected-permanent, 2 rejected-transient
             self._fail(
-                f"association rejected (result {event.result}, source {event.source}, "
-                f"reason {event.reason})"
+                Rejected(
+                    f"association rejected (result {event.result}, source {event.source}, "
+                    f"reason {event.reason})",
+                    permanent=event.result == 1,
+                )
             )
         elif isinstance(event, PData):
             for dimse in self.assembler.receive(event.pdvs):
@@ -187,15 +242,16 @@ class UpstreamAssociation(asyncio.Protocol):
                     self._on_data(dimse)
         elif isinstance(event, ReleaseRequest):
             # The backend ends the association (e.g. its idle timeout): agree and stop using it.
-            self.failure = self.failure or "released by the backend"
+            error = UpstreamError("released by the backend", self._cause(Cause.RELEASED))
             self._write(self.assoc.send(ReleaseReply()))
-            self._fail("released by the backend")
+            self._fail(error)
         elif isinstance(event, ReleaseReply):
             self._close()
         elif isinstance(event, Abort):
-            self._fail(f"aborted by the backend (reason {event.reason})")
+            reason = f"aborted by the backend (reason {event.reason})"
+            self._fail(UpstreamError(reason, self._cause(Cause.ABORTED)))
         elif isinstance(event, ConnectionClosed):
-            self._fail("connection closed")
+            self._closed("connection closed")
 
     def _on_backend_request(self, received: CommandReceived) -> None:
         """A request from the backend: a C-STORE sub-operation of a C-GET in flight."""
@@ -258,14 +314,23 @@ class UpstreamAssociation(asyncio.Protocol):
                 "upstream.unexpected_command backend=%s command=%s", self.backend, command.service
             )
             return
+        self._unanswered -= 1
         if callback is not None:
             callback(command)
         future.set_result(command)
 
-    def _fail(self, reason: str) -> None:
-        if self.failure is None:
-            self.failure = reason
-        error = UpstreamError(self.failure)
+    def _cause(self, after_accept: Cause) -> Cause:
+        """What a backend's abort, release or close means now: while a data set is still
+        going out it refused the message (never the backend's fault)."""
+        return Cause.ABORTED_WHILE_SENDING if self._sending else after_accept
+
+    def _closed(self, reason: str) -> None:
+        self._fail(UpstreamError(reason, self._cause(Cause.CLOSED)))
+
+    def _fail(self, failure: UpstreamError) -> None:
+        if self.error is None:
+            self.error = failure
+        error = self.error
         if not self.established.done():
             self.established.set_exception(error)
             self.established.exception()  # the opener may have given up; do not warn
@@ -292,9 +357,15 @@ class UpstreamAssociation(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return (
-            self.failure is None and self.transport is not None and not self.transport.is_closing()
-        )
+        return self.error is None and self.transport is not None and not self.transport.is_closing()
+
+    @property
+    def clean(self) -> bool:
+        """Usable, every request answered, no data set half sent: safe to reuse."""
+        return self.usable and self._unanswered == 0 and not self._sending
+
+    def _unusable(self) -> UpstreamError:
+        return self.error or UpstreamError("association closed", Cause.LOCAL)
 
     def context_for(self, pair: SyntaxPair) -> int | None:
         return self.contexts.get(pair)
@@ -323,7 +394,7 @@ class UpstreamAssociation(asyncio.Protocol):
         `on_final` the final response with its data set (None when it has none).
         """
         if not self.usable:
-            raise UpstreamError(self.failure or "association closed")
+            raise self._unusable()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Command] = loop.create_future()
         self._responses[command.message_id] = future
@@ -336,8 +407,12 @@ class UpstreamAssociation(asyncio.Protocol):
         if on_final is not None:
             self._on_final[command.message_id] = on_final
         buffers = self.assoc.send_data(context_id, command.encode(), is_command=True, is_last=True)
+        sending = command.has_data_set
         for fragment, is_last in data:
             buffers += self.assoc.send_data(context_id, fragment, is_command=False, is_last=is_last)
+            sending = not is_last
+        self._unanswered += 1
+        self._sending = sending
         assert self.transport is not None
         write_buffers(self.transport, buffers)
         if timeout is not None:
@@ -381,18 +456,19 @@ class UpstreamAssociation(asyncio.Protocol):
     def send_data(self, context_id: int, data: bytes | memoryview, is_last: bool) -> None:
         """Send one data-set fragment, re-cut to the backend's maximum PDU."""
         if not self.usable:
-            raise UpstreamError(self.failure or "association closed")
+            raise self._unusable()
         assert self.transport is not None
         self.transport.writelines(
             self.assoc.send_data(context_id, data, is_command=False, is_last=is_last)
         )
+        self._sending = not is_last
 
     async def drain(self) -> None:
         """Wait while the backend's socket buffer is full (paired back-pressure)."""
         if not self._writable.is_set():
             await self._writable.wait()
-        if self.failure is not None:
-            raise UpstreamError(self.failure)
+        if self.error is not None:
+            raise self.error
 
     async def release(self, timeout: float = 5.0) -> None:
         """A-RELEASE, falling back to A-ABORT when the backend does not answer in time."""
@@ -403,7 +479,7 @@ class UpstreamAssociation(asyncio.Protocol):
         if self.assoc.state is not AssocState.STA6:
             self.abort()  # still negotiating: there is nothing to release yet
             return
-        self.failure = "released"
+        self.error = UpstreamError("released by dicomlb", Cause.LOCAL)
         self._write(self.assoc.send(ReleaseRequest()))
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), timeout)
@@ -418,7 +494,7 @@ class UpstreamAssociation(asyncio.Protocol):
         self._stop_timers()
         if self.transport is not None and not self.transport.is_closing():
             self._write(self.assoc.send(Abort(source=AbortSource.SERVICE_USER)))
-        self._fail(self.failure or "aborted by dicomlb")
+        self._fail(UpstreamError("aborted by dicomlb", Cause.LOCAL))
 
     def schedule_idle_release(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -471,6 +547,44 @@ def _ignore(_: CommandReceived | DataReceived) -> None:
     """Drops the data set of a request nobody expected."""
 
 
+class Lease:
+    """One upstream association held for one message (`UpstreamPool.lease`). Its exit gives
+    the association back on every path, cancellation included, and counts the message in
+    the backend's `active` meanwhile."""
+
+    __slots__ = ("_contexts", "_key", "_needed", "_pool", "_up")
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        key: UpstreamKey,
+        needed: SyntaxPair,
+        contexts: list[SyntaxPair],
+    ) -> None:
+        self._pool = pool
+        self._key = key
+        self._needed = needed
+        self._contexts = contexts
+        self._up: UpstreamAssociation | None = None
+
+    async def __aenter__(self) -> UpstreamAssociation:
+        up = await self._pool._acquire(self._key, self._needed, self._contexts)
+        self._up = up
+        self._pool.backend.active += 1
+        return up
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        up, self._up = self._up, None
+        if up is not None:
+            self._pool.backend.active -= 1
+            self._pool.give_back(up)
+
+
 class UpstreamPool:
     """The outbound associations of one backend: reused when idle, capped, waited for."""
 
@@ -485,17 +599,21 @@ class UpstreamPool:
         # first use by dicomlb.bridge.store.client_for; closed with the pool).
         self.bridge: HttpStoreClient | None = None
 
-    async def acquire(
-        self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]
-    ) -> UpstreamAssociation:
-        """An association to this backend with `needed` accepted, for exclusive use.
+    def lease(self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]) -> Lease:
+        """`async with pool.lease(key, needed, contexts) as up:` an association to this
+        backend with `needed` accepted, for exclusive use until the block ends.
 
         `contexts` are proposed when a new association is opened, so that it also serves the
-        client's later messages. Raises UpstreamError when the backend cannot be reached or
-        no slot frees up within the pool's acquire timeout.
+        client's later messages. Entering raises `Unreachable`, `Rejected`,
+        `ContextRejected` or `Busy` (no slot within the pool's acquire timeout).
         """
+        return Lease(self, key, needed, contexts)
+
+    async def _acquire(
+        self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]
+    ) -> UpstreamAssociation:
         if self.backend.config.dicom is None:
-            raise UpstreamError(
+            raise ContextRejected(
                 f"{self.backend.name} has no dicom address (http only: C-STORE over store_via)"
             )
         loop = asyncio.get_running_loop()
@@ -516,16 +634,21 @@ class UpstreamPool:
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise UpstreamError(
+                raise Busy(
                     f"all {limit} associations to {self.backend.name} busy for "
                     f"{self.pool.acquire_timeout:g}s"
                 )
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
+                async with asyncio.timeout(remaining):
+                    await waiter
             except TimeoutError:
                 continue
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: the freed slot is the next one's
+                raise
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
@@ -542,20 +665,17 @@ class UpstreamPool:
             async with asyncio.timeout(self.pool.connect_timeout):
                 up = await connect(self.backend.config, key, proposal)
                 await up.established
-        except (OSError, TimeoutError, UpstreamError) as err:
+        except BaseException as err:
             self.open -= 1
             self._wake()
             if up is not None:
                 up.abort()
-            if isinstance(err, TimeoutError):
-                done = "no A-ASSOCIATE-AC" if up is not None else "no connection"
-                reason = f"{done} within connect_timeout {self.pool.connect_timeout:g}s"
-            else:
-                reason = str(err) or type(err).__name__
-            raise UpstreamError(f"cannot associate with {address}: {reason}") from None
+            if isinstance(err, OSError | UpstreamError):
+                raise self._unreachable(err, up is not None) from None
+            raise
         if up.context_for(needed) is None:
             self._retire(up)
-            raise UpstreamError(
+            raise ContextRejected(
                 f"{self.backend.name} rejected abstract syntax {needed[0]} "
                 f"with transfer syntax {needed[1]}"
             )
@@ -563,14 +683,45 @@ class UpstreamPool:
         log.debug("upstream.associated backend=%s calling_aet=%s", self.backend.name, key[0])
         return up
 
-    def release(self, up: UpstreamAssociation) -> None:
-        """Give `up` back after a message; a broken association is closed and forgotten."""
-        if up.usable:
+    def _unreachable(self, err: OSError | UpstreamError, connected: bool) -> UpstreamError:
+        """The typed error for an association that could not be made."""
+        address = self.backend.config.dicom
+        if isinstance(err, Rejected):
+            return err
+        cause: Cause
+        if isinstance(err, UpstreamError):
+            cause, reason = err.cause, str(err)
+        elif isinstance(err, TimeoutError):  # (an OSError too: tested first)
+            if not connected:
+                cause, done = Cause.CONNECT_TIMEOUT, "no connection"
+            elif self.open > 0:
+                # Its association limit is likely full with dicomlb's own: not its failure.
+                cause, done = Cause.NO_ACCEPT_WHILE_HOLDING, "no A-ASSOCIATE-AC"
+            else:
+                cause, done = Cause.NO_ACCEPT, "no A-ASSOCIATE-AC"
+            reason = f"{done} within connect_timeout {self.pool.connect_timeout:g}s"
+        elif isinstance(err, ssl.SSLError):
+            cause, reason = Cause.TLS, f"TLS: {err}"
+        else:
+            cause, reason = Cause.REFUSED, str(err) or type(err).__name__
+        return Unreachable(f"cannot associate with {address}: {reason}", cause)
+
+    def give_back(self, up: UpstreamAssociation) -> None:
+        """End a lease: a clean association goes back to the idle list; any other is
+        aborted (a half-sent message must never reach the backend whole) and its slot
+        freed."""
+        if up.clean:
             self.idle.append(up)
             up.schedule_idle_release(self.pool.idle_timeout)
         else:
-            self._retire(up)
+            self.open -= 1
+            up.abort()
         self._wake()
+
+    @property
+    def held(self) -> int:
+        """Associations leased out (or being opened) now."""
+        return self.open - len(self.idle)
 
     def _forget(self, up: UpstreamAssociation) -> None:
         if up in self.idle:

@@ -20,12 +20,15 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import typing
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dicomlb import descriptors
+from dicomlb.delivery.passive import passive_ejection, passive_failure
+from dicomlb.health import Cause
 from dicomlb.http import orthanc
 from dicomlb.http.affinity import StickyTable, least_loaded, request_key
 from dicomlb.http.balancing import ramping_excluded
@@ -738,9 +741,11 @@ class Exchange:
         except (OSError, TimeoutError) as err:
             self.connecting = None
             reason = str(err) or type(err).__name__
+            cause = Cause.TLS if isinstance(err, ssl.SSLError) else Cause.REFUSED
             if isinstance(err, TimeoutError):
                 reason = f"no connection within {self.options.connect_timeout:g}s"
-            self._backend_failed(reason, connect=True)
+                cause = Cause.CONNECT_TIMEOUT
+            self._backend_failed(reason, cause)
             return
         self.connecting = None
         if self.finished:
@@ -907,7 +912,7 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         if status in (502, 503, 504):
-            self._passive_failure(f"status {status}", status=True)
+            self._passive_failure(f"status {status}", Cause.STATUS)
             if status != 504 and self._can_retry(safe_status=True):
                 log.info(
                     "http.retry backend=%s status=%d method=%s path=%s",
@@ -993,31 +998,25 @@ class Exchange:
             )
         return True
 
-    def _passive_failure(self, reason: str, *, status: bool = False) -> bool:
-        """Count a failed request against the backend: connect errors and timeouts toward
-        `health.fall`; 502/503/504 answers (`status`) only through the passive window
+    def _passive_failure(self, reason: str, cause: Cause) -> None:
+        """Tell passive health about a failed request (`health.counts_against_backend`
+        decides: connect errors and timeouts count toward `health.fall`, answers never).
+        502/503/504 answers eject a backend only through the passive window
         (`http.passive: {failures, window}`), so a single error page does not eject it."""
         backend = self.backend
         assert backend is not None
         route = self.route
-        if route is None or not route.pool.health.enabled or not self.options.passive:
-            return False
-        if status:
+        if route is None or not self.options.passive:
+            return
+        metrics = self.http.runtime.metrics
+        if cause is Cause.STATUS:
             conns = self.http.connections[backend.name]
-            ejected = conns.window(self.options).failure(self.client.loop.time())
-            ejected = ejected and backend.health.eject()
-        else:
-            ejected = backend.health.failure()
-        if ejected:
-            log.warning(
-                "backend.down backend=%s pool=%s cause=passive reason=%r",
-                backend.name,
-                route.pool.name,
-                reason,
-            )
-        return ejected
+            if conns.window(self.options).failure(self.client.loop.time()):
+                passive_ejection(metrics, backend, route.pool.name, reason)
+            return
+        passive_failure(metrics, backend, route.pool.name, cause, reason)
 
-    def _backend_failed(self, reason: str, *, connect: bool) -> None:
+    def _backend_failed(self, reason: str, cause: Cause) -> None:
         backend = self.backend
         assert backend is not None
         log.warning(
@@ -1027,7 +1026,7 @@ class Exchange:
             self.path,
             reason,
         )
-        self._passive_failure(reason)
+        self._passive_failure(reason, cause)
         self._release_upstream(reuse=False)
         if self._can_retry():
             self._choose_and_send()
@@ -1066,7 +1065,11 @@ class Exchange:
             self.tried = tuple(t for t in self.tried if t != name)
             self._choose_and_send()
             return
-        self._backend_failed(reason, connect=False)
+        if received:
+            cause = Cause.PROTOCOL_ERROR
+        else:  # still sending the body: the backend refused this request, it is not down
+            cause = Cause.CLOSED if self.request_done else Cause.ABORTED_WHILE_SENDING
+        self._backend_failed(reason, cause)
 
     def timed_out(self, limit: float) -> None:
         if self.response is not None:
@@ -1079,7 +1082,7 @@ class Exchange:
             self.local(LocalResponse(status=408, body=b"request body stalled\n", close=True))
             return
         name = self.backend.name if self.backend else "-"
-        self._passive_failure(f"no response in {limit:g}s")
+        self._passive_failure(f"no response in {limit:g}s", Cause.RESPONSE_TIMEOUT)
         self._release_upstream(reuse=False)
         self.local(
             LocalResponse(

@@ -24,8 +24,16 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
+from dicomlb.delivery.passive import passive_failure
 from dicomlb.dicom.dimse import DATA_SET_PRESENT, Command, CommandField, Tag
-from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, UpstreamPool
+from dicomlb.dicom.upstream import (
+    ContextRejected,
+    Rejected,
+    UpstreamAssociation,
+    UpstreamError,
+    UpstreamPool,
+)
+from dicomlb.health import Cause
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import CalledAet
 from dicomlb.spool import state
@@ -421,32 +429,32 @@ class BackendSender:
             runtime.snapshot.dicom.ae_title if runtime.snapshot.dicom else "DICOMLB"
         )
         needed = (item.sop_class_uid, item.transfer_syntax)
-        try:
-            up = await upstream.acquire((calling, called, ()), needed, [needed])
-        except UpstreamError as err:
-            if "rejected abstract syntax" in str(err):
-                await self._failed(item, str(err))
-                return
-            # The backend, not the item, failed: no attempt counted, the breaker decides.
-            self._backend_failed(backend, runtime, str(err))
-            await self._requeue(item)
-            return
         timeout = pool.response_timeout if pool is not None else 120.0
-        backend.active += 1
+        associated = False
         try:
-            status, comment = await self._send(item, data, up, timeout)
+            # The lease gives the association back on every exit, aborted if cut off.
+            async with upstream.lease((calling, called, ()), needed, [needed]) as up:
+                associated = True
+                status, comment = await self._send(item, data, up, timeout)
         except (UpstreamError, TimeoutError, OSError) as err:
-            up.abort()
-            upstream.release(up)
-            reason = (
-                f"no response within {timeout:g}s" if isinstance(err, TimeoutError) else str(err)
+            refused = isinstance(err, ContextRejected) or (
+                isinstance(err, Rejected) and err.permanent
             )
-            self._backend_failed(backend, runtime, reason)
-            await self._failed(item, reason or type(err).__name__)
+            if not associated and not refused:
+                # The backend, not the item, failed: no attempt counted, the breaker decides.
+                assert isinstance(err, UpstreamError)  # all that entering a lease raises
+                self._backend_failed(backend, runtime, str(err), err.cause, item.pool)
+                await self._requeue(item)
+                return
+            if isinstance(err, TimeoutError):
+                reason, cause = f"no response within {timeout:g}s", Cause.RESPONSE_TIMEOUT
+            else:
+                reason = str(err) or type(err).__name__
+                cause = err.cause if isinstance(err, UpstreamError) else Cause.LOCAL
+            if not refused:
+                self._backend_failed(backend, runtime, reason, cause, item.pool)
+            await self._failed(item, reason)
             return
-        finally:
-            backend.active -= 1
-        upstream.release(up)
         self.breaker.success()
         backend.health.success()
         if state.stored(status):
@@ -493,7 +501,9 @@ class BackendSender:
         answer = await pending
         return answer.status or 0, answer.error_comment or ""
 
-    def _backend_failed(self, backend: BackendState, runtime: Runtime, reason: str) -> None:
+    def _backend_failed(
+        self, backend: BackendState, runtime: Runtime, reason: str, cause: Cause, pool: str
+    ) -> None:
         now = time.time()
         if self.breaker.failure(now):
             log.warning(
@@ -502,8 +512,7 @@ class BackendSender:
                 self.breaker.retry_at - now,
                 reason,
             )
-        if self._checked(runtime) and backend.health.failure():
-            log.warning("backend.down backend=%s cause=passive", self.name)
+        passive_failure(runtime.metrics, backend, pool, cause, reason)
 
     async def _delivered(self, item: Item, status: int, started: float, via: str = "") -> None:
         now = time.time()

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dicomlb.dicom.acceptor import ClientGone, InboundMessage
+from dicomlb.dicom.acceptor import ClientGone, InboundMessage, discard
 from dicomlb.dicom.dimse import DataReceived, Status
 from dicomlb.dicom.part10 import file_header
 from dicomlb.pools import BackendState, Pool, rendezvous_order
@@ -168,7 +168,7 @@ class Spool:
         why = self.refusal()
         if why is not None:
             if not done:
-                await _discard(message)
+                await discard(message)
             log.warning(
                 "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
                 sop_uid,
@@ -241,7 +241,7 @@ class Spool:
         except Exception as err:  # disk full, I/O error: the promise cannot be kept
             await self.store.discard(instance)
             if not done:
-                await _discard(message)
+                await discard(message)
             if disk_full(err):
                 self._free_disk_at = 0.0  # the limits see the full disk now, not in a second
                 why = f"spool full: {self.refusal() or 'no space left on its file system'}"
@@ -284,11 +284,3 @@ class Spool:
                 self.dispatcher.hand(item, data)
             else:
                 self.dispatcher.wake(target.backend)
-
-
-async def _discard(message: InboundMessage) -> None:
-    """Read and drop the rest of a message's data set (it will not be kept)."""
-    if message.data is None:
-        return
-    while not (await message.data.get()).is_last:
-        pass

@@ -1,0 +1,1 @@
+"""What happens to a message at its backend, shared by every path that sends one."""
