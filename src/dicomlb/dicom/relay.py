@@ -230,18 +230,17 @@ class Relay:
             refusal = MessageFailed(Status.NOT_AUTHORIZED, "no route matches this instance")
             await self._store_refused(message, "", "", refusal)
             return
-        # --- spool hook (issue #3): `ack: spool` routes answer once the instance is durable
+        # `ack: spool` routes answer once the instance is durable
         if route.ack is Ack.SPOOL and self.runtime.spool is not None:
             await self.runtime.spool.ingest(self, message, route, head, done, tags, started)
             return
-        # --- end spool hook
         pool = self.runtime.pools[route.pool.name]
         key = tags.get(route.pool.key, "") if route.pool.key is not None else ""
         tried: set[str] = set()
         reasons: list[str] = []
         failure: MessageFailed | None = None
         async with contextlib.AsyncExitStack() as leases:
-            while True:  # a bridged backend that cannot be reached: the next one (issue #7)
+            while True:  # a bridged backend that cannot be reached: the next one
                 try:
                     backend, maybe_up = await self._place(
                         pool, key, message, leases, http_store=True, tried=tried, reasons=reasons

@@ -530,7 +530,7 @@ class BackendSender:
         self.spool.items -= 1
         runtime = self.spool.runtime()
         runtime.metrics.spool_delivery(item.backend, "delivered")
-        # where is the study (issue #6): spooled instances count once they are delivered
+        # where is the study: spooled instances count once they are delivered
         runtime.studies.record(item.study_uid, item.backend, item.sop_instance_uid)
         if not keep:
             self.spool.bytes -= item.size
