@@ -551,6 +551,10 @@ class _DuplicateKeyError(yaml.constructor.ConstructorError):
 class _LimitError(yaml.composer.ComposerError):
     """The document nests deeper or repeats more through aliases than a configuration may."""
 
+    @classmethod
+    def at(cls, event: yaml.Event, problem: str) -> _LimitError:
+        return cls(None, None, problem, event.start_mark)
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (PyYAML keeps the last one, silently), nesting
@@ -570,22 +574,24 @@ class _Loader(yaml.SafeLoader):
             node: yaml.Node = super().compose_node(parent, index)
             size = self._sizes.get(id(node))
             if size is None:  # its anchor is still open: the alias is inside what it names
-                raise _LimitError(
-                    None, None, f"alias *{event.anchor} refers to a node that contains it; "
-                    "write the value out", event.start_mark,
-                )  # fmt: skip
+                raise _LimitError.at(
+                    event,
+                    f"alias *{event.anchor} refers to a node that contains it; write the value out",
+                )
             self._repeated += size
             if self._repeated > MAX_ALIAS_NODES:
-                raise _LimitError(
-                    None, None, f"aliases repeat more than {MAX_ALIAS_NODES} nodes (a YAML alias "
-                    "bomb?); write the values out or use fewer aliases", event.start_mark,
-                )  # fmt: skip
+                raise _LimitError.at(
+                    event,
+                    f"aliases repeat more than {MAX_ALIAS_NODES} nodes (a YAML alias "
+                    "bomb?); write the values out or use fewer aliases",
+                )
             return node
         if self._depth >= MAX_YAML_DEPTH:
-            raise _LimitError(
-                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels of mappings and lists; "
-                "a configuration needs far fewer", event.start_mark,
-            )  # fmt: skip
+            raise _LimitError.at(
+                event,
+                f"nested deeper than {MAX_YAML_DEPTH} levels of mappings and lists; a "
+                "configuration needs far fewer",
+            )
         self._depth += 1
         try:
             node = super().compose_node(parent, index)
@@ -651,7 +657,9 @@ def _read_config(path: str | Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise refuse(f"is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8")
+        raise refuse(
+            f"is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
 
 
 def load_snapshot(path: str | Path) -> Snapshot:

@@ -122,4 +122,7 @@ def test_a_symlink_chain_to_a_regular_file_is_followed(tmp_path: Path) -> None:
 def test_text_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "lb.yaml"
     path.write_bytes(b"pools: \xff\n")
-    assert refusal(path) == f"{path}: is not UTF-8 text (invalid start byte at byte 7); save it as UTF-8"
+    assert (
+        refusal(path)
+        == f"{path}: is not UTF-8 text (invalid start byte at byte 7); save it as UTF-8"
+    )
