@@ -13,7 +13,7 @@ import time
 
 from dicomlb.dicom.acceptor import ClientGone, InboundAssociation, InboundMessage
 from dicomlb.dicom.dimse import CommandField, DataReceived, Status, Tag, response
-from dicomlb.dicom.tags import HeaderScanner
+from dicomlb.dicom.tags import HeaderScanner, is_uid
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, UpstreamKey
 from dicomlb.pools import BackendState, Pool
 from dicomlb.snapshot import Ack, CalledAet, MessageFacts, PoolConfig
@@ -202,7 +202,7 @@ class Relay:
                     route.name,
                     pool.name,
                     backend.name,
-                    key,
+                    key if route.pool.key is not None and is_uid(route.pool.key) else "-",
                 )
             if maybe_up is not None:
                 break

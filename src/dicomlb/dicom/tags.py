@@ -25,7 +25,14 @@ from pydicom.filereader import read_dataset
 
 from dicomlb.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
-__all__ = ["MAX_BYTES", "SPECIFIC_CHARACTER_SET", "HeaderScanner", "tag_from_name", "tag_name"]
+__all__ = [
+    "MAX_BYTES",
+    "SPECIFIC_CHARACTER_SET",
+    "HeaderScanner",
+    "is_uid",
+    "tag_from_name",
+    "tag_name",
+]
 
 SPECIFIC_CHARACTER_SET: Final = 0x00080005
 # Give up looking for wanted tags after this many data-set bytes (inflated, for deflate).
@@ -110,6 +117,12 @@ def tag_from_name(name: str) -> int:
 def tag_name(tag: int) -> str:
     """Return the keyword of `tag`, or ``"(gggg,eeee)"`` when it has none."""
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def is_uid(tag: int) -> bool:
+    """Whether the attribute `tag` holds a UID (VR UI): such values may be logged, while
+    names, IDs and accession numbers are patient data and are not."""
+    return _dictionary_vr(tag) == "UI"
 
 
 def _dictionary_vr(tag: int) -> str:
