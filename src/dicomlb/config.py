@@ -398,6 +398,7 @@ class _AdminAuthModel(_Model):
 class _AdminListenerModel(_Model):
     bind: Annotated[tuple[str, int], BeforeValidator(_parse_bind)] | None = None
     auth: _AdminAuthModel | None = None
+    allowed_hosts: list[Annotated[str, Field(strict=True, min_length=1)]] | None = None
 
 
 class _HttpListenerModel(HttpListenerModel):
@@ -1014,7 +1015,8 @@ class _Builder:
                 bearer_tokens_sha256=frozenset(spec.auth.bearer_tokens_sha256 or ()),
                 basic=types.MappingProxyType(dict(spec.auth.basic or {})),
             )
-        config = AdminListenerConfig(auth=auth, **kwargs)
+        hosts = frozenset(h.lower().rstrip(".") for h in spec.allowed_hosts or ())
+        config = AdminListenerConfig(auth=auth, allowed_hosts=hosts, **kwargs)
         if not auth.required and not _is_loopback(config.host):
             self.fail(
                 "listeners.admin.auth",
