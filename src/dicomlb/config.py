@@ -13,8 +13,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import ipaddress
+import os
 import re
 import ssl
+import stat
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -457,6 +459,7 @@ class _AdminAuthModel(_Model):
 class _AdminListenerModel(_Model):
     bind: Annotated[tuple[str, int], BeforeValidator(_parse_bind)] | None = None
     auth: _AdminAuthModel | None = None
+    allowed_hosts: list[Annotated[str, Field(strict=True, min_length=1)]] | None = None
 
 
 class _HttpListenerModel(HttpListenerModel):
@@ -589,13 +592,81 @@ class _ConfigModel(_Model):
 
 # --- loading --------------------------------------------------------------------------------
 
+# A configuration is a few kB; these bound what a broken or hostile file costs to read.
+MAX_CONFIG_BYTES = 1024 * 1024  # pure-Python PyYAML took 53 s for 4 MiB of "[1,1,…]" here
+MAX_YAML_DEPTH = 64  # nesting of mappings and lists; a configuration needs about 8
+MAX_ALIAS_NODES = 100_000  # nodes that aliases repeat in all (a "billion laughs" needs 10⁹)
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: PyYAML keeps the last one, silently."""
+# O_NONBLOCK: opening a FIFO for reading would wait for a writer; the mode is checked next.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 class _DuplicateKeyError(yaml.constructor.ConstructorError):
     pass
+
+
+class _LimitError(yaml.composer.ComposerError):
+    """The document nests deeper or repeats more through aliases than a configuration may."""
+
+    @classmethod
+    def at(cls, event: yaml.Event, problem: str) -> _LimitError:
+        return cls(None, None, problem, event.start_mark)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one, silently), nesting
+    deeper than MAX_YAML_DEPTH (the composer recurses per level) and aliases that repeat more
+    than MAX_ALIAS_NODES nodes (aliases cost nothing to compose, but validation walks every
+    repetition), counted while composing so that such a document fails at once."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._repeated = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node: yaml.Node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:  # its anchor is still open: the alias is inside what it names
+                raise _LimitError.at(
+                    event,
+                    f"alias *{event.anchor} refers to a node that contains it; write the value out",
+                )
+            self._repeated += size
+            if self._repeated > MAX_ALIAS_NODES:
+                raise _LimitError.at(
+                    event,
+                    f"aliases repeat more than {MAX_ALIAS_NODES} nodes (a YAML alias "
+                    "bomb?); write the values out or use fewer aliases",
+                )
+            return node
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _LimitError.at(
+                event,
+                f"nested deeper than {MAX_YAML_DEPTH} levels of mappings and lists; a "
+                "configuration needs far fewer",
+            )
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in children)
+        return node
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -619,22 +690,53 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _read_config(path: str | Path) -> str:
+    """The text of the regular file at `path` (symbolic links followed: Kubernetes mounts a
+    ConfigMap as links), at most MAX_CONFIG_BYTES. Raises ConfigError."""
+    source = str(path)
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError(source, [ConfigIssue(message=message)])
+
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as err:
+        raise refuse(f"cannot read the file ({err}); check the path") from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+            raise refuse(f"is {kind}, not a regular file; point at the YAML file itself")
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise refuse(f"cannot read the file ({err.strerror}); check the path") from err
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise refuse(
+            f"is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB, the most a configuration "
+            "file may be; check that this is the right file"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise refuse(
+            f"is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
+
+
 def load_snapshot(path: str | Path) -> Snapshot:
     """Read, validate and build the configuration file at `path`. Raises ConfigError."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(
-            source, [ConfigIssue(message=f"cannot read the file ({err}); check the path")]
-        ) from err
+    text = _read_config(path)
     try:
         data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else None
         column = f" (column {mark.column + 1})" if mark else ""
-        if isinstance(err, _DuplicateKeyError):
+        if isinstance(err, _DuplicateKeyError | _LimitError):
             message = str(err.problem)
         else:
             problem = err.problem or err.context or "not valid YAML"
@@ -977,7 +1079,8 @@ class _Builder:
                 bearer_tokens_sha256=frozenset(spec.auth.bearer_tokens_sha256 or ()),
                 basic=types.MappingProxyType(dict(spec.auth.basic or {})),
             )
-        config = AdminListenerConfig(auth=auth, **kwargs)
+        hosts = frozenset(h.lower().rstrip(".") for h in spec.allowed_hosts or ())
+        config = AdminListenerConfig(auth=auth, allowed_hosts=hosts, **kwargs)
         if not auth.required and not _is_loopback(config.host):
             self.fail(
                 "listeners.admin.auth",

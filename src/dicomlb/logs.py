@@ -1,8 +1,12 @@
-"""Logging setup: one event per line, `event key=value ...` or JSON."""
+"""Logging setup: one event per line, `event key=value ...` or JSON.
+
+Values come from peers (AE titles, paths, headers): the formatters make sure each record
+stays one line and each `key=%s` one field, whatever those values hold (see `render`)."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import re
@@ -13,6 +17,64 @@ from typing import Any
 _FIELD = re.compile(r"""\s+([A-Za-z_][\w.]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S*)""")
 _INT = re.compile(r"-?\d{1,18}")
 _RESERVED = frozenset({"time", "level", "logger", "event", "message"})
+
+
+# printf conversions as `msg % args` reads them; `key=%s` is a field whose value is a word.
+_CONVERSION = re.compile(r"%(\([^)]*\))?[#0 +-]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?([a-zA-Z%])")
+_WORD = re.compile(r"[^\s'\"]*")
+_ASCII_WORD = re.compile(r"[!#-&(-~]*")  # printable ASCII but space and quotes
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_arguments(msg: str) -> tuple[int, ...]:
+    """Positions of the arguments that `msg` formats as `key=%s`; none when it is formatted
+    from a mapping or with `*` widths (then only the line is escaped)."""
+    positions: list[int] = []
+    index = 0
+    for match in _CONVERSION.finditer(msg):
+        name, width, precision, kind = match.groups()
+        if name is not None or width == "*" or precision == "*":
+            return ()
+        if kind == "%":
+            continue
+        if kind == "s" and re.search(r"[\w.]=$", msg[: match.start()]):
+            positions.append(index)
+        index += 1
+    return tuple(positions)
+
+
+def _field_value(value: object) -> object:
+    """`value` itself when it prints as one word, else its repr: quoted, with its quotes and
+    control characters escaped (`event_fields` reads it back)."""
+    text = value if isinstance(value, str) else str(value)
+    if _ASCII_WORD.fullmatch(text) or (text.isprintable() and _WORD.fullmatch(text)):
+        return value
+    return repr(text)
+
+
+def _escaped(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _escaped_lines(text: str) -> list[str]:
+    return [part if part.isprintable() else _escaped(part) for part in text.split("\n")]
+
+
+def render(record: logging.LogRecord) -> str:
+    """The record's message as one line: a `key=%s` value that is not one word (an AE title
+    `A result=ok`, a path with a newline) is quoted, and any control character left (CR, LF,
+    ESC, ...) is escaped, so a peer's value can neither start a line nor add a field."""
+    msg, args = record.msg, record.args
+    if args and isinstance(msg, str) and isinstance(args, tuple):
+        for position in _field_arguments(msg):
+            value = args[position] if position < len(args) else ""
+            # The common case in one C call: a str of printable ASCII without spaces or quotes.
+            if type(value) is not str or not _ASCII_WORD.fullmatch(value):
+                args = (*args[:position], _field_value(value), *args[position + 1 :])
+        message = msg % args
+    else:
+        message = record.getMessage()
+    return message if message.isprintable() else _escaped(message)
 
 
 def event_fields(message: str) -> tuple[str, dict[str, Any]]:
@@ -47,7 +109,7 @@ class JsonFormatter(logging.Formatter):
     as `message`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = render(record)
         event, fields = event_fields(message)
         line: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
@@ -72,6 +134,23 @@ class PlainFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
         self._second = -1
         self._text = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """As logging.Formatter.format, with the message from `render`; a traceback's lines
+        are indented, so that a line that starts at the margin is always an event."""
+        record.message = render(record)
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        extra = [
+            record.exc_text or "",
+            self.formatStack(record.stack_info) if record.stack_info else "",
+        ]
+        for text in extra:
+            if text:
+                line += "\n" + "\n".join("  " + part for part in _escaped_lines(text))
+        return line
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)

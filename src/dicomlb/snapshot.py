@@ -276,6 +276,9 @@ class AdminListenerConfig:
     host: str = "127.0.0.1"
     port: int = 8404
     auth: AdminAuth = field(default_factory=AdminAuth)
+    # Host names a browser may use without auth, beside localhost and IP literals (which DNS
+    # rebinding cannot forge), lower case.
+    allowed_hosts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

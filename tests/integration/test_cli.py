@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import pytest
 from tests.dicomdata import make_series, write_series
 from tests.peers import DicomlbProcess, StoreSCP, free_port, have_dcmtk, storescu
 from tests.unit.test_config import EXAMPLE
+from tests.unit.test_config_limits import billion_laughs
 
 
 def dicomlb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -77,3 +79,21 @@ def test_demo_sends_studies_and_reports_where_they_went() -> None:
     assert "studies split across nodes: none" in result.stdout
     assert "node-c" in result.stdout  # CR and US take the default route
     assert "node-a" in result.stdout or "node-b" in result.stdout
+
+
+def test_check_refuses_a_fifo_without_hanging(tmp_path: Path) -> None:
+    config = tmp_path / "lb.yaml"
+    os.mkfifo(config)
+    result = dicomlb("check", "-c", str(config), timeout=20)
+    assert result.returncode == 2
+    assert f"{config}: is a FIFO, not a regular file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_refuses_an_alias_bomb_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "lb.yaml"
+    config.write_text(billion_laughs())
+    result = dicomlb("check", "-c", str(config), timeout=20)
+    assert result.returncode == 2
+    assert "aliases repeat more than" in result.stderr
+    assert "Traceback" not in result.stderr

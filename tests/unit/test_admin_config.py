@@ -97,7 +97,7 @@ def test_watch_is_read() -> None:
 
 def test_authorized_checks_tokens_and_passwords() -> None:
     auth = AdminAuth(bearer_tokens_sha256=frozenset({TOKEN_HASH}), basic={"ops": TOKEN_HASH})
-    assert authorized(auth, "Bearer s3cret-token") == "token"
+    assert authorized(auth, "Bearer s3cret-token") == f"token:{TOKEN_HASH[:8]}"
     assert authorized(auth, "Bearer wrong") is None
     assert authorized(auth, "Basic b3BzOnMzY3JldC10b2tlbg==") == "ops"  # ops:s3cret-token
     assert authorized(auth, "Basic b3BzOndyb25n") is None  # ops:wrong

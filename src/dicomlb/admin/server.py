@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dicomlb import __version__
 from dicomlb.admin.spool import SpoolView
@@ -49,15 +51,17 @@ def _sha256(secret: str) -> str:
 
 
 def authorized(auth: AdminAuth, header: str | None) -> str | None:
-    """Who the Authorization header proves to be ("token" or the user), or None."""
+    """Who the Authorization header proves to be (`token:` and the first 8 hex digits of its
+    digest in the config, or the user), or None."""
     if not header:
         return None
     scheme, _, value = header.partition(" ")
     value = value.strip()
     if scheme.lower() == "bearer" and auth.bearer_tokens_sha256:
         digest = _sha256(value)
-        if any(hmac.compare_digest(digest, known) for known in auth.bearer_tokens_sha256):
-            return "token"
+        for accepted in auth.bearer_tokens_sha256:
+            if hmac.compare_digest(digest, accepted):
+                return f"token:{accepted[:8]}"
     elif scheme.lower() == "basic" and auth.basic:
         try:
             user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
@@ -67,6 +71,44 @@ def authorized(auth: AdminAuth, header: str | None) -> str | None:
         if known is not None and hmac.compare_digest(_sha256(password), known):
             return user
     return None
+
+
+def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a request's Host header names this listener in a way DNS rebinding cannot
+    forge: no header (not a browser), an IP literal, `localhost`, or a configured name. A
+    page from evil.example whose name was made to resolve to 127.0.0.1 sends `evil.example`."""
+    if not host:
+        return True
+    if host.startswith("["):  # [v6]:port
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost") or name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log for the admin listener: a request the peer malformed (a header
+    over 8190 bytes, bad syntax) gets aiohttp's 400 and one line here instead of an ERROR
+    with a traceback; anything else is aiohttp's to log."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            # The exception's text quotes the request (an Authorization header): not logged.
+            log.warning(
+                "admin.refused peer=%s status=%d reason=%s",
+                args[0] if args else "-",
+                exc_info.code,
+                type(exc_info).__name__,
+            )
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 def backend_state(backend: BackendState) -> str:
@@ -97,27 +139,31 @@ class AdminServer:
         r.add_get("/api/v1/listeners", self.listeners)
         r.add_get("/api/v1/pools", self.pools)
         r.add_get("/api/v1/pools/{pool}", self.pool)
-        r.add_post("/api/v1/pools/{pool}/backends", self.add_backend)
+        r.add_post("/api/v1/pools/{pool}/backends", self.add_backend, name="add")
         r.add_get("/api/v1/backends", self.backends)
         r.add_get("/api/v1/backends/{name}", self.backend)
-        r.add_delete("/api/v1/backends/{name}", self.remove_backend)
+        r.add_delete("/api/v1/backends/{name}", self.remove_backend, name="remove")
         r.add_post("/api/v1/backends/{name}/{action:drain|disable|enable}", self.backend_action)
         r.add_get("/api/v1/routes", self.routes)
         r.add_get("/api/v1/associations", self.associations)
         r.add_get("/api/v1/config", self.config)
-        r.add_post("/api/v1/reload", self.reload)
+        r.add_post("/api/v1/reload", self.reload, name="reload")
         r.add_get("/api/v1/spool", self.spool_summary)
         r.add_get("/api/v1/spool/items", self.spool_items)
         r.add_get("/api/v1/spool/items/{id:\\d+}", self.spool_item)
-        r.add_delete("/api/v1/spool/items/{id:\\d+}", self.spool_purge_item)
-        r.add_post("/api/v1/spool/items/{id:\\d+}/retry", self.spool_retry_item)
-        r.add_post("/api/v1/spool/retry-dead", self.spool_retry_dead)
-        r.add_post("/api/v1/spool/purge-dead", self.spool_purge_dead)
+        r.add_delete("/api/v1/spool/items/{id:\\d+}", self.spool_purge_item, name="spool-purge")
+        r.add_post("/api/v1/spool/items/{id:\\d+}/retry", self.spool_retry_item, name="spool-retry")
+        r.add_post("/api/v1/spool/retry-dead", self.spool_retry_dead, name="spool-retry-dead")
+        r.add_post("/api/v1/spool/purge-dead", self.spool_purge_dead, name="spool-purge-dead")
         self.spool = SpoolView(app.spool, app.metrics) if app.spool is not None else None
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(
-            self.web, access_log=None, handle_signals=False, shutdown_timeout=2.0
+            self.web,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            logger=_ServerLog(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
@@ -146,10 +192,25 @@ class AdminServer:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.monotonic()
-        who = "-"
         config = self.app.snapshot.admin
         auth = config.auth if config is not None else AdminAuth()
-        if auth.required and request.path not in OPEN_PATHS:
+        user = "anonymous"
+        if not auth.required:
+            host = request.headers.get("Host")
+            if not host_allowed(host, config.allowed_hosts if config is not None else frozenset()):
+                log.warning(
+                    "admin.refused peer=%s status=421 reason=host_not_allowed host=%s",
+                    request.remote,
+                    host,
+                )
+                return web.json_response(
+                    {
+                        "error": f"Host {host} is not this listener's; use localhost or its "
+                        "address, or add the name to listeners.admin.allowed_hosts"
+                    },
+                    status=421,
+                )
+        elif request.path not in OPEN_PATHS:
             found = authorized(auth, request.headers.get("Authorization"))
             if found is None:
                 log.warning(
@@ -164,16 +225,17 @@ class AdminServer:
                     status=401,
                     headers={"WWW-Authenticate": scheme},
                 )
-            who = found
-        if request.method in ("POST", "PUT", "PATCH", "DELETE") and (
-            request.content_type != "application/json"
-        ):
-            return web.json_response(
-                {"error": "send Content-Type: application/json (a body of {} is enough)"},
-                status=415,
-            )
+            user = found
         status = 500
         try:
+            if request.method in ("POST", "PUT", "PATCH", "DELETE") and (
+                request.content_type != "application/json"
+            ):
+                status = 415
+                return web.json_response(
+                    {"error": "send Content-Type: application/json (a body of {} is enough)"},
+                    status=415,
+                )
             response = await handler(request)
             status = response.status
             return response
@@ -181,18 +243,39 @@ class AdminServer:
             status = err.status
             raise
         finally:
-            level = logging.DEBUG if request.method in ("GET", "HEAD") else logging.INFO
-            if log.isEnabledFor(level):
-                log.log(
-                    level,
+            self._log_request(request, user, status, time.monotonic() - started)
+
+    def _log_request(self, request: web.Request, user: str, status: int, seconds: float) -> None:
+        """Every request that may change something: `admin.audit` (who, what, from where, the
+        outcome); reads: `admin.request` at DEBUG."""
+        ms = int(seconds * 1000)
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
                     "admin.request peer=%s user=%s method=%s path=%s status=%d ms=%d",
                     request.remote,
-                    who,
+                    user,
                     request.method,
                     request.path,
                     status,
-                    (time.monotonic() - started) * 1000,
+                    ms,
                 )
+            return
+        match = request.match_info
+        log.warning(
+            "admin.audit action=%s backend=%s pool=%s item=%s user=%s peer=%s method=%s "
+            "path=%s status=%d ms=%d",
+            match.get("action") or match.route.name or "-",
+            match.get("name", "-"),
+            match.get("pool", "-"),
+            match.get("id", "-"),
+            user,
+            request.remote,
+            request.method,
+            request.path,
+            status,
+            ms,
+        )
 
     # -------------------------------------------------------- probes and metrics
 

@@ -28,7 +28,7 @@ from dicomlb.dicom.dimse import (
     response,
 )
 from dicomlb.dicom.negotiation import related_general_classes
-from dicomlb.dicom.tags import HeaderScanner, tag_name
+from dicomlb.dicom.tags import HeaderScanner, is_uid, tag_name
 from dicomlb.dicom.upstream import (
     Rejected,
     Unreachable,
@@ -255,7 +255,7 @@ class Relay:
                         route.name,
                         pool.name,
                         backend.name,
-                        key,
+                        key if route.pool.key is not None and is_uid(route.pool.key) else "-",
                     )
                 if maybe_up is not None:
                     break

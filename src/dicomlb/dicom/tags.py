@@ -37,6 +37,7 @@ __all__ = [
     "HeaderScanner",
     "ScanBudget",
     "ScanLease",
+    "is_uid",
     "tag_from_name",
     "tag_name",
 ]
@@ -127,6 +128,12 @@ def tag_from_name(name: str) -> int:
 def tag_name(tag: int) -> str:
     """Return the keyword of `tag`, or ``"(gggg,eeee)"`` when it has none."""
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def is_uid(tag: int) -> bool:
+    """Whether the attribute `tag` holds a UID (VR UI): such values may be logged, while
+    names, IDs and accession numbers are patient data and are not."""
+    return _dictionary_vr(tag) == "UI"
 
 
 def _dictionary_vr(tag: int) -> str:
