@@ -337,6 +337,7 @@ class UpstreamAssociation(asyncio.Protocol):
         for future in self._responses.values():
             if not future.done():
                 future.set_exception(error)
+                future.exception()  # its awaiter may be gone (a cancelled message): no warning
         self._responses.clear()
         self._on_response.clear()
         self._on_pending.clear()
