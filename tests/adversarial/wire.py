@@ -128,6 +128,8 @@ def _config(target: FuzzTarget) -> str:
                 "ae_title": "DICOMLB",
                 "artim_timeout": ARTIM,
                 "idle_timeout": IDLE,
+                # the fuzzer's sessions come from 8 addresses; let them reach the parsers
+                "max_negotiating_per_ip": 64,
             },
             "http": {
                 "bind": f"{LOOPBACK}:{target.http_port}",
@@ -324,14 +326,16 @@ class FuzzTarget:
 # --------------------------------------------------------------------------- replay
 
 
-async def replay(port: int, plan: Plan, *, read_for: float = 0.5) -> None:
+async def replay(port: int, plan: Plan, *, source: str = LOOPBACK, read_for: float = 0.5) -> None:
     """Send a plan's pieces to `port`, read whatever comes back for a moment, end as told.
 
     Every wait is bounded: a hostile session lasts at most a few seconds here, whatever
     the server does (a LINGER session waits for the server to act, up to SETTLE).
     """
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), 5)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(LOOPBACK, port, local_addr=(source, 0)), 5
+        )
     except (OSError, TimeoutError):
         return
     try:
@@ -507,7 +511,8 @@ async def _run(
                 f"{time.monotonic() - started:.3f} {plan.kind} {plan.mutation} {plan.end.value}\n"
             )
             port = target.dicom_port if not plan.kind.startswith("http") else target.http_port
-            await replay(port, plan)
+            # hostile peers come from addresses of their own; the canary from 127.0.0.1
+            await replay(port, plan, source=f"127.0.0.{2 + done % 8}")
 
     try:
         await asyncio.gather(*(worker() for _ in range(parallel)))
