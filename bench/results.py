@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -22,3 +23,17 @@ def write_section(name: str, body: list[str]) -> None:
         RESULTS.write_text(head + section + rest.split(end, 1)[1])
     else:
         RESULTS.write_text(text.rstrip("\n") + "\n\n" + section + "\n")
+
+
+def git_head() -> str:
+    """The short commit the benchmark ran on ("unknown" outside a checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(RESULTS.parent.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()

@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import os
 import struct
-import subprocess
 import sys
 import time
 import warnings
@@ -39,7 +38,7 @@ def _source_path() -> None:
 
 _source_path()
 
-from bench.results import write_section  # noqa: E402
+from bench.results import git_head, write_section  # noqa: E402
 
 from dicomlb.dicom import uids  # noqa: E402
 from dicomlb.dicom.tags import MAX_BYTES, HeaderScanner  # noqa: E402
@@ -132,19 +131,6 @@ def scan_cpu(ts: str, data: bytes, fragment: int) -> tuple[float, int]:
     else:
         scanner.finish()
     return time.process_time() - started, fed
-
-
-def git_head() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def main() -> None:
