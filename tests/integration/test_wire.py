@@ -205,9 +205,12 @@ class TinyBackend:
     """A backend that accepts every context but announces Maximum Length `max_length`, and
     records the first PDU dicomlb sends after its A-ASSOCIATE-AC."""
 
-    def __init__(self, max_length: int, transfer_syntax: str | None = None) -> None:
+    def __init__(
+        self, max_length: int, transfer_syntax: str | None = None, answer: bytes = b""
+    ) -> None:
         self.max_length = max_length
         self.transfer_syntax = transfer_syntax  # accepted instead of the one proposed
+        self.answer = answer  # sent back after that first PDU
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.after_accept: list[bytes] = []
@@ -242,6 +245,9 @@ class TinyBackend:
                 conn.sendall(encode(ac))
                 try:
                     self.after_accept.append(recv_pdu(conn))
+                    if self.answer:
+                        conn.sendall(self.answer)
+                        recv_pdu(conn)  # dicomlb's A-ABORT
                 except (OSError, ConnectionError):
                     self.after_accept.append(b"")
 
@@ -315,6 +321,28 @@ def test_a_backend_accepting_another_transfer_syntax_is_not_used(
         assert_no_error(caplog)
     finally:
         other.close()
+
+
+def test_a_malformed_answer_fails_the_message_not_the_backend(
+    balancer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A command set with an element outside group 0000, sent back on an established
+    association: a hostile client's request can provoke such an answer, so the message
+    fails and the backend stays in its pool (an active check catches a backend broken for
+    every message)."""
+    command = struct.pack("<HHI", 0x0008, 0x0000, 4) + b"\x00" * 4
+    pdv = struct.pack(">IBB", len(command) + 2, 1, 0x03) + command  # context 1, command, last
+    answer = struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+    tiny = TinyBackend(16384, answer=answer)
+    try:
+        lb = balancer(echo_pool(tiny.port))
+        for _ in range(4):  # more than the default fall of 3
+            assert echo_status(lb.port) == 0x0110
+        assert lb.backend("tiny").health.up
+        assert "backend.down" not in caplog.text
+        assert_no_error(caplog)
+    finally:
+        tiny.close()
 
 
 # ------------------------------------------------------------------ negotiation

@@ -188,7 +188,9 @@ class UpstreamAssociation(asyncio.Protocol):
         except RemoteProtocolError as err:
             log.warning("upstream.protocol_error backend=%s reason=%r", self.backend, str(err))
             self._write(self.assoc.send(err.reply))
-            self._fail(UpstreamError(f"protocol error from backend: {err}", Cause.PROTOCOL_ERROR))
+            # during negotiation the backend itself is at fault; later, it answered a message
+            cause = Cause.MALFORMED_ANSWER if self.established.done() else Cause.PROTOCOL_ERROR
+            self._fail(UpstreamError(f"protocol error from backend: {err}", cause))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.assoc.receive_eof()
