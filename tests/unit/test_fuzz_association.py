@@ -296,7 +296,7 @@ def _mutate(wire: bytes, at: int, value: int, length_delta: int) -> bytes:
     return bytes(buf)
 
 
-def _decode_mutated(pdu: Pdu, at: int, value: int, length_delta: int) -> None:
+def _mutated_pdu_decodes_or_aborts(pdu: Pdu, at: int, value: int, length_delta: int) -> None:
     wire = _mutate(encode(pdu), at, value, length_delta)
     pdu_type, length = split_header(wire[:PDU_HEADER_LEN])
     body = memoryview(wire)[PDU_HEADER_LEN : PDU_HEADER_LEN + length]
@@ -309,7 +309,7 @@ def _decode_mutated(pdu: Pdu, at: int, value: int, length_delta: int) -> None:
 
 
 test_mutated_pdu_decodes_or_aborts, test_mutated_pdu_decodes_or_aborts_slow = fast_and_slow(
-    _decode_mutated,
+    _mutated_pdu_decodes_or_aborts,
     pdu=st.one_of(associate_requests(), associate_accepts(), st.just(pdata(1, b"x" * 30))),
     at=st.integers(0, 1 << 12),
     value=st.integers(0, 255),
@@ -317,7 +317,7 @@ test_mutated_pdu_decodes_or_aborts, test_mutated_pdu_decodes_or_aborts_slow = fa
 )
 
 
-def _acceptor_reads_mutated_stream(
+def _acceptor_reads_mutated_request(
     request: AssociateRequest, at: int, value: int, length_delta: int, cut: int
 ) -> None:
     # A request damaged anywhere, fed in two pieces: a request, the documented error, or
@@ -334,7 +334,7 @@ def _acceptor_reads_mutated_stream(
 
 
 test_acceptor_reads_mutated_request, test_acceptor_reads_mutated_request_slow = fast_and_slow(
-    _acceptor_reads_mutated_stream,
+    _acceptor_reads_mutated_request,
     request=associate_requests(),
     at=st.integers(0, 1 << 12),
     value=st.integers(0, 255),

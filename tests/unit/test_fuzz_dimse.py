@@ -44,7 +44,7 @@ commands = st.builds(
 messages = st.tuples(commands, st.lists(st.binary(max_size=3000), min_size=1, max_size=3))
 
 
-def _sent_then_assembled(
+def _messages_round_trip_at_any_split(
     sent: list[tuple[Command, list[bytes]]], peer_max_pdu: int, cuts: list[int]
 ) -> None:
     pair = AssociationPair(acceptor_max_pdu=peer_max_pdu)
@@ -77,13 +77,11 @@ def _sent_then_assembled(
     assert not assembler.expecting_data
 
 
-test_messages_round_trip_at_any_split, test_messages_round_trip_at_any_split_slow = (
-    fast_and_slow(
-        _sent_then_assembled,
-        sent=st.lists(messages, min_size=1, max_size=4),
-        peer_max_pdu=st.sampled_from([1024, 1500, 4096, 16384, 0]),
-        cuts=cut_lists,
-    )
+test_messages_round_trip_at_any_split, test_messages_round_trip_at_any_split_slow = fast_and_slow(
+    _messages_round_trip_at_any_split,
+    sent=st.lists(messages, min_size=1, max_size=4),
+    peer_max_pdu=st.sampled_from([1024, 1500, 4096, 16384, 0]),
+    cuts=cut_lists,
 )
 
 
@@ -104,7 +102,7 @@ pdvs = st.builds(
 )
 
 
-def _model_agrees(batches: list[list[PresentationDataValue]]) -> None:
+def _random_pdvs_follow_the_model(batches: list[list[PresentationDataValue]]) -> None:
     """Whatever the PDVs, the assembler gives what a plain reading of PS3.7 E.2 gives, or
     RemoteProtocolError with an A-ABORT; nothing else escapes."""
     assembler = MessageAssembler()
@@ -144,7 +142,8 @@ def _model_agrees(batches: list[list[PresentationDataValue]]) -> None:
 
 
 test_random_pdvs_follow_the_model, test_random_pdvs_follow_the_model_slow = fast_and_slow(
-    _model_agrees, batches=st.lists(st.lists(pdvs, min_size=1, max_size=4), max_size=6)
+    _random_pdvs_follow_the_model,
+    batches=st.lists(st.lists(pdvs, min_size=1, max_size=4), max_size=6),
 )
 
 
