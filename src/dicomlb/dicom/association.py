@@ -151,10 +151,13 @@ class Association:
 
         P-DATA values are memoryviews into `data` (or into a joined buffer), never copied.
         """
+        if self._ended():
+            return []
         if self._pending:
             self._pending.append(data)
             self._pending_len += len(data)
-            if self._pending_len < self._need:
+            if self._pending_len < self._need or self.state is S.STA3:
+                self._check_held()
                 return []
             data = b"".join(self._pending)
             self._pending.clear()
@@ -163,7 +166,7 @@ class Association:
         pos = 0
         events: list[Event] = []
         need = PDU_HEADER_LEN
-        while end - pos >= PDU_HEADER_LEN and self.state is not S.STA3:
+        while end - pos >= PDU_HEADER_LEN and self.state is not S.STA3 and not self._ended():
             pdu_type, length = split_header(view[pos : pos + PDU_HEADER_LEN])
             self._check_header(pdu_type, length)
             need = PDU_HEADER_LEN + length
@@ -175,11 +178,12 @@ class Association:
             event = self._received(decode_pdu(pdu_type, body))
             if event is not None:
                 events.append(event)
-        if pos < end:
+        if pos < end and not self._ended():
             rest = data[pos:]
             self._pending = [rest]
             self._pending_len = len(rest)
             self._need = need
+            self._check_held()
         else:
             self._pending_len = 0
         return events
@@ -196,6 +200,20 @@ class Association:
         if previous in (S.STA2, S.STA13, S.STA1):
             return None  # AA-2: just close
         return Abort(source=AbortSource.SERVICE_PROVIDER, reason=AbortReason.NOT_SPECIFIED)
+
+    def _ended(self) -> bool:
+        # Sta1 after a start in Sta2 / Sta4: the association is over (abort, release,
+        # rejection, EOF, ARTIM) and the transport closing; nothing after its last PDU is read.
+        return self.state is S.STA1
+
+    def _check_held(self) -> None:
+        # PS3.8 9.2: until its A-ASSOCIATE-RQ is answered (Sta3) the peer may send only an
+        # A-ABORT. What it sends is held unread, up to one control PDU's worth, not more.
+        if self.state is S.STA3 and self._pending_len > PDU_HEADER_LEN + MAX_CONTROL_PDU:
+            self.state = S.STA13
+            raise _unexpected(
+                f"{self._pending_len} bytes sent before the A-ASSOCIATE-RQ was answered"
+            )
 
     def _check_header(self, pdu_type: int, length: int) -> None:
         if pdu_type not in _PDU_TYPES:
