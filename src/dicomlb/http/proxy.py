@@ -231,7 +231,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_started: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
-        self.handshake: asyncio.Task[None] | None = None  # TLS, until the client's head
+        self.handshake: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
         self.discarding = False  # dropping the rest of a request body answered early
         self.discard_started = 0.0
         self.lingering: LingeringClose | None = None
