@@ -659,6 +659,9 @@ class Orthanc(_Peer):
                 with self._opener.open(f"{self.url}/system", timeout=1.0) as response:
                     if response.status == 200:
                         break
+            except urllib.error.HTTPError as err:
+                if err.code == 401:  # AuthenticationEnabled: it answers, so it is up
+                    break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:

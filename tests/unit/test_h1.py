@@ -21,7 +21,9 @@ from dicomlb.http.h1 import (
     Response,
     ResponseReader,
     Upgrade,
+    can_discard,
     chunk,
+    close_connection,
     forward_head,
     last_chunk,
     serialize_request,
@@ -163,6 +165,51 @@ def test_expect_continue_flag() -> None:
         b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
     )
     assert isinstance(req, Request) and req.expect_continue
+
+
+def head_of(wire: bytes) -> Request:
+    request = RequestReader().receive_data(wire)[0]
+    assert isinstance(request, Request)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("fields", "received", "discard"),
+    [
+        (b"Content-Length: 1000\r\n", 0, True),
+        (b"Content-Length: 1000\r\n", 500, True),
+        (b"Content-Length: 1101\r\n", 0, False),  # more than the limit left
+        (b"Content-Length: 1101\r\n", 1, True),
+        (b"Transfer-Encoding: chunked\r\n", 10, False),  # no known end
+        (b"Content-Length: 100\r\nConnection: close\r\n", 10, False),
+        (b"Content-Length: 100\r\nExpect: 100-continue\r\n", 0, False),  # may never come
+        (b"Content-Length: 100\r\nExpect: 100-continue\r\n", 1, True),  # it is coming
+    ],
+)
+def test_can_discard(fields: bytes, received: int, discard: bool) -> None:
+    request = head_of(b"POST / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n")
+    assert can_discard(request, received, 1100) is discard
+
+
+def test_can_discard_http10_only_with_keep_alive() -> None:
+    wire = b"POST / HTTP/1.0\r\nContent-Length: 10\r\n%s\r\n"
+    assert not can_discard(head_of(wire % b""), 0, 100)
+    assert can_discard(head_of(wire % b"Connection: keep-alive\r\n"), 0, 100)
+
+
+def test_close_connection_replaces_the_connection_fields() -> None:
+    fields = [
+        (b"Content-Length", b"5"),
+        (b"connection", b"keep-alive"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"WWW-Authenticate", b"Basic"),
+    ]
+    close_connection(fields)
+    assert fields == [
+        (b"Content-Length", b"5"),
+        (b"WWW-Authenticate", b"Basic"),
+        (b"Connection", b"close"),
+    ]
 
 
 def test_upgrade_request_hands_over_the_rest() -> None:

@@ -118,6 +118,7 @@ class HttpListenerModel(_Model):
     keepalive_timeout: Duration | None = None
     idle_timeout: Duration | None = None
     tunnel_timeout: Duration | None = None
+    discard_body_max: Annotated[StrictInt, Field(ge=0)] | None = None
     encoded_slashes: EncodedSlashes | None = None
 
 

@@ -52,7 +52,9 @@ __all__ = [
     "Response",
     "ResponseReader",
     "Upgrade",
+    "can_discard",
     "chunk",
+    "close_connection",
     "forward_head",
     "head_fields",
     "header",
@@ -712,6 +714,33 @@ class _Decoding:
         self.on_message_complete = reader.on_message_complete
         self.on_header = reader._on_field
         self.on_body = reader._on_body
+
+
+def can_discard(request: Request, received: int, limit: int) -> bool:
+    """Whether, after an answer that came before the whole request body, the rest of the
+    body may be read and dropped so that the connection carries the client's next request:
+    the client allows that (keep-alive), the body's length is known and at most `limit`
+    bytes of it remain, and the client has begun sending it. A client that asked for
+    100-continue and got its final answer before sending anything may never send the body
+    (RFC 9110 10.1.1), so the next bytes could be its next request or the body: such a
+    connection, and one whose body has no known end, is closed instead (the answer says so,
+    RFC 9112 9.6)."""
+    length = request.content_length
+    if not request.keep_alive or request.chunked or request.upgrade or length is None:
+        return False
+    if request.expect_continue and received == 0:
+        return False
+    return length - received <= limit
+
+
+def close_connection(headers: list[tuple[bytes, bytes]]) -> None:
+    """Edit a response's fields to say the connection closes after it (RFC 9112 9.6): the
+    Connection and Keep-Alive fields replaced by `Connection: close`."""
+    headers[:] = [f for f in headers if f[0].lower() not in _CONNECTION_FIELDS]
+    headers.append((b"Connection", b"close"))
+
+
+_CONNECTION_FIELDS = frozenset((b"connection", b"keep-alive"))
 
 
 # --- writing --------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ from dicomlb.http.h1 import (
     RequestReader,
     Response,
     Upgrade,
+    can_discard,
     chunk,
+    close_connection,
     forward_head,
     header,
     last_chunk,
@@ -62,15 +64,21 @@ from dicomlb.http.upstream import BackendConnections, UpstreamConnection
 from dicomlb.pools import BackendState, Pool
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import Strategy
+from dicomlb.tls import ServerHandshake
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClientConnection", "Exchange", "HttpListener", "HttpRuntime"]
+__all__ = ["ClientConnection", "Exchange", "HttpListener", "HttpRuntime", "LingeringClose"]
 
 DEFAULT_POOL_HTTP = HttpPoolConfig()
 CLIENT_WRITE_HIGH = 256 * 1024
 PENDING_HIGH = 256 * 1024  # body bytes held while a backend connection is being opened
 QUEUE_HIGH = 64  # pipelined events held before reading from the client pauses
+# Reading and dropping what a client still sends after its answer (a request body answered
+# early, or a connection being closed): at most this long between reads and in all (nginx's
+# lingering_timeout and lingering_time).
+LINGER_TIMEOUT = 5.0
+LINGER_TIME = 30.0
 WRITES = frozenset((b"POST", b"PUT", b"DELETE", b"PATCH"))  # to an Orthanc pool's writer
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE", b"PROPFIND"))
 _ERROR = object()  # queued in place of events after a malformed request
@@ -169,8 +177,6 @@ class HttpListener:
             self.config.port,
             backlog=1024,
             reuse_address=True,
-            ssl=tls.context if tls is not None else None,
-            ssl_handshake_timeout=self.config.head_timeout if tls is not None else None,
         )
         log.info(
             "listener.started listener=http bind=%s:%d tls=%s",
@@ -225,6 +231,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_started: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+        self.handshake: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
+        self.discarding = False  # dropping the rest of a request body answered early
+        self.discard_started = 0.0
+        self.lingering: LingeringClose | None = None
 
     # asyncio callbacks ---------------------------------------------------------------------
 
@@ -239,18 +249,52 @@ class ClientConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
         clients = self.listener.clients
+        tls = self.config.tls
         if len(clients) >= self.config.max_connections or descriptors.in_headroom(
             descriptors.transport_fd(transport), self.listener.fd_limit
         ):
             log.warning("http.refused peer=%s:%d reason='too many connections'", *self.peer)
-            transport.write(
-                LocalResponse(status=503, body=b"too many connections\n", close=True).serialize()
-            )
+            if tls is None:  # (no handshake is spent on a client refused)
+                transport.write(
+                    LocalResponse(
+                        status=503, body=b"too many connections\n", close=True
+                    ).serialize()
+                )
             transport.close()
             self.closed = True
             return
-        clients.add(self)
+        clients.add(self)  # counted while its TLS handshake runs too
+        if tls is not None:
+            self.handshake = self.loop.create_task(
+                self._start_tls(ServerHandshake(transport), tls.context)
+            )
+            return
         self._ensure_timer(self.config.keepalive_timeout)
+
+    async def _start_tls(self, handshake: ServerHandshake, context: ssl.SSLContext) -> None:
+        """Run the server side of the TLS handshake (within `head_timeout`); the client's
+        requests are then read through it. A refused handshake is logged, one line."""
+        try:
+            tls = await handshake.run(context, self.config.head_timeout)
+        except Exception as err:  # the client's handshake failed; the connection is closed
+            log.warning(
+                "listener.tls_failed listener=http peer=%s:%d reason=%r",
+                *self.peer,
+                str(err) or type(err).__name__,
+            )
+            self.closed = True
+            self.listener.clients.discard(self)
+            return
+        finally:
+            self.handshake = None
+        if self.closed:  # (stopped meanwhile)
+            tls.close()
+            return
+        self.transport = tls
+        tls.set_write_buffer_limits(high=CLIENT_WRITE_HIGH)
+        self.last_activity = self.loop.time()
+        self._ensure_timer(self.config.keepalive_timeout)
+        handshake.hand_over(tls, self)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
@@ -268,6 +312,10 @@ class ClientConnection(asyncio.Protocol):
             return
         exchange = self.exchange
         if exchange is None and not self.queue:
+            if self.discarding:
+                events = self._discard(events)
+                if not events and self.reader.state is not ReaderState.HEAD:
+                    return
             if (
                 len(events) == 2 and type(events[1]) is EndOfMessage and not events[0].chunked  # type: ignore[union-attr]
             ):
@@ -399,15 +447,59 @@ class ClientConnection(asyncio.Protocol):
             if self.timer is None or self.timer_at > self.last_activity + limit:
                 self._ensure_timer(limit)
 
-    def exchange_done(self, keep_alive: bool) -> None:
-        """The exchange in progress has sent its whole response."""
+    def exchange_done(self, keep_alive: bool, *, body_pending: bool = False) -> None:
+        """The exchange in progress has sent its whole response; `body_pending`: before
+        the whole request body came (an early answer). That rest is then read and dropped,
+        and the connection kept when `keep_alive` (the exchange checked it is bounded), or
+        it is closed lingering."""
         self.exchange = None
         self.last_activity = self.loop.time()
+        if body_pending:
+            if keep_alive and not self.closing_after_exchange:
+                self._discard_rest()
+            else:
+                self.linger()
+            return
         if not keep_alive or self.closing_after_exchange:
             self.close()
             return
         if self.queue:
             self._pump()
+
+    def _discard_rest(self) -> None:
+        """Read and drop the rest of the answered request's body, then carry on with the
+        next request; bounded by LINGER_TIMEOUT / LINGER_TIME (the timer)."""
+        self.discarding = True
+        self.discard_started = self.last_activity
+        if self.queue:
+            rest = self._discard(list(self.queue))
+            self.queue.clear()
+            self.queue.extend(rest)
+        self._ensure_timer(LINGER_TIMEOUT)
+        if self.queue:
+            self._pump()
+
+    def _discard(self, events: list[Any]) -> list[Any]:
+        """Drop the body pieces at the start of `events`; the events after the body's end
+        (discarding stops there)."""
+        for i, event in enumerate(events):
+            if type(event) is not Data:
+                self.discarding = False
+                return events[i + 1 :] if type(event) is EndOfMessage else events[i:]
+        return []
+
+    def linger(self) -> None:
+        """Close, without the kernel resetting the connection (and with it maybe the answer
+        the client has not read yet) for the bytes the client still sends: see
+        `LingeringClose`."""
+        if self.closed or self.transport is None:
+            return
+        self.closed = True
+        self.queue.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.lingering = LingeringClose(self, self.transport)
 
     def _refuse(self) -> None:
         err = self.error
@@ -422,9 +514,13 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
+        if self.handshake is not None:
+            self.handshake.cancel()  # (it closes the connection)
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
+        elif self.lingering is not None:
+            self.lingering.transport.close()
         self.listener.clients.discard(self)
 
     # timeouts ------------------------------------------------------------------------------
@@ -453,6 +549,9 @@ class ClientConnection(asyncio.Protocol):
                 # Waiting for the backend: client bytes (pipelined requests) do not
                 # postpone the 504.
                 deadline_from = max(exchange.started, exchange.backend_activity)
+        elif self.discarding:
+            limit = LINGER_TIMEOUT  # since the last read, and LINGER_TIME in all
+            deadline_from = min(self.last_activity, self.discard_started + LINGER_TIME - limit)
         elif self.head_started is not None or self.reader.state is ReaderState.HEAD:
             start = self.head_started if self.head_started is not None else self.last_activity
             limit, deadline_from = self.config.head_timeout, start
@@ -464,6 +563,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if exchange is not None:
             exchange.timed_out(limit)
+        elif self.discarding:
+            log.info(
+                "http.closed peer=%s:%d reason='request body still coming %gs after its answer'",
+                *self.peer,
+                now - self.discard_started,
+            )
+            self.close()
         elif self.tunnel is None and (
             self.head_started is not None or self.reader.state is ReaderState.HEAD
         ):
@@ -482,6 +588,49 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         if not self.closed:
             self._ensure_timer(self.config.idle_timeout)
+
+
+class LingeringClose(asyncio.Protocol):
+    """A client connection closing while the client may still be sending (a request body
+    that will not be read): closing at once would make the kernel answer those bytes with a
+    reset, which can destroy the answer before the client reads it. So the answer goes out,
+    the sending side is shut (TLS cannot half-close: there the answer alone goes out), and
+    what the client still sends is read and dropped until it closes, for at most
+    LINGER_TIMEOUT between reads and LINGER_TIME in all (nginx's lingering close). The
+    connection counts toward `max_connections` until it is gone."""
+
+    def __init__(self, client: ClientConnection, transport: asyncio.Transport) -> None:
+        self.client = client
+        self.transport = transport
+        self.loop = client.loop
+        self.started = self.last = self.loop.time()
+        transport.set_protocol(self)
+        if transport.can_write_eof():
+            transport.write_eof()  # after what is buffered
+        transport.resume_reading()
+        self.timer = self.loop.call_later(LINGER_TIMEOUT, self._check)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self.loop.time()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+        self.client.connection_lost(exc)
+
+    def _check(self) -> None:
+        deadline = min(self.last + LINGER_TIMEOUT, self.started + LINGER_TIME)
+        if self.loop.time() < deadline:
+            self.timer = self.loop.call_at(deadline, self._check)
+            return
+        log.info(
+            "http.closed peer=%s:%d reason='still sending %gs after its answer'",
+            *self.client.peer,
+            self.loop.time() - self.started,
+        )
+        self.transport.abort()  # (a client neither reading nor closing: its time is up)
 
 
 class Exchange:
@@ -524,6 +673,7 @@ class Exchange:
     # else the reader only frames the response and its bytes are relayed as they came.
     decode = False
     ready = False  # out has something complete to write
+    close_client = False  # the answer came before the request body, which is not drained
 
     def __init__(self, client: ClientConnection, request: Request) -> None:
         self.client = client
@@ -942,15 +1092,42 @@ class Exchange:
         if self.response_edits:
             self._drop_verbatim()
         self.ready = True
+        if not self.request_done and status != 101 and not self.request.upgrade:
+            self._early(response)
         if not self.verbatim:  # the head written again, the body framed again
             headers = response.headers
-            if self.response_edits:
+            if self.response_edits or self.close_client:
                 edited = list(headers)
                 for edit in self.response_edits:
                     edit(edited)
+                if self.close_client:
+                    close_connection(edited)
                 headers = tuple(edited)
             self.response_chunked = response.chunked
             self.out.append(serialize_response(status, headers, response.reason, response.version))
+
+    def _early(self, response: Response) -> None:
+        """The answer came before the whole request body. The rest is read and dropped
+        after it, and the connection kept, when `can_discard` allows; else the answer says
+        `Connection: close` and the connection closes lingering after it."""
+        config = self.client.config
+        if can_discard(self.request, self.bytes_in, config.discard_body_max):
+            return
+        self.close_client = True
+        if not self.verbatim:
+            return  # (the head is written from its fields, with the edit)
+        out = self.out
+        data = b"".join(out)
+        at = data.find(response.head)
+        if at < 0:
+            # The head's start went out in an earlier write, behind a 100 Continue: that
+            # client sends its body, so it is dropped after all (bounded in time only).
+            self.close_client = False
+            return
+        edited = list(response.headers)
+        close_connection(edited)
+        head = serialize_response(response.status, edited, response.reason, response.version)
+        out[:] = [data[:at], head, data[at + len(response.head) :]]
 
     def _drop_verbatim(self) -> None:
         """From here on write the response from events (the head is rewritten)."""
@@ -984,7 +1161,10 @@ class Exchange:
         keep_upstream = response.keep_alive and self.request_done and not self.request.upgrade
         self._release_upstream(reuse=keep_upstream)
         self._finish(
-            keep_alive=response.keep_alive and self.request.keep_alive and not self.request.upgrade
+            keep_alive=response.keep_alive
+            and self.request.keep_alive
+            and not self.request.upgrade
+            and not self.close_client
         )
 
     def _can_retry(self, *, safe_status: bool = False) -> bool:
@@ -1035,7 +1215,6 @@ class Exchange:
             LocalResponse(
                 status=502,
                 body=f"backend {backend.name} failed: {reason}\n".encode(),
-                close=not self.request_done,
             )
         )
 
@@ -1133,7 +1312,10 @@ class Exchange:
             return
         self._release_upstream(reuse=False)
         self.status = response.status
-        close = response.close or not self.request_done
+        close = response.close or not (
+            self.request_done
+            or can_discard(self.request, self.bytes_in, self.client.config.discard_body_max)
+        )
         if close and not response.close:
             response = LocalResponse(
                 status=response.status, body=response.body, headers=response.headers, close=True
@@ -1181,7 +1363,7 @@ class Exchange:
             method=self.request.method,
             target=self.request.target,
         )
-        client.exchange_done(keep_alive and self.request_done)
+        client.exchange_done(keep_alive, body_pending=not self.request_done)
 
     def _log(self) -> None:
         """The access log line (callers check the level first: most runs have it off)."""

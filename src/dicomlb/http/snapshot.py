@@ -31,6 +31,9 @@ class HttpListenerConfig:
     keepalive_timeout: float = 75.0  # an idle client connection between requests
     idle_timeout: float = 60.0  # nothing moves either way during a request
     tunnel_timeout: float = 3600.0  # nothing moves either way through an Upgrade tunnel
+    # After an answer that came before the whole request body: up to this much of the rest
+    # is read and dropped to keep the connection; more → `Connection: close`, closed lingering.
+    discard_body_max: int = 16 * 1024 * 1024
     tls: TlsConfig | None = None  # HTTPS: clients speak TLS (with `ca`: client certificates)
     encoded_slashes: EncodedSlashes = EncodedSlashes.REJECT  # %2F / %5C in a path: 400 or kept
 
