@@ -162,8 +162,11 @@ class RequestReaderMachine(RuleBasedStateMachine):
         try:
             events = self.reader.receive_eof()
         except RemoteProtocolError as err:
-            # Only mid-message, which the written bytes may leave it in.
-            self._failed(err)
+            # Only mid-message, which the written bytes may leave it in: the client's fault
+            # even when what it wrote so far was well formed.
+            assert err.status_hint in CLIENT_ERRORS
+            assert self.reader.state is ReaderState.ERROR
+            self.failed = True
             return
         assert events == []
         assert self.reader.state is not ReaderState.HEAD
