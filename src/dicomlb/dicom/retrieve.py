@@ -461,9 +461,9 @@ async def _destination(relay: Relay, ae_title: str) -> UpstreamAssociation:
     link = relay.destinations.get(ae_title)
     if link is not None and link.usable:
         return link
-    snapshot = relay.runtime.snapshot
-    address = snapshot.dicom_nodes[ae_title]
-    calling = snapshot.dicom.ae_title if snapshot.dicom else "DICOMLB"
+    address = relay.runtime.snapshot.dicom_nodes[ae_title]
+    # The backend's own calling AE title, as its sub-operations would carry directly.
+    calling = relay.inbound.calling_ae
     loop = asyncio.get_running_loop()
     link = None
     try:
