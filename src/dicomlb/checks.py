@@ -154,7 +154,7 @@ class HealthChecker:
             self.metrics.health_check(self.backend.name, False)
             if state.failure(asyncio.get_running_loop().time()):
                 log.warning(
-                    "backend.down backend=%s pool=%s protocol=%s cause=check reason=%r",
+                    "backend.down backend=%s pool=%s cause=check protocol=%s reason=%r",
                     self.backend.name,
                     self.pool,
                     side.value,

@@ -62,11 +62,11 @@ def _went_down(
     protocol: Protocol,
 ) -> None:
     log.warning(
-        "backend.down backend=%s pool=%s protocol=%s cause=passive why=%s reason=%r",
+        "backend.down backend=%s pool=%s cause=passive why=%s protocol=%s reason=%r",
         backend.name,
         pool,
-        protocol.value,
         why,
+        protocol.value,
         reason,
     )
     metrics.backend_transition(backend.name, up=False, cause="passive")
@@ -82,7 +82,7 @@ def _arm_expiry(metrics: Metrics, backend: BackendState, pool: str, protocol: Pr
 def _expire(metrics: Metrics, backend: BackendState, pool: str, protocol: Protocol) -> None:
     if backend.health_of(protocol).expire(asyncio.get_running_loop().time()):
         log.warning(
-            "backend.up backend=%s pool=%s protocol=%s cause=fail_timeout",
+            "backend.up backend=%s pool=%s cause=fail_timeout protocol=%s",
             backend.name,
             pool,
             protocol.value,
