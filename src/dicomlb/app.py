@@ -108,6 +108,7 @@ class App:
                     pool.health,
                     calling_ae,
                     self.metrics,
+                    orthanc=pool.orthanc,
                 )
                 checker.start()
                 self.checkers[backend_config.name] = checker
@@ -248,7 +249,7 @@ class App:
         backend = self.runtime.backends[name]
         backend.mode = mode
         backend.enabled = mode == "enabled"
-        if backend.enabled and backend.health.reset():  # the operator vouches for it
+        if backend.enabled and backend.reset_health():  # the operator vouches for it
             log.warning("backend.up backend=%s cause=admin", name)
             self.metrics.backend_transition(name, up=True, cause="admin")
         if mode == "disabled":

@@ -1,8 +1,10 @@
-"""Active health checks: a C-ECHO to each backend every `interval` (asyncio shell); an HTTP
-request (`http/checks.py`) for backends without a DICOM address or when the pool's
-`health.http` is set.
+"""Active health checks (asyncio shell), every `interval`: a C-ECHO to each backend with a
+DICOM address, an HTTP request (`http/checks.py`) to each with an HTTP address — the pool's
+`health.http`, else `GET /system` for Orthanc pools, else `GET /`. A backend with both
+addresses gets both, each feeding the health state of its own side (`BackendState.health`,
+`.http_health`), so each side's routes see their own.
 
-The verdicts feed each backend's `HealthState` (fall/rise); transitions are logged.
+The verdicts feed the `HealthState`s (fall/rise); transitions are logged.
 """
 
 from __future__ import annotations
@@ -10,19 +12,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 
+from dicomlb.bridge.client import bridge_check
 from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
 from dicomlb.dicom.errors import LocalProtocolError
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
 from dicomlb.health import Cause
 from dicomlb.http.checks import DEFAULT_CHECK, HttpCheckError, http_check
+from dicomlb.http.snapshot import HttpCheckConfig
 from dicomlb.http.upstream import upstream_tls
 from dicomlb.metrics import Metrics
-from dicomlb.pools import BackendState
+from dicomlb.pools import BackendState, Protocol
 from dicomlb.snapshot import HealthConfig
 
 log = logging.getLogger(__name__)
+
+# Orthanc answers `GET /` with a redirect; `/system` answers 200, or 401 when authentication
+# is on and the check has no credentials: Orthanc is alive either way.
+ORTHANC_CHECK = HttpCheckConfig(path="/system", status=(200, 401))
+
+
+def http_check_of(check: HttpCheckConfig | None, *, orthanc: bool) -> HttpCheckConfig:
+    """The HTTP check of a pool: its `health.http`, else Orthanc's `/system` for Orthanc
+    pools, else `GET /` answered 200."""
+    if check is not None:
+        return check
+    return ORTHANC_CHECK if orthanc else DEFAULT_CHECK
 
 
 async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
@@ -67,8 +84,11 @@ class HealthChecker:
         health: HealthConfig,
         calling_ae: str,
         metrics: Metrics | None = None,
+        *,
+        orthanc: bool = False,
     ):
         self.backend = backend
+        self.orthanc = orthanc  # the pool's backends are Orthanc: its REST API is checked so
         self.metrics = metrics if metrics is not None else Metrics()
         self.pool = pool
         self.health = health
@@ -95,45 +115,65 @@ class HealthChecker:
                 task.result()
 
     async def check_once(self) -> bool:
-        """Run one check and record it; True when it passed."""
-        state = self.backend.health
+        """Run one check of each side the backend has (its DICOM and HTTP addresses, at
+        once) and record each in that side's health state; True when all passed."""
         config = self.backend.config
-        try:
-            if config.store is not None and (config.dicom is None or self.health.http):
-                from dicomlb.bridge.client import bridge_check  # store_via: auth, TLS, paths
+        sides: list[tuple[Protocol, Awaitable[object]]] = []
+        if config.dicom is not None:
+            sides.append((Protocol.DICOM, echo(self.backend, self.calling_ae, self.health.timeout)))
+        if config.http is not None:
+            sides.append((Protocol.HTTP, self._http_check()))
+        results = await asyncio.gather(*(self._record(side, check) for side, check in sides))
+        errors = [error for error in results if error is not None]
+        self.last_error = "; ".join(errors) if errors else None
+        return not errors
 
-                await bridge_check(config, self.health.http, self.health.timeout)
-            elif config.http is not None and (config.dicom is None or self.health.http):
-                context, server_name = upstream_tls(config)
-                await http_check(
-                    config.http,
-                    self.health.http or DEFAULT_CHECK,
-                    self.health.timeout,
-                    tls=context,
-                    server_name=server_name,
-                )
-            else:
-                await echo(self.backend, self.calling_ae, self.health.timeout)
+    def _http_check(self) -> Awaitable[object]:
+        config = self.backend.config
+        assert config.http is not None
+        if config.store is not None:  # store_via: its credentials, TLS and paths
+            return bridge_check(config, self.health.http, self.health.timeout)
+        context, server_name = upstream_tls(config)
+        return http_check(
+            config.http,
+            http_check_of(self.health.http, orthanc=self.orthanc),
+            self.health.timeout,
+            tls=context,
+            server_name=server_name,
+        )
+
+    async def _record(self, side: Protocol, check: Awaitable[object]) -> str | None:
+        """Await one side's check and feed its verdict to that side's state; the error."""
+        state = self.backend.health_of(side)
+        # One side's failure is named by its protocol when the other side is checked too.
+        what = f"{side.value}: " if self.backend.split else ""
+        try:
+            await check
         except (UpstreamError, HttpCheckError) as err:
-            self.last_error = str(err)
+            error = f"{what}{err}"
             self.metrics.health_check(self.backend.name, False)
             if state.failure(asyncio.get_running_loop().time()):
                 log.warning(
-                    "backend.down backend=%s pool=%s cause=check reason=%r",
+                    "backend.down backend=%s pool=%s cause=check protocol=%s reason=%r",
                     self.backend.name,
                     self.pool,
-                    self.last_error,
+                    side.value,
+                    error,
                 )
                 self.metrics.backend_transition(self.backend.name, up=False, cause="check")
             else:
-                log.debug("health.failed backend=%s reason=%r", self.backend.name, self.last_error)
-            return False
-        self.last_error = None
+                log.debug("health.failed backend=%s reason=%r", self.backend.name, error)
+            return error
         self.metrics.health_check(self.backend.name, True)
         if state.success():
-            log.warning("backend.up backend=%s pool=%s", self.backend.name, self.pool)
+            log.warning(
+                "backend.up backend=%s pool=%s protocol=%s",
+                self.backend.name,
+                self.pool,
+                side.value,
+            )
             self.metrics.backend_transition(self.backend.name, up=True, cause="check")
-        return True
+        return None
 
     async def _run(self) -> None:
         while not self._stopped:

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
+import typing
 from collections.abc import Sequence
-from typing import Protocol
 
 from dicomlb.health import HealthState
 from dicomlb.snapshot import BackendConfig, HealthConfig, PoolConfig, Strategy
 
 
+class Protocol(enum.Enum):
+    """A side of a backend: its DICOM address or its HTTP one."""
+
+    DICOM = "dicom"
+    HTTP = "http"
+
+
 class BackendState:
-    """What dicomlb knows about one backend while it runs."""
+    """What dicomlb knows about one backend while it runs.
+
+    A backend with both a DICOM and an HTTP address has a health state per side (Orthanc's
+    REST API may answer while its DICOM server does not, and the other way round): the DICOM
+    relay picks on `health`, the HTTP proxy on `http_health`. With one address both names
+    are the same state.
+    """
 
     def __init__(self, config: BackendConfig, health: HealthConfig) -> None:
         self.config = config
@@ -20,10 +34,12 @@ class BackendState:
         self.name = config.name
         self.weight = config.weight
         # Without active checks nothing else brings a passively failed backend back.
-        self.health = HealthState(
-            fall=health.fall,
-            rise=health.rise,
-            fail_timeout=None if health.enabled else health.fail_timeout,
+        fail_timeout = None if health.enabled else health.fail_timeout
+        self.health = HealthState(fall=health.fall, rise=health.rise, fail_timeout=fail_timeout)
+        self.http_health = (
+            HealthState(fall=health.fall, rise=health.rise, fail_timeout=fail_timeout)
+            if config.dicom is not None and config.http is not None
+            else self.health
         )
         self.enabled = True  # False: drained or disabled by the operator
         self.mode = "enabled"  # what the operator asked: enabled | draining | disabled
@@ -31,11 +47,29 @@ class BackendState:
 
     @property
     def available(self) -> bool:
-        """Healthy and enabled: may receive new work."""
+        """Healthy (its DICOM side, or its only side) and enabled: may receive new work."""
         return self.enabled and self.health.up
 
+    @property
+    def http_available(self) -> bool:
+        """Its HTTP side healthy and enabled: may receive new requests."""
+        return self.enabled and self.http_health.up
 
-class Chooser(Protocol):
+    @property
+    def split(self) -> bool:
+        """Whether its two sides have health states of their own."""
+        return self.http_health is not self.health
+
+    def health_of(self, protocol: Protocol) -> HealthState:
+        return self.http_health if protocol is Protocol.HTTP else self.health
+
+    def reset_health(self) -> bool:
+        """Both sides up now (the operator enabled it); True when one was down."""
+        reset = self.health.reset()
+        return self.http_health.reset() or reset
+
+
+class Chooser(typing.Protocol):
     def choose(self, available: Sequence[BackendState], key: str) -> BackendState: ...
 
 
@@ -122,13 +156,23 @@ class Pool:
     def name(self) -> str:
         return self.config.name
 
-    def pick(self, key: str = "", exclude: frozenset[str] = frozenset()) -> BackendState | None:
+    def pick(
+        self,
+        key: str = "",
+        exclude: frozenset[str] = frozenset(),
+        protocol: Protocol = Protocol.DICOM,
+    ) -> BackendState | None:
         """The backend for the next message, or None when no backend is available.
 
-        `exclude` names backends already tried for this message.
+        `exclude` names backends already tried for this message; `protocol` is the side the
+        message goes to, whose health counts.
         """
         # `enabled and health.up` is `available`, spelled out: no property call per backend.
-        if exclude:
+        if protocol is Protocol.HTTP:
+            available = [
+                b for b in self.backends if b.enabled and b.http_health.up and b.name not in exclude
+            ]
+        elif exclude:
             available = [
                 b for b in self.backends if b.enabled and b.health.up and b.name not in exclude
             ]

@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dicomlb.checks import http_check_of
 from dicomlb.config import build_snapshot
 from dicomlb.health import Cause, HealthState, counts_against_backend
+from dicomlb.http.snapshot import HttpCheckConfig
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import HealthConfig
 
@@ -173,3 +175,11 @@ def test_fail_timeout_applies_only_without_active_checks() -> None:
     checked, unchecked = (BackendState(p.backends[0], p.health) for p in snapshot.pools.values())
     assert checked.health.fail_timeout is None  # the checks bring it back
     assert unchecked.health.fail_timeout == 3.0
+
+
+def test_orthanc_pools_check_system_and_take_401_for_alive() -> None:
+    # Orthanc answers `GET /` with a redirect: `/system`, 200 or 401 without credentials.
+    assert http_check_of(None, orthanc=True) == HttpCheckConfig(path="/system", status=(200, 401))
+    assert http_check_of(None, orthanc=False) == HttpCheckConfig(path="/", status=(200,))
+    own = HttpCheckConfig(path="/system", username="alice", password="secret")
+    assert http_check_of(own, orthanc=True) is own  # with credentials: 200 expected

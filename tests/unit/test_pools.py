@@ -13,12 +13,20 @@ from dicomlb.pools import (
     BackendState,
     LeastConnections,
     Pool,
+    Protocol,
     RoundRobin,
     Weighted,
     rendezvous_order,
     rendezvous_score,
 )
-from dicomlb.snapshot import BackendConfig, DicomAddress, HealthConfig, PoolConfig, Strategy
+from dicomlb.snapshot import (
+    BackendConfig,
+    DicomAddress,
+    HealthConfig,
+    HttpAddress,
+    PoolConfig,
+    Strategy,
+)
 
 HEALTH = HealthConfig(fall=2, rise=2)
 KEYS = [f"1.2.826.0.1.3680043.8.498.{random.Random(7).getrandbits(60)}.{i}" for i in range(10_000)]
@@ -208,3 +216,38 @@ def test_backend_state_defaults() -> None:
     assert b.available  # fall=2: one failure is not enough
     b.health.failure(0.0)
     assert not b.available
+
+
+def both(name: str) -> BackendState:
+    config = BackendConfig(
+        name=name,
+        dicom=DicomAddress(ae_title=name.upper(), host="127.0.0.1", port=104),
+        http=HttpAddress(host="127.0.0.1", port=8042),
+    )
+    return BackendState(config, HEALTH)
+
+
+def test_a_backend_with_both_addresses_has_a_health_state_per_side() -> None:
+    a, b = both("a"), both("b")
+    members = pool(Strategy.ROUND_ROBIN, [a, b])
+    assert a.split and a.health is not a.http_health
+    a.health.eject(0.0)  # its DICOM side is down, its REST side is not
+    assert {members.pick() for _ in range(4)} == {b}
+    assert {members.pick(protocol=Protocol.HTTP) for _ in range(4)} == {a, b}
+    b.http_health.eject(0.0)
+    assert members.pick(exclude=frozenset({"b"})) is None
+    assert members.pick(protocol=Protocol.HTTP) is a
+    assert (a.available, a.http_available, b.available, b.http_available) == (
+        False,
+        True,
+        True,
+        False,
+    )
+    assert a.reset_health() and b.reset_health()  # the operator's enable: both sides up
+    assert a.available and a.http_available and b.available and b.http_available
+
+
+def test_a_backend_with_one_address_has_one_health_state() -> None:
+    one = backend("one")
+    assert not one.split and one.health is one.http_health
+    assert one.health_of(Protocol.HTTP) is one.health_of(Protocol.DICOM)

@@ -12,6 +12,12 @@ table (Orthanc: `DicomModalities`), which points at dicomlb. dicomlb opens an as
 the client's real address in `dicom_nodes`, as SCP of Storage Commitment (role selection:
 the client takes the SCU role, PS3.4 J.3.3 and PS3.7 D.3.3.4), relays the report byte for
 byte and the client's N-EVENT-REPORT-RSP back to the backend.
+
+The other way round (a backend asked a committer directly, e.g. Orthanc's
+`/modalities/{m}/storage-commitment`, and the committer knows the backend at dicomlb's
+address): the committer's report calls the backend's AE title and is relayed to that backend.
+Either way the relayed association carries the reporter's own calling AE title, as a direct
+report would: requesters accept reports only from the AE they asked.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ from dicomlb.dicom.negotiation import role_item
 from dicomlb.dicom.pdu import RoleSelection
 from dicomlb.dicom.qr import STORAGE_COMMITMENT_PUSH, commitment_holder, commitment_request
 from dicomlb.dicom.relay import MessageFailed
-from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError
+from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState
-from dicomlb.snapshot import StorageCommitment
+from dicomlb.snapshot import DicomAddress, StorageCommitment
 
 if TYPE_CHECKING:
     from dicomlb.dicom.relay import Relay
+    from dicomlb.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -168,40 +175,38 @@ async def report(relay: Relay, message: InboundMessage) -> None:
         _refuse(relay, message, Status.PROCESSING_FAILURE, str(err), what="report")
         return
     pending = relay.runtime.commitments.take(transaction)
-    # Not registered (dicomlb restarted, or the registry overflowed): the backend calls the
-    # requester's AE title, so the called AE names it.
+    # Not registered (the backend is the requester, dicomlb restarted, or the registry
+    # overflowed): the reporter calls the requester's AE title, so the called AE names it.
     requester = pending.requester_ae if pending is not None else inbound.called_ae
-    snapshot = relay.runtime.snapshot
-    address = snapshot.dicom_nodes.get(requester)
-    if address is None:
+    target = _requester(relay.runtime, requester, known_client=pending is not None)
+    if target is None:
         _refuse(
             relay,
             message,
             Status.PROCESSING_FAILURE,
-            f"storage commitment requester {requester} is not in dicomlb's dicom_nodes",
+            f"storage commitment requester {requester} is neither in dicomlb's dicom_nodes "
+            "nor a backend's AE title",
             what="report",
         )
         return
-    calling = snapshot.dicom.ae_title if snapshot.dicom else "DICOMLB"
-    # PS3.7 D.3.3.4: dicomlb proposes only the SCP role, the requester then is the SCU.
-    roles = (
-        role_item(
-            RoleSelection(sop_class_uid=STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
-        ),
-    )
+    address, backend = target
+    # The reporter's own AE title, as a direct report would carry (DESIGN 16): the
+    # requester accepts reports only from the AE it asked.
+    key = (inbound.calling_ae, address.ae_title, _SCP_ROLE)
     pair = (STORAGE_COMMITMENT_PUSH, message.transfer_syntax)
     loop = asyncio.get_running_loop()
     link: UpstreamAssociation | None = None
     try:
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
-                _, link = await loop.create_connection(
-                    lambda: UpstreamAssociation(
-                        f"requester {requester}", (calling, address.ae_title, roles), [pair], 65536
-                    ),
-                    address.host,
-                    address.port,
-                )
+                if backend is not None:  # its TLS and maximum PDU
+                    link = await connect(backend.config, key, [pair])
+                else:
+                    _, link = await loop.create_connection(
+                        lambda: UpstreamAssociation(f"requester {requester}", key, [pair], 65536),
+                        address.host,
+                        address.port,
+                    )
                 await link.established
             context_id = link.context_for(pair)
             if context_id is None:
@@ -231,12 +236,13 @@ async def report(relay: Relay, message: InboundMessage) -> None:
         )
         log.log(
             logging.INFO if status == Status.SUCCESS else logging.WARNING,
-            "commitment.reported transaction=%s backend_aet=%s requester=%s address=%s "
-            "event_type=%d status=0x%04X ms=%d",
+            "commitment.reported transaction=%s reporter_aet=%s requester=%s address=%s "
+            "backend=%s event_type=%d status=0x%04X ms=%d",
             transaction,
             inbound.calling_ae,
             requester,
             address,
+            backend.name if backend is not None else "-",
             command.us(Tag.EVENT_TYPE_ID) or 0,
             status,
             (time.monotonic() - started) * 1000,
@@ -245,6 +251,40 @@ async def report(relay: Relay, message: InboundMessage) -> None:
     finally:
         if link is not None and link.usable:  # not released: cut off, never half-done
             link.abort()
+
+
+# PS3.7 D.3.3.4: the reporter proposes only the SCP role, the requester then is the SCU.
+_SCP_ROLE = (
+    role_item(RoleSelection(sop_class_uid=STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)),
+)
+
+
+def _requester(
+    runtime: Runtime, requester: str, *, known_client: bool
+) -> tuple[DicomAddress, BackendState | None] | None:
+    """Where a report for `requester` goes: its entry in `dicom_nodes`; else, for a
+    transaction dicomlb did not forward (a backend asked a committer directly), the backend
+    with that AE title, available ones first. None when neither is known."""
+    node = runtime.snapshot.dicom_nodes.get(requester)
+    if node is not None or known_client:
+        return (node, None) if node is not None else None
+    named = [
+        b
+        for b in runtime.backends.values()
+        if b.config.dicom is not None and b.config.dicom.ae_title == requester
+    ]
+    if not named:
+        return None
+    backend = next((b for b in named if b.available), named[0])
+    if len(named) > 1:
+        log.warning(
+            "commitment.ambiguous_requester requester=%s backends=%s chosen=%s",
+            requester,
+            ",".join(b.name for b in named),
+            backend.name,
+        )
+    assert backend.config.dicom is not None
+    return backend.config.dicom, backend
 
 
 def _refuse(

@@ -175,7 +175,8 @@ class RetrieveTally:
     backends: tuple[str, ...]
     counts: dict[str, Counts] = field(default_factory=dict)
     finals: dict[str, int] = field(default_factory=dict)  # backend -> final status
-    problems: dict[str, str] = field(default_factory=dict)  # backend -> why it failed
+    problems: dict[str, str] = field(default_factory=dict)  # backend -> why it gave no answer
+    comments: dict[str, str] = field(default_factory=dict)  # backend -> its final Error Comment
     failed_uids: list[str] = field(default_factory=list)  # backends' Failed SOP Instance UIDs
 
     def failed_instances(self, uids: Iterable[str]) -> None:
@@ -300,10 +301,13 @@ def find_final(request: Command, status: int, error_comment: str | None = None) 
     return Command.build(values)
 
 
-def unanswered_comment(problems: Mapping[str, str]) -> str | None:
-    """ "partial: no answer from pacs-b (timed out)", short enough for an Error Comment."""
+def unanswered_comment(problems: Mapping[str, str], *, partial: bool = True) -> str | None:
+    """ "partial: no answer from pacs-b (timed out)", short enough for an Error Comment;
+    when no backend answered at all (`partial` false), "pacs-b: association rejected"."""
     if not problems:
         return None
+    if not partial:
+        return "; ".join(f"{name}: {why}" for name, why in problems.items())
     names = ", ".join(f"{name} ({why})" for name, why in problems.items())
     return f"partial: no answer from {names}"
 

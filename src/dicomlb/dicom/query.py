@@ -47,6 +47,7 @@ from dicomlb.dicom.upstream import (
     UpstreamAssociation,
     UpstreamError,
 )
+from dicomlb.placement import Refusal, common_refusal, refusal
 from dicomlb.pools import BackendState, Pool
 from dicomlb.snapshot import MessageFacts, QueryMode, RouteConfig
 
@@ -219,20 +220,22 @@ async def _one(relay: Relay, message: InboundMessage, placed: Placed, started: f
                 )
             except (UpstreamError, TimeoutError) as err:
                 reason = _reason(err, placed.route.pool.response_timeout)
+                failed: int = Status.PROCESSING_FAILURE
                 if isinstance(err, UpstreamError):
                     passive_failure(relay.runtime.metrics, backend, pool.name, err.cause, reason)
+                    refused = None if results else refusal(err.cause)
+                    failed = refused.status if refused is not None else failed
                 log.warning(
-                    "find.failed route=%s pool=%s backend=%s reason=%r",
+                    "find.failed route=%s pool=%s backend=%s status=0x%04X reason=%r",
                     placed.route.name,
                     pool.name,
                     backend.name,
+                    failed,
                     reason,
                 )
                 relay.inbound.send_command(
                     message.context_id,
-                    find_final(
-                        message.command, Status.PROCESSING_FAILURE, f"{backend.name}: {reason}"
-                    ),
+                    find_final(message.command, failed, f"{backend.name}: {reason}"),
                 )
                 return
     relay.inbound.send_command(message.context_id, find_final(message.command, status, comment))
@@ -299,6 +302,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
         return
     merger = FindMerger()
     problems: dict[str, str] = {}
+    refusals: list[Refusal | None] = []  # of the backends that gave no answer
     brief: dict[str, str] = {}  # the same, short enough to share a 64-character Error Comment
     per_backend: dict[str, int] = {}
     ts = message.transfer_syntax
@@ -334,9 +338,17 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
                 )
         except TimeoutError:
             problems[backend.name] = brief[backend.name] = "timed out"
+            refusals.append(None)
         except UpstreamError as err:
             problems[backend.name] = str(err)
-            brief[backend.name] = "unreachable" if isinstance(err, Unreachable) else str(err)[:24]
+            refused = None if per_backend.get(backend.name) else refusal(err.cause)
+            if refused is not None:
+                brief[backend.name] = refused.why
+            else:
+                brief[backend.name] = (
+                    "unreachable" if isinstance(err, Unreachable) else str(err)[:24]
+                )
+            refusals.append(refused)
             passive_failure(relay.runtime.metrics, backend, pool.name, err.cause, str(err))
         else:
             if status not in (Status.SUCCESS, CANCELLED) and status not in PENDING_STATUSES:
@@ -356,11 +368,13 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
     with Asked(relay, message) as asked:
         await asyncio.gather(*(ask(b, asked) for b in backends))
         cancelled = asked.cancelled
-    comment = unanswered_comment(brief)
+    answered = len(problems) < len(backends)
+    comment = unanswered_comment(brief, partial=answered)
     if cancelled:
         status = CANCELLED
-    elif len(problems) == len(backends):
-        status = Status.PROCESSING_FAILURE
+    elif not answered:
+        refused = common_refusal(refusals)
+        status = refused.status if refused is not None else Status.PROCESSING_FAILURE
     else:
         status = Status.SUCCESS
     relay.inbound.send_command(message.context_id, find_final(message.command, status, comment))

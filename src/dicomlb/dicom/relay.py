@@ -8,6 +8,7 @@ Every image's fate is logged: store.received -> store.routed -> store.delivered 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,6 +21,7 @@ from dicomlb.dicom.acceptor import (
     discard,
 )
 from dicomlb.dicom.dimse import (
+    Command,
     CommandField,
     DataReceived,
     Status,
@@ -461,6 +463,7 @@ class Relay:
         MessageFailed when the backend fails it (the rest of the data set is left unread)."""
         context_id = up.context_for((message.abstract_syntax, message.transfer_syntax))
         assert context_id is not None
+        pending: asyncio.Future[Command] | None = None
         try:
             command = message.command.replace({Tag.MESSAGE_ID: up.next_message_id()})
             pending = up.send_command(
@@ -490,6 +493,9 @@ class Relay:
                 self.runtime.metrics, backend, pool.name, Cause.RESPONSE_TIMEOUT, reason
             )
             raise MessageFailed(Status.PROCESSING_FAILURE, reason) from None
+        finally:
+            if pending is not None:
+                _settle(pending)
         backend.health.success()
         return answer.status or 0
 
@@ -497,6 +503,16 @@ class Relay:
         self.inbound.send_command(
             message.context_id, response(message.command, status, error_comment=comment)
         )
+
+
+def _settle(future: asyncio.Future[Command]) -> None:
+    """Nobody awaits `future` any more (the client went mid-message, or the backend failed
+    while the data set was still going out): cancel it, or mark its exception read, so that
+    the lease's abort leaves no "exception never retrieved" behind."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 def placement_refusal(

@@ -50,6 +50,7 @@ from dicomlb.dicom.qr import (
 )
 from dicomlb.dicom.upstream import Unreachable, UpstreamAssociation, UpstreamError
 from dicomlb.health import Cause
+from dicomlb.placement import refusal
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import MoveDestination, QueryMode
 
@@ -250,7 +251,13 @@ def _conclude(
 
 
 def _comment(tally: RetrieveTally) -> str | None:
-    return unanswered_comment(tally.problems)
+    """The final response's Error Comment: "partial: …" only when some backend answered and
+    others did not; the refusal itself when none answered; else what the backends said."""
+    if tally.problems:
+        return unanswered_comment(tally.problems, partial=len(tally.problems) < len(tally.backends))
+    if len(tally.backends) == 1:
+        return next(iter(tally.comments.values()), None)
+    return "; ".join(f"{name}: {text}" for name, text in tally.comments.items()) or None
 
 
 def _final(relay: Relay, message: InboundMessage, tally: RetrieveTally, status: int) -> None:
@@ -348,8 +355,21 @@ async def _retrieve(
                         bridge.detach()
                     asked.discard(backend.name)
         except UpstreamError as err:
-            tally.failed(backend.name, "unreachable" if isinstance(err, Unreachable) else "failed")
-            log.warning("retrieve.backend_failed backend=%s reason=%r", backend.name, str(err))
+            # Refused before any answer: the sender is told so (dicomlb cannot refuse or
+            # abort the association it already accepted, as the backend did).
+            refused = None if backend.name in tally.counts else refusal(err.cause)
+            if refused is not None:
+                tally.failed(backend.name, refused.why, refused.status)
+            else:
+                tally.failed(
+                    backend.name, "unreachable" if isinstance(err, Unreachable) else "failed"
+                )
+            log.warning(
+                "retrieve.backend_failed backend=%s cause=%s reason=%r",
+                backend.name,
+                err.cause.value,
+                str(err),
+            )
             passive_failure(relay.runtime.metrics, backend, pool_config.name, err.cause, str(err))
             return
         except TimeoutError:  # a long retrieve is not the backend's failure
@@ -359,7 +379,7 @@ async def _retrieve(
         backend.health.success()
         tally.final(backend.name, answer.status or 0, Counts.of(answer))
         if answer.error_comment and answer.status:
-            tally.problems.setdefault(backend.name, answer.error_comment[:32])
+            tally.comments[backend.name] = answer.error_comment
 
     with query.Asked(relay, message) as asked:
         if sequential:
@@ -441,9 +461,9 @@ async def _destination(relay: Relay, ae_title: str) -> UpstreamAssociation:
     link = relay.destinations.get(ae_title)
     if link is not None and link.usable:
         return link
-    snapshot = relay.runtime.snapshot
-    address = snapshot.dicom_nodes[ae_title]
-    calling = snapshot.dicom.ae_title if snapshot.dicom else "DICOMLB"
+    address = relay.runtime.snapshot.dicom_nodes[ae_title]
+    # The backend's own calling AE title, as its sub-operations would carry directly.
+    calling = relay.inbound.calling_ae
     loop = asyncio.get_running_loop()
     link = None
     try:

@@ -40,7 +40,7 @@ def least_loaded(
 ) -> BackendState | None:
     """The available backend with the fewest requests in flight per unit of weight; ties
     go by `key`'s rendezvous order, so idle backends share new keys evenly."""
-    candidates = [b for b in pool.backends if b.available and b.name not in exclude]
+    candidates = [b for b in pool.backends if b.http_available and b.name not in exclude]
     if not candidates:
         return None
     return min(candidates, key=lambda b: (b.active / b.weight, -rendezvous_score(key, b)))
@@ -80,7 +80,7 @@ class StickyTable:
         name = self.get(key)
         if name is not None and name not in exclude:
             for b in pool.backends:
-                if b.name == name and b.available:
+                if b.name == name and b.http_available:
                     return b
         backend = least_loaded(pool, exclude, key)
         if backend is not None:

@@ -3,7 +3,7 @@ passive-ejection window (pure: `now` is passed in, randomness comes from a given
 `random.Random`).
 
     ramp = SlowStart(duration=30.0)
-    share = ramp.share(backend.health, now)      # 0 < share ≤ 1 while it ramps, 1 after
+    share = ramp.share(backend.http_health, now)      # 0 < share ≤ 1 while it ramps, 1 after
     window = FailureWindow(failures=5, window=10.0)
     if window.failure(now): ...                  # threshold reached: eject the backend
 """
@@ -62,7 +62,7 @@ def ramping_excluded(
     skipped = []
     candidates = 0
     for backend in backends:
-        if not backend.available or backend.name in exclude:
+        if not backend.http_available or backend.name in exclude:
             continue
         candidates += 1
         s = share(backend)

@@ -61,7 +61,7 @@ from dicomlb.http.snapshot import (
     KeyKind,
 )
 from dicomlb.http.upstream import BackendConnections, UpstreamConnection
-from dicomlb.pools import BackendState, Pool
+from dicomlb.pools import BackendState, Pool, Protocol
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import Strategy
 from dicomlb.tls import ServerHandshake
@@ -771,7 +771,7 @@ class Exchange:
         pool = plan.pool
         exclude = frozenset(self.tried) if self.tried else _NONE
         if plan.balanced:
-            return pool.pick("", exclude)
+            return pool.pick("", exclude, Protocol.HTTP)
         if self.pin_key is not None:
             return (
                 self.http.sticky[pool.name].place(pool, self.pin_key, exclude)
@@ -781,7 +781,7 @@ class Exchange:
         writer = self.route.pool.orthanc_writer
         if writer is not None and self.request.method in WRITES:
             for b in pool.backends:  # down, drained or failed already: balanced like reads
-                if b.name == writer and b.available and b.name not in exclude:
+                if b.name == writer and b.http_available and b.name not in exclude:
                     return b
         options = self.options
         key_spec = options.key
@@ -792,10 +792,10 @@ class Exchange:
             if key is not None:
                 if options.sticky:
                     return self.http.sticky[pool.name].place(pool, key, exclude)
-                return pool.pick(key, exclude)
+                return pool.pick(key, exclude, Protocol.HTTP)
         if options.slow_start > 0:
             exclude = self._slow_start(pool, exclude)
-        return pool.pick("", exclude)
+        return pool.pick("", exclude, Protocol.HTTP)
 
     def _slow_start(self, pool: Pool, exclude: frozenset[str]) -> frozenset[str]:
         """Leave recovering backends out of this pick in proportion to their ramp."""
@@ -804,7 +804,7 @@ class Exchange:
         options = self.options
         return ramping_excluded(
             pool.backends,
-            lambda b: connections[b.name].ramp(options).share(b.health, now),
+            lambda b: connections[b.name].ramp(options).share(b.http_health, now),
             self.http.rng,
             exclude,
         )
@@ -813,7 +813,7 @@ class Exchange:
         assert self.pin_key is not None
         name = self.http.owners[pool.name].owner(self.pin_key)
         for b in pool.backends:
-            if b.name == name and b.available and b.name not in exclude:
+            if b.name == name and b.http_available and b.name not in exclude:
                 return b
         return least_loaded(pool, exclude)  # the owner is gone: any node answers 404
 
@@ -1076,8 +1076,8 @@ class Exchange:
                 self._release_upstream(reuse=False)
                 self._choose_and_send()
                 return
-        elif backend.health.failures:
-            backend.health.success()
+        elif backend.http_health.failures:
+            backend.http_health.success()
         self.response = response
         self.status = status
         if self.learn is not None and not (
@@ -1192,9 +1192,9 @@ class Exchange:
         if cause is Cause.STATUS:
             conns = self.http.connections[backend.name]
             if conns.window(self.options).failure(self.client.loop.time()):
-                passive_ejection(metrics, backend, route.pool.name, reason)
+                passive_ejection(metrics, backend, route.pool.name, reason, Protocol.HTTP)
             return
-        passive_failure(metrics, backend, route.pool.name, cause, reason)
+        passive_failure(metrics, backend, route.pool.name, cause, reason, Protocol.HTTP)
 
     def _backend_failed(self, reason: str, cause: Cause) -> None:
         backend = self.backend
