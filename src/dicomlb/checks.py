@@ -11,50 +11,42 @@ import asyncio
 import contextlib
 import logging
 
+from dicomlb.capacity import CheckPlan
 from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
-from dicomlb.dicom.errors import LocalProtocolError
-from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
+from dicomlb.dicom.upstream import Busy, UpstreamError, UpstreamPool
 from dicomlb.health import Cause
 from dicomlb.http.checks import DEFAULT_CHECK, HttpCheckError, http_check
 from dicomlb.http.upstream import upstream_tls
 from dicomlb.metrics import Metrics
-from dicomlb.pools import BackendState
 from dicomlb.snapshot import HealthConfig
 
 log = logging.getLogger(__name__)
 
 
-async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
-    """One C-ECHO to `backend` on a fresh association; raises UpstreamError on any failure."""
-    address = backend.config.dicom
+VERIFICATION = (uids.VERIFICATION, uids.IMPLICIT_VR_LE)
+
+
+async def echo(upstreams: UpstreamPool, calling_ae: str, timeout: float) -> None:
+    """One C-ECHO to the backend of `upstreams`, in one of its association slots like any
+    message (a backend that takes one association at a time must not find its only one
+    taken by a check); raises UpstreamError on any failure, `Busy` when no slot came free
+    within `timeout`."""
+    address = upstreams.backend.config.dicom
     assert address is not None  # HealthChecker sends C-ECHO only to DICOM backends
     key = (calling_ae, address.ae_title, ())
-    verification = (uids.VERIFICATION, uids.IMPLICIT_VR_LE)
-    up: UpstreamAssociation | None = None
     try:
-        async with asyncio.timeout(timeout):
-            up = await connect(backend.config, key, [verification])
-            await up.established
-            context_id = up.context_for(verification)
-            if context_id is None:
-                raise UpstreamError("verification not accepted", Cause.CONTEXT_REJECTED)
-            answer = await up.send_command(context_id, echo_request(up.next_message_id()))
+        async with upstreams.probe(key, VERIFICATION, timeout) as up:
+            context_id = up.context_for(VERIFICATION)
+            assert context_id is not None  # the lease has the context it was asked for
+            async with asyncio.timeout(timeout):
+                answer = await up.send_command(context_id, echo_request(up.next_message_id()))
             if answer.status != 0:
                 raise UpstreamError(f"C-ECHO status 0x{answer.status or 0:04X}", Cause.STATUS)
     except TimeoutError:
         raise UpstreamError(f"no answer within {timeout:g}s", Cause.CHECK_TIMEOUT) from None
     except OSError as err:
         raise UpstreamError(str(err) or type(err).__name__, Cause.REFUSED) from None
-    finally:
-        if up is not None:
-            try:
-                await up.release(timeout=1.0)
-            except LocalProtocolError:  # not established: stopped while negotiating
-                with contextlib.suppress(LocalProtocolError):
-                    up.abort()
-                if up.transport is not None:
-                    up.transport.abort()
 
 
 class HealthChecker:
@@ -62,13 +54,14 @@ class HealthChecker:
 
     def __init__(
         self,
-        backend: BackendState,
+        upstreams: UpstreamPool,
         pool: str,
         health: HealthConfig,
         calling_ae: str,
         metrics: Metrics | None = None,
     ):
-        self.backend = backend
+        self.upstreams = upstreams
+        self.backend = upstreams.backend
         self.metrics = metrics if metrics is not None else Metrics()
         self.pool = pool
         self.health = health
@@ -112,8 +105,18 @@ class HealthChecker:
                     tls=context,
                     server_name=server_name,
                 )
+            elif self._recent():
+                log.debug(
+                    "health.recent backend=%s reason=%r",
+                    self.backend.name,
+                    "no slot free; it answered a relayed message within the interval",
+                )
             else:
-                await echo(self.backend, self.calling_ae, self.health.timeout)
+                await echo(self.upstreams, self.calling_ae, self.health.timeout)
+        except Busy as busy:
+            # Every slot in use for the whole check: dicomlb's own load, no verdict.
+            log.debug("health.skipped backend=%s reason=%r", self.backend.name, str(busy))
+            return False
         except (UpstreamError, HttpCheckError) as err:
             self.last_error = str(err)
             self.metrics.health_check(self.backend.name, False)
@@ -134,6 +137,18 @@ class HealthChecker:
             log.warning("backend.up backend=%s pool=%s", self.backend.name, self.pool)
             self.metrics.backend_transition(self.backend.name, up=True, cause="check")
         return True
+
+    def _recent(self) -> bool:
+        """No slot free for a check, and the backend answered a relayed message within the
+        interval: that counts as a passed check."""
+        upstreams = self.upstreams
+        plan = upstreams.capacity.check(
+            open_now=upstreams.open,
+            now=asyncio.get_running_loop().time(),
+            last_answer=upstreams.last_answer,
+            interval=self.health.interval,
+        )
+        return plan is CheckPlan.RECENT
 
     async def _run(self) -> None:
         while not self._stopped:

@@ -134,6 +134,7 @@ async def _connect(
             relay._upstream_key(placed.route.pool, holder),
             (message.abstract_syntax, message.transfer_syntax),
             relay.contexts,
+            owner=relay.upstreams,
         )
         try:
             up = await leases.enter_async_context(lease)

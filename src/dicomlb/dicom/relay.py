@@ -30,6 +30,7 @@ from dicomlb.dicom.dimse import (
 from dicomlb.dicom.negotiation import related_general_classes
 from dicomlb.dicom.tags import HeaderScanner, is_uid, tag_name
 from dicomlb.dicom.upstream import (
+    ClientUpstreams,
     Rejected,
     Unreachable,
     UpstreamAssociation,
@@ -88,6 +89,8 @@ class Relay:
         self.related = related_general_classes(request.user_info)
         # C-MOVE destinations this association's sub-operations are relayed to (via_balancer).
         self.destinations: dict[str, UpstreamAssociation] = {}
+        # Backend associations this client's association owns (`upstream: per_client`).
+        self.upstreams = ClientUpstreams()
 
     async def run(self) -> None:
         inbound = self.inbound
@@ -105,6 +108,7 @@ class Relay:
                 finally:
                     inbound.busy = False
         finally:
+            self.upstreams.close()
             for link in self.destinations.values():
                 if link.clean:
                     link.schedule_idle_release(0.0)  # A-RELEASE on the next turn; it owns the task
@@ -412,7 +416,10 @@ class Relay:
                 http_only = True
                 continue
             lease = self.runtime.upstreams[backend.name].lease(
-                self._upstream_key(pool.config, backend), needed, self.contexts
+                self._upstream_key(pool.config, backend),
+                needed,
+                self.contexts,
+                owner=self.upstreams,
             )
             try:
                 up = await leases.enter_async_context(lease)
