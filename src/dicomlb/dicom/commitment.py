@@ -143,7 +143,12 @@ async def _connect(
         else:
             return holder, up
     else:
-        log.info("commitment.unlocated pool=%s: no referenced instance known", placed.pool.name)
+        log.info(
+            "commitment.unlocated pool=%s reason=%r",
+            placed.pool.name,
+            "no referenced instance known (stored before the last restart without state_dir, "
+            "or not through dicomlb)",
+        )
     return await relay._connect(placed.pool, placed.key, message, leases)
 
 

@@ -296,8 +296,8 @@ class Relay:
             )
             self._respond(message, failure.status, f"{backend.name}: {failure}")
             return
-        if _stored(status) and 0x0020000D in tags:
-            self.runtime.studies.record(tags[0x0020000D], backend.name, sop_uid)  # where is it
+        if _stored(status):  # where it is: the instance always, the study when it was read
+            self.runtime.studies.record(tags.get(0x0020000D, ""), backend.name, sop_uid)
         outcome = "store.delivered" if _stored(status) else "store.failed"
         self.runtime.metrics.store_finished(
             route=route.name,
