@@ -59,6 +59,18 @@ def test_one_association_backend_with_defaults(tmp_path: Path, balancer: Any) ->
         three_senders(balancer(config(scp)), tmp_path, scp)
 
 
+def test_one_association_backend_with_max_associations_1(
+    tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Told the limit, dicomlb never waits on its own association: nothing to learn."""
+    with StoreSCP("ONEATATIME", tmp_path / "scp") as scp:
+        cfg = config(scp)
+        cfg["pools"]["archive"]["backends"][0]["max_associations"] = 1
+        lb = balancer(cfg)
+        three_senders(lb, tmp_path, scp)
+    assert "upstream.capacity" not in caplog.text
+
+
 def test_one_association_backend_per_client(tmp_path: Path, balancer: Any) -> None:
     with StoreSCP("ONEATATIME", tmp_path / "scp") as scp:
         lb = balancer(config(scp, upstream="per_client"))

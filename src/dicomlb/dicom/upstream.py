@@ -2,7 +2,9 @@
 
 An `UpstreamAssociation` is one association dicomlb opened as requestor. The
 `UpstreamPool` of a backend keeps idle ones for reuse, caps how many are open (Orthanc
-takes 4 by default), and makes callers wait, not fail, while it is briefly saturated.
+takes 4 by default; fewer once `capacity.Capacity` learned the backend takes fewer), and
+makes callers wait, not fail, while it is briefly saturated. In an `upstream: per_client`
+pool nothing is kept idle: a client association's `ClientUpstreams` keeps its own.
 
 An association is held for one message as a lease, `async with upstreams.lease(...) as up`,
 whose exit gives it back on every path, cancellation included: to the idle list when every
