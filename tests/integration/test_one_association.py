@@ -68,6 +68,13 @@ def test_one_association_backend_with_max_associations_1(
         cfg["pools"]["archive"]["backends"][0]["max_associations"] = 1
         lb = balancer(cfg)
         three_senders(lb, tmp_path, scp)
+        # The last sender's association idles (15 s): the checks take its slot, not a second
+        # association the backend would leave unanswered (fall 3 x 3 s would be down).
+        quiet_until = time.monotonic() + 10
+        while time.monotonic() < quiet_until:
+            assert lb.backend("scp").health.failures == 0, caplog.text[-2000:]
+            time.sleep(0.1)
+        assert lb.backend("scp").health.up
     assert "upstream.capacity" not in caplog.text
 
 
