@@ -342,6 +342,8 @@ class UpstreamAssociation(asyncio.Protocol):
         for future in self._responses.values():
             if not future.done():
                 future.set_exception(error)
+                # Its sender may be gone (a client cut off mid-message): nobody to warn.
+                future.exception()
         self._responses.clear()
         self._on_response.clear()
         self._on_pending.clear()
@@ -442,6 +444,7 @@ class UpstreamAssociation(asyncio.Protocol):
                 future = self._responses.pop(message_id, None)
                 if future is not None and not future.done():
                     future.set_exception(TimeoutError())
+                    future.exception()  # as in _fail: its sender may be gone
         if self._response_deadlines:
             delay = min(self._response_deadlines.values()) - now
             self._response_timer = loop.call_later(delay, self._on_response_timer)
