@@ -4,6 +4,7 @@ behind HAProxy: dicomlb's own idle associations and health checks never make it 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,18 @@ def test_one_association_backend_with_max_associations_1(
     assert "upstream.capacity" not in caplog.text
 
 
-def test_one_association_backend_per_client(tmp_path: Path, balancer: Any) -> None:
+def test_one_association_backend_per_client(
+    tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="dicomlb.dicom.upstream")
     with StoreSCP("ONEATATIME", tmp_path / "scp") as scp:
         lb = balancer(config(scp, upstream="per_client"))
         three_senders(lb, tmp_path, scp)
         # Nothing kept idle: every upstream association went with its client's.
         assert lb.call(idle_count(lb)) == 0
+    # One backend association per client association, for both of its images.
+    for aet in SENDERS:
+        assert caplog.text.count(f"upstream.associated backend=scp calling_aet={aet}\n") == 1
 
 
 def test_the_wait_is_paid_once(
