@@ -103,7 +103,7 @@ class App:
                 if backend_config.name in self.checkers:
                     continue
                 checker = HealthChecker(
-                    self.runtime.backends[backend_config.name],
+                    self.runtime.upstreams[backend_config.name],
                     pool.name,
                     pool.health,
                     calling_ae,

@@ -15,16 +15,16 @@ import logging
 from collections.abc import Awaitable
 
 from dicomlb.bridge.client import bridge_check
+from dicomlb.capacity import CheckPlan
 from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
-from dicomlb.dicom.errors import LocalProtocolError
-from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
+from dicomlb.dicom.upstream import Busy, UpstreamError, UpstreamPool
 from dicomlb.health import Cause
 from dicomlb.http.checks import DEFAULT_CHECK, HttpCheckError, http_check
 from dicomlb.http.snapshot import HttpCheckConfig
 from dicomlb.http.upstream import upstream_tls
 from dicomlb.metrics import Metrics
-from dicomlb.pools import BackendState, Protocol
+from dicomlb.pools import Protocol
 from dicomlb.snapshot import HealthConfig
 
 log = logging.getLogger(__name__)
@@ -42,36 +42,29 @@ def http_check_of(check: HttpCheckConfig | None, *, orthanc: bool) -> HttpCheckC
     return ORTHANC_CHECK if orthanc else DEFAULT_CHECK
 
 
-async def echo(backend: BackendState, calling_ae: str, timeout: float) -> None:
-    """One C-ECHO to `backend` on a fresh association; raises UpstreamError on any failure."""
-    address = backend.config.dicom
+VERIFICATION = (uids.VERIFICATION, uids.IMPLICIT_VR_LE)
+
+
+async def echo(upstreams: UpstreamPool, calling_ae: str, timeout: float) -> None:
+    """One C-ECHO to the backend of `upstreams`, in one of its association slots like any
+    message (a backend that takes one association at a time must not find its only one
+    taken by a check); raises UpstreamError on any failure, `Busy` when no slot came free
+    within `timeout`."""
+    address = upstreams.backend.config.dicom
     assert address is not None  # HealthChecker sends C-ECHO only to DICOM backends
     key = (calling_ae, address.ae_title, ())
-    verification = (uids.VERIFICATION, uids.IMPLICIT_VR_LE)
-    up: UpstreamAssociation | None = None
     try:
-        async with asyncio.timeout(timeout):
-            up = await connect(backend.config, key, [verification])
-            await up.established
-            context_id = up.context_for(verification)
-            if context_id is None:
-                raise UpstreamError("verification not accepted", Cause.CONTEXT_REJECTED)
-            answer = await up.send_command(context_id, echo_request(up.next_message_id()))
+        async with upstreams.probe(key, VERIFICATION, timeout) as up:
+            context_id = up.context_for(VERIFICATION)
+            assert context_id is not None  # the lease has the context it was asked for
+            async with asyncio.timeout(timeout):
+                answer = await up.send_command(context_id, echo_request(up.next_message_id()))
             if answer.status != 0:
                 raise UpstreamError(f"C-ECHO status 0x{answer.status or 0:04X}", Cause.STATUS)
     except TimeoutError:
         raise UpstreamError(f"no answer within {timeout:g}s", Cause.CHECK_TIMEOUT) from None
     except OSError as err:
         raise UpstreamError(str(err) or type(err).__name__, Cause.REFUSED) from None
-    finally:
-        if up is not None:
-            try:
-                await up.release(timeout=1.0)
-            except LocalProtocolError:  # not established: stopped while negotiating
-                with contextlib.suppress(LocalProtocolError):
-                    up.abort()
-                if up.transport is not None:
-                    up.transport.abort()
 
 
 class HealthChecker:
@@ -79,7 +72,7 @@ class HealthChecker:
 
     def __init__(
         self,
-        backend: BackendState,
+        upstreams: UpstreamPool,
         pool: str,
         health: HealthConfig,
         calling_ae: str,
@@ -87,7 +80,8 @@ class HealthChecker:
         *,
         orthanc: bool = False,
     ):
-        self.backend = backend
+        self.upstreams = upstreams
+        self.backend = upstreams.backend
         self.orthanc = orthanc  # the pool's backends are Orthanc: its REST API is checked so
         self.metrics = metrics if metrics is not None else Metrics()
         self.pool = pool
@@ -120,13 +114,25 @@ class HealthChecker:
         config = self.backend.config
         sides: list[tuple[Protocol, Awaitable[object]]] = []
         if config.dicom is not None:
-            sides.append((Protocol.DICOM, echo(self.backend, self.calling_ae, self.health.timeout)))
+            sides.append((Protocol.DICOM, self._dicom_check()))
         if config.http is not None:
             sides.append((Protocol.HTTP, self._http_check()))
         results = await asyncio.gather(*(self._record(side, check) for side, check in sides))
         errors = [error for error in results if error is not None]
         self.last_error = "; ".join(errors) if errors else None
         return not errors
+
+    async def _dicom_check(self) -> None:
+        """C-ECHO in one of the backend's slots; when none is free and the backend answered
+        a relayed message within the interval, that counts as a passed check."""
+        if self._recent():
+            log.debug(
+                "health.recent backend=%s reason=%r",
+                self.backend.name,
+                "no slot free; it answered a relayed message within the interval",
+            )
+            return
+        await echo(self.upstreams, self.calling_ae, self.health.timeout)
 
     def _http_check(self) -> Awaitable[object]:
         config = self.backend.config
@@ -149,6 +155,10 @@ class HealthChecker:
         what = f"{side.value}: " if self.backend.split else ""
         try:
             await check
+        except Busy as busy:
+            # Every slot in use for the whole check: dicomlb's own load, no verdict.
+            log.debug("health.skipped backend=%s reason=%r", self.backend.name, str(busy))
+            return None
         except (UpstreamError, HttpCheckError) as err:
             error = f"{what}{err}"
             self.metrics.health_check(self.backend.name, False)
@@ -174,6 +184,18 @@ class HealthChecker:
             )
             self.metrics.backend_transition(self.backend.name, up=True, cause="check")
         return None
+
+    def _recent(self) -> bool:
+        """No slot free for a check, and the backend answered a relayed message within the
+        interval: that counts as a passed check."""
+        upstreams = self.upstreams
+        plan = upstreams.capacity.check(
+            open_now=upstreams.open,
+            now=asyncio.get_running_loop().time(),
+            last_answer=upstreams.last_answer,
+            interval=self.health.interval,
+        )
+        return plan is CheckPlan.RECENT
 
     async def _run(self) -> None:
         while not self._stopped:

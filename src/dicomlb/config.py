@@ -81,6 +81,7 @@ from dicomlb.snapshot import (
     StoreVia,
     Strategy,
     TlsConfig,
+    UpstreamMode,
 )
 from dicomlb.tls import client_context, server_context
 
@@ -539,6 +540,7 @@ class _PoolModel(_Model):
     acquire_timeout: Duration | None = None
     response_timeout: Duration | None = None
     idle_timeout: Duration | None = None
+    upstream: UpstreamMode | None = None
     query: QueryMode | None = None
     query_timeout: Duration | None = None
     move_destination: MoveDestination | None = None
@@ -1425,6 +1427,8 @@ def describe(snapshot: Snapshot) -> str:
             f"{format_duration(pool.acquire_timeout)}, response "
             f"{format_duration(pool.response_timeout)}, idle {format_duration(pool.idle_timeout)}",
         ]
+        if pool.upstream is UpstreamMode.PER_CLIENT:
+            lines.append("    upstream associations: one per client association, none kept idle")
         if (pool.query, pool.move_destination, pool.storage_commitment) != (
             QueryMode.ONE,
             MoveDestination.PASSTHROUGH,

@@ -68,6 +68,8 @@ class Runtime:
                 upstream = old_upstreams.get(state.name)
                 if upstream is None or upstream.backend is not state:
                     upstream = UpstreamPool(state, pool_config)
+                else:  # kept with its associations; the pool's settings may have changed
+                    upstream.pool = pool_config
                 self.upstreams[state.name] = upstream
                 members.append(state)
             self.pools[pool_config.name] = Pool(pool_config, members)

@@ -125,6 +125,13 @@ class MoveDestination(enum.StrEnum):
     VIA_BALANCER = "via_balancer"  # the backend sends to dicomlb, which relays (dicom_nodes)
 
 
+class UpstreamMode(enum.StrEnum):
+    """How a pool's upstream associations are shared among client associations."""
+
+    SHARED = "shared"  # pooled: kept idle for reuse by any client with the same AE titles
+    PER_CLIENT = "per_client"  # each client association owns its own, released with it
+
+
 class StorageCommitment(enum.StrEnum):
     REFUSE = "refuse"  # the context is refused at negotiation
     FORWARD = "forward"  # N-ACTION relayed to a backend holding the instances
@@ -166,6 +173,7 @@ class PoolConfig:
     acquire_timeout: float = 30.0  # wait for a free association slot before failing
     response_timeout: float = 120.0  # DIMSE response from the backend
     idle_timeout: float = 15.0  # an idle pooled upstream association is released after this
+    upstream: UpstreamMode = UpstreamMode.SHARED
     query: QueryMode = QueryMode.ONE
     query_timeout: float = 30.0  # per backend, for a C-FIND fanned out
     move_destination: MoveDestination = MoveDestination.PASSTHROUGH

@@ -1,9 +1,10 @@
 """Where is a study? The study -> backend table that C-MOVE and C-GET are sent by.
 
-Every routed C-STORE records (StudyInstanceUID, backend), and (SOP Instance UID, backend)
-for storage commitment (an N-ACTION names instances, not studies). Both live in memory and,
-when the config has a `state_dir`, in SQLite there (`studies.sqlite3`), so they survive
-restarts. Only a study pair not seen before costs a write: a 300-instance series writes
+Every routed C-STORE records (SOP Instance UID, backend) for storage commitment (an
+N-ACTION names instances, not studies), and (StudyInstanceUID, backend) when the study was
+read. Both live in memory always (the instances bounded, least recently used first out)
+and, when the config has a `state_dir`, in SQLite there (`studies.sqlite3`), so they
+survive restarts. Only a study pair not seen before costs a write: a 300-instance series writes
 once. Instance rows are written in batches (`save`, at least every SAVE_SECONDS while the
 App runs, and on close), the most recent INSTANCE_LIMIT kept: a crash loses at most the last
 second's, and those only fall back to the pool's choice.
@@ -116,9 +117,16 @@ class StudyIndex:
         return list(self._where.get(study_uid, ()))
 
     def holders(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
-        """The backends recently sent these instances, for those dicomlb remembers."""
+        """The backends recently sent these instances, for those dicomlb remembers (asked
+        for, they are kept longest: the least recently used go first)."""
         known = self._instances
-        return {uid: known[uid] for uid in sop_instance_uids if uid in known}
+        found = {}
+        for uid in sop_instance_uids:
+            backend = known.pop(uid, None)
+            if backend is not None:
+                known[uid] = backend
+                found[uid] = backend
+        return found
 
     def save(self) -> None:
         """Write the instance rows recorded since the last save, and forget the oldest

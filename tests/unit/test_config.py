@@ -31,6 +31,7 @@ from dicomlb.snapshot import (
     MessageFacts,
     ScanLimit,
     Strategy,
+    UpstreamMode,
 )
 
 EXAMPLE = """\
@@ -676,3 +677,18 @@ def test_scan_limit_settings() -> None:
         with pytest.raises(ConfigError) as caught:
             build_snapshot(data, "lb.yaml")
         assert str(caught.value).startswith(f"lb.yaml: {expected}")
+
+
+def test_pool_upstream_mode() -> None:
+    data = yaml.safe_load(EXAMPLE)
+    assert build_snapshot(copy.deepcopy(data)).pools["ct"].upstream is UpstreamMode.SHARED
+    data["pools"]["ct"]["upstream"] = "per_client"
+    snap = build_snapshot(data)
+    assert snap.pools["ct"].upstream is UpstreamMode.PER_CLIENT
+    assert "upstream associations: one per client association, none kept idle" in describe(snap)
+    data["pools"]["ct"]["upstream"] = "private"
+    with pytest.raises(ConfigError) as info:
+        build_snapshot(data)
+    assert 'pools.ct.upstream: "private" is not a upstream; use one of shared or per_client' in str(
+        info.value
+    )

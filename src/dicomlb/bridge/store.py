@@ -160,8 +160,9 @@ def _account(
         passive_failure(runtime.metrics, backend, pool, cause_of(outcome), outcome.comment)
     elif outcome.status < 0xFF00:
         backend.health.success()
-    if outcome.stored and 0x0020000D in tags:
-        runtime.studies.record(tags[0x0020000D], backend.name, message.command.sop_instance_uid)
+    if outcome.stored:  # the instance always, the study when it was read
+        study_uid = tags.get(0x0020000D, "")
+        runtime.studies.record(study_uid, backend.name, message.command.sop_instance_uid)
     runtime.metrics.store_finished(
         route=route.name,
         pool=pool,

@@ -141,6 +141,7 @@ async def _connect(
             relay._upstream_key(placed.route.pool, holder),
             (message.abstract_syntax, message.transfer_syntax),
             relay.contexts,
+            owner=relay.upstreams,
         )
         try:
             up = await leases.enter_async_context(lease)
@@ -149,7 +150,12 @@ async def _connect(
         else:
             return holder, up
     else:
-        log.info("commitment.unlocated pool=%s: no referenced instance known", placed.pool.name)
+        log.info(
+            "commitment.unlocated pool=%s reason=%r",
+            placed.pool.name,
+            "no referenced instance known (stored before the last restart without state_dir, "
+            "or not through dicomlb)",
+        )
     return await relay._connect(placed.pool, placed.key, message, leases)
 
 

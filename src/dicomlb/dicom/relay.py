@@ -32,6 +32,7 @@ from dicomlb.dicom.dimse import (
 from dicomlb.dicom.negotiation import related_general_classes
 from dicomlb.dicom.tags import HeaderScanner, is_uid, tag_name
 from dicomlb.dicom.upstream import (
+    ClientUpstreams,
     Rejected,
     Unreachable,
     UpstreamAssociation,
@@ -90,6 +91,8 @@ class Relay:
         self.related = related_general_classes(request.user_info)
         # C-MOVE destinations this association's sub-operations are relayed to (via_balancer).
         self.destinations: dict[str, UpstreamAssociation] = {}
+        # Backend associations this client's association owns (`upstream: per_client`).
+        self.upstreams = ClientUpstreams()
 
     async def run(self) -> None:
         inbound = self.inbound
@@ -107,6 +110,7 @@ class Relay:
                 finally:
                     inbound.busy = False
         finally:
+            self.upstreams.close()
             for link in self.destinations.values():
                 if link.clean:
                     link.schedule_idle_release(0.0)  # A-RELEASE on the next turn; it owns the task
@@ -294,8 +298,8 @@ class Relay:
             )
             self._respond(message, failure.status, f"{backend.name}: {failure}")
             return
-        if _stored(status) and 0x0020000D in tags:
-            self.runtime.studies.record(tags[0x0020000D], backend.name, sop_uid)  # where is it
+        if _stored(status):  # where it is: the instance always, the study when it was read
+            self.runtime.studies.record(tags.get(0x0020000D, ""), backend.name, sop_uid)
         outcome = "store.delivered" if _stored(status) else "store.failed"
         self.runtime.metrics.store_finished(
             route=route.name,
@@ -414,7 +418,10 @@ class Relay:
                 http_only = True
                 continue
             lease = self.runtime.upstreams[backend.name].lease(
-                self._upstream_key(pool.config, backend), needed, self.contexts
+                self._upstream_key(pool.config, backend),
+                needed,
+                self.contexts,
+                owner=self.upstreams,
             )
             try:
                 up = await leases.enter_async_context(lease)

@@ -2,7 +2,9 @@
 
 An `UpstreamAssociation` is one association dicomlb opened as requestor. The
 `UpstreamPool` of a backend keeps idle ones for reuse, caps how many are open (Orthanc
-takes 4 by default), and makes callers wait, not fail, while it is briefly saturated.
+takes 4 by default; fewer once `capacity.Capacity` learned the backend takes fewer), and
+makes callers wait, not fail, while it is briefly saturated. In an `upstream: per_client`
+pool nothing is kept idle: a client association's `ClientUpstreams` keeps its own.
 
 An association is held for one message as a lease, `async with upstreams.lease(...) as up`,
 whose exit gives it back on every path, cancellation included: to the idle list when every
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
+from dicomlb.capacity import Capacity, Unanswered
 from dicomlb.dicom.association import Association, AssocState, ConnectionClosed, Role
 from dicomlb.dicom.dimse import (
     Command,
@@ -47,7 +50,7 @@ from dicomlb.dicom.pdu import (
 )
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState
-from dicomlb.snapshot import BackendConfig, PoolConfig
+from dicomlb.snapshot import BackendConfig, PoolConfig, UpstreamMode
 
 if TYPE_CHECKING:
     from dicomlb.bridge.client import HttpStoreClient
@@ -150,6 +153,7 @@ class UpstreamAssociation(asyncio.Protocol):
         # half sent: a lease gives back only clean associations, and aborts the others.
         self._unanswered = 0
         self._sending = False
+        self.answered = 0  # final responses received: the backend answered messages on it
         self.transport: asyncio.Transport | None = None
         self._responses: dict[int, asyncio.Future[Command]] = {}
         self._on_response: dict[int, Callable[[Command], None]] = {}
@@ -317,6 +321,7 @@ class UpstreamAssociation(asyncio.Protocol):
             )
             return
         self._unanswered -= 1
+        self.answered += 1
         if callback is not None:
             callback(command)
         future.set_result(command)
@@ -440,6 +445,7 @@ class UpstreamAssociation(asyncio.Protocol):
                 future = self._responses.pop(message_id, None)
                 if future is not None and not future.done():
                     future.set_exception(TimeoutError())
+                    future.exception()  # as in _fail: its sender may be gone
         if self._response_deadlines:
             delay = min(self._response_deadlines.values()) - now
             self._response_timer = loop.call_later(delay, self._on_response_timer)
@@ -551,11 +557,11 @@ def _ignore(_: CommandReceived | DataReceived) -> None:
 
 
 class Lease:
-    """One upstream association held for one message (`UpstreamPool.lease`). Its exit gives
-    the association back on every path, cancellation included, and counts the message in
-    the backend's `active` meanwhile."""
+    """One upstream association held for one message (`UpstreamPool.lease`) or one health
+    check (`UpstreamPool.probe`). Its exit gives the association back on every path,
+    cancellation included, and counts the message in the backend's `active` meanwhile."""
 
-    __slots__ = ("_contexts", "_key", "_needed", "_pool", "_up")
+    __slots__ = ("_answered", "_contexts", "_key", "_needed", "_owner", "_pool", "_probe", "_up")
 
     def __init__(
         self,
@@ -563,17 +569,30 @@ class Lease:
         key: UpstreamKey,
         needed: SyntaxPair,
         contexts: list[SyntaxPair],
+        *,
+        owner: ClientUpstreams | None = None,
+        probe: float | None = None,
     ) -> None:
         self._pool = pool
         self._key = key
         self._needed = needed
         self._contexts = contexts
+        self._owner = owner
+        self._probe = probe  # a health check: its timeout bounds every wait
         self._up: UpstreamAssociation | None = None
+        self._answered = 0
 
     async def __aenter__(self) -> UpstreamAssociation:
-        up = await self._pool._acquire(self._key, self._needed, self._contexts)
+        pool = self._pool
+        up = None
+        if self._owner is not None and pool.per_client:
+            up = self._owner.take(pool, self._key, self._needed)
+        if up is None:
+            up = await pool._acquire(self._key, self._needed, self._contexts, self._probe)
         self._up = up
-        self._pool.backend.active += 1
+        self._answered = up.answered
+        if self._probe is None:
+            pool.backend.active += 1
         return up
 
     async def __aexit__(
@@ -583,44 +602,117 @@ class Lease:
         traceback: TracebackType | None,
     ) -> None:
         up, self._up = self._up, None
-        if up is not None:
-            self._pool.backend.active -= 1
-            self._pool.give_back(up)
+        if up is None:
+            return
+        pool = self._pool
+        if self._probe is None:
+            pool.backend.active -= 1
+            if up.answered != self._answered:  # the backend answered a relayed message
+                pool.last_answer = asyncio.get_running_loop().time()
+        pool.give_back(up, owner=self._owner, keep=self._probe is None)
+
+
+class ClientUpstreams:
+    """The upstream associations one client association owns in `upstream: per_client`
+    pools (HAProxy's model): one per backend, kept between its messages for no one else,
+    released when the client's association ends (`close`)."""
+
+    def __init__(self) -> None:
+        self._parked: list[tuple[UpstreamPool, UpstreamAssociation]] = []
+        self._closed = False
+
+    def take(
+        self, pool: UpstreamPool, key: UpstreamKey, needed: SyntaxPair
+    ) -> UpstreamAssociation | None:
+        """This client's association to `pool`'s backend when it serves `needed`; any other
+        it holds there is released (one per client: its slot is for the new one)."""
+        found = None
+        for entry in [e for e in self._parked if e[0] is pool]:
+            self._parked.remove(entry)
+            up = entry[1]
+            if found is None and up.usable and up.key == key and up.context_for(needed) is not None:
+                found = up
+            else:
+                pool._retire(up)
+        return found
+
+    def park(self, pool: UpstreamPool, up: UpstreamAssociation) -> None:
+        if self._closed:
+            pool._retire(up)
+        else:
+            self._parked.append((pool, up))
+
+    def close(self) -> None:
+        """Release every association this client held (A-RELEASE in the pools' tasks)."""
+        self._closed = True
+        parked, self._parked = self._parked, []
+        for pool, up in parked:
+            pool._retire(up)
 
 
 class UpstreamPool:
-    """The outbound associations of one backend: reused when idle, capped, waited for."""
+    """The outbound associations of one backend: reused when idle, capped, waited for.
+
+    The cap is the backend's `max_associations`, or less once `capacity` learned that the
+    backend takes fewer (a new association unanswered while dicomlb held others)."""
 
     def __init__(self, backend: BackendState, pool: PoolConfig) -> None:
         self.backend = backend
         self.pool = pool
         self.idle: list[UpstreamAssociation] = []
-        self.open = 0
+        self.open = 0  # leased, idle, parked with a client, or being opened
+        self._opening = 0  # being opened: not yet an association the backend took
+        self.capacity = Capacity(backend.config.max_associations)
+        self.last_answer: float | None = None  # loop time the backend last answered a message
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closing: set[asyncio.Task[None]] = set()
         # The DICOM -> HTTP bridge's keep-alive client for `store_via` backends (made on
         # first use by dicomlb.bridge.store.client_for; closed with the pool).
         self.bridge: HttpStoreClient | None = None
 
-    def lease(self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]) -> Lease:
+    @property
+    def per_client(self) -> bool:
+        return self.pool.upstream is UpstreamMode.PER_CLIENT
+
+    def lease(
+        self,
+        key: UpstreamKey,
+        needed: SyntaxPair,
+        contexts: list[SyntaxPair],
+        *,
+        owner: ClientUpstreams | None = None,
+    ) -> Lease:
         """`async with pool.lease(key, needed, contexts) as up:` an association to this
         backend with `needed` accepted, for exclusive use until the block ends.
 
         `contexts` are proposed when a new association is opened, so that it also serves the
-        client's later messages. Entering raises `Unreachable`, `Rejected`,
-        `ContextRejected` or `Busy` (no slot within the pool's acquire timeout).
+        client's later messages. `owner`: the client association's, kept by it in a
+        `per_client` pool. Entering raises `Unreachable`, `Rejected`, `ContextRejected` or
+        `Busy` (no slot within the pool's acquire timeout).
         """
-        return Lease(self, key, needed, contexts)
+        return Lease(self, key, needed, contexts, owner=owner)
+
+    def probe(self, key: UpstreamKey, needed: SyntaxPair, timeout: float) -> Lease:
+        """A lease for a health check: it takes a slot like any association, waits for one
+        and for the A-ASSOCIATE-AC at most `timeout` each, and is released afterwards, never
+        kept idle (a backend taking one association at a time needs the slot back)."""
+        return Lease(self, key, needed, [needed], probe=timeout)
 
     async def _acquire(
-        self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]
+        self,
+        key: UpstreamKey,
+        needed: SyntaxPair,
+        contexts: list[SyntaxPair],
+        probe: float | None,
     ) -> UpstreamAssociation:
         if self.backend.config.dicom is None:
             raise ContextRejected(
                 f"{self.backend.name} has no dicom address (http only: C-STORE over store_via)"
             )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.pool.acquire_timeout
+        wait = self.pool.acquire_timeout if probe is None else probe
+        deadline = loop.time() + wait
+        retried = False
         while True:
             for up in self.idle:
                 if up.key == key and up.context_for(needed) is not None and up.usable:
@@ -628,19 +720,35 @@ class UpstreamPool:
                     up.cancel_idle_release()
                     return up
             self._prune()
-            limit = self.backend.config.max_associations
+            limit = self.capacity.limit(loop.time())
             if self.open < limit:
-                return await self._open(key, needed, contexts)
+                try:
+                    return await self._open(key, needed, contexts, probe)
+                except Unreachable as err:
+                    if err.cause is not Cause.NO_ACCEPT_WHILE_HOLDING:
+                        raise
+                    others = self.open - self._opening
+                    verdict = self.capacity.unanswered(others, loop.time(), retried=retried)
+                    if verdict is Unanswered.FAIL:
+                        raise
+                    retried = True
+                    log.warning(
+                        "upstream.capacity backend=%s limit=%d configured=%d remember=%gs "
+                        "reason=%r",
+                        self.backend.name,
+                        self.capacity.limit(loop.time()),
+                        self.capacity.configured,
+                        self.capacity.remember,
+                        f"{err}, while dicomlb held {others}: freeing one and trying again",
+                    )
+                    continue
             if self.idle:
                 # Full of idle associations for other clients or contexts: replace one.
                 self._retire(self.idle.pop(0))
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise Busy(
-                    f"all {limit} associations to {self.backend.name} busy for "
-                    f"{self.pool.acquire_timeout:g}s"
-                )
+                raise Busy(f"all {limit} associations to {self.backend.name} busy for {wait:g}s")
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -657,25 +765,33 @@ class UpstreamPool:
                     self._waiters.remove(waiter)
 
     async def _open(
-        self, key: UpstreamKey, needed: SyntaxPair, contexts: list[SyntaxPair]
+        self,
+        key: UpstreamKey,
+        needed: SyntaxPair,
+        contexts: list[SyntaxPair],
+        probe: float | None,
     ) -> UpstreamAssociation:
         self.open += 1
+        self._opening += 1
         address = self.backend.config.dicom
         assert address is not None  # config.py: DICOM routes use pools of DICOM backends
         proposal = [needed, *contexts]
+        timeout = self.pool.connect_timeout if probe is None else probe
         up: UpstreamAssociation | None = None
         try:
-            async with asyncio.timeout(self.pool.connect_timeout):
+            async with asyncio.timeout(timeout):
                 up = await connect(self.backend.config, key, proposal)
                 await up.established
         except BaseException as err:
             self.open -= 1
+            self._opening -= 1
             self._wake()
             if up is not None:
                 up.abort()
             if isinstance(err, OSError | UpstreamError):
-                raise self._unreachable(err, up is not None) from None
+                raise self._unreachable(err, up is not None, timeout) from None
             raise
+        self._opening -= 1
         if up.context_for(needed) is None:
             self._retire(up)
             raise ContextRejected(
@@ -686,7 +802,9 @@ class UpstreamPool:
         log.debug("upstream.associated backend=%s calling_aet=%s", self.backend.name, key[0])
         return up
 
-    def _unreachable(self, err: OSError | UpstreamError, connected: bool) -> UpstreamError:
+    def _unreachable(
+        self, err: OSError | UpstreamError, connected: bool, timeout: float
+    ) -> UpstreamError:
         """The typed error for an association that could not be made."""
         address = self.backend.config.dicom
         if isinstance(err, Rejected):
@@ -697,28 +815,38 @@ class UpstreamPool:
         elif isinstance(err, TimeoutError):  # (an OSError too: tested first)
             if not connected:
                 cause, done = Cause.CONNECT_TIMEOUT, "no connection"
-            elif self.open > 0:
-                # Its association limit is likely full with dicomlb's own: not its failure.
+            elif self.open > self._opening:
+                # Its association limit is likely full with dicomlb's own (established ones;
+                # others still waiting for their answer prove nothing): not its failure.
                 cause, done = Cause.NO_ACCEPT_WHILE_HOLDING, "no A-ASSOCIATE-AC"
             else:
                 cause, done = Cause.NO_ACCEPT, "no A-ASSOCIATE-AC"
-            reason = f"{done} within connect_timeout {self.pool.connect_timeout:g}s"
+            reason = f"{done} within connect_timeout {timeout:g}s"
         elif isinstance(err, ssl.SSLError):
             cause, reason = Cause.TLS, f"TLS: {err}"
         else:
             cause, reason = Cause.REFUSED, str(err) or type(err).__name__
         return Unreachable(f"cannot associate with {address}: {reason}", cause)
 
-    def give_back(self, up: UpstreamAssociation) -> None:
-        """End a lease: a clean association goes back to the idle list; any other is
-        aborted (a half-sent message must never reach the backend whole) and its slot
-        freed."""
-        if up.clean:
+    def give_back(
+        self, up: UpstreamAssociation, *, owner: ClientUpstreams | None = None, keep: bool = True
+    ) -> None:
+        """End a lease: a clean association goes back to its client (`owner`, in a
+        `per_client` pool) or to the idle list (`keep`, in a shared pool), else it is
+        released; any other is aborted (a half-sent message must never reach the backend
+        whole). A slot no one keeps is freed."""
+        if not up.clean:
+            self.open -= 1
+            up.abort()
+        elif owner is not None and self.per_client:
+            owner.park(self, up)  # the slot stays the client's until its association ends
+            return
+        elif keep and not self.per_client:
             self.idle.append(up)
             up.schedule_idle_release(self.pool.idle_timeout)
         else:
-            self.open -= 1
-            up.abort()
+            self._retire(up)
+            return
         self._wake()
 
     @property
