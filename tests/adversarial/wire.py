@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,14 +170,22 @@ def _config(target: FuzzTarget) -> str:
         ],
         "http_routes": [{"name": "orthanc", "pool": "archive"}],
     }
+    for name, settings in target.listeners.items():
+        config["listeners"][name].update(settings)
     return json.dumps(config)  # JSON is YAML
 
 
 class FuzzTarget:
-    """dicomlb (a process) in front of storescp and Orthanc, on free loopback ports."""
+    """dicomlb (a process) in front of storescp and Orthanc, on free loopback ports.
 
-    def __init__(self, workdir: Path) -> None:
+    `listeners` overrides settings of the `dicom`, `http` and `admin` listeners (limits and
+    deadlines for the flood tests)."""
+
+    def __init__(
+        self, workdir: Path, listeners: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
         self.workdir = workdir
+        self.listeners = {name: dict(settings) for name, settings in (listeners or {}).items()}
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.admin_port = free_port()
@@ -228,6 +236,12 @@ class FuzzTarget:
         assert self.dicomlb is not None
         return self.dicomlb.log_path.read_text(errors="replace")
 
+    def log_lines(self, since: int = 0, event: str = "") -> list[str]:
+        """Log lines after character `since` of the log (`len(log())` earlier); with `event`,
+        only that event's lines (`listener.refused`, `association.rejected` ...)."""
+        lines = self.log()[since:].splitlines()
+        return [line for line in lines if not event or f" {event} " in f"{line} "]
+
     def rss(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -248,6 +262,8 @@ class FuzzTarget:
         for listener in self.admin("/api/v1/listeners"):
             if listener["name"] in ("dicom", "http") and listener.get("active"):
                 out.append(f"listener {listener['name']}: {listener['active']} open")
+            if listener.get("negotiating"):
+                out.append(f"listener {listener['name']}: {listener['negotiating']} negotiating")
         for backend in self.admin("/api/v1/backends"):
             name = backend["name"]
             if backend["active"]:
@@ -376,6 +392,9 @@ class Canary:
         self.gets = 0
         self.get_failures: list[str] = []
         self._stop = threading.Event()
+        # Held around each attempt; `paused` takes them, so no attempt runs meanwhile.
+        self._store_turn = threading.Lock()
+        self._get_turn = threading.Lock()
         self._threads = [
             threading.Thread(target=self._store_loop, daemon=True),
             threading.Thread(target=self._get_loop, daemon=True),
@@ -392,37 +411,54 @@ class Canary:
         for thread in self._threads:
             thread.join(30)
 
+    @contextlib.contextmanager
+    def paused(self, *, store: bool = True, get: bool = True) -> Iterator[None]:
+        """No canary store (get) runs in this block: it waits for the attempt under way, if
+        any. For a test that fills an overall limit on purpose: the canary would be refused
+        there by design, which the test checks with its own clients."""
+        with contextlib.ExitStack() as stack:
+            if store:
+                stack.enter_context(self._store_turn)
+            if get:
+                stack.enter_context(self._get_turn)
+            yield
+
     def _store_loop(self) -> None:
         ae = AE(ae_title="CANARY")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
         ae.add_requested_context(self._instance.SOPClassUID, "1.2.840.10008.1.2.1")
         while not self._stop.wait(0.5):
-            self._instance.SOPInstanceUID = new_uid()
-            self._instance.file_meta.MediaStorageSOPInstanceUID = self._instance.SOPInstanceUID
-            assoc = ae.associate(LOOPBACK, self.target.dicom_port, ae_title="DICOMLB")
-            if not assoc.is_established:
-                self.store_failures.append("association not established")
-                continue
-            try:
-                status = assoc.send_c_store(self._instance)
-                code = getattr(status, "Status", None)
-                if code != 0:
-                    self.store_failures.append(f"status {code!r}")
-                else:
-                    self.stores += 1
-            finally:
-                assoc.release()
+            with self._store_turn:
+                self._store_once(ae)
+
+    def _store_once(self, ae: AE) -> None:
+        self._instance.SOPInstanceUID = new_uid()
+        self._instance.file_meta.MediaStorageSOPInstanceUID = self._instance.SOPInstanceUID
+        assoc = ae.associate(LOOPBACK, self.target.dicom_port, ae_title="DICOMLB")
+        if not assoc.is_established:
+            self.store_failures.append("association not established")
+            return
+        try:
+            status = assoc.send_c_store(self._instance)
+            code = getattr(status, "Status", None)
+            if code != 0:
+                self.store_failures.append(f"status {code!r}")
+            else:
+                self.stores += 1
+        finally:
+            assoc.release()
 
     def _get_loop(self) -> None:
         url = f"http://{LOOPBACK}:{self.target.http_port}/system"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while not self._stop.wait(0.5):
-            try:
-                with opener.open(url, timeout=10) as response:
-                    response.read()
-                    self.gets += 1
-            except Exception as err:  # the canary reports every failure, whatever its kind
-                self.get_failures.append(repr(err))
+            with self._get_turn:
+                try:
+                    with opener.open(url, timeout=10) as response:
+                        response.read()
+                        self.gets += 1
+                except Exception as err:  # the canary reports every failure, whatever its kind
+                    self.get_failures.append(repr(err))
 
 
 # --------------------------------------------------------------------------- a campaign

@@ -1,10 +1,19 @@
 """dicomlb itself as a peer: the balancer runs in-process on its own event loop thread, on a
-free loopback port, from a config dict a user would write; every test stops it."""
+free loopback port, from a config dict a user would write; every test stops it.
+
+At teardown the `balancer` fixture checks that nothing outlived the test (DESIGN 13): once
+the test's own clients are gone and the linger deadlines have passed, no client association
+or HTTP client connection is open, no backend slot or HTTP backend connection is leased, no
+message is counted in flight, no spool ingest or delivery is half done, and once dicomlb has
+stopped the process holds no more file descriptors than before it started.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import os
 import subprocess
 import threading
 import time
@@ -23,6 +32,22 @@ from dicomlb.config import build_snapshot, load_snapshot
 from dicomlb.pools import BackendState, rendezvous_order
 from tests.dicomdata import new_uid
 from tests.peers import free_port
+
+LINGER_MIN = 5.0  # seconds the check waits at least for what is still closing
+LINGER_MAX = 15.0  # and at most, whatever deadlines a test configured
+QUIET = 0.1  # seconds between two looks that must both find nothing held
+FD_TOLERANCE = 2  # descriptors a first start may open for good (module caches)
+
+
+def open_descriptors() -> list[str]:
+    """What this process's descriptors point to (the balancer runs in-process)."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:  # the descriptor listdir itself used, closed since
+            continue
+    return out
 
 
 class Balancer:
@@ -103,30 +128,121 @@ class Balancer:
         messages counted in flight: name -> (slots and connections held, active)."""
 
         async def look() -> dict[str, tuple[int, int]]:
-            runtime = self.app.runtime
-            slots = {name: upstream.held for name, upstream in runtime.upstreams.items()}
-            if self.app.http is not None:
-                for name, conns in self.app.http.http.connections.items():
-                    slots[name] = slots.get(name, 0) + conns.open - len(conns.idle)
-            held = {name: (slots.get(name, 0), b.active) for name, b in runtime.backends.items()}
-            return {name: counts for name, counts in held.items() if counts != (0, 0)}
+            return self._held()
 
         return dict(self.call(look()))
 
-    def assert_nothing_held(self, settle: float = 5.0) -> None:
-        """Every upstream slot given back and no message counted in flight, once the
-        associations still closing have had `settle` seconds."""
-        deadline = time.monotonic() + settle
-        while (held := self.held()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not held, f"left held after the test (backend: (slots, active)): {held}"
+    def _held(self) -> dict[str, tuple[int, int]]:
+        """(on the balancer's loop) see `held`"""
+        runtime = self.app.runtime
+        slots = {name: upstream.held for name, upstream in runtime.upstreams.items()}
+        if self.app.http is not None:
+            for name, conns in self.app.http.http.connections.items():
+                slots[name] = slots.get(name, 0) + conns.open - len(conns.idle)
+        held = {name: (slots.get(name, 0), b.active) for name, b in runtime.backends.items()}
+        return {name: counts for name, counts in held.items() if counts != (0, 0)}
+
+    def leftovers(self) -> list[str]:
+        """What is still held now, one phrase each: client associations and connections,
+        backend slots and messages in flight, spool ingests and deliveries."""
+
+        async def look() -> list[str]:
+            app = self.app
+            out = [
+                f"backend {name}: {slots} slots or HTTP connections leased, {active} in flight"
+                for name, (slots, active) in self._held().items()
+            ]
+            now = time.monotonic()
+            if app.dicom is not None:
+                for assoc in app.dicom.associations:
+                    out.append(
+                        f"client association from {assoc.peer[0]}:{assoc.peer[1]} "
+                        f"calling_aet={assoc.calling_ae or '?'} state={assoc.assoc.state.name} "
+                        f"messages={assoc.messages} open {now - assoc.started:.1f}s"
+                    )
+                stats = app.dicom.stats
+                counts = {
+                    "active": stats.active,
+                    "negotiating": stats.negotiating,
+                    "by_ip": sum(stats.by_ip.values()),
+                    "by_calling_aet": sum(stats.by_calling_aet.values()),
+                    "negotiating_by_ip": sum(stats.negotiating_by_ip.values()),
+                }
+                if any(counts.values()) and not app.dicom.associations:
+                    out.append(f"DICOM listener counts without associations: {counts}")
+            if app.http is not None:
+                loop_now = asyncio.get_running_loop().time()
+                for client in app.http.clients:
+                    doing = "an exchange in progress" if client.exchange is not None else "idle"
+                    out.append(
+                        f"HTTP client connection from {client.peer[0]}:{client.peer[1]}, "
+                        f"{doing}, last active {loop_now - client.last_activity:.1f}s ago"
+                    )
+            spool = app.spool
+            if spool is not None:
+                parts = sorted(p.name for p in spool.store.tmp.glob("*.part"))
+                if parts:
+                    out.append(f"spool: {len(parts)} instances half ingested: {parts[:5]}")
+                for name, sender in spool.dispatcher.senders.items():
+                    if sender.inflight:
+                        out.append(f"spool: {sender.inflight} deliveries to {name} in flight")
+            return out
+
+        return list(self.call(look()))
+
+    def linger(self) -> float:
+        """How long what a test left may still take to close by itself: the listeners'
+        deadlines for a peer that went quiet, within [LINGER_MIN, LINGER_MAX]."""
+        deadlines = [LINGER_MIN]
+        if self.snapshot.dicom is not None:
+            deadlines.append(self.snapshot.dicom.artim_timeout + 1)
+        return min(max(deadlines), LINGER_MAX)
+
+    def assert_nothing_held(self, settle: float | None = None) -> None:
+        """Nothing left held (see `leftovers`) once what is still closing has had `settle`
+        seconds (the linger deadlines by default). Clean twice in a row, QUIET apart: what the
+        test did last (a connection in the accept queue) has reached the loop by then."""
+        deadline = time.monotonic() + (self.linger() if settle is None else settle)
+        clean = 0
+        while clean < 2:
+            time.sleep(QUIET)
+            left = self.leftovers()
+            clean = 0 if left else clean + 1
+            if left and time.monotonic() >= deadline:
+                raise AssertionError("left held after the test:\n  " + "\n  ".join(left))
+
+
+def assert_descriptors_back(before: list[str], settle: float = 2.0) -> None:
+    """The process holds no more descriptors than `before` (within FD_TOLERANCE)."""
+    deadline = time.monotonic() + settle
+    while len(after := open_descriptors()) > len(before) + FD_TOLERANCE:
+        if time.monotonic() >= deadline:
+            extra = sorted((collections.Counter(after) - collections.Counter(before)).elements())
+            raise AssertionError(
+                f"{len(after) - len(before)} more descriptors than before dicomlb started "
+                f"({len(before)} -> {len(after)}), new: {extra[:20]}"
+            )
+        time.sleep(0.05)
+
+
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item, so that teardown knows whether the test passed."""
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
 
 
 @pytest.fixture
-def balancer() -> Iterator[Any]:
+def balancer(request: pytest.FixtureRequest) -> Iterator[Any]:
     """`balancer(config, admin=False, config_file=None)` starts dicomlb with `config` (with the
-    admin listener on a free port; from a YAML file written there); all stop after the test."""
+    admin listener on a free port; from a YAML file written there); all stop after the test,
+    which then checks that nothing was left held (see the module's docstring)."""
     started: list[Balancer] = []
+    descriptors_before = open_descriptors()
 
     def start(config: dict[str, Any], **options: Any) -> Balancer:
         lb = Balancer(config, **options).start()
@@ -134,12 +250,17 @@ def balancer() -> Iterator[Any]:
         return lb
 
     yield start
+    call = request.node.stash.get(_REPORTS, {}).get("call")
+    check = call is not None and call.passed  # a failed test's leftovers are its failure's
     try:
-        for lb in started:
-            lb.assert_nothing_held()  # DESIGN 13: every lease given back, on every exit path
+        if check:
+            for lb in started:
+                lb.assert_nothing_held()  # DESIGN 13: every lease given back, on every exit
     finally:
         for lb in started:
             lb.stop()
+    if check and started:
+        assert_descriptors_back(descriptors_before)
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -93,7 +94,8 @@ def wait_until(predicate: Any, timeout: float = 20.0, every: float = 0.05) -> bo
 
 
 def index_states(spool_dir: Path) -> dict[str, int]:
-    with sqlite3.connect(spool_dir / "index.sqlite3") as db:
+    # closing: a connection's `with` ends a transaction, not the connection
+    with contextlib.closing(sqlite3.connect(spool_dir / "index.sqlite3")) as db:
         return dict(db.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
 
 

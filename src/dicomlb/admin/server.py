@@ -532,6 +532,8 @@ class AdminServer:
                     "accepted": stats.accepted,
                     "rejected": stats.rejected,
                     "aborted": stats.aborted,
+                    "negotiating": stats.negotiating,
+                    "refused": stats.refused,
                 }
             )
         http = self.app.http
