@@ -128,12 +128,13 @@ class StallingProxy:
 
 
 @contextlib.contextmanager
-def stalling(scp: StoreSCP, stall: float) -> Iterator[str]:
-    """`scp`'s address behind a StallingProxy that stalls once, after 1 MiB: a C-STORE
-    larger than that is still on its way when a test cuts it off."""
+def stalling(scp: StoreSCP, stall: float) -> Iterator[tuple[str, threading.Event]]:
+    """`scp`'s address behind a StallingProxy that stalls once, after 1 MiB, and the event
+    set when it does: a C-STORE larger than that is still on its way when a test cuts it
+    off."""
     proxy = StallingProxy(scp.port, after=1 << 20, stall=stall)
     try:
-        yield f"{scp.ae_title}@127.0.0.1:{proxy.port}"
+        yield f"{scp.ae_title}@127.0.0.1:{proxy.port}", proxy.stalled
         assert proxy.stalled.is_set(), "no C-STORE went through the proxy"
     finally:
         proxy.close()
@@ -156,7 +157,7 @@ def test_storescu_killed_mid_store_gives_the_slot_back(
     tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     big = write_series(make_series(1, rows=4096, cols=4096), tmp_path / "big")  # 32 MiB
-    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 2.0) as backend:
+    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 2.0) as (backend, stalled):
         lb = balancer(one_slot(backend))
         sender = subprocess.Popen(
             [dcmtk_tool("storescu"), "-aec", "DICOMLB", "127.0.0.1", str(lb.port), str(big[0])],
@@ -167,6 +168,7 @@ def test_storescu_killed_mid_store_gives_the_slot_back(
         try:
             wait_held(lb)
             time.sleep(0.05)
+            stalled.wait(20)  # killed in the middle of the data set, not before it
         finally:
             sender.kill()  # SIGKILL: no A-ABORT, no FIN from storescu itself
             sender.wait(10)
@@ -180,7 +182,7 @@ def test_pynetdicom_abort_mid_data_set_gives_the_slot_back(
     tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     big = make_series(1, rows=4096, cols=4096)[0]
-    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 2.0) as backend:
+    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 2.0) as (backend, stalled):
         lb = balancer(one_slot(backend))
         ae = AE(ae_title="ABORTER")
         ae.dimse_timeout = 2  # send_c_store waits that long for the response it will not get
@@ -195,6 +197,7 @@ def test_pynetdicom_abort_mid_data_set_gives_the_slot_back(
         sending = threading.Thread(target=send, daemon=True)
         sending.start()
         wait_held(lb)
+        assert stalled.wait(20), "the data set never got 1 MiB through"
         assoc.abort()  # A-ABORT while the data set is still going out
         sending.join(10)
         assert not sending.is_alive()
@@ -317,7 +320,7 @@ def test_a_client_paused_by_dicomlb_is_not_silent(tmp_path: Path, balancer: Any)
     bytes stop because of dicomlb, which must not time that silence (idle_timeout 1s, the
     backend stalls 3 s in the middle of a 16 MiB instance)."""
     big = write_series(make_series(1, rows=4096, cols=2048), tmp_path / "big")
-    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 3.0) as backend:
+    with StoreSCP("SCP1", tmp_path / "scp") as scp, stalling(scp, 3.0) as (backend, _):
         lb = balancer(one_slot(backend, idle_timeout="1s"))
         sent = storescu("127.0.0.1", lb.port, big, aec="DICOMLB", timeout=60)
         assert sent.returncode == 0, sent.stderr
