@@ -52,6 +52,7 @@ from dicomlb.dicom.pdu import (
 from dicomlb.dicom.tags import ScanBudget
 from dicomlb.dicom.upstream import set_nodelay, write_buffers
 from dicomlb.runtime import Runtime
+from dicomlb.tls import ServerHandshake
 
 log = logging.getLogger(__name__)
 
@@ -119,41 +120,6 @@ class InboundMessage:
     transfer_syntax: str
     data: FragmentStream | None
     received_at: float = field(default_factory=time.monotonic)
-
-
-class _Handshake(asyncio.Protocol):
-    """The protocol of a TLS connection until the association takes it over. It keeps the
-    client's first bytes before `start_tls` runs (uvloop starts reading after
-    `connection_made` even when it paused reading), and the first decrypted ones between the
-    end of the handshake and the moment `start_tls` returns."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.lost: tuple[Exception | None] | None = None
-
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = (exc,)
-
-    def take(self) -> list[bytes]:
-        chunks, self.chunks = self.chunks, []
-        return chunks
-
-
-def _feed(protocol: asyncio.BaseProtocol, chunks: list[bytes]) -> None:
-    """Give bytes read before it was in place to the TLS protocol (a buffered protocol in
-    asyncio and uvloop alike)."""
-    buffered = cast(asyncio.BufferedProtocol, protocol)
-    for data in chunks:
-        view = memoryview(data)
-        while view:
-            buffer = memoryview(buffered.get_buffer(len(view)))
-            size = min(len(buffer), len(view))
-            buffer[:size] = view[:size]
-            buffered.buffer_updated(size)
-            view = view[size:]
 
 
 async def discard(message: InboundMessage) -> None:
@@ -352,34 +318,16 @@ class InboundAssociation(asyncio.Protocol):
         # handshake included; bytes arriving do not extend it.
         self._start_artim()
         if self.config.tls is not None:
-            handshake = _Handshake()
-            self.transport.set_protocol(handshake)  # the ClientHello is for the TLS protocol
             self._tls_task = asyncio.get_running_loop().create_task(
-                self._start_tls(self.transport, handshake, self.config.tls.context)
+                self._start_tls(ServerHandshake(self.transport), self.config.tls.context)
             )
 
-    async def _start_tls(
-        self, raw: asyncio.Transport, handshake: _Handshake, context: ssl.SSLContext
-    ) -> None:
-        """Run the server side of the TLS handshake; the association then reads through it."""
-        loop = asyncio.get_running_loop()
-        starting = loop.create_task(
-            loop.start_tls(
-                raw,
-                handshake,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self.config.artim_timeout,  # ARTIM closes it first
-            )
-        )
-        tls: asyncio.Transport | None = None
+    async def _start_tls(self, handshake: ServerHandshake, context: ssl.SSLContext) -> None:
+        """Run the server side of the TLS handshake; the association then reads through it.
+        ARTIM closes a handshake that does not end first; a refused one is logged."""
         try:
-            # One step later start_tls has put its TLS protocol on the transport and queued
-            # its connection_made: the bytes read before go to it right after that.
-            await asyncio.sleep(0)
-            loop.call_soon(_feed, raw.get_protocol(), handshake.take())
-            tls = await starting
-        except Exception as err:  # the peer's handshake failed; closed in finally
+            tls = await handshake.run(context, self.config.artim_timeout)
+        except Exception as err:  # the peer's handshake failed; the connection is closed
             if self._outcome == "open":
                 self._outcome = "TLS handshake failed"
                 log.warning(
@@ -387,19 +335,10 @@ class InboundAssociation(asyncio.Protocol):
                     *self.peer,
                     str(err) or type(err).__name__,
                 )
-        finally:
-            if tls is None:
-                starting.cancel()
-                # Before a completed handshake the TLS protocol does not report the loss.
-                raw.close()
-                self.connection_lost(None)
-        if tls is not None:
-            self.transport = tls
-            tls.set_protocol(self)
-            for data in handshake.take():
-                self.data_received(data)
-            if handshake.lost is not None:
-                self.connection_lost(handshake.lost[0])
+            self.connection_lost(None)
+            return
+        self.transport = tls
+        handshake.hand_over(tls, self)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
