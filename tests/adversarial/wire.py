@@ -147,6 +147,7 @@ def _config(target: FuzzTarget) -> str:
                 "backends": [{"name": "scp", "dicom": store.address, "max_associations": 32}],
             },
             "archive": {
+                "orthanc": True,  # its HTTP side is checked with GET /system
                 "health": {"interval": "1s", "timeout": "1s"},
                 "idle_timeout": "1s",
                 "response_timeout": "10s",
