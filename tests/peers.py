@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -97,23 +98,48 @@ def peer_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 _GIVEN_PORTS: set[int] = set()  # ports free_port() returned in this process
+_PICK = random.Random()  # its own generator: hypothesis seeds the global one per example
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; a default elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = (int(part) for part in f.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def _outside_ephemeral() -> range:
+    low, high = _ephemeral_range()
+    below = range(10000, min(low, 65536))
+    above = range(max(high + 1, 10000), 65536)
+    return below if len(below) >= len(above) else above
 
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now.
 
-    The kernel picks it (bind to port 0); another process could take it before the caller
-    binds, which on a test box is rare enough. A port is never handed out twice in one
-    test process: a peer not started yet must not get the balancer's port, or the balancer
-    would relay to itself.
+    Ports come from outside the kernel's ephemeral range: a port the kernel picked for
+    ``bind(0)`` is also one it hands to the next outgoing connection (a peer's, the
+    balancer's), which then holds it when the peer we start tries to listen there. A random
+    pick tested with a bind keeps two test processes apart. A port is never handed out twice
+    in one test process: a peer not started yet must not get the balancer's port, or the
+    balancer would relay to itself.
     """
-    for _ in range(100):
+    candidates = _outside_ephemeral()
+    for _ in range(1000):
+        port = _PICK.choice(candidates)
+        if port in _GIVEN_PORTS or is_listening(port):
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            port: int = sock.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
     raise RuntimeError("no loopback port left that was not handed out before")
 
 
