@@ -594,10 +594,14 @@ def test_association_flood_from_many_addresses_meets_the_overall_limit(
 
 @pytest.mark.slow
 def test_idle_connection_floods_repeated(target: FuzzTarget, tmp_path: Path) -> None:
-    """Ten idle floods on each data listener in a row: RSS and descriptors stay flat."""
+    """Ten idle floods on each data listener in a row: RSS and descriptors stay flat.
+
+    Four flooding addresses, as in the single floods: eight would hold all of
+    max_negotiating (8 x max_negotiating_per_ip) and lock the canary out until ARTIM, which
+    is the documented reach of those two limits, not a leak."""
     before = target.rss()
     for _ in range(10):
         with flooding(target):
-            flood_from_child(target.dicom_port, sources(12, 8), FLOOD, watch=ARTIM + 2)
-            flood_from_child(target.http_port, sources(13, 8), FLOOD, watch=KEEPALIVE + 2)
+            flood_from_child(target.dicom_port, sources(12, 4), FLOOD, watch=ARTIM + 2)
+            flood_from_child(target.http_port, sources(13, 4), FLOOD, watch=KEEPALIVE + 2)
     assert target.rss() - before < RSS_GROWTH_LIMIT
