@@ -38,6 +38,8 @@ from dicomlb.http.routing import request_path
 __all__ = ["CONTENT_TYPE", "Metrics", "percentile", "status_class"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A float as Prometheus writes it (`le` labels); prometheus_client leaves it untyped.
+go_float: Callable[[float], str] = floatToGoString
 
 # Relay latency buckets: loopback C-STOREs take ~1 ms, a slow archive seconds.
 LATENCY_BUCKETS = (
@@ -236,7 +238,7 @@ class Durations(_Family):
 
 def _edges(bounds: Sequence[float]) -> list[str]:
     """The `le` labels of a histogram's buckets."""
-    return [floatToGoString(b) for b in bounds] + ["+Inf"]
+    return [go_float(b) for b in bounds] + ["+Inf"]
 
 
 def _cumulative(edges: list[str], buckets: Sequence[float]) -> list[tuple[str, float]]:
@@ -604,8 +606,8 @@ class Metrics:
             "count": len(values),
         }
 
-    def counter_values(self, counter: Counter | Counts) -> Iterator[tuple[dict[str, str], float]]:
-        """(labels, value) of each child of `counter`."""
+    def counter_values(self, counter: Collector) -> Iterator[tuple[dict[str, str], float]]:
+        """(labels, value) of each `_total` sample of `counter`."""
         for metric in counter.collect():
             for sample in metric.samples:
                 if sample.name.endswith("_total"):

@@ -21,7 +21,7 @@ from dicomlb.bridge import core
 from dicomlb.bridge.core import StoreOutcome
 from dicomlb.http.checks import HttpCheckError
 from dicomlb.http.snapshot import HttpCheckConfig
-from dicomlb.snapshot import BackendConfig, HttpStoreConfig
+from dicomlb.snapshot import BackendConfig, HttpStoreConfig, StoreVia
 
 __all__ = ["KEEPALIVE", "BridgeInstance", "HttpStoreClient", "bridge_check", "check_target"]
 
@@ -63,7 +63,7 @@ class HttpStoreClient:
             headers = {"User-Agent": "dicomlb-bridge"}
             if self.store.authorization is not None:
                 headers["Authorization"] = self.store.authorization
-            if self.store.via is core.StoreVia.STOW_RS:
+            if self.store.via is StoreVia.STOW_RS:
                 headers["Accept"] = "application/dicom+json"
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=headers, auto_decompress=True
@@ -89,7 +89,7 @@ class HttpStoreClient:
         boundary = base64.b32encode(os.urandom(15)).decode("ascii").lower()
         whole = all(isinstance(i.body, bytes) for i in instances)
         body: bytes | AsyncIterator[bytes]
-        if self.store.via is core.StoreVia.ORTHANC_REST:
+        if self.store.via is StoreVia.ORTHANC_REST:
             assert len(instances) == 1, "Orthanc REST takes one instance per request"
             only = instances[0].body
             body = only if isinstance(only, bytes) else _iterate(only)
@@ -172,7 +172,7 @@ def check_target(
     base = backend.http.path
     if check is not None:
         return check.method, f"{base}{check.path}", check.status
-    if backend.store.via is core.StoreVia.ORTHANC_REST:
+    if backend.store.via is StoreVia.ORTHANC_REST:
         return "GET", f"{base}/system", (200,)
     return "GET", f"{base}{backend.store.stow_path}/studies?limit=1", (200, 204)
 

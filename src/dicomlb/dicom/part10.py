@@ -63,7 +63,7 @@ def dataset_offset(data: bytes) -> int:
     """Where the data set starts in a Part-10 file's bytes (after the file meta group)."""
     if data[128:132] != b"DICM":
         raise ValueError("not a DICOM Part-10 file (no DICM prefix)")
-    (group_length,) = struct.unpack_from("<L", data, 132 + 8)
+    group_length: int = struct.unpack_from("<L", data, 132 + 8)[0]
     return 132 + 12 + group_length
 
 

@@ -209,8 +209,8 @@ class Relay:
                 return
         try:
             head, done, tags, limited = await self._read_header(message)
-        except MessageFailed as failure:
-            await self._store_refused(message, "", "", failure)
+        except MessageFailed as unreadable:
+            await self._store_refused(message, "", "", unreadable)
             return
         facts = MessageFacts(
             calling_aet=inbound.calling_ae,

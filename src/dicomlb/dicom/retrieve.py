@@ -208,7 +208,7 @@ async def move(relay: Relay, message: InboundMessage) -> None:
             originator_ae=inbound.calling_ae,
             client_message_id=command.message_id,
             destination=destination,
-            backends=(b.config.dicom.ae_title for b in backends),
+            backends=(b.config.dicom.ae_title for b in backends if b.config.dicom is not None),
         )
         rewrite[Tag.MOVE_DESTINATION] = snapshot.dicom.ae_title
     try:

@@ -182,7 +182,7 @@ class UpstreamAssociation(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         set_nodelay(self.transport)
-        transport.write(self.assoc.send(self.request))
+        self.transport.write(self.assoc.send(self.request))
 
     def data_received(self, data: bytes) -> None:
         try:
