@@ -15,11 +15,17 @@ from dicomlb import changes, descriptors
 from dicomlb.admin.server import AdminServer
 from dicomlb.checks import HealthChecker
 from dicomlb.config import ConfigError, build_backend, load_snapshot
+from dicomlb.control import (
+    AssociationStatus,
+    BackendConnections,
+    DicomListenerStatus,
+    HttpListenerStatus,
+)
 from dicomlb.dicom.acceptor import DicomListener
 from dicomlb.dicom.upstream import UpstreamPool
 from dicomlb.http.proxy import HttpListener
 from dicomlb.metrics import Metrics, StateCollector
-from dicomlb.pools import BackendState
+from dicomlb.pools import BackendState, Pool
 from dicomlb.runtime import Runtime
 from dicomlb.snapshot import AdminListenerConfig, Snapshot
 from dicomlb.spool.spool import Spool
@@ -282,6 +288,70 @@ class App:
         task.add_done_callback(self._tasks.discard)
 
     # -------------------------------------------------------- state
+
+    def dicom_listener(self) -> DicomListenerStatus | None:
+        config = self.snapshot.dicom
+        if self.dicom is None or config is None:
+            return None
+        stats = self.dicom.stats
+        return DicomListenerStatus(
+            host=config.host,
+            port=self.dicom.port,
+            ae_title=config.ae_title,
+            max_associations=config.max_associations,
+            active=stats.active,
+            accepted=stats.accepted,
+            rejected=stats.rejected,
+            aborted=stats.aborted,
+            negotiating=stats.negotiating,
+            refused=stats.refused,
+        )
+
+    def http_listener(self) -> HttpListenerStatus | None:
+        if self.http is None:
+            return None
+        config = self.http.config
+        return HttpListenerStatus(
+            host=config.host,
+            port=config.port,
+            active=len(self.http.clients),
+            max_connections=config.max_connections,
+        )
+
+    def pools(self) -> list[Pool]:
+        return list(self.runtime.pools.values())
+
+    def pools_in_use(self) -> set[str]:
+        return {p.name for p in self.runtime.pools_in_use()}
+
+    def backend_connections(self, backend: str) -> BackendConnections:
+        upstream = self.runtime.upstreams.get(backend)
+        checker = self.checkers.get(backend)
+        conns = self.http.http.connections.get(backend) if self.http is not None else None
+        return BackendConnections(
+            upstream_open=upstream.open if upstream is not None else 0,
+            upstream_idle=len(upstream.idle) if upstream is not None else 0,
+            last_check_error=checker.last_error if checker is not None else None,
+            http_open=conns.open if conns is not None else None,
+            http_idle=len(conns.idle) if conns is not None else None,
+        )
+
+    def associations(self) -> list[AssociationStatus]:
+        if self.dicom is None:
+            return []
+        return [
+            AssociationStatus(
+                peer=f"{a.peer[0]}:{a.peer[1]}",
+                calling_aet=a.calling_ae,
+                called_aet=a.called_ae,
+                started=a.started,
+                messages=a.messages,
+                bytes_in=a.bytes_in,
+                busy=a.busy,
+            )
+            for a in self.dicom.associations
+            if a.counted
+        ]
 
     def pool_of(self, backend: str) -> str:
         for pool in self.runtime.pools.values():

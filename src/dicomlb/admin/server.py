@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -30,14 +30,12 @@ from dicomlb import __version__
 from dicomlb.admin.spool import SpoolView
 from dicomlb.changes import ChangeError
 from dicomlb.config import ConfigError
+from dicomlb.control import Control
 from dicomlb.metrics import CONTENT_TYPE
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import AdminAuth
 from dicomlb.spool.ops import OperationError
 from dicomlb.spool.state import ItemState
-
-if TYPE_CHECKING:
-    from dicomlb.app import App
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +119,9 @@ def backend_state(backend: BackendState) -> str:
 
 
 class AdminServer:
-    """The admin listener of one App."""
+    """The admin listener of one running balancer."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Control) -> None:
         self.app = app
         self.web = web.Application(middlewares=[self._middleware])
         self._runner: web.AppRunner | None = None
@@ -168,10 +166,9 @@ class AdminServer:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await self._site.start()
-        server = self._site._server
-        sockets = getattr(server, "sockets", None) or []
+        addresses = self._runner.addresses
         self.host = host
-        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        self.port = int(addresses[0][1]) if addresses else port
         log.info("listener.started listener=admin bind=%s:%d", host, self.port)
 
     async def stop(self) -> None:
@@ -518,33 +515,31 @@ class AdminServer:
 
     def _listeners(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        dicom = self.app.dicom
-        config = self.app.snapshot.dicom
-        if dicom is not None and config is not None:
-            stats = dicom.stats
+        dicom = self.app.dicom_listener()
+        if dicom is not None:
             out.append(
                 {
                     "name": "dicom",
-                    "bind": f"{config.host}:{dicom.port}",
-                    "ae_title": config.ae_title,
-                    "active": stats.active,
-                    "max_associations": config.max_associations,
-                    "accepted": stats.accepted,
-                    "rejected": stats.rejected,
-                    "aborted": stats.aborted,
-                    "negotiating": stats.negotiating,
-                    "refused": stats.refused,
+                    "bind": f"{dicom.host}:{dicom.port}",
+                    "ae_title": dicom.ae_title,
+                    "active": dicom.active,
+                    "max_associations": dicom.max_associations,
+                    "accepted": dicom.accepted,
+                    "rejected": dicom.rejected,
+                    "aborted": dicom.aborted,
+                    "negotiating": dicom.negotiating,
+                    "refused": dicom.refused,
                 }
             )
-        http = self.app.http
+        http = self.app.http_listener()
         if http is not None:
             metrics = self.app.metrics
             out.append(
                 {
                     "name": "http",
-                    "bind": f"{http.config.host}:{http.config.port}",
-                    "active": len(http.clients),
-                    "max_connections": http.config.max_connections,
+                    "bind": f"{http.host}:{http.port}",
+                    "active": http.active,
+                    "max_connections": http.max_connections,
                     "requests": sum(v for _, v in metrics.counter_values(metrics.http_requests)),
                 }
             )
@@ -612,11 +607,10 @@ class AdminServer:
         return routes
 
     def _pools(self) -> list[dict[str, Any]]:
-        runtime = self.app.runtime
-        in_use = {p.name for p in runtime.pools_in_use()}
+        in_use = self.app.pools_in_use()
         counts = self._message_counts()
         out = []
-        for pool in runtime.pools.values():
+        for pool in self.app.pools():
             config = pool.config
             names = [b.name for b in pool.backends]
             out.append(
@@ -636,18 +630,15 @@ class AdminServer:
 
     def _backends(self) -> list[dict[str, Any]]:
         out = []
-        for pool in self.app.runtime.pools.values():
+        for pool in self.app.pools():
             for backend in pool.backends:
                 out.append(self._backend(backend, pool.name))
         return out
 
     def _backend(self, backend: BackendState, pool: str) -> dict[str, Any]:
-        runtime = self.app.runtime
         metrics = self.app.metrics
-        upstream = runtime.upstreams.get(backend.name)
-        checker = self.app.checkers.get(backend.name)
+        conns = self.app.backend_connections(backend.name)
         config = backend.config
-        conns = self.app.http.http.connections.get(backend.name) if self.app.http else None
         return {
             "name": backend.name,
             "pool": pool,
@@ -660,9 +651,9 @@ class AdminServer:
             "enabled": backend.enabled,
             "mode": backend.mode,
             "active": backend.active,
-            "upstream_open": upstream.open if upstream else 0,
-            "upstream_idle": len(upstream.idle) if upstream else 0,
-            "last_error": checker.last_error if checker else None,
+            "upstream_open": conns.upstream_open,
+            "upstream_idle": conns.upstream_idle,
+            "last_error": conns.last_check_error,
             "checks": [[t, ok] for t, ok in metrics.checks.get(backend.name, ())],
             "transitions": [
                 {"time": t, "state": s, "cause": c}
@@ -672,8 +663,8 @@ class AdminServer:
             "latency": metrics.latency(backend.name),
             "http_requests": self._http_counts().get(("backend", backend.name), {}),
             "http_latency": metrics.http_latency(backend.name),
-            "http_open_connections": conns.open if conns is not None else None,
-            "http_idle_connections": len(conns.idle) if conns is not None else None,
+            "http_open_connections": conns.http_open,
+            "http_idle_connections": conns.http_idle,
         }
 
     def _routes(self) -> list[dict[str, Any]]:
@@ -695,22 +686,18 @@ class AdminServer:
 
     def _associations(self) -> dict[str, Any]:
         now = time.monotonic()
-        active: list[dict[str, Any]] = []
-        if self.app.dicom is not None:
-            for a in self.app.dicom.associations:
-                if not a.counted:
-                    continue
-                active.append(
-                    {
-                        "peer": f"{a.peer[0]}:{a.peer[1]}",
-                        "calling_aet": a.calling_ae,
-                        "called_aet": a.called_ae,
-                        "seconds": round(now - a.started, 3),
-                        "messages": a.messages,
-                        "bytes": a.bytes_in,
-                        "busy": a.busy,
-                    }
-                )
+        active: list[dict[str, Any]] = [
+            {
+                "peer": a.peer,
+                "calling_aet": a.calling_aet,
+                "called_aet": a.called_aet,
+                "seconds": round(now - a.started, 3),
+                "messages": a.messages,
+                "bytes": a.bytes_in,
+                "busy": a.busy,
+            }
+            for a in self.app.associations()
+        ]
         active.sort(key=lambda a: -a["seconds"])
         recent = [r.as_dict() for r in reversed(self.app.metrics.recent_associations)]
         return {"active": active, "recent": recent}
