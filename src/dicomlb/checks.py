@@ -21,11 +21,10 @@ from dicomlb.dicom.dimse import echo_request
 from dicomlb.dicom.upstream import Busy, UpstreamError, UpstreamPool
 from dicomlb.health import Cause
 from dicomlb.http.checks import DEFAULT_CHECK, HttpCheckError, http_check
-from dicomlb.http.snapshot import HttpCheckConfig
 from dicomlb.http.upstream import upstream_tls
 from dicomlb.metrics import Metrics
 from dicomlb.pools import Protocol
-from dicomlb.snapshot import HealthConfig
+from dicomlb.snapshot import HealthConfig, HttpCheckConfig
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,6 @@ from dicomlb.http.config import (
     parse_http_address,
     proxy_address_issue,
 )
-from dicomlb.http.snapshot import HttpListenerConfig
 from dicomlb.routing import MatchError, parse_match
 from dicomlb.snapshot import (
     Ack,
@@ -68,6 +67,7 @@ from dicomlb.snapshot import (
     DicomListenerConfig,
     HealthConfig,
     HttpAddress,
+    HttpListenerConfig,
     HttpStoreConfig,
     MoveDestination,
     PoolConfig,

@@ -11,17 +11,12 @@ import ipaddress
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
+from urllib.parse import parse_qsl
 
 from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
-
-if TYPE_CHECKING:  # the HTTP side's snapshot parts; imported lazily (they import this module)
-    from dicomlb.http.snapshot import (
-        HttpCheckConfig,
-        HttpListenerConfig,
-        HttpPoolConfig,
-        HttpRouteConfig,
-    )
+from dicomlb.http.h1 import Headers
+from dicomlb.http.paths import EncodedSlashes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +96,58 @@ class MessageFacts:
 
 
 Predicate = Callable[[MessageFacts], bool]
+
+
+class RequestFacts:
+    """What a route may look at for one request; header and query lookups are lazy."""
+
+    __slots__ = ("_host", "_query", "client_ip", "headers", "method", "path", "query_string")
+
+    def __init__(self, *, method: str, target: str, headers: Headers, client_ip: str = "") -> None:
+        self.method = method
+        # `target` is normalised already (the request reader did it): its path is matched
+        # as it is, never decoded again (a decoded %2F would be a slash the backend never
+        # sees).
+        self.path, _, self.query_string = target.partition("?")
+        self.headers = headers
+        self.client_ip = client_ip
+        self._host: str | None = None
+        self._query: dict[str, list[str]] | None = None
+
+    @property
+    def host(self) -> str:
+        """The Host header's name, lower case, without the port ("" when absent)."""
+        if self._host is None:
+            host = b""
+            for name, value in self.headers:
+                if len(name) == 4 and name.lower() == b"host":
+                    host = value
+                    break
+            self._host = strip_port(host.decode("latin-1").lower())
+        return self._host
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    def query(self, name: str) -> list[str]:
+        """The values of query parameter `name` (decoded)."""
+        if self._query is None:
+            self._query = {}
+            for key, value in parse_qsl(self.query_string, keep_blank_values=True):
+                self._query.setdefault(key, []).append(value)
+        return self._query.get(name, [])
+
+
+def strip_port(host: str) -> str:
+    """A Host header's name without its port (`[v6]` kept bracketed)."""
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
 
 
 class Strategy(enum.StrEnum):
@@ -287,6 +334,103 @@ class AdminListenerConfig:
     # Host names a browser may use without auth, beside localhost and IP literals (which DNS
     # rebinding cannot forge), lower case.
     allowed_hosts: frozenset[str] = frozenset()
+
+
+# ---------------------------------------------------------------- HTTP
+
+HttpPredicate = Callable[[RequestFacts], bool]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpListenerConfig:
+    """`listeners.http`: where and how clients are accepted."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_connections: int = 10000
+    max_head_size: int = 65536  # request line + headers; beyond → 431 (414 for the line)
+    head_timeout: float = 15.0  # a started request head must complete in this (slowloris)
+    keepalive_timeout: float = 75.0  # an idle client connection between requests
+    idle_timeout: float = 60.0  # nothing moves either way during a request
+    tunnel_timeout: float = 3600.0  # nothing moves either way through an Upgrade tunnel
+    # After an answer that came before the whole request body: up to this much of the rest
+    # is read and dropped to keep the connection; more → `Connection: close`, closed lingering.
+    discard_body_max: int = 16 * 1024 * 1024
+    tls: TlsConfig | None = None  # HTTPS: clients speak TLS (with `ca`: client certificates)
+    encoded_slashes: EncodedSlashes = EncodedSlashes.REJECT  # %2F / %5C in a path: 400 or kept
+
+
+class KeyKind(enum.StrEnum):
+    HEADER = "header"
+    COOKIE = "cookie"
+    CLIENT_IP = "client_ip"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpKey:
+    """What affinity / sticky placement hashes for an HTTP request."""
+
+    kind: KeyKind
+    name: str = ""  # header or cookie name (lower case for headers)
+
+    def __str__(self) -> str:
+        return self.kind.value if self.kind is KeyKind.CLIENT_IP else f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpPoolConfig:
+    """`pools.<name>.http`: how HTTP requests are balanced and relayed to the pool."""
+
+    key: HttpKey | None = None  # affinity / sticky key (affinity default: client IP)
+    sticky: bool = False  # remember where a key was first placed (by least load)
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0  # idle wait for backend bytes while a response is due
+    idle_timeout: float = 30.0  # an idle pooled keep-alive connection is closed after this
+    commit_timeout: float = 3600.0  # Orthanc /transfers/push/*/commit read timeout
+    retries: int = 2  # other backends tried after a safe failure
+    retry_buffer: int = 65536  # request bodies up to this are kept for a retry
+    passive: bool = True  # passive ejection on connect errors and 502/503/504
+    passive_failures: int = 5  # 502/503/504 answers within passive_window that eject
+    passive_window: float = 10.0
+    slow_start: float = 0.0  # after down → up, ramp a backend's share over this (0: off)
+    max_connections: int | None = None  # open connections per backend (None: no cap)
+    acquire_timeout: float = 5.0  # wait for a connection slot at a capped backend → 503
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpCheckConfig:
+    """`pools.<name>.health.http`: the active HTTP check."""
+
+    method: str = "GET"
+    path: str = "/"
+    status: tuple[int, ...] = (200,)
+    username: str | None = None
+    password: str | None = None
+    host: str | None = None  # Host header (default: the backend's host:port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MiddlewareConfig:
+    """A named middleware: its kind and options (already validated)."""
+
+    name: str
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRouteConfig:
+    """`http_routes[]`: a match, a pool, middlewares and timeout overrides."""
+
+    name: str
+    match: HttpPredicate
+    pool: PoolConfig
+    middlewares: tuple[MiddlewareConfig, ...] = ()
+    match_text: str = "everything"
+    read_timeout: float | None = None  # overrides the pool's
+
+
+# ---------------------------------------------------------------- the whole
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

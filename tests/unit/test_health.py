@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 from dicomlb.checks import http_check_of
 from dicomlb.config import build_snapshot
 from dicomlb.health import Cause, HealthState, counts_against_backend
-from dicomlb.http.snapshot import HttpCheckConfig
 from dicomlb.pools import BackendState
-from dicomlb.snapshot import HealthConfig
+from dicomlb.snapshot import HealthConfig, HttpCheckConfig
 
 
 def run(state: HealthState, checks: str) -> str:

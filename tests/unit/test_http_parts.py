@@ -12,9 +12,9 @@ from dicomlb.http.affinity import StickyTable, request_key
 from dicomlb.http.h1 import Request, RequestReader, forward_head
 from dicomlb.http.middlewares import RequestContext, build_middleware, hash_password
 from dicomlb.http.orthanc import OwnerTable, is_commit, resource_of
-from dicomlb.http.routing import HttpRouter, RequestFacts, request_path
-from dicomlb.http.snapshot import HttpKey, KeyKind, MiddlewareConfig
+from dicomlb.http.routing import HttpRouter, request_path
 from dicomlb.pools import BackendState, Pool
+from dicomlb.snapshot import HttpKey, KeyKind, MiddlewareConfig, RequestFacts
 
 
 def config(**extra: Any) -> dict[str, Any]:

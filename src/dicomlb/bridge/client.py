@@ -20,8 +20,7 @@ import aiohttp
 from dicomlb.bridge import core
 from dicomlb.bridge.core import StoreOutcome
 from dicomlb.http.checks import HttpCheckError
-from dicomlb.http.snapshot import HttpCheckConfig
-from dicomlb.snapshot import BackendConfig, HttpStoreConfig, StoreVia
+from dicomlb.snapshot import BackendConfig, HttpCheckConfig, HttpStoreConfig, StoreVia
 
 __all__ = ["KEEPALIVE", "BridgeInstance", "HttpStoreClient", "bridge_check", "check_target"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from dicomlb.http.h1 import Headers
-from dicomlb.http.snapshot import HttpKey, KeyKind
 from dicomlb.pools import BackendState, Pool, rendezvous_score
+from dicomlb.snapshot import HttpKey, KeyKind
 
 __all__ = ["StickyTable", "least_loaded", "request_key"]
 

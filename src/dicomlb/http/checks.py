@@ -8,8 +8,7 @@ import base64
 import contextlib
 import ssl
 
-from dicomlb.http.snapshot import HttpCheckConfig
-from dicomlb.snapshot import HttpAddress
+from dicomlb.snapshot import HttpAddress, HttpCheckConfig
 
 __all__ = ["DEFAULT_CHECK", "HttpCheckError", "http_check"]
 

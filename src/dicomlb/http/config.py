@@ -16,7 +16,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from dicomlb.http.middlewares import KINDS
 from dicomlb.http.paths import EncodedSlashes
 from dicomlb.http.routing import parse_http_match
-from dicomlb.http.snapshot import (
+from dicomlb.routing import MatchError
+from dicomlb.snapshot import (
+    HttpAddress,
     HttpCheckConfig,
     HttpKey,
     HttpListenerConfig,
@@ -24,9 +26,9 @@ from dicomlb.http.snapshot import (
     HttpRouteConfig,
     KeyKind,
     MiddlewareConfig,
+    PoolConfig,
+    TlsConfig,
 )
-from dicomlb.routing import MatchError
-from dicomlb.snapshot import HttpAddress, PoolConfig, TlsConfig
 
 __all__ = [
     "HttpCheckModel",

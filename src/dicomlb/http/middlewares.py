@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from dicomlb.http.h1 import LocalResponse
 from dicomlb.http.paths import EncodedSlashes, PathError, normalize_path
-from dicomlb.http.snapshot import MiddlewareConfig
+from dicomlb.snapshot import MiddlewareConfig
 
 __all__ = [
     "KINDS",

@@ -52,18 +52,19 @@ from dicomlb.http.h1 import (
     serialize_response,
 )
 from dicomlb.http.middlewares import RequestContext, build_middleware
-from dicomlb.http.routing import HttpRouter, RequestFacts, request_path
-from dicomlb.http.snapshot import (
+from dicomlb.http.routing import HttpRouter, request_path
+from dicomlb.http.upstream import BackendConnections, UpstreamConnection
+from dicomlb.pools import BackendState, Pool, Protocol
+from dicomlb.runtime import Runtime
+from dicomlb.snapshot import (
     HttpKey,
     HttpListenerConfig,
     HttpPoolConfig,
     HttpRouteConfig,
     KeyKind,
+    RequestFacts,
+    Strategy,
 )
-from dicomlb.http.upstream import BackendConnections, UpstreamConnection
-from dicomlb.pools import BackendState, Pool, Protocol
-from dicomlb.runtime import Runtime
-from dicomlb.snapshot import Strategy
 from dicomlb.tls import ServerHandshake
 
 log = logging.getLogger(__name__)
@@ -983,6 +984,12 @@ class Exchange:
                 self._send(last_chunk(event.trailers))
         elif isinstance(event, Upgrade) and event.data:
             self._send(event.data)
+
+    def pause_client(self) -> None:
+        self.client.pause_reading("upstream")
+
+    def resume_client(self) -> None:
+        self.client.resume_reading("upstream")
 
     # response side -------------------------------------------------------------------------
 

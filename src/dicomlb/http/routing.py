@@ -24,69 +24,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import translate as glob_to_regex
 from typing import Any
-from urllib.parse import parse_qsl
 
-from dicomlb.http.h1 import Headers
 from dicomlb.http.paths import PathError, normalize_path
-from dicomlb.http.snapshot import HttpPredicate, HttpRouteConfig
 from dicomlb.routing import MatchError
+from dicomlb.snapshot import HttpPredicate, HttpRouteConfig, RequestFacts
 
 __all__ = [
     "MATCH_KEYS",
     "HttpMatch",
     "HttpRouter",
-    "RequestFacts",
     "parse_http_match",
     "request_path",
 ]
 
 MATCH_KEYS = ("host", "path", "path_prefix", "path_regex", "method", "headers", "query")
 _VALUE_OPERATORS = ("regex", "glob", "exists")
-
-
-class RequestFacts:
-    """What a route may look at for one request; header and query lookups are lazy."""
-
-    __slots__ = ("_host", "_query", "client_ip", "headers", "method", "path", "query_string")
-
-    def __init__(self, *, method: str, target: str, headers: Headers, client_ip: str = "") -> None:
-        self.method = method
-        # `target` is normalised already (the request reader did it): its path is matched
-        # as it is, never decoded again (a decoded %2F would be a slash the backend never
-        # sees).
-        self.path, _, self.query_string = target.partition("?")
-        self.headers = headers
-        self.client_ip = client_ip
-        self._host: str | None = None
-        self._query: dict[str, list[str]] | None = None
-
-    @property
-    def host(self) -> str:
-        """The Host header's name, lower case, without the port ("" when absent)."""
-        if self._host is None:
-            host = b""
-            for name, value in self.headers:
-                if len(name) == 4 and name.lower() == b"host":
-                    host = value
-                    break
-            self._host = _strip_port(host.decode("latin-1").lower())
-        return self._host
-
-    def header(self, name: str) -> str | None:
-        """The first value of header `name` (case-insensitive), or None."""
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return None
-
-    def query(self, name: str) -> list[str]:
-        """The values of query parameter `name` (decoded)."""
-        if self._query is None:
-            self._query = {}
-            for key, value in parse_qsl(self.query_string, keep_blank_values=True):
-                self._query.setdefault(key, []).append(value)
-        return self._query.get(name, [])
 
 
 def request_path(target: str) -> str:
@@ -106,12 +58,6 @@ def _match_path(value: str, where: str) -> str:
         return normalize_path(written).decode("ascii")
     except PathError as err:
         raise MatchError(where, f'"{value}": {err}') from None
-
-
-def _strip_port(host: str) -> str:
-    if host.startswith("["):
-        return host.partition("]")[0] + "]"
-    return host.partition(":")[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

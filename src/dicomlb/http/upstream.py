@@ -5,7 +5,7 @@ backend (`http.max_connections`: requests wait their turn in order), with the ba
 slow-start ramp and passive-ejection window.
 
 The connection only moves bytes and feeds the `ResponseReader` core; what the events mean
-is the `Exchange`'s business (`proxy.py`).
+is its `ExchangeSink`'s business (the proxy's `Exchange`).
 """
 
 from __future__ import annotations
@@ -15,22 +15,38 @@ import socket
 import ssl
 import typing
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dicomlb.http.balancing import FailureWindow, SlowStart
 from dicomlb.http.h1 import Event, ReaderState, RemoteProtocolError, ResponseReader
-from dicomlb.http.snapshot import HttpPoolConfig
 from dicomlb.pools import BackendState
-from dicomlb.snapshot import BackendConfig, HttpAddress
+from dicomlb.snapshot import BackendConfig, HttpAddress, HttpPoolConfig
 from dicomlb.tls import default_client_context
 
-if TYPE_CHECKING:
-    from dicomlb.http.proxy import Exchange
-
-__all__ = ["BackendConnections", "UpstreamConnection", "upstream_tls"]
+__all__ = ["BackendConnections", "ExchangeSink", "UpstreamConnection", "upstream_tls"]
 
 WRITE_HIGH = 256 * 1024  # write buffer toward a backend before the client is paused
 _IDLE = ReaderState.IDLE  # (a global: an Enum member read from its class costs ~130 ns)
+
+
+class ExchangeSink(Protocol):
+    """What a connection tells the exchange it carries."""
+
+    def on_upstream_events(
+        self, conn: UpstreamConnection, events: list[Event], data: bytes = b""
+    ) -> None:
+        """The response's events; `data`, when given, are the bytes they were read from."""
+        ...
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: str, *, received: bool) -> None:
+        """The connection failed; `received` when some of the response had come."""
+        ...
+
+    def pause_client(self) -> None:
+        """The backend's write buffer is full: stop reading the client."""
+        ...
+
+    def resume_client(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -40,7 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.owner = owner
         self.reader = ResponseReader()
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: ExchangeSink | None = None
         self.closed = False
         self.idle_since = 0.0
         self.requests = 0  # exchanges carried, for logs (reused when > 0)
@@ -88,11 +104,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.pause_reading("upstream")
+            self.exchange.pause_client()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.resume_reading("upstream")
+            self.exchange.resume_client()
 
     # use -----------------------------------------------------------------------------------
 
