@@ -64,7 +64,8 @@ TABLE = Path(__file__).resolve().parents[2] / "docs" / "differential.md"
 WRITE_TABLE = os.environ.get("DICOMLB_WRITE_DIFF_TABLE") == "1"
 USER, PASSWORD = "alice", "secret"
 # Callers Orthanc knows (DicomModalities); STRANGER is known to nobody.
-CALLERS = ("FINDSCU", "MOVESCU", "GETSCU", "STORESCU")
+# VIEWER's C-MOVEs go via_balancer (a route of its own), MOVESCU's passthrough.
+CALLERS = ("FINDSCU", "MOVESCU", "GETSCU", "STORESCU", "VIEWER")
 ORTHANC_MAX_PDU = 16384  # Orthanc's default MaximumPduLength
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -265,6 +266,12 @@ class Site:
             "routes": [
                 {"name": "committer", "match": {"called_aet": "COMMITTER"}, "pool": "committer"},
                 {"name": "single", "match": {"called_aet": "ONEATATIME"}, "pool": "single"},
+                {
+                    "name": "viewer-moves",
+                    "match": {"command": "C-MOVE", "calling_aet": "VIEWER"},
+                    "pool": "pacs",
+                    "move_destination": "via_balancer",
+                },
                 {"name": "all", "pool": "pacs"},
             ],
             "http_routes": [{"name": "orthanc", "pool": "pacs"}],
@@ -272,6 +279,7 @@ class Site:
             "dicom_nodes": {
                 "COMMITSCU": f"COMMITSCU@{LOOPBACK}:{self.requester.port}",
                 "ORTHANC": self.orthanc.address,
+                "DEST": self.dest.address,  # C-MOVE destinations dicomlb relays to
             },
         }
         self.main = self._balancer(main)
