@@ -1,7 +1,8 @@
-"""The differential suite's site: real peers, one dicomlb in front of them, and `differ`,
+"""The differential suite's site: real peers, dicomlb in front of them, and `differ`,
 which runs one scenario against the peers directly, then through dicomlb, and compares.
 
-Peers (started once per session):
+Peers (started once per test module, and stopped after it: in-process dicomlb instances
+running on would log into other tests' captured logs):
 
 - `orthanc`: Orthanc ``ORTHANC`` with authentication off, DICOMweb, WebDAV, and the modalities
   the scenarios use (DEST at a DCMTK storescp, the committer directly and at dicomlb);
@@ -362,7 +363,7 @@ class Site:
             peer.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     descriptors = open_descriptors()
     s = Site(tmp_path_factory.mktemp("differential"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian
 from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -41,7 +41,7 @@ PRIVATE_SYNTAX = "1.2.826.0.1.3680043.8.498.7.1"  # a transfer syntax nobody kno
 # URL, so a header-only instance is not one (Orthanc never answers a C-STORE of it).
 JPIP = ("1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95")
 SYNTAXES = [str(uid) for uid in AllTransferSyntaxes] + [*JPIP, PRIVATE_SYNTAX]
-UNKNOWN_SOP_CLASS = "1.2.826.0.1.3680043.8.498.7.2"
+UNKNOWN_SOP_CLASS = UID("1.2.826.0.1.3680043.8.498.7.2")
 # One syntax per context: where Orthanc and dicomlb would choose differently among several
 # (test_echo_default_proposal), every other scenario would differ for that one reason.
 EXPLICIT = [str(ExplicitVRLittleEndian)]
