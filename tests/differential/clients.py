@@ -82,7 +82,10 @@ def request(
         conn.close()
     content_type = response.headers.get("Content-Type", "")
     seen = {"status": response.status, "headers": mask.headers(fields)}
-    seen["body"] = body(raw, content_type, mask)
+    if response.headers.get("Content-Encoding"):  # compressed: the bytes as they came
+        seen["body"] = digest(raw)
+    else:
+        seen["body"] = body(raw, content_type, mask)
     return seen, raw, dict(fields)
 
 

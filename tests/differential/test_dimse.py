@@ -19,6 +19,7 @@ from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
@@ -187,6 +188,32 @@ def test_unknown_sop_class(differ: Any, tmp_path: Path) -> None:
     differ("Unknown SOP class proposed", scenario)
 
 
+def test_storescu_what_orthanc_records(differ: Any, site: Site, tmp_path: Path) -> None:
+    """DCMTK storescu sends a series; Orthanc keeps the data sets as sent and records the
+    sender's AE title, the called AE title and the transfer syntax as a direct send would."""
+    files = write_series(make_small(3), tmp_path / "series")
+
+    def scenario(target: Target, mask: Masker) -> Outcome:
+        done = run_storescu(
+            LOOPBACK, target.dicom_port, files, aet="STORESCU", aec=target.called_aet
+        )
+        kept = {}
+        for path in files:
+            instance = site.orthanc.find_sop(path.stem)
+            if instance is None:
+                kept[path.stem] = "not stored"
+                continue
+            meta = site.orthanc.instance_metadata(instance)  # ReceptionDate: a timestamp
+            kept[path.stem] = [stored(site, path), mask.json(meta)]
+        calling = {str(v[1].get("RemoteAET")) for v in kept.values() if isinstance(v, list)}
+        return Outcome(
+            f"exit {done.returncode}, {len(kept)} kept, sender recorded as {sorted(calling)}",
+            {"exit": done.returncode, "kept": kept},
+        )
+
+    differ("storescu C-STORE: data sets and what Orthanc records", scenario)
+
+
 NAMES = {
     "ISO_IR 100": "Müller^Jörg",
     "ISO_IR 192": "Ærøskøbing^Jürgen=東京^太郎",
@@ -241,6 +268,54 @@ def test_findscu_character_sets(differ: Any, site: Site, charset: str) -> None:
     differ(f"findscu, {charset} name", scenario)
 
 
+UNKNOWN_CALLER = pytest.mark.xfail(
+    strict=True,
+    reason="a caller Orthanc does not know: Orthanc accepts the association, then aborts it "
+    "on the request (A-ABORT, no response); through dicomlb, which accepted the association "
+    "itself, the request gets 0x0124 (refused: not authorized) with an Error Comment naming "
+    "the backend and the abort, and the association stays (README, 'A backend that refuses "
+    "the caller')",
+)
+
+
+@pytest.mark.parametrize("caller", ["FINDSCU", pytest.param("STRANGER", marks=UNKNOWN_CALLER)])
+def test_c_find(differ: Any, site: Site, caller: str) -> None:
+    """A study-level C-FIND (pynetdicom) by a caller Orthanc knows or not: statuses, Error
+    Comments, the identifiers byte for byte."""
+    instances = make_small(2) + make_small(1, patient_id="OTHER")
+
+    def scenario(target: Target, mask: Masker) -> Outcome:
+        for ds in instances:
+            site.orthanc.request("POST", "/instances", part10(ds))
+        query = study_query("")
+        query.PatientID = ""
+        query.PatientName = ""
+        query.NumberOfStudyRelatedInstances = ""
+        found: list[str] = []
+
+        def on_find(event: Any) -> None:
+            # the identifier as the peer encoded it, before pynetdicom decodes it
+            data = event.message.data_set
+            if data is not None and data.getvalue():
+                found.append(digest(data.getvalue()))
+
+        ae = AE(caller)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, EXPLICIT)
+        assoc = associate(target, ae, evt_handlers=[(evt.EVT_DIMSE_RECV, on_find)])
+        seen = negotiated(assoc, mask)
+        statuses = []
+        if assoc.is_established:
+            for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                statuses.append([status_of(status), status.get("ErrorComment")])
+            assoc.release()
+        seen["responses"] = statuses
+        seen["identifiers"] = sorted(found)
+        final = statuses[-1][0] if statuses else "none"
+        return Outcome(f"final {final}, {len(statuses) - 1} matches", seen)
+
+    differ(f"C-FIND by {caller}", scenario)
+
+
 def study_query(study: str) -> Dataset:
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -262,13 +337,6 @@ def responses(generator: Any) -> list[list[Any]]:
     return out
 
 
-UNKNOWN_CALLER = pytest.mark.xfail(
-    strict=True,
-    reason="a caller Orthanc does not know: Orthanc accepts the association, then aborts it "
-    "on the request (A-ABORT, no response); through dicomlb, which accepted the association "
-    "itself, the request gets 0x0124 (refused: not authorized) with Error Comment 'orthanc: "
-    "request aborted' and the association stays (README, 'A backend that refuses the caller')",
-)
 MOVES = [
     ("MOVESCU", "DEST"),
     ("MOVESCU", "NOWHERE"),

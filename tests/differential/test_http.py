@@ -78,6 +78,24 @@ def test_rest_upload_and_download(differ: Any) -> None:
     differ("REST POST /instances, GET file / HEAD / tags", scenario)
 
 
+def test_rest_compressed_answers(differ: Any) -> None:
+    """Content-Encoding passes untouched: Orthanc's gzip and deflate answers byte for byte."""
+    data = part10(make_small(1)[0])
+
+    def scenario(target: Target, mask: Masker) -> Outcome:
+        # an answer without generated values, so that the compressed bytes are the same
+        stored = exchange(mask, "POST", f"{target.http}/instances", data, DICOM)
+        tags = f"{target.http}/instances/{stored['body']['ID']}/tags"
+        answers = [
+            exchange(mask, "GET", tags, headers={"Accept-Encoding": coding})
+            for coding in ("gzip", "deflate", "identity")
+        ]
+        codings = [dict(a["headers"]).get("Content-Encoding", "none") for a in answers]
+        return Outcome(f"{summary(*answers)}, encodings {codings}", answers)
+
+    differ("REST answers with Accept-Encoding gzip / deflate / identity", scenario)
+
+
 def test_httplib2_resends_with_credentials(differ: Any) -> None:
     data = part10(make_small(1)[0])
 
