@@ -5,7 +5,7 @@
 # runs the slow tests instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium
+source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy  # the sans-IO cores, strictly ([tool.mypy] in pyproject.toml)
