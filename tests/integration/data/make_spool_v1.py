@@ -32,11 +32,11 @@ import tempfile
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
+from tests.dicomdata import make_series, write_series
+from tests.peers import dataset_bytes
 
 from dicomlb.dicom.part10 import file_header
 from dicomlb.spool.store import INDEX, Instance, SpoolStore, Target, record
-from tests.dicomdata import make_series, write_series
-from tests.peers import dataset_bytes
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "spool_v1"
@@ -74,7 +74,7 @@ async def make(directory: Path, scratch: Path) -> None:
         store.add_part(instance, header)
         store.add_part(instance, dataset_bytes(path))
         items.append(await store.commit(instance, targets, NOW))
-    (one_main, one_mirror), (two,), (three_main, _), (four,) = items
+    (one_main, _), (two,), (three_main, _), (four,) = items
     # Everything of pacsa is claimed (sending), as by its sender.
     claimed = store.claim("pacsa", NOW + 1, 10)
     assert {item.id for item in claimed} == {one_main.id, two.id, three_main.id, four.id}
@@ -88,8 +88,7 @@ async def make(directory: Path, scratch: Path) -> None:
                 (1, "status 0xA700 (out of resources)", NOW + 2, NOW + 2, one_main.id),
             ),
             (
-                "UPDATE items SET state='dead', attempts=?, last_error=?, updated_at=? "
-                "WHERE id=?",
+                "UPDATE items SET state='dead', attempts=?, last_error=?, updated_at=? WHERE id=?",
                 (
                     3,
                     "3 attempts failed (max_attempts 3); last: status 0xC000",
