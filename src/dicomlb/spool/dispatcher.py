@@ -76,6 +76,8 @@ class Dispatcher:
         if self._sweeper is not None:
             await self.supervisor.stop([self._sweeper])
         await asyncio.gather(*(s.stop() for s in self.senders.values()))
+        if not self.senders:  # never started: nothing of this run is on the wire
+            return
         # What was on the wire is sent again next time (at least once). In the batch queue,
         # after the outcomes still pending (a delivery recorded stays delivered); if the
         # index refuses now, the next start's recovery does it.
