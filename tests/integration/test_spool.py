@@ -19,6 +19,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicomlb.pools import rendezvous_order
+from dicomlb.spool.state import ItemState
 from dicomlb.spool.store import SpoolStore
 from tests.dicomdata import make_series, make_small, make_studies, write_series
 from tests.peers import (
@@ -199,7 +200,7 @@ def test_dead_letters_after_max_attempts_with_the_reason(tmp_path: Path, balance
     assert refusing.stores == 12  # 4 instances x max_attempts 3, then no more
     store = SpoolStore(tmp_path / "spool")
     store.open(recover=False)
-    dead = store.items("state='dead'")
+    dead = store.items(states=[ItemState.DEAD])
     store.close()
     assert {item.attempts for item in dead} == {3}
     assert all("max_attempts 3" in item.last_error for item in dead)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pydicom
 
 from dicomlb.dicom.part10 import file_header
-from dicomlb.spool.store import SPILL_AT, Instance, Item, SpoolStore, Target, record
+from dicomlb.spool.state import ItemState
+from dicomlb.spool.store import SPILL_AT, Change, Instance, Item, SpoolStore, Target, record
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -193,5 +194,45 @@ def test_delivered_files_are_overwritten_by_new_instances_but_never_a_mirrors_li
         await store.update([], remove=[second.file])
         await store.stop()  # kept files go with a graceful stop
         assert not list((tmp_path / "tmp").iterdir())
+
+    asyncio.run(main())
+
+
+def test_a_change_applies_only_to_an_item_in_the_state_it_expects(tmp_path: Path) -> None:
+    """Two parties racing for one item: the first change wins, the second reports it did not
+    apply and leaves the row (and the file) as the first left it."""
+
+    async def main() -> None:
+        store = SpoolStore(tmp_path)
+        store.open()
+        await store.start()
+        try:
+            (one,), (two,) = [await ingest(store, n, DATASET) for n in (1, 2)]
+            claimed = store.claim("b0", 2000.0, 10)
+            assert [(i.id, i.state) for i in claimed] == [(one.id, "sending"), (two.id, "sending")]
+            # The sweep read `one` as queued and too old; a sender took it meanwhile.
+            late = Change.give_up(one.id, ItemState.QUEUED, attempts=0, reason="old", now=1.0)
+            assert await store.update([late]) == [0]
+            # A stop requeued `two` while its delivery was on the way: the delivery finds it
+            # queued, does not apply, and its file stays for the next attempt.
+            assert await store.update([Change.requeue_sending()], durable=True) == [2]
+            done = Change.deliver(two.id, 3000.0, file="")
+            assert await store.update([done], remove=[two.file]) == [0]
+            assert (tmp_path / "data" / two.file).exists()
+            # An operator's retry touches neither (neither is dead).
+            assert store.execute(Change.retry([one.id, two.id], 4000.0)) == [0, 0]
+            assert {i.id: i.state for i in store.items()} == {one.id: "queued", two.id: "queued"}
+            # Claimed again and delivered: now the change applies and the file goes.
+            store.claim("b0", 5000.0, 10)
+            assert await store.update(
+                [Change.deliver(two.id, 5000.0, file="")], remove=[two.file]
+            ) == [1]
+            assert not (tmp_path / "data" / two.file).exists()
+            # Purge never takes an item being sent.
+            assert store.purge([one.id]) == 0
+            assert store.purge([one.id, two.id], [ItemState.DELIVERED]) == 1
+            assert [(i.id, i.state) for i in store.items()] == [(one.id, "sending")]
+        finally:
+            await store.stop()
 
     asyncio.run(main())

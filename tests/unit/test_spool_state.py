@@ -12,12 +12,36 @@ from dicomlb.snapshot import RetryConfig, SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.state import BreakerState, CircuitBreaker, ItemState, Usage
 
+Q, S, DL, DD = ItemState.QUEUED, ItemState.SENDING, ItemState.DELIVERED, ItemState.DEAD
+# Written out here, not read from state.TRANSITIONS: a move added or lost there fails a test.
+LEGAL = {(Q, S), (Q, DD), (S, DL), (S, Q), (S, DD), (DD, Q), (DL, Q)}
+EVERY_PAIR = [(a, b) for a in ItemState for b in ItemState]
 
-def test_legal_transitions_and_an_illegal_one() -> None:
-    assert state.check_transition(ItemState.QUEUED, ItemState.SENDING) is ItemState.SENDING
-    assert state.check_transition(ItemState.DEAD, ItemState.QUEUED) is ItemState.QUEUED
-    with pytest.raises(state.TransitionError, match="from delivered to sending"):
-        state.check_transition(ItemState.DELIVERED, ItemState.SENDING)
+
+@pytest.mark.parametrize(("current", "target"), sorted(LEGAL))
+def test_every_legal_transition(current: ItemState, target: ItemState) -> None:
+    assert state.allowed(current, target)
+    assert state.check_transition(current, target) is target
+
+
+@pytest.mark.parametrize(("current", "target"), [p for p in EVERY_PAIR if p not in LEGAL])
+def test_every_other_move_is_refused_with_a_typed_error(
+    current: ItemState, target: ItemState
+) -> None:
+    assert not state.allowed(current, target)
+    with pytest.raises(state.TransitionError, match=f"from {current} to {target}"):
+        state.check_transition(current, target)
+
+
+def test_the_table_is_exactly_the_legal_moves() -> None:
+    assert state.TRANSITIONS == LEGAL
+
+
+def test_purge_never_takes_an_item_being_sent() -> None:
+    assert state.check_purge(frozenset({DD, DL})) == {DD, DL}
+    assert state.check_purge(state.PURGEABLE) == {Q, DL, DD}
+    with pytest.raises(state.TransitionError, match="while sending"):
+        state.check_purge(frozenset({DD, S}))
 
 
 @pytest.mark.parametrize(

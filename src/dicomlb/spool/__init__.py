@@ -2,7 +2,9 @@
 
 - `state.py`: pure rules: item states and their moves, the retry schedule, the circuit
   breaker, the limit checks and the failover decision (no I/O, no clock, no randomness).
-- `store.py`: Part-10 files and the SQLite index, with group commit (thread offloaded).
+- `store.py`: Part-10 files and the SQLite index, with group commit (thread offloaded);
+  every change of an item is one of its named operations (`Change`), checked against
+  state.py's transitions: the only SQL of the spool.
 - `ingest.py`: a C-STORE from the relay into the spool, answered once it is durable.
 - `dispatcher.py`: per-backend senders that deliver spooled items, with retries.
 - `ops.py`: list / show / retry / purge, for the CLI and the admin API.

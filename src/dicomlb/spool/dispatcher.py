@@ -20,7 +20,6 @@ import collections
 import contextlib
 import functools
 import logging
-import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -38,7 +37,7 @@ from dicomlb.pools import BackendState
 from dicomlb.snapshot import CalledAet
 from dicomlb.spool import state
 from dicomlb.spool.state import BreakerState, CircuitBreaker, ItemState
-from dicomlb.spool.store import Item
+from dicomlb.spool.store import STOP_WAIT, Change, Item
 
 if TYPE_CHECKING:
     from dicomlb.runtime import Runtime
@@ -77,15 +76,17 @@ class Dispatcher:
         if self._sweeper is not None:
             await self.supervisor.stop([self._sweeper])
         await asyncio.gather(*(s.stop() for s in self.senders.values()))
-        # What was on the wire is sent again next time (at least once); if the index
-        # refuses now, the next start's recovery does it.
+        if not self.senders:  # never started: nothing of this run is on the wire
+            return
+        # What was on the wire is sent again next time (at least once). In the batch queue,
+        # after the outcomes still pending (a delivery recorded stays delivered); if the
+        # index refuses now, the next start's recovery does it.
         try:
-            await asyncio.to_thread(
-                self.store.execute,
-                [("UPDATE items SET state='queued' WHERE state='sending'", ())],
+            await asyncio.wait_for(
+                self.store.update([Change.requeue_sending()], durable=True), STOP_WAIT
             )
-        except sqlite3.OperationalError as err:
-            log.error("spool.requeue_failed reason=%r", str(err))
+        except TimeoutError:
+            log.error("spool.requeue_failed reason=%r", "the index refused writes")
 
     def wake(self, backend: str) -> None:
         sender = self.senders.get(backend)
@@ -109,7 +110,7 @@ class Dispatcher:
         sender.take(item, data)
 
     async def _requeue(self, item: Item) -> None:
-        await self.store.update([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
+        await self.store.update([Change.requeue(item.id)])
 
     def _sync_senders(self) -> None:
         for name in self.spool.runtime().backends:
@@ -133,9 +134,11 @@ class Dispatcher:
         config = spool.config
         if config.retry.max_age:
             old = await asyncio.to_thread(
-                self.store.items,
-                "state='queued' AND created_at < ?",
-                (now - config.retry.max_age,),
+                functools.partial(
+                    self.store.items,
+                    states=[ItemState.QUEUED],
+                    created_before=now - config.retry.max_age,
+                )
             )
             for item in old:
                 last = f"; last: {item.last_error}" if item.last_error else ""
@@ -148,18 +151,12 @@ class Dispatcher:
                 ):
                     await self.fail_over(name, now)
         if config.keep_delivered:
-            expired = await asyncio.to_thread(
-                self.store.query,
-                "SELECT id, file, size FROM items WHERE state='delivered' AND file != '' "
-                "AND delivered_at < ?",
-                (now - config.keep_delivered,),
-            )
+            expired = await asyncio.to_thread(self.store.expired_files, now - config.keep_delivered)
             if expired:
-                await self.store.update(
-                    [("UPDATE items SET file='' WHERE id=?", (row[0],)) for row in expired]
-                )
-                await asyncio.to_thread(self.store.remove_files, [row[1] for row in expired])
-                spool.bytes -= sum(row[2] for row in expired)
+                applied = await self.store.update([Change.expire_file(i.id) for i in expired])
+                gone = [item for item, n in zip(expired, applied, strict=True) if n]
+                await asyncio.to_thread(self.store.remove_files, [item.file for item in gone])
+                spool.bytes -= sum(item.size for item in gone)
         if recount:
             counts = await asyncio.to_thread(self.store.counts)
             spool.items, spool.bytes = counts.items, counts.bytes
@@ -167,25 +164,14 @@ class Dispatcher:
     async def fail_over(self, backend: str, now: float) -> None:
         """Move the queued studies of `backend` to the next available backend of their pool."""
         runtime = self.spool.runtime()
-        rows = await asyncio.to_thread(
-            self.store.query,
-            "SELECT pool, study_uid, count(*) FROM items WHERE state='queued' AND backend=? "
-            "GROUP BY pool, study_uid",
-            (backend,),
-        )
-        statements = []
+        rows = await asyncio.to_thread(self.store.queued_studies, backend)
+        moves = []
         for pool_name, study, count in rows:
             pool = runtime.pools.get(pool_name)
             target = pool.pick(study, exclude=frozenset({backend})) if pool else None
             if target is None:
                 continue
-            statements.append(
-                (
-                    "UPDATE items SET backend=?, updated_at=? WHERE state='queued' AND "
-                    "backend=? AND pool=? AND study_uid=?",
-                    (target.name, now, backend, pool_name, study),
-                )
-            )
+            moves.append(Change.reassign(pool_name, study, frm=backend, to=target.name, now=now))
             self.spool.remember(pool_name, study, target.name)
             log.warning(
                 "spool.failover study_uid=%s pool=%s from=%s to=%s items=%d",
@@ -196,21 +182,18 @@ class Dispatcher:
                 count,
             )
             self.wake(target.name)
-        if statements:
-            await self.store.update(statements)
+        if moves:
+            await self.store.update(moves)
 
     async def record_dead(self, item: Item, attempts: int, reason: str) -> None:
-        self.spool.runtime().metrics.spool_delivery(item.backend, "dead")
+        """The item is dead (from the state it was read in: sending after its last attempt,
+        queued when too old); nothing when it moved meanwhile (a sender took it)."""
         now = time.time()
-        await self.store.update(
-            [
-                (
-                    "UPDATE items SET state='dead', attempts=?, last_error=?, updated_at=? "
-                    "WHERE id=?",
-                    (attempts, reason, now, item.id),
-                )
-            ]
-        )
+        change = Change.give_up(item.id, item.state, attempts=attempts, reason=reason, now=now)
+        (applied,) = await self.store.update([change])
+        if not applied:
+            return
+        self.spool.runtime().metrics.spool_delivery(item.backend, "dead")
         log.error(
             "store.dead sop_instance_uid=%s route=%s pool=%s backend=%s item=%d attempts=%d "
             "reason=%r",
@@ -353,9 +336,7 @@ class BackendSender:
         if not self._ready:
             return
         items, self._ready = list(self._ready), collections.deque()
-        await self.store.update(
-            [("UPDATE items SET state='queued' WHERE id=?", (item.id,)) for item, _ in items]
-        )
+        await self.store.update([Change.requeue(item.id) for item, _ in items])
 
     async def _work(self, n: int) -> None:
         while True:
@@ -390,7 +371,7 @@ class BackendSender:
         self._put_back(item)
 
     def _put_back(self, item: Item) -> None:
-        self.store.update_soon([("UPDATE items SET state='queued' WHERE id=?", (item.id,))])
+        self.store.update_soon([Change.requeue(item.id)])
 
     def _available(self, backend: BackendState, runtime: Runtime) -> bool:
         """Enabled, and up by the health checks when its pool runs them (without checks
@@ -518,13 +499,7 @@ class BackendSender:
         now = time.time()
         keep = bool(self.spool.config.keep_delivered)
         self.store.update_soon(
-            [
-                (
-                    "UPDATE items SET state='delivered', attempts=attempts+1, last_error='', "
-                    "delivered_at=?, updated_at=?, file=? WHERE id=?",
-                    (now, now, item.file if keep else "", item.id),
-                )
-            ],
+            [Change.deliver(item.id, now, file=item.file if keep else "")],
             remove=() if keep else (item.file,),
         )
         self.spool.items -= 1
@@ -565,10 +540,12 @@ class BackendSender:
         self.spool.runtime().metrics.spool_delivery(item.backend, "failed")
         await self.store.update(
             [
-                (
-                    "UPDATE items SET state='queued', attempts=?, last_error=?, "
-                    "next_attempt_at=?, updated_at=? WHERE id=?",
-                    (attempts, reason, outcome.next_attempt_at, now, item.id),
+                Change.fail(
+                    item.id,
+                    attempts=attempts,
+                    reason=reason,
+                    next_attempt_at=outcome.next_attempt_at,
+                    now=now,
                 )
             ]
         )

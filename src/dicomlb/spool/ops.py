@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dicomlb.spool.state import ItemState
-from dicomlb.spool.store import Item, SpoolStore
+from dicomlb.spool.store import Change, Item, SpoolStore
 
 
 class OperationError(ValueError):
@@ -39,9 +39,7 @@ class Summary:
 
 
 def summary(store: SpoolStore) -> Summary:
-    rows = store.query("SELECT state, count(*) FROM items GROUP BY state")
-    counts = store.counts()
-    return Summary(by_state={state: int(n) for state, n in rows}, bytes=counts.bytes)
+    return Summary(by_state=store.by_state(), bytes=store.counts().bytes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,18 +53,10 @@ class Stats:
 
 def stats(store: SpoolStore) -> Stats:
     """Index counts the admin listener shows and exports (state and backend are indexed)."""
-    by_backend: dict[str, dict[str, int]] = {}
-    for backend, item_state, count in store.query(
-        "SELECT backend, state, count(*) FROM items GROUP BY state, backend"
-    ):
-        by_backend.setdefault(backend, {})[item_state] = int(count)
-    (oldest,) = store.query(
-        "SELECT min(created_at) FROM items WHERE state IN ('queued', 'sending')"
-    )[0]
     return Stats(
-        by_backend=by_backend,
+        by_backend=store.by_backend(),
         bytes=store.counts().bytes,
-        oldest_pending_at=None if oldest is None else float(oldest),
+        oldest_pending_at=store.oldest_pending(),
     )
 
 
@@ -79,8 +69,7 @@ def list_items(
     limit: int = 100,
 ) -> list[Item]:
     """Items, oldest first, filtered by state, backend and study."""
-    where, params = _filters(states, backend, study)
-    return store.items(where, params, limit)
+    return store.items(states=states, backend=backend, study=study, limit=limit)
 
 
 def show(store: SpoolStore, item_id: int) -> Item:
@@ -98,20 +87,8 @@ def retry(
     if not ids and not all_dead:
         raise OperationError("name the items to retry, or use --dead for every dead item")
     stamp = time.time() if now is None else now
-    where = "state = 'dead' AND file != ''"
-    params: list[object] = []
-    if ids:
-        where = "state IN ('dead', 'delivered') AND file != '' AND id IN " + _marks(ids)
-        params = list(ids)
-    return store.execute(
-        [
-            (
-                "UPDATE items SET state='queued', attempts=0, next_attempt_at=?, updated_at=?, "
-                f"last_error='retry requested' WHERE {where}",
-                (stamp, stamp, *params),
-            )
-        ]
-    )
+    changes = Change.retry(ids, stamp) if ids else [Change.retry_dead(stamp)]
+    return sum(store.execute(changes))
 
 
 def purge(
@@ -130,20 +107,7 @@ def purge(
         raise OperationError(
             "purging every queued item drops images not yet delivered; name them by id"
         )
-    where_parts = ["state != 'sending'"]
-    params: list[object] = []
-    if ids:
-        where_parts.append("id IN " + _marks(ids))
-        params += ids
-    if states:
-        where_parts.append("state IN " + _marks(states))
-        params += [str(s) for s in states]
-    where = " AND ".join(where_parts)
-    files = [name for (name,) in store.query(f"SELECT file FROM items WHERE {where}", params)]
-    removed = store.execute([(f"DELETE FROM items WHERE {where}", params)])
-    # Mirror copies are hard links of one another: each name is removed on its own.
-    store.remove_files(files)
-    return removed
+    return store.purge(ids, states)
 
 
 def describe_item(item: Item) -> str:
@@ -172,24 +136,3 @@ HEADER = f"{'id':>7}  {'state':<9}  {'backend':<12}  {'try':>3}  {'created (UTC)
 
 def _when(stamp: float) -> str:
     return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _marks(values: Sequence[object]) -> str:
-    return "(" + ", ".join("?" for _ in values) + ")"
-
-
-def _filters(
-    states: Sequence[ItemState], backend: str | None, study: str | None
-) -> tuple[str, list[object]]:
-    parts = ["1"]
-    params: list[object] = []
-    if states:
-        parts.append("state IN " + _marks(states))
-        params += [str(s) for s in states]
-    if backend:
-        parts.append("backend = ?")
-        params.append(backend)
-    if study:
-        parts.append("study_uid = ?")
-        params.append(study)
-    return " AND ".join(parts), params

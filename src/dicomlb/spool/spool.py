@@ -70,11 +70,7 @@ class Spool:
         assert recovery is not None
         counts = await asyncio.to_thread(self.store.counts)
         self.items, self.bytes = counts.items, counts.bytes
-        rows = await asyncio.to_thread(
-            self.store.query,
-            "SELECT pool, study_uid, backend FROM items WHERE state IN ('queued', 'sending') "
-            "AND study_uid != '' GROUP BY pool, study_uid",
-        )
+        rows = await asyncio.to_thread(self.store.pending_studies)
         for pool, study, backend in rows:
             self.remember(pool, study, backend)
         await self.store.start(self.supervisor)

@@ -36,15 +36,32 @@ TRANSITIONS: frozenset[tuple[ItemState, ItemState]] = frozenset(
 )
 
 
+# Items an operator may delete with their files: never one a sender has on the wire.
+PURGEABLE: frozenset[ItemState] = frozenset({ItemState.QUEUED, ItemState.DELIVERED, ItemState.DEAD})
+
+
 class TransitionError(ValueError):
-    """A move not in TRANSITIONS."""
+    """A move not in TRANSITIONS (or a purge of an item being sent): a bug in the caller."""
+
+
+def allowed(current: ItemState, target: ItemState) -> bool:
+    """Whether an item may move from `current` to `target`."""
+    return (current, target) in TRANSITIONS
 
 
 def check_transition(current: ItemState, target: ItemState) -> ItemState:
     """`target` when moving there from `current` is legal; raises TransitionError."""
-    if (current, target) not in TRANSITIONS:
+    if not allowed(current, target):
         raise TransitionError(f"a spooled item cannot go from {current} to {target}")
     return target
+
+
+def check_purge(states: frozenset[ItemState]) -> frozenset[ItemState]:
+    """`states` when items in them may be purged; raises TransitionError."""
+    if not states <= PURGEABLE:
+        refused = ", ".join(sorted(states - PURGEABLE))
+        raise TransitionError(f"spooled items cannot be purged while {refused}")
+    return states
 
 
 # PS3.7 C.4: Success, and warnings (0x0001, 0xBxxx), mean the instance was stored.

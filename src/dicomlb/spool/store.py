@@ -33,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import json
@@ -48,7 +49,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from dicomlb.dicom.part10 import read_file_meta
-from dicomlb.spool.state import ItemState, restart_delay
+from dicomlb.spool.state import (
+    PURGEABLE,
+    ItemState,
+    check_purge,
+    check_transition,
+    restart_delay,
+)
 from dicomlb.spool.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -206,8 +213,169 @@ class Recovery:
     missing_files: int  # index rows whose file is gone: made dead
 
 
+# -------------------------------------------------------- state changes (pure)
+#
+# Every change of an item's row is one of the named operations below. Each checks its move
+# against state.TRANSITIONS before any SQL is made (a move not there raises TransitionError:
+# a bug), and names the state it expects in its WHERE clause, so a change made meanwhile by
+# someone else (a sweep, the CLI, a stop) is never overwritten: the rows it changed say
+# whether it applied. They are statements, run by `SpoolStore.update` / `update_soon` (in
+# the group commit's batch) or `execute` (at once, for operations beside the balancer).
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One statement of a named state change; `item` when it concerns one item."""
+
+    operation: str
+    sql: str
+    params: tuple[Any, ...]
+    item: int | None = None
+
+    @classmethod
+    def claim(cls, item_id: int, now: float) -> Change:
+        """A sender takes a queued item."""
+        frm, to = _move(ItemState.QUEUED, ItemState.SENDING)
+        return cls(
+            "claim",
+            "UPDATE items SET state=?, updated_at=? WHERE id=? AND state=?",
+            (to, now, item_id, frm),
+            item_id,
+        )
+
+    @classmethod
+    def requeue(cls, item_id: int) -> Change:
+        """Give an item being sent back to the queue, no attempt counted (the backend, not the
+        item, was the problem; or the sender let it go unsent)."""
+        frm, to = _move(ItemState.SENDING, ItemState.QUEUED)
+        return cls(
+            "requeue",
+            "UPDATE items SET state=? WHERE id=? AND state=?",
+            (to, item_id, frm),
+            item_id,
+        )
+
+    @classmethod
+    def requeue_sending(cls) -> Change:
+        """Every item being sent back to the queue: the senders stopped (or the process did)."""
+        frm, to = _move(ItemState.SENDING, ItemState.QUEUED)
+        return cls("requeue_sending", "UPDATE items SET state=? WHERE state=?", (to, frm))
+
+    @classmethod
+    def deliver(cls, item_id: int, now: float, *, file: str) -> Change:
+        """The backend stored the item; `file` its name when kept (retention), else ''."""
+        frm, to = _move(ItemState.SENDING, ItemState.DELIVERED)
+        return cls(
+            "deliver",
+            "UPDATE items SET state=?, attempts=attempts+1, last_error='', delivered_at=?, "
+            "updated_at=?, file=? WHERE id=? AND state=?",
+            (to, now, now, file, item_id, frm),
+            item_id,
+        )
+
+    @classmethod
+    def fail(
+        cls, item_id: int, *, attempts: int, reason: str, next_attempt_at: float, now: float
+    ) -> Change:
+        """A failed attempt, to be retried at `next_attempt_at`."""
+        frm, to = _move(ItemState.SENDING, ItemState.QUEUED)
+        return cls(
+            "fail",
+            "UPDATE items SET state=?, attempts=?, last_error=?, next_attempt_at=?, updated_at=? "
+            "WHERE id=? AND state=?",
+            (to, attempts, reason, next_attempt_at, now, item_id, frm),
+            item_id,
+        )
+
+    @classmethod
+    def give_up(
+        cls, item_id: int, current: ItemState, *, attempts: int, reason: str, now: float
+    ) -> Change:
+        """The item is dead: its last allowed attempt failed (`current` sending), or it waited
+        past max_age (`current` queued)."""
+        frm, to = _move(current, ItemState.DEAD)
+        return cls(
+            "give_up",
+            "UPDATE items SET state=?, attempts=?, last_error=?, updated_at=? "
+            "WHERE id=? AND state=?",
+            (to, attempts, reason, now, item_id, frm),
+            item_id,
+        )
+
+    @classmethod
+    def retry(cls, ids: Sequence[int], now: float) -> list[Change]:
+        """Queue dead or delivered items (by id) again with a fresh attempt count, those still
+        on disk (an operator asks)."""
+        return [
+            cls._retry(current, "id IN " + _marks(ids), tuple(ids), now) for current in _RETRYABLE
+        ]
+
+    @classmethod
+    def retry_dead(cls, now: float) -> Change:
+        """Queue every dead item still on disk again with a fresh attempt count."""
+        return cls._retry(ItemState.DEAD, "1", (), now)
+
+    @classmethod
+    def expire_file(cls, item_id: int) -> Change:
+        """A delivered item's file is removed (retention over); the row stays delivered."""
+        return cls(
+            "expire_file",
+            "UPDATE items SET file='' WHERE id=? AND state=?",
+            (item_id, ItemState.DELIVERED.value),
+            item_id,
+        )
+
+    @classmethod
+    def reassign(cls, pool: str, study: str, *, frm: str, to: str, now: float) -> Change:
+        """The queued items of a study move from backend `frm` to `to` (failover); the state
+        stays queued, and an item a sender took meanwhile stays where it is."""
+        return cls(
+            "reassign",
+            "UPDATE items SET backend=?, updated_at=? WHERE state=? AND backend=? AND pool=? "
+            "AND study_uid=?",
+            (to, now, ItemState.QUEUED.value, frm, pool, study),
+        )
+
+    @classmethod
+    def lose_file(cls, name: str, reason: str) -> list[Change]:
+        """The file `name` is gone (found at start): its queued items are dead, and no row
+        names it any more."""
+        frm, to = _move(ItemState.QUEUED, ItemState.DEAD)
+        return [
+            cls(
+                "lose_file",
+                "UPDATE items SET state=?, last_error=? WHERE file=? AND state=?",
+                (to, reason, name, frm),
+            ),
+            cls("lose_file", "UPDATE items SET file='' WHERE file=?", (name,)),
+        ]
+
+    @classmethod
+    def _retry(cls, current: ItemState, where: str, params: tuple[Any, ...], now: float) -> Change:
+        frm, to = _move(current, ItemState.QUEUED)
+        return cls(
+            "retry",
+            "UPDATE items SET state=?, attempts=0, next_attempt_at=?, updated_at=?, "
+            f"last_error='retry requested' WHERE state=? AND file != '' AND {where}",
+            (to, now, now, frm, *params),
+        )
+
+
+_RETRYABLE = (ItemState.DEAD, ItemState.DELIVERED)
+
+
+def _move(current: ItemState, target: ItemState) -> tuple[str, str]:
+    check_transition(current, target)
+    return current.value, target.value
+
+
+def _marks(values: Sequence[object]) -> str:
+    return "(" + ", ".join("?" for _ in values) + ")"
+
+
 class _Job:
     __slots__ = (
+        "applied",
         "durable",
         "future",
         "instance",
@@ -225,11 +393,12 @@ class _Job:
         instance: Instance | None = None,
         targets: Sequence[Target] = (),
         now: float = 0.0,
-        updates: Sequence[tuple[str, Sequence[Any]]] = (),
+        updates: Sequence[Change] = (),
         durable: bool = False,
         remove: Sequence[str] = (),
     ) -> None:
         self.remove = remove
+        self.applied: list[int] = []  # rows each update changed, once committed
         self.future = future
         self.instance = instance
         self.targets = targets
@@ -328,17 +497,13 @@ class SpoolStore:
         with self._lock:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
-            requeued = db.execute("UPDATE items SET state='queued' WHERE state='sending'").rowcount
+            requeued = _run(db, Change.requeue_sending())
             known = {name for (name,) in db.execute("SELECT file FROM items WHERE file != ''")}
             on_disk = {p.name for p in self.data.iterdir()}
             missing = known - on_disk
             for name in missing:
-                db.execute(
-                    "UPDATE items SET state='dead', file='', last_error=? WHERE file=? "
-                    "AND state != 'delivered'",
-                    ("spool file missing at start", name),
-                )
-                db.execute("UPDATE items SET file='' WHERE file=?", (name,))
+                for change in Change.lose_file(name, "spool file missing at start"):
+                    _run(db, change)
             reindexed, orphans = self._reindex(on_disk - known)
             (queued,) = db.execute("SELECT count(*) FROM items WHERE state='queued'").fetchone()
             db.execute("COMMIT")
@@ -461,25 +626,24 @@ class SpoolStore:
 
     async def update(
         self,
-        statements: Sequence[tuple[str, Sequence[Any]]],
+        changes: Sequence[Change],
         *,
         durable: bool = False,
         remove: Sequence[str] = (),
-    ) -> None:
-        """Run index updates in the next batch (shared commit), then remove the files named
-        in `remove` (a delivered item's file goes only once its row says delivered)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._submit(_Job(future, updates=statements, durable=durable, remove=remove))
-        await future
+    ) -> list[int]:
+        """Run state changes in the next batch (shared commit), in order; the rows each
+        changed (0: it did not apply). Then remove the files named in `remove`, when every
+        change applied (a delivered item's file goes only once its row says delivered)."""
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._submit(_Job(future, updates=changes, durable=durable, remove=remove))
+        return await future
 
-    def update_soon(
-        self, statements: Sequence[tuple[str, Sequence[Any]]], *, remove: Sequence[str] = ()
-    ) -> None:
+    def update_soon(self, changes: Sequence[Change], *, remove: Sequence[str] = ()) -> None:
         """Like `update`, without waiting: for outcomes whose loss only means sending again
         (delivered, back to queued). They ride along with the next batch, or after LINGER."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_log_failure)
-        self._submit(_Job(future, updates=statements, remove=remove))
+        self._submit(_Job(future, updates=changes, remove=remove))
 
     def _submit(self, job: _Job) -> None:
         if self._wake is None:
@@ -541,7 +705,7 @@ class SpoolStore:
                 if isinstance(result, BaseException):
                     job.future.set_exception(result)
                 else:
-                    job.future.set_result(result)
+                    job.future.set_result(job.applied if job.instance is None else result)
             # After the writers that wait for this batch have resumed: Success goes first.
             asyncio.get_running_loop().call_soon(self._tidy, batch)
 
@@ -574,13 +738,14 @@ class SpoolStore:
                 os.close(job.instance.spill_fd)
                 job.instance.spill_fd = None
         removing = [job for job in batch if job.remove and not job.future.done()]
-        unlink = self._recycle(name for job in removing for name in job.remove)
+        # A change that did not apply (the item moved meanwhile) keeps its file.
+        unlink = self._recycle(name for job in removing if all(job.applied) for name in job.remove)
         if unlink:
             removed = asyncio.wrap_future(self._remover.submit(self.remove_files, unlink))
             removed.add_done_callback(functools.partial(_removed, removing))
         else:
             for job in removing:
-                job.future.set_result(None)
+                job.future.set_result(job.applied)
 
     # -------------------------------------------------------- ingest (disk side, threads)
 
@@ -673,8 +838,7 @@ class SpoolStore:
                         if n in placed:
                             assert job.instance is not None
                             results[n] = self._insert(job, placed[n])
-                        for sql, params in job.updates:
-                            db.execute(sql, params)
+                        job.applied = [_run(db, change) for change in job.updates]
                     db.execute("COMMIT")
                 except BaseException:
                     _rollback(db)
@@ -759,33 +923,125 @@ class SpoolStore:
 
     # -------------------------------------------------------- queries (threads)
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self.db.execute(sql, params).fetchall()
 
-    def items(self, where: str = "1", params: Sequence[Any] = (), limit: int = -1) -> list[Item]:
-        rows = self.query(
+    def items(
+        self,
+        *,
+        states: Iterable[ItemState] = (),
+        backend: str | None = None,
+        study: str | None = None,
+        created_before: float | None = None,
+        limit: int = -1,
+    ) -> list[Item]:
+        """Items, oldest first, filtered by state, backend, study and age."""
+        parts: list[str] = ["1"]
+        params: list[Any] = []
+        wanted = [str(s) for s in states]
+        if wanted:
+            parts.append("state IN " + _marks(wanted))
+            params += wanted
+        for column, value in (("backend", backend), ("study_uid", study)):
+            if value:
+                parts.append(f"{column} = ?")
+                params.append(value)
+        if created_before is not None:
+            parts.append("created_at < ?")
+            params.append(created_before)
+        return self._select(" AND ".join(parts), params, limit)
+
+    def item(self, item_id: int) -> Item | None:
+        found = self._select("id = ?", [item_id], 1)
+        return found[0] if found else None
+
+    def expired_files(self, before: float) -> list[Item]:
+        """Delivered items whose file is still kept and was delivered before `before`."""
+        return self._select(
+            "state = ? AND file != '' AND delivered_at < ?", [ItemState.DELIVERED.value, before]
+        )
+
+    def _select(self, where: str, params: list[Any], limit: int = -1) -> list[Item]:
+        rows = self._query(
             f"SELECT {_COLUMNS} FROM items WHERE {where} ORDER BY id LIMIT ?", (*params, limit)
         )
         return [Item.from_row(row) for row in rows]
 
-    def item(self, item_id: int) -> Item | None:
-        found = self.items("id = ?", (item_id,))
-        return found[0] if found else None
+    def by_state(self) -> dict[str, int]:
+        """Items in each state."""
+        rows = self._query("SELECT state, count(*) FROM items GROUP BY state")
+        return {state: int(n) for state, n in rows}
 
-    def execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> int:
-        """Run statements in one durable transaction; the rows they changed."""
-        changed = 0
+    def by_backend(self) -> dict[str, dict[str, int]]:
+        """Items of each backend in each state (both indexed)."""
+        counts: dict[str, dict[str, int]] = {}
+        for backend, state, n in self._query(
+            "SELECT backend, state, count(*) FROM items GROUP BY state, backend"
+        ):
+            counts.setdefault(backend, {})[state] = int(n)
+        return counts
+
+    def oldest_pending(self) -> float | None:
+        """created_at of the oldest queued or sending item, if any."""
+        (oldest,) = self._query(
+            "SELECT min(created_at) FROM items WHERE state IN (?, ?)",
+            (ItemState.QUEUED.value, ItemState.SENDING.value),
+        )[0]
+        return None if oldest is None else float(oldest)
+
+    def pending_studies(self) -> list[tuple[str, str, str]]:
+        """(pool, study, backend) of the studies with items queued or being sent."""
+        rows = self._query(
+            "SELECT pool, study_uid, backend FROM items WHERE state IN (?, ?) "
+            "AND study_uid != '' GROUP BY pool, study_uid",
+            (ItemState.QUEUED.value, ItemState.SENDING.value),
+        )
+        return [(pool, study, backend) for pool, study, backend in rows]
+
+    def queued_studies(self, backend: str) -> list[tuple[str, str, int]]:
+        """(pool, study, items) of the studies with items queued for `backend`."""
+        rows = self._query(
+            "SELECT pool, study_uid, count(*) FROM items WHERE state=? AND backend=? "
+            "GROUP BY pool, study_uid",
+            (ItemState.QUEUED.value, backend),
+        )
+        return [(pool, study, int(n)) for pool, study, n in rows]
+
+    def execute(self, changes: Iterable[Change]) -> list[int]:
+        """Run state changes at once, in one durable transaction; the rows each changed."""
         with self._lock:
             db = self._begin("FULL")
             try:
-                for sql, params in statements:
-                    changed += db.execute(sql, params).rowcount
+                applied = [_run(db, change) for change in changes]
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
                 raise
-        return changed
+        return applied
+
+    def purge(self, ids: Sequence[int] = (), states: Iterable[ItemState] = ()) -> int:
+        """Delete items (those of `ids`, or in `states`, or both) and their files; the number
+        deleted. Only items in state.PURGEABLE states are (never one being sent)."""
+        allowed = check_purge(frozenset(states) or PURGEABLE)
+        wanted = [str(s) for s in allowed]
+        where = "state IN " + _marks(wanted)
+        params: list[Any] = wanted
+        if ids:
+            where += " AND id IN " + _marks(ids)
+            params = [*params, *ids]
+        with self._lock:
+            db = self._begin("FULL")
+            try:
+                files = [f for (f,) in db.execute(f"SELECT file FROM items WHERE {where}", params)]
+                removed = db.execute(f"DELETE FROM items WHERE {where}", params).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+        # Mirror copies are hard links of one another: each name is removed on its own.
+        self.remove_files(files)
+        return removed
 
     def claim(self, backend: str, now: float, limit: int) -> list[Item]:
         """Up to `limit` queued items of `backend` that are due, marked sending."""
@@ -793,31 +1049,35 @@ class SpoolStore:
             db = self._begin("NORMAL")  # losing 'sending' only resends
             try:
                 rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM items WHERE state='queued' AND backend=? "
+                    f"SELECT {_COLUMNS} FROM items WHERE state=? AND backend=? "
                     "AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?",
-                    (backend, now, limit),
+                    (ItemState.QUEUED.value, backend, now, limit),
                 ).fetchall()
-                db.executemany(
-                    "UPDATE items SET state='sending', updated_at=? WHERE id=?",
-                    [(now, row[0]) for row in rows],
-                )
+                if rows:  # found queued in this transaction: every claim applies
+                    changes = [Change.claim(row[0], now) for row in rows]
+                    db.executemany(changes[0].sql, [change.params for change in changes])
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
                 raise
-        return [Item.from_row(row) for row in rows]
+        return [
+            dataclasses.replace(Item.from_row(row), state=ItemState.SENDING, updated_at=now)
+            for row in rows
+        ]
 
     def next_due(self, backend: str) -> float | None:
         """When the earliest queued item of `backend` is due, if any."""
-        (due,) = self.query(
-            "SELECT min(next_attempt_at) FROM items WHERE state='queued' AND backend=?",
-            (backend,),
+        (due,) = self._query(
+            "SELECT min(next_attempt_at) FROM items WHERE state=? AND backend=?",
+            (ItemState.QUEUED.value, backend),
         )[0]
         return None if due is None else float(due)
 
     def counts(self) -> Counts:
-        (items,) = self.query("SELECT count(*) FROM items WHERE state != 'delivered'")[0]
-        (size,) = self.query("SELECT coalesce(sum(size), 0) FROM items WHERE file != ''")[0]
+        (items,) = self._query(
+            "SELECT count(*) FROM items WHERE state != ?", (ItemState.DELIVERED.value,)
+        )[0]
+        (size,) = self._query("SELECT coalesce(sum(size), 0) FROM items WHERE file != ''")[0]
         return Counts(items=int(items), bytes=int(size))
 
     def read(self, item: Item, offset: int = -1, length: int = -1) -> bytes:
@@ -877,7 +1137,7 @@ def disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _log_failure(future: asyncio.Future[None]) -> None:
+def _log_failure(future: asyncio.Future[list[int]]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("spool.update_failed reason=%r", str(future.exception()))
 
@@ -891,7 +1151,17 @@ def _removed(jobs: list[_Job], removal: asyncio.Future[None]) -> None:
         if failure is not None:
             job.future.set_exception(failure)
         else:
-            job.future.set_result(None)
+            job.future.set_result(job.applied)
+
+
+def _run(db: sqlite3.Connection, change: Change) -> int:
+    """(holding the lock, in a transaction) Run one change; the rows it changed. A change
+    of one item that finds it in another state than it expects is logged: someone else
+    moved it first, and that move stands."""
+    changed = db.execute(change.sql, change.params).rowcount
+    if not changed and change.item is not None:
+        log.info("spool.change_skipped operation=%s item=%d", change.operation, change.item)
+    return changed
 
 
 def _sync(instance: Instance, data: str) -> None:
