@@ -401,6 +401,7 @@ class BackendSender:
             return
         started = time.monotonic()
         pool = runtime.snapshot.pools.get(item.pool)
+        assert backend.config.dicom is not None  # not store_via: a DICOM backend
         called = (
             item.called_aet
             if pool is not None and pool.called_aet is CalledAet.PASSTHROUGH

@@ -895,31 +895,40 @@ class SpoolStore:
         self, name: str, target: Target, instance: Instance, now: float, *, queued: bool = False
     ) -> Item:
         """(holding the lock, in a transaction) The index row of one copy of an instance."""
+        item = Item(
+            id=0,  # the row's, once inserted
+            file=name,
+            state=ItemState.SENDING if target.sending and not queued else ItemState.QUEUED,
+            route=target.route,
+            pool=target.pool,
+            backend=target.backend,
+            mirror=target.mirror,
+            study_uid=instance.study_uid,
+            sop_class_uid=instance.sop_class_uid,
+            sop_instance_uid=instance.sop_instance_uid,
+            transfer_syntax=instance.transfer_syntax,
+            calling_aet=instance.calling_aet,
+            called_aet=instance.called_aet,
+            size=instance.size,
+            dataset_offset=instance.dataset_offset,
+            attempts=0,
+            last_error="",
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+            delivered_at=None,
+        )
         row = {
-            "file": name,
-            "state": ItemState.SENDING if target.sending and not queued else ItemState.QUEUED,
-            "route": target.route,
-            "pool": target.pool,
-            "backend": target.backend,
-            "mirror": target.mirror,
-            "study_uid": instance.study_uid,
-            "sop_class_uid": instance.sop_class_uid,
-            "sop_instance_uid": instance.sop_instance_uid,
-            "transfer_syntax": instance.transfer_syntax,
-            "calling_aet": instance.calling_aet,
-            "called_aet": instance.called_aet,
-            "size": instance.size,
-            "dataset_offset": instance.dataset_offset,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
+            f.name: getattr(item, f.name)
+            for f in dataclasses.fields(item)
+            if f.name not in ("id", "attempts", "last_error", "delivered_at")
         }
         cursor = self.db.execute(
             f"INSERT INTO items ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             tuple(row.values()),
         )
         assert cursor.lastrowid is not None
-        return Item(id=cursor.lastrowid, attempts=0, last_error="", delivered_at=None, **row)
+        return dataclasses.replace(item, id=cursor.lastrowid)
 
     # -------------------------------------------------------- queries (threads)
 
