@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from dicomlb.lru import BoundedLru
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "studies.sqlite3"
@@ -46,7 +48,7 @@ class StudyIndex:
 
     def __init__(self, state_dir: str | Path | None = None, *, limit: int = INSTANCE_LIMIT) -> None:
         self._where: dict[str, list[str]] = {}
-        self._instances: dict[str, str] = {}
+        self._instances: BoundedLru[str, str] = BoundedLru(limit)
         self._unsaved: list[tuple[str, str, float]] = []
         self._rows = 0  # instance rows on disk, about
         self.limit = limit
@@ -70,7 +72,8 @@ class StudyIndex:
                 "(SELECT * FROM instance_location ORDER BY seen DESC LIMIT ?) ORDER BY seen",
                 (limit,),
             )
-            self._instances.update(recent)
+            for sop_instance_uid, backend in recent:
+                self._instances.put(sop_instance_uid, backend)
             (self._rows,) = self._db.execute("SELECT count(*) FROM instance_location").fetchone()
             log.info(
                 "studies.loaded path=%s studies=%d instances=%d",
@@ -82,10 +85,7 @@ class StudyIndex:
     def record(self, study_uid: str, backend: str, sop_instance_uid: str = "") -> None:
         """`backend` received an instance of `study_uid` (`sop_instance_uid`, when given)."""
         if sop_instance_uid:
-            self._instances.pop(sop_instance_uid, None)
-            self._instances[sop_instance_uid] = backend
-            if len(self._instances) > self.limit:
-                del self._instances[next(iter(self._instances))]
+            self._instances.put(sop_instance_uid, backend)
             if self._db is not None:
                 self._unsaved.append((sop_instance_uid, backend, time.time()))
         if not study_uid:
@@ -119,12 +119,10 @@ class StudyIndex:
     def holders(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
         """The backends recently sent these instances, for those dicomlb remembers (asked
         for, they are kept longest: the least recently used go first)."""
-        known = self._instances
         found = {}
         for uid in sop_instance_uids:
-            backend = known.pop(uid, None)
+            backend = self._instances.get(uid)
             if backend is not None:
-                known[uid] = backend
                 found[uid] = backend
         return found
 

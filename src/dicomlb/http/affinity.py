@@ -5,9 +5,8 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from dicomlb.http.h1 import Headers
+from dicomlb.lru import BoundedLru
 from dicomlb.pools import BackendState, Pool, rendezvous_score
 from dicomlb.snapshot import HttpKey, KeyKind
 
@@ -50,27 +49,19 @@ class StickyTable:
     """Key → backend name, most recently used last, bounded."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._table: OrderedDict[str, str] = OrderedDict()
+        self._table: BoundedLru[str, str] = BoundedLru(capacity)
 
     def __len__(self) -> int:
         return len(self._table)
 
     def get(self, key: str) -> str | None:
-        name = self._table.get(key)
-        if name is not None:
-            self._table.move_to_end(key)
-        return name
+        return self._table.get(key)
 
     def put(self, key: str, backend: str) -> None:
-        self._table[key] = backend
-        self._table.move_to_end(key)
-        if len(self._table) > self.capacity:
-            self._table.popitem(last=False)
+        self._table.put(key, backend)
 
     def forget_backend(self, backend: str) -> None:
-        for key in [k for k, v in self._table.items() if v == backend]:
-            del self._table[key]
+        self._table.forget_values(lambda name: name == backend)
 
     def place(
         self, pool: Pool, key: str, exclude: frozenset[str] = frozenset()

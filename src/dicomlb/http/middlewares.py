@@ -21,12 +21,12 @@ import hmac
 import ipaddress
 import os
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from dicomlb.http.h1 import LocalResponse
 from dicomlb.http.paths import EncodedSlashes, PathError, normalize_path
+from dicomlb.lru import BoundedLru
 from dicomlb.snapshot import MiddlewareConfig
 
 __all__ = [
@@ -236,7 +236,7 @@ class BasicAuth:
             body=b"authentication required\n",
             headers=((b"WWW-Authenticate", f'Basic realm="{realm}"'.encode()),),
         )
-        self._good: OrderedDict[bytes, None] = OrderedDict()
+        self._good: BoundedLru[bytes, bool] = BoundedLru(1024)
 
     def request(self, ctx: RequestContext, now: float) -> LocalResponse | None:
         value = next((v for k, v in ctx.headers if k.lower() == b"authorization"), None)
@@ -247,8 +247,7 @@ class BasicAuth:
         return None
 
     def _valid(self, value: bytes) -> bool:
-        if value in self._good:
-            self._good.move_to_end(value)
+        if self._good.get(value):
             return True
         scheme, _, token = value.partition(b" ")
         if scheme.lower() != b"basic":
@@ -262,9 +261,7 @@ class BasicAuth:
         hashed = self.users.get(user)
         if hashed is None or not verify_password(password, hashed):
             return False
-        self._good[value] = None
-        if len(self._good) > 1024:
-            self._good.popitem(last=False)
+        self._good.put(value, True)
         return True
 
 
@@ -316,17 +313,15 @@ class RateLimit:
     def __init__(self, average: float, period: float = 1.0, burst: int = 0) -> None:
         self.rate = average / period  # tokens per second
         self.burst = float(burst or max(1, int(average)))
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: BoundedLru[str, tuple[float, float]] = BoundedLru(100_000)
 
     def request(self, ctx: RequestContext, now: float) -> LocalResponse | None:
-        tokens, last = self._buckets.pop(ctx.client_ip, (self.burst, now))
+        tokens, last = self._buckets.pop(ctx.client_ip) or (self.burst, now)
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0
-        self._buckets[ctx.client_ip] = (tokens, now)
-        if len(self._buckets) > 100_000:
-            self._buckets.popitem(last=False)
+        self._buckets.put(ctx.client_ip, (tokens, now))
         if allowed:
             return None
         wait = max(1, int((1.0 - tokens) / self.rate + 0.999))

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
+
+from dicomlb.lru import BoundedLru
 
 __all__ = ["LEARN_LIMIT", "OwnerTable", "is_commit", "is_learnable", "resource_of"]
 
@@ -45,23 +46,16 @@ class OwnerTable:
     """Resource path / transfer id → backend name, most recently used last, bounded."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._owners: BoundedLru[str, str] = BoundedLru(capacity)
 
     def __len__(self) -> int:
         return len(self._owners)
 
     def owner(self, key: str) -> str | None:
-        name = self._owners.get(key)
-        if name is not None:
-            self._owners.move_to_end(key)
-        return name
+        return self._owners.get(key)
 
     def remember(self, key: str, backend: str) -> None:
-        self._owners[key] = backend
-        self._owners.move_to_end(key)
-        if len(self._owners) > self.capacity:
-            self._owners.popitem(last=False)
+        self._owners.put(key, backend)
 
     def learn(self, body: bytes, backend: str) -> list[str]:
         """Read a JSON response of `backend`; remember the resources it created. Returns

@@ -12,13 +12,13 @@ import asyncio
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dicomlb.dicom.acceptor import ClientGone, InboundMessage, discard
 from dicomlb.dicom.dimse import DataReceived, Status
 from dicomlb.dicom.part10 import file_header
+from dicomlb.lru import BoundedLru
 from dicomlb.pools import BackendState, Pool, rendezvous_order
 from dicomlb.snapshot import RouteConfig, SpoolConfig
 from dicomlb.spool import state
@@ -52,7 +52,7 @@ class Spool:
         self.store = SpoolStore(config.directory)
         self.rng = rng or random.Random()
         # A study stays on the backend its first instance was given (also after failover).
-        self.affinity: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.affinity: BoundedLru[tuple[str, str], str] = BoundedLru(_AFFINITY_MEMORY)
         self.items = 0
         self.bytes = 0
         self._free_disk = 0
@@ -126,11 +126,7 @@ class Spool:
     # -------------------------------------------------------- placement
 
     def remember(self, pool: str, study: str, backend: str) -> None:
-        key = (pool, study)
-        self.affinity[key] = backend
-        self.affinity.move_to_end(key)
-        while len(self.affinity) > _AFFINITY_MEMORY:
-            self.affinity.popitem(last=False)
+        self.affinity.put((pool, study), backend)
 
     def choose(self, pool: Pool, key: str, study: str) -> BackendState:
         """The backend a spooled instance goes to: the one its study already has, else the
