@@ -33,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from dicomlb.dicom.status import category
 from dicomlb.http.routing import request_path
 
 __all__ = ["CONTENT_TYPE", "Metrics", "percentile", "status_class"]
@@ -69,16 +70,8 @@ HISTORY = 60  # health checks / transitions kept per backend
 
 
 def status_class(status: int) -> str:
-    """PS3.7 C.4 status classes: success, warning (0x0001, 0xBxxx), cancel, pending, failure."""
-    if status == 0:
-        return "success"
-    if status == 0x0001 or (status & 0xF000) == 0xB000:
-        return "warning"
-    if status == 0xFE00:
-        return "cancel"
-    if status in (0xFF00, 0xFF01):
-        return "pending"
-    return "failure"
+    """The PS3.7 C.4 category of a status, as the `status_class` label."""
+    return category(status).value
 
 
 def http_status_class(status: int) -> str:

@@ -44,23 +44,6 @@ def test_purge_never_takes_an_item_being_sent() -> None:
         state.check_purge(frozenset({DD, S}))
 
 
-@pytest.mark.parametrize(
-    ("status", "stored"),
-    [
-        (0x0000, True),
-        (0x0001, True),
-        (0xB000, True),
-        (0xB007, True),
-        (0xA700, False),
-        (0x0110, False),
-        (0xC000, False),
-        (0xA900, False),
-    ],
-)
-def test_stored_statuses(status: int, stored: bool) -> None:
-    assert state.stored(status) is stored
-
-
 def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() -> None:
     retry = RetryConfig(base=1.0, cap=8.0)
     rng = random.Random(7)

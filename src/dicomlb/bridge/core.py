@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from dicomlb.dicom.status import succeeded
 from dicomlb.snapshot import HttpAddress, HttpStoreConfig, StoreVia
 
 __all__ = [
@@ -75,7 +76,7 @@ class StoreOutcome:
     @property
     def stored(self) -> bool:
         """Success or a warning (PS3.7 C.4): the instance is at the backend."""
-        return self.status == SUCCESS or (self.status & 0xF000) == 0xB000
+        return succeeded(self.status)
 
 
 def store_path(address: HttpAddress, store: HttpStoreConfig) -> str:

@@ -17,6 +17,7 @@ from io import BytesIO
 from pydicom.filereader import read_dataset
 
 from dicomlb.dicom.dimse import Command, CommandField, Status, Tag
+from dicomlb.dicom.status import succeeded
 from dicomlb.dicom.tags import HeaderScanner
 from dicomlb.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
@@ -217,16 +218,12 @@ class RetrieveTally:
         total = self.total()
         if any(status == CANCELLED for status in statuses):
             return CANCELLED
-        failures = [s for s in statuses if not _success_or_warning(s)]
+        failures = [s for s in statuses if not succeeded(s)]
         if failures and len(failures) == len(statuses) and total.completed == 0:
             return failures[0]
         if failures or total.failed or total.warning or any(s != Status.SUCCESS for s in statuses):
             return SUBOPERATIONS_FAILED
         return Status.SUCCESS
-
-
-def _success_or_warning(status: int) -> bool:
-    return status == Status.SUCCESS or (status & 0xF000) == 0xB000
 
 
 def retrieve_response(

@@ -30,6 +30,7 @@ from dicomlb.dicom.dimse import (
     response,
 )
 from dicomlb.dicom.negotiation import related_general_classes
+from dicomlb.dicom.status import succeeded
 from dicomlb.dicom.tags import HeaderScanner, is_uid, tag_name
 from dicomlb.dicom.upstream import (
     ClientUpstreams,
@@ -46,11 +47,6 @@ from dicomlb.snapshot import Ack, CalledAet, MessageFacts, PoolConfig, ScanLimit
 log = logging.getLogger(__name__)
 
 # PS3.7 C.4: warnings (0x0001, 0xBxxx) still mean the instance was stored.
-_WARNING = 0xB000
-
-
-def _stored(status: int) -> bool:
-    return status == Status.SUCCESS or status == 0x0001 or (status & 0xF000) == _WARNING
 
 
 class MessageFailed(Exception):
@@ -298,9 +294,9 @@ class Relay:
             )
             self._respond(message, failure.status, f"{backend.name}: {failure}")
             return
-        if _stored(status):  # where it is: the instance always, the study when it was read
+        if succeeded(status):  # where it is: the instance always, the study when it was read
             self.runtime.studies.record(tags.get(0x0020000D, ""), backend.name, sop_uid)
-        outcome = "store.delivered" if _stored(status) else "store.failed"
+        outcome = "store.delivered" if succeeded(status) else "store.failed"
         self.runtime.metrics.store_finished(
             route=route.name,
             pool=pool.name,
@@ -309,7 +305,7 @@ class Relay:
             seconds=time.monotonic() - started,
         )
         log.log(
-            logging.INFO if _stored(status) else logging.WARNING,
+            logging.INFO if succeeded(status) else logging.WARNING,
             "%s sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X ms=%d",
             outcome,
             sop_uid,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from dicomlb.delivery.passive import passive_failure
 from dicomlb.dicom.dimse import DATA_SET_PRESENT, Command, CommandField, Tag
+from dicomlb.dicom.status import succeeded
 from dicomlb.dicom.upstream import (
     ContextRejected,
     Rejected,
@@ -439,7 +440,7 @@ class BackendSender:
             return
         self.breaker.success()
         backend.health.success()
-        if state.stored(status):
+        if succeeded(status):
             await self._delivered(item, status, started)
         else:
             text = f"status 0x{status:04X}" + (f" ({comment})" if comment else "")

@@ -65,11 +65,6 @@ def check_purge(states: frozenset[ItemState]) -> frozenset[ItemState]:
 
 
 # PS3.7 C.4: Success, and warnings (0x0001, 0xBxxx), mean the instance was stored.
-def stored(status: int) -> bool:
-    """True when a C-STORE status means the backend kept the instance."""
-    return status == 0x0000 or status == 0x0001 or (status & 0xF000) == 0xB000
-
-
 def backoff_delay(attempts: int, retry: RetryConfig, rng: random.Random) -> float:
     """Seconds to wait after the `attempts`-th failed attempt (1-based).
 
