@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from dicomlb.bridge.client import BridgeInstance, HttpStoreClient
 from dicomlb.bridge.core import StoreOutcome
 from dicomlb.delivery.passive import passive_failure
-from dicomlb.dicom.acceptor import ClientGone, InboundMessage, discard
 from dicomlb.dicom.dimse import DataReceived
+from dicomlb.dicom.messages import ClientGone, InboundMessage, discard
 from dicomlb.dicom.part10 import file_header
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState

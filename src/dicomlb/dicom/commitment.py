@@ -29,8 +29,8 @@ import time
 from typing import TYPE_CHECKING
 
 from dicomlb.dicom import query
-from dicomlb.dicom.acceptor import InboundMessage
 from dicomlb.dicom.dimse import DataReceived, Status, Tag, response
+from dicomlb.dicom.messages import InboundMessage
 from dicomlb.dicom.negotiation import role_item
 from dicomlb.dicom.pdu import RoleSelection
 from dicomlb.dicom.qr import STORAGE_COMMITMENT_PUSH, commitment_holder, commitment_request

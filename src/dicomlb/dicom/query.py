@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dicomlb.delivery.passive import passive_failure
-from dicomlb.dicom.acceptor import InboundMessage
 from dicomlb.dicom.dimse import (
     NO_DATA_SET,
     Command,
@@ -27,6 +26,7 @@ from dicomlb.dicom.dimse import (
     Status,
     Tag,
 )
+from dicomlb.dicom.messages import InboundMessage
 from dicomlb.dicom.qr import (
     CANCELLED,
     IDENTIFIER_TAGS,

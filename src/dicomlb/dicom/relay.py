@@ -14,12 +14,7 @@ import logging
 import time
 
 from dicomlb.delivery.passive import passive_failure
-from dicomlb.dicom.acceptor import (
-    ClientGone,
-    InboundAssociation,
-    InboundMessage,
-    discard,
-)
+from dicomlb.dicom.acceptor import InboundAssociation
 from dicomlb.dicom.dimse import (
     Command,
     CommandField,
@@ -29,6 +24,7 @@ from dicomlb.dicom.dimse import (
     request_refusal,
     response,
 )
+from dicomlb.dicom.messages import ClientGone, InboundMessage, discard
 from dicomlb.dicom.negotiation import related_general_classes
 from dicomlb.dicom.status import succeeded
 from dicomlb.dicom.tags import HeaderScanner, is_uid, tag_name

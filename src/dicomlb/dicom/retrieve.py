@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from dicomlb.delivery.passive import passive_failure
 from dicomlb.dicom import commitment, query
-from dicomlb.dicom.acceptor import InboundAssociation, InboundMessage, discard
+from dicomlb.dicom.acceptor import InboundAssociation
 from dicomlb.dicom.dimse import (
     Command,
     CommandField,
@@ -35,6 +35,7 @@ from dicomlb.dicom.dimse import (
     Tag,
     response,
 )
+from dicomlb.dicom.messages import InboundMessage, discard
 from dicomlb.dicom.negotiation import role_item
 from dicomlb.dicom.qr import (
     MOVE_DESTINATION_UNKNOWN,

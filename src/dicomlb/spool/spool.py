@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dicomlb.dicom.acceptor import ClientGone, InboundMessage, discard
 from dicomlb.dicom.dimse import DataReceived, Status
+from dicomlb.dicom.messages import ClientGone, InboundMessage, discard
 from dicomlb.dicom.part10 import file_header
 from dicomlb.lru import BoundedLru
 from dicomlb.pools import BackendState, Pool, rendezvous_order
