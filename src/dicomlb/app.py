@@ -11,6 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from watchfiles import awatch
+
+try:
+    import uvloop
+
+    LOOP_FACTORY: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+except ImportError:  # optional: not on Windows
+    LOOP_FACTORY = None
+
 from dicomlb import changes, descriptors
 from dicomlb.admin.server import AdminServer
 from dicomlb.checks import HealthChecker
@@ -201,8 +210,6 @@ class App:
 
     async def _watch(self) -> None:
         """Reload when the config file changes (watchfiles debounces bursts of writes)."""
-        from watchfiles import awatch
-
         assert self.config_path is not None
         path = self.config_path.resolve()
         log.info("admin.watch path=%s", path)
@@ -449,11 +456,5 @@ class App:
 
 def run_loop(main: Callable[[], object]) -> object:
     """Run the coroutine function `main` on uvloop when installed, else asyncio's loop."""
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # uvloop is optional (not on Windows)
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=LOOP_FACTORY) as runner:
         return runner.run(main())  # type: ignore[arg-type]

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from dicomlb import __version__, logs
 from dicomlb.app import App, run_loop
 from dicomlb.config import ConfigError, describe, hash_secret, load_snapshot
+from dicomlb.demo import run_demo
 from dicomlb.snapshot import Snapshot
+from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
 
 
@@ -79,8 +81,6 @@ def _spool_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _spool_command(args: argparse.Namespace, snapshot: Snapshot) -> int:
-    from dicomlb.spool import ops
-
     if snapshot.spool is None:
         print(f"dicomlb: {snapshot.source} has no spool section", file=sys.stderr)
         return 2
@@ -118,7 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     if args.command == "demo":
-        from dicomlb.demo import run_demo
 
         def report(text: str) -> None:
             print(text, flush=True)

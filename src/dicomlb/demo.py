@@ -21,6 +21,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
 
 from dicomlb.app import App
 from dicomlb.config import build_snapshot
@@ -117,8 +118,6 @@ def make_study(modality: str, count: int, index: int) -> list[Dataset]:
 
 def send_study(port: int, modality: str, datasets: list[Dataset]) -> SentStudy:
     """Send one study over one association (blocking; pynetdicom as the modality)."""
-    from pynetdicom import AE
-
     calling = f"{modality}_SCANNER"
     ae = AE(ae_title=calling)
     ae.add_requested_context(SOP_CLASSES[modality], ExplicitVRLittleEndian)

@@ -328,12 +328,12 @@ class _Reader:
     # httptools callbacks (a reader's parser calls on_header / on_body only when its protocol
     # has them: these two are given that name where they are wanted) ----------------------
 
-    def _on_field(self, name: bytes, value: bytes) -> None:
+    def field_received(self, name: bytes, value: bytes) -> None:
         # Called once per field: keep it to an append. The head size is checked when the
         # head completes.
         self._headers.append((name, value))
 
-    def _on_body(self, body: bytes) -> None:
+    def body_received(self, body: bytes) -> None:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
@@ -346,7 +346,7 @@ class _Reader:
 
     # feeding -------------------------------------------------------------------------------
 
-    def _feed(
+    def feed_parser(
         self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
     ) -> list[Event]:
         state = self.state
@@ -400,8 +400,8 @@ class RequestReader(_Reader):
     """The server side of a connection: client bytes in, request events out (pipelined
     requests come out one after another)."""
 
-    on_header = _Reader._on_field
-    on_body = _Reader._on_body
+    on_header = _Reader.field_received
+    on_body = _Reader.body_received
 
     def __init__(
         self, *, max_head_size: int = 65536, slashes: EncodedSlashes = EncodedSlashes.REJECT
@@ -523,7 +523,7 @@ class RequestReader(_Reader):
         # A head that completes in this feed is at most what was fed of it before plus
         # `data`: only when that could pass the limit are its fields counted.
         self._check_size = self._head_fed + len(data) > self.max_head_size
-        return self._feed(self._parser, data)
+        return self.feed_parser(self._parser, data)
 
     def receive_eof(self) -> list[Event]:
         """The client closed its side. Mid-message that is an error; between messages it
@@ -627,7 +627,7 @@ class ResponseReader(_Reader):
         self._begin = end - len(partial)
         return data[start:end] if start or end != len(data) else data
 
-    def _feed(
+    def feed_parser(
         self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
     ) -> list[Event]:
         state = self.state
@@ -636,7 +636,7 @@ class ResponseReader(_Reader):
             self._begin = 0
         elif state is _BODY:
             self._begin = None
-        events = _Reader._feed(self, parser, data)  # (no super(): one object less per read)
+        events = _Reader.feed_parser(self, parser, data)  # (no super(): one object less per read)
         if self.state is _HEAD:
             self._partial += data[self._head_start :]
             self._head_start = 0
@@ -646,7 +646,7 @@ class ResponseReader(_Reader):
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the backend; returns the complete events they finish."""
         if not self._head_request or self.state in (_UPGRADED, _ERROR):
-            return self._feed(self._parser, data)
+            return self.feed_parser(self._parser, data)
         return self._receive_head_response(data)
 
     def _receive_head_response(self, data: bytes) -> list[Event]:
@@ -664,7 +664,7 @@ class ResponseReader(_Reader):
                 self._pending = buffer
                 return events
             head, buffer = buffer[: end + 4], buffer[end + 4 :]
-            got = self._feed(self._parser, head)
+            got = self.feed_parser(self._parser, head)
             events.extend(got)
             final = next((e for e in got if isinstance(e, Response) and e.status >= 200), None)
             if final is not None:
@@ -674,7 +674,7 @@ class ResponseReader(_Reader):
                     self._restart_parser()
                 self._head_request = False
         if buffer:
-            events.extend(self._feed(self._parser, buffer))
+            events.extend(self.feed_parser(self._parser, buffer))
         return events
 
     def receive_eof(self) -> list[Event]:
@@ -712,8 +712,8 @@ class _Decoding:
         self.on_message_begin = reader.on_message_begin
         self.on_headers_complete = reader.on_headers_complete
         self.on_message_complete = reader.on_message_complete
-        self.on_header = reader._on_field
-        self.on_body = reader._on_body
+        self.on_header = reader.field_received
+        self.on_body = reader.body_received
 
 
 def can_discard(request: Request, received: int, limit: int) -> bool:
