@@ -20,7 +20,7 @@ try:
 except ImportError:  # optional: not on Windows
     LOOP_FACTORY = None
 
-from dicomlb import changes, descriptors
+from dicomlb import changes, descriptors, install
 from dicomlb.admin.server import AdminServer
 from dicomlb.checks import HealthChecker
 from dicomlb.config import ConfigError, build_backend, load_snapshot
@@ -66,6 +66,7 @@ class App:
             "source": "start",
             "time": self.started_at,
             "error": None,
+            "restart_needed": [],
         }
         self._stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -128,19 +129,20 @@ class App:
                 checker.start()
                 self.checkers[backend_config.name] = checker
 
-    async def reload(self, snapshot: Snapshot) -> None:
-        """Swap in a new snapshot: new associations use it, those in flight finish on theirs."""
+    async def reload(self, loaded: Snapshot) -> tuple[str, ...]:
+        """Swap in a new snapshot: new associations use it, those in flight finish on theirs.
+        Install configuration stays as it runs; returns the keys whose change waits for a
+        restart."""
         old = self.runtime
-        studies = old.studies
-        if snapshot.state_dir != old.snapshot.state_dir:
-            studies = StudyIndex(snapshot.state_dir)
-            old.studies.close()
+        snapshot, waiting = install.pin(old.snapshot, loaded)
+        if waiting:
+            log.warning("config.restart_needed keys=%s", ",".join(waiting))
         self.runtime = Runtime(
             snapshot,
             old.backends,
             old.upstreams,
             self.metrics,
-            studies=studies,
+            studies=old.studies,
             moves=old.moves,
             commitments=old.commitments,
         )
@@ -166,6 +168,7 @@ class App:
         await self._update_admin(old.snapshot)
         self._update_watcher()
         log.info("dicomlb.reloaded source=%s", snapshot.source)
+        return waiting
 
     async def _retire_upstream(self, upstream: UpstreamPool) -> None:
         """Close a replaced backend's associations and HTTP sessions once the messages the
@@ -241,16 +244,23 @@ class App:
                     "source": source,
                     "time": time.time(),
                     "error": error,
+                    "restart_needed": [],
                 }
                 return self.last_reload
-            await self.reload(snapshot)
-            log.info("admin.reload result=ok source=%s path=%s", source, self.config_path)
+            waiting = await self.reload(snapshot)
+            log.info(
+                "admin.reload result=ok source=%s path=%s restart_needed=%s",
+                source,
+                self.config_path,
+                ",".join(waiting) or "-",
+            )
             self.metrics.reload_finished(ok=True, source=source)
             self.last_reload = {
                 "result": "ok",
                 "source": source,
                 "time": time.time(),
                 "error": None,
+                "restart_needed": list(waiting),
             }
             return self.last_reload
 

@@ -346,3 +346,33 @@ def test_admin_listener_is_rebound_only_when_its_bind_changes(
     assert lb.http("GET", "/healthz")[0] == 200
     assert old_url != lb.admin_url
     assert not is_listening(int(old_url.rsplit(":", 1)[1]))
+
+
+def test_reload_keeps_install_configuration_and_names_what_waits_for_a_restart(
+    tmp_path: Path, balancer: Any, scps: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    (a,) = scps("PACSA")
+    file = tmp_path / "lb.yaml"
+    lb = balancer(config_for(a), admin=True, config_file=file)
+    moved = yaml.safe_load(file.read_text())
+    moved["listeners"]["dicom"]["bind"] = f"127.0.0.1:{free_port()}"
+    moved["listeners"]["dicom"]["max_associations"] = 7  # dynamic: applied
+    file.write_text(yaml.safe_dump(moved))
+    with caplog.at_level(logging.INFO, logger="dicomlb"):
+        status, body = lb.http("POST", "/api/v1/reload")
+    assert status == 200, body
+    assert body["restart_needed"] == ["listeners.dicom.bind"]
+    assert "config.restart_needed keys=listeners.dicom.bind" in caplog.text
+    listener = next(x for x in lb.http("GET", "/api/v1/listeners")[1] if x["name"] == "dicom")
+    assert listener["bind"].endswith(f":{lb.port}") and listener["max_associations"] == 7
+    send(tmp_path, lb.port, make_small(2), "after-move")
+    assert len(a.wait_files(2)) == 2
+
+    # Without the listener in the file, the bound one goes on serving as it was.
+    del moved["listeners"]["dicom"]
+    file.write_text(yaml.safe_dump(moved))
+    status, body = lb.http("POST", "/api/v1/reload")
+    assert status == 200, body
+    assert body["restart_needed"] == ["listeners.dicom"]
+    send(tmp_path, lb.port, make_small(2), "after-removal")
+    assert len(a.wait_files(4)) == 4

@@ -163,7 +163,10 @@ class HttpListener:
         self.fd_limit: int | None = None
 
     def reload(self, runtime: Runtime) -> None:
-        """New requests use `runtime`; requests in flight finish on theirs."""
+        """New requests use `runtime` and new connections its listener settings (the bind
+        stays); requests in flight finish on theirs."""
+        if runtime.snapshot.http is not None:
+            self.config = runtime.snapshot.http
         self.http = HttpRuntime(runtime, self.http)
         for conns in self.http.retired:
             conns.close()
