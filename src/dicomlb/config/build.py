@@ -40,10 +40,8 @@ from pydantic import (
 )
 from pydicom._uid_dict import UID_dictionary
 
-from dicomlb.bridge.config import BackendAuthModel, build_store
-from dicomlb.dicom.tags import MAX_BYTES, tag_from_name, tag_name
-from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
-from dicomlb.http.config import (
+from dicomlb.config.bridge import BackendAuthModel, build_store
+from dicomlb.config.http import (
     HttpCheckModel,
     HttpListenerModel,
     HttpPoolModel,
@@ -55,6 +53,8 @@ from dicomlb.http.config import (
     parse_http_address,
     proxy_address_issue,
 )
+from dicomlb.dicom.tags import MAX_BYTES, tag_from_name, tag_name
+from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
 from dicomlb.routing import MatchError, parse_match
 from dicomlb.snapshot import (
     Ack,

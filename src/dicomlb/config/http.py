@@ -45,13 +45,13 @@ Fail = Callable[[str, str], None]
 
 
 def _duration(value: Any) -> float:
-    from dicomlb.config import _positive_duration  # dicomlb.config imports this module
+    from dicomlb.config.build import _positive_duration  # dicomlb.config imports this module
 
     return _positive_duration(value)
 
 
 def _bind(value: Any) -> tuple[str, int]:
-    from dicomlb.config import _split_host_port
+    from dicomlb.config.build import _split_host_port
 
     form = "host:port, e.g. 0.0.0.0:8080 or [::]:8080"
     if isinstance(value, bool) or not isinstance(value, str):
@@ -62,7 +62,7 @@ def _bind(value: Any) -> tuple[str, int]:
 def parse_http_address(value: Any) -> HttpAddress:
     """`http://host:port` (port 80 when omitted) or `https://host:port` (443); a base path
     is parsed too, but only backends with `store_via` may use one (config.py checks)."""
-    from dicomlb.config import _split_host_port
+    from dicomlb.config.build import _split_host_port
 
     form = "http://host:port"
     if not isinstance(value, str):
@@ -241,7 +241,7 @@ assert set(_MIDDLEWARE_MODELS) == set(KINDS)
 def _middleware(name: str, spec: Any, path: str, fail: Fail) -> MiddlewareConfig | None:
     from pydantic import ValidationError
 
-    from dicomlb.config import _dotted, _issue_from_pydantic
+    from dicomlb.config.build import _dotted, _issue_from_pydantic
 
     kinds = ", ".join(_MIDDLEWARE_MODELS)
     if not isinstance(spec, dict) or len(spec) != 1:
@@ -415,7 +415,7 @@ def describe_http(
     listener: HttpListenerConfig | None, routes: tuple[HttpRouteConfig, ...]
 ) -> list[str]:
     """Lines for `dicomlb check`."""
-    from dicomlb.config import format_duration
+    from dicomlb.config.build import format_duration
 
     if listener is None:
         return []  # no HTTP side: `dicomlb check` reads as before
