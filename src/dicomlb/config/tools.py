@@ -155,6 +155,7 @@ def parse_size(value: Any) -> int:
 
 
 def positive_duration(value: Any) -> float:
+    """`parse_duration`, and more than zero."""
     seconds = parse_duration(value)
     if seconds <= 0:
         raise ValueError(f"{show(value)} must be more than zero; {_DURATION_HINT}")
@@ -222,6 +223,7 @@ def split_host_port(text: str, original: str, form: str) -> tuple[str, int]:
 
 
 def parse_bind(value: Any) -> tuple[str, int]:
+    """The `bind:` of a listener: `host:port`."""
     form = "host:port, e.g. 0.0.0.0:11112 or [::]:11112"
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"{show(value)} is not an address to listen on; write {form}")
@@ -233,6 +235,7 @@ NAME_HINT = 'use up to 64 letters, digits, ".", "_" and "-", starting with a let
 
 
 def check_name(value: str) -> str:
+    """A backend or route name: NAME_HINT says what it may hold."""
     if not NAME.fullmatch(value):
         raise ValueError(f"{show(value)} is not a valid name; {NAME_HINT}")
     return value
@@ -448,6 +451,7 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def dotted(loc: Sequence[int | str]) -> str:
+    """A pydantic location as the file writes it: `pools.ct.backends[1].dicom`."""
     path = ""
     for part in loc:
         if isinstance(part, int):
@@ -544,6 +548,7 @@ def issue_from_pydantic(error: Any, root: type[BaseModel]) -> ConfigIssue:
 
 
 def show(value: Any) -> str:
+    """A value as an error message quotes it (shortened when long)."""
     if isinstance(value, str):
         return f'"{value}"'
     if value is None:
@@ -557,6 +562,7 @@ def show(value: Any) -> str:
 
 
 def value_kind(value: Any) -> str:
+    """What a value is, in words: "a mapping", "a list", "text", …"""
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
