@@ -18,7 +18,7 @@ from pydicom.filereader import read_dataset
 
 from dicomlb.dicom.dimse import Command, CommandField, Status, Tag
 from dicomlb.dicom.status import succeeded
-from dicomlb.dicom.tags import HeaderScanner
+from dicomlb.dicom.tags import STUDY_INSTANCE_UID, HeaderScanner
 from dicomlb.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 # PS3.4 C.6: the information models' SOP classes, FIND / MOVE / GET of each root.
@@ -46,7 +46,6 @@ QUERY_RETRIEVE_LEVEL = 0x00080052
 SOP_INSTANCE_UID = 0x00080018
 ACCESSION_NUMBER = 0x00080050
 PATIENT_ID = 0x00100020
-STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
 TRANSACTION_UID = 0x00081195  # PS3.4 J.3.2: storage commitment Action / Event Information
 REFERENCED_SOP_SEQUENCE = 0x00081199

@@ -31,7 +31,6 @@ from dicomlb.dicom.qr import (
     CANCELLED,
     IDENTIFIER_TAGS,
     QUERY_RETRIEVE_LEVEL,
-    STUDY_INSTANCE_UID,
     FindMerger,
     find_final,
     identifier_values,
@@ -39,7 +38,7 @@ from dicomlb.dicom.qr import (
     unanswered_comment,
 )
 from dicomlb.dicom.relay import MessageFailed
-from dicomlb.dicom.tags import HeaderScanner
+from dicomlb.dicom.tags import STUDY_INSTANCE_UID, HeaderScanner
 from dicomlb.dicom.upstream import (
     PENDING_STATUSES,
     ResponseHandler,

@@ -39,7 +39,6 @@ from dicomlb.dicom.messages import InboundMessage, discard
 from dicomlb.dicom.negotiation import role_item
 from dicomlb.dicom.qr import (
     MOVE_DESTINATION_UNKNOWN,
-    STUDY_INSTANCE_UID,
     Counts,
     PendingMove,
     RetrieveTally,
@@ -49,6 +48,7 @@ from dicomlb.dicom.qr import (
     retrieve_response,
     unanswered_comment,
 )
+from dicomlb.dicom.tags import STUDY_INSTANCE_UID
 from dicomlb.dicom.upstream import Unreachable, UpstreamAssociation, UpstreamError
 from dicomlb.health import Cause
 from dicomlb.placement import refusal

@@ -34,6 +34,7 @@ __all__ = [
     "FALLBACK_MAX_BYTES",
     "MAX_BYTES",
     "SPECIFIC_CHARACTER_SET",
+    "STUDY_INSTANCE_UID",
     "HeaderScanner",
     "ScanBudget",
     "ScanLease",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 SPECIFIC_CHARACTER_SET: Final = 0x00080005
+STUDY_INSTANCE_UID: Final = 0x0020000D  # routing, affinity, the spool and studies all read it
 # Give up looking for wanted tags after this many data-set bytes (inflated, for deflate).
 MAX_BYTES: Final = 1 << 20
 # pydicom reads at most this much, from the element the walker could not follow on: it costs

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from dicomlb.dicom.dimse import DataReceived, Status
 from dicomlb.dicom.messages import ClientGone, InboundMessage, discard
 from dicomlb.dicom.part10 import file_header
+from dicomlb.dicom.tags import STUDY_INSTANCE_UID
 from dicomlb.lru import BoundedLru
 from dicomlb.pools import BackendState, Pool, rendezvous_order
 from dicomlb.snapshot import RouteConfig, SpoolConfig
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STUDY_INSTANCE_UID = 0x0020000D
 _AFFINITY_MEMORY = 100_000  # (pool, study) -> backend entries kept
 _FREE_DISK_EVERY = 1.0  # seconds between statvfs calls
 

@@ -6,32 +6,27 @@ from __future__ import annotations
 import base64
 import os
 import ssl
-from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from dicomlb.config.tools import Fail, Model
 from dicomlb.snapshot import HttpAddress, HttpStoreConfig, StoreVia, TlsConfig
 from dicomlb.tls import client_context
 
-__all__ = ["BackendAuthModel", "build_store"]
+__all__ = ["BackendAuthModel", "BasicAuthModel", "build_store"]
 
-Fail = Callable[[str, str], None]
 _Text = Annotated[str, Field(strict=True, min_length=1)]
 _EnvName = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BasicAuthModel(_Model):
+class BasicAuthModel(Model):
     user: _Text
     password: Annotated[str, Field(strict=True)] | None = None
     password_env: _EnvName | None = None
 
 
-class BackendAuthModel(_Model):
+class BackendAuthModel(Model):
     """`auth: {basic: {user, password | password_env}}` or `{bearer: TOKEN}` /
     `{bearer_env: NAME}`: credentials dicomlb presents to an HTTP backend."""
 

@@ -1,18 +1,20 @@
 """The HTTP parts of the config file: pydantic models for `listeners.http`, `http_routes`,
 `middlewares`, `pools.<name>.http`, `pools.<name>.health.http` and backends' `http:`, and
-the builder step that turns them into snapshot parts. `dicomlb.config` owns the file and
-calls in here; errors are `ConfigIssue`s naming the field like everywhere else.
+the builder step that turns them into snapshot parts. `dicomlb.config.build` owns the file
+and calls in here; errors are `ConfigIssue`s naming the field like everywhere else.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, ValidationError
 
+from dicomlb.config.tls import ListenerTlsModel
+from dicomlb.config.tools import Duration, Fail, Model, dotted, issue_from_pydantic, split_host_port
 from dicomlb.http.middlewares import KINDS
 from dicomlb.http.paths import EncodedSlashes
 from dicomlb.http.routing import parse_http_match
@@ -36,34 +38,23 @@ __all__ = [
     "HttpPoolModel",
     "HttpRouteModel",
     "build_http",
-    "describe_http",
+    "http_check_config",
+    "http_pool_config",
     "parse_http_address",
     "proxy_address_issue",
 ]
 
-Fail = Callable[[str, str], None]
-
-
-def _duration(value: Any) -> float:
-    from dicomlb.config import _positive_duration  # dicomlb.config imports this module
-
-    return _positive_duration(value)
-
 
 def _bind(value: Any) -> tuple[str, int]:
-    from dicomlb.config import _split_host_port
-
     form = "host:port, e.g. 0.0.0.0:8080 or [::]:8080"
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"{value!r} is not an address to listen on; write {form}")
-    return _split_host_port(value.strip(), value.strip(), form)
+    return split_host_port(value.strip(), value.strip(), form)
 
 
 def parse_http_address(value: Any) -> HttpAddress:
     """`http://host:port` (port 80 when omitted) or `https://host:port` (443); a base path
-    is parsed too, but only backends with `store_via` may use one (config.py checks)."""
-    from dicomlb.config import _split_host_port
-
+    is parsed too, but only backends with `store_via` may use one (config.dicom checks)."""
     form = "http://host:port"
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not an HTTP address; write {form}")
@@ -75,7 +66,7 @@ def parse_http_address(value: Any) -> HttpAddress:
     rest, slash, path = rest.partition("/")
     if not rest.endswith("]") and ":" not in rest.rpartition("]")[2]:
         rest += ":443" if scheme == "https" else ":80"
-    host, port = _split_host_port(rest, text, form)
+    host, port = split_host_port(rest, text, form)
     return HttpAddress(host=host, port=port, scheme=scheme, path=f"/{path}" if slash else "")
 
 
@@ -105,14 +96,7 @@ def _key(value: Any) -> HttpKey:
     return HttpKey(kind=KeyKind(kind), name=name.lower() if kind == "header" else name)
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HttpListenerModel(_Model):
+class HttpListenerModel(Model):
     bind: Annotated[tuple[str, int], BeforeValidator(_bind)] | None = None
     max_connections: Annotated[StrictInt, Field(ge=1)] | None = None
     max_head_size: Annotated[StrictInt, Field(ge=1024)] | None = None
@@ -122,14 +106,15 @@ class HttpListenerModel(_Model):
     tunnel_timeout: Duration | None = None
     discard_body_max: Annotated[StrictInt, Field(ge=0)] | None = None
     encoded_slashes: EncodedSlashes | None = None
+    tls: ListenerTlsModel | None = None  # HTTPS; built like listeners.dicom.tls
 
 
-class PassiveModel(_Model):
+class PassiveModel(Model):
     failures: Annotated[StrictInt, Field(ge=1)] = 5
     window: Duration = 10.0
 
 
-class HttpPoolModel(_Model):
+class HttpPoolModel(Model):
     key: Annotated[HttpKey, BeforeValidator(_key)] | None = None
     sticky: StrictBool | None = None
     connect_timeout: Duration | None = None
@@ -153,7 +138,7 @@ def _status_list(value: Any) -> tuple[int, ...]:
     return tuple(values)
 
 
-class HttpCheckModel(_Model):
+class HttpCheckModel(Model):
     method: Annotated[str, Field(strict=True, pattern=r"^[A-Z]+$")] | None = None
     path: Annotated[str, Field(strict=True, pattern=r"^/")] | None = None
     status: Annotated[tuple[int, ...], BeforeValidator(_status_list)] | None = None
@@ -162,7 +147,7 @@ class HttpCheckModel(_Model):
     host: Annotated[str, Field(strict=True)] | None = None
 
 
-class HttpRouteModel(_Model):
+class HttpRouteModel(Model):
     name: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     match: Any = None
     pool: Annotated[str, Field(strict=True)]
@@ -173,35 +158,35 @@ class HttpRouteModel(_Model):
 # --- middlewares ----------------------------------------------------------------------------
 
 
-class _StripPrefix(_Model):
+class _StripPrefix(Model):
     prefixes: Annotated[list[Annotated[str, Field(pattern=r"^/")]], Field(min_length=1)]
 
 
-class _AddPrefix(_Model):
+class _AddPrefix(Model):
     prefix: Annotated[str, Field(strict=True, pattern=r"^/")]
 
 
-class _ReplacePath(_Model):
+class _ReplacePath(Model):
     regex: Annotated[str, Field(strict=True)]
     replacement: Annotated[str, Field(strict=True)]
 
 
-class _HeaderEdits(_Model):
+class _HeaderEdits(Model):
     set: dict[str, str | int] = {}
     remove: list[str] = []
 
 
-class _Headers(_Model):
+class _Headers(Model):
     request: _HeaderEdits = _HeaderEdits()
     response: _HeaderEdits = _HeaderEdits()
 
 
-class _Forwarded(_Model):
+class _Forwarded(Model):
     x_forwarded: StrictBool = True
     forwarded: StrictBool = True
 
 
-class _BasicAuth(_Model):
+class _BasicAuth(Model):
     users: Annotated[
         dict[str, Annotated[str, Field(pattern=r"^pbkdf2_sha256\$")]], Field(min_length=1)
     ]
@@ -209,22 +194,22 @@ class _BasicAuth(_Model):
     remove: StrictBool = True
 
 
-class _IpFilter(_Model):
+class _IpFilter(Model):
     allow: list[str] = []
     deny: list[str] = []
 
 
-class _MaxBody(_Model):
+class _MaxBody(Model):
     limit: Annotated[StrictInt, Field(ge=0)]
 
 
-class _RateLimit(_Model):
+class _RateLimit(Model):
     average: Annotated[float, Field(gt=0)]
     period: Duration = 1.0
     burst: Annotated[StrictInt, Field(ge=0)] = 0
 
 
-_MIDDLEWARE_MODELS: dict[str, type[_Model]] = {
+_MIDDLEWARE_MODELS: dict[str, type[Model]] = {
     "strip_prefix": _StripPrefix,
     "add_prefix": _AddPrefix,
     "replace_path": _ReplacePath,
@@ -239,10 +224,6 @@ assert set(_MIDDLEWARE_MODELS) == set(KINDS)
 
 
 def _middleware(name: str, spec: Any, path: str, fail: Fail) -> MiddlewareConfig | None:
-    from pydantic import ValidationError
-
-    from dicomlb.config import _dotted, _issue_from_pydantic
-
     kinds = ", ".join(_MIDDLEWARE_MODELS)
     if not isinstance(spec, dict) or len(spec) != 1:
         fail(
@@ -260,8 +241,8 @@ def _middleware(name: str, spec: Any, path: str, fail: Fail) -> MiddlewareConfig
         parsed = model.model_validate(options or {})
     except ValidationError as err:
         for e in err.errors():
-            issue = _issue_from_pydantic(e)
-            where = _dotted([f"{path}.{kind}", *e["loc"]])
+            issue = issue_from_pydantic(e, model)
+            where = dotted([f"{path}.{kind}", *e["loc"]])
             fail(where, issue.message)
         return None
     values: dict[str, Any] = parsed.model_dump()
@@ -316,7 +297,7 @@ def build_http(
     tls: TlsConfig | None = None,
 ) -> tuple[HttpListenerConfig | None, tuple[HttpRouteConfig, ...]]:
     """The HTTP listener and routes; problems go to `fail(path, message)`. `tls`: the
-    listener's `tls` block, built by `dicomlb.config` like the DICOM listener's."""
+    listener's `tls` block, built by `dicomlb.config.build` like the DICOM listener's."""
     built_mw: dict[str, MiddlewareConfig] = {}
     for name, spec in middlewares.items():
         m = _middleware(name, spec, f"middlewares.{name}", fail)
@@ -409,31 +390,3 @@ def build_http(
                 f"anything; add one, e.g. - {{name: default, pool: {example}}}",
             )
     return config, tuple(out)
-
-
-def describe_http(
-    listener: HttpListenerConfig | None, routes: tuple[HttpRouteConfig, ...]
-) -> list[str]:
-    """Lines for `dicomlb check`."""
-    from dicomlb.config import format_duration
-
-    if listener is None:
-        return []  # no HTTP side: `dicomlb check` reads as before
-    tls = listener.tls
-    https = "" if tls is None else "; TLS" + (" (client certificates required)" if tls.ca else "")
-    lines = [
-        f"http listener: {listener.host}:{listener.port}{https}; max connections "
-        f"{listener.max_connections}, max head {listener.max_head_size} bytes",
-        f"  timeouts: head {format_duration(listener.head_timeout)}, keep-alive "
-        f"{format_duration(listener.keepalive_timeout)}, idle "
-        f"{format_duration(listener.idle_timeout)}",
-        "http routes (first match wins):",
-    ]
-    for n, route in enumerate(routes, 1):
-        mws = f" via {', '.join(m.name for m in route.middlewares)}" if route.middlewares else ""
-        writer = route.pool.orthanc_writer
-        writes = f" (writes to {writer})" if writer else ""
-        lines.append(
-            f"  {n}. {route.name}: {route.match_text} -> pool {route.pool.name}{writes}{mws}"
-        )
-    return lines

@@ -1,0 +1,37 @@
+"""The config file: YAML → validated models (pydantic) → `Snapshot`; every error names the field.
+
+The package, bottom up: `tools` (errors, value parsers, the YAML loader) ← `tls` ←
+`http`, `bridge`, `admin`, `spool` ← `dicom` (listener, pools, backends, routes) ← `build`
+(the whole file, cross-field checks) and `describe` (`dicomlb check`). Callers import from
+here.
+"""
+
+from dicomlb.config.admin import hash_secret
+from dicomlb.config.build import build_backend, build_snapshot, load_snapshot
+from dicomlb.config.describe import describe
+from dicomlb.config.tools import (
+    MAX_ALIAS_NODES,
+    MAX_CONFIG_BYTES,
+    MAX_YAML_DEPTH,
+    ConfigError,
+    ConfigIssue,
+    format_duration,
+    parse_duration,
+    parse_size,
+)
+
+__all__ = [
+    "MAX_ALIAS_NODES",
+    "MAX_CONFIG_BYTES",
+    "MAX_YAML_DEPTH",
+    "ConfigError",
+    "ConfigIssue",
+    "build_backend",
+    "build_snapshot",
+    "describe",
+    "format_duration",
+    "hash_secret",
+    "load_snapshot",
+    "parse_duration",
+    "parse_size",
+]

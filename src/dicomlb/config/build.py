@@ -1,0 +1,475 @@
+"""The config file: YAML → validated models (pydantic) → `Snapshot`; every error names the field.
+
+`load_snapshot("lb.yaml")` reads and checks a file; `build_snapshot(data)` does the same for
+data already loaded. Both raise `ConfigError`, whose text has one line per problem::
+
+    lb.yaml: pools.ct.backends[1].dicom: "ORTHANC@10.0.0.5" has no port; write AET@host:port
+
+Names (pools, backends) are resolved here once, so the snapshot holds references.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, StrictBool, ValidationError
+
+from dicomlb.config.admin import AdminListenerModel, build_admin
+from dicomlb.config.dicom import (
+    BRIDGE_FIELDS,
+    DEFAULT_AFFINITY_KEY,
+    ECHO_LOCAL,
+    BackendModel,
+    DicomListenerModel,
+    OrthancModel,
+    PoolModel,
+    RouteModel,
+    backend_store,
+    parse_dicom_address,
+)
+from dicomlb.config.http import (
+    HttpListenerModel,
+    HttpRouteModel,
+    build_http,
+    http_check_config,
+    http_pool_config,
+)
+from dicomlb.config.spool import SpoolModel, build_spool
+from dicomlb.config.tls import backend_tls, listener_tls
+from dicomlb.config.tools import (
+    NAME,
+    NAME_HINT,
+    AeTitle,
+    ConfigError,
+    ConfigIssue,
+    Model,
+    is_loopback,
+    issue_from_pydantic,
+    load_yaml,
+    parse_duration,
+    value_kind,
+    written,
+)
+from dicomlb.dicom.tags import STUDY_INSTANCE_UID, tag_from_name
+from dicomlb.routing import MatchError, parse_match
+from dicomlb.snapshot import (
+    Ack,
+    AllowRule,
+    BackendConfig,
+    DicomAddress,
+    DicomListenerConfig,
+    HealthConfig,
+    HttpListenerConfig,
+    PoolConfig,
+    RouteConfig,
+    ScanLimit,
+    Snapshot,
+    Strategy,
+)
+
+__all__ = ["ConfigModel", "build_backend", "build_snapshot", "load_snapshot"]
+
+
+class ListenersModel(Model):
+    dicom: DicomListenerModel | None = None
+    admin: AdminListenerModel | None = None
+    http: HttpListenerModel | None = None
+
+
+class ConfigModel(Model):
+    listeners: ListenersModel | None = None
+    pools: dict[str, PoolModel]
+    routes: list[RouteModel] = []
+    http_routes: list[HttpRouteModel] = []
+    middlewares: dict[str, Any] = {}
+    graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
+    watch: StrictBool | None = None
+    spool: SpoolModel | None = None
+    dicom_nodes: (
+        dict[AeTitle, Annotated[DicomAddress, BeforeValidator(parse_dicom_address)]] | None
+    ) = None
+    state_dir: Annotated[str, Field(strict=True, min_length=1)] | None = None
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    """Read, validate and build the configuration file at `path`. Raises ConfigError."""
+    return build_snapshot(load_yaml(path), str(path))
+
+
+def build_snapshot(data: Any, source: str = "<config>") -> Snapshot:
+    """Validate loaded YAML data and build the snapshot. Raises ConfigError listing every
+    problem found."""
+    if data is None:
+        raise ConfigError(
+            source, [ConfigIssue(message="the configuration is empty; write pools and routes")]
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source,
+            [
+                ConfigIssue(
+                    message=f"the top level is {value_kind(data)}; write a mapping with "
+                    "listeners, pools and routes"
+                )
+            ],
+        )
+    try:
+        model = ConfigModel.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(
+            source, [issue_from_pydantic(e, ConfigModel) for e in err.errors()]
+        ) from None
+    builder = _Builder(model)
+    snapshot = builder.build(source)
+    if builder.issues:
+        raise ConfigError(source, builder.issues)
+    return snapshot
+
+
+def build_backend(data: Any, path: str = "backend", source: str = "<api>") -> BackendConfig:
+    """Validate one backend mapping (as written under `pools.<name>.backends`), e.g. from the
+    admin API. Raises ConfigError naming the field."""
+    try:
+        model = BackendModel.model_validate(data)
+    except ValidationError as err:
+        found = [issue_from_pydantic(error, BackendModel) for error in err.errors()]
+        raise ConfigError(
+            source,
+            [ConfigIssue(path=f"{path}.{i.path}".rstrip("."), message=i.message) for i in found],
+        ) from None
+    issues: list[ConfigIssue] = []
+    tls = backend_tls(model.tls, f"{path}.tls", issues)
+    store = backend_store(model, path, tls, issues)
+    if issues:
+        raise ConfigError(source, issues)
+    return BackendConfig(
+        name=model.name,
+        dicom=model.dicom,
+        tls=tls,
+        store=store,
+        **written(model, "name", "dicom", "tls", *BRIDGE_FIELDS),
+    )
+
+
+def _reaches(host: str, port: int, bind_host: str, bind_port: int) -> bool:
+    """Whether `host:port` is a listener bound at `bind_host:bind_port` on this machine,
+    judged from the literal addresses (names other than localhost are not resolved)."""
+    if port != bind_port:
+        return False
+    if host == bind_host:
+        return True
+    wildcard = bind_host in ("0.0.0.0", "::", "")
+    return is_loopback(host) and (wildcard or is_loopback(bind_host))
+
+
+class _Builder:
+    """Cross-field checks and name resolution, collecting every issue."""
+
+    def __init__(self, model: ConfigModel) -> None:
+        self.model = model
+        self.issues: list[ConfigIssue] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.issues.append(ConfigIssue(path=path, message=message))
+
+    def build(self, source: str) -> Snapshot:
+        pools = self.pools()
+        routes = self.routes(pools)
+        dicom = self.dicom_listener(pools)
+        if dicom is not None and not self.model.routes:
+            example = next(iter(pools), "POOL")
+            self.fail(
+                "routes",
+                "there are no routes, so the dicom listener cannot forward anything; add "
+                f"one, e.g. - {{name: default, pool: {example}}}",
+            )
+        wanted: set[int] = set()
+        for _, tags in routes:
+            wanted |= tags
+        for pool in pools.values():
+            if pool.key is not None:
+                wanted.add(pool.key)
+        if any(route.ack is Ack.SPOOL for route, _ in routes):
+            wanted.add(STUDY_INSTANCE_UID)
+        extra: dict[str, Any] = {}
+        if self.model.graceful_timeout is not None:
+            extra["graceful_timeout"] = self.model.graceful_timeout
+        if self.model.watch is not None:
+            extra["watch"] = self.model.watch
+        listeners = self.model.listeners
+        admin = build_admin(listeners.admin if listeners else None, self.fail)
+        if admin is not None:
+            extra["admin"] = admin
+        spool = build_spool(self.model.spool, self.fail)
+        if spool is not None:
+            extra["spool"] = spool
+        if self.model.dicom_nodes:
+            extra["dicom_nodes"] = types.MappingProxyType(dict(self.model.dicom_nodes))
+        if self.model.state_dir is not None:
+            extra["state_dir"] = self.model.state_dir
+            wanted.add(STUDY_INSTANCE_UID)  # the study -> backend table records every store
+        http_listener = listeners.http if listeners else None
+        http_tls = (
+            listener_tls(http_listener.tls, "listeners.http.tls", self.issues)
+            if http_listener is not None and http_listener.tls is not None
+            else None
+        )
+        extra["http"], extra["http_routes"] = build_http(
+            http_listener,
+            self.model.http_routes,
+            self.model.middlewares,
+            pools,
+            self.fail,
+            http_tls,
+        )
+        self.self_references(pools, dicom, extra["http"])
+        return Snapshot(
+            source=source,
+            dicom=dicom,
+            pools=types.MappingProxyType(pools),
+            routes=tuple(route for route, _ in routes),
+            wanted_tags=frozenset(wanted),
+            **extra,
+        )
+
+    def self_references(
+        self,
+        pools: Mapping[str, PoolConfig],
+        dicom: DicomListenerConfig | None,
+        http: HttpListenerConfig | None,
+    ) -> None:
+        """A backend whose address is one of dicomlb's own listeners: every message would
+        come back in and go out again until limits or timeouts stop it."""
+        for pool_name, pool in pools.items():
+            for i, backend in enumerate(pool.backends):
+                pairs = (
+                    ("dicom", "DICOM", backend.dicom, dicom, "images", "storage node"),
+                    ("http", "HTTP", backend.http, http, "requests", "web server"),
+                )
+                for field, kind, address, listener, what, peer in pairs:
+                    if (
+                        address is not None
+                        and listener is not None
+                        and _reaches(address.host, address.port, listener.host, listener.port)
+                    ):
+                        self.fail(
+                            f"pools.{pool_name}.backends[{i}].{field}",
+                            f"{address} is dicomlb's own {kind} listener "
+                            f"({listener.host}:{listener.port}); {what} would loop back into "
+                            f"it — give the {peer}'s address",
+                        )
+
+    def pools(self) -> dict[str, PoolConfig]:
+        pools: dict[str, PoolConfig] = {}
+        backend_at: dict[str, str] = {}
+        for pool_name, spec in self.model.pools.items():
+            path = f"pools.{pool_name}"
+            if not NAME.fullmatch(pool_name):
+                self.fail(path, f'"{pool_name}" is not a valid pool name; {NAME_HINT}')
+            key: int | None = None
+            key_name: str | None = None
+            if spec.strategy is Strategy.AFFINITY:
+                key_name = spec.key if spec.key is not None else DEFAULT_AFFINITY_KEY
+                try:
+                    key = tag_from_name(key_name)
+                except ValueError as err:
+                    self.fail(f"{path}.key", str(err))
+            elif spec.key is not None:
+                self.fail(
+                    f"{path}.key",
+                    f"key is used only by strategy affinity, and this pool is "
+                    f"{spec.strategy.value}; remove key or set strategy: affinity",
+                )
+            backends = []
+            for i, b in enumerate(spec.backends):
+                b_path = f"{path}.backends[{i}]"
+                if b.name in backend_at:
+                    self.fail(
+                        f"{b_path}.name",
+                        f'backend "{b.name}" is already defined at {backend_at[b.name]}; a '
+                        "backend name stands for one node, so give each backend its own name",
+                    )
+                else:
+                    backend_at[b.name] = b_path
+                tls = backend_tls(b.tls, f"{b_path}.tls", self.issues)
+                if b.dicom is None and b.http is None:
+                    self.fail(
+                        b_path,
+                        f'backend "{b.name}" has no address; write dicom: AET@host:port '
+                        "and / or http: http://host:port",
+                    )
+                store = backend_store(b, b_path, tls, self.issues)
+                backends.append(
+                    BackendConfig(
+                        name=b.name,
+                        dicom=b.dicom,
+                        tls=tls,
+                        store=store,
+                        **written(b, "name", "dicom", "tls", *BRIDGE_FIELDS),
+                    )
+                )
+            health = (
+                HealthConfig(
+                    **written(spec.health, "http"), http=http_check_config(spec.health.http)
+                )
+                if spec.health
+                else HealthConfig()
+            )
+            orthanc = spec.orthanc is not None and spec.orthanc is not False
+            writer = spec.orthanc.writer if isinstance(spec.orthanc, OrthancModel) else None
+            if writer is not None and writer not in {b.name for b in backends}:
+                self.fail(
+                    f"{path}.orthanc.writer",
+                    f'backend "{writer}" is not in pool "{pool_name}"; name one of its '
+                    f"backends: {', '.join(b.name for b in backends)}",
+                )
+            pools[pool_name] = PoolConfig(
+                name=pool_name,
+                strategy=spec.strategy,
+                key=key,
+                key_name=key_name,
+                health=health,
+                backends=tuple(backends),
+                http=http_pool_config(spec.http, orthanc),
+                orthanc=orthanc,
+                orthanc_writer=writer,
+                **written(spec, "strategy", "key", "health", "backends", "http", "orthanc"),
+            )
+        return pools
+
+    def routes(self, pools: Mapping[str, PoolConfig]) -> list[tuple[RouteConfig, frozenset[int]]]:
+        routes: list[tuple[RouteConfig, frozenset[int]]] = []
+        first_at: dict[str, int] = {}
+        catch_all: str | None = None
+        for i, spec in enumerate(self.model.routes):
+            path = f"routes[{i}]"
+            if spec.name in first_at:
+                self.fail(
+                    f"{path}.name",
+                    f'route "{spec.name}" is already defined at routes[{first_at[spec.name]}]; '
+                    "give each route its own name",
+                )
+            else:
+                first_at[spec.name] = i
+            pool = pools.get(spec.pool)
+            if pool is None:
+                self.fail(
+                    f"{path}.pool",
+                    f'route "{spec.name}" sends to pool "{spec.pool}", which does not exist; '
+                    f"use one of {_names(pools)}",
+                )
+            if catch_all is not None:
+                self.fail(
+                    path,
+                    f'route "{spec.name}" is unreachable: route "{catch_all}" before it matches '
+                    f'everything; move "{catch_all}" last or give it a match',
+                )
+            try:
+                match = parse_match(spec.match, f"{path}.match")
+            except MatchError as err:
+                self.fail(err.path, err.message)
+                continue
+            if match.matches_everything and catch_all is None:
+                catch_all = spec.name
+            ack = spec.ack or Ack.BACKEND
+            if ack is Ack.SPOOL and self.model.spool is None:
+                self.fail(
+                    f"{path}.ack",
+                    f'route "{spec.name}" has ack: spool but there is no spool section; add '
+                    "spool: {directory: /var/spool/dicomlb} or use ack: backend",
+                )
+            mirrors = self.mirrors(spec, path, pools, ack)
+            # C-STOREs may also go over HTTP (store_via); other services to such a backend
+            # are refused at run time with a status naming it.
+            missing = (
+                [b.name for b in pool.backends if b.dicom is None and b.store is None]
+                if pool
+                else []
+            )
+            if missing:
+                self.fail(
+                    f"{path}.pool",
+                    f'pool "{spec.pool}" has backends without a dicom address '
+                    f"({', '.join(missing)}); give each one dicom: AET@host:port (or "
+                    "store_via: orthanc_rest | stow_rs to send C-STOREs over http)",
+                )
+            if pool is not None:
+                route = RouteConfig(
+                    name=spec.name,
+                    match=match.predicate,
+                    pool=pool,
+                    match_text=match.text,
+                    ack=ack,
+                    mirror=mirrors,
+                    query=spec.query,
+                    move_destination=spec.move_destination,
+                    on_scan_limit=spec.on_scan_limit or ScanLimit.REFUSE,
+                )
+                routes.append((route, match.tags))
+        return routes
+
+    def mirrors(
+        self, spec: RouteModel, path: str, pools: Mapping[str, PoolConfig], ack: Ack
+    ) -> tuple[PoolConfig, ...]:
+        if not spec.mirror:
+            return ()
+        if ack is not Ack.SPOOL:
+            self.fail(
+                f"{path}.mirror",
+                f'route "{spec.name}" mirrors through the spool, so it needs ack: spool; add '
+                "ack: spool to the route (mirrors of ack: backend routes are not built yet)",
+            )
+        mirrors: list[PoolConfig] = []
+        for j, name in enumerate(spec.mirror):
+            mirror = pools.get(name)
+            if mirror is None:
+                self.fail(
+                    f"{path}.mirror[{j}]",
+                    f'pool "{name}" does not exist; use one of {_names(pools)}',
+                )
+            elif name == spec.pool or mirror in mirrors:
+                self.fail(
+                    f"{path}.mirror[{j}]",
+                    f'pool "{name}" already gets this route\'s instances; list each pool once',
+                )
+            else:
+                mirrors.append(mirror)
+        return tuple(mirrors)
+
+    def dicom_listener(self, pools: Mapping[str, PoolConfig]) -> DicomListenerConfig | None:
+        if self.model.listeners is None or self.model.listeners.dicom is None:
+            return None
+        spec = self.model.listeners.dicom
+        kwargs = written(spec, "bind", "echo", "transfer_syntaxes", "tls", "allow")
+        if spec.allow is not None:
+            kwargs["allow"] = tuple(AllowRule(aet=a.aet, network=a.cidr) for a in spec.allow)
+        if spec.tls is not None:
+            kwargs["tls"] = listener_tls(spec.tls, "listeners.dicom.tls", self.issues)
+        if spec.bind is not None:
+            kwargs["host"], kwargs["port"] = spec.bind
+        if spec.transfer_syntaxes is not None:
+            kwargs["transfer_syntaxes"] = tuple(dict.fromkeys(spec.transfer_syntaxes))
+        if spec.echo != ECHO_LOCAL:
+            echo_pool = pools.get(spec.echo)
+            if echo_pool is None:
+                self.fail(
+                    "listeners.dicom.echo",
+                    f'pool "{spec.echo}" does not exist; write "{ECHO_LOCAL}" to answer C-ECHO '
+                    f"here, or one of {_names(pools)}",
+                )
+            elif any(b.dicom is None for b in echo_pool.backends):
+                self.fail(
+                    "listeners.dicom.echo",
+                    f'pool "{spec.echo}" has backends without a dicom address; C-ECHO needs '
+                    "dicom: AET@host:port on each",
+                )
+            kwargs["echo_pool"] = echo_pool
+        return DicomListenerConfig(**kwargs)
+
+
+def _names(names: Any) -> str:
+    listed = ", ".join(names)
+    return listed if listed else "(none defined; add a pool under pools)"

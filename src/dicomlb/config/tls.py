@@ -1,0 +1,73 @@
+"""The `tls:` blocks of listeners (server side) and backends (client side): models, and the
+SSL contexts built from them, with an issue naming the block when the PEM files fail."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Annotated
+
+from pydantic import Field, StrictBool
+
+from dicomlb.config.tools import ConfigIssue, Model
+from dicomlb.snapshot import TlsConfig
+from dicomlb.tls import client_context, server_context
+
+__all__ = ["BackendTlsModel", "ListenerTlsModel", "backend_tls", "listener_tls"]
+
+
+class ListenerTlsModel(Model):
+    cert: Annotated[str, Field(strict=True)]
+    key: Annotated[str, Field(strict=True)]
+    ca: Annotated[str, Field(strict=True)] | None = None
+
+
+class BackendTlsModel(Model):
+    ca: Annotated[str, Field(strict=True)] | None = None
+    cert: Annotated[str, Field(strict=True)] | None = None
+    key: Annotated[str, Field(strict=True)] | None = None
+    verify: StrictBool = True
+    server_name: Annotated[str, Field(strict=True)] | None = None
+
+
+def _tls_failure(path: str, err: Exception) -> ConfigIssue:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    filename = getattr(err, "filename", None)
+    where = f" ({filename})" if filename else ""
+    return ConfigIssue(
+        path=path,
+        message=f"cannot set up TLS: {reason}{where}; check the PEM files' paths and contents",
+    )
+
+
+def listener_tls(spec: ListenerTlsModel, path: str, issues: list[ConfigIssue]) -> TlsConfig | None:
+    try:
+        context = server_context(cert=spec.cert, key=spec.key, ca=spec.ca)
+    except (OSError, ssl.SSLError) as err:
+        issues.append(_tls_failure(path, err))
+        return None
+    return TlsConfig(cert=spec.cert, key=spec.key, ca=spec.ca, context=context)
+
+
+def backend_tls(
+    spec: BackendTlsModel | None, path: str, issues: list[ConfigIssue]
+) -> TlsConfig | None:
+    if spec is None:
+        return None
+    if (spec.cert is None) != (spec.key is None):
+        issues.append(
+            ConfigIssue(path=path, message="cert and key go together; give both or neither")
+        )
+        return None
+    try:
+        context = client_context(ca=spec.ca, cert=spec.cert, key=spec.key, verify=spec.verify)
+    except (OSError, ssl.SSLError) as err:
+        issues.append(_tls_failure(path, err))
+        return None
+    return TlsConfig(
+        cert=spec.cert,
+        key=spec.key,
+        ca=spec.ca,
+        verify=spec.verify,
+        server_name=spec.server_name,
+        context=context,
+    )
