@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
-.venv/bin/mypy  # the sans-IO cores, strictly ([tool.mypy] in pyproject.toml)
+.venv/bin/mypy  # all of src, strictly ([tool.mypy] in pyproject.toml)
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi
 exec .venv/bin/python -m pytest "$@"
