@@ -135,8 +135,7 @@ def test_backend_states_come_from_a_running_instance(tmp_path: Path) -> None:
     (path,) = write_series([ds], tmp_path / "ct")
     order = rendezvous(config, "ct", ds.StudyInstanceUID)
     admin = f"http://127.0.0.1:{ports['admin']}"
-    with DicomlbProcess(config.read_text(), ports["dicom"], tmp_path / "lb") as lb:
-        lb.start()
+    with DicomlbProcess(config.read_text(), ports["dicom"], tmp_path / "lb"):
         disable = urllib.request.Request(
             f"{admin}/api/v1/backends/{order[0]}/disable",
             data=b"{}",
