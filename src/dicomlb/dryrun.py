@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from dicomlb.dicom.dimse import Status
 from dicomlb.dicom.part10 import read_file_meta
-from dicomlb.dicom.tags import HeaderScanner, tag_name
+from dicomlb.dicom.tags import STUDY_INSTANCE_UID, HeaderScanner, tag_name
 from dicomlb.http import orthanc
 from dicomlb.http.affinity import StickyTable, request_key
 from dicomlb.http.h1 import Headers, header
@@ -39,7 +39,7 @@ from dicomlb.snapshot import (
     Snapshot,
     Strategy,
 )
-from dicomlb.spool.spool import STUDY_INSTANCE_UID, first_choice, placement_key
+from dicomlb.spool.spool import first_choice, placement_key
 
 __all__ = [
     "PATH_MIDDLEWARES",
