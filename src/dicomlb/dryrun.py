@@ -21,7 +21,7 @@ from dicomlb.dicom.part10 import read_file_meta
 from dicomlb.dicom.tags import STUDY_INSTANCE_UID, HeaderScanner, tag_name
 from dicomlb.http import orthanc
 from dicomlb.http.affinity import StickyTable, request_key
-from dicomlb.http.h1 import Headers, header
+from dicomlb.http.h1 import header
 from dicomlb.http.middlewares import RequestContext, build_middleware
 from dicomlb.http.paths import EncodedSlashes, PathError, normalize_target
 from dicomlb.http.proxy import WRITES
@@ -481,7 +481,7 @@ def route_http(
             MiddlewareStep(name=config.name, kind=config.kind, applied=True, effect=effect)
         )
     pool = _pools(snapshot, states)[route.pool.name]
-    placement = _http_placement(pool, route.pool.http or HttpPoolConfig(), facts, fields)
+    placement = _http_placement(pool, route.pool.http or HttpPoolConfig(), facts)
     return HttpDecision(
         target=text,
         route=route.name,
@@ -496,12 +496,7 @@ def route_http(
     )
 
 
-def _http_placement(
-    pool: Pool,
-    options: HttpPoolConfig,
-    facts: RequestFacts,
-    fields: Headers,
-) -> Placement:
+def _http_placement(pool: Pool, options: HttpPoolConfig, facts: RequestFacts) -> Placement:
     """The proxy's picks in order: an Orthanc pool's writer for writes, then by the sticky
     or affinity key (the client address when none is set), else by the pool's strategy."""
     config = pool.config
@@ -510,7 +505,7 @@ def _http_placement(
         resource = orthanc.resource_of(facts.path)
         if resource is not None:
             notes.append(f"{resource} goes to the backend that created it, when dicomlb saw that")
-        if header(fields, orthanc.TRANSFER_HEADER) is not None:
+        if header(facts.headers, orthanc.TRANSFER_HEADER) is not None:
             notes.append("sender-transfer-id: the backend the transfer was first placed on")
     if options.slow_start > 0:
         notes.append("slow_start: a recovering backend gets a ramping share")

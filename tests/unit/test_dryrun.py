@@ -292,6 +292,14 @@ def test_http_answers_dicomlb_gives_itself() -> None:
         dryrun.route_http(snap, "GET", "app/x")
 
 
+def test_a_rewrite_the_proxy_would_refuse_is_a_400() -> None:
+    snap = snapshot(CONFIG.replace('replacement: "/v2/"', 'replacement: "/v%2F/"'))
+    decision = dryrun.route_http(snap, "GET", "/app/v1/users")
+    assert decision.status == 400 and decision.route == "app"
+    assert [(s.name, s.effect) for s in decision.middlewares][-1] == ("to-v2", "refused")
+    assert decision.placement is None
+
+
 def test_orthanc_writer_takes_writes_first() -> None:
     text = CONFIG.replace(
         '    http: {key: "header:X-Tenant"}\n', "    orthanc: {writer: app-3}\n"
