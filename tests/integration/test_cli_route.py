@@ -15,7 +15,7 @@ from dicomlb.config import build_snapshot, hash_secret
 from dicomlb.pools import BackendState, rendezvous_order
 from dicomlb.snapshot import HealthConfig
 from tests.dicomdata import make_series, make_small, write_series
-from tests.peers import DicomlbProcess, free_port
+from tests.peers import DicomlbProcess, free_port, wait_listening
 
 TOKEN = "route-token"
 # Nothing listens at the backends' ports: the dry run must not need them.
@@ -135,7 +135,9 @@ def test_backend_states_come_from_a_running_instance(tmp_path: Path) -> None:
     (path,) = write_series([ds], tmp_path / "ct")
     order = rendezvous(config, "ct", ds.StudyInstanceUID)
     admin = f"http://127.0.0.1:{ports['admin']}"
-    with DicomlbProcess(config.read_text(), ports["dicom"], tmp_path / "lb"):
+    with DicomlbProcess(config.read_text(), ports["dicom"], tmp_path / "lb") as lb:
+        # the DICOM port listens first; the admin listener starts after it
+        wait_listening(ports["admin"], process=lb.process, what="admin listener")
         disable = urllib.request.Request(
             f"{admin}/api/v1/backends/{order[0]}/disable",
             data=b"{}",
