@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Set up (Debian dcmtk, orthanc, orthanc-dicomweb, orthanc-postgresql, postgresql, nginx, chromium;
-# the project with its test extras) and run lint and tests. The browser test drives Debian's
-# chromium through playwright (no browser download). Extra arguments go to pytest; `-m slow`
-# runs the slow tests instead.
+# Set up (Debian dcmtk, orthanc, orthanc-dicomweb, orthanc-postgresql, postgresql, nginx, chromium,
+# prometheus for promtool; the project with its test extras) and run lint and tests. The
+# browser test drives Debian's chromium through playwright (no browser download). Extra
+# arguments go to pytest; `-m slow` runs the slow tests instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl
+source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl prometheus
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy  # all of src, strictly ([tool.mypy] in pyproject.toml)

@@ -410,6 +410,13 @@ class App:
             "open_bytes": sum(a.bytes_in for a in associations if a.counted),
             "ready": self.ready()[0],
             "http_connections": len(self.http.clients) if self.http is not None else None,
+            "certificates": {
+                name: listener.tls.expires
+                for name, listener in (("dicom", self.snapshot.dicom), ("http", self.snapshot.http))
+                if listener is not None
+                and listener.tls is not None
+                and listener.tls.expires is not None
+            },
         }
 
     async def stop(self) -> None:

@@ -1,17 +1,20 @@
-"""The `dicomlb` command: run | check | demo | spool | hash-password."""
+"""The `dicomlb` command: run | check | demo | spool | route | hash-password."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from dicomlb import __version__, logs
+from dicomlb import __version__, dryrun, logs
 from dicomlb.app import App, run_loop
 from dicomlb.config import ConfigError, describe, hash_secret, load_snapshot
 from dicomlb.demo import run_demo
-from dicomlb.snapshot import Snapshot
+from dicomlb.snapshot import MessageFacts, Snapshot
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
 
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "secret", nargs="?", help="the secret (default: read from the terminal or stdin)"
     )
     _spool_parser(commands)
+    _route_parser(commands)
     return parser
 
 
@@ -113,6 +117,133 @@ def _spool_command(args: argparse.Namespace, snapshot: Snapshot) -> int:
     return 0
 
 
+def _route_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    route = commands.add_parser(
+        "route",
+        help="show where DICOM files or HTTP requests would go, without sending anything",
+        description="Dry-run routing: the facts read, the route, pool and backend (and the "
+        "order backends would be tried in) for each DICOM Part-10 file sent as a C-STORE, or "
+        "for each --http request. Every backend counts as up unless --admin is given. Exit "
+        "status 1 when something would be refused, 2 on an error.",
+    )
+    route.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    route.add_argument("files", nargs="*", metavar="FILE", help="DICOM Part-10 files")
+    route.add_argument(
+        "--http",
+        action="append",
+        default=[],
+        metavar="'METHOD URL'",
+        help="an HTTP request, e.g. 'GET https://pacs.example.org/dicom-web/studies' "
+        "(repeatable; the method defaults to GET)",
+    )
+    route.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'Name: value'",
+        help="a header field of the --http requests (repeatable)",
+    )
+    route.add_argument("--calling-aet", default="", help="the client's AE title")
+    route.add_argument(
+        "--called-aet", help="the AE title the client calls (default: the DICOM listener's)"
+    )
+    route.add_argument("--peer", default="", help="the client's IP address")
+    route.add_argument(
+        "--admin",
+        metavar="URL",
+        help="take backend states from this running instance's admin API, e.g. "
+        "http://127.0.0.1:8404",
+    )
+    route.add_argument("--token", help="bearer token for --admin")
+    route.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+
+
+def _admin_states(url: str, token: str | None) -> dict[str, dryrun.BackendStatus]:
+    request = urllib.request.Request(url.rstrip("/") + "/api/v1/backends")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return dryrun.states_from_admin(json.load(answer))
+
+
+def _chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as file:
+        while chunk := file.read(64 * 1024):
+            yield chunk
+
+
+def _route_command(args: argparse.Namespace, snapshot: Snapshot) -> int:
+    if not args.files and not args.http:
+        print("dicomlb: give DICOM files or --http 'METHOD URL'", file=sys.stderr)
+        return 2
+    states = None
+    if args.admin:
+        try:
+            states = _admin_states(args.admin, args.token)
+        except (OSError, ValueError) as err:  # URLError, HTTPError, bad JSON, DryRunError
+            print(f"dicomlb: admin API at {args.admin}: {err}", file=sys.stderr)
+            return 2
+    headers = []
+    for field in args.header:
+        name, colon, value = field.partition(":")
+        if not colon or not name.strip():
+            print(f"dicomlb: header {field!r} is not 'Name: value'", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    called = args.called_aet
+    if called is None:
+        called = snapshot.dicom.ae_title if snapshot.dicom is not None else ""
+    errors = refused = 0
+    files: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for path in args.files:
+        try:
+            scanned = dryrun.scan_part10(_chunks(path), snapshot.wanted_tags)
+        except (OSError, dryrun.DryRunError) as err:
+            errors += 1
+            print(f"dicomlb: {path}: {err}", file=sys.stderr)
+            files.append({"file": path, "error": str(err)})
+            continue
+        facts = MessageFacts(
+            calling_aet=args.calling_aet,
+            called_aet=called,
+            peer_ip=args.peer,
+            command="C-STORE",
+            sop_class_uid=scanned.sop_class_uid,
+            tags=scanned.tags,
+        )
+        decision = dryrun.route_dicom(snapshot, facts, limited=scanned.limited, states=states)
+        refused += decision.status is not None
+        files.append(dryrun.dicom_json(path, scanned, decision))
+        texts.append(dryrun.describe_dicom(path, scanned, decision))
+    requests: list[dict[str, Any]] = []
+    for line in args.http:
+        method, _, url = line.strip().partition(" ")
+        if not url.strip():
+            method, url = "GET", method
+        try:
+            answer = dryrun.route_http(
+                snapshot, method, url.strip(), headers, client_ip=args.peer, states=states
+            )
+        except dryrun.DryRunError as err:
+            errors += 1
+            print(f"dicomlb: {line}: {err}", file=sys.stderr)
+            requests.append({"request": line, "error": str(err)})
+            continue
+        refused += answer.status is not None
+        requests.append(dryrun.http_json(answer))
+        texts.append(dryrun.describe_http(answer))
+    if args.json:
+        states_from = args.admin or "assumed: every backend up"
+        print(json.dumps({"states": states_from, "files": files, "requests": requests}, indent=2))
+    else:
+        print(f"backend states: {args.admin or 'assumed: every backend up'}")
+        for text in texts:
+            print(f"\n{text}")
+    return 2 if errors else 1 if refused else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dicomlb` console script."""
     args = _parser().parse_args(argv)
@@ -149,5 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "spool":
         return _spool_command(args, snapshot)
+    if args.command == "route":
+        return _route_command(args, snapshot)
     run_loop(lambda: App(snapshot, config_path=args.config).serve())
     return 0

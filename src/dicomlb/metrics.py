@@ -681,6 +681,16 @@ class StateCollector(Collector):
             )
             http.add_metric([], state["http_connections"])
             yield http
+        certificates = state.get("certificates")
+        if certificates:
+            expiry = GaugeMetricFamily(
+                "dicomlb_tls_certificate_expiry_seconds",
+                "When the listener's TLS certificate expires (its notAfter, Unix time).",
+                labels=["listener"],
+            )
+            for listener, expires in certificates.items():
+                expiry.add_metric([listener], expires)
+            yield expiry
         if self.metrics.spool_state is not None:
             yield from spool_gauges(self.metrics.spool_state)
 

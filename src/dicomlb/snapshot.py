@@ -45,6 +45,8 @@ class TlsConfig:
     verify: bool = True  # listener: require client certificates (when ca is set); backend: check it
     server_name: str | None = None
     context: ssl.SSLContext = field(compare=False, repr=False)
+    # The certificate's notAfter (Unix time), read with it; None when it could not be read.
+    expires: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,7 +10,7 @@ from pydantic import Field, StrictBool
 
 from dicomlb.config.tools import ConfigIssue, Model
 from dicomlb.snapshot import TlsConfig
-from dicomlb.tls import client_context, server_context
+from dicomlb.tls import certificate_expiry, client_context, server_context
 
 __all__ = ["BackendTlsModel", "ListenerTlsModel", "backend_tls", "listener_tls"]
 
@@ -45,7 +45,13 @@ def listener_tls(spec: ListenerTlsModel, path: str, issues: list[ConfigIssue]) -
     except (OSError, ssl.SSLError) as err:
         issues.append(_tls_failure(path, err))
         return None
-    return TlsConfig(cert=spec.cert, key=spec.key, ca=spec.ca, context=context)
+    return TlsConfig(
+        cert=spec.cert,
+        key=spec.key,
+        ca=spec.ca,
+        context=context,
+        expires=certificate_expiry(spec.cert),
+    )
 
 
 def backend_tls(

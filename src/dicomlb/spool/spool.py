@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from dicomlb.dicom.dimse import DataReceived, Status
@@ -21,7 +21,7 @@ from dicomlb.dicom.part10 import file_header
 from dicomlb.dicom.tags import STUDY_INSTANCE_UID
 from dicomlb.lru import BoundedLru
 from dicomlb.pools import BackendState, Pool, rendezvous_order
-from dicomlb.snapshot import RouteConfig, SpoolConfig
+from dicomlb.snapshot import PoolConfig, RouteConfig, SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.dispatcher import Dispatcher
 from dicomlb.spool.store import Instance, SpoolStore, Target, disk_full, record
@@ -35,6 +35,20 @@ log = logging.getLogger(__name__)
 
 _AFFINITY_MEMORY = 100_000  # (pool, study) -> backend entries kept
 _FREE_DISK_EVERY = 1.0  # seconds between statvfs calls
+
+
+def placement_key(pool: PoolConfig, tags: Mapping[int, str]) -> str:
+    """What a spooled instance is placed by in `pool`: its affinity key, else its study."""
+    if pool.key is not None:
+        return tags.get(pool.key, "")
+    return tags.get(STUDY_INSTANCE_UID, "")
+
+
+def first_choice(pool: Pool, key: str, study: str) -> BackendState:
+    """Where a spooled instance of a study the spool has not placed yet goes: the pool's pick
+    among available backends, else (all down) the first of the rendezvous order: the spool
+    takes instances even when every backend is down."""
+    return pool.pick(key) or rendezvous_order(key or study, pool.backends)[0]
 
 
 class Spool:
@@ -137,7 +151,7 @@ class Spool:
             for backend in pool.backends:
                 if backend.name == known:
                     return backend
-        backend = pool.pick(key) or rendezvous_order(key or study, pool.backends)[0]
+        backend = first_choice(pool, key, study)
         if study:
             self.remember(pool.name, study, backend.name)
         return backend
@@ -179,8 +193,7 @@ class Spool:
         targets: list[Target] = []
         for n, pool_config in enumerate((route.pool, *route.mirror)):
             pool = runtime.pools[pool_config.name]
-            key = tags.get(pool_config.key, "") if pool_config.key is not None else study
-            backend = self.choose(pool, key, study)
+            backend = self.choose(pool, placement_key(pool_config, tags), study)
             targets.append(
                 Target(
                     route=route.name,
