@@ -42,7 +42,7 @@ from pydicom._uid_dict import UID_dictionary
 
 from dicomlb.bridge.config import BackendAuthModel, build_store
 from dicomlb.dicom.tags import MAX_BYTES, tag_from_name, tag_name
-from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
+from dicomlb.dicom.uids import STANDARD_ENCODINGS, Encoding, is_valid_uid
 from dicomlb.http.config import (
     HttpCheckModel,
     HttpListenerModel,
@@ -327,17 +327,62 @@ _TS_NAMES = {
 }
 
 
-def _parse_transfer_syntax(value: Any) -> str:
+ANY_TRANSFER_SYNTAX = "any"
+
+
+@dataclass(frozen=True, slots=True)
+class _SyntaxEntry:
+    """One `transfer_syntaxes` entry: a UID with its encoding when declared, or `any` (uid
+    empty)."""
+
+    uid: str
+    encoding: Encoding | None = None
+
+
+def _parse_transfer_syntax(value: Any) -> _SyntaxEntry:
+    if value == ANY_TRANSFER_SYNTAX:
+        return _SyntaxEntry("")
+    if isinstance(value, dict):
+        unknown = [str(key) for key in value if key not in ("uid", "encoding")]
+        if unknown or "uid" not in value:
+            what = f"has unknown key {unknown[0]}" if unknown else "has no uid"
+            raise ValueError(
+                f"the entry {what}; write {{uid: 1.2.3.4, encoding: encapsulated}} (encoding "
+                "only for a UID that is not encapsulated)"
+            )
+        uid = _transfer_syntax_uid(value["uid"])
+        if "encoding" not in value:
+            return _SyntaxEntry(uid)
+        encodings = ", ".join(e.value for e in Encoding)
+        try:
+            encoding = Encoding(value["encoding"])
+        except ValueError:
+            raise ValueError(
+                f"encoding {_show(value['encoding'])} of {uid} is not one of {encodings}"
+            ) from None
+        standard = STANDARD_ENCODINGS.get(uid)
+        if standard is not None and standard is not encoding:
+            raise ValueError(
+                f"{_uid_name(uid)} is {standard.value} (PS3.5), not {encoding.value}; leave "
+                "its encoding out"
+            )
+        return _SyntaxEntry(uid, encoding)
+    return _SyntaxEntry(_transfer_syntax_uid(value))
+
+
+def _transfer_syntax_uid(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{_show(value)} is not a transfer syntax; write a UID or a name")
     text = value.strip()
     uid = _TS_NAMES.get(text, text)
-    if uid not in KNOWN_TRANSFER_SYNTAXES:
-        known = ", ".join(_uid_name(u) for u in KNOWN_TRANSFER_SYNTAXES)
+    if not is_valid_uid(uid):
         raise ValueError(
-            f"{_show(value)} is not a transfer syntax dicomlb can read; use a UID or name of "
-            f"one of {known}"
+            f"{_show(value)} is neither a transfer syntax name nor a UID; write e.g. "
+            f"JPEGLossless, 1.2.840.10008.1.2.4.57 or {ANY_TRANSFER_SYNTAX}"
         )
+    entry = UID_dictionary.get(uid)
+    if entry is not None and entry[1] != "Transfer Syntax":
+        raise ValueError(f"{uid} is a {entry[1]} ({entry[0]}), not a transfer syntax")
     return uid
 
 
@@ -425,7 +470,8 @@ class _DicomListenerModel(_Model):
     idle_timeout: Duration | None = None
     transfer_syntaxes: (
         Annotated[
-            list[Annotated[str, BeforeValidator(_parse_transfer_syntax)]], Field(min_length=1)
+            list[Annotated[_SyntaxEntry, BeforeValidator(_parse_transfer_syntax)]],
+            Field(min_length=1),
         ]
         | None
     ) = None
@@ -1057,6 +1103,7 @@ class _Builder:
                 route = RouteConfig(
                     name=spec.name,
                     match=match.predicate,
+                    partial=match.partial,
                     pool=pool,
                     match_text=match.text,
                     ack=ack,
@@ -1148,7 +1195,12 @@ class _Builder:
         if spec.bind is not None:
             kwargs["host"], kwargs["port"] = spec.bind
         if spec.transfer_syntaxes is not None:
-            kwargs["transfer_syntaxes"] = tuple(dict.fromkeys(spec.transfer_syntaxes))
+            entries = spec.transfer_syntaxes
+            kwargs["any_transfer_syntax"] = any(not entry.uid for entry in entries)
+            kwargs["transfer_syntaxes"] = tuple(dict.fromkeys(e.uid for e in entries if e.uid))
+            kwargs["encodings"] = types.MappingProxyType(
+                {e.uid: e.encoding for e in entries if e.encoding is not None}
+            )
         if spec.echo != ECHO_LOCAL:
             echo_pool = pools.get(spec.echo)
             if echo_pool is None:
@@ -1382,10 +1434,15 @@ def describe(snapshot: Snapshot) -> str:
             else "any calling AE title from any address"
         )
         echo = f"pool {d.echo_pool.name}" if d.echo_pool else "answered by dicomlb"
+        listed = [
+            f"{_uid_name(u)} ({d.encodings[u].value})" if u in d.encodings else _uid_name(u)
+            for u in d.transfer_syntaxes
+        ]
+        declared = [f"{_uid_name(u)} ({e.value})" for u, e in d.encodings.items()]
         syntaxes = (
-            f"all {len(d.transfer_syntaxes)} that dicomlb can read"
-            if set(d.transfer_syntaxes) == set(KNOWN_TRANSFER_SYNTAXES)
-            else ", ".join(_uid_name(u) for u in d.transfer_syntaxes)
+            ", ".join(["any (other UIDs than the standard ones as encapsulated)", *declared])
+            if d.any_transfer_syntax
+            else ", ".join(listed)
         )
         lines += [
             f"dicom listener: {d.ae_title} on {_host_port(d.host, d.port)}",

@@ -354,7 +354,8 @@ class Relay:
         assert message.data is not None
         if not wanted:
             return head, False, {}, False
-        scanner = HeaderScanner(message.transfer_syntax, wanted)
+        encoding = self.inbound.config.encoding(message.transfer_syntax)
+        scanner = HeaderScanner(message.transfer_syntax, wanted, encoding=encoding)
         budget = self.inbound.listener.scan_budget
         with budget.lease(self.inbound.config.scan_budget) as lease:
             while not scanner.done:
