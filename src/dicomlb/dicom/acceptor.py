@@ -441,7 +441,8 @@ class InboundAssociation(asyncio.Protocol):
         if rejection is not None:
             answer, why = rejection.answer, rejection.why
         else:
-            answer = negotiate(request, self.config, self.runtime.services)
+            known = self.runtime.known_contexts(request.calling_ae, request.called_ae, self.peer[0])
+            answer = negotiate(request, self.config, self.runtime.services, known)
             why = "association negotiation failed"
             if isinstance(answer, AssociateAccept) and not self._backends_available(answer):
                 answer = reject(RejectReason.TEMPORARY_CONGESTION, transient=True)
