@@ -33,6 +33,7 @@ from dicomlb.dicom.negotiation import related_general_classes
 from dicomlb.dicom.tags import HeaderScanner, is_uid, tag_name
 from dicomlb.dicom.upstream import (
     ClientUpstreams,
+    ContextRejected,
     Rejected,
     Unreachable,
     UpstreamAssociation,
@@ -439,7 +440,12 @@ class Relay:
         """A backend could not take a message (no association): one log line, and passive
         health told what happened."""
         event = "backend.unreachable" if isinstance(err, Unreachable) else "backend.declined"
-        log.warning(
+        # A refusal said before is what it was then: logged once, when it was learned.
+        level = (
+            logging.DEBUG if isinstance(err, ContextRejected) and err.learned else logging.WARNING
+        )
+        log.log(
+            level,
             "%s backend=%s pool=%s cause=%s reason=%r",
             event,
             backend.name,

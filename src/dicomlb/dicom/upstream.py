@@ -98,10 +98,12 @@ class Rejected(UpstreamError):
 
 
 class ContextRejected(UpstreamError):
-    """The backend does not take this abstract syntax in this transfer syntax."""
+    """The backend does not take this abstract syntax in this transfer syntax; `learned`:
+    it said so before, and was not asked again."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, learned: bool = False) -> None:
         super().__init__(reason, Cause.CONTEXT_REJECTED)
+        self.learned = learned
 
 
 class Busy(UpstreamError):
@@ -733,7 +735,7 @@ class UpstreamPool:
                 f"{self.backend.name} has no dicom address (http only: C-STORE over store_via)"
             )
         if self.verdict(key, needed) in _REFUSED:  # said before: no association to ask again
-            raise ContextRejected(self._refusal(key, needed))
+            raise ContextRejected(self._refusal(key, needed), learned=True)
         loop = asyncio.get_running_loop()
         wait = self.pool.acquire_timeout if probe is None else probe
         deadline = loop.time() + wait

@@ -1,0 +1,258 @@
+"""Presentation contexts a backend refuses, through dicomlb: a DCMTK storescp that takes only
+CT images in uncompressed syntaxes (an association profile) behind dicomlb.
+
+The first time, dicomlb has accepted the client's context before it asks the backend, so the
+message gets the backend's refusal as its status (0x0122 SOP class not supported), never
+"no healthy backend", and the backend stays up. Once dicomlb learned the backend's answer, it
+refuses the context at association time as the backend would: result 3 (abstract syntax not
+supported) or 4 (transfer syntaxes not supported).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    MRImageStorage,
+    Verification,
+)
+
+from tests.dicomdata import make_small, write_series
+from tests.peers import LOOPBACK, StoreSCP, have_dcmtk
+
+pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+IMPLICIT = "1.2.840.10008.1.2"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+# A DCMTK association profile: CT images and verification, uncompressed only.
+PROFILE = """\
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+
+[[PresentationContexts]]
+[CtOnly]
+PresentationContext1 = CTImageStorage\\Uncompressed
+PresentationContext2 = VerificationSOPClass\\Uncompressed
+
+[[Profiles]]
+[CtOnly]
+PresentationContexts = CtOnly
+"""
+
+
+@pytest.fixture
+def ct_only(tmp_path: Path) -> Iterator[StoreSCP]:
+    config = tmp_path / "ct-only.cfg"
+    config.write_text(PROFILE)
+    with StoreSCP("CTONLY", tmp_path / "in", profile=(config, "CtOnly"), fork=True) as scp:
+        scp.start()
+        yield scp
+
+
+def pool_config(*backends: tuple[str, StoreSCP], **routes: Any) -> dict[str, Any]:
+    return {
+        "pools": {
+            "p": {
+                # one counted failure would take a backend down: it must never be counted
+                "health": {"interval": "0.2s", "timeout": "2s", "fall": 1, "rise": 1},
+                "backends": [{"name": name, "dicom": scp.address} for name, scp in backends],
+            }
+        },
+        "routes": [{"name": "all", "pool": "p"}],
+        **routes,
+    }
+
+
+def instance(
+    tmp_path: Path, sop_class: str, syntax: str = EXPLICIT, *, modality: str | None = None
+) -> Path:
+    """A small `sop_class` ("CT", "MR") instance whose file meta names `syntax` (its bytes are
+    relayed untouched); `modality` overrides its Modality."""
+    extra = {"Modality": modality} if modality is not None else None
+    (ds,) = make_small(1, sop_class, pixels=False, extra=extra)
+    path = write_series([ds], tmp_path / f"{sop_class}-{ds.SOPInstanceUID}")[0]
+    if syntax != EXPLICIT:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def associate(
+    port: int, contexts: list[tuple[str, list[str]]], aet: str = "MODALITY"
+) -> Association:
+    ae = AE(ae_title=aet)
+    for abstract, syntaxes in contexts:
+        ae.add_requested_context(abstract, syntaxes or [IMPLICIT])
+    assoc = ae.associate(LOOPBACK, port, ae_title="DICOMLB")
+    assert assoc.is_established
+    return assoc
+
+
+def refusals(assoc: Association) -> dict[str, int]:
+    """Abstract syntax -> the result of its refused context."""
+    return {str(cx.abstract_syntax): int(cx.result) for cx in assoc.rejected_contexts}
+
+
+def store(assoc: Association, path: Path) -> int:
+    status = assoc.send_c_store(path)
+    return int(status.Status)
+
+
+def assert_healthy(lb: Any, caplog: pytest.LogCaptureFixture, *names: str) -> None:
+    time.sleep(0.5)  # health checks ran since
+    for name in names:
+        assert lb.backend(name).health.up, name
+    for word in ("backend.unreachable", "backend.down", "no healthy backend"):
+        assert word not in caplog.text
+
+
+def test_a_sop_class_the_backend_refuses(
+    tmp_path: Path, balancer: Any, ct_only: StoreSCP, caplog: pytest.LogCaptureFixture
+) -> None:
+    lb = balancer(pool_config(("pacs", ct_only)))
+    with caplog.at_level(logging.INFO, logger="dicomlb"):
+        # Nothing known yet: accepted, and the message gets the backend's refusal.
+        assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
+        assert refusals(assoc) == {}
+        assert store(assoc, instance(tmp_path, "MR")) == SOP_CLASS_NOT_SUPPORTED
+        assoc.release()
+        assert "backend.declined backend=pacs pool=p cause=context_rejected" in caplog.text
+        assert "does not support SOP class 1.2.840.10008.5.1.4.1.1.4" in caplog.text
+        # Learned: refused at association time, as storescp itself would; CT still flows.
+        assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT]), (CTImageStorage, [EXPLICIT])])
+        assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
+        assert store(assoc, instance(tmp_path, "CT")) == 0x0000
+        assoc.release()
+        assert len(ct_only.wait_files(1)) == 1
+        # Per calling AE title: another sender's contexts are not judged by this one's.
+        assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])], aet="OTHER")
+        assert refusals(assoc) == {}
+        assoc.release()
+        assert_healthy(lb, caplog, "pacs")
+
+
+def test_a_transfer_syntax_the_backend_refuses(
+    tmp_path: Path, balancer: Any, ct_only: StoreSCP, caplog: pytest.LogCaptureFixture
+) -> None:
+    lb = balancer(pool_config(("pacs", ct_only)))
+    with caplog.at_level(logging.INFO, logger="dicomlb"):
+        assoc = associate(lb.port, [(CTImageStorage, [JPEG_LOSSLESS_SV1])])
+        assert refusals(assoc) == {}
+        assert store(assoc, instance(tmp_path, "CT", JPEG_LOSSLESS_SV1)) == SOP_CLASS_NOT_SUPPORTED
+        assoc.release()
+        # Learned: that syntax alone is refused (result 4) ...
+        assoc = associate(lb.port, [(CTImageStorage, [JPEG_LOSSLESS_SV1]), (Verification, [])])
+        assert refusals(assoc) == {CTImageStorage: TRANSFER_SYNTAXES_NOT_SUPPORTED}
+        assoc.release()
+        # ... and among others the next one the client proposes is taken.
+        assoc = associate(lb.port, [(CTImageStorage, [JPEG_LOSSLESS_SV1, IMPLICIT, EXPLICIT])])
+        assert refusals(assoc) == {}
+        assert assoc.accepted_contexts[0].transfer_syntax[0] == IMPLICIT
+        assoc.release()
+        assert_healthy(lb, caplog, "pacs")
+
+
+def test_a_context_one_backend_of_the_pool_takes_is_accepted(
+    tmp_path: Path, balancer: Any, ct_only: StoreSCP, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused only when no candidate backend takes it: the one that does gets the message,
+    the one that refused it is not asked again."""
+    with StoreSCP("ANY", tmp_path / "any", fork=True) as anything:
+        anything.start()
+        lb = balancer(pool_config(("pacs", ct_only), ("any", anything)))
+        with caplog.at_level(logging.DEBUG, logger="dicomlb.dicom.relay"):
+            for _ in range(4):  # round robin: both are asked (and one learns to refuse)
+                assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
+                assert refusals(assoc) == {}
+                assert store(assoc, instance(tmp_path, "MR")) == 0x0000
+                assoc.release()
+            assert len(anything.wait_files(4)) == 4
+            declined = [r for r in caplog.records if "cause=context_rejected" in r.getMessage()]
+            # asked once; then known, skipped without an association (logged at DEBUG)
+            levels = [r.levelno for r in declined]
+            assert levels[0] == logging.WARNING and levels.count(logging.WARNING) == 1
+            assert len(levels) >= 2
+            assert_healthy(lb, caplog, "pacs", "any")
+
+
+def test_the_route_an_association_takes_decides_the_candidates(
+    tmp_path: Path, balancer: Any, ct_only: StoreSCP, caplog: pytest.LogCaptureFixture
+) -> None:
+    with StoreSCP("ANY", tmp_path / "any", fork=True) as anything:
+        anything.start()
+        config = pool_config(("pacs", ct_only))
+        config["pools"]["other"] = {"backends": [{"name": "any", "dicom": anything.address}]}
+        config["routes"] = [
+            {"name": "ct-room", "match": {"calling_aet": "CT_ROOM"}, "pool": "p"},
+            {"name": "mr-by-tag", "match": {"Modality": "MR"}, "pool": "other"},
+            {"name": "rest", "pool": "p"},
+        ]
+        lb = balancer(config)
+        with caplog.at_level(logging.INFO, logger="dicomlb"):
+            # CT_ROOM: its route is decided by its AE title, so pacs alone is asked.
+            assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])], aet="CT_ROOM")
+            assert store(assoc, instance(tmp_path, "MR")) == SOP_CLASS_NOT_SUPPORTED
+            assoc.release()
+            assoc = associate(
+                lb.port, [(MRImageStorage, [EXPLICIT]), (Verification, [])], "CT_ROOM"
+            )
+            assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
+            assoc.release()
+            # WS: an MR instance without Modality MR goes the rest route, to pacs: refused.
+            assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])], aet="WS")
+            assert store(assoc, instance(tmp_path, "MR", modality="OT")) == SOP_CLASS_NOT_SUPPORTED
+            assoc.release()
+            # Still accepted for WS: the data set may take the mr-by-tag route, whose backend
+            # has not refused it.
+            assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])], aet="WS")
+            assert refusals(assoc) == {}
+            assert store(assoc, instance(tmp_path, "MR")) == 0x0000
+            assoc.release()
+            assert len(anything.wait_files(1)) == 1
+            assert_healthy(lb, caplog, "pacs", "any")
+
+
+def test_what_was_learned_is_forgotten_when_the_backend_comes_back(
+    tmp_path: Path, balancer: Any, ct_only: StoreSCP, caplog: pytest.LogCaptureFixture
+) -> None:
+    lb = balancer(pool_config(("pacs", ct_only)))
+    assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
+    assert store(assoc, instance(tmp_path, "MR")) == SOP_CLASS_NOT_SUPPORTED
+    assoc.release()
+    assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT]), (Verification, [])])
+    assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
+    assoc.release()
+    # Reconfigured while down: it takes everything now.
+    ct_only.stop()
+    wait_for(lambda: not lb.backend("pacs").health.up)
+    ct_only.profile = None
+    ct_only.start()
+    wait_for(lambda: lb.backend("pacs").health.up)
+    assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
+    assert refusals(assoc) == {}
+    assert store(assoc, instance(tmp_path, "MR")) == 0x0000
+    assoc.release()
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
