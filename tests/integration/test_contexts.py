@@ -27,7 +27,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from tests.dicomdata import make_small, write_series
-from tests.peers import LOOPBACK, StoreSCP, have_dcmtk
+from tests.peers import (
+    LOOPBACK,
+    Orthanc,
+    StoreSCP,
+    dataset_bytes,
+    have_dcmtk,
+    have_orthanc,
+    run_dcmtk,
+    sop_instance_uid,
+)
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="needs DCMTK (apt-get install dcmtk)")
 
@@ -256,3 +265,66 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# --- Orthanc: the syntaxes it takes pass, the ones it refuses are refused -------------------
+
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"  # unknown to Orthanc 1.10's DCMTK 3.6.7
+
+
+def compressed(tmp_path: Path, tool: str, option: str) -> Path:
+    """A small CT image compressed by a DCMTK tool (`dcmcjpeg +el`: JPEG lossless process
+    14, `+es`: spectral selection, `+ep`: full progression; `dcmcrle`: RLE)."""
+    (ds,) = make_small(1, "CT")
+    source = write_series([ds], tmp_path / "source")[0]
+    target = tmp_path / f"{tool}{option}.dcm"
+    result = run_dcmtk(tool, [*([option] if option else []), str(source), str(target)])
+    assert result.returncode == 0, result.stderr
+    return target
+
+
+@pytest.mark.orthanc
+@pytest.mark.skipif(not have_orthanc(), reason="needs orthanc")
+def test_orthanc_gets_what_it_takes_and_refuses_what_it_does_not(
+    tmp_path: Path, balancer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Orthanc("ORTHANC") as orthanc:
+        orthanc.start()
+        lb = balancer(
+            {
+                "pools": {
+                    "p": {
+                        "health": {"interval": "0.2s", "timeout": "2s", "fall": 1, "rise": 1},
+                        "backends": [{"name": "orthanc", "dicom": orthanc.address}],
+                    }
+                },
+                "routes": [{"name": "all", "pool": "p"}],
+            }
+        )
+        files = [
+            compressed(tmp_path, "dcmcjpeg", "+el"),
+            compressed(tmp_path, "dcmcjpeg", "+es"),
+            compressed(tmp_path, "dcmcjpeg", "+ep"),
+            compressed(tmp_path, "dcmcrle", ""),
+        ]
+        syntaxes = [str(pydicom.dcmread(f).file_meta.TransferSyntaxUID) for f in files]
+        assert syntaxes[0] == "1.2.840.10008.1.2.4.57"
+        assert syntaxes[3] == "1.2.840.10008.1.2.5"
+        with caplog.at_level(logging.INFO, logger="dicomlb"):
+            for path, syntax in zip(files, syntaxes, strict=True):
+                assoc = associate(lb.port, [(CTImageStorage, [syntax])])
+                assert refusals(assoc) == {}
+                assert store(assoc, path) == 0x0000, syntax
+                assoc.release()
+                instance_id = orthanc.find_sop(sop_instance_uid(path))
+                assert instance_id is not None, syntax
+                assert orthanc.instance_dataset_bytes(instance_id) == dataset_bytes(path)
+            # HTJ2K: Orthanc refuses it; first the message says so, then the association.
+            htj2k = instance(tmp_path, "CT", HTJ2K_LOSSLESS)
+            assoc = associate(lb.port, [(CTImageStorage, [HTJ2K_LOSSLESS])])
+            assert store(assoc, htj2k) == SOP_CLASS_NOT_SUPPORTED
+            assoc.release()
+            assoc = associate(lb.port, [(CTImageStorage, [HTJ2K_LOSSLESS]), (Verification, [])])
+            assert refusals(assoc) == {CTImageStorage: TRANSFER_SYNTAXES_NOT_SUPPORTED}
+            assoc.release()
+            assert_healthy(lb, caplog, "orthanc")

@@ -16,6 +16,7 @@ import enum
 from collections.abc import Iterable
 
 from dicomlb.dicom.pdu import ContextResult
+from dicomlb.dicom.uids import IMPLICIT_VR_LE
 
 SyntaxPair = tuple[str, str]  # (abstract syntax, transfer syntax)
 Identity = tuple[str, str]  # (called AE, calling AE) as proposed to the backend
@@ -29,8 +30,8 @@ class Verdict(enum.Enum):
     """What is known about one (abstract syntax, transfer syntax) at a backend."""
 
     ACCEPTED = "accepted"
-    ABSTRACT_REFUSED = "abstract_refused"  # PS3.8 9.3.3.2 result 3: this SOP class at all
-    SYNTAX_REFUSED = "syntax_refused"  # result 4 (or 1, 2): not in this transfer syntax
+    ABSTRACT_REFUSED = "abstract_refused"  # PS3.8 9.3.3.2 result 3, in implicit VR LE
+    SYNTAX_REFUSED = "syntax_refused"  # not in this transfer syntax (result 1 to 4)
     UNKNOWN = "unknown"
 
 
@@ -75,7 +76,12 @@ class LearnedContexts:
             known.pairs.move_to_end(pair)
             if accepted:
                 known.refused_abstracts.pop(pair[0], None)
-            elif result == ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED:
+            elif (
+                result == ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED and pair[1] == IMPLICIT_VR_LE
+            ):
+                # Only a refusal in the default syntax, which every SCP of a SOP class takes
+                # (PS3.5 10.1), refuses the SOP class: Orthanc answers 3 for a syntax it does
+                # not know (HTJ2K) where it takes the SOP class in others.
                 known.refused_abstracts[pair[0]] = None
                 known.refused_abstracts.move_to_end(pair[0])
         while len(known.pairs) > self._max_pairs:

@@ -802,9 +802,16 @@ class UpstreamPool:
         self._opening += 1
         address = self.backend.config.dicom
         assert address is not None  # config.py: DICOM routes use pools of DICOM backends
-        # Verification too: a backend that takes none of the others then still answers with
-        # an A-ASSOCIATE-AC saying what it refuses, where many would reject the association.
-        proposal = [needed, *contexts, (uids.VERIFICATION, uids.IMPLICIT_VR_LE)]
+        # The needed SOP class in the default syntax too: refused there, the backend does not
+        # take the SOP class at all (`contexts.LearnedContexts`). And verification: a backend
+        # that takes none of the others still answers with an A-ASSOCIATE-AC saying what it
+        # refuses, where many would reject the association.
+        proposal = [
+            needed,
+            (needed[0], uids.IMPLICIT_VR_LE),
+            *contexts,
+            (uids.VERIFICATION, uids.IMPLICIT_VR_LE),
+        ]
         timeout = self.pool.connect_timeout if probe is None else probe
         up: UpstreamAssociation | None = None
         try:
