@@ -18,6 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -98,7 +99,7 @@ def instance(
     path = write_series([ds], tmp_path / f"{sop_class}-{ds.SOPInstanceUID}")[0]
     if syntax != EXPLICIT:
         ds = pydicom.dcmread(path)
-        ds.file_meta.TransferSyntaxUID = syntax
+        ds.file_meta.TransferSyntaxUID = UID(syntax)
         ds.save_as(path, enforce_file_format=False)
     return path
 
@@ -116,7 +117,7 @@ def associate(
 
 def refusals(assoc: Association) -> dict[str, int]:
     """Abstract syntax -> the result of its refused context."""
-    return {str(cx.abstract_syntax): int(cx.result) for cx in assoc.rejected_contexts}
+    return {str(cx.abstract_syntax): cx.result or 0 for cx in assoc.rejected_contexts}
 
 
 def store(assoc: Association, path: Path) -> int:
