@@ -11,13 +11,22 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dicomlb.dicom.contexts import SyntaxPair, Verdict, combine
-from dicomlb.dicom.negotiation import Knowledge, Service
+from dicomlb.dicom.negotiation import Knowledge, Service, is_supported_abstract_syntax
+from dicomlb.dicom.pdu import AssociateRequest
 from dicomlb.dicom.qr import CommitmentRegistry, MoveRegistry
-from dicomlb.dicom.upstream import UpstreamKey, UpstreamPool
+from dicomlb.dicom.uids import VERIFICATION
+from dicomlb.dicom.upstream import Ask, UpstreamKey, UpstreamPool
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
-from dicomlb.snapshot import Ack, CalledAet, MessageFacts, Snapshot, StorageCommitment
+from dicomlb.snapshot import (
+    Ack,
+    CalledAet,
+    DicomListenerConfig,
+    MessageFacts,
+    Snapshot,
+    StorageCommitment,
+)
 from dicomlb.studies import StudyIndex
 
 if TYPE_CHECKING:
@@ -75,6 +84,53 @@ class Runtime:
                 self.upstreams[state.name] = upstream
                 members.append(state)
             self.pools[pool_config.name] = Pool(pool_config, members)
+
+    def contexts_to_ask(
+        self, request: AssociateRequest, peer_ip: str, listener: DicomListenerConfig
+    ) -> list[Ask]:
+        """When the association's AE titles and address decide its pool, the available
+        backends of that pool that have not said about some of the client's contexts: asked
+        before the client is answered, so that even its first association is answered as
+        they would. Empty when several pools could serve it (what was learned decides)."""
+        facts = MessageFacts(
+            calling_aet=request.calling_ae,
+            called_aet=request.called_ae,
+            peer_ip=peer_ip,
+            command="",
+            sop_class_uid="",
+        )
+        pools = {route.pool.name: route.pool for route in self.router.candidates(facts)}
+        if len(pools) != 1:
+            return []
+        (pool,) = pools.values()
+        pairs = tuple(
+            dict.fromkeys(
+                (proposal.abstract_syntax, ts)
+                for proposal in request.contexts
+                if proposal.abstract_syntax != VERIFICATION
+                and is_supported_abstract_syntax(proposal.abstract_syntax, self.services)
+                for ts in proposal.transfer_syntaxes
+                if listener.encoding(ts) is not None
+            )
+        )
+        asks = []
+        for backend in pool.backends:
+            if backend.dicom is None or backend.store is not None:
+                continue
+            if not self.backends[backend.name].available:
+                continue
+            upstream = self.upstreams[backend.name]
+            called = (
+                request.called_ae
+                if pool.called_aet is CalledAet.PASSTHROUGH
+                else backend.dicom.ae_title
+            )
+            key = (request.calling_ae, called, request.user_info.raw_items)
+            if upstream.unknown(key, pairs):
+                asks.append(
+                    Ask(upstream=upstream, key=key, pairs=pairs, timeout=pool.connect_timeout)
+                )
+        return asks
 
     def known_contexts(self, calling_ae: str, called_ae: str, peer_ip: str) -> Knowledge:
         """What the backends that could serve an association said about a context: those

@@ -1,11 +1,12 @@
 """Presentation contexts a backend refuses, through dicomlb: a DCMTK storescp that takes only
-CT images in uncompressed syntaxes (an association profile) behind dicomlb.
+CT images in uncompressed syntaxes (an association profile), and Orthanc, behind dicomlb.
 
-The first time, dicomlb has accepted the client's context before it asks the backend, so the
-message gets the backend's refusal as its status (0x0122 SOP class not supported), never
-"no healthy backend", and the backend stays up. Once dicomlb learned the backend's answer, it
-refuses the context at association time as the backend would: result 3 (abstract syntax not
-supported) or 4 (transfer syntaxes not supported).
+When the association's AE titles and address decide its pool, dicomlb asks that pool's
+backends about the client's contexts before it answers, and refuses what every one refuses
+as they would: result 3 (abstract syntax not supported) or 4 (transfer syntaxes not
+supported). When several pools could serve it, it answers from what it learned so far; a
+context it accepted and the backend then refuses gets that refusal as the message's status
+(0x0122 SOP class not supported), never "no healthy backend", and the backend stays up.
 """
 
 from __future__ import annotations
@@ -133,28 +134,35 @@ def assert_healthy(lb: Any, caplog: pytest.LogCaptureFixture, *names: str) -> No
         assert word not in caplog.text
 
 
+def asked(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("contexts.asked")]
+
+
 def test_a_sop_class_the_backend_refuses(
     tmp_path: Path, balancer: Any, ct_only: StoreSCP, caplog: pytest.LogCaptureFixture
 ) -> None:
     lb = balancer(pool_config(("pacs", ct_only)))
     with caplog.at_level(logging.INFO, logger="dicomlb"):
-        # Nothing known yet: accepted, and the message gets the backend's refusal.
-        assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
-        assert refusals(assoc) == {}
-        assert store(assoc, instance(tmp_path, "MR")) == SOP_CLASS_NOT_SUPPORTED
-        assoc.release()
-        assert "backend.declined backend=pacs pool=p cause=context_rejected" in caplog.text
-        assert "does not support SOP class 1.2.840.10008.5.1.4.1.1.4" in caplog.text
-        # Learned: refused at association time, as storescp itself would; CT still flows.
+        # The backend is asked first: even the first association is answered as it would.
         assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT]), (CTImageStorage, [EXPLICIT])])
         assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
         assert store(assoc, instance(tmp_path, "CT")) == 0x0000
         assoc.release()
         assert len(ct_only.wait_files(1)) == 1
-        # Per calling AE title: another sender's contexts are not judged by this one's.
-        assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])], aet="OTHER")
-        assert refusals(assoc) == {}
+        assert asked(caplog) == [
+            "contexts.asked backend=pacs calling_aet=MODALITY called_aet=CTONLY proposed=2 "
+            "refused=1"
+        ]
+        # Known now: not asked again.
+        assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT]), (Verification, [])])
+        assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
         assoc.release()
+        assert len(asked(caplog)) == 1
+        # Per calling AE title: another sender's contexts are asked for that sender.
+        assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT]), (Verification, [])], "OTHER")
+        assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
+        assoc.release()
+        assert len(asked(caplog)) == 2
         assert_healthy(lb, caplog, "pacs")
 
 
@@ -163,11 +171,7 @@ def test_a_transfer_syntax_the_backend_refuses(
 ) -> None:
     lb = balancer(pool_config(("pacs", ct_only)))
     with caplog.at_level(logging.INFO, logger="dicomlb"):
-        assoc = associate(lb.port, [(CTImageStorage, [JPEG_LOSSLESS_SV1])])
-        assert refusals(assoc) == {}
-        assert store(assoc, instance(tmp_path, "CT", JPEG_LOSSLESS_SV1)) == SOP_CLASS_NOT_SUPPORTED
-        assoc.release()
-        # Learned: that syntax alone is refused (result 4) ...
+        # That syntax alone is refused (result 4) ...
         assoc = associate(lb.port, [(CTImageStorage, [JPEG_LOSSLESS_SV1]), (Verification, [])])
         assert refusals(assoc) == {CTImageStorage: TRANSFER_SYNTAXES_NOT_SUPPORTED}
         assoc.release()
@@ -175,7 +179,9 @@ def test_a_transfer_syntax_the_backend_refuses(
         assoc = associate(lb.port, [(CTImageStorage, [JPEG_LOSSLESS_SV1, IMPLICIT, EXPLICIT])])
         assert refusals(assoc) == {}
         assert assoc.accepted_contexts[0].transfer_syntax[0] == IMPLICIT
+        assert store(assoc, instance(tmp_path, "CT", IMPLICIT)) == 0x0000
         assoc.release()
+        assert len(ct_only.wait_files(1)) == 1
         assert_healthy(lb, caplog, "pacs")
 
 
@@ -183,22 +189,19 @@ def test_a_context_one_backend_of_the_pool_takes_is_accepted(
     tmp_path: Path, balancer: Any, ct_only: StoreSCP, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Refused only when no candidate backend takes it: the one that does gets the message,
-    the one that refused it is not asked again."""
+    the one that refused it is skipped without an association."""
     with StoreSCP("ANY", tmp_path / "any", fork=True) as anything:
         anything.start()
         lb = balancer(pool_config(("pacs", ct_only), ("any", anything)))
         with caplog.at_level(logging.DEBUG, logger="dicomlb.dicom.relay"):
-            for _ in range(4):  # round robin: both are asked (and one learns to refuse)
+            for _ in range(4):  # round robin: pacs is picked, and skipped
                 assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
                 assert refusals(assoc) == {}
                 assert store(assoc, instance(tmp_path, "MR")) == 0x0000
                 assoc.release()
             assert len(anything.wait_files(4)) == 4
             declined = [r for r in caplog.records if "cause=context_rejected" in r.getMessage()]
-            # asked once; then known, skipped without an association (logged at DEBUG)
-            levels = [r.levelno for r in declined]
-            assert levels[0] == logging.WARNING and levels.count(logging.WARNING) == 1
-            assert len(levels) >= 2
+            assert declined and all(r.levelno == logging.DEBUG for r in declined)
             assert_healthy(lb, caplog, "pacs", "any")
 
 
@@ -216,26 +219,27 @@ def test_the_route_an_association_takes_decides_the_candidates(
         ]
         lb = balancer(config)
         with caplog.at_level(logging.INFO, logger="dicomlb"):
-            # CT_ROOM: its route is decided by its AE title, so pacs alone is asked.
-            assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])], aet="CT_ROOM")
-            assert store(assoc, instance(tmp_path, "MR")) == SOP_CLASS_NOT_SUPPORTED
-            assoc.release()
-            assoc = associate(
-                lb.port, [(MRImageStorage, [EXPLICIT]), (Verification, [])], "CT_ROOM"
-            )
+            # CT_ROOM: its AE title decides the route, so pacs is asked and refuses.
+            contexts = [(MRImageStorage, [EXPLICIT]), (Verification, [])]
+            assoc = associate(lb.port, contexts, "CT_ROOM")
             assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
             assoc.release()
-            # WS: an MR instance without Modality MR goes the rest route, to pacs: refused.
+            # WS: its MR may take the mr-by-tag route or the rest, decided by the data set:
+            # not asked, accepted. An MR instance without Modality MR goes to pacs, which
+            # refuses it: the message's status, not "no healthy backend".
             assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])], aet="WS")
+            assert refusals(assoc) == {}
             assert store(assoc, instance(tmp_path, "MR", modality="OT")) == SOP_CLASS_NOT_SUPPORTED
             assoc.release()
-            # Still accepted for WS: the data set may take the mr-by-tag route, whose backend
-            # has not refused it.
+            assert "backend.declined backend=pacs pool=p cause=context_rejected" in caplog.text
+            assert "does not support SOP class 1.2.840.10008.5.1.4.1.1.4" in caplog.text
+            # Still accepted for WS: the mr-by-tag route's backend has not refused it.
             assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])], aet="WS")
             assert refusals(assoc) == {}
             assert store(assoc, instance(tmp_path, "MR")) == 0x0000
             assoc.release()
             assert len(anything.wait_files(1)) == 1
+            assert [line.split()[1] for line in asked(caplog)] == ["backend=pacs"]
             assert_healthy(lb, caplog, "pacs", "any")
 
 
@@ -243,10 +247,8 @@ def test_what_was_learned_is_forgotten_when_the_backend_comes_back(
     tmp_path: Path, balancer: Any, ct_only: StoreSCP, caplog: pytest.LogCaptureFixture
 ) -> None:
     lb = balancer(pool_config(("pacs", ct_only)))
-    assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
-    assert store(assoc, instance(tmp_path, "MR")) == SOP_CLASS_NOT_SUPPORTED
-    assoc.release()
-    assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT]), (Verification, [])])
+    contexts = [(MRImageStorage, [EXPLICIT]), (Verification, [])]
+    assoc = associate(lb.port, contexts)
     assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
     assoc.release()
     # Reconfigured while down: it takes everything now.
@@ -255,9 +257,28 @@ def test_what_was_learned_is_forgotten_when_the_backend_comes_back(
     ct_only.profile = None
     ct_only.start()
     wait_for(lambda: lb.backend("pacs").health.up)
-    assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
+    assoc = associate(lb.port, contexts)
     assert refusals(assoc) == {}
     assert store(assoc, instance(tmp_path, "MR")) == 0x0000
+    assoc.release()
+
+
+def test_what_was_learned_is_forgotten_on_reload(
+    tmp_path: Path, balancer: Any, ct_only: StoreSCP
+) -> None:
+    config = pool_config(("pacs", ct_only))
+    lb = balancer(config, admin=True, config_file=tmp_path / "lb.yaml")
+    contexts = [(MRImageStorage, [EXPLICIT]), (Verification, [])]
+    assoc = associate(lb.port, contexts)
+    assert refusals(assoc) == {MRImageStorage: ABSTRACT_SYNTAX_NOT_SUPPORTED}
+    assoc.release()
+    ct_only.stop()  # reconfigured behind dicomlb's back, and back before a check noticed
+    ct_only.profile = None
+    ct_only.start()
+    status, body = lb.http("POST", "/api/v1/reload")
+    assert status == 200, body
+    assoc = associate(lb.port, contexts)
+    assert refusals(assoc) == {}
     assoc.release()
 
 
@@ -320,11 +341,7 @@ def test_orthanc_gets_what_it_takes_and_refuses_what_it_does_not(
                 instance_id = orthanc.find_sop(sop_instance_uid(path))
                 assert instance_id is not None, syntax
                 assert orthanc.instance_dataset_bytes(instance_id) == dataset_bytes(path)
-            # HTJ2K: Orthanc refuses it; first the message says so, then the association.
-            htj2k = instance(tmp_path, "CT", HTJ2K_LOSSLESS)
-            assoc = associate(lb.port, [(CTImageStorage, [HTJ2K_LOSSLESS])])
-            assert store(assoc, htj2k) == SOP_CLASS_NOT_SUPPORTED
-            assoc.release()
+            # HTJ2K: Orthanc refuses it, and so does dicomlb at association time.
             assoc = associate(lb.port, [(CTImageStorage, [HTJ2K_LOSSLESS]), (Verification, [])])
             assert refusals(assoc) == {CTImageStorage: TRANSFER_SYNTAXES_NOT_SUPPORTED}
             assoc.release()

@@ -50,7 +50,7 @@ from dicomlb.dicom.pdu import (
     reject,
 )
 from dicomlb.dicom.tags import ScanBudget
-from dicomlb.dicom.upstream import set_nodelay, write_buffers
+from dicomlb.dicom.upstream import Ask, ask_backends, set_nodelay, write_buffers
 from dicomlb.runtime import Runtime
 from dicomlb.tls import ServerHandshake
 
@@ -279,6 +279,7 @@ class InboundAssociation(asyncio.Protocol):
         self._hold = False
         self._current: FragmentStream | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._asking: asyncio.Task[None] | None = None  # backends asked before answering
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._reading_paused = False  # by dicomlb, for back-pressure: silence is ours then
@@ -343,6 +344,9 @@ class InboundAssociation(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self._last_activity = time.monotonic()
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             for event in self.assoc.receive_data(data):
                 self._on_event(event)
@@ -420,6 +424,16 @@ class InboundAssociation(asyncio.Protocol):
                 else:
                     self._on_command(dimse)
         elif isinstance(event, AssociateRequest):
+            self._stop_artim()
+            self.calling_ae = event.calling_ae
+            self.called_ae = event.called_ae
+            asks = []
+            if self.listener.admit(event.calling_ae, self.source) is None:
+                asks = self.runtime.contexts_to_ask(event, self.peer[0], self.config)
+            if asks:  # the backend's answer first, then the client's (held in Sta3)
+                loop = asyncio.get_running_loop()
+                self._asking = loop.create_task(self._ask_then_answer(event, asks))
+                return
             self._on_associate(event)
             # What came after the request (an A-ABORT in the same segment) waited in the
             # core until the request was answered.
@@ -432,10 +446,17 @@ class InboundAssociation(asyncio.Protocol):
             self._outcome = f"aborted by the client (reason {event.reason})"
             self._shutdown(self._outcome)
 
+    async def _ask_then_answer(self, request: AssociateRequest, asks: list[Ask]) -> None:
+        """Learn what the backends that will serve this association take, then answer it
+        (cancelled with the connection)."""
+        await ask_backends(asks)
+        self._asking = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._on_associate(request)
+        self._feed(b"")  # what came after the request waited in the core
+
     def _on_associate(self, request: AssociateRequest) -> None:
-        self._stop_artim()
-        self.calling_ae = request.calling_ae
-        self.called_ae = request.called_ae
         rejection = self.listener.admit(request.calling_ae, self.source)
         answer: AssociateAccept | AssociateReject
         if rejection is not None:
@@ -668,6 +689,8 @@ class InboundAssociation(asyncio.Protocol):
             self._current = None
         if self._relay_task is not None and not self._relay_task.done():
             self._relay_task.cancel()
+        if self._asking is not None and not self._asking.done():
+            self._asking.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -24,6 +24,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
@@ -570,6 +571,22 @@ async def connect(
 _REFUSED = frozenset({Verdict.ABSTRACT_REFUSED, Verdict.SYNTAX_REFUSED})
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ask:
+    """A backend to ask, as `key`'s AE titles, about `pairs` within `timeout` before a client's
+    association is answered (`UpstreamPool.ask`)."""
+
+    upstream: UpstreamPool
+    key: UpstreamKey
+    pairs: tuple[SyntaxPair, ...]
+    timeout: float
+
+
+async def ask_backends(asks: Iterable[Ask]) -> None:
+    """Ask every backend at once; done when all answered or gave up."""
+    await asyncio.gather(*(a.upstream.ask(a.key, a.pairs, a.timeout) for a in asks))
+
+
 def _ignore(_: CommandReceived | DataReceived) -> None:
     """Drops the data set of a request nobody expected."""
 
@@ -693,6 +710,43 @@ class UpstreamPool:
     @property
     def per_client(self) -> bool:
         return self.pool.upstream is UpstreamMode.PER_CLIENT
+
+    def unknown(self, key: UpstreamKey, pairs: Iterable[SyntaxPair]) -> list[SyntaxPair]:
+        """Those of `pairs` the backend has not said about (as `key`'s AE titles)."""
+        return [pair for pair in pairs if self.verdict(key, pair) is Verdict.UNKNOWN]
+
+    async def ask(self, key: UpstreamKey, pairs: Iterable[SyntaxPair], timeout: float) -> None:
+        """Learn what the backend takes of `pairs` before a client is answered: an
+        association proposing those not known yet, released at once. Only when a slot is
+        free or idle now (a client is waiting); a backend that cannot be reached teaches nothing, and
+        its health is the checks' business."""
+        unknown = self.unknown(key, pairs)
+        # (an idle association may be replaced; a slot in use is not waited for)
+        if not unknown or self.held >= self.capacity.limit(asyncio.get_running_loop().time()):
+            return
+        try:
+            async with Lease(self, key, unknown[0], unknown, probe=timeout):
+                pass
+        except ContextRejected:
+            pass  # learned all the same
+        except UpstreamError as err:
+            log.info(
+                "contexts.not_asked backend=%s calling_aet=%s called_aet=%s cause=%s reason=%r",
+                self.backend.name,
+                key[0],
+                key[1],
+                err.cause.value,
+                str(err),
+            )
+            return
+        log.info(
+            "contexts.asked backend=%s calling_aet=%s called_aet=%s proposed=%d refused=%d",
+            self.backend.name,
+            key[0],
+            key[1],
+            len(unknown),
+            sum(1 for pair in unknown if self.verdict(key, pair) in _REFUSED),
+        )
 
     def verdict(self, key: UpstreamKey, pair: SyntaxPair) -> Verdict:
         """What the backend said about `pair` when associated as `key`'s AE titles, since it
