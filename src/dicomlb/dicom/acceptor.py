@@ -1,9 +1,11 @@
 """The DICOM listener and its client associations (asyncio shell).
 
-`InboundAssociation` feeds bytes to the association and DIMSE cores, negotiates, runs the
-ARTIM and idle timers, enforces limits, and queues messages for its `Relay`, which moves
-them to backends one at a time in order. Reading pauses while a message's unsent data set
-fragments exceed a few PDUs, so a slow backend slows the client instead of filling memory.
+`InboundAssociation` feeds bytes to the association and DIMSE cores, negotiates (after
+asking the backends that will serve the association what they take, when its AE titles and
+address decide their pool and they have not said yet), runs the ARTIM and idle timers,
+enforces limits, and queues messages for its `Relay`, which moves them to backends one at a
+time in order. Reading pauses while a message's unsent data set fragments exceed a few PDUs,
+so a slow backend slows the client instead of filling memory.
 """
 
 from __future__ import annotations
@@ -449,7 +451,10 @@ class InboundAssociation(asyncio.Protocol):
     async def _ask_then_answer(self, request: AssociateRequest, asks: list[Ask]) -> None:
         """Learn what the backends that will serve this association take, then answer it
         (cancelled with the connection)."""
-        await ask_backends(asks)
+        try:
+            await ask_backends(asks)
+        except Exception as err:  # a bug must not leave the client unanswered: answer as is
+            log.error("contexts.ask_failed calling_aet=%s reason=%r", self.calling_ae, str(err))
         self._asking = None
         if self.transport is None or self.transport.is_closing():
             return

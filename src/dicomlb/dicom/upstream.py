@@ -718,8 +718,8 @@ class UpstreamPool:
     async def ask(self, key: UpstreamKey, pairs: Iterable[SyntaxPair], timeout: float) -> None:
         """Learn what the backend takes of `pairs` before a client is answered: an
         association proposing those not known yet, released at once. Only when a slot is
-        free or idle now (a client is waiting); a backend that cannot be reached teaches nothing, and
-        its health is the checks' business."""
+        free or idle now (a client is waiting); a backend that cannot be reached teaches
+        nothing, and its health is the checks' business."""
         unknown = self.unknown(key, pairs)
         # (an idle association may be replaced; a slot in use is not waited for)
         if not unknown or self.held >= self.capacity.limit(asyncio.get_running_loop().time()):
