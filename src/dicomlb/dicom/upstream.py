@@ -717,29 +717,28 @@ class UpstreamPool:
 
     async def ask(self, key: UpstreamKey, pairs: Iterable[SyntaxPair], timeout: float) -> None:
         """Learn what the backend takes of `pairs` before a client is answered: an
-        association proposing those not known yet. Only when a slot is free or idle now (a
-        client is waiting); a backend that cannot be reached teaches nothing, and its health
-        is the checks' business."""
+        association proposing those not known yet, released at once. Only when a slot is
+        free or idle now (a client is waiting); a backend that cannot be reached teaches
+        nothing, and its health is the checks' business."""
         unknown = self.unknown(key, pairs)
         # (an idle association may be replaced; a slot in use is not waited for)
         if not unknown or self.held >= self.capacity.limit(asyncio.get_running_loop().time()):
             return
         try:
-            # A lease like a message's: in a shared pool the association stays idle for the
-            # client's first message, which needs one of these pairs.
-            async with asyncio.timeout(timeout), self.lease(key, unknown[0], unknown):
+            # Released at once, as a health check's: kept idle, it would hold the one slot of
+            # a backend taking one association at a time for a client that may never send.
+            async with Lease(self, key, unknown[0], unknown, probe=timeout):
                 pass
         except ContextRejected:
             pass  # learned all the same
-        except (UpstreamError, TimeoutError) as err:
-            cause = err.cause.value if isinstance(err, UpstreamError) else "timeout"
+        except UpstreamError as err:
             log.info(
                 "contexts.not_asked backend=%s calling_aet=%s called_aet=%s cause=%s reason=%r",
                 self.backend.name,
                 key[0],
                 key[1],
-                cause,
-                str(err) or f"no answer within {timeout:g}s",
+                err.cause.value,
+                str(err),
             )
             return
         log.info(
