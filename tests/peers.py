@@ -448,6 +448,9 @@ class StoreSCP(_Peer):
     bit (``+B``), so ``dataset_bytes(file)`` equals what the sender sent. ``ignore=True``
     discards data (a benchmark sink); ``fork=True`` serves associations in parallel.
 
+    ``profile=(file, name)`` negotiates by that DCMTK association profile (``-xf``: only the
+    SOP classes and transfer syntaxes it lists) instead of ``+xa``.
+
     ``stop()`` and ``start()`` may be called repeatedly: the port, AE title and output
     directory stay, so a test can take a backend down and bring it back. A temporary
     working directory (output and ``storescp.log``) is removed by ``close()`` / the
@@ -468,6 +471,7 @@ class StoreSCP(_Peer):
         max_pdu: int | None = None,
         extra_args: Sequence[str] = (),
         start_timeout: float = 10.0,
+        profile: tuple[PathLike, str] | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.port = port or free_port()
@@ -476,6 +480,7 @@ class StoreSCP(_Peer):
         self.bit_preserving = bit_preserving
         self.max_pdu = max_pdu
         self.extra_args = list(extra_args)
+        self.profile = profile
         self.start_timeout = start_timeout
         self.workdir = Path(tempfile.mkdtemp(prefix=f"storescp-{ae_title}-"))
         self.output_dir = Path(output_dir) if output_dir is not None else self.workdir / "in"
@@ -490,7 +495,10 @@ class StoreSCP(_Peer):
 
     def command(self) -> list[str]:
         """The storescp command line this peer runs."""
-        cmd = [dcmtk_tool("storescp"), "-aet", self.ae_title, "+xa", "-dhl"]
+        negotiation = (
+            ["+xa"] if self.profile is None else ["-xf", str(self.profile[0]), self.profile[1]]
+        )
+        cmd = [dcmtk_tool("storescp"), "-aet", self.ae_title, *negotiation, "-dhl"]
         if self.fork:
             cmd.append("--fork")
         if self.ignore:

@@ -15,6 +15,7 @@ of) or a mapping with one operator: `equals`, `in`, `regex`, `glob`, `exists`, `
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -27,7 +28,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import keyword_dict
 
 from dicomlb.dicom.tags import tag_from_name, tag_name
-from dicomlb.snapshot import MessageFacts, Predicate, RouteConfig
+from dicomlb.snapshot import MessageFacts, PartialPredicate, Predicate, RouteConfig
 
 __all__ = [
     "COMMANDS",
@@ -79,11 +80,15 @@ class MatchError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Match:
-    """A compiled `match`: the predicate, its readable text and the DICOM tags it reads."""
+    """A compiled `match`: the predicate, its readable text and the DICOM tags it reads.
+
+    `partial` decides the match from an association's facts alone (calling and called AE,
+    source): True or False when those decide it, None when it depends on the message."""
 
     predicate: Predicate
     text: str
     tags: frozenset[int]
+    partial: PartialPredicate
     precedence: int = _ATOM
     matches_everything: bool = False
 
@@ -95,7 +100,11 @@ def parse_match(spec: Any, path: str) -> Match:
     """
     if spec is None or (isinstance(spec, dict) and not spec):
         return Match(
-            predicate=_always, text="everything", tags=frozenset(), matches_everything=True
+            predicate=_always,
+            text="everything",
+            tags=frozenset(),
+            partial=_always,
+            matches_everything=True,
         )
     return _compile_mapping(spec, path)
 
@@ -125,12 +134,31 @@ class Router:
                 return route
         return None
 
+    def candidates(self, association: MessageFacts) -> list[RouteConfig]:
+        """The routes an association's messages may take, judged from its facts alone
+        (calling and called AE, source): every route they do not rule out, up to the first
+        they decide (first match wins, so later ones are never reached)."""
+        found = []
+        for route in self._routes:
+            holds = route.partial(association)
+            if holds is False:
+                continue
+            found.append(route)
+            if holds:
+                break
+        return found
+
 
 # --- compiling ------------------------------------------------------------------------------
 
 
 def _always(facts: MessageFacts) -> bool:
     return True
+
+
+def _undecided(facts: MessageFacts) -> bool | None:
+    """The message's facts (SOP class, command, tags) are not known from the association."""
+    return None
 
 
 def _join(children: Sequence[Match], word: str, precedence: int) -> str:
@@ -156,7 +184,21 @@ def _all_of(children: Sequence[Match]) -> Match:
             return all(p(facts) for p in preds)
 
         predicate = every
-    return Match(predicate=predicate, text=_join(children, "and", _AND), tags=tags, precedence=_AND)
+    partials = tuple(c.partial for c in children)
+
+    def all_partial(facts: MessageFacts) -> bool | None:
+        results = [p(facts) for p in partials]  # Kleene's three-valued and
+        if False in results:
+            return False
+        return None if None in results else True
+
+    return Match(
+        predicate=predicate,
+        text=_join(children, "and", _AND),
+        tags=tags,
+        partial=all_partial,
+        precedence=_AND,
+    )
 
 
 def _any_of(children: Sequence[Match]) -> Match:
@@ -168,17 +210,36 @@ def _any_of(children: Sequence[Match]) -> Match:
     def some(facts: MessageFacts) -> bool:
         return any(p(facts) for p in preds)
 
-    return Match(predicate=some, text=_join(children, "or", _OR), tags=tags, precedence=_OR)
+    partials = tuple(c.partial for c in children)
+
+    def any_partial(facts: MessageFacts) -> bool | None:
+        results = [p(facts) for p in partials]  # Kleene's three-valued or
+        if True in results:
+            return True
+        return None if None in results else False
+
+    return Match(
+        predicate=some,
+        text=_join(children, "or", _OR),
+        tags=tags,
+        partial=any_partial,
+        precedence=_OR,
+    )
 
 
 def _none_of(child: Match) -> Match:
     inner = child.predicate
+    inner_partial = child.partial
 
     def negated(facts: MessageFacts) -> bool:
         return not inner(facts)
 
+    def negated_partial(facts: MessageFacts) -> bool | None:
+        holds = inner_partial(facts)
+        return None if holds is None else not holds
+
     text = f"not ({child.text})" if child.precedence < _ATOM else f"not {child.text}"
-    return Match(predicate=negated, text=text, tags=child.tags)
+    return Match(predicate=negated, text=text, tags=child.tags, partial=negated_partial)
 
 
 def _compile_mapping(spec: Any, path: str) -> Match:
@@ -213,7 +274,8 @@ def _compile_key(key: Any, value: Any, path: str) -> Match:
         return _compile_source(value, path)
     if key in ("calling_aet", "called_aet"):
         getter = _fact_getter(key)
-        return _compile_field(key, value, path, getter, _text_literal, tags=frozenset())
+        match = _compile_field(key, value, path, getter, _text_literal, tags=frozenset())
+        return dataclasses.replace(match, partial=match.predicate)
     if key == "sop_class":
         return _compile_field(
             key, value, path, _fact_getter("sop_class_uid"), _uid_literal, tags=frozenset()
@@ -284,12 +346,12 @@ def _compile_field(
                 return any(test(part.strip(_PAD)) for part in raw.split("\\"))
             return False
 
-        return Match(predicate=tag_predicate, text=text, tags=tags)
+        return Match(predicate=tag_predicate, text=text, tags=tags, partial=_undecided)
 
     def fact_predicate(facts: MessageFacts) -> bool:
         return test(getter(facts))
 
-    return Match(predicate=fact_predicate, text=text, tags=tags)
+    return Match(predicate=fact_predicate, text=text, tags=tags, partial=_undecided)
 
 
 def _compile_test(
@@ -452,7 +514,7 @@ def _compile_source(value: Any, path: str) -> Match:
         return any(ip in n for n in v4)
 
     text = f"source in [{', '.join(written)}]" if len(written) > 1 else f"source in {written[0]}"
-    return Match(predicate=in_networks, text=text, tags=frozenset())
+    return Match(predicate=in_networks, text=text, tags=frozenset(), partial=in_networks)
 
 
 # --- text -----------------------------------------------------------------------------------

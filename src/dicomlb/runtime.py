@@ -10,13 +10,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from dicomlb.dicom.negotiation import Service
+from dicomlb.dicom.contexts import SyntaxPair, Verdict, combine
+from dicomlb.dicom.negotiation import Knowledge, Service, is_supported_abstract_syntax
+from dicomlb.dicom.pdu import AssociateRequest
 from dicomlb.dicom.qr import CommitmentRegistry, MoveRegistry
-from dicomlb.dicom.upstream import UpstreamPool
+from dicomlb.dicom.uids import VERIFICATION
+from dicomlb.dicom.upstream import Ask, UpstreamKey, UpstreamPool
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
-from dicomlb.snapshot import Ack, Snapshot, StorageCommitment
+from dicomlb.snapshot import (
+    Ack,
+    CalledAet,
+    DicomListenerConfig,
+    MessageFacts,
+    Snapshot,
+    StorageCommitment,
+)
 from dicomlb.studies import StudyIndex
 
 if TYPE_CHECKING:
@@ -70,9 +80,85 @@ class Runtime:
                     upstream = UpstreamPool(state, pool_config)
                 else:  # kept with its associations; the pool's settings may have changed
                     upstream.pool = pool_config
+                    upstream.learned.clear()  # and so may the backend: learn it anew
                 self.upstreams[state.name] = upstream
                 members.append(state)
             self.pools[pool_config.name] = Pool(pool_config, members)
+
+    def contexts_to_ask(
+        self, request: AssociateRequest, peer_ip: str, listener: DicomListenerConfig
+    ) -> list[Ask]:
+        """When the association's AE titles and address decide its pool, the available
+        backends of that pool that have not said about some of the client's contexts: asked
+        before the client is answered, so that even its first association is answered as
+        they would. Empty when several pools could serve it (what was learned decides)."""
+        facts = MessageFacts(
+            calling_aet=request.calling_ae,
+            called_aet=request.called_ae,
+            peer_ip=peer_ip,
+            command="",
+            sop_class_uid="",
+        )
+        pools = {route.pool.name: route.pool for route in self.router.candidates(facts)}
+        if len(pools) != 1:
+            return []
+        (pool,) = pools.values()
+        pairs = tuple(
+            dict.fromkeys(
+                (proposal.abstract_syntax, ts)
+                for proposal in request.contexts
+                if proposal.abstract_syntax != VERIFICATION
+                and is_supported_abstract_syntax(proposal.abstract_syntax, self.services)
+                for ts in proposal.transfer_syntaxes
+                if listener.encoding(ts) is not None
+            )
+        )
+        asks = []
+        for backend in pool.backends:
+            if backend.dicom is None or backend.store is not None:
+                continue
+            if not self.backends[backend.name].available:
+                continue
+            upstream = self.upstreams[backend.name]
+            called = (
+                request.called_ae
+                if pool.called_aet is CalledAet.PASSTHROUGH
+                else backend.dicom.ae_title
+            )
+            key = (request.calling_ae, called, request.user_info.raw_items)
+            if upstream.unknown(key, pairs):
+                asks.append(
+                    Ask(upstream=upstream, key=key, pairs=pairs, timeout=pool.connect_timeout)
+                )
+        return asks
+
+    def known_contexts(self, calling_ae: str, called_ae: str, peer_ip: str) -> Knowledge:
+        """What the backends that could serve an association said about a context: those
+        of the pools of every route its AE titles and address do not rule out."""
+        facts = MessageFacts(
+            calling_aet=calling_ae,
+            called_aet=called_ae,
+            peer_ip=peer_ip,
+            command="",
+            sop_class_uid="",
+        )
+        asked: list[tuple[UpstreamPool, UpstreamKey] | None] = []  # None: cannot be known
+        for route in self.router.candidates(facts):
+            for backend in route.pool.backends:
+                if backend.store is not None:  # the DICOM -> HTTP bridge takes any context
+                    asked.append(None)
+                elif backend.dicom is not None:
+                    passthrough = route.pool.called_aet is CalledAet.PASSTHROUGH
+                    called = called_ae if passthrough else backend.dicom.ae_title
+                    asked.append((self.upstreams[backend.name], (calling_ae, called, ())))
+
+        def known(pair: SyntaxPair) -> Verdict:
+            return combine(
+                Verdict.UNKNOWN if entry is None else entry[0].verdict(entry[1], pair)
+                for entry in asked
+            )
+
+        return known
 
     def pools_in_use(self) -> list[Pool]:
         """Pools a route (DICOM or HTTP) or the C-ECHO option sends to."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
+from dicomlb.dicom.uids import Encoding, encoding_of
 from dicomlb.http.h1 import Headers
 from dicomlb.http.paths import EncodedSlashes
 
@@ -98,6 +98,12 @@ class MessageFacts:
 
 
 Predicate = Callable[[MessageFacts], bool]
+# Three-valued: decided from an association's facts alone, or None (depends on the message).
+PartialPredicate = Callable[[MessageFacts], "bool | None"]
+
+
+def _undecided(facts: MessageFacts) -> bool | None:
+    return None
 
 
 class RequestFacts:
@@ -252,6 +258,7 @@ class RouteConfig:
     name: str
     match: Predicate
     pool: PoolConfig
+    partial: PartialPredicate = _undecided  # the match judged on an association's facts
     match_text: str = ""  # the match as written, for `dicomlb check` and logs
     ack: Ack = Ack.BACKEND
     mirror: tuple[PoolConfig, ...] = ()  # pools that each get an independent spooled copy
@@ -309,11 +316,22 @@ class DicomListenerConfig:
     max_pdu: int = 65536  # the largest P-DATA-TF dicomlb accepts from clients
     artim_timeout: float = 30.0  # from connect (TLS handshake included) to the A-ASSOCIATE-RQ
     idle_timeout: float = 300.0
-    transfer_syntaxes: tuple[str, ...] = KNOWN_TRANSFER_SYNTAXES
+    # Transfer syntaxes accepted from clients: those listed, and with `any_transfer_syntax`
+    # every UID whose encoding is known (`uids.encoding_of`).
+    transfer_syntaxes: tuple[str, ...] = ()
+    any_transfer_syntax: bool = True
+    encodings: Mapping[str, Encoding] = field(default_factory=dict)  # declared in the config
     echo_pool: PoolConfig | None = None  # None: dicomlb answers C-ECHO itself
     tls: TlsConfig | None = None
     # Bytes all associations together may hold while looking for routing tags.
     scan_budget: int = 64 << 20
+
+    def encoding(self, uid: str) -> Encoding | None:
+        """How data sets in transfer syntax `uid` are read; None when the listener does not
+        accept it."""
+        if self.any_transfer_syntax or uid in self.transfer_syntaxes:
+            return encoding_of(uid, self.encodings)
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

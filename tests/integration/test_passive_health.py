@@ -66,11 +66,13 @@ def test_a_malformed_data_set_fails_its_message_not_the_backend(
         assert "backend.down" not in caplog.text
 
 
-def test_a_refused_context_answers_sop_class_not_supported(
+def test_a_refused_context_is_refused_as_the_backend_would(
     balancer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A backend that takes CT only refuses MR: the MR store gets 0x0122 (not 0xA700 "no
-    healthy backend"), no `backend.unreachable` line, and the backend stays up (fall 1)."""
+    """A backend that takes CT only refuses MR: asked before the client is answered, dicomlb
+    refuses the MR context (result 3, abstract syntax not supported) where it used to answer
+    the store 0xA700 "no healthy backend"; no `backend.unreachable` line, and the backend
+    stays up (fall 1)."""
     port = free_port()
     scp = AE(ae_title="CTONLY")
     scp.add_supported_context(CTImageStorage, EXPLICIT)
@@ -83,11 +85,10 @@ def test_a_refused_context_answers_sop_class_not_supported(
         client.add_requested_context(MRImageStorage, EXPLICIT)
         client.add_requested_context(CTImageStorage, EXPLICIT)
         assoc = client.associate("127.0.0.1", lb.port, ae_title="DICOMLB")
-        mr = assoc.send_c_store(make_small(1, modality="MR")[0])
+        refused = {str(cx.abstract_syntax): cx.result for cx in assoc.rejected_contexts}
         ct = assoc.send_c_store(make_small(1)[0])
         assoc.release()
-        assert mr.Status == 0x0122, mr
-        assert "accepts it" in mr.ErrorComment
+        assert refused == {MRImageStorage: 0x03}
         assert ct.Status == 0x0000
         assert "backend.unreachable" not in caplog.text
         assert lb.backend("scp1").health.up

@@ -21,7 +21,7 @@ from dicomlb.config import (
     load_snapshot,
     parse_duration,
 )
-from dicomlb.dicom.uids import EXPLICIT_VR_LE, KNOWN_TRANSFER_SYNTAXES
+from dicomlb.dicom.uids import EXPLICIT_VR_LE, Encoding
 from dicomlb.snapshot import (
     BackendConfig,
     CalledAet,
@@ -139,7 +139,7 @@ def test_describe_summarises_listeners_routes_and_pools() -> None:
         "  allowed: any calling AE title from any address; associations per address: "
         "no limit; negotiating at once: 128 (per address: 16)",
         "  timeouts: ARTIM 30s, idle 5m; C-ECHO: answered by dicomlb",
-        f"  transfer syntaxes: all {len(KNOWN_TRANSFER_SYNTAXES)} that dicomlb can read",
+        "  transfer syntaxes: any (other UIDs than the standard ones as encapsulated)",
         "routes (first match wins):",
         "  1. ct-and-pet: Modality in [CT, PT] and calling_aet ~ /^CT_/ -> pool ct",
         "  2. default: everything -> pool general",
@@ -199,6 +199,7 @@ def test_every_option_is_read() -> None:
         artim_timeout=0.5,
         idle_timeout=60.0,
         transfer_syntaxes=(EXPLICIT_VR_LE, "1.2.840.10008.1.2"),
+        any_transfer_syntax=False,
         echo_pool=snap.pools["general"],
     )
     general = snap.pools["general"]
@@ -217,6 +218,43 @@ def test_every_option_is_read() -> None:
     assert "transfer syntaxes: ExplicitVRLittleEndian, ImplicitVRLittleEndian" in text
     assert "    - store-1: STORE1@[fd00::7]:11112  weight 1" in text
     assert "general: least_connections; health: off" in text
+
+
+def test_transfer_syntaxes_any_and_declared_encodings() -> None:
+    data = example()
+    data["listeners"]["dicom"]["transfer_syntaxes"] = [
+        "any",
+        {"uid": "1.2.840.113619.5.99", "encoding": "implicit_little"},
+        {"uid": "1.2.840.10008.1.2.4.201"},
+    ]
+    dicom = build_snapshot(data).dicom
+    assert dicom is not None
+    assert dicom.any_transfer_syntax
+    assert dicom.encodings == {"1.2.840.113619.5.99": Encoding.IMPLICIT_LITTLE}
+    assert dicom.encoding("1.2.840.113619.5.99") is Encoding.IMPLICIT_LITTLE
+    assert dicom.encoding("1.2.840.10008.1.2.4.57") is Encoding.ENCAPSULATED
+    assert dicom.encoding("1.2.840.10008.1.2.4.95") is Encoding.DEFLATED
+    assert dicom.encoding("1.2.840.10008.1.2.2") is Encoding.EXPLICIT_BIG
+    assert dicom.encoding("1.2.x") is None
+    text = describe(build_snapshot(data))
+    assert (
+        "transfer syntaxes: any (other UIDs than the standard ones as encapsulated), "
+        "1.2.840.113619.5.99 (implicit_little)"
+    ) in text
+
+
+def test_a_listed_transfer_syntax_restricts_and_may_declare() -> None:
+    data = example()
+    data["listeners"]["dicom"]["transfer_syntaxes"] = [
+        "JPEGLossless",
+        {"uid": "1.2.3.4", "encoding": "explicit_big"},
+    ]
+    dicom = build_snapshot(data).dicom
+    assert dicom is not None
+    assert not dicom.any_transfer_syntax
+    assert dicom.encoding("1.2.840.10008.1.2.4.57") is Encoding.ENCAPSULATED
+    assert dicom.encoding("1.2.3.4") is Encoding.EXPLICIT_BIG
+    assert dicom.encoding(EXPLICIT_VR_LE) is None
 
 
 def test_affinity_key_defaults_to_study_instance_uid() -> None:
@@ -448,10 +486,34 @@ BAD_CONFIGS: list[tuple[str, Mutation, str]] = [
         "here, or one of ct, general",
     ),
     (
-        "unknown transfer syntax",
-        listener(transfer_syntaxes=["1.2.3"]),
-        'listeners.dicom.transfer_syntaxes[0]: "1.2.3" is not a transfer syntax dicomlb can '
-        "read; use a UID or name of one of ExplicitVRLittleEndian,",
+        "not a transfer syntax",
+        listener(transfer_syntaxes=["1.2.03"]),
+        'listeners.dicom.transfer_syntaxes[0]: "1.2.03" is neither a transfer syntax name nor '
+        "a UID; write e.g. JPEGLossless, 1.2.840.10008.1.2.4.57 or any",
+    ),
+    (
+        "a SOP class as transfer syntax",
+        listener(transfer_syntaxes=["1.2.840.10008.5.1.4.1.1.2"]),
+        "listeners.dicom.transfer_syntaxes[0]: 1.2.840.10008.5.1.4.1.1.2 is a SOP Class (CT "
+        "Image Storage), not a transfer syntax",
+    ),
+    (
+        "a standard syntax declared otherwise",
+        listener(transfer_syntaxes=[{"uid": "1.2.840.10008.1.2", "encoding": "explicit_big"}]),
+        "listeners.dicom.transfer_syntaxes[0]: ImplicitVRLittleEndian is implicit_little "
+        "(PS3.5), not explicit_big; leave its encoding out",
+    ),
+    (
+        "unknown encoding",
+        listener(transfer_syntaxes=[{"uid": "1.2.3.4", "encoding": "zip"}]),
+        'listeners.dicom.transfer_syntaxes[0]: encoding "zip" of 1.2.3.4 is not one of '
+        "implicit_little, explicit_little, explicit_big, deflated, encapsulated",
+    ),
+    (
+        "entry without uid",
+        listener(transfer_syntaxes=[{"encoding": "deflated"}]),
+        "listeners.dicom.transfer_syntaxes[0]: the entry has no uid; write {uid: 1.2.3.4, "
+        "encoding: encapsulated}",
     ),
     (
         "bad pool name",

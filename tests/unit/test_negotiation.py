@@ -51,7 +51,7 @@ def answer(request: AssociateRequest, listener: DicomListenerConfig = LISTENER) 
 def test_accepts_storage_with_clients_first_acceptable_syntax() -> None:
     request = make_request(
         contexts=[
-            (1, CT_IMAGE_STORAGE, ("1.2.3.4.5.6", JPEG_BASELINE, EXPLICIT_VR_LE)),
+            (1, CT_IMAGE_STORAGE, ("1.2.3.x", JPEG_BASELINE, EXPLICIT_VR_LE)),
             (3, MR_IMAGE_STORAGE, (IMPLICIT_VR_LE, EXPLICIT_VR_LE)),
             (5, VERIFICATION, (IMPLICIT_VR_LE,)),
             (7, "1.2.826.0.1.3680043.9.9999.1", (EXPLICIT_VR_LE,)),  # private storage class
@@ -110,17 +110,33 @@ def test_storage_like_abstract_syntaxes_are_supported(abstract: str) -> None:
     assert is_supported_abstract_syntax(abstract)
 
 
-def test_unknown_transfer_syntaxes() -> None:
-    ac = answer(
-        make_request(contexts=[(9, CT_IMAGE_STORAGE, ("1.2.3", "1.2.840.10008.1.2.4.999"))])
-    )
+def test_what_is_no_uid_is_no_transfer_syntax() -> None:
+    ac = answer(make_request(contexts=[(9, CT_IMAGE_STORAGE, ("1.2.03", "1.2.x", ""))]))
     (result,) = ac.contexts
     assert result.result is ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED
     assert result.context_id == 9
 
 
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        "1.2.840.10008.1.2.4.57",  # JPEG Lossless, process 14
+        "1.2.840.10008.1.2.4.53",  # a retired JPEG process
+        "1.2.840.10008.1.2.4.107",  # HEVC
+        "1.2.840.10008.1.2.4.201",  # HTJ2K
+        "1.2.840.10008.1.2.4.999",  # not yet in the standard
+    ],
+)
+def test_any_other_uid_is_accepted_as_encapsulated(syntax: str) -> None:
+    ac = answer(make_request(contexts=[(1, CT_IMAGE_STORAGE, (syntax, EXPLICIT_VR_LE))]))
+    assert (ac.contexts[0].result, ac.contexts[0].transfer_syntax) == (
+        ContextResult.ACCEPTANCE,
+        syntax,
+    )
+
+
 def test_listener_transfer_syntaxes_restrict() -> None:
-    listener = replace(LISTENER, transfer_syntaxes=(IMPLICIT_VR_LE,))
+    listener = replace(LISTENER, transfer_syntaxes=(IMPLICIT_VR_LE,), any_transfer_syntax=False)
     ac = answer(
         make_request(contexts=[(1, CT_IMAGE_STORAGE, (EXPLICIT_VR_LE, IMPLICIT_VR_LE))]), listener
     )
@@ -177,7 +193,7 @@ def test_negotiate_dcmtk_storescu_request() -> None:
     assert len(ac.contexts) == 128
     accepted = [c for c in ac.contexts if c.result is ContextResult.ACCEPTANCE]
     assert len(accepted) >= 100
-    assert all(c.transfer_syntax in uids.KNOWN_TRANSFER_SYNTAXES for c in accepted)
+    assert all(uids.encoding_of(c.transfer_syntax) is not None for c in accepted)
     assert decode_pdu(2, memoryview(encode(ac))[6:]) == ac
 
 
@@ -187,7 +203,7 @@ def test_negotiate_dcmtk_storescu_request() -> None:
         st.tuples(
             st.sampled_from([CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, VERIFICATION, STUDY_ROOT_FIND]),
             st.lists(
-                st.sampled_from([EXPLICIT_VR_LE, IMPLICIT_VR_LE, JPEG_BASELINE, "1.2.3"]),
+                st.sampled_from([EXPLICIT_VR_LE, IMPLICIT_VR_LE, JPEG_BASELINE, "1.2.3", "1.2.x"]),
                 min_size=1,
                 max_size=4,
             ),
@@ -205,13 +221,13 @@ def test_negotiate_answers_every_context_in_order(contexts: list[tuple[str, list
     for proposal, result in zip(request.contexts, ac.contexts, strict=True):
         if result.result is ContextResult.ACCEPTANCE:
             assert result.transfer_syntax == next(
-                ts for ts in proposal.transfer_syntaxes if ts in uids.KNOWN_TRANSFER_SYNTAXES
+                ts for ts in proposal.transfer_syntaxes if uids.encoding_of(ts) is not None
             )
         elif proposal.abstract_syntax == STUDY_ROOT_FIND:
             assert result.result is ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED
         else:
             assert result.result is ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED
-            assert not set(proposal.transfer_syntaxes) & set(uids.KNOWN_TRANSFER_SYNTAXES)
+            assert all(uids.encoding_of(ts) is None for ts in proposal.transfer_syntaxes)
 
 
 # ------------------------------------------------------------------ upstream_request

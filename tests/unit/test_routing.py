@@ -320,7 +320,9 @@ def _route(name: str, spec: Any) -> RouteConfig:
         backends=(),
     )
     match = parse_match(spec, name)
-    return RouteConfig(name=name, match=match.predicate, pool=pool, match_text=match.text)
+    return RouteConfig(
+        name=name, match=match.predicate, pool=pool, match_text=match.text, partial=match.partial
+    )
 
 
 def test_first_match_wins_in_file_order() -> None:
@@ -346,7 +348,72 @@ def test_no_route_matches() -> None:
     assert Router([]).select(CT) is None
 
 
+def test_candidates_are_the_routes_the_association_does_not_rule_out() -> None:
+    router = Router(
+        [
+            _route("ct-room", {"calling_aet": "CT_ROOM"}),
+            _route("by-tag", {"Modality": "MR"}),
+            _route("lan", {"source": "10.0.0.0/8", "not": {"called_aet": "ARCHIVE"}}),
+            _route("either", {"any": [{"calling_aet": "WS"}, {"command": "C-FIND"}]}),
+            _route("rest", None),
+            _route("never", {"calling_aet": "X"}),
+        ]
+    )
+
+    def names(**association: str) -> list[str]:
+        return [r.name for r in router.candidates(facts(**association))]
+
+    # decided by the calling AE: the first route, the rest are never reached
+    assert names(calling_aet="CT_ROOM") == ["ct-room"]
+    # the tag route depends on the data set; the lan route is decided (and ends the list)
+    assert names(calling_aet="WS") == ["by-tag", "lan"]
+    assert names(calling_aet="WS", called_aet="ARCHIVE") == ["by-tag", "either"]
+    assert names(peer_ip="192.168.1.1") == ["by-tag", "either", "rest"]
+
+
 # --- properties -----------------------------------------------------------------------------
+
+SPECS = [
+    {"calling_aet": "CT_1"},
+    {"calling_aet": {"glob": "CT_*"}, "Modality": "CT"},
+    {"any": [{"source": "10.0.0.0/8"}, {"sop_class": CT_STORAGE}]},
+    {"not": {"all": [{"called_aet": "DICOMLB"}, {"command": "C-STORE"}]}},
+    {"not": {"any": [{"calling_aet": "MR_1"}, {"PatientID": {"exists": True}}]}},
+]
+
+
+@given(
+    spec=st.sampled_from(SPECS),
+    calling=st.sampled_from(["CT_1", "CT_2", "MR_1"]),
+    called=st.sampled_from(["DICOMLB", "ARCHIVE"]),
+    ip=st.sampled_from(["10.1.1.1", "192.168.0.1"]),
+    command=st.sampled_from(["C-STORE", "C-FIND"]),
+    sop_class=st.sampled_from([CT_STORAGE, MR_STORAGE]),
+    modality=st.sampled_from(["CT", "MR", None]),
+)
+def test_a_decided_partial_match_agrees_with_every_message(
+    spec: Any,
+    calling: str,
+    called: str,
+    ip: str,
+    command: str,
+    sop_class: str,
+    modality: str | None,
+) -> None:
+    match = parse_match(spec, "m")
+    tags = {"Modality": modality, "PatientID": "P1"} if modality else {}
+    message = facts(
+        calling_aet=calling,
+        called_aet=called,
+        peer_ip=ip,
+        command=command,
+        sop_class_uid=sop_class,
+        **tags,
+    )
+    association = facts(calling_aet=calling, called_aet=called, peer_ip=ip, command="")
+    decided = match.partial(association)
+    assert decided is None or decided == match.predicate(message)
+
 
 _WORDS = st.text(alphabet="ABCT_12", min_size=0, max_size=6)
 _GLOBS = st.text(alphabet="ABCT_12*?", min_size=0, max_size=6)

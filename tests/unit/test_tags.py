@@ -663,3 +663,30 @@ def test_corrupted_real_header_never_raises(
 
 
 CT_SMALL = _data_set(next(p for p in PART10 if p.name == "CT_small.dcm"))
+
+
+@pytest.mark.parametrize(
+    ("encoding", "like"),
+    [
+        (uids.Encoding.IMPLICIT_LITTLE, uids.IMPLICIT_VR_LE),
+        (uids.Encoding.EXPLICIT_BIG, uids.EXPLICIT_VR_BE),
+        (uids.Encoding.DEFLATED, uids.DEFLATED_EXPLICIT_VR_LE),
+        (uids.Encoding.ENCAPSULATED, "1.2.840.10008.1.2.4.50"),
+    ],
+)
+def test_a_declared_encoding_reads_a_private_syntax(encoding: uids.Encoding, like: str) -> None:
+    """A private transfer syntax UID declared in the config (`encoding`) is read as declared;
+    undeclared, any UID that is not a standard one is read as encapsulated."""
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    dataset.Modality = "CT"
+    dataset.StudyInstanceUID = "1.2.3.4"
+    data = encode(dataset, like)
+    private = "1.2.826.0.1.3680043.9.9999.7"
+    scanner = HeaderScanner(private, WANTED, encoding=encoding)
+    scanner.feed(data)
+    scanner.finish()
+    assert scanner.values[0x00080060] == "CT"
+    assert scanner.values[0x0020000D] == "1.2.3.4"
+    undeclared = scan(private, encode(dataset, "1.2.840.10008.1.2.4.50"))
+    assert undeclared.values[0x00080060] == "CT"

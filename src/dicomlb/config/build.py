@@ -400,6 +400,7 @@ class _Builder:
                 route = RouteConfig(
                     name=spec.name,
                     match=match.predicate,
+                    partial=match.partial,
                     pool=pool,
                     match_text=match.text,
                     ack=ack,
@@ -451,7 +452,12 @@ class _Builder:
         if spec.bind is not None:
             kwargs["host"], kwargs["port"] = spec.bind
         if spec.transfer_syntaxes is not None:
-            kwargs["transfer_syntaxes"] = tuple(dict.fromkeys(spec.transfer_syntaxes))
+            entries = spec.transfer_syntaxes
+            kwargs["any_transfer_syntax"] = any(not entry.uid for entry in entries)
+            kwargs["transfer_syntaxes"] = tuple(dict.fromkeys(e.uid for e in entries if e.uid))
+            kwargs["encodings"] = types.MappingProxyType(
+                {e.uid: e.encoding for e in entries if e.encoding is not None}
+            )
         if spec.echo != ECHO_LOCAL:
             echo_pool = pools.get(spec.echo)
             if echo_pool is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dicomlb.config.dicom import uid_name
 from dicomlb.config.tools import format_duration, host_port
 from dicomlb.dicom.tags import tag_name
-from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
 from dicomlb.snapshot import (
     Ack,
     HttpListenerConfig,
@@ -38,10 +37,15 @@ def describe(snapshot: Snapshot) -> str:
             else "any calling AE title from any address"
         )
         echo = f"pool {d.echo_pool.name}" if d.echo_pool else "answered by dicomlb"
+        listed = [
+            f"{uid_name(u)} ({d.encodings[u].value})" if u in d.encodings else uid_name(u)
+            for u in d.transfer_syntaxes
+        ]
+        declared = [f"{uid_name(u)} ({e.value})" for u, e in d.encodings.items()]
         syntaxes = (
-            f"all {len(d.transfer_syntaxes)} that dicomlb can read"
-            if set(d.transfer_syntaxes) == set(KNOWN_TRANSFER_SYNTAXES)
-            else ", ".join(uid_name(u) for u in d.transfer_syntaxes)
+            ", ".join(["any (other UIDs than the standard ones as encapsulated)", *declared])
+            if d.any_transfer_syntax
+            else ", ".join(listed)
         )
         lines += [
             f"dicom listener: {d.ae_title} on {host_port(d.host, d.port)}",

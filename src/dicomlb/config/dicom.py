@@ -5,6 +5,7 @@ health checks) and `routes`. Pools and backends also carry their HTTP parts
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, model_validator
@@ -32,7 +33,7 @@ from dicomlb.config.tools import (
     split_host_port,
 )
 from dicomlb.dicom.tags import MAX_BYTES
-from dicomlb.dicom.uids import KNOWN_TRANSFER_SYNTAXES
+from dicomlb.dicom.uids import STANDARD_ENCODINGS, Encoding, is_valid_uid
 from dicomlb.snapshot import (
     Ack,
     CalledAet,
@@ -50,6 +51,7 @@ from dicomlb.snapshot import (
 )
 
 __all__ = [
+    "ANY_TRANSFER_SYNTAX",
     "BRIDGE_FIELDS",
     "DEFAULT_AFFINITY_KEY",
     "ECHO_LOCAL",
@@ -60,6 +62,7 @@ __all__ = [
     "OrthancModel",
     "PoolModel",
     "RouteModel",
+    "SyntaxEntry",
     "backend_store",
     "parse_dicom_address",
     "uid_name",
@@ -119,17 +122,62 @@ _TS_NAMES = {
 }
 
 
-def _parse_transfer_syntax(value: Any) -> str:
+ANY_TRANSFER_SYNTAX = "any"
+
+
+@dataclass(frozen=True, slots=True)
+class SyntaxEntry:
+    """One `transfer_syntaxes` entry: a UID with its encoding when declared, or `any` (uid
+    empty)."""
+
+    uid: str
+    encoding: Encoding | None = None
+
+
+def _parse_transfer_syntax(value: Any) -> SyntaxEntry:
+    if value == ANY_TRANSFER_SYNTAX:
+        return SyntaxEntry("")
+    if isinstance(value, dict):
+        unknown = [str(key) for key in value if key not in ("uid", "encoding")]
+        if unknown or "uid" not in value:
+            what = f"has unknown key {unknown[0]}" if unknown else "has no uid"
+            raise ValueError(
+                f"the entry {what}; write {{uid: 1.2.3.4, encoding: encapsulated}} (encoding "
+                "only for a UID that is not encapsulated)"
+            )
+        uid = _transfer_syntax_uid(value["uid"])
+        if "encoding" not in value:
+            return SyntaxEntry(uid)
+        encodings = ", ".join(e.value for e in Encoding)
+        try:
+            encoding = Encoding(value["encoding"])
+        except ValueError:
+            raise ValueError(
+                f"encoding {show(value['encoding'])} of {uid} is not one of {encodings}"
+            ) from None
+        standard = STANDARD_ENCODINGS.get(uid)
+        if standard is not None and standard is not encoding:
+            raise ValueError(
+                f"{uid_name(uid)} is {standard.value} (PS3.5), not {encoding.value}; leave "
+                "its encoding out"
+            )
+        return SyntaxEntry(uid, encoding)
+    return SyntaxEntry(_transfer_syntax_uid(value))
+
+
+def _transfer_syntax_uid(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{show(value)} is not a transfer syntax; write a UID or a name")
     text = value.strip()
     uid = _TS_NAMES.get(text, text)
-    if uid not in KNOWN_TRANSFER_SYNTAXES:
-        known = ", ".join(uid_name(u) for u in KNOWN_TRANSFER_SYNTAXES)
+    if not is_valid_uid(uid):
         raise ValueError(
-            f"{show(value)} is not a transfer syntax dicomlb can read; use a UID or name of "
-            f"one of {known}"
+            f"{show(value)} is neither a transfer syntax name nor a UID; write e.g. "
+            f"JPEGLossless, 1.2.840.10008.1.2.4.57 or {ANY_TRANSFER_SYNTAX}"
         )
+    entry = UID_dictionary.get(uid)
+    if entry is not None and entry[1] != "Transfer Syntax":
+        raise ValueError(f"{uid} is a {entry[1]} ({entry[0]}), not a transfer syntax")
     return uid
 
 
@@ -184,7 +232,8 @@ class DicomListenerModel(Model):
     idle_timeout: Duration | None = None
     transfer_syntaxes: (
         Annotated[
-            list[Annotated[str, BeforeValidator(_parse_transfer_syntax)]], Field(min_length=1)
+            list[Annotated[SyntaxEntry, BeforeValidator(_parse_transfer_syntax)]],
+            Field(min_length=1),
         ]
         | None
     ) = None

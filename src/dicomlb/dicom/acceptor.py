@@ -1,9 +1,11 @@
 """The DICOM listener and its client associations (asyncio shell).
 
-`InboundAssociation` feeds bytes to the association and DIMSE cores, negotiates, runs the
-ARTIM and idle timers, enforces limits, and queues messages for its `Relay`, which moves
-them to backends one at a time in order. Reading pauses while a message's unsent data set
-fragments exceed a few PDUs, so a slow backend slows the client instead of filling memory.
+`InboundAssociation` feeds bytes to the association and DIMSE cores, negotiates (after
+asking the backends that will serve the association what they take, when its AE titles and
+address decide their pool and they have not said yet), runs the ARTIM and idle timers,
+enforces limits, and queues messages for its `Relay`, which moves them to backends one at a
+time in order. Reading pauses while a message's unsent data set fragments exceed a few PDUs,
+so a slow backend slows the client instead of filling memory.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from dicomlb.dicom.pdu import (
     reject,
 )
 from dicomlb.dicom.tags import ScanBudget
-from dicomlb.dicom.upstream import set_nodelay, write_buffers
+from dicomlb.dicom.upstream import Ask, ask_backends, set_nodelay, write_buffers
 from dicomlb.runtime import Runtime
 from dicomlb.tls import ServerHandshake
 
@@ -205,6 +207,7 @@ class InboundAssociation(asyncio.Protocol):
         self._hold = False
         self._current: FragmentStream | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._asking: asyncio.Task[None] | None = None  # backends asked before answering
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._reading_paused = False  # by dicomlb, for back-pressure: silence is ours then
@@ -269,6 +272,9 @@ class InboundAssociation(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self._last_activity = time.monotonic()
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             for event in self.assoc.receive_data(data):
                 self._on_event(event)
@@ -346,6 +352,16 @@ class InboundAssociation(asyncio.Protocol):
                 else:
                     self._on_command(dimse)
         elif isinstance(event, AssociateRequest):
+            self._stop_artim()
+            self.calling_ae = event.calling_ae
+            self.called_ae = event.called_ae
+            asks = []
+            if self.listener.admit(event.calling_ae, self.source) is None:
+                asks = self.runtime.contexts_to_ask(event, self.peer[0], self.config)
+            if asks:  # the backend's answer first, then the client's (held in Sta3)
+                loop = asyncio.get_running_loop()
+                self._asking = loop.create_task(self._ask_then_answer(event, asks))
+                return
             self._on_associate(event)
             # What came after the request (an A-ABORT in the same segment) waited in the
             # core until the request was answered.
@@ -358,16 +374,27 @@ class InboundAssociation(asyncio.Protocol):
             self._outcome = f"aborted by the client (reason {event.reason})"
             self._shutdown(self._outcome)
 
+    async def _ask_then_answer(self, request: AssociateRequest, asks: list[Ask]) -> None:
+        """Learn what the backends that will serve this association take, then answer it
+        (cancelled with the connection)."""
+        try:
+            await ask_backends(asks)
+        except Exception as err:  # a bug must not leave the client unanswered: answer as is
+            log.error("contexts.ask_failed calling_aet=%s reason=%r", self.calling_ae, str(err))
+        self._asking = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._on_associate(request)
+        self._feed(b"")  # what came after the request waited in the core
+
     def _on_associate(self, request: AssociateRequest) -> None:
-        self._stop_artim()
-        self.calling_ae = request.calling_ae
-        self.called_ae = request.called_ae
         rejection = self.listener.admit(request.calling_ae, self.source)
         answer: AssociateAccept | AssociateReject
         if rejection is not None:
             answer, why = rejection.answer, rejection.why
         else:
-            answer = negotiate(request, self.config, self.runtime.services)
+            known = self.runtime.known_contexts(request.calling_ae, request.called_ae, self.peer[0])
+            answer = negotiate(request, self.config, self.runtime.services, known)
             why = "association negotiation failed"
             if isinstance(answer, AssociateAccept) and not self._backends_available(answer):
                 answer = reject(RejectReason.TEMPORARY_CONGESTION, transient=True)
@@ -593,6 +620,8 @@ class InboundAssociation(asyncio.Protocol):
             self._current = None
         if self._relay_task is not None and not self._relay_task.done():
             self._relay_task.cancel()
+        if self._asking is not None and not self._asking.done():
+            self._asking.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

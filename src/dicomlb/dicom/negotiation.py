@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from dicomlb.dicom import uids
+from dicomlb.dicom.contexts import SyntaxPair, Verdict
 from dicomlb.dicom.pdu import (
     AssociateAccept,
     AssociateReject,
@@ -62,6 +63,14 @@ UNSUPPORTED_PREFIXES = (
 
 USER_IDENTITY_RQ = 0x58
 
+# What the backends that could serve an association said about a context, together
+# (`contexts.combine`); UNKNOWN when nothing was learned.
+Knowledge = Callable[[SyntaxPair], Verdict]
+
+
+def _nothing_known(pair: SyntaxPair) -> Verdict:
+    return Verdict.UNKNOWN
+
 
 def is_supported_abstract_syntax(uid: str, services: frozenset[Service] = frozenset()) -> bool:
     """Whether dicomlb accepts a context for `uid` when it offers `services`."""
@@ -77,9 +86,11 @@ def negotiate(
     request: AssociateRequest,
     listener: DicomListenerConfig,
     services: frozenset[Service] = frozenset(),
+    known: Knowledge = _nothing_known,
 ) -> AssociateAccept | AssociateReject:
     """dicomlb's answer to a client's A-ASSOCIATE-RQ, offering storage, verification and
-    `services`."""
+    `services`: each context is answered as the backends that could serve it would (`known`),
+    among the transfer syntaxes the listener reads."""
     if not request.protocol_version & 1:
         return reject(RejectReason.PROTOCOL_VERSION_NOT_SUPPORTED)
     if request.application_context != uids.APPLICATION_CONTEXT:
@@ -88,7 +99,7 @@ def negotiate(
         return reject(RejectReason.CALLED_AE_NOT_RECOGNIZED)
     results = []
     for proposal in request.contexts:
-        results.append(_answer_context(proposal, listener.transfer_syntaxes, services))
+        results.append(_answer_context(proposal, listener, services, known))
     # PS3.7 D.3.3.4: with query/retrieve, a C-GET client is the SCP of its sub-operation
     # C-STOREs; dicomlb mirrors the roles it proposes (and proposes them to the backend).
     # Otherwise dicomlb is the SCP of what it relays and the client stays SCU.
@@ -118,27 +129,37 @@ def negotiate(
 
 
 def _answer_context(
-    proposal: PresentationContextProposal, accepted: Iterable[str], services: frozenset[Service]
+    proposal: PresentationContextProposal,
+    listener: DicomListenerConfig,
+    services: frozenset[Service],
+    known: Knowledge,
 ) -> PresentationContextResult:
-    if not is_supported_abstract_syntax(proposal.abstract_syntax, services):
-        return PresentationContextResult(
-            context_id=proposal.context_id,
-            result=ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED,
-            transfer_syntax=proposal.transfer_syntaxes[0] if proposal.transfer_syntaxes else "",
-        )
-    allowed = set(accepted)
-    # The client's order is its preference; the first one dicomlb can scan wins.
-    for syntax in proposal.transfer_syntaxes:
-        if syntax in allowed:
+    abstract = proposal.abstract_syntax
+    first = proposal.transfer_syntaxes[0] if proposal.transfer_syntaxes else ""
+    if not is_supported_abstract_syntax(abstract, services):
+        return _refused(proposal, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, first)
+    readable = [ts for ts in proposal.transfer_syntaxes if listener.encoding(ts) is not None]
+    if abstract == uids.VERIFICATION:  # dicomlb answers C-ECHO itself unless told otherwise
+        verdicts = [Verdict.UNKNOWN] * len(readable)
+    else:
+        verdicts = [known((abstract, ts)) for ts in readable]
+    if verdicts and all(v is Verdict.ABSTRACT_REFUSED for v in verdicts):
+        return _refused(proposal, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, first)
+    # The client's order is its preference: the first syntax dicomlb reads and no candidate
+    # backend is known to refuse wins.
+    for ts, verdict in zip(readable, verdicts, strict=True):
+        if verdict in (Verdict.ACCEPTED, Verdict.UNKNOWN):
             return PresentationContextResult(
-                context_id=proposal.context_id,
-                result=ContextResult.ACCEPTANCE,
-                transfer_syntax=syntax,
+                context_id=proposal.context_id, result=ContextResult.ACCEPTANCE, transfer_syntax=ts
             )
+    return _refused(proposal, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, first)
+
+
+def _refused(
+    proposal: PresentationContextProposal, result: ContextResult, syntax: str
+) -> PresentationContextResult:
     return PresentationContextResult(
-        context_id=proposal.context_id,
-        result=ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED,
-        transfer_syntax=proposal.transfer_syntaxes[0] if proposal.transfer_syntaxes else "",
+        context_id=proposal.context_id, result=result, transfer_syntax=syntax
     )
 
 

@@ -100,7 +100,8 @@ async def place(relay: Relay, message: InboundMessage, command_name: str) -> Pla
     """Read the identifier and pick the route; raises QueryRefused when no route matches."""
     identifier = await read_identifier(message)
     wanted = relay.runtime.snapshot.wanted_tags | IDENTIFIER_TAGS
-    scanner = HeaderScanner(message.transfer_syntax, wanted)
+    encoding = relay.inbound.config.encoding(message.transfer_syntax)
+    scanner = HeaderScanner(message.transfer_syntax, wanted, encoding=encoding)
     scanner.feed(identifier)
     scanner.finish()
     values = scanner.values

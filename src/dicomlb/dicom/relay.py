@@ -30,6 +30,7 @@ from dicomlb.dicom.status import succeeded
 from dicomlb.dicom.tags import HeaderScanner, is_uid, tag_name
 from dicomlb.dicom.upstream import (
     ClientUpstreams,
+    ContextRejected,
     Rejected,
     Unreachable,
     UpstreamAssociation,
@@ -346,7 +347,8 @@ class Relay:
         assert message.data is not None
         if not wanted:
             return head, False, {}, False
-        scanner = HeaderScanner(message.transfer_syntax, wanted)
+        encoding = self.inbound.config.encoding(message.transfer_syntax)
+        scanner = HeaderScanner(message.transfer_syntax, wanted, encoding=encoding)
         budget = self.inbound.listener.scan_budget
         with budget.lease(self.inbound.config.scan_budget) as lease:
             while not scanner.done:
@@ -430,7 +432,12 @@ class Relay:
         """A backend could not take a message (no association): one log line, and passive
         health told what happened."""
         event = "backend.unreachable" if isinstance(err, Unreachable) else "backend.declined"
-        log.warning(
+        # A refusal said before is what it was then: logged once, when it was learned.
+        level = (
+            logging.DEBUG if isinstance(err, ContextRejected) and err.learned else logging.WARNING
+        )
+        log.log(
+            level,
             "%s backend=%s pool=%s cause=%s reason=%r",
             event,
             backend.name,

@@ -28,7 +28,7 @@ from pydicom.charset import convert_encodings, decode_bytes, default_encoding, p
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag, tag_for_keyword
 from pydicom.filereader import data_element_generator
 
-from dicomlb.dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from dicomlb.dicom.uids import Encoding, encoding_of
 
 __all__ = [
     "FALLBACK_MAX_BYTES",
@@ -173,29 +173,36 @@ class HeaderScanner:
     """Bytes the scanner needs before it can make progress (0 once done); a hint only."""
 
     def __init__(
-        self, transfer_syntax_uid: str, wanted: Iterable[int], *, max_bytes: int = MAX_BYTES
+        self,
+        transfer_syntax_uid: str,
+        wanted: Iterable[int],
+        *,
+        max_bytes: int = MAX_BYTES,
+        encoding: Encoding | None = None,
     ) -> None:
         """Scan a data set in `transfer_syntax_uid` for the `wanted` tags.
 
-        Any transfer syntax not implicit VR, deflated or big endian is explicit VR little
-        endian, as every encapsulated syntax is (PS3.5 A.4).
+        `encoding` says how that syntax encodes the data set (the listener's
+        `DicomListenerConfig.encoding`); by default `uids.encoding_of`: any syntax not
+        implicit VR, deflated or big endian is explicit VR little endian, as every
+        encapsulated syntax is (PS3.5 A.4).
         """
+        if encoding is None:
+            encoding = encoding_of(transfer_syntax_uid) or Encoding.EXPLICIT_LITTLE
         self._asked = frozenset(int(tag) for tag in wanted)
         # (0008,0005) is always read: the text of the other wanted elements depends on it.
         self._wanted = self._asked | {SPECIFIC_CHARACTER_SET}
         self._max_tag = max(self._wanted)
         self._max_bytes = max_bytes
-        self._implicit = transfer_syntax_uid == IMPLICIT_VR_LE
-        self._little = transfer_syntax_uid != EXPLICIT_VR_BE
+        self._implicit = encoding is Encoding.IMPLICIT_LITTLE
+        self._little = encoding is not Encoding.EXPLICIT_BIG
         endian = "<" if self._little else ">"
         self._endian = endian
         self._explicit_header = struct.Struct(endian + "HH2sH")
         self._implicit_header = struct.Struct(endian + "HHL")
         self._u32 = struct.Struct(endian + "L")
         self._inflater = (
-            zlib.decompressobj(-zlib.MAX_WBITS)
-            if transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE
-            else None
+            zlib.decompressobj(-zlib.MAX_WBITS) if encoding is Encoding.DEFLATED else None
         )
         self._buf = bytearray()
         self._pos = 0  # next unread byte in _buf

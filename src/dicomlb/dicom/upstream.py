@@ -24,11 +24,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
 from dicomlb.capacity import Capacity, Unanswered
+from dicomlb.dicom import uids
 from dicomlb.dicom.association import Association, AssocState, ConnectionClosed, Role
+from dicomlb.dicom.contexts import LearnedContexts, Verdict
 from dicomlb.dicom.dimse import (
     Command,
     CommandReceived,
@@ -44,6 +47,7 @@ from dicomlb.dicom.pdu import (
     AbortSource,
     AssociateAccept,
     AssociateReject,
+    ContextResult,
     PData,
     ReleaseReply,
     ReleaseRequest,
@@ -95,10 +99,12 @@ class Rejected(UpstreamError):
 
 
 class ContextRejected(UpstreamError):
-    """The backend does not take this abstract syntax in this transfer syntax."""
+    """The backend does not take this abstract syntax in this transfer syntax; `learned`:
+    it said so before, and was not asked again."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, learned: bool = False) -> None:
         super().__init__(reason, Cause.CONTEXT_REJECTED)
+        self.learned = learned
 
 
 class Busy(UpstreamError):
@@ -148,6 +154,8 @@ class UpstreamAssociation(asyncio.Protocol):
         self.established: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.contexts: dict[SyntaxPair, int] = {}
+        # Each proposed pair with the backend's result (PS3.8 9.3.3.2), from its A-ASSOCIATE-AC.
+        self.answers: list[tuple[SyntaxPair, int]] = []
         self.error: UpstreamError | None = None  # the first failure; the association is done
         # Clean (reusable) only when every request sent was answered and no data set is
         # half sent: a lease gives back only clean associations, and aborts the others.
@@ -216,6 +224,8 @@ class UpstreamAssociation(asyncio.Protocol):
     def _on_event(self, event: object) -> None:
         if isinstance(event, AssociateAccept):
             self.contexts = {}
+            answered = {ctx.context_id: ctx.result for ctx in event.contexts}
+            self.answers = []
             for proposal in self.request.contexts:
                 result = self.assoc.accepted.get(proposal.context_id)
                 pair = (proposal.abstract_syntax, proposal.transfer_syntaxes[0])
@@ -223,6 +233,12 @@ class UpstreamAssociation(asyncio.Protocol):
                 # (PS3.8 9.3.3.2 forbids it) would relay data the backend cannot read.
                 if result is not None and result.transfer_syntax == pair[1]:
                     self.contexts[pair] = proposal.context_id
+                    self.answers.append((pair, ContextResult.ACCEPTANCE))
+                elif proposal.context_id in answered:
+                    refusal = answered[proposal.context_id]
+                    if refusal == ContextResult.ACCEPTANCE:  # in another syntax
+                        refusal = ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED
+                    self.answers.append((pair, refusal))
             if not self.established.done():
                 self.established.set_result(None)
         elif isinstance(event, AssociateReject):
@@ -552,6 +568,25 @@ async def connect(
     return up
 
 
+_REFUSED = frozenset({Verdict.ABSTRACT_REFUSED, Verdict.SYNTAX_REFUSED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ask:
+    """A backend to ask, as `key`'s AE titles, about `pairs` within `timeout` before a client's
+    association is answered (`UpstreamPool.ask`)."""
+
+    upstream: UpstreamPool
+    key: UpstreamKey
+    pairs: tuple[SyntaxPair, ...]
+    timeout: float
+
+
+async def ask_backends(asks: Iterable[Ask]) -> None:
+    """Ask every backend at once; done when all answered or gave up."""
+    await asyncio.gather(*(a.upstream.ask(a.key, a.pairs, a.timeout) for a in asks))
+
+
 def _ignore(_: CommandReceived | DataReceived) -> None:
     """Drops the data set of a request nobody expected."""
 
@@ -666,6 +701,8 @@ class UpstreamPool:
         self.last_answer: float | None = None  # loop time the backend last answered a message
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closing: set[asyncio.Task[None]] = set()
+        # What the backend accepted and refused, per (called AE, calling AE).
+        self.learned = LearnedContexts()
         # The DICOM -> HTTP bridge's keep-alive client for `store_via` backends (made on
         # first use by dicomlb.bridge.store.client_for; closed with the pool).
         self.bridge: HttpStoreClient | None = None
@@ -673,6 +710,50 @@ class UpstreamPool:
     @property
     def per_client(self) -> bool:
         return self.pool.upstream is UpstreamMode.PER_CLIENT
+
+    def unknown(self, key: UpstreamKey, pairs: Iterable[SyntaxPair]) -> list[SyntaxPair]:
+        """Those of `pairs` the backend has not said about (as `key`'s AE titles)."""
+        return [pair for pair in pairs if self.verdict(key, pair) is Verdict.UNKNOWN]
+
+    async def ask(self, key: UpstreamKey, pairs: Iterable[SyntaxPair], timeout: float) -> None:
+        """Learn what the backend takes of `pairs` before a client is answered: an
+        association proposing those not known yet, released at once. Only when a slot is
+        free or idle now (a client is waiting); a backend that cannot be reached teaches
+        nothing, and its health is the checks' business."""
+        unknown = self.unknown(key, pairs)
+        # (an idle association may be replaced; a slot in use is not waited for)
+        if not unknown or self.held >= self.capacity.limit(asyncio.get_running_loop().time()):
+            return
+        try:
+            # Released at once, as a health check's: kept idle, it would hold the one slot of
+            # a backend taking one association at a time for a client that may never send.
+            async with Lease(self, key, unknown[0], unknown, probe=timeout):
+                pass
+        except ContextRejected:
+            pass  # learned all the same
+        except UpstreamError as err:
+            log.info(
+                "contexts.not_asked backend=%s calling_aet=%s called_aet=%s cause=%s reason=%r",
+                self.backend.name,
+                key[0],
+                key[1],
+                err.cause.value,
+                str(err),
+            )
+            return
+        log.info(
+            "contexts.asked backend=%s calling_aet=%s called_aet=%s proposed=%d refused=%d",
+            self.backend.name,
+            key[0],
+            key[1],
+            len(unknown),
+            sum(1 for pair in unknown if self.verdict(key, pair) in _REFUSED),
+        )
+
+    def verdict(self, key: UpstreamKey, pair: SyntaxPair) -> Verdict:
+        """What the backend said about `pair` when associated as `key`'s AE titles, since it
+        last came up (a backend reconfigured while down may say otherwise now)."""
+        return self.learned.verdict((key[1], key[0]), pair, self.backend.health.recoveries)
 
     def lease(
         self,
@@ -709,6 +790,8 @@ class UpstreamPool:
             raise ContextRejected(
                 f"{self.backend.name} has no dicom address (http only: C-STORE over store_via)"
             )
+        if self.verdict(key, needed) in _REFUSED:  # said before: no association to ask again
+            raise ContextRejected(self._refusal(key, needed), learned=True)
         loop = asyncio.get_running_loop()
         wait = self.pool.acquire_timeout if probe is None else probe
         deadline = loop.time() + wait
@@ -775,7 +858,16 @@ class UpstreamPool:
         self._opening += 1
         address = self.backend.config.dicom
         assert address is not None  # config.py: DICOM routes use pools of DICOM backends
-        proposal = [needed, *contexts]
+        # The needed SOP class in the default syntax too: refused there, the backend does not
+        # take the SOP class at all (`contexts.LearnedContexts`). And verification: a backend
+        # that takes none of the others still answers with an A-ASSOCIATE-AC saying what it
+        # refuses, where many would reject the association.
+        proposal = [
+            needed,
+            (needed[0], uids.IMPLICIT_VR_LE),
+            *contexts,
+            (uids.VERIFICATION, uids.IMPLICIT_VR_LE),
+        ]
         timeout = self.pool.connect_timeout if probe is None else probe
         up: UpstreamAssociation | None = None
         try:
@@ -792,15 +884,21 @@ class UpstreamPool:
                 raise self._unreachable(err, up is not None, timeout) from None
             raise
         self._opening -= 1
+        self.learned.learn((key[1], key[0]), up.answers, self.backend.health.recoveries)
         if up.context_for(needed) is None:
             self._retire(up)
-            raise ContextRejected(
-                f"{self.backend.name} rejected abstract syntax {needed[0]} "
-                f"with transfer syntax {needed[1]}"
-            )
+            raise ContextRejected(self._refusal(key, needed))
         up.closed.add_done_callback(lambda _: self._forget(up))
         log.debug("upstream.associated backend=%s calling_aet=%s", self.backend.name, key[0])
         return up
+
+    def _refusal(self, key: UpstreamKey, needed: SyntaxPair) -> str:
+        if self.verdict(key, needed) is Verdict.ABSTRACT_REFUSED:
+            return f"{self.backend.name} does not support SOP class {needed[0]}"
+        return (
+            f"{self.backend.name} rejected abstract syntax {needed[0]} "
+            f"with transfer syntax {needed[1]}"
+        )
 
     def _unreachable(
         self, err: OSError | UpstreamError, connected: bool, timeout: float
