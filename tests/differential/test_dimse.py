@@ -126,13 +126,6 @@ def stored(site: Site, path: Path) -> str:
     return "as sent" if kept == dataset_bytes(path) else f"changed: {digest(kept)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dicomlb accepts the HTJ2K syntaxes (.4.201-.4.203), which Orthanc 1.10 refuses "
-    "(their C-STOREs then fail 0x0122), and refuses MPEG-4 / HEVC (.4.104-.4.108) and JPIP "
-    "(.4.94, .4.95), which Orthanc accepts; a refused syntax is reason 4 (transfer syntaxes "
-    "not supported) from dicomlb, 3 (abstract syntax not supported) from Orthanc",
-)
 def test_every_transfer_syntax(differ: Any, site: Site, tmp_path: Path) -> None:
     """One context per transfer syntax (all of pydicom's, JPIP, a private one); a C-STORE
     on every accepted one but JPIP; what Orthanc stored."""
@@ -159,11 +152,6 @@ def test_every_transfer_syntax(differ: Any, site: Site, tmp_path: Path) -> None:
     differ("C-STORE in every transfer syntax", scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dicomlb accepts the context of a SOP class Orthanc refuses (result 3, abstract "
-    "syntax not supported); the C-STORE on it then fails 0x0122",
-)
 def test_unknown_sop_class(differ: Any, tmp_path: Path) -> None:
     """A storage SOP class nobody knows, proposed beside CT: Orthanc refuses its context
     (UnknownSopClassAccepted is false)."""

@@ -62,8 +62,15 @@ def test_result_3_in_another_syntax_refuses_only_that_syntax() -> None:
     every syntax it knows."""
     table = LearnedContexts()
     table.learn(PACS, [((CT_IMAGE_STORAGE, HTJ2K), NO_SOP_CLASS)], 0)
-    assert table.verdict(PACS, (CT_IMAGE_STORAGE, HTJ2K), 0) is Verdict.SYNTAX_REFUSED
+    assert table.verdict(PACS, (CT_IMAGE_STORAGE, HTJ2K), 0) is Verdict.REFUSED_AS_ABSTRACT
     assert table.verdict(PACS, (CT_IMAGE_STORAGE, EXPLICIT_VR_LE), 0) is Verdict.UNKNOWN
+    # A client proposing CT in HTJ2K alone hears what the backend said (3); with another
+    # syntax proposed too, that one is taken.
+    known = {(CT_IMAGE_STORAGE, HTJ2K): Verdict.REFUSED_AS_ABSTRACT}
+    assert answer_with(known, [(CT_IMAGE_STORAGE, (HTJ2K,))]) == [(NO_SOP_CLASS, HTJ2K)]
+    assert answer_with(known, [(CT_IMAGE_STORAGE, (HTJ2K, EXPLICIT_VR_LE))]) == [
+        (OK, EXPLICIT_VR_LE)
+    ]
 
 
 def test_a_new_epoch_forgets() -> None:
@@ -106,7 +113,7 @@ verdicts = st.sampled_from(list(Verdict))
 @given(st.lists(verdicts, max_size=6))
 def test_combine_refuses_only_what_every_candidate_refused(found: list[Verdict]) -> None:
     together = combine(found)
-    refused = {Verdict.ABSTRACT_REFUSED, Verdict.SYNTAX_REFUSED}
+    refused = {Verdict.ABSTRACT_REFUSED, Verdict.SYNTAX_REFUSED, Verdict.REFUSED_AS_ABSTRACT}
     assert (together in refused) == (bool(found) and all(v in refused for v in found))
     assert (together is Verdict.ACCEPTED) == (Verdict.ACCEPTED in found)
 
@@ -183,7 +190,7 @@ def test_negotiation_accepts_exactly_the_first_syntax_not_refused(
     ]
     if open_:
         assert (result, syntax) == (OK, open_[0])
-    elif all(v is Verdict.ABSTRACT_REFUSED for v in says):
-        assert result is NO_SOP_CLASS
+    elif all(v in (Verdict.ABSTRACT_REFUSED, Verdict.REFUSED_AS_ABSTRACT) for v in says):
+        assert result is NO_SOP_CLASS  # as every candidate answered: 3
     else:
         assert result is NO_SYNTAX

@@ -31,7 +31,10 @@ class Verdict(enum.Enum):
 
     ACCEPTED = "accepted"
     ABSTRACT_REFUSED = "abstract_refused"  # PS3.8 9.3.3.2 result 3, in implicit VR LE
-    SYNTAX_REFUSED = "syntax_refused"  # not in this transfer syntax (result 1 to 4)
+    SYNTAX_REFUSED = "syntax_refused"  # not in this transfer syntax (result 1, 2 or 4)
+    # Result 3 for this transfer syntax only (Orthanc's answer for a syntax it does not know):
+    # the SOP class is taken in others, but a client proposing only this one hears 3.
+    REFUSED_AS_ABSTRACT = "refused_as_abstract"
     UNKNOWN = "unknown"
 
 
@@ -39,7 +42,7 @@ class _Known:
     __slots__ = ("pairs", "refused_abstracts")
 
     def __init__(self) -> None:
-        self.pairs: collections.OrderedDict[SyntaxPair, bool] = collections.OrderedDict()
+        self.pairs: collections.OrderedDict[SyntaxPair, int] = collections.OrderedDict()
         self.refused_abstracts: collections.OrderedDict[str, None] = collections.OrderedDict()
 
 
@@ -72,7 +75,7 @@ class LearnedContexts:
             self._known.move_to_end(identity)
         for pair, result in answers:
             accepted = result == ContextResult.ACCEPTANCE
-            known.pairs[pair] = accepted
+            known.pairs[pair] = result
             known.pairs.move_to_end(pair)
             if accepted:
                 known.refused_abstracts.pop(pair[0], None)
@@ -96,11 +99,15 @@ class LearnedContexts:
         if known is None:
             return Verdict.UNKNOWN
         said = known.pairs.get(pair)
-        if said is True:
+        if said == ContextResult.ACCEPTANCE:
             return Verdict.ACCEPTED
         if pair[0] in known.refused_abstracts:
             return Verdict.ABSTRACT_REFUSED
-        return Verdict.UNKNOWN if said is None else Verdict.SYNTAX_REFUSED
+        if said is None:
+            return Verdict.UNKNOWN
+        if said == ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED:
+            return Verdict.REFUSED_AS_ABSTRACT
+        return Verdict.SYNTAX_REFUSED
 
     def clear(self) -> None:
         self._known.clear()
@@ -114,7 +121,8 @@ class LearnedContexts:
 def combine(verdicts: Iterable[Verdict]) -> Verdict:
     """What the candidate backends say together: accepted when one accepts, unknown while one
     has not said (or there is none), refused only when every one refused (the abstract
-    syntax when every one refused that)."""
+    syntax when every one refused that; refused as an abstract syntax when every one
+    answered 3, for the SOP class or for this syntax)."""
     seen = set(verdicts)
     if not seen or Verdict.UNKNOWN in seen:
         return Verdict.ACCEPTED if Verdict.ACCEPTED in seen else Verdict.UNKNOWN
@@ -122,4 +130,6 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
         return Verdict.ACCEPTED
     if seen == {Verdict.ABSTRACT_REFUSED}:
         return Verdict.ABSTRACT_REFUSED
+    if seen <= {Verdict.ABSTRACT_REFUSED, Verdict.REFUSED_AS_ABSTRACT}:
+        return Verdict.REFUSED_AS_ABSTRACT
     return Verdict.SYNTAX_REFUSED

@@ -152,6 +152,11 @@ def _answer_context(
             return PresentationContextResult(
                 context_id=proposal.context_id, result=ContextResult.ACCEPTANCE, transfer_syntax=ts
             )
+    # Refused in every proposed syntax: with the backends' own reason when they all gave 3.
+    as_abstract = {Verdict.ABSTRACT_REFUSED, Verdict.REFUSED_AS_ABSTRACT}
+    every_one_read = len(readable) == len(proposal.transfer_syntaxes)
+    if verdicts and every_one_read and set(verdicts) <= as_abstract:
+        return _refused(proposal, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, first)
     return _refused(proposal, ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, first)
 
 

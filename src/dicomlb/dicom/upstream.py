@@ -568,7 +568,9 @@ async def connect(
     return up
 
 
-_REFUSED = frozenset({Verdict.ABSTRACT_REFUSED, Verdict.SYNTAX_REFUSED})
+_REFUSED = frozenset(
+    {Verdict.ABSTRACT_REFUSED, Verdict.SYNTAX_REFUSED, Verdict.REFUSED_AS_ABSTRACT}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
