@@ -175,7 +175,12 @@ class Association:
             body = view[pos + PDU_HEADER_LEN : pos + need]
             pos += need
             need = PDU_HEADER_LEN
-            event = self._received(decode_pdu(pdu_type, body))
+            try:
+                pdu = decode_pdu(pdu_type, body)
+            except RemoteProtocolError:
+                self.state = S.STA13  # AA-8: the reply is an A-ABORT, then the close
+                raise
+            event = self._received(pdu)
             if event is not None:
                 events.append(event)
         if pos < end and not self._ended():
