@@ -595,14 +595,18 @@ class Metrics:
             status=str(status),
         )
 
-    def spool_delivery(self, backend: str, result: str) -> None:
-        """A spooled item's attempt ended: `delivered`, `failed` (retried later) or `dead`."""
+    def spool_delivery(
+        self, backend: str, result: str, *, sop_instance_uid: str = "", reason: str = ""
+    ) -> None:
+        """A spooled item's attempt ended: `delivered`, `failed` (retried later) or `dead`
+        (a recent error, with the instance and why it was given up on when given)."""
         self.spool_deliveries.labels(backend, result).inc()
         if result == "dead":
             self.errors.add(
                 "spool.dead",
-                f"a spooled instance for backend {backend} was given up on: a dead letter "
-                "(the spool panel lists them with their reason)",
+                f"a spooled instance for backend {backend} was given up on: "
+                + (reason or "a dead letter (the spool panel lists them with their reason)"),
+                sop_instance_uid=sop_instance_uid,
                 backend=backend,
             )
 
@@ -618,7 +622,9 @@ class Metrics:
         """A spool task failed; the supervisor restarts it."""
         self.spool_task_restarts.labels(task, backend).inc()
 
-    def spool_refusal(self, *, route: str, pool: str, status: int) -> None:
+    def spool_refusal(
+        self, *, route: str, pool: str, status: int, sop_instance_uid: str = "", reason: str = ""
+    ) -> None:
         """A C-STORE on a spooled route refused (spool limit, low disk, write error)."""
         self.spool_refused.labels(route).inc()
         self.store_finished(
@@ -626,8 +632,9 @@ class Metrics:
             pool=pool,
             status=status,
             seconds=0.0,
-            reason=f"the spool refused it ({status_text(status)}: a limit, low disk or a "
-            "write error)",
+            sop_instance_uid=sop_instance_uid,
+            reason=f"the spool refused it ({status_text(status)}): "
+            + (reason or "a limit, low disk or a write error"),
         )
 
     def association_rejected(

@@ -163,6 +163,7 @@ def test_basic_auth_sign_in_and_a_mixed_page(tmp_path: Path, balancer: Any, page
         # the page's own form, not the browser's dialog (which never answers headless)
         page.locator("#user").wait_for(state="visible", timeout=10_000)
         assert page.locator("#password").is_visible()
+        screenshot(page, tmp_path / "dashboard-sign-in.png")
         page.fill("#user", "ops")
         page.fill("#password", "wrong")
         page.click("#sign-in")

@@ -70,7 +70,10 @@ def test_refusals_rejections_backends_down_and_5xx_each_have_their_kind() -> Non
     ]
     # a different refusal of the same kind is its own record
     assert len([e for e in metrics.errors.records() if e.kind == "store.refused"]) == 2
-    assert records["store.refused"]["text"].startswith("C-STORE refused (pool main): the spool")
+    assert records["store.refused"]["text"] == (
+        "C-STORE refused (pool main): the spool refused it (0xA700 OUT_OF_RESOURCES): a limit, "
+        "low disk or a write error"
+    )
     assert records["association.rejected"]["peer"] == "10.0.0.9:4242"
     assert "called AE unknown" in records["association.rejected"]["text"]
     assert records["backend.down"]["text"] == "backend pacs-a down (check): connection refused"
@@ -120,3 +123,15 @@ def test_recording_a_failure_is_cheap() -> None:
     )
     assert seconds / n < 20e-6, seconds / n
     assert len(metrics.errors) == 1  # the same failure each time: one record, counted
+
+
+def test_callers_that_know_the_instance_and_the_reason_give_them() -> None:
+    metrics = Metrics(clock=clock().__next__)
+    metrics.spool_refusal(
+        route="ct", pool="main", status=0xA700, sop_instance_uid=UID, reason="spool.max_items 10"
+    )
+    metrics.spool_delivery("pacs-a", "dead", sop_instance_uid=UID, reason="max_attempts 3")
+    refused, dead = (e.as_dict() for e in metrics.errors.records())
+    assert refused["sop_instance_uid"] == dead["sop_instance_uid"] == UID
+    assert refused["text"].endswith("(0xA700 OUT_OF_RESOURCES): spool.max_items 10")
+    assert dead["text"] == "a spooled instance for backend pacs-a was given up on: max_attempts 3"
