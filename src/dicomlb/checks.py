@@ -169,7 +169,9 @@ class HealthChecker:
                     side.value,
                     error,
                 )
-                self.metrics.backend_transition(self.backend.name, up=False, cause="check")
+                self.metrics.backend_transition(
+                    self.backend.name, up=False, cause="check", reason=error
+                )
             else:
                 log.debug("health.failed backend=%s reason=%r", self.backend.name, error)
             return error

@@ -33,10 +33,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from dicomlb.dicom.status import category
+from dicomlb.dicom.dimse import Status
+from dicomlb.dicom.status import Category, category
 from dicomlb.http.routing import request_path
 
-__all__ = ["CONTENT_TYPE", "Metrics", "percentile", "status_class"]
+__all__ = ["CONTENT_TYPE", "ErrorRecord", "Metrics", "RecentErrors", "percentile", "status_class"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A float as Prometheus writes it (`le` labels); prometheus_client leaves it untyped.
@@ -67,6 +68,8 @@ WINDOW = 60.0  # seconds of latency samples kept for the dashboard's p50 / p99
 RECENT_ASSOCIATIONS = 200
 RECENT_HTTP_REQUESTS = 50
 HISTORY = 60  # health checks / transitions kept per backend
+RECENT_ERRORS = 50  # kept per kind of error
+SHOWN_ERRORS = 100  # the newest of all kinds the admin API lists
 
 
 def status_class(status: int) -> str:
@@ -164,6 +167,72 @@ class HttpRequestRecord(NamedTuple):
             "status": self.status,
             "ms": round(self.seconds * 1000, 1),
         }
+
+
+def status_text(status: int) -> str:
+    """A DIMSE status as `0xA700 OUT_OF_RESOURCES` (the hex alone when dicomlb has no name)."""
+    try:
+        return f"0x{status:04X} {Status(status).name}"
+    except ValueError:
+        return f"0x{status:04X}"
+
+
+class ErrorRecord(NamedTuple):
+    """Something that failed, for the dashboard's recent errors: `kind` (`store.failed`,
+    `store.refused`, `backend.down`, `http.5xx`, `association.rejected`, ...), a sentence,
+    identifiers as (name, value) pairs (a SOP instance UID, a backend, a peer; never a
+    patient's attributes), and how many times it happened in a row."""
+
+    time: float  # wall clock, of the latest occurrence
+    kind: str
+    text: str
+    fields: tuple[tuple[str, str], ...]
+    times: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.fields)
+        out.update(time=self.time, kind=self.kind, text=self.text, count=self.times)
+        return out
+
+
+class RecentErrors:
+    """The last errors of each kind, bounded per kind so that a flood of one (every request
+    answered 502) does not push out a rare one (a backend going down). The same error again
+    right after itself is counted in its record, not appended. Only the loop thread writes."""
+
+    def __init__(self, clock: Callable[[], float], per_kind: int = RECENT_ERRORS) -> None:
+        self._clock = clock
+        self._per_kind = per_kind
+        self._rings: dict[str, collections.deque[ErrorRecord]] = {}
+
+    def add(self, kind: str, text: str, **fields: str) -> None:
+        ring = self._rings.get(kind)
+        if ring is None:
+            ring = self._rings[kind] = collections.deque(maxlen=self._per_kind)
+        pairs = tuple((name, value) for name, value in fields.items() if value)
+        if ring:
+            last = ring[-1]
+            if last.text == text and last.fields == pairs:
+                ring[-1] = ErrorRecord(self._clock(), kind, text, pairs, last.times + 1)
+                return
+        ring.append(ErrorRecord(self._clock(), kind, text, pairs))
+
+    def records(self, limit: int = SHOWN_ERRORS) -> list[ErrorRecord]:
+        """The newest `limit` records of all kinds, oldest first."""
+        merged = sorted((r for ring in list(self._rings.values()) for r in ring), key=_when)
+        return merged[-limit:] if limit else []
+
+    def __len__(self) -> int:
+        return sum(len(ring) for ring in self._rings.values())
+
+
+def _when(record: ErrorRecord) -> float:
+    return record.time
+
+
+def _stem(command: str) -> str:
+    """`store` of C-STORE, `n_action` of N-ACTION: an error kind's first part."""
+    return command.lower().removeprefix("c-").replace("-", "_")
 
 
 class _Family(Collector):
@@ -432,7 +501,7 @@ class Metrics:
         self._latencies: dict[str, collections.deque[tuple[float, float]]] = {}
         self.checks: dict[str, collections.deque[tuple[float, bool]]] = {}
         self.transitions: dict[str, collections.deque[tuple[float, str, str]]] = {}
-        self.errors: collections.deque[tuple[float, str]] = collections.deque(maxlen=50)
+        self.errors = RecentErrors(clock)
 
     # -------------------------------------------------------- data path hooks
 
@@ -445,9 +514,17 @@ class Metrics:
         status: int,
         seconds: float,
         command: str = "C-STORE",
+        sop_instance_uid: str = "",
+        reason: str = "",
     ) -> None:
-        """One request answered: its fate (status), where it went and how long it took."""
-        self.messages.inc((command, status_class(status), route, pool, backend))
+        """One request answered: its fate (status), where it went and how long it took. A
+        failure is also a recent error: `store.failed` when a backend was reached,
+        `store.refused` when none was (no route, no backend available); `reason` says why
+        when the caller knows more than the status."""
+        cls = category(status)
+        self.messages.inc((command, cls.value, route, pool, backend))
+        if cls is Category.FAILURE:
+            self._message_failed(command, status, route, pool, backend, sop_instance_uid, reason)
         if route:
             self.route_hits.inc((route,))
         if backend:
@@ -456,6 +533,28 @@ class Metrics:
             if ring is None:
                 ring = self._latencies[backend] = collections.deque(maxlen=4096)
             ring.append((time.monotonic(), seconds))
+
+    def _message_failed(
+        self,
+        command: str,
+        status: int,
+        route: str,
+        pool: str,
+        backend: str,
+        sop_instance_uid: str,
+        reason: str,
+    ) -> None:
+        where = f"backend {backend}" if backend else f"pool {pool}" if pool else "no route"
+        verdict = "failed" if backend else "refused"
+        self.errors.add(
+            f"{_stem(command)}.{verdict}",
+            f"{command} {verdict} ({where}): {reason or status_text(status)}",
+            sop_instance_uid=sop_instance_uid,
+            route=route,
+            pool=pool,
+            backend=backend,
+            status=f"0x{status:04X}",
+        )
 
     def http_request(
         self,
@@ -478,10 +577,38 @@ class Metrics:
             )
         )
         self.http_requests.observe((route, pool, backend), status, seconds, now)
+        if status >= 500:
+            self._http_failed(route, backend, status, client, method, target)
 
-    def spool_delivery(self, backend: str, result: str) -> None:
-        """A spooled item's attempt ended: `delivered`, `failed` (retried later) or `dead`."""
+    def _http_failed(
+        self, route: str, backend: str, status: int, client: str, method: bytes, target: bytes
+    ) -> None:
+        # The path without its query: a QIDO query may name a patient.
+        path = request_path(target.decode("latin-1"))
+        where = f"backend {backend}" if backend else "dicomlb"
+        self.errors.add(
+            "http.5xx",
+            f"{method.decode('latin-1')} {path} answered {status} ({where})",
+            route=route,
+            backend=backend,
+            peer=client,
+            status=str(status),
+        )
+
+    def spool_delivery(
+        self, backend: str, result: str, *, sop_instance_uid: str = "", reason: str = ""
+    ) -> None:
+        """A spooled item's attempt ended: `delivered`, `failed` (retried later) or `dead`
+        (a recent error, with the instance and why it was given up on when given)."""
         self.spool_deliveries.labels(backend, result).inc()
+        if result == "dead":
+            self.errors.add(
+                "spool.dead",
+                f"a spooled instance for backend {backend} was given up on: "
+                + (reason or "a dead letter (the spool panel lists them with their reason)"),
+                sop_instance_uid=sop_instance_uid,
+                backend=backend,
+            )
 
     def spool_stored(self, *, route: str, pools: list[str], seconds: float) -> None:
         """An instance is durable in the spool for `pools` (the route's first) after `seconds`
@@ -495,10 +622,20 @@ class Metrics:
         """A spool task failed; the supervisor restarts it."""
         self.spool_task_restarts.labels(task, backend).inc()
 
-    def spool_refusal(self, *, route: str, pool: str, status: int) -> None:
+    def spool_refusal(
+        self, *, route: str, pool: str, status: int, sop_instance_uid: str = "", reason: str = ""
+    ) -> None:
         """A C-STORE on a spooled route refused (spool limit, low disk, write error)."""
         self.spool_refused.labels(route).inc()
-        self.store_finished(route=route, pool=pool, status=status, seconds=0.0)
+        self.store_finished(
+            route=route,
+            pool=pool,
+            status=status,
+            seconds=0.0,
+            sop_instance_uid=sop_instance_uid,
+            reason=f"the spool refused it ({status_text(status)}): "
+            + (reason or "a limit, low disk or a write error"),
+        )
 
     def association_rejected(
         self, *, peer: str, calling_aet: str, called_aet: str, why: str
@@ -508,6 +645,13 @@ class Metrics:
             AssociationRecord(
                 self.clock(), peer, calling_aet, called_aet, 0.0, 0, 0, "rejected", why
             )
+        )
+        self.errors.add(
+            "association.rejected",
+            f"association {calling_aet} -> {called_aet} from {peer} rejected: {why}",
+            peer=peer,
+            calling_aet=calling_aet,
+            called_aet=called_aet,
         )
 
     def association_accepted(self) -> None:
@@ -541,11 +685,20 @@ class Metrics:
             )
         )
 
-    def backend_transition(self, backend: str, *, up: bool, cause: str) -> None:
+    def backend_transition(self, backend: str, *, up: bool, cause: str, reason: str = "") -> None:
+        """A backend's health changed; `cause` is check, passive, fail_timeout or admin and
+        `reason` the error that took it down."""
         state = "up" if up else "down"
         self.backend_transitions.labels(backend, state, cause).inc()
         ring = self.transitions.setdefault(backend, collections.deque(maxlen=HISTORY))
         ring.append((self.clock(), state, cause))
+        if not up:
+            self.errors.add(
+                "backend.down",
+                f"backend {backend} down ({cause})" + (f": {reason}" if reason else ""),
+                backend=backend,
+                cause=cause,
+            )
 
     def health_check(self, backend: str, ok: bool) -> None:
         self.health_checks.labels(backend, "ok" if ok else "failed").inc()
@@ -558,7 +711,7 @@ class Metrics:
         if ok:
             self.last_reload_time.set(self.clock())
         else:
-            self.errors.append((self.clock(), f"reload ({source}): {error}"))
+            self.errors.add("reload.failed", f"reload ({source}): {error}", source=source)
 
     # -------------------------------------------------------- reading
 

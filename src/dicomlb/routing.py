@@ -39,6 +39,7 @@ __all__ = [
     "Router",
     "compile_match",
     "parse_match",
+    "uid_name",
 ]
 
 # DIMSE command names as they appear in MessageFacts.command (PS3.7 9 and 10).
@@ -397,7 +398,13 @@ def _equals_test(
     name: str, operand: Any, path: str, literal: Callable[[Any, str], str]
 ) -> tuple[Test, str]:
     expected = literal(operand, path)
-    return (lambda v: v == expected), f"{name} = {_quote(expected)}"
+    return (lambda v: v == expected), f"{name} = {_quote(_shown(operand, expected, literal))}"
+
+
+def _shown(operand: Any, value: str, literal: Callable[[Any, str], str]) -> str:
+    """How a literal reads in a match's text: a SOP class as written (a keyword such as
+    CTImageStorage stays one), anything else as compared."""
+    return str(operand).strip(_PAD) if literal is _uid_literal else value
 
 
 def _in_test(
@@ -409,7 +416,8 @@ def _in_test(
     if len(values) == 1:
         return _equals_test(name, operand[0], f"{path}[0]", literal)
     allowed = frozenset(values)
-    return (lambda v: v in allowed), f"{name} in [{', '.join(_quote(v) for v in values)}]"
+    shown = ", ".join(_quote(_shown(o, v, literal)) for o, v in zip(operand, values, strict=True))
+    return (lambda v: v in allowed), f"{name} in [{shown}]"
 
 
 def _regex_test(name: str, operand: Any, path: str) -> tuple[Test, str]:
@@ -518,6 +526,12 @@ def _compile_source(value: Any, path: str) -> Match:
 
 
 # --- text -----------------------------------------------------------------------------------
+
+
+def uid_name(uid: str) -> str | None:
+    """The name of a UID in PS3.6 (`CT Image Storage`), or None when it has none."""
+    entry = UID_dictionary.get(uid)
+    return entry[0] if entry else None
 
 
 def _child_path(path: str, key: Any) -> str:

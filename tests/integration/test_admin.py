@@ -293,7 +293,7 @@ def test_auth_is_required_when_configured(balancer: Any, scps: Any) -> None:
     config["listeners"] = {"admin": {"auth": {"bearer_tokens_sha256": [hash_secret("tok-123")]}}}
     lb = balancer(config, admin=True)
     status, body = lb.http("GET", "/api/v1/status")
-    assert status == 401 and body == {"error": "authentication required"}
+    assert status == 401 and body == {"error": "authentication required", "schemes": ["bearer"]}
     assert lb.http("GET", "/metrics")[0] == 401
     assert lb.http("GET", "/api/v1/status", token="wrong")[0] == 401
     assert lb.http("POST", "/api/v1/backends/pacsa/drain")[0] == 401

@@ -3,11 +3,13 @@ and its audit trail."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,28 @@ def test_a_reload_of_a_fifo_is_refused_at_once(
     file.unlink()  # and the next reload works again: nothing is left waiting on the FIFO
     file.write_text("")
     assert lb.http("POST", "/api/v1/reload")[0] == 422
+
+
+def test_the_dashboard_is_challenged_without_a_browser_dialog(balancer: Any) -> None:
+    # A Basic challenge to a page's fetch opens the browser's own password dialog; the page
+    # says who it is and gets a scheme browsers do not prompt for, and the schemes to offer.
+    auth = {"basic": {"ops": hash_secret("pw")}, "bearer_tokens_sha256": [hash_secret(TOKEN)]}
+    lb = balancer(config(auth=auth))
+    status, body = lb.http("GET", "/api/v1/status")
+    assert status == 401 and body["schemes"] == ["basic", "bearer"]
+    request = urllib.request.Request(lb.admin_url + "/api/v1/status")
+    for page, challenge in ((False, 'Basic realm="dicomlb"'), (True, 'Dashboard realm="dicomlb"')):
+        if page:
+            request.add_header("X-Requested-With", "dicomlb-dashboard")
+        try:
+            urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as err:
+            assert err.code == 401 and err.headers["WWW-Authenticate"] == challenge
+        else:
+            raise AssertionError("no 401")
+    basic = "Basic " + base64.b64encode(b"ops:pw").decode()
+    assert lb.http("GET", "/api/v1/status", headers={"Authorization": basic})[0] == 200
+    # the page's icon needs no credentials, and is there: no 404 in the browser's console
+    with urllib.request.urlopen(lb.admin_url + "/favicon.ico", timeout=10) as icon:
+        assert icon.status == 200 and icon.headers["Content-Type"] == "image/svg+xml"
+        assert icon.read().startswith(b"<svg")

@@ -110,6 +110,7 @@ def test_dead_letters_show_in_metrics_and_are_retried_and_purged_through_the_api
     dead = spool["dead_letters"]
     assert len(dead) == 3
     assert all("max_attempts 2" in d["last_error"] and "0xA700" in d["last_error"] for d in dead)
+    assert all(d["sop_class_name"] == "CT Image Storage" for d in dead)
     ids = [d["id"] for d in dead]
 
     # The operator purges one, fixes the backend (storescp on the same port), retries one,

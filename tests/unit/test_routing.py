@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicomlb.routing import MatchError, Router, compile_match, parse_match
+from dicomlb.http.routing import parse_http_match
+from dicomlb.routing import MatchError, Router, compile_match, parse_match, uid_name
 from dicomlb.snapshot import (
     HealthConfig,
     MessageFacts,
@@ -159,7 +160,10 @@ def test_match(spec: Any, expected: set[str]) -> None:
         ({"StationName": {"absent": True}}, "StationName absent"),
         ({"StationName": "CT 1"}, 'StationName = "CT 1"'),
         ({"source": ["10.0.0.0/8", "::1"]}, "source in [10.0.0.0/8, ::1]"),
-        ({"sop_class": "CTImageStorage"}, f"sop_class = {CT_STORAGE}"),
+        ({"sop_class": "CTImageStorage"}, "sop_class = CTImageStorage"),
+        ({"sop_class": CT_STORAGE}, f"sop_class = {CT_STORAGE}"),
+        ({"sop_class": ["MRImageStorage", CT_STORAGE]},
+         f"sop_class in [MRImageStorage, {CT_STORAGE}]"),
         ({"command": "c-echo"}, "command = C-ECHO"),
         ({"any": [{"Modality": "CT"}, {"Modality": "MR"}], "command": "C-STORE"},
          "(Modality = CT or Modality = MR) and command = C-STORE"),
@@ -455,3 +459,24 @@ def test_every_component_of_a_multi_valued_tag_matches(parts: list[str]) -> None
     f = facts(ImageType="\\".join(parts))
     for part in parts:
         assert compile_match({"ImageType": part}, "m")(f)
+
+
+def test_a_uid_has_its_ps36_name() -> None:
+    assert uid_name(CT_STORAGE) == "CT Image Storage"
+    assert uid_name("1.2.3.4") is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ({"path_prefix": "/dicom-web/"}, "path_prefix: /dicom-web/"),
+        ({"path_prefix": ["/a/", "/b/"], "method": "GET"}, "path_prefix: [/a/, /b/], method: GET"),
+        ({"headers": {"X-Tenant": "north"}}, "headers: {X-Tenant: north}"),
+        ({"query": {"q": {"regex": "^a:b"}}}, 'query: {q: {regex: "^a:b"}}'),
+        ({"host": "*.example.org"}, 'host: "*.example.org"'),
+        ({"path_regex": "^/api/(v1|v2)/"}, 'path_regex: "^/api/(v1|v2)/"'),
+        (None, "everything"),
+    ],
+)  # fmt: skip
+def test_http_match_text_reads_as_written(spec: Any, text: str) -> None:
+    assert parse_http_match(spec, "http_routes[0].match").text == text

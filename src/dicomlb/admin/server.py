@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -33,6 +34,7 @@ from dicomlb.config import ConfigError
 from dicomlb.control import Control
 from dicomlb.metrics import CONTENT_TYPE
 from dicomlb.pools import BackendState
+from dicomlb.routing import uid_name
 from dicomlb.snapshot import AdminAuth
 from dicomlb.spool.ops import OperationError
 from dicomlb.spool.state import ItemState
@@ -42,6 +44,13 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico"})
 MODES = {"drain": "draining", "disable": "disabled", "enable": "enabled"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The dashboard's icon, also given inline in the page: browsers ask for /favicon.ico anyway.
+FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect width="16" height="16" rx="3" fill="#171d24"/>'
+    b'<path d="M3 4h10M3 8h10M3 12h10" stroke="#58a6ff" stroke-width="2"/></svg>'
+)
+_UID = re.compile(r"\b[0-9]+(?:\.[0-9]+){2,}\b")
 
 
 def _sha256(secret: str) -> str:
@@ -91,6 +100,16 @@ def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
     return True
 
 
+def _challenge(auth: AdminAuth, request: web.Request) -> str:
+    """The WWW-Authenticate of a 401. The dashboard's own requests (`X-Requested-With`) get
+    a scheme browsers do not prompt for: a Basic challenge to a script's fetch opens the
+    browser's password dialog (in headless Chromium, a request that never ends) instead of
+    letting the page ask with its own form."""
+    if "X-Requested-With" in request.headers:
+        return 'Dashboard realm="dicomlb"'
+    return 'Basic realm="dicomlb"' if auth.basic else 'Bearer realm="dicomlb"'
+
+
 class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server log for the admin listener: a request the peer malformed (a header
     over 8190 bytes, bad syntax) gets aiohttp's 400 and one line here instead of an ERROR
@@ -130,6 +149,7 @@ class AdminServer:
         self.port = 0
         r = self.web.router
         r.add_get("/", self.index)
+        r.add_get("/favicon.ico", self.favicon)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics)
@@ -216,11 +236,13 @@ class AdminServer:
                     request.method,
                     request.path,
                 )
-                scheme = 'Basic realm="dicomlb"' if auth.basic else 'Bearer realm="dicomlb"'
+                schemes = (["basic"] if auth.basic else []) + (
+                    ["bearer"] if auth.bearer_tokens_sha256 else []
+                )
                 return web.json_response(
-                    {"error": "authentication required"},
+                    {"error": "authentication required", "schemes": schemes},
                     status=401,
-                    headers={"WWW-Authenticate": scheme},
+                    headers={"WWW-Authenticate": _challenge(auth, request)},
                 )
             user = found
         status = 500
@@ -283,6 +305,11 @@ class AdminServer:
             content_type="text/html",
             charset="utf-8",
             headers={"Cache-Control": "no-cache"},
+        )
+
+    async def favicon(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
         )
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
@@ -501,8 +528,31 @@ class AdminServer:
             "http_routes": self._http_routes(),
             "associations": self._associations(),
             "http_recent": [r.as_dict() for r in reversed(metrics.recent_http)],
-            "errors": [{"time": t, "text": text} for t, text in metrics.errors],
+            "errors": [e.as_dict() for e in metrics.errors.records()],
+            "protocols": self._protocols(),
+            "uid_names": self._uid_names(),
         }
+
+    def _protocols(self) -> list[str]:
+        """What this configuration balances, `dicom` and / or `http`: the dashboard leads with
+        it and hides what is not there."""
+        snapshot = self.app.snapshot
+        out = []
+        if self.app.dicom_listener() is not None or snapshot.routes:
+            out.append("dicom")
+        if self.app.http_listener() is not None or snapshot.http_routes:
+            out.append("http")
+        return out
+
+    def _uid_names(self) -> dict[str, str]:
+        """The name of each UID the routes' matches mention (a SOP class), for the page."""
+        names: dict[str, str] = {}
+        for route in self.app.snapshot.routes:
+            for uid in _UID.findall(route.match_text):
+                name = uid_name(uid)
+                if name:
+                    names[uid] = name
+        return names
 
     def _config(self) -> dict[str, Any]:
         snapshot = self.app.snapshot

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from dicomlb.routing import uid_name
 from dicomlb.snapshot import Ack
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
@@ -39,6 +40,7 @@ def item_dict(item: Item) -> dict[str, Any]:
     data = asdict(item)
     data["state"] = str(item.state)
     data["on_disk"] = bool(data.pop("file"))
+    data["sop_class_name"] = uid_name(item.sop_class_uid) or item.sop_class_uid
     return data
 
 

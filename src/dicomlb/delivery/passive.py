@@ -69,7 +69,9 @@ def _went_down(
         protocol.value,
         reason,
     )
-    metrics.backend_transition(backend.name, up=False, cause="passive")
+    metrics.backend_transition(
+        backend.name, up=False, cause="passive", reason=f"{protocol.value} {why}: {reason}"
+    )
     _arm_expiry(metrics, backend, pool, protocol)
 
 

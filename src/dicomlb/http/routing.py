@@ -29,6 +29,9 @@ from dicomlb.http.paths import PathError, normalize_path
 from dicomlb.routing import MatchError
 from dicomlb.snapshot import HttpPredicate, HttpRouteConfig, RequestFacts
 
+# A value YAML reads back as the same text without quotes.
+_PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./\-*?^$ ]*(?<! )")
+
 __all__ = [
     "MATCH_KEYS",
     "HttpMatch",
@@ -86,10 +89,23 @@ def parse_http_match(spec: Any, path: str) -> HttpMatch:
         where = f"{path}.{key}"
         if key not in MATCH_KEYS:
             raise MatchError(where, f'unknown match key "{key}"; use {", ".join(MATCH_KEYS)}')
-        pred, text = _compile_key(key, value, where)
-        preds.append(pred)
-        texts.append(text)
-    return HttpMatch(predicate=_every(preds), text=" and ".join(texts))
+        preds.append(_compile_key(key, value, where))
+        texts.append(f"{key}: {written(value)}")
+    return HttpMatch(predicate=_every(preds), text=", ".join(texts))
+
+
+def written(value: Any) -> str:
+    """A match value as a YAML flow value, the way it reads in the config file."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{written(k)}: {written(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(written(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _every(preds: Sequence[HttpPredicate]) -> HttpPredicate:
@@ -110,7 +126,7 @@ def _strings(value: Any, where: str) -> list[str]:
     return [str(v) for v in values]
 
 
-def _compile_key(key: str, value: Any, where: str) -> tuple[HttpPredicate, str]:
+def _compile_key(key: str, value: Any, where: str) -> HttpPredicate:
     if key == "headers" or key == "query":
         if not isinstance(value, dict) or not value:
             raise MatchError(where, f"{key} takes a mapping of names to values, e.g. {{X-A: b}}")
@@ -120,7 +136,7 @@ def _compile_key(key: str, value: Any, where: str) -> tuple[HttpPredicate, str]:
             preds.append(
                 _header_pred(str(name), test) if key == "headers" else _query_pred(str(name), test)
             )
-        return _every(preds), f"{key} {value}"
+        return _every(preds)
     if key == "path_regex":
         if not isinstance(value, str):
             raise MatchError(where, f"{value!r} is not a regular expression")
@@ -129,24 +145,24 @@ def _compile_key(key: str, value: Any, where: str) -> tuple[HttpPredicate, str]:
         except re.error as err:
             raise MatchError(where, f'"{value}" is not a regular expression ({err})') from None
         search = pattern.search
-        return (lambda f: search(f.path) is not None), f"path ~ {value}"
+        return lambda f: search(f.path) is not None
     values = _strings(value, where)
     if key == "method":
         methods = frozenset(v.upper() for v in values)
-        return (lambda f: f.method in methods), f"method in {sorted(methods)}"
+        return lambda f: f.method in methods
     if key == "path":
         paths = frozenset(_match_path(p, where) for p in values)
-        return (lambda f: f.path in paths), f"path in {sorted(paths)}"
+        return lambda f: f.path in paths
     if key == "path_prefix":
         prefixes = tuple(_match_path(p, where) for p in values)
-        return (lambda f: f.path.startswith(prefixes)), f"path starts with {list(prefixes)}"
+        return lambda f: f.path.startswith(prefixes)
     # host
     exact = frozenset(v.lower() for v in values if not any(c in v for c in "*?["))
     globs = [v.lower() for v in values if any(c in v for c in "*?[")]
     if globs:
         pattern = re.compile("|".join(glob_to_regex(g) for g in globs))
-        return (lambda f: f.host in exact or pattern.match(f.host) is not None), f"host in {values}"
-    return (lambda f: f.host in exact), f"host in {values}"
+        return lambda f: f.host in exact or pattern.match(f.host) is not None
+    return lambda f: f.host in exact
 
 
 def _value_test(wanted: Any, where: str) -> Callable[[list[str]], bool]:
