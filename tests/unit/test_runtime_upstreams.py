@@ -60,14 +60,14 @@ def test_known_contexts_combine_the_candidate_backends() -> None:
     runtime = Runtime(build_snapshot(two_pools()))
     runtime.upstreams["ctonly"].learned.learn(("CTONLY", "CT_ROOM"), REFUSED, 0)
     runtime.upstreams["ctonly"].learned.learn(("CTONLY", "WS"), REFUSED, 0)
-    # CT_ROOM: its AE title decides the route; ctonly refused MR for it
+    # CT_ROOM: its AE title decides the route; ctonly refused MR (result 3) in this syntax
     known = runtime.known_contexts("CT_ROOM", "DICOMLB", "10.0.0.1")
-    assert known((MR, EXPLICIT)) is Verdict.SYNTAX_REFUSED
+    assert known((MR, EXPLICIT)) is Verdict.REFUSED_AS_ABSTRACT
     # WS: the mr route may be taken too, and ALL (called as DICOMLB: passthrough) said nothing
     assert runtime.known_contexts("WS", "DICOMLB", "10.0.0.1")((MR, EXPLICIT)) is Verdict.UNKNOWN
     runtime.upstreams["all"].learned.learn(("DICOMLB", "WS"), REFUSED, 0)
     assert runtime.known_contexts("WS", "DICOMLB", "10.0.0.1")((MR, EXPLICIT)) is (
-        Verdict.SYNTAX_REFUSED
+        Verdict.REFUSED_AS_ABSTRACT
     )
     # a reload forgets
     reloaded = Runtime(build_snapshot(two_pools()), runtime.backends, runtime.upstreams)
