@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up (Debian dcmtk, orthanc, orthanc-dicomweb, orthanc-postgresql, postgresql, nginx, chromium,
-# prometheus for promtool; the project with its test extras) and run lint and tests. The
-# browser test drives Debian's chromium through playwright (no browser download). Extra
-# arguments go to pytest; `-m slow` runs the slow tests instead.
+# prometheus for promtool; the project with its test extras) and run lint, the documentation
+# build and tests. The browser test drives Debian's chromium through playwright (no browser
+# download). Extra arguments go to pytest; `-m slow` runs the slow tests instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl prometheus
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy  # all of src, strictly ([tool.mypy] in pyproject.toml)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet  # the site from docs/ (mkdocs.yml)
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi
 exec .venv/bin/python -m pytest "$@"
