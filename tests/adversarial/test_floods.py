@@ -4,7 +4,7 @@ requests and HTTP heads sent a byte at a time, HTTP bodies that stall, associati
 from one AE, from many AEs of one address and from many addresses.
 
 Each test counts, from the client side and from the log, what was refused or closed and how;
-checks that the documented limit held (README "Limits a peer meets"); and then that nothing
+checks that the documented limit held (docs/operations/sizing.md); and then that nothing
 is left held, RSS grew less than RSS_GROWTH_LIMIT, the descriptors came back, and the canary
 kept going without a failure. Clients bind other loopback addresses (127.0.0.2 ...) to meet
 the per-address limits; the canary is 127.0.0.1. Deadlines are short so that each test takes

@@ -258,7 +258,7 @@ class Site:
                 },
                 "single": {
                     "health": health,
-                    # told its limit, dicomlb never waits to learn it (README)
+                    # told its limit, dicomlb never waits to learn it (docs/operations/sizing.md)
                     "backends": [
                         {"name": "single", "dicom": self.single.address, "max_associations": 1}
                     ],
@@ -276,7 +276,7 @@ class Site:
                 {"name": "all", "pool": "pacs"},
             ],
             "http_routes": [{"name": "orthanc", "pool": "pacs"}],
-            # requesters whose reports dicomlb relays (README: storage commitment)
+            # requesters whose reports dicomlb relays (docs/guides/query-retrieve.md)
             "dicom_nodes": {
                 "COMMITSCU": f"COMMITSCU@{LOOPBACK}:{self.requester.port}",
                 "ORTHANC": self.orthanc.address,

@@ -261,8 +261,8 @@ UNKNOWN_CALLER = pytest.mark.xfail(
     reason="a caller Orthanc does not know: Orthanc accepts the association, then aborts it "
     "on the request (A-ABORT, no response); through dicomlb, which accepted the association "
     "itself, the request gets 0x0124 (refused: not authorized) with an Error Comment naming "
-    "the backend and the abort, and the association stays (README, 'A backend that refuses "
-    "the caller')",
+    "the backend and the abort, and the association stays (docs/guides/query-retrieve.md, "
+    "'A backend that refuses the caller')",
 )
 
 

@@ -229,8 +229,8 @@ def test_large_upload_streamed_to_orthanc(nodes: list[Orthanc], tmp_path: Path) 
 
 
 def readme_example(nodes: list[Orthanc]) -> dict[str, Any]:
-    """README's HTTP example (its Orthanc part): DICOMweb open, the REST API behind
-    basic_auth."""
+    """The HTTP example of docs/guides/http.md (its Orthanc part): DICOMweb open, the REST API
+    behind basic_auth."""
     users = {"alice": hash_password("s3cret", iterations=1000)}
     return {
         "pools": {
