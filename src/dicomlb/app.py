@@ -27,6 +27,7 @@ from dicomlb.http.proxy import HttpListener
 from dicomlb.metrics import Metrics, StateCollector
 from dicomlb.pools import BackendState, Pool
 from dicomlb.runtime import Runtime
+from dicomlb.services.relay import serve
 from dicomlb.snapshot import AdminListenerConfig, Snapshot
 from dicomlb.spool.spool import Spool
 from dicomlb.studies import SAVE_SECONDS, StudyIndex
@@ -82,7 +83,7 @@ class App:
             await self.spool.start()
         self._saver = asyncio.get_running_loop().create_task(self._save_studies())
         if self.snapshot.dicom is not None:
-            self.dicom = DicomListener(self.runtime)
+            self.dicom = DicomListener(self.runtime, serve=serve)
             await self.dicom.start()
         if self.snapshot.admin is not None:
             self.admin = AdminServer(self)

@@ -1,5 +1,5 @@
 """C-STOREs through the bridge: from a client association (`ack: backend`, called by
-`Relay.store`) and from the spool (`ack: spool`, called by the dispatcher's sender).
+`services.store`) and from the spool (`ack: spool`, called by the dispatcher's sender).
 
 Each instance becomes a Part-10 stream, the file meta group from `part10.file_header` and
 then the data set bytes as the sender sent them; the answer goes back to the sender (or the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from dicomlb.bridge.client import BridgeInstance, HttpStoreClient
@@ -26,7 +26,6 @@ from dicomlb.pools import BackendState
 from dicomlb.snapshot import PoolConfig, RouteConfig
 
 if TYPE_CHECKING:
-    from dicomlb.dicom.relay import Relay
     from dicomlb.runtime import Runtime
     from dicomlb.spool.dispatcher import BackendSender, Claimed
 
@@ -87,7 +86,7 @@ class _MessageBody:
 
 
 async def relay_store(
-    relay: Relay,
+    runtime: Runtime,
     message: InboundMessage,
     route: RouteConfig,
     backend: BackendState,
@@ -95,14 +94,16 @@ async def relay_store(
     done: bool,
     tags: dict[int, str],
     started: float,
+    *,
+    calling_aet: str,
+    respond: Callable[[int, str | None], None],
 ) -> str | None:
     """Send one C-STORE from the client to `backend` over HTTP and answer the client; None.
 
     When no connection to `backend` can be made (refused, TLS failure, connect timeout)
     nothing has been sent: the passive health failure is recorded, the client is not
-    answered and the reason is returned, for `Relay.store` to try the pool's next backend
-    (as `Relay._place` does for a DIMSE backend that cannot be reached)."""
-    runtime = relay.runtime
+    answered and the reason is returned, for `services.store` to try the pool's next backend
+    (as `Session.place` does for a DIMSE backend that cannot be reached)."""
     command = message.command
     store = backend.config.store
     assert store is not None
@@ -110,7 +111,7 @@ async def relay_store(
         sop_class_uid=command.sop_class_uid,
         sop_instance_uid=command.sop_instance_uid,
         transfer_syntax=message.transfer_syntax,
-        source_ae=relay.inbound.calling_ae,
+        source_ae=calling_aet,
     )
     stream = _MessageBody(prefix, message, head, done)
     body: BridgeInstance
@@ -139,20 +140,20 @@ async def relay_store(
         passive_failure(runtime.metrics, backend, route.pool.name, cause, outcome.comment)
         return outcome.comment
     await discard(message)  # the request failed mid-stream: drop the rest
-    _account(relay, message, route, backend, outcome, tags, started)
+    _account(runtime, message, route, backend, outcome, tags, started, respond)
     return None
 
 
 def _account(
-    relay: Relay,
+    runtime: Runtime,
     message: InboundMessage,
     route: RouteConfig,
     backend: BackendState,
     outcome: StoreOutcome,
     tags: dict[int, str],
     started: float,
+    respond: Callable[[int, str | None], None],
 ) -> None:
-    runtime = relay.runtime
     pool = route.pool.name
     store = backend.config.store
     assert store is not None
@@ -183,7 +184,7 @@ def _account(
         (time.monotonic() - started) * 1000,
         f" reason={outcome.comment!r}" if outcome.comment else "",
     )
-    relay._respond(message, outcome.status, outcome.comment or None)
+    respond(outcome.status, outcome.comment or None)
 
 
 # ------------------------------------------------------------ the spool

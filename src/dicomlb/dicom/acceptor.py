@@ -1,9 +1,10 @@
 """The DICOM listener and its client associations (asyncio shell).
 
 `InboundAssociation` feeds bytes to the association and DIMSE cores, negotiates, runs the
-ARTIM and idle timers, enforces limits, and queues messages for its `Relay`, which moves
-them to backends one at a time in order. Reading pauses while a message's unsent data set
-fragments exceed a few PDUs, so a slow backend slows the client instead of filling memory.
+ARTIM and idle timers, enforces limits, and queues messages for the listener's `serve`
+(`services/relay.py`), which moves them to backends one at a time in order. Reading pauses
+while a message's unsent data set fragments exceed a few PDUs, so a slow backend slows the
+client instead of filling memory.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import collections
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -82,8 +83,12 @@ class ListenerStats:
 class DicomListener:
     """Accepts client associations on the `dicom` listener of the current runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self, runtime: Runtime, *, serve: Callable[[InboundAssociation], Awaitable[None]]
+    ) -> None:
         self.runtime = runtime
+        # Runs each accepted association's messages (`services.relay.serve`, given by the App).
+        self.serve = serve
         self.stats = ListenerStats()
         self.associations: set[InboundAssociation] = set()
         self.scan_budget = ScanBudget()  # bytes held for routing tags, under scan_budget
@@ -171,7 +176,7 @@ class DicomListener:
 
 
 class InboundAssociation(asyncio.Protocol):
-    """One client association: protocol shell around the cores, feeding a Relay."""
+    """One client association: protocol shell around the cores, feeding its services."""
 
     def __init__(self, listener: DicomListener) -> None:
         self.listener = listener
@@ -418,10 +423,7 @@ class InboundAssociation(asyncio.Protocol):
             request.user_info.implementation_version_name
             or request.user_info.implementation_class_uid,
         )
-        from dicomlb.dicom.relay import Relay  # the relay needs this module's types
-
-        relay = Relay(self)
-        self._relay_task = asyncio.get_running_loop().create_task(relay.run())
+        self._relay_task = asyncio.get_running_loop().create_task(self.listener.serve(self))
         self._arm_timer(self.config.idle_timeout)
 
     def _backends_available(self, accept: AssociateAccept) -> bool:

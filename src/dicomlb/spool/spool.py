@@ -27,7 +27,6 @@ from dicomlb.spool.store import Instance, SpoolStore, Target, disk_full, record
 from dicomlb.spool.supervisor import Supervisor, TaskState
 
 if TYPE_CHECKING:
-    from dicomlb.dicom.relay import Relay
     from dicomlb.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -146,15 +145,20 @@ class Spool:
 
     async def ingest(
         self,
-        relay: Relay,
+        runtime: Runtime,
         message: InboundMessage,
         route: RouteConfig,
         head: list[DataReceived],
         done: bool,
         tags: dict[int, str],
         started: float,
+        *,
+        calling_aet: str,
+        called_aet: str,
+        respond: Callable[[int, str | None], None],
     ) -> None:
-        """Spool one C-STORE for `route` and answer the client once it is safe."""
+        """Spool one C-STORE for `route` (placed on `runtime`'s pools) and answer the client,
+        through `respond(status, comment)`, once it is safe."""
         command = message.command
         sop_uid = command.sop_instance_uid
         why = self.refusal()
@@ -169,12 +173,11 @@ class Spool:
                 Status.OUT_OF_RESOURCES,
                 why,
             )
-            relay._respond(message, Status.OUT_OF_RESOURCES, f"spool full: {why}")
-            relay.runtime.metrics.spool_refusal(
+            respond(Status.OUT_OF_RESOURCES, f"spool full: {why}")
+            runtime.metrics.spool_refusal(
                 route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
             )
             return
-        runtime = relay.runtime
         study = tags.get(STUDY_INSTANCE_UID, "")
         targets: list[Target] = []
         for n, pool_config in enumerate((route.pool, *route.mirror)):
@@ -194,8 +197,8 @@ class Spool:
             sop_class_uid=command.sop_class_uid,
             sop_instance_uid=sop_uid,
             transfer_syntax=message.transfer_syntax,
-            source_ae=relay.inbound.calling_ae,
-            receiving_ae=relay.inbound.called_ae,
+            source_ae=calling_aet,
+            receiving_ae=called_aet,
             private_information=record(study, targets),
         )
         instance = Instance(
@@ -203,8 +206,8 @@ class Spool:
             sop_instance_uid=sop_uid,
             transfer_syntax=message.transfer_syntax,
             study_uid=study,
-            calling_aet=relay.inbound.calling_ae,
-            called_aet=relay.inbound.called_ae,
+            calling_aet=calling_aet,
+            called_aet=called_aet,
             dataset_offset=len(header),
         )
         try:
@@ -247,19 +250,19 @@ class Spool:
                 Status.OUT_OF_RESOURCES,
                 why,
             )
-            relay._respond(message, Status.OUT_OF_RESOURCES, why)
-            relay.runtime.metrics.spool_refusal(
+            respond(Status.OUT_OF_RESOURCES, why)
+            runtime.metrics.spool_refusal(
                 route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
             )
             return
-        relay.runtime.metrics.spool_stored(
+        runtime.metrics.spool_stored(
             route=route.name,
             pools=[t.pool for t in targets],
             seconds=time.monotonic() - committing,
         )
         self.items += len(targets)
         self.bytes += instance.size * len(targets)
-        relay._respond(message, Status.SUCCESS)
+        respond(Status.SUCCESS, None)
         ms = (time.monotonic() - started) * 1000
         for target, item in zip(targets, items, strict=True):
             log.info(
