@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 
 from dicomlb.bridge.client import BridgeInstance, HttpStoreClient
 from dicomlb.bridge.core import StoreOutcome
+from dicomlb.delivery import fate
 from dicomlb.delivery.passive import passive_failure
 from dicomlb.dicom.dimse import DataReceived
 from dicomlb.dicom.messages import ClientGone, InboundMessage, discard
 from dicomlb.dicom.part10 import file_header
+from dicomlb.dicom.qr import STUDY_INSTANCE_UID
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import PoolConfig, RouteConfig
@@ -161,28 +163,17 @@ def _account(
         passive_failure(runtime.metrics, backend, pool, cause_of(outcome), outcome.comment)
     elif outcome.status < 0xFF00:
         backend.health.success()
-    if outcome.stored:  # the instance always, the study when it was read
-        study_uid = tags.get(0x0020000D, "")
-        runtime.studies.record(study_uid, backend.name, message.command.sop_instance_uid)
-    runtime.metrics.store_finished(
+    fate.answered(
+        runtime,
+        sop_instance_uid=message.command.sop_instance_uid,
+        study_uid=tags.get(STUDY_INSTANCE_UID, ""),
         route=route.name,
         pool=pool,
         backend=backend.name,
         status=outcome.status,
-        seconds=time.monotonic() - started,
-    )
-    log.log(
-        logging.INFO if outcome.stored else logging.WARNING,
-        "%s sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X via=%s ms=%d%s",
-        "store.delivered" if outcome.stored else "store.failed",
-        message.command.sop_instance_uid,
-        route.name,
-        pool,
-        backend.name,
-        outcome.status,
-        store.via.value,
-        (time.monotonic() - started) * 1000,
-        f" reason={outcome.comment!r}" if outcome.comment else "",
+        started=started,
+        via=store.via.value,
+        reason=outcome.comment,
     )
     respond(outcome.status, outcome.comment or None)
 

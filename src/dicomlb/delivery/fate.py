@@ -236,8 +236,7 @@ def dead(runtime: Runtime, item: Item, attempts: int, reason: str) -> None:
     """A spooled item will not be tried again (until an operator retries it)."""
     runtime.metrics.spool_delivery(item.backend, "dead")
     log.error(
-        "store.dead sop_instance_uid=%s route=%s pool=%s backend=%s item=%d attempts=%d "
-        "reason=%r",
+        "store.dead sop_instance_uid=%s route=%s pool=%s backend=%s item=%d attempts=%d reason=%r",
         item.sop_instance_uid,
         item.route,
         item.pool,

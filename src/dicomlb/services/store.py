@@ -15,9 +15,10 @@ import logging
 import time
 
 from dicomlb.bridge.store import relay_store
+from dicomlb.delivery import fate
 from dicomlb.dicom.dimse import DataReceived, Status, Tag
 from dicomlb.dicom.messages import InboundMessage, discard
-from dicomlb.dicom.status import succeeded
+from dicomlb.dicom.qr import STUDY_INSTANCE_UID
 from dicomlb.dicom.tags import HeaderScanner, is_uid, tag_name
 from dicomlb.services.retrieve import relay_suboperation
 from dicomlb.services.session import MessageFailed, Session
@@ -33,16 +34,7 @@ async def store(session: Session, message: InboundMessage) -> None:
     command = message.command
     sop_uid = command.sop_instance_uid
     started = time.monotonic()
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "store.received sop_instance_uid=%s sop_class_uid=%s calling_aet=%s peer=%s "
-            "transfer_syntax=%s",
-            sop_uid,
-            command.sop_class_uid,
-            inbound.calling_ae,
-            inbound.peer[0],
-            message.transfer_syntax,
-        )
+    fate.received(message, inbound.calling_ae, inbound.peer[0])
     if runtime.moves and command.us(Tag.MOVE_ORIGINATOR_MESSAGE_ID) is not None:
         move = runtime.moves.match(command, inbound.calling_ae)
         if move is not None:  # a sub-operation of a C-MOVE via the balancer
@@ -106,15 +98,8 @@ async def store(session: Session, message: InboundMessage) -> None:
             except MessageFailed as refusal:
                 await _store_refused(session, message, route.name, pool.name, refusal)
                 return
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "store.routed sop_instance_uid=%s route=%s pool=%s backend=%s key=%s",
-                    sop_uid,
-                    route.name,
-                    pool.name,
-                    backend.name,
-                    key if route.pool.key is not None and is_uid(route.pool.key) else "-",
-                )
+            shown = key if route.pool.key is not None and is_uid(route.pool.key) else "-"
+            fate.routed(sop_uid, route.name, pool.name, backend.name, shown)
             if maybe_up is not None:
                 break
             # a store_via backend: over HTTP
@@ -141,44 +126,27 @@ async def store(session: Session, message: InboundMessage) -> None:
         # The lease is given back (aborted) first: the slot is free while the rest of
         # the data set is read and dropped.
         await discard(message)
-        log.warning(
-            "store.failed sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X reason=%r",
-            sop_uid,
-            route.name,
-            pool.name,
-            backend.name,
-            failure.status,
-            str(failure),
-        )
-        runtime.metrics.store_finished(
+        fate.failed(
+            runtime,
+            sop_instance_uid=sop_uid,
             route=route.name,
             pool=pool.name,
             backend=backend.name,
             status=failure.status,
-            seconds=time.monotonic() - started,
+            reason=str(failure),
+            started=started,
         )
         session.respond(message, failure.status, f"{backend.name}: {failure}")
         return
-    if succeeded(status):  # where it is: the instance always, the study when it was read
-        runtime.studies.record(tags.get(0x0020000D, ""), backend.name, sop_uid)
-    outcome = "store.delivered" if succeeded(status) else "store.failed"
-    runtime.metrics.store_finished(
+    fate.answered(
+        runtime,
+        sop_instance_uid=sop_uid,
+        study_uid=tags.get(STUDY_INSTANCE_UID, ""),
         route=route.name,
         pool=pool.name,
         backend=backend.name,
         status=status,
-        seconds=time.monotonic() - started,
-    )
-    log.log(
-        logging.INFO if succeeded(status) else logging.WARNING,
-        "%s sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X ms=%d",
-        outcome,
-        sop_uid,
-        route.name,
-        pool.name,
-        backend.name,
-        status,
-        (time.monotonic() - started) * 1000,
+        started=started,
     )
 
 
@@ -188,16 +156,13 @@ async def _store_refused(
     """No route, or no backend of the route's pool, took the C-STORE: drop its data set,
     answer the failure (`route` and `pool` empty when no route matched)."""
     await discard(message)
-    log.warning(
-        "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
-        message.command.sop_instance_uid,
-        route,
-        pool,
-        failure.status,
-        str(failure),
-    )
-    session.runtime.metrics.store_finished(
-        route=route, pool=pool, status=failure.status, seconds=0.0
+    fate.refused(
+        session.runtime,
+        sop_instance_uid=message.command.sop_instance_uid,
+        route=route,
+        pool=pool,
+        status=failure.status,
+        reason=str(failure),
     )
     session.respond(message, failure.status, str(failure))
 

@@ -23,6 +23,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from dicomlb.delivery import fate
 from dicomlb.delivery.passive import passive_failure
 from dicomlb.dicom.dimse import DATA_SET_PRESENT, Command, CommandField, Tag
 from dicomlb.dicom.status import succeeded
@@ -194,18 +195,7 @@ class Dispatcher:
         (applied,) = await self.store.update([change])
         if not applied:
             return
-        self.spool.runtime().metrics.spool_delivery(item.backend, "dead")
-        log.error(
-            "store.dead sop_instance_uid=%s route=%s pool=%s backend=%s item=%d attempts=%d "
-            "reason=%r",
-            item.sop_instance_uid,
-            item.route,
-            item.pool,
-            item.backend,
-            item.id,
-            attempts,
-            reason,
-        )
+        fate.dead(self.spool.runtime(), item, attempts, reason)
 
 
 class BackendSender:
@@ -505,25 +495,9 @@ class BackendSender:
             remove=() if keep else (item.file,),
         )
         self.spool.items -= 1
-        runtime = self.spool.runtime()
-        runtime.metrics.spool_delivery(item.backend, "delivered")
-        # where is the study: spooled instances count once they are delivered
-        runtime.studies.record(item.study_uid, item.backend, item.sop_instance_uid)
         if not keep:
             self.spool.bytes -= item.size
-        log.info(
-            "store.delivered sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X "
-            "via=spool attempts=%d item=%d ms=%d%s",
-            item.sop_instance_uid,
-            item.route,
-            item.pool,
-            item.backend,
-            status,
-            item.attempts + 1,
-            item.id,
-            (time.monotonic() - started) * 1000,
-            f" bridge={via}" if via else "",
-        )
+        fate.delivered(self.spool.runtime(), item, status, started, via)
 
     async def _failed(self, item: Item, reason: str) -> None:
         attempts = item.attempts + 1
@@ -539,7 +513,6 @@ class BackendSender:
         if outcome.state is ItemState.DEAD:
             await self.dispatcher.record_dead(item, attempts, outcome.reason)
             return
-        self.spool.runtime().metrics.spool_delivery(item.backend, "failed")
         await self.store.update(
             [
                 Change.fail(
@@ -552,15 +525,4 @@ class BackendSender:
             ]
         )
         self.wake()  # its retry time may come before what the feeder last saw
-        log.warning(
-            "store.failed sop_instance_uid=%s route=%s pool=%s backend=%s via=spool attempts=%d "
-            "retry_in=%.1fs item=%d reason=%r",
-            item.sop_instance_uid,
-            item.route,
-            item.pool,
-            item.backend,
-            attempts,
-            outcome.next_attempt_at - now,
-            item.id,
-            reason,
-        )
+        fate.retrying(self.spool.runtime(), item, attempts, outcome.next_attempt_at - now, reason)

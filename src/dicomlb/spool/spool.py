@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dicomlb.delivery import fate
 from dicomlb.dicom.dimse import DataReceived, Status
 from dicomlb.dicom.messages import ClientGone, InboundMessage, discard
 from dicomlb.dicom.part10 import file_header
@@ -165,18 +166,16 @@ class Spool:
         if why is not None:
             if not done:
                 await discard(message)
-            log.warning(
-                "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
-                sop_uid,
-                route.name,
-                route.pool.name,
-                Status.OUT_OF_RESOURCES,
-                why,
+            fate.refused(
+                runtime,
+                sop_instance_uid=sop_uid,
+                route=route.name,
+                pool=route.pool.name,
+                status=Status.OUT_OF_RESOURCES,
+                reason=why,
+                spool=True,
             )
             respond(Status.OUT_OF_RESOURCES, f"spool full: {why}")
-            runtime.metrics.spool_refusal(
-                route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
-            )
             return
         study = tags.get(STUDY_INSTANCE_UID, "")
         targets: list[Target] = []
@@ -242,39 +241,32 @@ class Spool:
                 why = f"spool full: {self.refusal() or 'no space left on its file system'}"
             else:
                 why = f"spool write failed: {err}"
-            log.error(
-                "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
-                sop_uid,
-                route.name,
-                route.pool.name,
-                Status.OUT_OF_RESOURCES,
-                why,
+            fate.refused(
+                runtime,
+                sop_instance_uid=sop_uid,
+                route=route.name,
+                pool=route.pool.name,
+                status=Status.OUT_OF_RESOURCES,
+                reason=why,
+                spool=True,
+                level=logging.ERROR,
             )
             respond(Status.OUT_OF_RESOURCES, why)
-            runtime.metrics.spool_refusal(
-                route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
-            )
             return
-        runtime.metrics.spool_stored(
-            route=route.name,
-            pools=[t.pool for t in targets],
-            seconds=time.monotonic() - committing,
-        )
+        committed = time.monotonic() - committing
         self.items += len(targets)
         self.bytes += instance.size * len(targets)
         respond(Status.SUCCESS, None)
-        ms = (time.monotonic() - started) * 1000
+        fate.spooled(
+            runtime,
+            sop_instance_uid=sop_uid,
+            route=route.name,
+            targets=targets,
+            items=items,
+            started=started,
+            committed=committed,
+        )
         for target, item in zip(targets, items, strict=True):
-            log.info(
-                "store.spooled sop_instance_uid=%s route=%s pool=%s backend=%s item=%d%s ms=%d",
-                sop_uid,
-                route.name,
-                target.pool,
-                target.backend,
-                item.id,
-                " mirror=true" if target.mirror else "",
-                ms,
-            )
             if target.sending:
                 self.dispatcher.hand(item, data)
             else:
