@@ -14,8 +14,9 @@ import functools
 import logging
 import time
 
-from dicomlb.bridge.store import relay_store
 from dicomlb.delivery import fate
+from dicomlb.delivery.passive import passive_failure
+from dicomlb.delivery.senders import LiveInstance, cause_of, sender_for
 from dicomlb.dicom.dimse import DataReceived, Status, Tag
 from dicomlb.dicom.messages import InboundMessage, discard
 from dicomlb.dicom.qr import STUDY_INSTANCE_UID
@@ -103,21 +104,46 @@ async def store(session: Session, message: InboundMessage) -> None:
             if maybe_up is not None:
                 break
             # a store_via backend: over HTTP
-            reason = await relay_store(
-                runtime,
-                message,
-                route,
-                backend,
-                head,
-                done,
-                tags,
-                started,
-                calling_aet=inbound.calling_ae,
-                respond=functools.partial(session.respond, message),
+            sender = sender_for(runtime, backend)
+            source = LiveInstance(
+                message, head, done, calling_aet=inbound.calling_ae, called_aet=inbound.called_ae
             )
-            if reason is None:
-                return
-            reasons.append(f"{backend.name}: {reason}")
+            sent = await sender.send(source, route.pool)
+            outcome = sent.outcome
+            if sent.untried:
+                # Nothing was sent: the pool's next backend may take it (as `Session.place`
+                # does for a DICOM backend that cannot be reached).
+                log.warning(
+                    "backend.unreachable backend=%s pool=%s via=%s reason=%r",
+                    backend.name,
+                    pool.name,
+                    sender.via,
+                    outcome.comment,
+                )
+                passive_failure(
+                    runtime.metrics, backend, pool.name, cause_of(outcome), outcome.comment
+                )
+                reasons.append(f"{backend.name}: {outcome.comment}")
+                continue
+            await discard(message)  # the request failed mid-stream: drop the rest
+            if sent.cause is not None:
+                passive_failure(runtime.metrics, backend, pool.name, sent.cause, outcome.comment)
+            elif outcome.status < 0xFF00:
+                backend.health.success()
+            fate.answered(
+                runtime,
+                sop_instance_uid=sop_uid,
+                study_uid=tags.get(STUDY_INSTANCE_UID, ""),
+                route=route.name,
+                pool=pool.name,
+                backend=backend.name,
+                status=outcome.status,
+                started=started,
+                via=sender.via,
+                reason=outcome.comment,
+            )
+            session.respond(message, outcome.status, outcome.comment or None)
+            return
         try:
             status = await session.forward(message, route.pool, backend, maybe_up, head, done)
         except MessageFailed as err:
