@@ -14,9 +14,9 @@ import collections
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 from dicomlb import descriptors
 from dicomlb.dicom import uids
@@ -80,15 +80,25 @@ class ListenerStats:
     refused: int = 0  # connections closed on arrival (negotiating limits, descriptor headroom)
 
 
+class Services(Protocol):
+    """What the listener's associations are served by (`services.relay.Relay`)."""
+
+    async def serve(self, inbound: InboundAssociation) -> None:
+        """Run an accepted association's messages until it ends."""
+
+    def any_route_available(self, runtime: Runtime) -> bool:
+        """Whether some route can take a message now: else new associations are refused."""
+
+    def no_route_reason(self, runtime: Runtime) -> str:
+        """Why no route can take a message now."""
+
+
 class DicomListener:
     """Accepts client associations on the `dicom` listener of the current runtime."""
 
-    def __init__(
-        self, runtime: Runtime, *, serve: Callable[[InboundAssociation], Awaitable[None]]
-    ) -> None:
+    def __init__(self, runtime: Runtime, services: Services) -> None:
         self.runtime = runtime
-        # Runs each accepted association's messages (`services.relay.serve`, given by the App).
-        self.serve = serve
+        self.services = services  # `services.relay.Relay`, given by the App
         self.stats = ListenerStats()
         self.associations: set[InboundAssociation] = set()
         self.scan_budget = ScanBudget()  # bytes held for routing tags, under scan_budget
@@ -376,7 +386,7 @@ class InboundAssociation(asyncio.Protocol):
             why = "association negotiation failed"
             if isinstance(answer, AssociateAccept) and not self._backends_available(answer):
                 answer = reject(RejectReason.TEMPORARY_CONGESTION, transient=True)
-                why = self.runtime.no_route_reason()
+                why = self.listener.services.no_route_reason(self.runtime)
         if isinstance(answer, AssociateReject):
             self.listener.stats.rejected += 1
             self._outcome = f"rejected: {why}"
@@ -423,7 +433,9 @@ class InboundAssociation(asyncio.Protocol):
             request.user_info.implementation_version_name
             or request.user_info.implementation_class_uid,
         )
-        self._relay_task = asyncio.get_running_loop().create_task(self.listener.serve(self))
+        self._relay_task = asyncio.get_running_loop().create_task(
+            self.listener.services.serve(self)
+        )
         self._arm_timer(self.config.idle_timeout)
 
     def _backends_available(self, accept: AssociateAccept) -> bool:
@@ -436,7 +448,7 @@ class InboundAssociation(asyncio.Protocol):
             for ctx in accept.contexts
             if ctx.result == 0
         )
-        return not wants_more or self.runtime.any_route_available()
+        return not wants_more or self.listener.services.any_route_available(self.runtime)
 
     def pause_writing(self) -> None:
         self._writable = False

@@ -27,6 +27,7 @@ from dicomlb.dicom.upstream import (
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState, Pool
 from dicomlb.snapshot import CalledAet, PoolConfig
+from dicomlb.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,10 @@ class Session:
     """The placement state of one client association: its contexts and forwarded items, the
     backend associations it owns, its C-MOVE destinations."""
 
-    def __init__(self, inbound: InboundAssociation) -> None:
+    def __init__(self, inbound: InboundAssociation, spool: Spool | None = None) -> None:
         self.inbound = inbound
         self.runtime = inbound.runtime
+        self.spool = spool  # `ack: spool` routes' instances go there
         request = inbound.assoc.request
         assert request is not None
         # Proposed to a backend when a new upstream association is opened: everything the

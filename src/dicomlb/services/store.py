@@ -71,8 +71,8 @@ async def store(session: Session, message: InboundMessage) -> None:
         await _store_refused(session, message, "", "", refusal)
         return
     # `ack: spool` routes answer once the instance is durable
-    if route.ack is Ack.SPOOL and runtime.spool is not None:
-        await runtime.spool.ingest(
+    if route.ack is Ack.SPOOL and session.spool is not None:
+        await session.spool.ingest(
             runtime,
             message,
             route,

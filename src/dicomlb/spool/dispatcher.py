@@ -35,12 +35,12 @@ from dicomlb.delivery.senders import (
 )
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState
+from dicomlb.runtime import Runtime
 from dicomlb.spool import state
 from dicomlb.spool.state import BreakerState, CircuitBreaker, ItemState
 from dicomlb.spool.store import STOP_WAIT, Change, Item
 
-if TYPE_CHECKING:
-    from dicomlb.runtime import Runtime
+if TYPE_CHECKING:  # the spool owns its dispatcher
     from dicomlb.spool.spool import Spool
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from dicomlb.delivery import fate
 from dicomlb.dicom.dimse import DataReceived, Status
@@ -21,14 +20,12 @@ from dicomlb.dicom.messages import ClientGone, InboundMessage, discard
 from dicomlb.dicom.part10 import file_header
 from dicomlb.lru import BoundedLru
 from dicomlb.pools import BackendState, Pool, rendezvous_order
+from dicomlb.runtime import Runtime
 from dicomlb.snapshot import RouteConfig, SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.dispatcher import Dispatcher
 from dicomlb.spool.store import Instance, SpoolStore, Target, disk_full, record
 from dicomlb.spool.supervisor import Supervisor, TaskState
-
-if TYPE_CHECKING:
-    from dicomlb.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
