@@ -21,8 +21,10 @@ import collections
 import contextlib
 import functools
 import logging
+import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from dicomlb.delivery import fate
 from dicomlb.delivery.passive import passive_failure
@@ -36,12 +38,11 @@ from dicomlb.delivery.senders import (
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState
 from dicomlb.runtime import Runtime
+from dicomlb.snapshot import SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.state import BreakerState, CircuitBreaker, ItemState
-from dicomlb.spool.store import STOP_WAIT, Change, Item
-
-if TYPE_CHECKING:  # the spool owns its dispatcher
-    from dicomlb.spool.spool import Spool
+from dicomlb.spool.store import STOP_WAIT, Change, Item, SpoolStore
+from dicomlb.spool.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,21 @@ QUIET = 0.05  # after finding nothing due, a feeder asks the index again only wh
 # (new queued items) or after this long: not once per item its workers take
 
 Claimed = tuple[Item, bytes | memoryview | None]  # an item and, when small, its data set bytes
+
+
+class Spool(Protocol):
+    """What the dispatcher uses of the spool that owns it (`spool.spool.Spool`)."""
+
+    config: SpoolConfig
+    store: SpoolStore
+    supervisor: Supervisor
+    rng: random.Random
+    runtime: Callable[[], Runtime]
+    items: int  # the spool's counts, kept current as items are delivered or expire
+    bytes: int
+
+    def remember(self, pool: str, study: str, backend: str) -> None:
+        """The study's backend in `pool` is now `backend` (failover)."""
 
 
 class Dispatcher:
