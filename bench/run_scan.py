@@ -5,7 +5,7 @@
 
 Each kind below is a data set built to make `HeaderScanner` work hard (no routing tag before
 the cap, so the scan runs to `MAX_BYTES`). It is fed in P-DATA-sized fragments (4 KiB and
-16 KiB) as `Relay._read_header` feeds it, until the scanner is done (the cap) or the data
+16 KiB) as `services.store` feeds it, until the scanner is done (the cap) or the data
 ends; the CPU time (`time.process_time`, the best of `--repeat` runs) is what one such
 C-STORE costs the event loop. `--dicomlb-src` measures another checkout's scanner (e.g.
 main before the fix; expect minutes for the `fallback-*` kinds at 1 MiB there).

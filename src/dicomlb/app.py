@@ -36,6 +36,7 @@ from dicomlb.http.proxy import HttpListener
 from dicomlb.metrics import Metrics, StateCollector
 from dicomlb.pools import BackendState, Pool
 from dicomlb.runtime import Runtime
+from dicomlb.services.relay import Relay
 from dicomlb.snapshot import AdminListenerConfig, Snapshot
 from dicomlb.spool.spool import Spool
 from dicomlb.studies import SAVE_SECONDS, StudyIndex
@@ -55,7 +56,8 @@ class App:
         self.spool: Spool | None = None
         if snapshot.spool is not None:
             self.spool = Spool(snapshot.spool, lambda: self.runtime)
-            self.runtime.spool = self.spool
+        # The spool's directory and limits are install config: kept across reloads.
+        self.relay = Relay(self.spool)
         self.dicom: DicomListener | None = None
         self.admin: AdminServer | None = None
         self.http: HttpListener | None = None
@@ -92,7 +94,7 @@ class App:
             await self.spool.start()
         self._saver = asyncio.get_running_loop().create_task(self._save_studies())
         if self.snapshot.dicom is not None:
-            self.dicom = DicomListener(self.runtime)
+            self.dicom = DicomListener(self.runtime, self.relay)
             await self.dicom.start()
         if self.snapshot.admin is not None:
             self.admin = AdminServer(self)
@@ -146,8 +148,6 @@ class App:
             moves=old.moves,
             commitments=old.commitments,
         )
-        # The spool's directory and limits are install config: kept across reloads.
-        self.runtime.spool = self.spool
         if self.dicom is not None:
             self.dicom.runtime = self.runtime
         if self.http is not None:

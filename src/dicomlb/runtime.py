@@ -8,7 +8,6 @@ are shared across runtimes for backends that stay.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from dicomlb.dicom.contexts import SyntaxPair, Verdict, combine
 from dicomlb.dicom.negotiation import Knowledge, Service, is_supported_abstract_syntax
@@ -20,7 +19,6 @@ from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
 from dicomlb.snapshot import (
-    Ack,
     CalledAet,
     DicomListenerConfig,
     MessageFacts,
@@ -28,9 +26,6 @@ from dicomlb.snapshot import (
     StorageCommitment,
 )
 from dicomlb.studies import StudyIndex
-
-if TYPE_CHECKING:
-    from dicomlb.spool.spool import Spool
 
 
 class Runtime:
@@ -49,7 +44,6 @@ class Runtime:
     ) -> None:
         self.snapshot = snapshot
         self.metrics = metrics if metrics is not None else Metrics()  # shared by the App's runtimes
-        self.spool: Spool | None = None  # set by App when the snapshot has a spool section
         # Kept across reloads (App passes them on): where studies are, moves in flight.
         self.studies = studies if studies is not None else StudyIndex()
         self.moves = moves if moves is not None else MoveRegistry()
@@ -168,26 +162,3 @@ class Runtime:
         if dicom is not None and dicom.echo_pool is not None:
             names.add(dicom.echo_pool.name)
         return [pool for name, pool in self.pools.items() if name in names]
-
-    def any_route_available(self) -> bool:
-        """True when some route can take a message now (or there are no routes): its pool has
-        an available backend, or it is spooled (`ack: spool`) and the spool has room."""
-        routes = self.snapshot.routes
-        if not routes:
-            return True
-        if any(self.pools[r.pool.name].has_available() for r in routes if r.ack is Ack.BACKEND):
-            return True
-        spooled = any(r.ack is Ack.SPOOL for r in routes)
-        return spooled and self.spool is not None and self.spool.accepting()
-
-    def no_route_reason(self) -> str:
-        """Why no route can take a message now (when `any_route_available` says so): the
-        spool's refusal for spooled routes, no healthy backend for the others."""
-        routes = self.snapshot.routes
-        reasons = []
-        if any(r.ack is Ack.BACKEND for r in routes):
-            reasons.append("no healthy backend in any pool a route uses")
-        refusal = self.spool.refusal() if self.spool is not None else None
-        if refusal is not None and any(r.ack is Ack.SPOOL for r in routes):
-            reasons.append(f"spool full: {refusal}")
-        return "; ".join(reasons) or "no route can take a message"

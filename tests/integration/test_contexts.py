@@ -193,7 +193,7 @@ def test_a_context_one_backend_of_the_pool_takes_is_accepted(
     with StoreSCP("ANY", tmp_path / "any", fork=True) as anything:
         anything.start()
         lb = balancer(pool_config(("pacs", ct_only), ("any", anything)))
-        with caplog.at_level(logging.DEBUG, logger="dicomlb.dicom.relay"):
+        with caplog.at_level(logging.DEBUG, logger="dicomlb.services.session"):
             for _ in range(4):  # round robin: pacs is picked, and skipped
                 assoc = associate(lb.port, [(MRImageStorage, [EXPLICIT])])
                 assert refusals(assoc) == {}

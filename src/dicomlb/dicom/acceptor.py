@@ -3,9 +3,10 @@
 `InboundAssociation` feeds bytes to the association and DIMSE cores, negotiates (after
 asking the backends that will serve the association what they take, when its AE titles and
 address decide their pool and they have not said yet), runs the ARTIM and idle timers,
-enforces limits, and queues messages for its `Relay`, which moves them to backends one at a
-time in order. Reading pauses while a message's unsent data set fragments exceed a few PDUs,
-so a slow backend slows the client instead of filling memory.
+enforces limits, and queues messages for the listener's `serve` (`services/relay.py`), which
+moves them to backends one at a time in order. Reading pauses while a message's unsent data
+set fragments exceed a few PDUs, so a slow backend slows the client instead of filling
+memory.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 from dicomlb import descriptors
 from dicomlb.dicom import uids
@@ -81,11 +82,25 @@ class ListenerStats:
     refused: int = 0  # connections closed on arrival (negotiating limits, descriptor headroom)
 
 
+class Services(Protocol):
+    """What the listener's associations are served by (`services.relay.Relay`)."""
+
+    async def serve(self, inbound: InboundAssociation) -> None:
+        """Run an accepted association's messages until it ends."""
+
+    def any_route_available(self, runtime: Runtime) -> bool:
+        """Whether some route can take a message now: else new associations are refused."""
+
+    def no_route_reason(self, runtime: Runtime) -> str:
+        """Why no route can take a message now."""
+
+
 class DicomListener:
     """Accepts client associations on the `dicom` listener of the current runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, services: Services) -> None:
         self.runtime = runtime
+        self.services = services  # `services.relay.Relay`, given by the App
         self.stats = ListenerStats()
         self.associations: set[InboundAssociation] = set()
         self.scan_budget = ScanBudget()  # bytes held for routing tags, under scan_budget
@@ -173,7 +188,7 @@ class DicomListener:
 
 
 class InboundAssociation(asyncio.Protocol):
-    """One client association: protocol shell around the cores, feeding a Relay."""
+    """One client association: protocol shell around the cores, feeding its services."""
 
     def __init__(self, listener: DicomListener) -> None:
         self.listener = listener
@@ -398,7 +413,7 @@ class InboundAssociation(asyncio.Protocol):
             why = "association negotiation failed"
             if isinstance(answer, AssociateAccept) and not self._backends_available(answer):
                 answer = reject(RejectReason.TEMPORARY_CONGESTION, transient=True)
-                why = self.runtime.no_route_reason()
+                why = self.listener.services.no_route_reason(self.runtime)
         if isinstance(answer, AssociateReject):
             self.listener.stats.rejected += 1
             self._outcome = f"rejected: {why}"
@@ -445,10 +460,9 @@ class InboundAssociation(asyncio.Protocol):
             request.user_info.implementation_version_name
             or request.user_info.implementation_class_uid,
         )
-        from dicomlb.dicom.relay import Relay  # the relay needs this module's types
-
-        relay = Relay(self)
-        self._relay_task = asyncio.get_running_loop().create_task(relay.run())
+        self._relay_task = asyncio.get_running_loop().create_task(
+            self.listener.services.serve(self)
+        )
         self._arm_timer(self.config.idle_timeout)
 
     def _backends_available(self, accept: AssociateAccept) -> bool:
@@ -461,7 +475,7 @@ class InboundAssociation(asyncio.Protocol):
             for ctx in accept.contexts
             if ctx.result == 0
         )
-        return not wants_more or self.runtime.any_route_available()
+        return not wants_more or self.listener.services.any_route_available(self.runtime)
 
     def pause_writing(self) -> None:
         self._writable = False

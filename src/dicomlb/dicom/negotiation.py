@@ -31,8 +31,8 @@ class Service(enum.StrEnum):
     STORAGE_COMMITMENT = "storage_commitment"  # N-ACTION / N-EVENT-REPORT, push model
 
 
-# Contexts accepted only when the listener offers the service (dicomlb.dicom.query,
-# dicomlb.dicom.retrieve, dicomlb.dicom.commitment relay them).
+# Contexts accepted only when the listener offers the service (dicomlb.services.query,
+# dicomlb.services.retrieve, dicomlb.services.commitment relay them).
 SERVICE_PREFIXES: dict[Service, tuple[str, ...]] = {
     Service.QUERY_RETRIEVE: (
         "1.2.840.10008.5.1.4.1.2.",  # query/retrieve information models

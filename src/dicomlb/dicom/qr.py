@@ -1,7 +1,7 @@
 """Query/retrieve without I/O: information models, result de-duplication, sub-operation
 counts summed over backends, and C-MOVE correlation (PS3.4 Annex C and K, PS3.7 9.1.2-4).
 
-The shells (`dicom/query.py`, `dicom/retrieve.py`) feed these with values read from the wire
+The shells (`services/query.py`, `services/retrieve.py`) feed these with values read from the wire
 and send what they decide; nothing here touches a socket, a clock or a logger.
 """
 

@@ -706,7 +706,7 @@ class UpstreamPool:
         # What the backend accepted and refused, per (called AE, calling AE).
         self.learned = LearnedContexts()
         # The DICOM -> HTTP bridge's keep-alive client for `store_via` backends (made on
-        # first use by dicomlb.bridge.store.client_for; closed with the pool).
+        # first use by dicomlb.delivery.senders.client_for; closed with the pool).
         self.bridge: HttpStoreClient | None = None
 
     @property

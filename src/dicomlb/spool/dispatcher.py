@@ -1,8 +1,9 @@
 """Delivery of spooled items: one sender per backend, retries, dead letters, failover.
 
 Each backend gets a `BackendSender`: up to `max_associations` workers that claim due items
-of that backend from the index, send them over the backend's `UpstreamPool` (the same
-pooled, capped associations the relay uses) and record the outcome. A backend that is down
+of that backend from the index, send them with the backend's sender (`delivery/senders`:
+the same pooled, capped associations the relay uses, or HTTP for a `store_via` backend) and
+record the outcome. A backend that is down
 (health checks) or whose circuit breaker is open costs nothing: no connects, no attempts,
 no item's attempt count grows. A failed attempt is retried after an exponential backoff
 with jitter (`state.after_failure`); past `max_attempts` or `max_age` the item is dead,
@@ -20,42 +21,54 @@ import collections
 import contextlib
 import functools
 import logging
+import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
+from dicomlb.delivery import fate
 from dicomlb.delivery.passive import passive_failure
-from dicomlb.dicom.dimse import DATA_SET_PRESENT, Command, CommandField, Tag
-from dicomlb.dicom.status import succeeded
-from dicomlb.dicom.upstream import (
-    ContextRejected,
-    Rejected,
-    UpstreamAssociation,
-    UpstreamError,
-    UpstreamPool,
+from dicomlb.delivery.senders import (
+    READ_WHOLE,
+    BridgeSender,
+    DimseSender,
+    SpooledInstance,
+    sender_for,
 )
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState
-from dicomlb.snapshot import CalledAet
+from dicomlb.runtime import Runtime
+from dicomlb.snapshot import SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.state import BreakerState, CircuitBreaker, ItemState
-from dicomlb.spool.store import STOP_WAIT, Change, Item
-
-if TYPE_CHECKING:
-    from dicomlb.runtime import Runtime
-    from dicomlb.spool.spool import Spool
+from dicomlb.spool.store import STOP_WAIT, Change, Item, SpoolStore
+from dicomlb.spool.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 1.0  # seconds between sweeps (max age, failover, retention, recount)
 RECOUNT_EVERY = 10  # sweeps between recounts of the index (the CLI may have purged)
 CLAIM_BATCH = 32  # items claimed from the index at once per backend
-READ_WHOLE = 8 << 20  # data sets up to this size are read in one go, larger ones in chunks
-CHUNK = 4 << 20
 IDLE_WAIT = 1.0  # longest sleep of an idle feeder (ingest wakes it sooner)
 QUIET = 0.05  # after finding nothing due, a feeder asks the index again only when woken
 # (new queued items) or after this long: not once per item its workers take
 
 Claimed = tuple[Item, bytes | memoryview | None]  # an item and, when small, its data set bytes
+
+
+class Spool(Protocol):
+    """What the dispatcher uses of the spool that owns it (`spool.spool.Spool`)."""
+
+    config: SpoolConfig
+    store: SpoolStore
+    supervisor: Supervisor
+    rng: random.Random
+    runtime: Callable[[], Runtime]
+    items: int  # the spool's counts, kept current as items are delivered or expire
+    bytes: int
+
+    def remember(self, pool: str, study: str, backend: str) -> None:
+        """The study's backend in `pool` is now `backend` (failover)."""
 
 
 class Dispatcher:
@@ -194,18 +207,7 @@ class Dispatcher:
         (applied,) = await self.store.update([change])
         if not applied:
             return
-        self.spool.runtime().metrics.spool_delivery(item.backend, "dead")
-        log.error(
-            "store.dead sop_instance_uid=%s route=%s pool=%s backend=%s item=%d attempts=%d "
-            "reason=%r",
-            item.sop_instance_uid,
-            item.route,
-            item.pool,
-            item.backend,
-            item.id,
-            attempts,
-            reason,
-        )
+        fate.dead(self.spool.runtime(), item, attempts, reason)
 
 
 class BackendSender:
@@ -348,10 +350,9 @@ class BackendSender:
             self._event.set()  # room for more: the feeder may claim
             runtime = self.spool.runtime()
             backend = runtime.backends.get(self.name)
-            upstream = runtime.upstreams.get(self.name)
             if (
                 backend is None
-                or upstream is None
+                or self.name not in runtime.upstreams
                 or not self._available(backend, runtime)
                 or not self.breaker.allow(time.time())
             ):
@@ -360,7 +361,7 @@ class BackendSender:
             self.inflight += 1
             settled = False
             try:
-                await self._deliver(item, data, backend, upstream, runtime)
+                await self._deliver(item, data, backend, runtime)
                 settled = True
             finally:
                 self.inflight -= 1
@@ -392,97 +393,35 @@ class BackendSender:
         item: Item,
         data: bytes | memoryview | None,
         backend: BackendState,
-        upstream: UpstreamPool,
         runtime: Runtime,
     ) -> None:
-        if backend.config.store is not None:  # store_via: over HTTP (dicomlb.bridge, #7)
-            from dicomlb.bridge.store import deliver_spooled
-
-            await deliver_spooled(self, (item, data), backend, runtime)
-            return
+        sender = sender_for(runtime, backend)
+        batch = [(item, data)]
+        if isinstance(sender, BridgeSender):  # STOW-RS: more of the ready small items at once
+            while len(batch) < sender.batch and self._ready and self._ready[0][1] is not None:
+                batch.append(self._ready.popleft())
         started = time.monotonic()
         pool = runtime.snapshot.pools.get(item.pool)
-        assert backend.config.dicom is not None  # not store_via: a DICOM backend
-        called = (
-            item.called_aet
-            if pool is not None and pool.called_aet is CalledAet.PASSTHROUGH
-            else backend.config.dicom.ae_title
-        )
-        calling = item.calling_aet or (
-            runtime.snapshot.dicom.ae_title if runtime.snapshot.dicom else "DICOMLB"
-        )
-        needed = (item.sop_class_uid, item.transfer_syntax)
-        timeout = pool.response_timeout if pool is not None else 120.0
-        associated = False
-        try:
-            # The lease gives the association back on every exit, aborted if cut off.
-            async with upstream.lease((calling, called, ()), needed, [needed]) as up:
-                associated = True
-                status, comment = await self._send(item, data, up, timeout)
-        except (UpstreamError, TimeoutError, OSError) as err:
-            refused = isinstance(err, ContextRejected) or (
-                isinstance(err, Rejected) and err.permanent
+        sources = [SpooledInstance(claimed, bytes_, self.store) for claimed, bytes_ in batch]
+        sent = await sender.send_many(sources, pool)
+        failure = next((s for s in sent if s.cause is not None), None)
+        if failure is not None:
+            assert failure.cause is not None
+            self._backend_failed(
+                backend, runtime, failure.outcome.comment, failure.cause, item.pool
             )
-            if not associated and not refused:
-                # The backend, not the item, failed: no attempt counted, the breaker decides.
-                assert isinstance(err, UpstreamError)  # all that entering a lease raises
-                self._backend_failed(backend, runtime, str(err), err.cause, item.pool)
-                await self._requeue(item)
-                return
-            if isinstance(err, TimeoutError):
-                reason, cause = f"no response within {timeout:g}s", Cause.RESPONSE_TIMEOUT
+        elif sent[0].outcome.answered:
+            self.breaker.success()
+            backend.health.success()
+        for (claimed, _), result in zip(batch, sent, strict=True):
+            if result.untried and isinstance(sender, DimseSender):
+                # No association: the backend, not the item, failed; no attempt counted, the
+                # breaker decides when to try again.
+                await self._requeue(claimed)
+            elif result.outcome.stored:
+                await self._delivered(claimed, result.outcome.status, started, via=sender.via)
             else:
-                reason = str(err) or type(err).__name__
-                cause = err.cause if isinstance(err, UpstreamError) else Cause.LOCAL
-            if not refused:
-                self._backend_failed(backend, runtime, reason, cause, item.pool)
-            await self._failed(item, reason)
-            return
-        self.breaker.success()
-        backend.health.success()
-        if succeeded(status):
-            await self._delivered(item, status, started)
-        else:
-            text = f"status 0x{status:04X}" + (f" ({comment})" if comment else "")
-            await self._failed(item, text)
-
-    async def _send(
-        self, item: Item, data: bytes | memoryview | None, up: UpstreamAssociation, timeout: float
-    ) -> tuple[int, str]:
-        needed = (item.sop_class_uid, item.transfer_syntax)
-        context_id = up.context_for(needed)
-        assert context_id is not None
-        command = Command.build(
-            {
-                Tag.AFFECTED_SOP_CLASS_UID: item.sop_class_uid,
-                Tag.COMMAND_FIELD: CommandField.C_STORE_RQ,
-                Tag.MESSAGE_ID: up.next_message_id(),
-                Tag.PRIORITY: 0,
-                Tag.COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT,
-                Tag.AFFECTED_SOP_INSTANCE_UID: item.sop_instance_uid,
-            }
-        )
-        length = item.size - item.dataset_offset
-        if length <= READ_WHOLE:
-            if data is None:
-                data = await asyncio.to_thread(self.store.read, item)
-            pending = up.send_command(context_id, command, [(data, True)], timeout)
-            await up.drain()
-        else:
-            offset = item.dataset_offset
-            chunk = await asyncio.to_thread(self.store.read, item, offset, CHUNK)
-            offset += len(chunk)
-            pending = up.send_command(context_id, command, [(chunk, False)], timeout)
-            await up.drain()
-            while offset < item.size:
-                chunk = await asyncio.to_thread(self.store.read, item, offset, CHUNK)
-                if not chunk:
-                    raise OSError(f"spool file {item.file} is shorter than its index row says")
-                offset += len(chunk)
-                up.send_data(context_id, chunk, offset >= item.size)
-                await up.drain()
-        answer = await pending
-        return answer.status or 0, answer.error_comment or ""
+                await self._failed(claimed, result.reason)
 
     def _backend_failed(
         self, backend: BackendState, runtime: Runtime, reason: str, cause: Cause, pool: str
@@ -505,25 +444,9 @@ class BackendSender:
             remove=() if keep else (item.file,),
         )
         self.spool.items -= 1
-        runtime = self.spool.runtime()
-        runtime.metrics.spool_delivery(item.backend, "delivered")
-        # where is the study: spooled instances count once they are delivered
-        runtime.studies.record(item.study_uid, item.backend, item.sop_instance_uid)
         if not keep:
             self.spool.bytes -= item.size
-        log.info(
-            "store.delivered sop_instance_uid=%s route=%s pool=%s backend=%s status=0x%04X "
-            "via=spool attempts=%d item=%d ms=%d%s",
-            item.sop_instance_uid,
-            item.route,
-            item.pool,
-            item.backend,
-            status,
-            item.attempts + 1,
-            item.id,
-            (time.monotonic() - started) * 1000,
-            f" bridge={via}" if via else "",
-        )
+        fate.delivered(self.spool.runtime(), item, status, started, via)
 
     async def _failed(self, item: Item, reason: str) -> None:
         attempts = item.attempts + 1
@@ -539,7 +462,6 @@ class BackendSender:
         if outcome.state is ItemState.DEAD:
             await self.dispatcher.record_dead(item, attempts, outcome.reason)
             return
-        self.spool.runtime().metrics.spool_delivery(item.backend, "failed")
         await self.store.update(
             [
                 Change.fail(
@@ -552,15 +474,4 @@ class BackendSender:
             ]
         )
         self.wake()  # its retry time may come before what the feeder last saw
-        log.warning(
-            "store.failed sop_instance_uid=%s route=%s pool=%s backend=%s via=spool attempts=%d "
-            "retry_in=%.1fs item=%d reason=%r",
-            item.sop_instance_uid,
-            item.route,
-            item.pool,
-            item.backend,
-            attempts,
-            outcome.next_attempt_at - now,
-            item.id,
-            reason,
-        )
+        fate.retrying(self.spool.runtime(), item, attempts, outcome.next_attempt_at - now, reason)

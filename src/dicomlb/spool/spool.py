@@ -13,23 +13,20 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
+from dicomlb.delivery import fate
 from dicomlb.dicom.dimse import DataReceived, Status
 from dicomlb.dicom.messages import ClientGone, InboundMessage, discard
 from dicomlb.dicom.part10 import file_header
 from dicomlb.dicom.tags import STUDY_INSTANCE_UID
 from dicomlb.lru import BoundedLru
 from dicomlb.pools import BackendState, Pool, rendezvous_order
+from dicomlb.runtime import Runtime
 from dicomlb.snapshot import PoolConfig, RouteConfig, SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.dispatcher import Dispatcher
 from dicomlb.spool.store import Instance, SpoolStore, Target, disk_full, record
 from dicomlb.spool.supervisor import Supervisor, TaskState
-
-if TYPE_CHECKING:
-    from dicomlb.dicom.relay import Relay
-    from dicomlb.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -160,35 +157,37 @@ class Spool:
 
     async def ingest(
         self,
-        relay: Relay,
+        runtime: Runtime,
         message: InboundMessage,
         route: RouteConfig,
         head: list[DataReceived],
         done: bool,
         tags: dict[int, str],
         started: float,
+        *,
+        calling_aet: str,
+        called_aet: str,
+        respond: Callable[[int, str | None], None],
     ) -> None:
-        """Spool one C-STORE for `route` and answer the client once it is safe."""
+        """Spool one C-STORE for `route` (placed on `runtime`'s pools) and answer the client,
+        through `respond(status, comment)`, once it is safe."""
         command = message.command
         sop_uid = command.sop_instance_uid
         why = self.refusal()
         if why is not None:
             if not done:
                 await discard(message)
-            log.warning(
-                "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
-                sop_uid,
-                route.name,
-                route.pool.name,
-                Status.OUT_OF_RESOURCES,
-                why,
+            fate.refused(
+                runtime,
+                sop_instance_uid=sop_uid,
+                route=route.name,
+                pool=route.pool.name,
+                status=Status.OUT_OF_RESOURCES,
+                reason=why,
+                spool=True,
             )
-            relay._respond(message, Status.OUT_OF_RESOURCES, f"spool full: {why}")
-            relay.runtime.metrics.spool_refusal(
-                route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
-            )
+            respond(Status.OUT_OF_RESOURCES, f"spool full: {why}")
             return
-        runtime = relay.runtime
         study = tags.get(STUDY_INSTANCE_UID, "")
         targets: list[Target] = []
         for n, pool_config in enumerate((route.pool, *route.mirror)):
@@ -207,8 +206,8 @@ class Spool:
             sop_class_uid=command.sop_class_uid,
             sop_instance_uid=sop_uid,
             transfer_syntax=message.transfer_syntax,
-            source_ae=relay.inbound.calling_ae,
-            receiving_ae=relay.inbound.called_ae,
+            source_ae=calling_aet,
+            receiving_ae=called_aet,
             private_information=record(study, targets),
         )
         instance = Instance(
@@ -216,8 +215,8 @@ class Spool:
             sop_instance_uid=sop_uid,
             transfer_syntax=message.transfer_syntax,
             study_uid=study,
-            calling_aet=relay.inbound.calling_ae,
-            called_aet=relay.inbound.called_ae,
+            calling_aet=calling_aet,
+            called_aet=called_aet,
             dataset_offset=len(header),
         )
         try:
@@ -252,39 +251,32 @@ class Spool:
                 why = f"spool full: {self.refusal() or 'no space left on its file system'}"
             else:
                 why = f"spool write failed: {err}"
-            log.error(
-                "store.failed sop_instance_uid=%s route=%s pool=%s status=0x%04X reason=%r",
-                sop_uid,
-                route.name,
-                route.pool.name,
-                Status.OUT_OF_RESOURCES,
-                why,
+            fate.refused(
+                runtime,
+                sop_instance_uid=sop_uid,
+                route=route.name,
+                pool=route.pool.name,
+                status=Status.OUT_OF_RESOURCES,
+                reason=why,
+                spool=True,
+                level=logging.ERROR,
             )
-            relay._respond(message, Status.OUT_OF_RESOURCES, why)
-            relay.runtime.metrics.spool_refusal(
-                route=route.name, pool=route.pool.name, status=Status.OUT_OF_RESOURCES
-            )
+            respond(Status.OUT_OF_RESOURCES, why)
             return
-        relay.runtime.metrics.spool_stored(
-            route=route.name,
-            pools=[t.pool for t in targets],
-            seconds=time.monotonic() - committing,
-        )
+        committed = time.monotonic() - committing
         self.items += len(targets)
         self.bytes += instance.size * len(targets)
-        relay._respond(message, Status.SUCCESS)
-        ms = (time.monotonic() - started) * 1000
+        respond(Status.SUCCESS, None)
+        fate.spooled(
+            runtime,
+            sop_instance_uid=sop_uid,
+            route=route.name,
+            targets=targets,
+            items=items,
+            started=started,
+            committed=committed,
+        )
         for target, item in zip(targets, items, strict=True):
-            log.info(
-                "store.spooled sop_instance_uid=%s route=%s pool=%s backend=%s item=%d%s ms=%d",
-                sop_uid,
-                route.name,
-                target.pool,
-                target.backend,
-                item.id,
-                " mirror=true" if target.mirror else "",
-                ms,
-            )
             if target.sending:
                 self.dispatcher.hand(item, data)
             else:

@@ -26,23 +26,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
 
-from dicomlb.dicom import query
 from dicomlb.dicom.dimse import DataReceived, Status, Tag, response
 from dicomlb.dicom.messages import InboundMessage
 from dicomlb.dicom.negotiation import role_item
 from dicomlb.dicom.pdu import RoleSelection
 from dicomlb.dicom.qr import STORAGE_COMMITMENT_PUSH, commitment_holder, commitment_request
-from dicomlb.dicom.relay import MessageFailed
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState
+from dicomlb.runtime import Runtime
+from dicomlb.services import query
+from dicomlb.services.session import MessageFailed, Session
 from dicomlb.snapshot import DicomAddress, StorageCommitment
-
-if TYPE_CHECKING:
-    from dicomlb.dicom.relay import Relay
-    from dicomlb.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +46,20 @@ _REPORT_TIMEOUT = 30.0  # the requester's N-EVENT-REPORT-RSP
 _CONNECT_TIMEOUT = 10.0
 
 
-async def request(relay: Relay, message: InboundMessage) -> None:
+async def request(session: Session, message: InboundMessage) -> None:
     """Serve one N-ACTION-RQ (Request Storage Commitment)."""
     command = message.command
     try:
-        placed = await query.place(relay, message, "N-ACTION")
+        placed = await query.place(session, message, "N-ACTION")
     except query.QueryRefused as refusal:
-        _refuse(relay, message, refusal.status, str(refusal))
+        _refuse(session, message, refusal.status, str(refusal))
         return
     if (
         command.sop_class_uid != STORAGE_COMMITMENT_PUSH
         or placed.route.pool.storage_commitment is not StorageCommitment.FORWARD
     ):
         _refuse(
-            relay,
+            session,
             message,
             Status.NO_SUCH_SOP_CLASS,
             f"pool {placed.pool.name} does not take storage commitment",
@@ -72,13 +68,13 @@ async def request(relay: Relay, message: InboundMessage) -> None:
     try:
         wanted = commitment_request(placed.identifier, message.transfer_syntax)
     except ValueError as err:
-        _refuse(relay, message, Status.PROCESSING_FAILURE, str(err))
+        _refuse(session, message, Status.PROCESSING_FAILURE, str(err))
         return
     pool = placed.pool
     available = {b.name: b for b in pool.backends if b.available and b.config.dicom is not None}
     holders = {
         uid: backend
-        for uid, backend in relay.runtime.studies.holders(wanted.instances).items()
+        for uid, backend in session.runtime.studies.holders(wanted.instances).items()
         if backend in available
     }
     chosen, counts = commitment_holder(wanted.instances, holders)
@@ -93,14 +89,14 @@ async def request(relay: Relay, message: InboundMessage) -> None:
     try:
         async with contextlib.AsyncExitStack() as leases:
             holder = available.get(chosen or "")
-            backend, up = await _connect(relay, message, placed, holder, leases)
+            backend, up = await _connect(session, message, placed, holder, leases)
             # Registered before forwarding: the report may come before the N-ACTION-RSP.
-            relay.runtime.commitments.register(
+            session.runtime.commitments.register(
                 transaction_uid=wanted.transaction_uid,
-                requester_ae=relay.inbound.calling_ae,
+                requester_ae=session.inbound.calling_ae,
                 backend=backend.name,
             )
-            status = await relay._forward(
+            status = await session.forward(
                 message,
                 placed.route.pool,
                 backend,
@@ -109,18 +105,18 @@ async def request(relay: Relay, message: InboundMessage) -> None:
                 True,
             )
     except MessageFailed as failure:
-        relay.runtime.commitments.take(wanted.transaction_uid)
-        _refuse(relay, message, failure.status, str(failure))
+        session.runtime.commitments.take(wanted.transaction_uid)
+        _refuse(session, message, failure.status, str(failure))
         return
     if status != Status.SUCCESS:
-        relay.runtime.commitments.take(wanted.transaction_uid)  # no report will come
+        session.runtime.commitments.take(wanted.transaction_uid)  # no report will come
     log.info(
         "commitment.forwarded pool=%s backend=%s transaction=%s calling_aet=%s instances=%d "
         "located=%d status=0x%04X",
         pool.name,
         backend.name,
         wanted.transaction_uid,
-        relay.inbound.calling_ae,
+        session.inbound.calling_ae,
         len(wanted.instances),
         counts.get(backend.name, 0),
         status,
@@ -128,7 +124,7 @@ async def request(relay: Relay, message: InboundMessage) -> None:
 
 
 async def _connect(
-    relay: Relay,
+    session: Session,
     message: InboundMessage,
     placed: query.Placed,
     holder: BackendState | None,
@@ -137,16 +133,16 @@ async def _connect(
     """The holder's upstream association, else the pool strategy's pick (leased on
     `leases`)."""
     if holder is not None:
-        lease = relay.runtime.upstreams[holder.name].lease(
-            relay._upstream_key(placed.route.pool, holder),
+        lease = session.runtime.upstreams[holder.name].lease(
+            session.upstream_key(placed.route.pool, holder),
             (message.abstract_syntax, message.transfer_syntax),
-            relay.contexts,
-            owner=relay.upstreams,
+            session.contexts,
+            owner=session.upstreams,
         )
         try:
             up = await leases.enter_async_context(lease)
         except UpstreamError as err:
-            relay.declined(holder, placed.pool.name, err)
+            session.declined(holder, placed.pool.name, err)
         else:
             return holder, up
     else:
@@ -156,19 +152,19 @@ async def _connect(
             "no referenced instance known (stored before the last restart without state_dir, "
             "or not through dicomlb)",
         )
-    return await relay._connect(placed.pool, placed.key, message, leases)
+    return await session.connect(placed.pool, placed.key, message, leases)
 
 
-async def report(relay: Relay, message: InboundMessage) -> None:
+async def report(session: Session, message: InboundMessage) -> None:
     """Relay a backend's N-EVENT-REPORT-RQ (Storage Commitment Result) to the requester and
     its N-EVENT-REPORT-RSP back."""
     started = time.monotonic()
-    inbound = relay.inbound
+    inbound = session.inbound
     command = message.command
     data = await query.read_identifier(message)
     if command.sop_class_uid != STORAGE_COMMITMENT_PUSH:
         _refuse(
-            relay,
+            session,
             message,
             Status.NO_SUCH_SOP_CLASS,
             "dicomlb relays storage commitment reports only",
@@ -178,16 +174,16 @@ async def report(relay: Relay, message: InboundMessage) -> None:
     try:
         transaction = commitment_request(data, message.transfer_syntax).transaction_uid
     except ValueError as err:
-        _refuse(relay, message, Status.PROCESSING_FAILURE, str(err), what="report")
+        _refuse(session, message, Status.PROCESSING_FAILURE, str(err), what="report")
         return
-    pending = relay.runtime.commitments.take(transaction)
+    pending = session.runtime.commitments.take(transaction)
     # Not registered (the backend is the requester, dicomlb restarted, or the registry
     # overflowed): the reporter calls the requester's AE title, so the called AE names it.
     requester = pending.requester_ae if pending is not None else inbound.called_ae
-    target = _requester(relay.runtime, requester, known_client=pending is not None)
+    target = _requester(session.runtime, requester, known_client=pending is not None)
     if target is None:
         _refuse(
-            relay,
+            session,
             message,
             Status.PROCESSING_FAILURE,
             f"storage commitment requester {requester} is neither in dicomlb's dicom_nodes "
@@ -228,7 +224,7 @@ async def report(relay: Relay, message: InboundMessage) -> None:
             )
         except (UpstreamError, TimeoutError, OSError) as err:
             _refuse(
-                relay,
+                session,
                 message,
                 Status.PROCESSING_FAILURE,
                 f"{requester}: {err or 'timed out'}",
@@ -294,9 +290,9 @@ def _requester(
 
 
 def _refuse(
-    relay: Relay, message: InboundMessage, status: int, reason: str, what: str = "request"
+    session: Session, message: InboundMessage, status: int, reason: str, what: str = "request"
 ) -> None:
     log.warning("commitment.failed %s status=0x%04X reason=%r", what, status, reason)
-    relay.inbound.send_command(
+    session.inbound.send_command(
         message.context_id, response(message.command, status, error_comment=reason)
     )

@@ -1,4 +1,4 @@
-"""C-MOVE and C-GET through the balancer (storage commitment: `dicom/commitment.py`).
+"""C-MOVE and C-GET through the balancer (storage commitment: `services/commitment.py`).
 
 Which backends: the study -> backend table (`studies.py`) when it knows the study; with
 `query: one` any one healthy backend (shared database); otherwise a C-FIND probe across the
@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from dicomlb.delivery.passive import passive_failure
-from dicomlb.dicom import commitment, query
 from dicomlb.dicom.acceptor import InboundAssociation
 from dicomlb.dicom.dimse import (
     Command,
@@ -53,35 +51,21 @@ from dicomlb.dicom.upstream import Unreachable, UpstreamAssociation, UpstreamErr
 from dicomlb.health import Cause
 from dicomlb.placement import refusal
 from dicomlb.pools import BackendState
+from dicomlb.services import query
+from dicomlb.services.session import Session
 from dicomlb.snapshot import MoveDestination, QueryMode
-
-if TYPE_CHECKING:
-    from dicomlb.dicom.relay import Relay
 
 log = logging.getLogger(__name__)
 
 _SUBOPERATION_TIMEOUT = 120.0  # a destination's C-STORE response
 
 
-async def serve(relay: Relay, message: InboundMessage) -> None:
-    """Dispatch a C-FIND, C-MOVE, C-GET, N-ACTION or N-EVENT-REPORT request."""
-    field = message.command.command_field
-    if field == CommandField.C_FIND_RQ:
-        await query.find(relay, message)
-    elif field == CommandField.C_MOVE_RQ:
-        await move(relay, message)
-    elif field == CommandField.C_GET_RQ:
-        await get(relay, message)
-    elif field == CommandField.N_ACTION_RQ:
-        await commitment.request(relay, message)
-    else:
-        await commitment.report(relay, message)
-
-
 # ------------------------------------------------------------------ which backends
 
 
-async def locate(relay: Relay, message: InboundMessage, placed: query.Placed) -> list[BackendState]:
+async def locate(
+    session: Session, message: InboundMessage, placed: query.Placed
+) -> list[BackendState]:
     """The backends to retrieve from: known holders of the study, one backend of a shared
     database, or those a C-FIND probe finds the identifier at."""
     pool = placed.pool
@@ -93,21 +77,21 @@ async def locate(relay: Relay, message: InboundMessage, placed: query.Placed) ->
         return [backend] if backend is not None else []
     study = placed.values.get(STUDY_INSTANCE_UID, "")
     if study:
-        known = set(relay.runtime.studies.locate(study))
+        known = set(session.runtime.studies.locate(study))
         holders = [b for b in available if b.name in known]
         if holders:
             return holders
-    found = await _probe(relay, message, placed, available)
+    found = await _probe(session, message, placed, available)
     if found:
         if study:
-            relay.runtime.studies.record_many(study, (b.name for b in found))
+            session.runtime.studies.record_many(study, (b.name for b in found))
         return found
     backend = pool.pick(placed.key)  # nobody admits to it: let one backend answer
     return [backend] if backend is not None else []
 
 
 async def _probe(
-    relay: Relay, message: InboundMessage, placed: query.Placed, backends: list[BackendState]
+    session: Session, message: InboundMessage, placed: query.Placed, backends: list[BackendState]
 ) -> list[BackendState]:
     """C-FIND with the retrieve's identifier at each backend, in parallel."""
     find_uid = find_model_of(message.abstract_syntax)
@@ -123,8 +107,8 @@ async def _probe(
             nonlocal matches
             matches += 1
 
-        lease = relay.runtime.upstreams[backend.name].lease(
-            relay._upstream_key(pool_config, backend), needed, relay.contexts
+        lease = session.runtime.upstreams[backend.name].lease(
+            session.upstream_key(pool_config, backend), needed, session.contexts
         )
         try:
             async with asyncio.timeout(pool_config.query_timeout), lease as up:
@@ -150,7 +134,7 @@ async def _probe(
             log.warning("retrieve.probe_failed backend=%s reason=%r", backend.name, str(err))
             if isinstance(err, UpstreamError):
                 passive_failure(
-                    relay.runtime.metrics, backend, placed.pool.name, err.cause, str(err)
+                    session.runtime.metrics, backend, placed.pool.name, err.cause, str(err)
                 )
             return False
         return matches > 0
@@ -169,32 +153,32 @@ async def _probe(
 # ------------------------------------------------------------------ C-MOVE
 
 
-async def move(relay: Relay, message: InboundMessage) -> None:
+async def move(session: Session, message: InboundMessage) -> None:
     """Serve one C-MOVE-RQ."""
     started = time.monotonic()
-    inbound = relay.inbound
+    inbound = session.inbound
     command = message.command
     destination = command.text(Tag.MOVE_DESTINATION) or ""
     try:
-        placed = await query.place(relay, message, "C-MOVE")
+        placed = await query.place(session, message, "C-MOVE")
     except query.QueryRefused as refusal:
-        _refuse(relay, message, "move", refusal.status, str(refusal))
+        _refuse(session, message, "move", refusal.status, str(refusal))
         return
     mode = placed.route.move_destination or placed.route.pool.move_destination
-    snapshot = relay.runtime.snapshot
+    snapshot = session.runtime.snapshot
     if mode is MoveDestination.VIA_BALANCER and destination not in snapshot.dicom_nodes:
         _refuse(
-            relay,
+            session,
             message,
             "move",
             MOVE_DESTINATION_UNKNOWN,
             f"move destination {destination} is not in dicomlb's dicom_nodes",
         )
         return
-    backends = await locate(relay, message, placed)
+    backends = await locate(session, message, placed)
     if not backends:
         _refuse(
-            relay,
+            session,
             message,
             "move",
             Status.OUT_OF_RESOURCES,
@@ -205,7 +189,7 @@ async def move(relay: Relay, message: InboundMessage) -> None:
     rewrite: dict[int, int | str | bytes | None] = {}
     if mode is MoveDestination.VIA_BALANCER:
         assert snapshot.dicom is not None
-        pending_move = relay.runtime.moves.register(
+        pending_move = session.runtime.moves.register(
             originator_ae=inbound.calling_ae,
             client_message_id=command.message_id,
             destination=destination,
@@ -213,16 +197,16 @@ async def move(relay: Relay, message: InboundMessage) -> None:
         )
         rewrite[Tag.MOVE_DESTINATION] = snapshot.dicom.ae_title
     try:
-        tally = await _retrieve(relay, message, placed, backends, rewrite, pending_move)
+        tally = await _retrieve(session, message, placed, backends, rewrite, pending_move)
     finally:
         if pending_move is not None:
-            relay.runtime.moves.done(pending_move)
+            session.runtime.moves.done(pending_move)
     where = f" destination={destination} mode={mode.value}"
-    _conclude(relay, message, placed, backends, tally, started, "move.relayed", where)
+    _conclude(session, message, placed, backends, tally, started, "move.relayed", where)
 
 
 def _conclude(
-    relay: Relay,
+    session: Session,
     message: InboundMessage,
     placed: query.Placed,
     backends: list[BackendState],
@@ -234,7 +218,7 @@ def _conclude(
     """Send a retrieve's final response and log its outcome (`where`: extra key=values)."""
     status = tally.final_status()
     total = tally.total()
-    _final(relay, message, tally, status)
+    _final(session, message, tally, status)
     log.log(
         logging.INFO if status == Status.SUCCESS else logging.WARNING,
         "%s route=%s pool=%s backends=%s%s completed=%d failed=%d warning=%d status=0x%04X ms=%d",
@@ -261,7 +245,7 @@ def _comment(tally: RetrieveTally) -> str | None:
     return "; ".join(f"{name}: {text}" for name, text in tally.comments.items()) or None
 
 
-def _final(relay: Relay, message: InboundMessage, tally: RetrieveTally, status: int) -> None:
+def _final(session: Session, message: InboundMessage, tally: RetrieveTally, status: int) -> None:
     """The final C-MOVE-RSP / C-GET-RSP: summed counts and, when backends listed failed
     instances, their merged Failed SOP Instance UID List (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
     identifier = None
@@ -275,19 +259,19 @@ def _final(relay: Relay, message: InboundMessage, tally: RetrieveTally, status: 
         error_comment=_comment(tally),
         identifier=identifier is not None,
     )
-    relay.inbound.send_message(message.context_id, answer, identifier)
+    session.inbound.send_message(message.context_id, answer, identifier)
 
 
-def _refuse(relay: Relay, message: InboundMessage, what: str, status: int, reason: str) -> None:
+def _refuse(session: Session, message: InboundMessage, what: str, status: int, reason: str) -> None:
     log.warning("%s.failed status=0x%04X reason=%r", what, status, reason)
-    relay.inbound.send_command(
+    session.inbound.send_command(
         message.context_id,
         retrieve_response(message.command, status, Counts(), final=True, error_comment=reason),
     )
 
 
 async def _retrieve(
-    relay: Relay,
+    session: Session,
     message: InboundMessage,
     placed: query.Placed,
     backends: list[BackendState],
@@ -297,11 +281,11 @@ async def _retrieve(
     sequential: bool = False,
 ) -> RetrieveTally:
     """Send the C-MOVE / C-GET to `backends` and relay the summed pending responses."""
-    inbound = relay.inbound
+    inbound = session.inbound
     command = message.command
     tally = RetrieveTally(tuple(b.name for b in backends))
     pool_config = placed.route.pool
-    forwarded = relay.forwarded
+    forwarded = session.forwarded
     if command.command_field == CommandField.C_GET_RQ:
         # PS3.7 D.3.3.4: the client's SCP role for its storage classes, proposed upstream too.
         request = inbound.assoc.request
@@ -309,7 +293,7 @@ async def _retrieve(
         forwarded = forwarded + tuple(role_item(r) for r in request.user_info.roles)
 
     async def ask(backend: BackendState, asked: query.Asked) -> None:
-        key = relay._upstream_key(pool_config, backend)
+        key = session.upstream_key(pool_config, backend)
         key = (key[0], key[1], forwarded)
         needed = (message.abstract_syntax, message.transfer_syntax)
 
@@ -325,8 +309,8 @@ async def _retrieve(
             )
 
         try:
-            async with relay.runtime.upstreams[backend.name].lease(
-                key, needed, relay.contexts
+            async with session.runtime.upstreams[backend.name].lease(
+                key, needed, session.contexts
             ) as up:
                 context_id = up.context_for(needed)
                 assert context_id is not None
@@ -371,7 +355,7 @@ async def _retrieve(
                 err.cause.value,
                 str(err),
             )
-            passive_failure(relay.runtime.metrics, backend, pool_config.name, err.cause, str(err))
+            passive_failure(session.runtime.metrics, backend, pool_config.name, err.cause, str(err))
             return
         except TimeoutError:  # a long retrieve is not the backend's failure
             tally.failed(backend.name, "timed out")
@@ -382,7 +366,7 @@ async def _retrieve(
         if answer.error_comment and answer.status:
             tally.comments[backend.name] = answer.error_comment
 
-    with query.Asked(relay, message) as asked:
+    with query.Asked(session, message) as asked:
         if sequential:
             for backend in backends:
                 await ask(backend, asked)
@@ -394,7 +378,7 @@ async def _retrieve(
 # ------------------------------------------------------------------ C-MOVE sub-operations
 
 
-async def relay_suboperation(relay: Relay, message: InboundMessage, move: PendingMove) -> None:
+async def relay_suboperation(session: Session, message: InboundMessage, move: PendingMove) -> None:
     """A backend's sub-operation C-STORE of a C-MOVE via the balancer: relay it to the real
     destination, and its status back to the backend."""
     started = time.monotonic()
@@ -404,7 +388,7 @@ async def relay_suboperation(relay: Relay, message: InboundMessage, move: Pendin
     comment: str | None = None
     link: UpstreamAssociation | None = None
     try:
-        link = await _destination(relay, move.destination)
+        link = await _destination(session, move.destination)
         pair = (message.abstract_syntax, message.transfer_syntax)
         context_id = link.context_for(pair)
         if context_id is None:
@@ -441,14 +425,16 @@ async def relay_suboperation(relay: Relay, message: InboundMessage, move: Pendin
     finally:
         if link is not None and not link.clean:  # cut off or failed: never reused
             link.abort()
-            relay.destinations.pop(move.destination, None)
-    relay.inbound.send_command(message.context_id, response(command, status, error_comment=comment))
+            session.destinations.pop(move.destination, None)
+    session.inbound.send_command(
+        message.context_id, response(command, status, error_comment=comment)
+    )
     log.log(
         logging.INFO if status == Status.SUCCESS else logging.WARNING,
         "move.suboperation sop_instance_uid=%s backend_aet=%s destination=%s originator_aet=%s "
         "message_id=%d status=0x%04X ms=%d",
         sop_uid,
-        relay.inbound.calling_ae,
+        session.inbound.calling_ae,
         move.destination,
         move.originator_ae,
         move.client_message_id,
@@ -457,14 +443,14 @@ async def relay_suboperation(relay: Relay, message: InboundMessage, move: Pendin
     )
 
 
-async def _destination(relay: Relay, ae_title: str) -> UpstreamAssociation:
+async def _destination(session: Session, ae_title: str) -> UpstreamAssociation:
     """This association's link to a C-MOVE destination, opened on first use."""
-    link = relay.destinations.get(ae_title)
+    link = session.destinations.get(ae_title)
     if link is not None and link.usable:
         return link
-    address = relay.runtime.snapshot.dicom_nodes[ae_title]
+    address = session.runtime.snapshot.dicom_nodes[ae_title]
     # The backend's own calling AE title, as its sub-operations would carry directly.
-    calling = relay.inbound.calling_ae
+    calling = session.inbound.calling_ae
     loop = asyncio.get_running_loop()
     link = None
     try:
@@ -473,7 +459,7 @@ async def _destination(relay: Relay, ae_title: str) -> UpstreamAssociation:
                 lambda: UpstreamAssociation(
                     f"destination {ae_title}",
                     (calling, address.ae_title, ()),
-                    relay.contexts,
+                    session.contexts,
                     65536,
                 ),
                 address.host,
@@ -484,7 +470,7 @@ async def _destination(relay: Relay, ae_title: str) -> UpstreamAssociation:
         if link is not None:
             link.abort()
         raise
-    relay.destinations[ae_title] = link
+    session.destinations[ae_title] = link
     log.info("move.destination_associated destination=%s address=%s", ae_title, address)
     return link
 
@@ -492,18 +478,18 @@ async def _destination(relay: Relay, ae_title: str) -> UpstreamAssociation:
 # ------------------------------------------------------------------ C-GET
 
 
-async def get(relay: Relay, message: InboundMessage) -> None:
+async def get(session: Session, message: InboundMessage) -> None:
     """Serve one C-GET-RQ."""
     started = time.monotonic()
     try:
-        placed = await query.place(relay, message, "C-GET")
+        placed = await query.place(session, message, "C-GET")
     except query.QueryRefused as refusal:
-        _refuse(relay, message, "get", refusal.status, str(refusal))
+        _refuse(session, message, "get", refusal.status, str(refusal))
         return
-    backends = await locate(relay, message, placed)
+    backends = await locate(session, message, placed)
     if not backends:
         _refuse(
-            relay,
+            session,
             message,
             "get",
             Status.OUT_OF_RESOURCES,
@@ -511,8 +497,8 @@ async def get(relay: Relay, message: InboundMessage) -> None:
         )
         return
     # One backend at a time: their sub-operations share the client's association.
-    tally = await _retrieve(relay, message, placed, backends, {}, None, sequential=True)
-    _conclude(relay, message, placed, backends, tally, started, "get.relayed")
+    tally = await _retrieve(session, message, placed, backends, {}, None, sequential=True)
+    _conclude(session, message, placed, backends, tally, started, "get.relayed")
 
 
 class GetBridge:

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from dicomlb.delivery.passive import passive_failure
 from dicomlb.dicom.dimse import (
@@ -37,7 +36,6 @@ from dicomlb.dicom.qr import (
     result_key,
     unanswered_comment,
 )
-from dicomlb.dicom.relay import MessageFailed
 from dicomlb.dicom.tags import STUDY_INSTANCE_UID, HeaderScanner
 from dicomlb.dicom.upstream import (
     PENDING_STATUSES,
@@ -48,10 +46,8 @@ from dicomlb.dicom.upstream import (
 )
 from dicomlb.placement import Refusal, common_refusal, refusal
 from dicomlb.pools import BackendState, Pool
+from dicomlb.services.session import MessageFailed, Session
 from dicomlb.snapshot import MessageFacts, QueryMode, RouteConfig
-
-if TYPE_CHECKING:
-    from dicomlb.dicom.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +92,16 @@ async def read_identifier(message: InboundMessage) -> bytes:
             return b"".join(parts)
 
 
-async def place(relay: Relay, message: InboundMessage, command_name: str) -> Placed:
+async def place(session: Session, message: InboundMessage, command_name: str) -> Placed:
     """Read the identifier and pick the route; raises QueryRefused when no route matches."""
     identifier = await read_identifier(message)
-    wanted = relay.runtime.snapshot.wanted_tags | IDENTIFIER_TAGS
-    encoding = relay.inbound.config.encoding(message.transfer_syntax)
+    wanted = session.runtime.snapshot.wanted_tags | IDENTIFIER_TAGS
+    encoding = session.inbound.config.encoding(message.transfer_syntax)
     scanner = HeaderScanner(message.transfer_syntax, wanted, encoding=encoding)
     scanner.feed(identifier)
     scanner.finish()
     values = scanner.values
-    inbound = relay.inbound
+    inbound = session.inbound
     facts = MessageFacts(
         calling_aet=inbound.calling_ae,
         called_aet=inbound.called_ae,
@@ -114,10 +110,10 @@ async def place(relay: Relay, message: InboundMessage, command_name: str) -> Pla
         sop_class_uid=message.command.sop_class_uid,
         tags=values,
     )
-    route = relay.runtime.router.select(facts)
+    route = session.runtime.router.select(facts)
     if route is None:
         raise QueryRefused(Status.NOT_AUTHORIZED, f"no route matches this {command_name}")
-    return Placed(identifier, values, route, relay.runtime.pools[route.pool.name])
+    return Placed(identifier, values, route, session.runtime.pools[route.pool.name])
 
 
 def cancel_request(message_id: int) -> Command:
@@ -134,8 +130,8 @@ def cancel_request(message_id: int) -> Command:
 class Asked:
     """The backends a request is in flight at, so a C-CANCEL reaches each of them."""
 
-    def __init__(self, relay: Relay, message: InboundMessage) -> None:
-        self.inbound = relay.inbound
+    def __init__(self, session: Session, message: InboundMessage) -> None:
+        self.inbound = session.inbound
         self.message_id = message.command.message_id
         self.cancelled = False
         self._live: dict[str, tuple[UpstreamAssociation, int, int]] = {}
@@ -169,31 +165,31 @@ class Asked:
             up.send_plain(context_id, cancel_request(message_id))
 
 
-async def find(relay: Relay, message: InboundMessage) -> None:
+async def find(session: Session, message: InboundMessage) -> None:
     """Serve one C-FIND-RQ."""
     started = time.monotonic()
     try:
-        placed = await place(relay, message, "C-FIND")
+        placed = await place(session, message, "C-FIND")
     except QueryRefused as refusal:
         log.warning("find.failed status=0x%04X reason=%r", refusal.status, str(refusal))
-        relay.inbound.send_command(
+        session.inbound.send_command(
             message.context_id, find_final(message.command, refusal.status, str(refusal))
         )
         return
     if placed.mode is QueryMode.FANOUT:
-        await _fanout(relay, message, placed, started)
+        await _fanout(session, message, placed, started)
     else:
-        await _one(relay, message, placed, started)
+        await _one(session, message, placed, started)
 
 
-async def _one(relay: Relay, message: InboundMessage, placed: Placed, started: float) -> None:
+async def _one(session: Session, message: InboundMessage, placed: Placed, started: float) -> None:
     pool = placed.pool
     results = 0
 
     def relay_pending(answer: Command, data: bytes | None) -> None:
         nonlocal results
         results += 1
-        relay.inbound.send_message(
+        session.inbound.send_message(
             message.context_id,
             answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: message.command.message_id}),
             data,
@@ -201,7 +197,7 @@ async def _one(relay: Relay, message: InboundMessage, placed: Placed, started: f
 
     async with contextlib.AsyncExitStack() as leases:
         try:
-            backend, up = await relay._connect(pool, placed.key, message, leases)
+            backend, up = await session.connect(pool, placed.key, message, leases)
         except MessageFailed as failure:
             log.warning(
                 "find.failed pool=%s status=0x%04X reason=%r",
@@ -209,20 +205,20 @@ async def _one(relay: Relay, message: InboundMessage, placed: Placed, started: f
                 failure.status,
                 str(failure),
             )
-            relay.inbound.send_command(
+            session.inbound.send_command(
                 message.context_id, find_final(message.command, failure.status, str(failure))
             )
             return
-        with Asked(relay, message) as asked:
+        with Asked(session, message) as asked:
             try:
                 status, comment = await _ask(
-                    relay, message, placed, backend, up, asked, relay_pending
+                    session, message, placed, backend, up, asked, relay_pending
                 )
             except (UpstreamError, TimeoutError) as err:
                 reason = _reason(err, placed.route.pool.response_timeout)
                 failed: int = Status.PROCESSING_FAILURE
                 if isinstance(err, UpstreamError):
-                    passive_failure(relay.runtime.metrics, backend, pool.name, err.cause, reason)
+                    passive_failure(session.runtime.metrics, backend, pool.name, err.cause, reason)
                     refused = None if results else refusal(err.cause)
                     failed = refused.status if refused is not None else failed
                 log.warning(
@@ -233,12 +229,12 @@ async def _one(relay: Relay, message: InboundMessage, placed: Placed, started: f
                     failed,
                     reason,
                 )
-                relay.inbound.send_command(
+                session.inbound.send_command(
                     message.context_id,
                     find_final(message.command, failed, f"{backend.name}: {reason}"),
                 )
                 return
-    relay.inbound.send_command(message.context_id, find_final(message.command, status, comment))
+    session.inbound.send_command(message.context_id, find_final(message.command, status, comment))
     log.info(
         "find.relayed route=%s pool=%s backend=%s mode=one level=%s results=%d status=0x%04X ms=%d",
         placed.route.name,
@@ -252,7 +248,7 @@ async def _one(relay: Relay, message: InboundMessage, placed: Placed, started: f
 
 
 async def _ask(
-    relay: Relay,
+    session: Session,
     message: InboundMessage,
     placed: Placed,
     backend: BackendState,
@@ -284,7 +280,9 @@ async def _ask(
     return answer.status or 0, answer.error_comment
 
 
-async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started: float) -> None:
+async def _fanout(
+    session: Session, message: InboundMessage, placed: Placed, started: float
+) -> None:
     pool = placed.pool
     pool_config = placed.route.pool
     backends = [b for b in pool.backends if b.available]
@@ -296,7 +294,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
             Status.OUT_OF_RESOURCES,
             reason,
         )
-        relay.inbound.send_command(
+        session.inbound.send_command(
             message.context_id, find_final(message.command, Status.OUT_OF_RESOURCES, reason)
         )
         return
@@ -306,7 +304,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
     brief: dict[str, str] = {}  # the same, short enough to share a 64-character Error Comment
     per_backend: dict[str, int] = {}
     ts = message.transfer_syntax
-    studies = relay.runtime.studies
+    studies = session.runtime.studies
 
     def make_handler(backend: BackendState) -> ResponseHandler:
         def on_pending(answer: Command, data: bytes | None) -> None:
@@ -317,7 +315,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
             if values.get(STUDY_INSTANCE_UID):
                 studies.record(values[STUDY_INSTANCE_UID], backend.name)  # queries teach too
             if merger.first(result_key(values, data)):
-                relay.inbound.send_message(
+                session.inbound.send_message(
                     message.context_id,
                     answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: message.command.message_id}),
                     data,
@@ -326,15 +324,15 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
         return on_pending
 
     async def ask(backend: BackendState, asked: Asked) -> None:
-        lease = relay.runtime.upstreams[backend.name].lease(
-            relay._upstream_key(pool_config, backend),
+        lease = session.runtime.upstreams[backend.name].lease(
+            session.upstream_key(pool_config, backend),
             (message.abstract_syntax, message.transfer_syntax),
-            relay.contexts,
+            session.contexts,
         )
         try:
             async with asyncio.timeout(pool_config.query_timeout), lease as up:
                 status, comment = await _ask(
-                    relay, message, placed, backend, up, asked, make_handler(backend)
+                    session, message, placed, backend, up, asked, make_handler(backend)
                 )
         except TimeoutError:
             problems[backend.name] = brief[backend.name] = "timed out"
@@ -349,7 +347,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
                     "unreachable" if isinstance(err, Unreachable) else str(err)[:24]
                 )
             refusals.append(refused)
-            passive_failure(relay.runtime.metrics, backend, pool.name, err.cause, str(err))
+            passive_failure(session.runtime.metrics, backend, pool.name, err.cause, str(err))
         else:
             if status not in (Status.SUCCESS, CANCELLED) and status not in PENDING_STATUSES:
                 problems[backend.name] = f"status 0x{status:04X}" + (
@@ -365,7 +363,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
             problems[backend.name],
         )
 
-    with Asked(relay, message) as asked:
+    with Asked(session, message) as asked:
         await asyncio.gather(*(ask(b, asked) for b in backends))
         cancelled = asked.cancelled
     answered = len(problems) < len(backends)
@@ -377,7 +375,7 @@ async def _fanout(relay: Relay, message: InboundMessage, placed: Placed, started
         status = refused.status if refused is not None else Status.PROCESSING_FAILURE
     else:
         status = Status.SUCCESS
-    relay.inbound.send_command(message.context_id, find_final(message.command, status, comment))
+    session.inbound.send_command(message.context_id, find_final(message.command, status, comment))
     log.log(
         logging.WARNING if problems else logging.INFO,
         "find.relayed route=%s pool=%s mode=fanout backends=%d failed=%d level=%s results=%d "
