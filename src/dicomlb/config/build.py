@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, StrictBool, ValidationError
+from pydantic import Field, StrictBool, ValidationError
 
 from dicomlb.config.admin import AdminListenerModel, build_admin
 from dicomlb.config.dicom import (
@@ -23,12 +23,12 @@ from dicomlb.config.dicom import (
     DEFAULT_AFFINITY_KEY,
     ECHO_LOCAL,
     BackendModel,
+    DicomAddressText,
     DicomListenerModel,
     OrthancModel,
     PoolModel,
     RouteModel,
     backend_store,
-    parse_dicom_address,
 )
 from dicomlb.config.http import (
     HttpListenerModel,
@@ -45,11 +45,14 @@ from dicomlb.config.tools import (
     AeTitle,
     ConfigError,
     ConfigIssue,
+    Interval,
     Model,
+    defaults,
+    format_duration,
     is_loopback,
     issue_from_pydantic,
     load_yaml,
-    parse_duration,
+    unset,
     value_kind,
     written,
 )
@@ -59,7 +62,6 @@ from dicomlb.snapshot import (
     Ack,
     AllowRule,
     BackendConfig,
-    DicomAddress,
     DicomListenerConfig,
     HealthConfig,
     HttpListenerConfig,
@@ -74,24 +76,57 @@ __all__ = ["ConfigModel", "build_backend", "build_snapshot", "load_snapshot"]
 
 
 class ListenersModel(Model):
-    dicom: DicomListenerModel | None = None
-    admin: AdminListenerModel | None = None
-    http: HttpListenerModel | None = None
+    """`listeners`: what dicomlb listens on; a listener left out is not run."""
+
+    dicom: DicomListenerModel | None = Field(default=None, description="The DICOM listener.")
+    admin: AdminListenerModel | None = Field(
+        default=None, description="The admin listener: dashboard, API, `/metrics`, probes."
+    )
+    http: HttpListenerModel | None = Field(default=None, description="The HTTP load balancer.")
+
+
+_SNAPSHOT = defaults(Snapshot)
 
 
 class ConfigModel(Model):
-    listeners: ListenersModel | None = None
-    pools: dict[str, PoolModel]
-    routes: list[RouteModel] = []
-    http_routes: list[HttpRouteModel] = []
-    middlewares: dict[str, Any] = {}
-    graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
-    watch: StrictBool | None = None
-    spool: SpoolModel | None = None
-    dicom_nodes: (
-        dict[AeTitle, Annotated[DicomAddress, BeforeValidator(parse_dicom_address)]] | None
-    ) = None
-    state_dir: Annotated[str, Field(strict=True, min_length=1)] | None = None
+    """The configuration file of dicomlb."""
+
+    listeners: ListenersModel | None = Field(default=None, description="What dicomlb listens on.")
+    pools: dict[str, PoolModel] = Field(
+        description="Pools by name: backends and how they are balanced."
+    )
+    routes: list[RouteModel] = Field(
+        default=[], description="DICOM routes, tried in file order; the first match wins."
+    )
+    http_routes: list[HttpRouteModel] = Field(
+        default=[], description="HTTP routes, tried in file order; the first match wins."
+    )
+    middlewares: dict[str, Any] = Field(
+        default={},
+        description="Named HTTP middlewares, each one kind with its options, attached to "
+        "HTTP routes by name.",
+    )
+    graceful_timeout: Interval | None = unset(
+        "How long associations in flight may finish on SIGINT / SIGTERM before they are aborted.",
+        format_duration(_SNAPSHOT["graceful_timeout"]),
+    )
+    watch: StrictBool | None = unset(
+        "Reload when the configuration file changes.", _SNAPSHOT["watch"]
+    )
+    spool: SpoolModel | None = Field(
+        default=None,
+        description="The durable store-and-forward queue; needed by `ack: spool` routes.",
+    )
+    dicom_nodes: dict[AeTitle, DicomAddressText] | None = Field(
+        default=None,
+        description='`{AET: "AET@host:port"}`: C-MOVE destinations dicomlb relays to itself '
+        "(`move_destination: via_balancer`).",
+    )
+    state_dir: Annotated[str, Field(strict=True, min_length=1)] | None = Field(
+        default=None,
+        description="Directory for `studies.sqlite3` (the study to backend table, and the "
+        "storage-commitment instance map); none: kept in memory only.",
+    )
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
