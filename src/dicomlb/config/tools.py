@@ -33,12 +33,14 @@ from pydantic import (
 
 __all__ = [
     "BIND_SCHEMA",
+    "DURATION_TEXT",
     "MAX_ALIAS_NODES",
     "MAX_CONFIG_BYTES",
     "MAX_YAML_DEPTH",
     "NAME",
     "NAME_HINT",
     "SIZE_SCHEMA",
+    "SIZE_TEXT",
     "AeTitle",
     "ConfigError",
     "ConfigIssue",
@@ -257,21 +259,21 @@ def check_name(value: str) -> str:
 
 # What the JSON Schema says of values read by the parsers above: the YAML may write them as
 # text ("5s", "20GB", "AET@host:port"), which the parsed Python types would not admit.
-_DURATION_TEXT = r"^\s*((\d+(\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*)+$"
-_SIZE_TEXT = r"^\s*(\d+(\.\d*)?|\.\d+)\s*([kKmMgGtT]i?[bB]|[bB])?\s*$"
+DURATION_TEXT = r"^\s*((\d+(\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*)+$"
+SIZE_TEXT = r"^\s*(\d+(\.\d*)?|\.\d+)\s*([kKmMgGtT]i?[bB]|[bB])?\s*$"
 _DURATION_SCHEMA = WithJsonSchema(
     {
         "anyOf": [
             {"type": "number", "exclusiveMinimum": 0},
-            {"type": "string", "pattern": _DURATION_TEXT},
+            {"type": "string", "pattern": DURATION_TEXT},
         ]
     }
 )
 _INTERVAL_SCHEMA = WithJsonSchema(
-    {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION_TEXT}]}
+    {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_TEXT}]}
 )
 SIZE_SCHEMA = WithJsonSchema(
-    {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _SIZE_TEXT}]}
+    {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": SIZE_TEXT}]}
 )
 BIND_SCHEMA = WithJsonSchema({"type": "string", "pattern": r":[0-9]+\s*$"})
 
