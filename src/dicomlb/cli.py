@@ -296,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         print(describe(snapshot))
+        for warning in snapshot.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     if args.command == "spool":
         return _spool_command(args, snapshot)

@@ -113,7 +113,10 @@ def _examples() -> list[Any]:
 
 @pytest.mark.parametrize("block", _examples())
 def test_readme_yaml_examples_are_valid(
-    block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    block: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = yaml.safe_load(block)
     assert isinstance(data, dict)
@@ -135,3 +138,4 @@ def test_readme_yaml_examples_are_valid(
     config = tmp_path / "lb.yaml"
     config.write_text(re.sub(r"/etc/dicomlb/[\w.-]+\.pem", ca, block), encoding="utf-8")
     assert cli.main(["check", "-c", str(config)]) == 0
+    assert "warning:" not in capsys.readouterr().err

@@ -58,6 +58,7 @@ from dicomlb.config.tools import (
 )
 from dicomlb.dicom.tags import STUDY_INSTANCE_UID, tag_from_name
 from dicomlb.routing import MatchError, parse_match
+from dicomlb.shadowing import Conjunction, shadowed
 from dicomlb.snapshot import (
     Ack,
     AllowRule,
@@ -206,6 +207,7 @@ class _Builder:
     def __init__(self, model: ConfigModel) -> None:
         self.model = model
         self.issues: list[ConfigIssue] = []
+        self.warnings: list[str] = []
 
     def fail(self, path: str, message: str) -> None:
         self.issues.append(ConfigIssue(path=path, message=message))
@@ -258,6 +260,7 @@ class _Builder:
             self.model.middlewares,
             pools,
             self.fail,
+            self.warnings.append,
             http_tls,
         )
         self.self_references(pools, dicom, extra["http"])
@@ -267,6 +270,7 @@ class _Builder:
             pools=types.MappingProxyType(pools),
             routes=tuple(route for route, _ in routes),
             wanted_tags=frozenset(wanted),
+            warnings=tuple(self.warnings),
             **extra,
         )
 
@@ -377,6 +381,7 @@ class _Builder:
 
     def routes(self, pools: Mapping[str, PoolConfig]) -> list[tuple[RouteConfig, frozenset[int]]]:
         routes: list[tuple[RouteConfig, frozenset[int]]] = []
+        matches: list[tuple[str, Conjunction]] = []
         first_at: dict[str, int] = {}
         catch_all: str | None = None
         for i, spec in enumerate(self.model.routes):
@@ -409,6 +414,7 @@ class _Builder:
                 continue
             if match.matches_everything and catch_all is None:
                 catch_all = spec.name
+            matches.append((spec.name, match.conjunction))
             ack = spec.ack or Ack.BACKEND
             if ack is Ack.SPOOL and self.model.spool is None:
                 self.fail(
@@ -445,6 +451,11 @@ class _Builder:
                     on_scan_limit=spec.on_scan_limit or ScanLimit.REFUSE,
                 )
                 routes.append((route, match.tags))
+        for name, earlier in shadowed(matches):
+            self.warnings.append(
+                f'route "{name}" can never match: route "{earlier}" before it matches '
+                "everything it matches"
+            )
         return routes
 
     def mirrors(

@@ -34,6 +34,7 @@ from dicomlb.config.tools import (
     ConfigIssue,
     Count,
     Duration,
+    MatchSpec,
     Model,
     Name,
     check_ae_title,
@@ -564,7 +565,7 @@ class RouteModel(Model):
     match wins."""
 
     name: Name = Field(description="The route's name, unique among routes.")
-    match: Any = Field(
+    match: MatchSpec = Field(
         default=None,
         description="Conditions that must all hold: DICOM keywords or `(gggg,eeee)`, "
         "`calling_aet`, `called_aet`, `source`, `sop_class`, `command`, `all`, `any`, `not`; "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, StrictBool, StrictInt, ValidationError, WithJsonSchema
@@ -18,6 +18,7 @@ from dicomlb.config.tools import (
     BIND_SCHEMA,
     Duration,
     Fail,
+    MatchSpec,
     Model,
     defaults,
     dotted,
@@ -31,6 +32,7 @@ from dicomlb.http.middlewares import KINDS
 from dicomlb.http.paths import EncodedSlashes
 from dicomlb.http.routing import parse_http_match
 from dicomlb.routing import MatchError
+from dicomlb.shadowing import Conjunction, shadowed
 from dicomlb.snapshot import (
     HttpAddress,
     HttpCheckConfig,
@@ -293,7 +295,7 @@ class HttpRouteModel(Model):
     name: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = Field(
         description="The route's name, unique among HTTP routes."
     )
-    match: Any = Field(
+    match: MatchSpec = Field(
         default=None,
         description="Conditions that must all hold: `host` (exact or glob), `path`, "
         "`path_prefix`, `path_regex`, `method`, `headers: {Name: value}`, `query: {name: "
@@ -500,16 +502,19 @@ def build_http(
     middlewares: Mapping[str, Any],
     pools: Mapping[str, PoolConfig],
     fail: Fail,
+    warn: Callable[[str], None],
     tls: TlsConfig | None = None,
 ) -> tuple[HttpListenerConfig | None, tuple[HttpRouteConfig, ...]]:
-    """The HTTP listener and routes; problems go to `fail(path, message)`. `tls`: the
-    listener's `tls` block, built by `dicomlb.config.build` like the DICOM listener's."""
+    """The HTTP listener and routes; problems go to `fail(path, message)`, routes that can
+    never match to `warn(message)`. `tls`: the listener's `tls` block, built by
+    `dicomlb.config.build` like the DICOM listener's."""
     built_mw: dict[str, MiddlewareConfig] = {}
     for name, spec in middlewares.items():
         m = _middleware(name, spec, f"middlewares.{name}", fail)
         if m is not None:
             built_mw[name] = m
     out: list[HttpRouteConfig] = []
+    matches: list[tuple[str, Conjunction]] = []
     seen: dict[str, int] = {}
     catch_all: str | None = None
     for i, spec in enumerate(routes):
@@ -553,6 +558,7 @@ def build_http(
             continue
         if match.matches_everything and catch_all is None:
             catch_all = spec.name
+        matches.append((spec.name, match.conjunction))
         chain = []
         for j, name in enumerate(spec.middlewares):
             if name not in built_mw:
@@ -576,6 +582,11 @@ def build_http(
                     read_timeout=spec.read_timeout,
                 )
             )
+    for name, earlier in shadowed(matches):
+        warn(
+            f'http route "{name}" can never match: http route "{earlier}" before it matches '
+            "everything it matches"
+        )
     config: HttpListenerConfig | None = None
     if listener is not None:
         kwargs: dict[str, Any] = {

@@ -102,6 +102,9 @@ def _type_text(prop: dict[str, Any], defs: dict[str, Any]) -> str:
         parts = [_type_text(p, defs) for p in prop["anyOf"] if p.get("type") != "null"]
         return " or ".join(dict.fromkeys(parts))
     kind = prop.get("type")
+    if isinstance(kind, list):
+        named = [_type_text({**prop, "type": k}, defs) for k in kind if k != "null"]
+        return " or ".join(named)
     if kind == "array":
         return f"list of {_type_text(prop.get('items', {}), defs)}"
     if kind == "object":

@@ -48,6 +48,7 @@ __all__ = [
     "Duration",
     "Fail",
     "Interval",
+    "MatchSpec",
     "Model",
     "Name",
     "Size",
@@ -275,6 +276,8 @@ _INTERVAL_SCHEMA = WithJsonSchema(
 SIZE_SCHEMA = WithJsonSchema(
     {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": SIZE_TEXT}]}
 )
+# A route's match is compiled by the routing modules, which name what is wrong in it.
+MatchSpec = Annotated[Any, WithJsonSchema({"type": ["object", "null"]})]
 BIND_SCHEMA = WithJsonSchema({"type": "string", "pattern": r":[0-9]+\s*$"})
 
 Duration = Annotated[float, BeforeValidator(positive_duration), _DURATION_SCHEMA]
