@@ -4,6 +4,7 @@ YAML examples valid for both `dicomlb check` and the JSON Schema."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import ssl
@@ -15,8 +16,10 @@ import pytest
 import yaml
 
 from dicomlb import cli
+from dicomlb.config import build_snapshot
 from dicomlb.config.build import ConfigModel
 from dicomlb.config.schema import config_schema, markdown_reference, sections
+from dicomlb.snapshot import HttpKey, HttpPoolConfig, KeyKind, PoolConfig, Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference" / "configuration.md"
@@ -139,3 +142,101 @@ def test_readme_yaml_examples_are_valid(
     config.write_text(re.sub(r"/etc/dicomlb/[\w.-]+\.pem", ca, block), encoding="utf-8")
     assert cli.main(["check", "-c", str(config)]) == 0
     assert "warning:" not in capsys.readouterr().err
+
+
+# --- the defaults the schema shows are the ones in force ----------------------------------
+
+# Every section written once, with nothing that its defaults would change.
+_BASE: dict[str, Any] = {
+    "listeners": {
+        "dicom": {"tls": None, "allow": None},
+        "admin": {"auth": None},
+        "http": {},
+    },
+    "pools": {
+        "p": {
+            "strategy": "affinity",  # `key` and `http.key` are read only with affinity
+            "health": {"http": {}},
+            "http": {},
+            "backends": [
+                {
+                    "name": "a",
+                    "dicom": "A@10.0.0.5:104",
+                    "http": "http://10.0.0.5:8042",
+                    "store_via": "stow_rs",  # `stow_path` and `stow_batch` need it
+                }
+            ],
+        }
+    },
+    "routes": [{"name": "r", "pool": "p"}],
+    "http_routes": [{"name": "h", "pool": "p"}],
+    "spool": {"directory": "/var/spool/dicomlb", "retry": {}},
+}
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def _set(data: dict[str, Any], path: str, value: Any) -> None:
+    node: Any = data
+    keys = [k for part in path.split(".") for k in re.split(r"(\[\])", part) if k]
+    for key in keys[:-1]:
+        node = node[0] if key == "[]" else node["p" if key == "<name>" else key]
+    node[keys[-1]] = value
+
+
+def _comparable(snapshot: Snapshot) -> Snapshot:
+    """The snapshot without its compiled predicates (new functions on every build), and with
+    what the proxy reads for a pool without `http` options (the defaults; affinity on the
+    client IP) written out."""
+    pools = {name: _pool(pool) for name, pool in snapshot.pools.items()}
+    return dataclasses.replace(
+        snapshot,
+        pools=pools,
+        routes=tuple(
+            dataclasses.replace(r, match=_never, partial=_never, pool=pools[r.pool.name])
+            for r in snapshot.routes
+        ),
+        http_routes=tuple(
+            dataclasses.replace(r, match=_never, pool=pools[r.pool.name])
+            for r in snapshot.http_routes
+        ),
+    )
+
+
+def _pool(pool: PoolConfig) -> PoolConfig:
+    http = pool.http or HttpPoolConfig()
+    if http.key is None:
+        http = dataclasses.replace(http, key=HttpKey(kind=KeyKind.CLIENT_IP))
+    return dataclasses.replace(pool, http=http)
+
+
+def _never(facts: Any) -> bool:
+    return False
+
+
+def _shown_defaults() -> list[Any]:
+    schema = config_schema()
+    found = []
+    for path, model in sections():
+        props = (schema if model is ConfigModel else schema["$defs"][model.__name__])["properties"]
+        for name, field in model.model_fields.items():
+            shown = props[name].get("default")
+            if field.default is None and shown is not None and not path.startswith("middlewares"):
+                key = f"{path}.{name}" if path else name
+                found.append(pytest.param(key, shown, id=key))
+    return found
+
+
+@pytest.mark.parametrize(("key", "shown"), _shown_defaults())
+def test_writing_the_default_the_schema_shows_changes_nothing(key: str, shown: Any) -> None:
+    base = _without_none(_BASE)
+    written = copy.deepcopy(base)
+    _set(written, key, shown)
+    assert written != base
+    assert _comparable(build_snapshot(written)) == _comparable(build_snapshot(base))

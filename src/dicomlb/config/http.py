@@ -221,10 +221,10 @@ class HttpPoolModel(Model):
         "answers eject when `failures` come within `window`; `false`: off.",
         _POOL["passive"],
     )
-    slow_start: Duration | None = unset(
-        "After a backend comes back, its share of new requests grows from 5 % to 100 % over "
-        "this (0: off).",
-        format_duration(_POOL["slow_start"]) if _POOL["slow_start"] else 0,
+    slow_start: Duration | None = Field(
+        default=None,
+        description="After a backend comes back, its share of new requests grows from 5 % to "
+        "100 % over this. Unset: off.",
     )
     max_connections: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None,
