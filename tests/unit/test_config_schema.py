@@ -1,5 +1,6 @@
-"""`dicomlb schema`: every key described, the committed reference current, and README's
-YAML examples valid for both `dicomlb check` and the JSON Schema."""
+"""`dicomlb schema`: every key described, the defaults shown the ones in force, the
+committed reference current, and the YAML examples of README.md and docs/ valid for both
+`dicomlb check` and the JSON Schema."""
 
 from __future__ import annotations
 
@@ -92,47 +93,69 @@ def test_dicomlb_schema_prints_the_json_schema(capsys: pytest.CaptureFixture[str
     assert json.loads(capsys.readouterr().out) == config_schema()
 
 
-# --- README's examples --------------------------------------------------------------------
+# --- the examples in README.md and docs/ ------------------------------------------------
 #
-# Rule: a ```yaml block with a top-level `pools` key is a whole configuration: `dicomlb
-# check` must accept it and it must validate against the schema. Any other block is a
-# fragment (a few top-level sections out of a file): it must validate against the schema
-# with the top level's required keys waived. Placeholders a reader replaces are filled in
-# here: environment variables the examples name, and PEM files under /etc/dicomlb (the
-# system's CA bundle stands in).
+# Rule: a ```yaml block marked `<!-- config -->` (see test_docs.py) or with a top-level
+# `pools` key is a whole configuration: `dicomlb check` must accept it, without warnings, and
+# it must validate against the schema. Any other block whose keys are all keys of one part of
+# the file (the top level, a pool, a listener, …) is a fragment: it must validate against
+# that part's schema, its required keys waived. Blocks of other programs (Prometheus) are
+# left alone. Placeholders a reader replaces are filled in here: the environment variables
+# the examples name, and PEM files under /etc/dicomlb (the system's CA bundle stands in).
 
-_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_BLOCK = re.compile(r"^(<!-- config -->\n)?```yaml\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _ENVIRONMENT = {"ORTHANC_PASSWORD": "secret", "ARCHIVE_TOKEN": "token"}
 
 
 def _examples() -> list[Any]:
-    text = README.read_text(encoding="utf-8")
     found = []
-    for match in _BLOCK.finditer(text):
-        line = text.count("\n", 0, match.start()) + 1
-        found.append(pytest.param(match.group(1), id=f"README.md:{line}"))
+    for page in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for match in _BLOCK.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1 + bool(match.group(1))
+            place = f"{page.relative_to(ROOT)}:{line}"
+            found.append(pytest.param(match.group(2), bool(match.group(1)), id=place))
     return found
 
 
-@pytest.mark.parametrize("block", _examples())
-def test_readme_yaml_examples_are_valid(
+def _part_schema(keys: set[str]) -> dict[str, Any] | None:
+    """The schema of the first part of the file that has all of `keys`, required keys
+    waived; None when no part has them."""
+    schema = config_schema()
+    for _, model in sections():
+        if keys <= set(model.model_fields):
+            part = schema if model is ConfigModel else schema["$defs"][model.__name__]
+            part = {**copy.deepcopy(part), "$defs": schema["$defs"]}
+            part.pop("required", None)
+            return part
+    return None
+
+
+def test_the_examples_are_found() -> None:
+    assert len(_examples()) >= 12
+
+
+@pytest.mark.parametrize(("block", "marked"), _examples())
+def test_yaml_examples_are_valid(
     block: str,
+    marked: bool,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = yaml.safe_load(block)
-    assert isinstance(data, dict)
-    schema = config_schema()
-    if "pools" not in data:
-        schema = copy.deepcopy(schema)
-        schema.pop("required", None)
+    if not isinstance(data, dict) or not data:
+        pytest.skip("not a dicomlb configuration")
+    whole = marked or "pools" in data
+    schema = config_schema() if whole else _part_schema(set(data))
+    if schema is None:
+        pytest.skip("not a dicomlb configuration")
     errors = [
         f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
         for e in jsonschema.Draft202012Validator(schema).iter_errors(data)
     ]
     assert not errors, errors
-    if "pools" not in data:
+    if not whole:
         return
     for name, value in _ENVIRONMENT.items():
         monkeypatch.setenv(name, value)

@@ -153,8 +153,27 @@ def markdown_reference() -> str:
         "Every key of the configuration file, section by section. Durations are seconds "
         "(`5`, `0.5`) or text (`500ms`, `5s`, `2m`, `1h`, `1m30s`); sizes are bytes or text "
         "(`500MB`, `20GB`, `1.5GiB`). Unknown keys are errors. `<name>` stands for a name you "
-        "choose, `[]` for an entry of a list. The JSON Schema (`dicomlb schema`) says the same "
-        "for editors.",
+        "choose, `[]` for an entry of a list.",
+        "",
+        "## Editor completion",
+        "",
+        "`dicomlb schema` prints the same as a JSON Schema. Editors that use "
+        "yaml-language-server (VS Code's YAML extension, Neovim's and Helix's YAML language "
+        "server) then complete keys, show each one's description and default, and flag "
+        "unknown keys and malformed values as you type. Save the schema beside the file, "
+        "name it on the file's first line, and save it again after upgrading dicomlb:",
+        "",
+        "```sh",
+        "dicomlb schema > dicomlb.schema.json",
+        "```",
+        "",
+        "```yaml",
+        "# yaml-language-server: $schema=./dicomlb.schema.json",
+        "pools:",
+        "  pacs:",
+        '    backends: [{name: pacs-a, dicom: "PACSA@10.0.0.5:4242"}]',
+        "routes: [{name: default, pool: pacs}]",
+        "```",
     ]
     for path, model in sections():
         model_schema = schema if model is ConfigModel else defs[model.__name__]
