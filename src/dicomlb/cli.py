@@ -1,4 +1,4 @@
-"""The `dicomlb` command: run | check | demo | spool | route | hash-password."""
+"""The `dicomlb` command: run | check | schema | demo | spool | route | hash-password."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from typing import Any
 
 from dicomlb import __version__, dryrun, logs
 from dicomlb.app import App, run_loop
-from dicomlb.config import ConfigError, describe, hash_secret, load_snapshot
+from dicomlb.config import (
+    ConfigError,
+    config_schema,
+    describe,
+    hash_secret,
+    load_snapshot,
+    markdown_reference,
+)
 from dicomlb.demo import run_demo
 from dicomlb.snapshot import MessageFacts, Snapshot
 from dicomlb.spool import ops
@@ -33,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, help="YAML configuration file")
     check = commands.add_parser("check", help="validate a configuration file and show it resolved")
     check.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of the configuration file (for editors)"
+    )
+    schema.add_argument(
+        "--markdown", action="store_true", help="print the configuration reference instead"
+    )
     demo = commands.add_parser(
         "demo", help="run the balancer with three embedded storage nodes and sample studies"
     )
@@ -259,6 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
+    if args.command == "schema":
+        if args.markdown:
+            print(markdown_reference(), end="")
+        else:
+            print(json.dumps(config_schema(), indent=2))
+        return 0
     if args.command == "hash-password":
         secret = args.secret
         if secret is None:
@@ -277,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         print(describe(snapshot))
+        for warning in snapshot.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     if args.command == "spool":
         return _spool_command(args, snapshot)

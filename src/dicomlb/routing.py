@@ -28,6 +28,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import keyword_dict
 
 from dicomlb.dicom.tags import tag_from_name, tag_name
+from dicomlb.shadowing import EVERYTHING, OPAQUE, Condition, Conjunction, Op
 from dicomlb.snapshot import MessageFacts, PartialPredicate, Predicate, RouteConfig
 
 __all__ = [
@@ -84,7 +85,8 @@ class Match:
     """A compiled `match`: the predicate, its readable text and the DICOM tags it reads.
 
     `partial` decides the match from an association's facts alone (calling and called AE,
-    source): True or False when those decide it, None when it depends on the message."""
+    source): True or False when those decide it, None when it depends on the message.
+    `conjunction` is the match as conditions, for finding routes that can never match."""
 
     predicate: Predicate
     text: str
@@ -92,6 +94,7 @@ class Match:
     partial: PartialPredicate
     precedence: int = _ATOM
     matches_everything: bool = False
+    conjunction: Conjunction = OPAQUE
 
 
 def parse_match(spec: Any, path: str) -> Match:
@@ -106,6 +109,7 @@ def parse_match(spec: Any, path: str) -> Match:
             tags=frozenset(),
             partial=_always,
             matches_everything=True,
+            conjunction=EVERYTHING,
         )
     return _compile_mapping(spec, path)
 
@@ -193,12 +197,16 @@ def _all_of(children: Sequence[Match]) -> Match:
             return False
         return None if None in results else True
 
+    conjunction = children[0].conjunction
+    for child in children[1:]:
+        conjunction &= child.conjunction
     return Match(
         predicate=predicate,
         text=_join(children, "and", _AND),
         tags=tags,
         partial=all_partial,
         precedence=_AND,
+        conjunction=conjunction,
     )
 
 
@@ -333,7 +341,8 @@ def _compile_field(
     *,
     tags: frozenset[int],
 ) -> Match:
-    test, text = _compile_test(name, value, path, literal)
+    test, text, op, values = _compile_test(name, value, path, literal)
+    conjunction = Conjunction((Condition(name, op, values),))
     if tags:
         # A DICOM tag's value may be multi-valued (`ORIGINAL\PRIMARY`): the condition holds if
         # it holds for the whole value or for any one component (PS3.5 6.4).
@@ -347,18 +356,31 @@ def _compile_field(
                 return any(test(part.strip(_PAD)) for part in raw.split("\\"))
             return False
 
-        return Match(predicate=tag_predicate, text=text, tags=tags, partial=_undecided)
+        return Match(
+            predicate=tag_predicate,
+            text=text,
+            tags=tags,
+            partial=_undecided,
+            conjunction=conjunction,
+        )
 
     def fact_predicate(facts: MessageFacts) -> bool:
         return test(getter(facts))
 
-    return Match(predicate=fact_predicate, text=text, tags=tags, partial=_undecided)
+    return Match(
+        predicate=fact_predicate,
+        text=text,
+        tags=tags,
+        partial=_undecided,
+        conjunction=conjunction,
+    )
 
 
-def _compile_test(
-    name: str, value: Any, path: str, literal: Callable[[Any, str], str]
-) -> tuple[Test, str]:
-    """A test on one (stripped) value, None meaning absent, and its text."""
+Compiled = tuple[Test, str, Op, frozenset[str]]  # the test, its text, as a condition
+
+
+def _compile_test(name: str, value: Any, path: str, literal: Callable[[Any, str], str]) -> Compiled:
+    """A test on one (stripped) value, None meaning absent, its text and its condition."""
     if isinstance(value, list):
         return _in_test(name, value, path, literal)
     if not isinstance(value, dict):
@@ -383,10 +405,9 @@ def _compile_test(
         if not isinstance(operand, bool):
             raise MatchError(op_path, f"{op} takes true or false, not {_show(operand)}")
         present = operand if op == "exists" else not operand
-        text = f"{name} exists" if present else f"{name} absent"
         if present:
-            return (lambda v: v is not None), text
-        return (lambda v: v is None), text
+            return (lambda v: v is not None), f"{name} exists", Op.EXISTS, frozenset()
+        return (lambda v: v is None), f"{name} absent", Op.ABSENT, frozenset()
     close = difflib.get_close_matches(str(op), OPERATORS, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     raise MatchError(
@@ -396,9 +417,10 @@ def _compile_test(
 
 def _equals_test(
     name: str, operand: Any, path: str, literal: Callable[[Any, str], str]
-) -> tuple[Test, str]:
+) -> Compiled:
     expected = literal(operand, path)
-    return (lambda v: v == expected), f"{name} = {_quote(_shown(operand, expected, literal))}"
+    text = f"{name} = {_quote(_shown(operand, expected, literal))}"
+    return (lambda v: v == expected), text, Op.IN, frozenset({expected})
 
 
 def _shown(operand: Any, value: str, literal: Callable[[Any, str], str]) -> str:
@@ -407,9 +429,7 @@ def _shown(operand: Any, value: str, literal: Callable[[Any, str], str]) -> str:
     return str(operand).strip(_PAD) if literal is _uid_literal else value
 
 
-def _in_test(
-    name: str, operand: Any, path: str, literal: Callable[[Any, str], str]
-) -> tuple[Test, str]:
+def _in_test(name: str, operand: Any, path: str, literal: Callable[[Any, str], str]) -> Compiled:
     if not isinstance(operand, list) or not operand:
         raise MatchError(path, f"{_show(operand)} is not a non-empty list; write [A, B]")
     values = [literal(item, f"{path}[{i}]") for i, item in enumerate(operand)]
@@ -417,10 +437,10 @@ def _in_test(
         return _equals_test(name, operand[0], f"{path}[0]", literal)
     allowed = frozenset(values)
     shown = ", ".join(_quote(_shown(o, v, literal)) for o, v in zip(operand, values, strict=True))
-    return (lambda v: v in allowed), f"{name} in [{shown}]"
+    return (lambda v: v in allowed), f"{name} in [{shown}]", Op.IN, allowed
 
 
-def _regex_test(name: str, operand: Any, path: str) -> tuple[Test, str]:
+def _regex_test(name: str, operand: Any, path: str) -> Compiled:
     if not isinstance(operand, str):
         raise MatchError(path, f"{_show(operand)} is not a regular expression; put it in quotes")
     try:
@@ -429,15 +449,17 @@ def _regex_test(name: str, operand: Any, path: str) -> tuple[Test, str]:
         raise MatchError(
             path, f'"{operand}" is not a valid regular expression ({err}); fix the pattern'
         ) from err
-    return (lambda v: v is not None and search(v) is not None), f"{name} ~ /{operand}/"
+    text = f"{name} ~ /{operand}/"
+    return (lambda v: v is not None and search(v) is not None), text, Op.REGEX, frozenset({operand})
 
 
-def _glob_test(name: str, operand: Any, path: str) -> tuple[Test, str]:
+def _glob_test(name: str, operand: Any, path: str) -> Compiled:
     if not isinstance(operand, str):
         raise MatchError(path, f"{_show(operand)} is not a glob pattern; put it in quotes")
     # fnmatch.translate gives the regex fnmatchcase uses; compiled here once.
     full = re.compile(glob_to_regex(operand)).match
-    return (lambda v: v is not None and full(v) is not None), f"{name} like {_quote(operand)}"
+    text = f"{name} like {_quote(operand)}"
+    return (lambda v: v is not None and full(v) is not None), text, Op.GLOB, frozenset({operand})
 
 
 def _text_literal(value: Any, path: str) -> str:
@@ -522,7 +544,14 @@ def _compile_source(value: Any, path: str) -> Match:
         return any(ip in n for n in v4)
 
     text = f"source in [{', '.join(written)}]" if len(written) > 1 else f"source in {written[0]}"
-    return Match(predicate=in_networks, text=text, tags=frozenset(), partial=in_networks)
+    condition = Condition("source", Op.SOURCE, networks=tuple(networks))
+    return Match(
+        predicate=in_networks,
+        text=text,
+        tags=frozenset(),
+        partial=in_networks,
+        conjunction=Conjunction((condition,)),
+    )
 
 
 # --- text -----------------------------------------------------------------------------------

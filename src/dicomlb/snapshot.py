@@ -469,3 +469,5 @@ class Snapshot:
     state_dir: str | None = None  # where the study -> backend table is kept
     http: HttpListenerConfig | None = None
     http_routes: tuple[HttpRouteConfig, ...] = ()
+    # Valid but surely not meant (a route that can never match), for `dicomlb check`.
+    warnings: tuple[str, ...] = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,31 @@ def test_check_prints_the_resolved_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for expected in ("ct-and-pet", "pacs-a", "PACSB@10.0.0.6:4242", "affinity", "StudyInstanceUID"):
         assert expected in result.stdout
+
+
+def test_check_warns_about_a_route_that_can_never_match(tmp_path: Path) -> None:
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        "pools:\n  p: {backends: [{name: a, dicom: 'A@10.0.0.5:104'}]}\n"
+        "routes:\n"
+        "  - {name: ct, match: {Modality: CT}, pool: p}\n"
+        "  - {name: ct-er, match: {Modality: CT, calling_aet: ER_1}, pool: p}\n"
+    )
+    result = dicomlb("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        'warning: route "ct-er" can never match: route "ct" before it matches everything it '
+        "matches\n"
+    )
+
+
+def test_schema_prints_json_schema_and_reference() -> None:
+    schema = dicomlb("schema")
+    assert schema.returncode == 0, schema.stderr
+    assert json.loads(schema.stdout)["properties"]["pools"]["description"]
+    reference = dicomlb("schema", "--markdown")
+    assert reference.returncode == 0, reference.stderr
+    assert reference.stdout.startswith("# Configuration reference\n")
 
 
 def test_check_names_file_field_and_reason(tmp_path: Path) -> None:

@@ -10,7 +10,17 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from dicomlb.config.tools import Fail, Model, host_port, is_loopback, parse_bind, show
+from dicomlb.config.tools import (
+    BIND_SCHEMA,
+    Fail,
+    Model,
+    defaults,
+    host_port,
+    is_loopback,
+    parse_bind,
+    show,
+    unset,
+)
 from dicomlb.snapshot import AdminAuth, AdminListenerConfig
 
 __all__ = ["AdminAuthModel", "AdminListenerModel", "build_admin", "hash_secret"]
@@ -36,14 +46,36 @@ Sha256 = Annotated[str, Field(strict=True), AfterValidator(_check_sha256)]
 
 
 class AdminAuthModel(Model):
-    bearer_tokens_sha256: list[Sha256] | None = None
-    basic: dict[str, Sha256] | None = None
+    """`listeners.admin.auth`: who may use the API and dashboard (there is no default
+    password)."""
+
+    bearer_tokens_sha256: list[Sha256] | None = Field(
+        default=None,
+        description="SHA-256 hex digests of accepted bearer tokens (`dicomlb hash-password`).",
+    )
+    basic: dict[str, Sha256] | None = Field(
+        default=None, description="`{user: SHA-256 hex digest of the password}` for basic auth."
+    )
+
+
+_ADMIN = defaults(AdminListenerConfig)
 
 
 class AdminListenerModel(Model):
-    bind: Annotated[tuple[str, int], BeforeValidator(parse_bind)] | None = None
-    auth: AdminAuthModel | None = None
-    allowed_hosts: list[Annotated[str, Field(strict=True, min_length=1)]] | None = None
+    """`listeners.admin`: dashboard, API, `/metrics` and probes; absent: none."""
+
+    bind: Annotated[tuple[str, int], BeforeValidator(parse_bind), BIND_SCHEMA] | None = unset(
+        "Address and port of the admin HTTP listener; one that is not loopback needs `auth`.",
+        host_port(_ADMIN["host"], _ADMIN["port"]),
+    )
+    auth: AdminAuthModel | None = Field(
+        default=None, description="Tokens and passwords; none: open, on a loopback bind only."
+    )
+    allowed_hosts: list[Annotated[str, Field(strict=True, min_length=1)]] | None = Field(
+        default=None,
+        description="Without `auth`, the Host names a request may carry besides localhost and "
+        "IP literals (DNS-rebinding protection: others get 421).",
+    )
 
 
 def build_admin(spec: AdminListenerModel | None, fail: Fail) -> AdminListenerConfig | None:

@@ -21,18 +21,32 @@ _EnvName = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class BasicAuthModel(Model):
-    user: _Text
-    password: Annotated[str, Field(strict=True)] | None = None
-    password_env: _EnvName | None = None
+    """`basic: {user, password | password_env}`: HTTP basic auth toward the backend."""
+
+    user: _Text = Field(description="The user name.")
+    password: Annotated[str, Field(strict=True)] | None = Field(
+        default=None, description="The password, as written; give this or `password_env`."
+    )
+    password_env: _EnvName | None = Field(
+        default=None,
+        description="An environment variable holding the password, read when the "
+        "configuration is loaded; unset or empty is an error.",
+    )
 
 
 class BackendAuthModel(Model):
     """`auth: {basic: {user, password | password_env}}` or `{bearer: TOKEN}` /
     `{bearer_env: NAME}`: credentials dicomlb presents to an HTTP backend."""
 
-    basic: BasicAuthModel | None = None
-    bearer: _Text | None = None
-    bearer_env: _EnvName | None = None
+    basic: BasicAuthModel | None = Field(default=None, description="HTTP basic auth.")
+    bearer: _Text | None = Field(
+        default=None, description="A bearer token, sent as `Authorization: Bearer TOKEN`."
+    )
+    bearer_env: _EnvName | None = Field(
+        default=None,
+        description="An environment variable holding the bearer token, read when the "
+        "configuration is loaded; unset or empty is an error.",
+    )
 
 
 def _from_env(name: str, path: str, fail: Fail) -> str | None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, StrictBool, ValidationError
+from pydantic import Field, StrictBool, ValidationError
 
 from dicomlb.config.admin import AdminListenerModel, build_admin
 from dicomlb.config.dicom import (
@@ -23,12 +23,12 @@ from dicomlb.config.dicom import (
     DEFAULT_AFFINITY_KEY,
     ECHO_LOCAL,
     BackendModel,
+    DicomAddressText,
     DicomListenerModel,
     OrthancModel,
     PoolModel,
     RouteModel,
     backend_store,
-    parse_dicom_address,
 )
 from dicomlb.config.http import (
     HttpListenerModel,
@@ -45,21 +45,24 @@ from dicomlb.config.tools import (
     AeTitle,
     ConfigError,
     ConfigIssue,
+    Interval,
     Model,
+    defaults,
+    format_duration,
     is_loopback,
     issue_from_pydantic,
     load_yaml,
-    parse_duration,
+    unset,
     value_kind,
     written,
 )
 from dicomlb.dicom.tags import STUDY_INSTANCE_UID, tag_from_name
 from dicomlb.routing import MatchError, parse_match
+from dicomlb.shadowing import Conjunction, shadowed
 from dicomlb.snapshot import (
     Ack,
     AllowRule,
     BackendConfig,
-    DicomAddress,
     DicomListenerConfig,
     HealthConfig,
     HttpListenerConfig,
@@ -74,24 +77,57 @@ __all__ = ["ConfigModel", "build_backend", "build_snapshot", "load_snapshot"]
 
 
 class ListenersModel(Model):
-    dicom: DicomListenerModel | None = None
-    admin: AdminListenerModel | None = None
-    http: HttpListenerModel | None = None
+    """`listeners`: what dicomlb listens on; a listener left out is not run."""
+
+    dicom: DicomListenerModel | None = Field(default=None, description="The DICOM listener.")
+    admin: AdminListenerModel | None = Field(
+        default=None, description="The admin listener: dashboard, API, `/metrics`, probes."
+    )
+    http: HttpListenerModel | None = Field(default=None, description="The HTTP load balancer.")
+
+
+_SNAPSHOT = defaults(Snapshot)
 
 
 class ConfigModel(Model):
-    listeners: ListenersModel | None = None
-    pools: dict[str, PoolModel]
-    routes: list[RouteModel] = []
-    http_routes: list[HttpRouteModel] = []
-    middlewares: dict[str, Any] = {}
-    graceful_timeout: Annotated[float, BeforeValidator(parse_duration)] | None = None
-    watch: StrictBool | None = None
-    spool: SpoolModel | None = None
-    dicom_nodes: (
-        dict[AeTitle, Annotated[DicomAddress, BeforeValidator(parse_dicom_address)]] | None
-    ) = None
-    state_dir: Annotated[str, Field(strict=True, min_length=1)] | None = None
+    """The configuration file of dicomlb."""
+
+    listeners: ListenersModel | None = Field(default=None, description="What dicomlb listens on.")
+    pools: dict[str, PoolModel] = Field(
+        description="Pools by name: backends and how they are balanced."
+    )
+    routes: list[RouteModel] = Field(
+        default=[], description="DICOM routes, tried in file order; the first match wins."
+    )
+    http_routes: list[HttpRouteModel] = Field(
+        default=[], description="HTTP routes, tried in file order; the first match wins."
+    )
+    middlewares: dict[str, Any] = Field(
+        default={},
+        description="Named HTTP middlewares, each one kind with its options, attached to "
+        "HTTP routes by name.",
+    )
+    graceful_timeout: Interval | None = unset(
+        "How long associations in flight may finish on SIGINT / SIGTERM before they are aborted.",
+        format_duration(_SNAPSHOT["graceful_timeout"]),
+    )
+    watch: StrictBool | None = unset(
+        "Reload when the configuration file changes.", _SNAPSHOT["watch"]
+    )
+    spool: SpoolModel | None = Field(
+        default=None,
+        description="The durable store-and-forward queue; needed by `ack: spool` routes.",
+    )
+    dicom_nodes: dict[AeTitle, DicomAddressText] | None = Field(
+        default=None,
+        description='`{AET: "AET@host:port"}`: C-MOVE destinations dicomlb relays to itself '
+        "(`move_destination: via_balancer`).",
+    )
+    state_dir: Annotated[str, Field(strict=True, min_length=1)] | None = Field(
+        default=None,
+        description="Directory for `studies.sqlite3` (the study to backend table, and the "
+        "storage-commitment instance map); none: kept in memory only.",
+    )
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
@@ -171,6 +207,7 @@ class _Builder:
     def __init__(self, model: ConfigModel) -> None:
         self.model = model
         self.issues: list[ConfigIssue] = []
+        self.warnings: list[str] = []
 
     def fail(self, path: str, message: str) -> None:
         self.issues.append(ConfigIssue(path=path, message=message))
@@ -223,6 +260,7 @@ class _Builder:
             self.model.middlewares,
             pools,
             self.fail,
+            self.warnings.append,
             http_tls,
         )
         self.self_references(pools, dicom, extra["http"])
@@ -232,6 +270,7 @@ class _Builder:
             pools=types.MappingProxyType(pools),
             routes=tuple(route for route, _ in routes),
             wanted_tags=frozenset(wanted),
+            warnings=tuple(self.warnings),
             **extra,
         )
 
@@ -342,6 +381,7 @@ class _Builder:
 
     def routes(self, pools: Mapping[str, PoolConfig]) -> list[tuple[RouteConfig, frozenset[int]]]:
         routes: list[tuple[RouteConfig, frozenset[int]]] = []
+        matches: list[tuple[str, Conjunction]] = []
         first_at: dict[str, int] = {}
         catch_all: str | None = None
         for i, spec in enumerate(self.model.routes):
@@ -374,6 +414,7 @@ class _Builder:
                 continue
             if match.matches_everything and catch_all is None:
                 catch_all = spec.name
+            matches.append((spec.name, match.conjunction))
             ack = spec.ack or Ack.BACKEND
             if ack is Ack.SPOOL and self.model.spool is None:
                 self.fail(
@@ -410,6 +451,11 @@ class _Builder:
                     on_scan_limit=spec.on_scan_limit or ScanLimit.REFUSE,
                 )
                 routes.append((route, match.tags))
+        for name, earlier in shadowed(matches):
+            self.warnings.append(
+                f'route "{name}" can never match: route "{earlier}" before it matches '
+                "everything it matches"
+            )
         return routes
 
     def mirrors(

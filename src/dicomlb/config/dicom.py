@@ -8,7 +8,15 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
 from pydicom._uid_dict import UID_dictionary
 
 from dicomlb.config.bridge import BackendAuthModel, build_store
@@ -20,28 +28,40 @@ from dicomlb.config.http import (
 )
 from dicomlb.config.tls import BackendTlsModel, ListenerTlsModel
 from dicomlb.config.tools import (
+    BIND_SCHEMA,
+    SIZE_SCHEMA,
     AeTitle,
     ConfigIssue,
     Count,
     Duration,
+    MatchSpec,
     Model,
     Name,
     check_ae_title,
+    defaults,
+    format_duration,
+    host_port,
     parse_bind,
     parse_size,
     show,
     split_host_port,
+    unset,
 )
 from dicomlb.dicom.tags import MAX_BYTES
 from dicomlb.dicom.uids import STANDARD_ENCODINGS, Encoding, is_valid_uid
 from dicomlb.snapshot import (
     Ack,
+    BackendConfig,
     CalledAet,
     DicomAddress,
+    DicomListenerConfig,
+    HealthConfig,
     HttpAddress,
     HttpStoreConfig,
     MoveDestination,
+    PoolConfig,
     QueryMode,
+    RouteConfig,
     ScanLimit,
     StorageCommitment,
     StoreVia,
@@ -57,6 +77,7 @@ __all__ = [
     "ECHO_LOCAL",
     "AllowModel",
     "BackendModel",
+    "DicomAddressText",
     "DicomListenerModel",
     "HealthModel",
     "OrthancModel",
@@ -205,12 +226,54 @@ def _parse_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     )
 
 
+_LISTENER = defaults(DicomListenerConfig)
+_HEALTH = defaults(HealthConfig)
+_BACKEND = defaults(BackendConfig)
+_POOL = defaults(PoolConfig)
+_ROUTE = defaults(RouteConfig)
+_STORE = defaults(HttpStoreConfig)
+
+_SYNTAX_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "object",
+                "properties": {
+                    "uid": {"type": "string"},
+                    "encoding": {"enum": [e.value for e in Encoding]},
+                },
+                "required": ["uid"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+)
+_DICOM_ADDRESS_SCHEMA = WithJsonSchema({"type": "string", "pattern": "@.*:[0-9]+\\s*$"})
+DicomAddressText = Annotated[
+    DicomAddress, BeforeValidator(parse_dicom_address), _DICOM_ADDRESS_SCHEMA
+]
+
+
 class AllowModel(Model):
-    aet: AeTitle | None = None
+    """One entry of a listener's `allow` list: a client must match every field given."""
+
+    aet: AeTitle | None = Field(
+        default=None,
+        description="The calling AE title (case-sensitive; `*` stands for any characters, "
+        "`?` for one).",
+    )
     cidr: (
-        Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
+        Annotated[
+            ipaddress.IPv4Network | ipaddress.IPv6Network,
+            BeforeValidator(_parse_network),
+            WithJsonSchema({"type": "string"}),
+        ]
         | None
-    ) = None
+    ) = Field(
+        default=None,
+        description="The source address or network, e.g. `10.1.2.0/24` or `fd00::/64`.",
+    )
 
     @model_validator(mode="after")
     def _one_given(self) -> AllowModel:
@@ -222,52 +285,171 @@ class AllowModel(Model):
 
 
 class DicomListenerModel(Model):
-    bind: Annotated[tuple[str, int], BeforeValidator(parse_bind)] | None = None
-    ae_title: AeTitle | None = None
-    check_called_aet: StrictBool | None = None
-    max_associations: Count | None = None
-    max_associations_per_calling_aet: Annotated[StrictInt, Field(ge=0)] | None = None
-    max_pdu: MaxPdu | None = None
-    artim_timeout: Duration | None = None
-    idle_timeout: Duration | None = None
+    """`listeners.dicom`: where and how DICOM clients associate."""
+
+    bind: Annotated[tuple[str, int], BeforeValidator(parse_bind), BIND_SCHEMA] | None = unset(
+        "Address and port to listen on (`[::]:11112` for IPv6).",
+        host_port(_LISTENER["host"], _LISTENER["port"]),
+    )
+    ae_title: AeTitle | None = unset(
+        "dicomlb's AE title (also the calling AE title of health checks).", _LISTENER["ae_title"]
+    )
+    check_called_aet: StrictBool | None = unset(
+        "Refuse associations whose called AE title is not `ae_title` (A-ASSOCIATE-RJ "
+        "permanent, reason 7).",
+        _LISTENER["check_called_aet"],
+    )
+    max_associations: Count | None = unset(
+        'Open client associations at most; beyond, A-ASSOCIATE-RJ transient, "local limit '
+        'exceeded".',
+        _LISTENER["max_associations"],
+    )
+    max_associations_per_calling_aet: Annotated[StrictInt, Field(ge=0)] | None = unset(
+        "Open client associations per calling AE title (0: no limit).",
+        _LISTENER["max_associations_per_calling_aet"],
+    )
+    max_pdu: MaxPdu | None = unset(
+        "Largest P-DATA-TF accepted from clients, in bytes (0: unlimited, else 4096 or "
+        "more); a larger PDU aborts the association.",
+        _LISTENER["max_pdu"],
+    )
+    artim_timeout: Duration | None = unset(
+        "Deadline from TCP connect (TLS handshake included) to a complete A-ASSOCIATE-RQ "
+        "(bytes do not extend it), and for the close after release or reject.",
+        format_duration(_LISTENER["artim_timeout"]),
+    )
+    idle_timeout: Duration | None = unset(
+        "An association silent this long (and not waiting on a backend) is aborted, in the "
+        "middle of a message too.",
+        format_duration(_LISTENER["idle_timeout"]),
+    )
     transfer_syntaxes: (
         Annotated[
-            list[Annotated[SyntaxEntry, BeforeValidator(_parse_transfer_syntax)]],
+            list[Annotated[SyntaxEntry, BeforeValidator(_parse_transfer_syntax), _SYNTAX_SCHEMA]],
             Field(min_length=1),
         ]
         | None
-    ) = None
-    echo: Annotated[str, Field(strict=True)] = ECHO_LOCAL
-    tls: ListenerTlsModel | None = None
-    scan_budget: Annotated[int, BeforeValidator(_scan_budget)] | None = None
-    max_associations_per_ip: Annotated[StrictInt, Field(ge=0)] | None = None
-    max_negotiating: Count | None = None
-    max_negotiating_per_ip: Count | None = None
-    allow: Annotated[list[AllowModel], Field(min_length=1)] | None = None
+    ) = unset(
+        "Transfer syntaxes accepted from clients: `any` (every UID whose encoding is known, "
+        "others as encapsulated), a UID or name (`JPEGLossless`), or `{uid: 1.2.3.4, "
+        "encoding: implicit_little}` for a private syntax that is not encapsulated. Without "
+        "`any` only the listed ones are accepted.",
+        [ANY_TRANSFER_SYNTAX],
+    )
+    echo: Annotated[str, Field(strict=True)] = Field(
+        default=ECHO_LOCAL,
+        description="`local`: dicomlb answers C-ECHO itself; a pool name: C-ECHO is forwarded "
+        "to that pool.",
+    )
+    tls: ListenerTlsModel | None = Field(
+        default=None, description="DICOM over TLS (PS3.15 B.1); none: plain TCP."
+    )
+    scan_budget: Annotated[int, BeforeValidator(_scan_budget), SIZE_SCHEMA] | None = unset(
+        "Bytes all associations together may hold while a C-STORE's routing tags are not "
+        "found yet (at least 1MiB); when spent, the C-STORE is refused 0xA700.",
+        f"{_LISTENER['scan_budget'] >> 20}MiB",
+    )
+    max_associations_per_ip: Annotated[StrictInt, Field(ge=0)] | None = unset(
+        "Open client associations per source address, whatever AE titles it uses (0: no "
+        "limit); beyond, A-ASSOCIATE-RJ transient.",
+        _LISTENER["max_associations_per_ip"],
+    )
+    max_negotiating: Count | None = unset(
+        "Connections with no accepted association yet (TLS handshake, A-ASSOCIATE-RQ under "
+        "way); beyond, a new connection is closed at once.",
+        _LISTENER["max_negotiating"],
+    )
+    max_negotiating_per_ip: Count | None = unset(
+        "The same, per source address.", _LISTENER["max_negotiating_per_ip"]
+    )
+    allow: Annotated[list[AllowModel], Field(min_length=1)] | None = Field(
+        default=None,
+        description="Who may associate; a client must match every field of one entry, others "
+        "get A-ASSOCIATE-RJ permanent, reason 3. None: everyone.",
+    )
 
 
 class HealthModel(Model):
-    enabled: StrictBool | None = None
-    interval: Duration | None = None
-    timeout: Duration | None = None
-    fall: Count | None = None
-    rise: Count | None = None
-    fail_timeout: Duration | None = None
-    http: HttpCheckModel | None = None
+    """`pools.<name>.health`: active checks of the pool's backends."""
+
+    enabled: StrictBool | None = unset(
+        "Active checks: C-ECHO on a backend's DICOM address, an HTTP request on its HTTP address.",
+        _HEALTH["enabled"],
+    )
+    interval: Duration | None = unset(
+        "Time between checks of one backend.", format_duration(_HEALTH["interval"])
+    )
+    timeout: Duration | None = unset(
+        "How long one check may take before it counts as failed.",
+        format_duration(_HEALTH["timeout"]),
+    )
+    fall: Count | None = unset("Consecutive failures that mark a backend down.", _HEALTH["fall"])
+    rise: Count | None = unset(
+        "Consecutive successes that bring a down backend back.", _HEALTH["rise"]
+    )
+    fail_timeout: Duration | None = unset(
+        "With `enabled: false`, a backend taken down by relay failures comes back after this; "
+        "with checks on, the checks bring it back.",
+        format_duration(_HEALTH["fail_timeout"]),
+    )
+    http: HttpCheckModel | None = Field(
+        default=None,
+        description="The HTTP check of backends' HTTP addresses; default `GET /`, status 200 "
+        "(`orthanc: true` pools: `GET /system`, 200 or 401).",
+    )
 
 
 class BackendModel(Model):
-    name: Name
-    dicom: Annotated[DicomAddress, BeforeValidator(parse_dicom_address)] | None = None
-    http: Annotated[HttpAddress, BeforeValidator(parse_http_address)] | None = None
-    weight: Count | None = None
-    max_associations: Count | None = None
-    max_pdu: MaxPdu | None = None
-    tls: BackendTlsModel | None = None
-    store_via: StoreVia | None = None  # the DICOM -> HTTP bridge (dicomlb.bridge)
-    stow_path: Annotated[str, Field(strict=True, pattern=r"^/")] | None = None
-    stow_batch: Count | None = None
-    auth: BackendAuthModel | None = None
+    """One entry of `pools.<name>.backends`: a node, with a DICOM and / or HTTP address."""
+
+    name: Name = Field(
+        description="The backend's name, unique across all pools (one name, one node)."
+    )
+    dicom: DicomAddressText | None = Field(
+        default=None, description="`AET@host:port`: the backend's DICOM address."
+    )
+    http: (
+        Annotated[
+            HttpAddress,
+            BeforeValidator(parse_http_address),
+            WithJsonSchema({"type": "string", "pattern": "^\\s*https?://"}),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="`http://host:port` or `https://host:port`; a base path (`/pacs`) only "
+        "with `store_via`.",
+    )
+    weight: Count | None = unset(
+        "Share of the `weighted` strategy, relative to the pool's other backends.",
+        _BACKEND["weight"],
+    )
+    max_associations: Count | None = unset(
+        "Associations dicomlb opens to this backend at most (Orthanc's DicomThreadsCount); "
+        "for HTTP backends, keep-alive connections of the bridge.",
+        _BACKEND["max_associations"],
+    )
+    max_pdu: MaxPdu | None = unset(
+        "Largest P-DATA-TF dicomlb accepts from this backend, in bytes (0: unlimited).",
+        _BACKEND["max_pdu"],
+    )
+    tls: BackendTlsModel | None = Field(
+        default=None, description="TLS toward the backend (DICOM TLS, or https); none: plain."
+    )
+    store_via: StoreVia | None = Field(
+        default=None,
+        description="`orthanc_rest` or `stow_rs`: C-STOREs routed here go over HTTP (needs "
+        "`http`); other DIMSE services use `dicom`.",
+    )
+    stow_path: Annotated[str, Field(strict=True, pattern=r"^/")] | None = unset(
+        "The DICOMweb root under the base URL (`stow_rs`).", _STORE["stow_path"]
+    )
+    stow_batch: Count | None = unset(
+        "Spooled instances sent in one STOW-RS request.", _STORE["stow_batch"]
+    )
+    auth: BackendAuthModel | None = Field(
+        default=None, description="Credentials dicomlb presents to the HTTP backend (bridge)."
+    )
 
 
 BRIDGE_FIELDS = ("store_via", "stow_path", "stow_batch", "auth")
@@ -300,34 +482,117 @@ def backend_store(
 class OrthancModel(Model):
     """`orthanc: {writer: NAME}`: Orthanc awareness with a writer / reader split."""
 
-    writer: Annotated[str, Field(strict=True)] | None = None
+    writer: Annotated[str, Field(strict=True)] | None = Field(
+        default=None,
+        description="The pool's backend that takes every POST, PUT, DELETE and PATCH; reads "
+        "are balanced over all backends.",
+    )
 
 
 class PoolModel(Model):
-    strategy: Strategy = Strategy.ROUND_ROBIN
-    key: Annotated[str, Field(strict=True)] | None = None
-    health: HealthModel | None = None
-    backends: Annotated[list[BackendModel], Field(min_length=1)]
-    called_aet: CalledAet | None = None
-    connect_timeout: Duration | None = None
-    acquire_timeout: Duration | None = None
-    response_timeout: Duration | None = None
-    idle_timeout: Duration | None = None
-    upstream: UpstreamMode | None = None
-    query: QueryMode | None = None
-    query_timeout: Duration | None = None
-    move_destination: MoveDestination | None = None
-    storage_commitment: StorageCommitment | None = None
-    orthanc: StrictBool | OrthancModel | None = None
-    http: HttpPoolModel | None = None
+    """`pools.<name>`: backends and how messages and requests are spread over them."""
+
+    strategy: Strategy = Field(
+        default=Strategy.ROUND_ROBIN,
+        description="`round_robin`, `weighted`, `least_connections` or `affinity` (a key's "
+        "value always goes to the same backend, rendezvous hashing).",
+    )
+    key: Annotated[str, Field(strict=True)] | None = unset(
+        "`affinity` only: the tag whose value is hashed (keyword or `(gggg,eeee)`).",
+        DEFAULT_AFFINITY_KEY,
+    )
+    health: HealthModel | None = Field(default=None, description="Active health checks.")
+    backends: Annotated[list[BackendModel], Field(min_length=1)] = Field(
+        description="The pool's backends, at least one."
+    )
+    called_aet: CalledAet | None = unset(
+        "The called AE title toward the backend: its own (`backend`) or the one the client "
+        "used (`passthrough`).",
+        _POOL["called_aet"].value,
+    )
+    connect_timeout: Duration | None = unset(
+        "TCP connect and association negotiation with a backend.",
+        format_duration(_POOL["connect_timeout"]),
+    )
+    acquire_timeout: Duration | None = unset(
+        "How long a message waits for a free association slot at a saturated backend.",
+        format_duration(_POOL["acquire_timeout"]),
+    )
+    response_timeout: Duration | None = unset(
+        "How long dicomlb waits for a backend's DIMSE response (for the bridge: the idle "
+        "read timeout of the answer).",
+        format_duration(_POOL["response_timeout"]),
+    )
+    idle_timeout: Duration | None = unset(
+        "An idle pooled upstream association is released after this.",
+        format_duration(_POOL["idle_timeout"]),
+    )
+    upstream: UpstreamMode | None = unset(
+        "`shared`: upstream associations are pooled and reused by any client with the same AE "
+        "titles; `per_client`: each client association owns its own, released with it.",
+        _POOL["upstream"].value,
+    )
+    query: QueryMode | None = unset(
+        "C-FIND: `one` (backends share a database: one answers) or `fanout` (all, merged).",
+        _POOL["query"].value,
+    )
+    query_timeout: Duration | None = unset(
+        "`fanout`: how long each backend may take; a late one is left out with a warning.",
+        format_duration(_POOL["query_timeout"]),
+    )
+    move_destination: MoveDestination | None = unset(
+        "C-MOVE: the backend resolves the destination (`passthrough`) or sends to dicomlb, "
+        "which relays (`via_balancer`, see `dicom_nodes`).",
+        _POOL["move_destination"].value,
+    )
+    storage_commitment: StorageCommitment | None = unset(
+        "`forward`: N-ACTION goes to the backend holding the instances and its "
+        "N-EVENT-REPORT is relayed back; `refuse`: the context is refused.",
+        _POOL["storage_commitment"].value,
+    )
+    orthanc: StrictBool | OrthancModel | None = unset(
+        "Orthanc awareness for HTTP (job and query owners, transfers pinned): `true`, or "
+        "`{writer: BACKEND}` for a writer / reader split.",
+        _POOL["orthanc"],
+    )
+    http: HttpPoolModel | None = Field(
+        default=None, description="How HTTP requests are balanced and relayed to the pool."
+    )
 
 
 class RouteModel(Model):
-    name: Name
-    match: Any = None
-    pool: Annotated[str, Field(strict=True)]
-    ack: Ack | None = None
-    mirror: list[Annotated[str, Field(strict=True)]] | None = None
-    query: QueryMode | None = None
-    move_destination: MoveDestination | None = None
-    on_scan_limit: Annotated[ScanLimit, BeforeValidator(_scan_limit)] | None = None
+    """One entry of `routes`: DICOM messages it matches go to its pool; file order, first
+    match wins."""
+
+    name: Name = Field(description="The route's name, unique among routes.")
+    match: MatchSpec = Field(
+        default=None,
+        description="Conditions that must all hold: DICOM keywords or `(gggg,eeee)`, "
+        "`calling_aet`, `called_aet`, `source`, `sop_class`, `command`, `all`, `any`, `not`; "
+        "a value is a scalar, a list (any of) or one operator (`equals`, `in`, `regex`, "
+        "`glob`, `exists`, `absent`). None: everything.",
+    )
+    pool: Annotated[str, Field(strict=True)] = Field(
+        description="The pool messages matching the route go to."
+    )
+    ack: Ack | None = unset(
+        "When the sender's C-STORE is answered: `backend` (the backend's own status) or "
+        "`spool` (Success once durable in the spool, delivered later).",
+        _ROUTE["ack"].value,
+    )
+    mirror: list[Annotated[str, Field(strict=True)]] | None = Field(
+        default=None,
+        description="Pools that each get an independent spooled copy (needs `ack: spool`).",
+    )
+    query: QueryMode | None = Field(
+        default=None, description="Overrides the pool's `query` for messages this route matches."
+    )
+    move_destination: MoveDestination | None = Field(
+        default=None,
+        description="Overrides the pool's `move_destination` for messages this route matches.",
+    )
+    on_scan_limit: Annotated[ScanLimit, BeforeValidator(_scan_limit)] | None = unset(
+        "A C-STORE whose routing tags are not in the first MiB of its data set: `refuse` "
+        "(0xC000) or `route` (on the tags found).",
+        _ROUTE["on_scan_limit"].value,
+    )

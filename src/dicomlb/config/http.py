@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, ValidationError, WithJsonSchema
 
 from dicomlb.config.tls import ListenerTlsModel
-from dicomlb.config.tools import Duration, Fail, Model, dotted, issue_from_pydantic, split_host_port
+from dicomlb.config.tools import (
+    BIND_SCHEMA,
+    Duration,
+    Fail,
+    MatchSpec,
+    Model,
+    defaults,
+    dotted,
+    format_duration,
+    host_port,
+    issue_from_pydantic,
+    split_host_port,
+    unset,
+)
 from dicomlb.http.middlewares import KINDS
 from dicomlb.http.paths import EncodedSlashes
 from dicomlb.http.routing import parse_http_match
 from dicomlb.routing import MatchError
+from dicomlb.shadowing import Conjunction, shadowed
 from dicomlb.snapshot import (
     HttpAddress,
     HttpCheckConfig,
@@ -33,6 +47,7 @@ from dicomlb.snapshot import (
 )
 
 __all__ = [
+    "MIDDLEWARE_MODELS",
     "HttpCheckModel",
     "HttpListenerModel",
     "HttpPoolModel",
@@ -96,37 +111,130 @@ def _key(value: Any) -> HttpKey:
     return HttpKey(kind=KeyKind(kind), name=name.lower() if kind == "header" else name)
 
 
+_LISTENER = defaults(HttpListenerConfig)
+_POOL = defaults(HttpPoolConfig)
+_CHECK = defaults(HttpCheckConfig)
+
+
 class HttpListenerModel(Model):
-    bind: Annotated[tuple[str, int], BeforeValidator(_bind)] | None = None
-    max_connections: Annotated[StrictInt, Field(ge=1)] | None = None
-    max_head_size: Annotated[StrictInt, Field(ge=1024)] | None = None
-    head_timeout: Duration | None = None
-    keepalive_timeout: Duration | None = None
-    idle_timeout: Duration | None = None
-    tunnel_timeout: Duration | None = None
-    discard_body_max: Annotated[StrictInt, Field(ge=0)] | None = None
-    encoded_slashes: EncodedSlashes | None = None
-    tls: ListenerTlsModel | None = None  # HTTPS; built like listeners.dicom.tls
+    """`listeners.http`: where and how HTTP clients are accepted."""
+
+    bind: Annotated[tuple[str, int], BeforeValidator(_bind), BIND_SCHEMA] | None = unset(
+        "Address and port to listen on.", host_port(_LISTENER["host"], _LISTENER["port"])
+    )
+    max_connections: Annotated[StrictInt, Field(ge=1)] | None = unset(
+        "Open client connections (TLS handshakes and lingering closes included); beyond, 503 "
+        "and close.",
+        _LISTENER["max_connections"],
+    )
+    max_head_size: Annotated[StrictInt, Field(ge=1024)] | None = unset(
+        "Bytes of request line and headers; beyond, 431 (414 for the target).",
+        _LISTENER["max_head_size"],
+    )
+    head_timeout: Duration | None = unset(
+        "A request head must be complete this long after its first byte (slowloris: 408).",
+        format_duration(_LISTENER["head_timeout"]),
+    )
+    keepalive_timeout: Duration | None = unset(
+        "An idle client connection between requests is closed after this.",
+        format_duration(_LISTENER["keepalive_timeout"]),
+    )
+    idle_timeout: Duration | None = unset(
+        "During a request, nothing may stand still longer (idle, not a whole-request deadline).",
+        format_duration(_LISTENER["idle_timeout"]),
+    )
+    tunnel_timeout: Duration | None = unset(
+        "An upgraded (websocket) connection silent this long is closed.",
+        format_duration(_LISTENER["tunnel_timeout"]),
+    )
+    discard_body_max: Annotated[StrictInt, Field(ge=0)] | None = unset(
+        "Bytes of a request body read and dropped after an early answer so the client keeps "
+        "its connection; more gets `Connection: close` (0: never drains).",
+        _LISTENER["discard_body_max"],
+    )
+    encoded_slashes: EncodedSlashes | None = unset(
+        "`%2F` / `%5C` in a path: `reject` (400) or `pass` (kept encoded, never a separator).",
+        _LISTENER["encoded_slashes"].value,
+    )
+    tls: ListenerTlsModel | None = Field(
+        default=None, description="HTTPS: clients speak TLS 1.2 or later; none: plain HTTP."
+    )
 
 
 class PassiveModel(Model):
-    failures: Annotated[StrictInt, Field(ge=1)] = 5
-    window: Duration = 10.0
+    """`passive: {failures, window}`: when 502/503/504 answers eject a backend."""
+
+    failures: Annotated[StrictInt, Field(ge=1)] = Field(
+        default=_POOL["passive_failures"],
+        description="502/503/504 answers within `window` that eject a backend.",
+    )
+    window: Duration = Field(
+        default=_POOL["passive_window"],
+        description="The window `failures` are counted in, seconds.",
+    )
 
 
 class HttpPoolModel(Model):
-    key: Annotated[HttpKey, BeforeValidator(_key)] | None = None
-    sticky: StrictBool | None = None
-    connect_timeout: Duration | None = None
-    read_timeout: Duration | None = None
-    idle_timeout: Duration | None = None
-    commit_timeout: Duration | None = None
-    retries: Annotated[StrictInt, Field(ge=0)] | None = None
-    retry_buffer: Annotated[StrictInt, Field(ge=0)] | None = None
-    passive: StrictBool | PassiveModel | None = None
-    slow_start: Duration | None = None
-    max_connections: Annotated[StrictInt, Field(ge=1)] | None = None
-    acquire_timeout: Duration | None = None
+    """`pools.<name>.http`: how HTTP requests are balanced and relayed to the pool."""
+
+    key: (
+        Annotated[
+            HttpKey,
+            BeforeValidator(_key),
+            WithJsonSchema({"type": "string", "pattern": "^(client_ip|header:.+|cookie:.+)$"}),
+        ]
+        | None
+    ) = unset(
+        "`header:NAME`, `cookie:NAME` or `client_ip`: the affinity / sticky key.", "client_ip"
+    )
+    sticky: StrictBool | None = unset(
+        "A key's first request goes to the least loaded backend and the key stays there "
+        "(100 000 keys, LRU).",
+        _POOL["sticky"],
+    )
+    connect_timeout: Duration | None = unset(
+        "TCP connect to a backend.", format_duration(_POOL["connect_timeout"])
+    )
+    read_timeout: Duration | None = unset(
+        "A backend silent this long while its response is due: 504.",
+        format_duration(_POOL["read_timeout"]),
+    )
+    idle_timeout: Duration | None = unset(
+        "A pooled keep-alive connection unused this long is closed (`800ms` with `orthanc: "
+        "true`: Orthanc closes them after 1 s).",
+        format_duration(_POOL["idle_timeout"]),
+    )
+    commit_timeout: Duration | None = unset(
+        "Read timeout of Orthanc `/transfers/push/{id}/commit`.",
+        format_duration(_POOL["commit_timeout"]),
+    )
+    retries: Annotated[StrictInt, Field(ge=0)] | None = unset(
+        "Other backends tried after a safe failure.", _POOL["retries"]
+    )
+    retry_buffer: Annotated[StrictInt, Field(ge=0)] | None = unset(
+        "Request bodies up to this many bytes are kept for a retry; larger ones are never "
+        "replayed.",
+        _POOL["retry_buffer"],
+    )
+    passive: StrictBool | PassiveModel | None = unset(
+        "Passive ejection: connect errors and timeouts count toward `health.fall`; 502/503/504 "
+        "answers eject when `failures` come within `window`; `false`: off.",
+        _POOL["passive"],
+    )
+    slow_start: Duration | None = Field(
+        default=None,
+        description="After a backend comes back, its share of new requests grows from 5 % to "
+        "100 % over this. Unset: off.",
+    )
+    max_connections: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None,
+        description="Open connections per backend; beyond, a request waits for a free one. "
+        "None: no cap.",
+    )
+    acquire_timeout: Duration | None = unset(
+        "How long a request waits for a connection at a capped backend; then 503.",
+        format_duration(_POOL["acquire_timeout"]),
+    )
 
 
 def _status_list(value: Any) -> tuple[int, ...]:
@@ -139,92 +247,192 @@ def _status_list(value: Any) -> tuple[int, ...]:
 
 
 class HttpCheckModel(Model):
-    method: Annotated[str, Field(strict=True, pattern=r"^[A-Z]+$")] | None = None
-    path: Annotated[str, Field(strict=True, pattern=r"^/")] | None = None
-    status: Annotated[tuple[int, ...], BeforeValidator(_status_list)] | None = None
-    username: Annotated[str, Field(strict=True)] | None = None
-    password: Annotated[str, Field(strict=True)] | None = None
-    host: Annotated[str, Field(strict=True)] | None = None
+    """`pools.<name>.health.http`: the active HTTP check of backends' HTTP addresses."""
+
+    method: Annotated[str, Field(strict=True, pattern=r"^[A-Z]+$")] | None = unset(
+        "The request method.", _CHECK["method"]
+    )
+    path: Annotated[str, Field(strict=True, pattern=r"^/")] | None = unset(
+        "The request path (`/system` for `orthanc: true` pools).", _CHECK["path"]
+    )
+    status: (
+        Annotated[
+            tuple[int, ...],
+            BeforeValidator(_status_list),
+            WithJsonSchema(
+                {
+                    "anyOf": [
+                        {"type": "integer", "minimum": 100, "maximum": 599},
+                        {
+                            "type": "array",
+                            "items": {"type": "integer", "minimum": 100, "maximum": 599},
+                            "minItems": 1,
+                        },
+                    ]
+                }
+            ),
+        ]
+        | None
+    ) = unset(
+        "The status, or list of statuses, of a passed check (`orthanc: true` pools: 200 or 401).",
+        list(_CHECK["status"]),
+    )
+    username: Annotated[str, Field(strict=True)] | None = Field(
+        default=None, description="Basic-auth user of the check."
+    )
+    password: Annotated[str, Field(strict=True)] | None = Field(
+        default=None, description="Basic-auth password of the check."
+    )
+    host: Annotated[str, Field(strict=True)] | None = Field(
+        default=None, description="The Host header of the check; default: the backend's host:port."
+    )
 
 
 class HttpRouteModel(Model):
-    name: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    match: Any = None
-    pool: Annotated[str, Field(strict=True)]
-    middlewares: list[Annotated[str, Field(strict=True)]] = []
-    read_timeout: Duration | None = None
+    """One entry of `http_routes`: requests it matches go to its pool; file order, first
+    match wins."""
+
+    name: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = Field(
+        description="The route's name, unique among HTTP routes."
+    )
+    match: MatchSpec = Field(
+        default=None,
+        description="Conditions that must all hold: `host` (exact or glob), `path`, "
+        "`path_prefix`, `path_regex`, `method`, `headers: {Name: value}`, `query: {name: "
+        "value}`; a value is a scalar, a list (any of) or one of `regex`, `glob`, `exists`. "
+        "None: every request.",
+    )
+    pool: Annotated[str, Field(strict=True)] = Field(
+        description="The pool requests matching the route go to."
+    )
+    middlewares: list[Annotated[str, Field(strict=True)]] = Field(
+        default=[], description="Names of middlewares applied in order."
+    )
+    read_timeout: Duration | None = Field(
+        default=None, description="Overrides the pool's `http.read_timeout` for this route."
+    )
 
 
 # --- middlewares ----------------------------------------------------------------------------
 
 
-class _StripPrefix(Model):
-    prefixes: Annotated[list[Annotated[str, Field(pattern=r"^/")]], Field(min_length=1)]
+class StripPrefixModel(Model):
+    """`strip_prefix`: removes the first matching path prefix."""
+
+    prefixes: Annotated[list[Annotated[str, Field(pattern=r"^/")]], Field(min_length=1)] = Field(
+        description="Path prefixes, tried in order; the first that matches is removed."
+    )
 
 
-class _AddPrefix(Model):
-    prefix: Annotated[str, Field(strict=True, pattern=r"^/")]
+class AddPrefixModel(Model):
+    """`add_prefix`: puts a prefix before the path."""
+
+    prefix: Annotated[str, Field(strict=True, pattern=r"^/")] = Field(
+        description="The prefix put before the request path."
+    )
 
 
-class _ReplacePath(Model):
-    regex: Annotated[str, Field(strict=True)]
-    replacement: Annotated[str, Field(strict=True)]
+class ReplacePathModel(Model):
+    """`replace_path`: `re.sub` on the path."""
+
+    regex: Annotated[str, Field(strict=True)] = Field(
+        description="A Python regular expression searched in the path."
+    )
+    replacement: Annotated[str, Field(strict=True)] = Field(
+        description="What each match is replaced with (`\\1` for groups)."
+    )
 
 
-class _HeaderEdits(Model):
-    set: dict[str, str | int] = {}
-    remove: list[str] = []
+class HeaderEditsModel(Model):
+    """Header fields set and removed, on the request or the response."""
+
+    set: dict[str, str | int] = Field(
+        default={}, description="Fields set, replacing any of that name."
+    )
+    remove: list[str] = Field(default=[], description="Names of fields removed.")
 
 
-class _Headers(Model):
-    request: _HeaderEdits = _HeaderEdits()
-    response: _HeaderEdits = _HeaderEdits()
+class HeadersModel(Model):
+    """`headers`: sets and removes header fields."""
+
+    request: HeaderEditsModel = Field(
+        default_factory=HeaderEditsModel, description="Edits of the request sent to the backend."
+    )
+    response: HeaderEditsModel = Field(
+        default_factory=HeaderEditsModel, description="Edits of the response sent to the client."
+    )
 
 
-class _Forwarded(Model):
-    x_forwarded: StrictBool = True
-    forwarded: StrictBool = True
+class ForwardedModel(Model):
+    """`forwarded`: tells the backend who the client is."""
+
+    x_forwarded: StrictBool = Field(
+        default=True,
+        description="Append X-Forwarded-For and set X-Forwarded-Host / X-Forwarded-Proto.",
+    )
+    forwarded: StrictBool = Field(default=True, description="Append an RFC 7239 Forwarded field.")
 
 
-class _BasicAuth(Model):
+class BasicAuthMiddlewareModel(Model):
+    """`basic_auth`: 401 with a challenge unless the credentials match."""
+
     users: Annotated[
         dict[str, Annotated[str, Field(pattern=r"^pbkdf2_sha256\$")]], Field(min_length=1)
-    ]
-    realm: str = "dicomlb"
-    remove: StrictBool = True
+    ] = Field(
+        description="User name to PBKDF2-SHA256 hash (`dicomlb.http.middlewares.hash_password`)."
+    )
+    realm: str = Field(default="dicomlb", description="The realm of the challenge.")
+    remove: StrictBool = Field(
+        default=True, description="Remove the Authorization field before the request goes on."
+    )
 
 
-class _IpFilter(Model):
-    allow: list[str] = []
-    deny: list[str] = []
+class IpFilterModel(Model):
+    """`ip_filter`: 403 for clients not allowed; deny wins."""
+
+    allow: list[str] = Field(
+        default=[], description="Client addresses or CIDR networks allowed (empty: all)."
+    )
+    deny: list[str] = Field(default=[], description="Client addresses or CIDR networks refused.")
 
 
-class _MaxBody(Model):
-    limit: Annotated[StrictInt, Field(ge=0)]
+class MaxBodyModel(Model):
+    """`max_body`: 413 for larger request bodies."""
+
+    limit: Annotated[StrictInt, Field(ge=0)] = Field(
+        description="Bytes of request body at most: 413 from Content-Length; a chunked body "
+        "growing past it is cut off."
+    )
 
 
-class _RateLimit(Model):
-    average: Annotated[float, Field(gt=0)]
-    period: Duration = 1.0
-    burst: Annotated[StrictInt, Field(ge=0)] = 0
+class RateLimitModel(Model):
+    """`rate_limit`: a token bucket per client IP; 429 with Retry-After beyond it."""
+
+    average: Annotated[float, Field(gt=0)] = Field(
+        description="Requests allowed per `period`, on average."
+    )
+    period: Duration = Field(default=1.0, description="The period `average` is counted over.")
+    burst: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="Requests allowed above the average in a burst."
+    )
 
 
-_MIDDLEWARE_MODELS: dict[str, type[Model]] = {
-    "strip_prefix": _StripPrefix,
-    "add_prefix": _AddPrefix,
-    "replace_path": _ReplacePath,
-    "headers": _Headers,
-    "forwarded": _Forwarded,
-    "basic_auth": _BasicAuth,
-    "ip_filter": _IpFilter,
-    "max_body": _MaxBody,
-    "rate_limit": _RateLimit,
+MIDDLEWARE_MODELS: dict[str, type[Model]] = {
+    "strip_prefix": StripPrefixModel,
+    "add_prefix": AddPrefixModel,
+    "replace_path": ReplacePathModel,
+    "headers": HeadersModel,
+    "forwarded": ForwardedModel,
+    "basic_auth": BasicAuthMiddlewareModel,
+    "ip_filter": IpFilterModel,
+    "max_body": MaxBodyModel,
+    "rate_limit": RateLimitModel,
 }
-assert set(_MIDDLEWARE_MODELS) == set(KINDS)
+assert set(MIDDLEWARE_MODELS) == set(KINDS)
 
 
 def _middleware(name: str, spec: Any, path: str, fail: Fail) -> MiddlewareConfig | None:
-    kinds = ", ".join(_MIDDLEWARE_MODELS)
+    kinds = ", ".join(MIDDLEWARE_MODELS)
     if not isinstance(spec, dict) or len(spec) != 1:
         fail(
             path,
@@ -233,7 +441,7 @@ def _middleware(name: str, spec: Any, path: str, fail: Fail) -> MiddlewareConfig
         )
         return None
     kind, options = next(iter(spec.items()))
-    model = _MIDDLEWARE_MODELS.get(kind)
+    model = MIDDLEWARE_MODELS.get(kind)
     if model is None:
         fail(f"{path}.{kind}", f'unknown middleware kind "{kind}"; use one of {kinds}')
         return None
@@ -294,16 +502,19 @@ def build_http(
     middlewares: Mapping[str, Any],
     pools: Mapping[str, PoolConfig],
     fail: Fail,
+    warn: Callable[[str], None],
     tls: TlsConfig | None = None,
 ) -> tuple[HttpListenerConfig | None, tuple[HttpRouteConfig, ...]]:
-    """The HTTP listener and routes; problems go to `fail(path, message)`. `tls`: the
-    listener's `tls` block, built by `dicomlb.config.build` like the DICOM listener's."""
+    """The HTTP listener and routes; problems go to `fail(path, message)`, routes that can
+    never match to `warn(message)`. `tls`: the listener's `tls` block, built by
+    `dicomlb.config.build` like the DICOM listener's."""
     built_mw: dict[str, MiddlewareConfig] = {}
     for name, spec in middlewares.items():
         m = _middleware(name, spec, f"middlewares.{name}", fail)
         if m is not None:
             built_mw[name] = m
     out: list[HttpRouteConfig] = []
+    matches: list[tuple[str, Conjunction]] = []
     seen: dict[str, int] = {}
     catch_all: str | None = None
     for i, spec in enumerate(routes):
@@ -347,6 +558,7 @@ def build_http(
             continue
         if match.matches_everything and catch_all is None:
             catch_all = spec.name
+        matches.append((spec.name, match.conjunction))
         chain = []
         for j, name in enumerate(spec.middlewares):
             if name not in built_mw:
@@ -370,6 +582,11 @@ def build_http(
                     read_timeout=spec.read_timeout,
                 )
             )
+    for name, earlier in shadowed(matches):
+        warn(
+            f'http route "{name}" can never match: http route "{earlier}" before it matches '
+            "everything it matches"
+        )
     config: HttpListenerConfig | None = None
     if listener is not None:
         kwargs: dict[str, Any] = {

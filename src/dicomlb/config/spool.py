@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, StrictInt
+from pydantic import Field, StrictInt
 
 from dicomlb.config.tools import (
     Duration,
     Fail,
+    Interval,
     Model,
     Size,
+    defaults,
     format_duration,
-    parse_duration,
+    unset,
     written,
 )
 from dicomlb.snapshot import RetryConfig, SpoolConfig
@@ -21,21 +23,60 @@ from dicomlb.snapshot import RetryConfig, SpoolConfig
 __all__ = ["RetryModel", "SpoolModel", "build_spool"]
 
 
+_RETRY = defaults(RetryConfig)
+_SPOOL = defaults(SpoolConfig)
+
+
 class RetryModel(Model):
-    base: Duration | None = None
-    cap: Duration | None = None
-    max_attempts: Annotated[StrictInt, Field(ge=0)] | None = None
-    max_age: Annotated[float, BeforeValidator(parse_duration)] | None = None
+    """`spool.retry`: delivery retries, exponential backoff with jitter."""
+
+    base: Duration | None = unset(
+        "Backoff after the n-th failed attempt is `min(cap, base·2ⁿ⁻¹)`, half fixed and half "
+        "random.",
+        format_duration(_RETRY["base"]),
+    )
+    cap: Duration | None = unset(
+        "The longest delay between attempts (at least `base`).", format_duration(_RETRY["cap"])
+    )
+    max_attempts: Annotated[StrictInt, Field(ge=0)] | None = unset(
+        "Failed attempts before an item is dead (0: no limit).", _RETRY["max_attempts"]
+    )
+    max_age: Interval | None = unset(
+        "An undelivered item older than this is dead (0: no limit).",
+        format_duration(_RETRY["max_age"]),
+    )
 
 
 class SpoolModel(Model):
-    directory: Annotated[str, Field(strict=True, min_length=1)]
-    max_bytes: Size | None = None
-    max_items: Annotated[StrictInt, Field(ge=0)] | None = None
-    min_free_disk: Size | None = None
-    retry: RetryModel | None = None
-    failover_after: Duration | None = None
-    keep_delivered: Annotated[float, BeforeValidator(parse_duration)] | None = None
+    """`spool`: the durable store-and-forward queue behind `ack: spool` routes."""
+
+    directory: Annotated[str, Field(strict=True, min_length=1)] = Field(
+        description="Where files (`data/`, `tmp/`) and the index (`index.sqlite3`) live; "
+        "relative paths are from the working directory."
+    )
+    max_bytes: Size | None = unset(
+        "Bytes of spooled files (`500MB`, `20GB`, `1.5GiB`; 0: no limit); beyond, new "
+        "instances are refused.",
+        _SPOOL["max_bytes"],
+    )
+    max_items: Annotated[StrictInt, Field(ge=0)] | None = unset(
+        "Items not yet delivered (queued, sending, dead; 0: no limit).", _SPOOL["max_items"]
+    )
+    min_free_disk: Size | None = unset(
+        "Free space on the spool's file system below which new instances are refused.",
+        f"{_SPOOL['min_free_disk'] >> 30}GiB",
+    )
+    retry: RetryModel | None = Field(default=None, description="Delivery retries.")
+    failover_after: Duration | None = Field(
+        default=None,
+        description="A backend down this long gives its queued studies to the next available "
+        "backend of their pool; unset: they wait for it, however long.",
+    )
+    keep_delivered: Interval | None = unset(
+        "How long a delivered item's file is kept (0: removed at once; its index row stays "
+        "until purged).",
+        _SPOOL["keep_delivered"],
+    )
 
 
 def build_spool(spec: SpoolModel | None, fail: Fail) -> SpoolConfig | None:

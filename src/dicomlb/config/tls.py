@@ -15,18 +15,47 @@ from dicomlb.tls import certificate_expiry, client_context, server_context
 __all__ = ["BackendTlsModel", "ListenerTlsModel", "backend_tls", "listener_tls"]
 
 
+_Path = Annotated[str, Field(strict=True)]
+
+
 class ListenerTlsModel(Model):
-    cert: Annotated[str, Field(strict=True)]
-    key: Annotated[str, Field(strict=True)]
-    ca: Annotated[str, Field(strict=True)] | None = None
+    """TLS on a listener (TLS 1.2 or later): clients speak TLS to dicomlb."""
+
+    cert: _Path = Field(
+        description="PEM certificate file the listener presents (read at load and on reload)."
+    )
+    key: _Path = Field(description="PEM private key file of `cert`.")
+    ca: _Path | None = Field(
+        default=None,
+        description="PEM CA file: with it, clients must present a certificate this CA signed "
+        "(mutual TLS, IHE ATNA); without it, none is asked for.",
+    )
 
 
 class BackendTlsModel(Model):
-    ca: Annotated[str, Field(strict=True)] | None = None
-    cert: Annotated[str, Field(strict=True)] | None = None
-    key: Annotated[str, Field(strict=True)] | None = None
-    verify: StrictBool = True
-    server_name: Annotated[str, Field(strict=True)] | None = None
+    """TLS toward a backend: DICOM TLS, or https for HTTP backends and the bridge."""
+
+    ca: _Path | None = Field(
+        default=None,
+        description="PEM CA file to verify the backend's certificate with; default: the "
+        "system's CAs.",
+    )
+    cert: _Path | None = Field(
+        default=None,
+        description="PEM client certificate dicomlb presents (as DCMTK and most PACS "
+        "require); goes with `key`.",
+    )
+    key: _Path | None = Field(
+        default=None, description="PEM private key of `cert`; goes with `cert`."
+    )
+    verify: StrictBool = Field(
+        default=True, description="`false` skips verifying the backend's certificate."
+    )
+    server_name: _Path | None = Field(
+        default=None,
+        description="The name the certificate is checked against (and sent as SNI); default: "
+        "the host of the backend's address.",
+    )
 
 
 def _tls_failure(path: str, err: Exception) -> ConfigIssue:

@@ -5,6 +5,7 @@ and the YAML loader with its limits. Imports nothing else of `dicomlb.config`.""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
@@ -20,25 +21,40 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+)
 
 __all__ = [
+    "BIND_SCHEMA",
+    "DURATION_TEXT",
     "MAX_ALIAS_NODES",
     "MAX_CONFIG_BYTES",
     "MAX_YAML_DEPTH",
     "NAME",
     "NAME_HINT",
+    "SIZE_SCHEMA",
+    "SIZE_TEXT",
     "AeTitle",
     "ConfigError",
     "ConfigIssue",
     "Count",
     "Duration",
     "Fail",
+    "Interval",
+    "MatchSpec",
     "Model",
     "Name",
     "Size",
     "check_ae_title",
     "check_name",
+    "defaults",
     "dotted",
     "format_duration",
     "host_port",
@@ -51,6 +67,7 @@ __all__ = [
     "positive_duration",
     "show",
     "split_host_port",
+    "unset",
     "value_kind",
     "written",
 ]
@@ -241,17 +258,64 @@ def check_name(value: str) -> str:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(positive_duration)]
+# What the JSON Schema says of values read by the parsers above: the YAML may write them as
+# text ("5s", "20GB", "AET@host:port"), which the parsed Python types would not admit.
+DURATION_TEXT = r"^\s*((\d+(\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*)+$"
+SIZE_TEXT = r"^\s*(\d+(\.\d*)?|\.\d+)\s*([kKmMgGtT]i?[bB]|[bB])?\s*$"
+_DURATION_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "number", "exclusiveMinimum": 0},
+            {"type": "string", "pattern": DURATION_TEXT},
+        ]
+    }
+)
+_INTERVAL_SCHEMA = WithJsonSchema(
+    {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_TEXT}]}
+)
+SIZE_SCHEMA = WithJsonSchema(
+    {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": SIZE_TEXT}]}
+)
+# A route's match is compiled by the routing modules, which name what is wrong in it.
+MatchSpec = Annotated[Any, WithJsonSchema({"type": ["object", "null"]})]
+BIND_SCHEMA = WithJsonSchema({"type": "string", "pattern": r":[0-9]+\s*$"})
+
+Duration = Annotated[float, BeforeValidator(positive_duration), _DURATION_SCHEMA]
+Interval = Annotated[float, BeforeValidator(parse_duration), _INTERVAL_SCHEMA]  # 0 allowed
 AeTitle = Annotated[str, Field(strict=True), AfterValidator(check_ae_title)]
-Name = Annotated[str, Field(strict=True), AfterValidator(check_name)]
+Name = Annotated[
+    str,
+    Field(strict=True),
+    AfterValidator(check_name),
+    WithJsonSchema({"type": "string", "pattern": f"^{NAME.pattern}$"}),
+]
 Count = Annotated[StrictInt, Field(ge=1)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[int, BeforeValidator(parse_size), SIZE_SCHEMA]
 
 
 class Model(BaseModel):
     """A part of the file: unknown keys are errors; parsed values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def unset(description: str, default: Any = None) -> Any:
+    """A key that stays None when the file does not write it (the builder passes on only what
+    is `written`, so the snapshot's default applies); `default` is that effective default,
+    shown by the JSON Schema and the reference."""
+    extra: dict[str, Any] | None = None if default is None else {"default": default}
+    return Field(default=None, description=description, json_schema_extra=extra)
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """The defaults of a snapshot dataclass's fields, by name: what `unset` keys show."""
+    found: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        if item.default is not dataclasses.MISSING:
+            found[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            found[item.name] = item.default_factory()
+    return found
 
 
 def written(model: BaseModel | None, *skip: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from dicomlb.http.paths import PathError, normalize_path
 from dicomlb.routing import MatchError
+from dicomlb.shadowing import EVERYTHING, Condition, Conjunction, Op
 from dicomlb.snapshot import HttpPredicate, HttpRouteConfig, RequestFacts
 
 # A value YAML reads back as the same text without quotes.
@@ -65,10 +66,12 @@ def _match_path(value: str, where: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpMatch:
-    """A compiled HTTP `match`."""
+    """A compiled HTTP `match`; `conjunction` is it as conditions, for finding routes that
+    can never match."""
 
     predicate: HttpPredicate
     text: str
+    conjunction: Conjunction
     matches_everything: bool = False
 
 
@@ -80,18 +83,25 @@ def parse_http_match(spec: Any, path: str) -> HttpMatch:
     """Compile an HTTP route's `match` (None or `{}` matches everything). Raises MatchError
     naming the offending field below `path`."""
     if spec is None or spec == {}:
-        return HttpMatch(predicate=_always, text="everything", matches_everything=True)
+        return HttpMatch(
+            predicate=_always, text="everything", conjunction=EVERYTHING, matches_everything=True
+        )
     if not isinstance(spec, dict):
         raise MatchError(path, f"{spec!r} is not a mapping; write e.g. {{path_prefix: /api/}}")
     preds: list[HttpPredicate] = []
     texts: list[str] = []
+    conditions: list[Condition] = []
     for key, value in spec.items():
         where = f"{path}.{key}"
         if key not in MATCH_KEYS:
             raise MatchError(where, f'unknown match key "{key}"; use {", ".join(MATCH_KEYS)}')
-        preds.append(_compile_key(key, value, where))
+        pred, found = _compile_key(key, value, where)
+        preds.append(pred)
+        conditions += found
         texts.append(f"{key}: {written(value)}")
-    return HttpMatch(predicate=_every(preds), text=", ".join(texts))
+    return HttpMatch(
+        predicate=_every(preds), text=", ".join(texts), conjunction=Conjunction(tuple(conditions))
+    )
 
 
 def written(value: Any) -> str:
@@ -126,17 +136,21 @@ def _strings(value: Any, where: str) -> list[str]:
     return [str(v) for v in values]
 
 
-def _compile_key(key: str, value: Any, where: str) -> HttpPredicate:
+def _compile_key(key: str, value: Any, where: str) -> tuple[HttpPredicate, list[Condition]]:
+    """The predicate of one match key, and the conditions it stands for."""
     if key == "headers" or key == "query":
         if not isinstance(value, dict) or not value:
             raise MatchError(where, f"{key} takes a mapping of names to values, e.g. {{X-A: b}}")
         preds = []
+        conditions = []
         for name, wanted in value.items():
-            test = _value_test(wanted, f"{where}.{name}")
-            preds.append(
-                _header_pred(str(name), test) if key == "headers" else _query_pred(str(name), test)
-            )
-        return _every(preds)
+            test, op, wanted_values = _value_test(wanted, f"{where}.{name}")
+            header = key == "headers"
+            preds.append(_header_pred(str(name), test) if header else _query_pred(str(name), test))
+            # Header names are case-insensitive (RFC 9110 5.1), query names are not.
+            field = f"header:{str(name).lower()}" if header else f"query:{name}"
+            conditions.append(Condition(field, op, wanted_values))
+        return _every(preds), conditions
     if key == "path_regex":
         if not isinstance(value, str):
             raise MatchError(where, f"{value!r} is not a regular expression")
@@ -145,28 +159,36 @@ def _compile_key(key: str, value: Any, where: str) -> HttpPredicate:
         except re.error as err:
             raise MatchError(where, f'"{value}" is not a regular expression ({err})') from None
         search = pattern.search
-        return lambda f: search(f.path) is not None
+        return (lambda f: search(f.path) is not None), [
+            Condition("path", Op.REGEX, frozenset({value}))
+        ]
     values = _strings(value, where)
     if key == "method":
         methods = frozenset(v.upper() for v in values)
-        return lambda f: f.method in methods
+        return (lambda f: f.method in methods), [Condition("method", Op.IN, methods)]
     if key == "path":
         paths = frozenset(_match_path(p, where) for p in values)
-        return lambda f: f.path in paths
+        return (lambda f: f.path in paths), [Condition("path", Op.IN, paths)]
     if key == "path_prefix":
         prefixes = tuple(_match_path(p, where) for p in values)
-        return lambda f: f.path.startswith(prefixes)
+        condition = Condition("path", Op.PREFIX, frozenset(prefixes))
+        return (lambda f: f.path.startswith(prefixes)), [condition]
     # host
     exact = frozenset(v.lower() for v in values if not any(c in v for c in "*?["))
     globs = [v.lower() for v in values if any(c in v for c in "*?[")]
     if globs:
         pattern = re.compile("|".join(glob_to_regex(g) for g in globs))
-        return lambda f: f.host in exact or pattern.match(f.host) is not None
-    return lambda f: f.host in exact
+        condition = Condition("host", Op.GLOB, frozenset(exact | set(globs)))
+        return (lambda f: f.host in exact or pattern.match(f.host) is not None), [condition]
+    return (lambda f: f.host in exact), [Condition("host", Op.IN, exact)]
 
 
-def _value_test(wanted: Any, where: str) -> Callable[[list[str]], bool]:
-    """A test over all values a header / query parameter has (empty list: absent)."""
+ValueTest = Callable[[list[str]], bool]
+
+
+def _value_test(wanted: Any, where: str) -> tuple[ValueTest, Op, frozenset[str]]:
+    """A test over all values a header / query parameter has (empty list: absent), and it
+    as a condition."""
     if isinstance(wanted, dict):
         if len(wanted) != 1 or next(iter(wanted)) not in _VALUE_OPERATORS:
             raise MatchError(where, f"write one operator of {', '.join(_VALUE_OPERATORS)}")
@@ -174,7 +196,9 @@ def _value_test(wanted: Any, where: str) -> Callable[[list[str]], bool]:
         if op == "exists":
             if not isinstance(arg, bool):
                 raise MatchError(f"{where}.exists", "write true or false")
-            return (lambda vs: bool(vs)) if arg else (lambda vs: not vs)
+            if arg:
+                return (lambda vs: bool(vs)), Op.EXISTS, frozenset()
+            return (lambda vs: not vs), Op.ABSENT, frozenset()
         if not isinstance(arg, str):
             raise MatchError(f"{where}.{op}", f"{arg!r} is not text")
         try:
@@ -184,10 +208,10 @@ def _value_test(wanted: Any, where: str) -> Callable[[list[str]], bool]:
                 f"{where}.regex", f'"{arg}" is not a regular expression ({err})'
             ) from None
         if op == "regex":
-            return lambda vs: any(pattern.search(v) for v in vs)
-        return lambda vs: any(pattern.match(v) for v in vs)
+            return (lambda vs: any(pattern.search(v) for v in vs)), Op.REGEX, frozenset({arg})
+        return (lambda vs: any(pattern.match(v) for v in vs)), Op.GLOB, frozenset({arg})
     allowed = frozenset(_strings(wanted, where))
-    return lambda vs: any(v in allowed for v in vs)
+    return (lambda vs: any(v in allowed for v in vs)), Op.IN, allowed
 
 
 def _header_pred(name: str, test: Callable[[list[str]], bool]) -> HttpPredicate:
