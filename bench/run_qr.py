@@ -34,6 +34,12 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind as FIND,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -91,11 +97,6 @@ def dicomlb(workdir: Path, port: int, orthanc: str, dest: str) -> Iterator[int]:
 
 def find_latencies(port: int, aec: str, count: int) -> list[float]:
     """Seconds per study-level C-FIND, one after another on one association."""
-    from pydicom.dataset import Dataset
-    from pynetdicom import AE
-    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-        StudyRootQueryRetrieveInformationModelFind as FIND,
-    )
 
     ae = AE("BENCH")
     ae.add_requested_context(FIND)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -299,10 +300,8 @@ def versions() -> dict[str, str]:
     haproxy_version = haproxy_words[2] if len(haproxy_words) > 2 else "?"
     rev = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     try:
-        import uvloop
-
-        uv = uvloop.__version__
-    except ImportError:
+        uv = importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
         uv = "not installed"
     return {
         "DCMTK": dcmtk,

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl prometheus
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
+.venv/bin/lint-imports  # the layers (.importlinter)
 .venv/bin/mypy  # all of src, strictly ([tool.mypy] in pyproject.toml)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet  # the site from docs/ (mkdocs.yml)
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi

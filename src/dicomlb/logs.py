@@ -169,7 +169,7 @@ def setup(level: str = "info", fmt: str = "plain") -> None:
         handler.setFormatter(PlainFormatter())
     # One event per line at thousands of images per second: skip the caller lookup and the
     # thread/process fields nobody formats (logging docs, "Optimization").
-    logging._srcfile = None
+    logging._srcfile = None  # noqa: SLF001 (the knob the logging docs name for this)
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -625,7 +625,7 @@ class Lease:
         if self._owner is not None and pool.per_client:
             up = self._owner.take(pool, self._key, self._needed)
         if up is None:
-            up = await pool._acquire(self._key, self._needed, self._contexts, self._probe)
+            up = await pool.acquire(self._key, self._needed, self._contexts, self._probe)
         self._up = up
         self._answered = up.answered
         if self._probe is None:
@@ -670,12 +670,12 @@ class ClientUpstreams:
             if found is None and up.usable and up.key == key and up.context_for(needed) is not None:
                 found = up
             else:
-                pool._retire(up)
+                pool.retire(up)
         return found
 
     def park(self, pool: UpstreamPool, up: UpstreamAssociation) -> None:
         if self._closed:
-            pool._retire(up)
+            pool.retire(up)
         else:
             self._parked.append((pool, up))
 
@@ -684,7 +684,7 @@ class ClientUpstreams:
         self._closed = True
         parked, self._parked = self._parked, []
         for pool, up in parked:
-            pool._retire(up)
+            pool.retire(up)
 
 
 class UpstreamPool:
@@ -781,13 +781,14 @@ class UpstreamPool:
         kept idle (a backend taking one association at a time needs the slot back)."""
         return Lease(self, key, needed, [needed], probe=timeout)
 
-    async def _acquire(
+    async def acquire(
         self,
         key: UpstreamKey,
         needed: SyntaxPair,
         contexts: list[SyntaxPair],
         probe: float | None,
     ) -> UpstreamAssociation:
+        """An association for a `Lease` to hold (callers take leases: `lease`, `probe`)."""
         if self.backend.config.dicom is None:
             raise ContextRejected(
                 f"{self.backend.name} has no dicom address (http only: C-STORE over store_via)"
@@ -829,7 +830,7 @@ class UpstreamPool:
                     continue
             if self.idle:
                 # Full of idle associations for other clients or contexts: replace one.
-                self._retire(self.idle.pop(0))
+                self.retire(self.idle.pop(0))
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -888,7 +889,7 @@ class UpstreamPool:
         self._opening -= 1
         self.learned.learn((key[1], key[0]), up.answers, self.backend.health.recoveries)
         if up.context_for(needed) is None:
-            self._retire(up)
+            self.retire(up)
             raise ContextRejected(self._refusal(key, needed))
         up.closed.add_done_callback(lambda _: self._forget(up))
         log.debug("upstream.associated backend=%s calling_aet=%s", self.backend.name, key[0])
@@ -945,7 +946,7 @@ class UpstreamPool:
             self.idle.append(up)
             up.schedule_idle_release(self.pool.idle_timeout)
         else:
-            self._retire(up)
+            self.retire(up)
             return
         self._wake()
 
@@ -960,7 +961,8 @@ class UpstreamPool:
             self.open -= 1
             self._wake()
 
-    def _retire(self, up: UpstreamAssociation) -> None:
+    def retire(self, up: UpstreamAssociation) -> None:
+        """`up` leaves the pool (closed, aborted, or not to be reused): its slot is free."""
         self.open -= 1
         with contextlib.suppress(ValueError):
             self.idle.remove(up)
