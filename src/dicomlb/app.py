@@ -90,6 +90,7 @@ class App:
             "unlimited" if hard is None else hard,
             descriptors.HEADROOM,
         )
+        _warn(self.snapshot)
         if self.spool is not None:
             await self.spool.start()
         self._saver = asyncio.get_running_loop().create_task(self._save_studies())
@@ -137,6 +138,7 @@ class App:
         restart."""
         old = self.runtime
         snapshot, waiting = install.pin(old.snapshot, loaded)
+        _warn(snapshot)
         if waiting:
             log.warning("config.restart_needed keys=%s", ",".join(waiting))
         self.runtime = Runtime(
@@ -469,6 +471,12 @@ class App:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def _warn(snapshot: Snapshot) -> None:
+    """What `dicomlb check` warns about, in the log of the running process too."""
+    for warning in snapshot.warnings:
+        log.warning("config.warning source=%s text=%r", snapshot.source, warning)
 
 
 def run_loop(main: Callable[[], object]) -> object:

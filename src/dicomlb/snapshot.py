@@ -239,7 +239,8 @@ class PoolConfig:
 
 
 class Ack(enum.StrEnum):
-    """When a route answers the sender's C-STORE (DESIGN decision 6)."""
+    """When a route answers the sender's C-STORE: after the backend's answer, or once the
+    instance is durable in the spool."""
 
     BACKEND = "backend"  # relay the backend's own status
     SPOOL = "spool"  # Success once the instance is durable in the spool; delivered later
