@@ -10,31 +10,18 @@ new value waits for a restart: a reload is never half-applied, and never silent 
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeVar
 
-from dicomlb.snapshot import Snapshot
+from dicomlb.snapshot import DicomListenerConfig, HttpListenerConfig, Snapshot
+
+Listener = TypeVar("Listener", DicomListenerConfig, HttpListenerConfig)
 
 
 def pin(running: Snapshot, loaded: Snapshot) -> tuple[Snapshot, tuple[str, ...]]:
     """`loaded` with `running`'s install configuration, and the keys that need a restart."""
     waiting: list[str] = []
-    dicom = loaded.dicom
-    if (running.dicom is None) != (loaded.dicom is None):
-        waiting.append("listeners.dicom")
-        dicom = running.dicom
-    elif running.dicom is not None and loaded.dicom is not None:
-        bind = (running.dicom.host, running.dicom.port)
-        if (loaded.dicom.host, loaded.dicom.port) != bind:
-            waiting.append("listeners.dicom.bind")
-            dicom = dataclasses.replace(loaded.dicom, host=bind[0], port=bind[1])
-    http = loaded.http
-    if (running.http is None) != (loaded.http is None):
-        waiting.append("listeners.http")
-        http = running.http
-    elif running.http is not None and loaded.http is not None:
-        bind = (running.http.host, running.http.port)
-        if (loaded.http.host, loaded.http.port) != bind:
-            waiting.append("listeners.http.bind")
-            http = dataclasses.replace(loaded.http, host=bind[0], port=bind[1])
+    dicom = _listener("listeners.dicom", running.dicom, loaded.dicom, waiting)
+    http = _listener("listeners.http", running.http, loaded.http, waiting)
     if (running.spool is None) != (loaded.spool is None):
         waiting.append("spool")
     elif running.spool is not None and loaded.spool is not None:
@@ -49,3 +36,19 @@ def pin(running: Snapshot, loaded: Snapshot) -> tuple[Snapshot, tuple[str, ...]]
         loaded, dicom=dicom, http=http, spool=running.spool, state_dir=running.state_dir
     )
     return applied, tuple(waiting)
+
+
+def _listener(
+    key: str, running: Listener | None, loaded: Listener | None, waiting: list[str]
+) -> Listener | None:
+    """The listener settings to apply: the loaded ones on the running bind, or the running
+    ones when the listener would come or go."""
+    if (running is None) != (loaded is None):
+        waiting.append(key)
+        return running
+    if running is None or loaded is None:
+        return None
+    if (loaded.host, loaded.port) != (running.host, running.port):
+        waiting.append(f"{key}.bind")
+        return dataclasses.replace(loaded, host=running.host, port=running.port)
+    return loaded
