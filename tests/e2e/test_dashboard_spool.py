@@ -76,8 +76,10 @@ def test_spool_panel_shows_dead_letters_and_retries_one_from_the_page(
         sop_class = dead_rows.first.locator(".sop-class")
         assert sop_class.inner_text() == "CT Image Storage"
         assert sop_class.get_attribute("title") == "1.2.840.10008.5.1.4.1.1.2"
-        # each refused attempt's dead letter is a recent error, with a pointer to this panel
-        assert page.locator('#errors tr[data-kind="spool.dead"]').count() == 1
+        # each dead letter is a recent error of its own, naming its instance
+        dead_errors = page.locator('#errors tr[data-kind="spool.dead"]')
+        assert dead_errors.count() == 4
+        assert "max_attempts 2" in dead_errors.first.inner_text()
         page.locator('tr[data-spool-backend="pacs-a"]').filter(has_text="4").wait_for()
         page.locator('tr[data-http-route="dicomweb"]').filter(has_text="8").wait_for()
         page.locator('tr[data-http-backend="viewer-1"] .badge').filter(has_text="up").wait_for()
