@@ -53,7 +53,8 @@ def _fixed_width(parser: argparse.ArgumentParser) -> None:
 
 
 def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    # argparse has no public way to list a parser's arguments.
+    # argparse has no public way to list a parser's arguments, its subcommands or their
+    # help: this module reads its private names (as sphinx-argparse does), nothing else.
     return list(parser._actions)  # noqa: SLF001
 
 
@@ -63,7 +64,7 @@ def _commands(
     """(full command, help, parser) of `parser` and every subcommand below it, in order."""
     yield name, parser.description or "", parser
     for action in _actions(parser):
-        if isinstance(action.choices, dict) and action.nargs == argparse.PARSER:
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
             helps = {choice.dest: choice.help or "" for choice in action._get_subactions()}  # noqa: SLF001
             for sub, subparser in action.choices.items():
                 for full, text, deeper in _commands(subparser, f"{name} {sub}"):

@@ -107,9 +107,7 @@ def _from_callers(module: ast.Module, function: ast.FunctionDef, name: str) -> l
     return found or None
 
 
-def _resolve(
-    node: ast.expr, scope: list[ast.AST], module: ast.Module, read: type[list[str]] | None = None
-) -> list[str] | None:
+def _resolve(node: ast.expr, scope: list[ast.AST], module: ast.Module) -> list[str] | None:
     """String constants `node` stands for, looked up in the enclosing function."""
     direct = _strings(node)
     if direct is not None or not isinstance(node, ast.Name):
@@ -136,15 +134,42 @@ def _resolve_level(node: ast.expr, scope: list[ast.AST]) -> list[str] | None:
     # A `level` parameter: its default, or what a caller (anywhere) passes.
     arguments = function.args
     params = [*arguments.posonlyargs, *arguments.args]
-    defaults = dict(
-        zip(params[len(params) - len(arguments.defaults) :], arguments.defaults, strict=True)
-    )
-    defaults.update(zip(arguments.kwonlyargs, arguments.kw_defaults))
-    for param, default in defaults.items():
+    pairs: list[tuple[ast.arg, ast.expr | None]] = [
+        *zip(params[len(params) - len(arguments.defaults) :], arguments.defaults, strict=True),
+        *zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True),
+    ]
+    for param, default in pairs:
         if param.arg == node.id and default is not None:
             levels = _levels(default)
             return None if levels is None else [*levels, CALLER]
     return None
+
+
+def _conditional(node: ast.expr, scope: list[ast.AST]) -> ast.IfExp | None:
+    """`node` as a conditional expression: itself, or a local's only assignment."""
+    if isinstance(node, ast.IfExp):
+        return node
+    function = next((s for s in reversed(scope) if isinstance(s, ast.FunctionDef)), None)
+    if not isinstance(node, ast.Name) or function is None:
+        return None
+    assigned = _assigned(function, node.id)
+    only = assigned[0] if len(assigned) == 1 else None
+    return only if isinstance(only, ast.IfExp) else None
+
+
+def _paired(level: ast.expr, event: ast.expr, scope: list[ast.AST]) -> list[tuple[str, str]] | None:
+    """(event, level) per branch when both are chosen by the same condition
+    (`"store.delivered" if stored else "store.failed"` with `INFO if stored else WARNING`)."""
+    levels, events = _conditional(level, scope), _conditional(event, scope)
+    if levels is None or events is None or ast.dump(levels.test) != ast.dump(events.test):
+        return None
+    pairs = []
+    for level_branch, event_branch in ((levels.body, events.body), (levels.orelse, events.orelse)):
+        one_level, one_event = _levels(level_branch), _strings(event_branch)
+        if one_level is None or one_event is None or len(one_level) + len(one_event) != 2:
+            return None
+        pairs.append((one_event[0], one_level[0]))
+    return pairs
 
 
 def _walk(node: ast.AST, scope: list[ast.AST]) -> Iterator[tuple[ast.Call, list[ast.AST]]]:
@@ -195,14 +220,17 @@ def calls_in(source: str, where: str) -> list[LogCall]:
             if not _EVENT.fullmatch(event):
                 raise ExtractionError(f"{place}: {event!r} is not a dotted event name")
         keys = tuple(dict.fromkeys(_KEY.findall(rest)))
-        found.append(
-            LogCall(
-                where=place,
-                events=tuple(dict.fromkeys(events)),
-                levels=tuple(sorted(set(levels), key=_ORDER.index)),
-                keys=keys,
+        paired = _paired(call.args[0], args[1], scope) if callee.attr == "log" else None
+        branches = [([e], [lv]) for e, lv in paired] if paired else [(events, levels)]
+        for events_of, levels_of in branches:
+            found.append(
+                LogCall(
+                    where=place,
+                    events=tuple(dict.fromkeys(events_of)),
+                    levels=tuple(sorted(set(levels_of), key=_ORDER.index)),
+                    keys=keys,
+                )
             )
-        )
     return found
 
 
