@@ -26,15 +26,23 @@ from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomlb", description="Load balancer and router for DICOM networks."
     )
     parser.add_argument("--version", action="version", version=f"dicomlb {__version__}")
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe level logged",
     )
-    parser.add_argument("--log-format", default="plain", choices=["plain", "json"])
+    parser.add_argument(
+        "--log-format",
+        default="plain",
+        choices=["plain", "json"],
+        help="`event key=value` lines, or one JSON object per line",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve with a configuration file")
     run.add_argument("-c", "--config", required=True, help="YAML configuration file")
@@ -87,7 +95,7 @@ def _spool_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     ls.add_argument("--study", help="only items of this StudyInstanceUID")
     ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     show = actions.add_parser("show", parents=[config], help="every field of one item")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=int, help="item id")
     retry = actions.add_parser("retry", parents=[config], help="queue dead items again")
     retry.add_argument("ids", type=int, nargs="*", help="item ids")
     retry.add_argument("--dead", action="store_true", help="every dead item")
@@ -259,7 +267,7 @@ def _route_command(args: argparse.Namespace, snapshot: Snapshot) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dicomlb` console script."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     if args.command == "demo":
 

@@ -388,7 +388,8 @@ class Metrics:
         r = self.registry
         self.associations = Counter(
             "dicomlb_associations",
-            "Client DICOM associations by how they ended (rejected ones included).",
+            "Client DICOM associations by how they ended: released, rejected, aborted, "
+            "aborted_by_client, lost.",
             ["outcome"],
             registry=r,
         )
@@ -413,13 +414,14 @@ class Metrics:
         )
         self.backend_transitions = Counter(
             "dicomlb_backend_transitions",
-            "Backend health changes, by the state entered and the cause (check, passive).",
+            "Backend health changes, by the state entered (up, down) and the cause (check, "
+            "passive, fail_timeout, admin).",
             ["backend", "state", "cause"],
             registry=r,
         )
         self.health_checks = Counter(
             "dicomlb_health_checks",
-            "Active health checks by result.",
+            "Active health checks by result (ok, failed).",
             ["backend", "result"],
             registry=r,
         )
@@ -443,7 +445,7 @@ class Metrics:
         self.last_reload_time.set(clock())
         self.admin_actions = Counter(
             "dicomlb_admin_actions",
-            "Operator actions through the admin API.",
+            "Operator actions through the admin API (draining, disabled, enabled, add, remove).",
             ["action"],
             registry=r,
         )
