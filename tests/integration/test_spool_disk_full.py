@@ -109,8 +109,18 @@ def test_everything_acknowledged_goes_out_after_the_disk_was_full_without_a_rest
 
         fill(small_fs / "filler")
         # The backend is down: the dispatcher probes it, and its index writes hit the full
-        # disk (the feeder's claim, the worker's requeue).
-        wait_until(lambda: "database or disk is full" in caplog.text, timeout=30)
+        # disk (the feeder's claim, the worker's requeue). Waited for on the API itself: the
+        # ingest's own "disk is full" lines came before, during the send.
+
+        def troubled() -> bool:
+            view = lb.http("GET", "/api/v1/spool")[1]["dispatcher"]
+            return (
+                not view["up"]
+                and view["restarts"] > 0
+                and any("database or disk is full" in t["last_error"] for t in view["troubled"])
+            )
+
+        wait_until(troubled, timeout=30)
         full_view = lb.http("GET", "/api/v1/spool")[1]
         full_metrics = lb.http("GET", "/metrics")[1]
 
