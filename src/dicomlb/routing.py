@@ -28,6 +28,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import keyword_dict
 
 from dicomlb.dicom.tags import tag_from_name, tag_name
+from dicomlb.quoting import show
 from dicomlb.shadowing import EVERYTHING, OPAQUE, Condition, Conjunction, Op
 from dicomlb.snapshot import MessageFacts, PartialPredicate, Predicate, RouteConfig
 
@@ -254,7 +255,7 @@ def _none_of(child: Match) -> Match:
 def _compile_mapping(spec: Any, path: str) -> Match:
     if not isinstance(spec, dict):
         raise MatchError(
-            path, f"{_show(spec)} is not a mapping of conditions; write e.g. {{Modality: CT}}"
+            path, f"{show(spec)} is not a mapping of conditions; write e.g. {{Modality: CT}}"
         )
     if not spec:
         raise MatchError(path, "is empty; write at least one condition, e.g. {Modality: CT}")
@@ -272,7 +273,7 @@ def _compile_list(spec: Any, path: str, word: str) -> list[Match]:
 
 def _compile_key(key: Any, value: Any, path: str) -> Match:
     if not isinstance(key, str):
-        raise MatchError(path, f"key {_show(key)} is not text; write a match key or DICOM keyword")
+        raise MatchError(path, f"key {show(key)} is not text; write a match key or DICOM keyword")
     if key == "all":
         return _all_of(_compile_list(value, path, "all"))
     if key == "any":
@@ -403,7 +404,7 @@ def _compile_test(name: str, value: Any, path: str, literal: Callable[[Any, str]
         return _glob_test(name, operand, op_path)
     if op in ("exists", "absent"):
         if not isinstance(operand, bool):
-            raise MatchError(op_path, f"{op} takes true or false, not {_show(operand)}")
+            raise MatchError(op_path, f"{op} takes true or false, not {show(operand)}")
         present = operand if op == "exists" else not operand
         if present:
             return (lambda v: v is not None), f"{name} exists", Op.EXISTS, frozenset()
@@ -411,7 +412,7 @@ def _compile_test(name: str, value: Any, path: str, literal: Callable[[Any, str]
     close = difflib.get_close_matches(str(op), OPERATORS, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     raise MatchError(
-        op_path, f"{_show(op)} is not an operator; {hint}use one of {', '.join(OPERATORS)}"
+        op_path, f"{show(op)} is not an operator; {hint}use one of {', '.join(OPERATORS)}"
     )
 
 
@@ -431,7 +432,7 @@ def _shown(operand: Any, value: str, literal: Callable[[Any, str], str]) -> str:
 
 def _in_test(name: str, operand: Any, path: str, literal: Callable[[Any, str], str]) -> Compiled:
     if not isinstance(operand, list) or not operand:
-        raise MatchError(path, f"{_show(operand)} is not a non-empty list; write [A, B]")
+        raise MatchError(path, f"{show(operand)} is not a non-empty list; write [A, B]")
     values = [literal(item, f"{path}[{i}]") for i, item in enumerate(operand)]
     if len(values) == 1:
         return _equals_test(name, operand[0], f"{path}[0]", literal)
@@ -442,7 +443,7 @@ def _in_test(name: str, operand: Any, path: str, literal: Callable[[Any, str], s
 
 def _regex_test(name: str, operand: Any, path: str) -> Compiled:
     if not isinstance(operand, str):
-        raise MatchError(path, f"{_show(operand)} is not a regular expression; put it in quotes")
+        raise MatchError(path, f"{show(operand)} is not a regular expression; put it in quotes")
     try:
         search = re.compile(operand).search
     except re.error as err:
@@ -455,7 +456,7 @@ def _regex_test(name: str, operand: Any, path: str) -> Compiled:
 
 def _glob_test(name: str, operand: Any, path: str) -> Compiled:
     if not isinstance(operand, str):
-        raise MatchError(path, f"{_show(operand)} is not a glob pattern; put it in quotes")
+        raise MatchError(path, f"{show(operand)} is not a glob pattern; put it in quotes")
     # fnmatch.translate gives the regex fnmatchcase uses; compiled here once.
     full = re.compile(glob_to_regex(operand)).match
     text = f"{name} like {_quote(operand)}"
@@ -468,7 +469,7 @@ def _text_literal(value: Any, path: str) -> str:
         raise MatchError(path, "is empty; write a value")
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise MatchError(
-            path, f"{_show(value)} is not text; put it in quotes so YAML keeps it as written"
+            path, f"{show(value)} is not text; put it in quotes so YAML keeps it as written"
         )
     return str(value).strip(_PAD)
 
@@ -517,7 +518,7 @@ def _compile_source(value: Any, path: str) -> Match:
         if not isinstance(item, str):
             raise MatchError(
                 item_path,
-                f"{_show(item)} is not an IP address or network; write e.g. 10.0.0.0/8 or ::1",
+                f"{show(item)} is not an IP address or network; write e.g. 10.0.0.0/8 or ::1",
             )
         try:
             network = ipaddress.ip_network(item.strip(), strict=False)
@@ -565,16 +566,6 @@ def uid_name(uid: str) -> str | None:
 
 def _child_path(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-^*?]+")

@@ -31,6 +31,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from dicomlb.quoting import show
+
 __all__ = [
     "BIND_SCHEMA",
     "DURATION_TEXT",
@@ -609,20 +611,6 @@ def issue_from_pydantic(error: Any, root: type[BaseModel]) -> ConfigIssue:
     else:
         message = f"{error['msg']} (got {show(value)})"
     return ConfigIssue(path=dotted(loc), message=message)
-
-
-def show(value: Any) -> str:
-    """A value as an error message quotes it (shortened when long)."""
-    if isinstance(value, str):
-        return f'"{value}"'
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return str(value)
 
 
 def value_kind(value: Any) -> str:
