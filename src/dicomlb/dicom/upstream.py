@@ -962,13 +962,17 @@ class UpstreamPool:
             self._wake()
 
     def retire(self, up: UpstreamAssociation) -> None:
-        """`up` leaves the pool (closed, aborted, or not to be reused): its slot is free."""
-        self.open -= 1
+        """`up` leaves the pool (not to be reused): released, and its slot free once the
+        release is over — the backend still counts it until then."""
         with contextlib.suppress(ValueError):
             self.idle.remove(up)
         task = asyncio.get_running_loop().create_task(up.release())
         self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        self.open -= 1
         self._wake()
 
     def _prune(self) -> None:
