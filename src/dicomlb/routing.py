@@ -19,7 +19,7 @@ import dataclasses
 import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate as glob_to_regex
 from typing import Any
@@ -59,9 +59,27 @@ COMMANDS = (
     "N-CREATE",
     "N-DELETE",
 )
-FACT_KEYS = ("calling_aet", "called_aet", "source", "sop_class", "command")
-LOGIC_KEYS = ("all", "any", "not")
-OPERATORS = ("equals", "in", "regex", "glob", "exists", "absent")
+# Each key and operator with its meaning: the match-language reference page is made from these.
+FACT_KEYS: Mapping[str, str] = {
+    "calling_aet": "the calling AE title of the association (the sender)",
+    "called_aet": "the called AE title the sender asked for (dicomlb's, or a virtual one)",
+    "source": "the sender's IP address: an address or a network (`10.0.0.0/8`)",
+    "sop_class": "the SOP Class of the message: a UID or its keyword (`CTImageStorage`)",
+    "command": "the DIMSE command: `C-STORE`, `C-ECHO`, `C-FIND`, `C-MOVE`, `C-GET`, `N-ACTION`, …",
+}
+LOGIC_KEYS: Mapping[str, str] = {
+    "all": "a list of matches that must all hold",
+    "any": "a list of matches of which one must hold",
+    "not": "a match that must not hold",
+}
+OPERATORS: Mapping[str, str] = {
+    "equals": "the value equals the operand (a bare scalar means the same)",
+    "in": "the value is one of the listed operands (a bare list means the same)",
+    "regex": "a regular expression found in the value (Python `re.search`)",
+    "glob": "the whole value matches a shell pattern (`*`, `?`, `[…]`)",
+    "exists": "`true`: the tag is present; `false`: it is absent",
+    "absent": "`true`: the tag is absent",
+}
 
 # Padding that DICOM text values and AE titles may carry and that never matters (PS3.5 6.2).
 _PAD = " \x00"
@@ -306,7 +324,7 @@ def _compile_key(key: Any, value: Any, path: str) -> Match:
         raise MatchError(
             path,
             f'"{key}" is not a match key or DICOM keyword; {hint}use one of '
-            f"{', '.join(FACT_KEYS + LOGIC_KEYS)}, a DICOM keyword or (gggg,eeee)",
+            f"{', '.join((*FACT_KEYS, *LOGIC_KEYS))}, a DICOM keyword or (gggg,eeee)",
         ) from err
     return _compile_field(
         tag_name(tag), value, path, _tag_getter(tag), _text_literal, tags=frozenset({tag})
@@ -409,7 +427,7 @@ def _compile_test(name: str, value: Any, path: str, literal: Callable[[Any, str]
         if present:
             return (lambda v: v is not None), f"{name} exists", Op.EXISTS, frozenset()
         return (lambda v: v is None), f"{name} absent", Op.ABSENT, frozenset()
-    close = difflib.get_close_matches(str(op), OPERATORS, n=1)
+    close = difflib.get_close_matches(str(op), list(OPERATORS), n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     raise MatchError(
         op_path, f"{show(op)} is not an operator; {hint}use one of {', '.join(OPERATORS)}"

@@ -20,7 +20,7 @@ match is compiled, so `/a b/` matches a request for `/a%20b/`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate as glob_to_regex
 from typing import Any
@@ -35,14 +35,29 @@ _PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./\-*?^$ ]*(?<! )")
 
 __all__ = [
     "MATCH_KEYS",
+    "VALUE_OPERATORS",
     "HttpMatch",
     "HttpRouter",
     "parse_http_match",
     "request_path",
 ]
 
-MATCH_KEYS = ("host", "path", "path_prefix", "path_regex", "method", "headers", "query")
-_VALUE_OPERATORS = ("regex", "glob", "exists")
+# Each key and operator with its meaning: the match-language reference page is made from these.
+MATCH_KEYS: Mapping[str, str] = {
+    "host": "the request's host, case-insensitive, port "
+    "ignored; exact or a glob (`*.example.org`)",
+    "path": "the normalised path equals the value (the query left out)",
+    "path_prefix": "the normalised path starts with the value",
+    "path_regex": "a regular expression found in the normalised path (Python `re.search`)",
+    "method": "the request method (`GET`, `POST`, …), case-insensitive",
+    "headers": "a mapping of header name to value condition; names case-insensitive",
+    "query": "a mapping of query parameter name to value condition",
+}
+VALUE_OPERATORS: Mapping[str, str] = {
+    "regex": "a regular expression found in the value (Python `re.search`)",
+    "glob": "the whole value matches a shell pattern (`*`, `?`, `[…]`)",
+    "exists": "`true`: the header or parameter is present; `false`: it is absent",
+}
 
 
 def request_path(target: str) -> str:
@@ -190,8 +205,8 @@ def _value_test(wanted: Any, where: str) -> tuple[ValueTest, Op, frozenset[str]]
     """A test over all values a header / query parameter has (empty list: absent), and it
     as a condition."""
     if isinstance(wanted, dict):
-        if len(wanted) != 1 or next(iter(wanted)) not in _VALUE_OPERATORS:
-            raise MatchError(where, f"write one operator of {', '.join(_VALUE_OPERATORS)}")
+        if len(wanted) != 1 or next(iter(wanted)) not in VALUE_OPERATORS:
+            raise MatchError(where, f"write one operator of {', '.join(VALUE_OPERATORS)}")
         op, arg = next(iter(wanted.items()))
         if op == "exists":
             if not isinstance(arg, bool):

@@ -3,21 +3,23 @@ metrics from what `Metrics` registers, the log events from the source's log call
 
 `python -m dicomlb.reference` writes them under docs/reference/; each page starts with a
 hand-written introduction kept next to this module (`intros/*.md`), included verbatim.
-The configuration reference is `dicomlb schema --markdown` and is written along with them."""
+The configuration reference is `dicomlb schema --markdown` and is written along with them;
+the match language's from the keys and operators the route parsers accept."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import Metric
 
-from dicomlb import cli
+from dicomlb import cli, routing
 from dicomlb.config import markdown_reference
+from dicomlb.http import routing as http_routing
 from dicomlb.metrics import Metrics, StateCollector
 from dicomlb.reference.log_events import CALLER, LogEvent, log_events
 from dicomlb.reference.meanings import MEANINGS
@@ -27,6 +29,7 @@ __all__ = [
     "PAGES",
     "cli_page",
     "log_events_page",
+    "match_language_page",
     "metric_families",
     "metrics_page",
     "package_events",
@@ -251,9 +254,44 @@ def log_events_page() -> str:
     return "".join(out)
 
 
+# --- the match language -------------------------------------------------------------------
+
+
+def _meanings_table(heading: str, meanings: Mapping[str, str]) -> str:
+    rows = "".join(f"| `{name}` | {_cell(text)} |\n" for name, text in meanings.items())
+    return f"\n| {heading} | meaning |\n|---|---|\n{rows}"
+
+
+def match_language_page() -> str:
+    """docs/reference/match-language.md: the keys and operators of DICOM and HTTP matches."""
+    return "".join(
+        [
+            GENERATED.format(
+                command=COMMAND,
+                source="the keys and operators of src/dicomlb/routing.py and http/routing.py",
+            ),
+            _intro("match-language"),
+            "\n## DICOM routes (`routes[].match`)\n\n",
+            "A key is one of these, a DICOM keyword (`Modality`, `StationName`) or a tag "
+            "(`(0008,0060)`). Several keys in one mapping must all hold.\n",
+            _meanings_table("key", routing.FACT_KEYS),
+            _meanings_table("combining key", routing.LOGIC_KEYS),
+            "\nA value's operators:\n",
+            _meanings_table("operator", routing.OPERATORS),
+            "\n## HTTP routes (`http_routes[].match`)\n\n",
+            "Every key given must hold.\n",
+            _meanings_table("key", http_routing.MATCH_KEYS),
+            "\nA value's operators (`host`, `method`, header and query values):\n",
+            _meanings_table("operator", http_routing.VALUE_OPERATORS),
+            _intro("match-language-shadowing"),
+        ]
+    )
+
+
 PAGES: dict[str, Callable[[], str]] = {
     "configuration.md": markdown_reference,
     "cli.md": cli_page,
     "metrics.md": metrics_page,
     "log-events.md": log_events_page,
+    "match-language.md": match_language_page,
 }
