@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import time
@@ -43,6 +44,14 @@ from dicomlb.studies import SAVE_SECONDS, StudyIndex
 
 log = logging.getLogger(__name__)
 
+
+
+def file_digest(path: Path) -> bytes | None:
+    """SHA-256 of a file's bytes, None when it cannot be read (mid-swap, removed)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
 
 class App:
     """The running balancer: listeners, runtime (routes, pools, backends) and health checks."""
@@ -214,13 +223,19 @@ class App:
             self._watcher = None
 
     async def _watch(self) -> None:
-        """Reload when the config file changes (watchfiles debounces bursts of writes)."""
+        """Reload when the config file's content changes (watchfiles debounces bursts).
+
+        The folder is watched and the file's bytes compared, not the changed names: editors
+        replace the file (a new inode), and a Kubernetes ConfigMap volume swaps a `..data`
+        symlink, so no event names the file itself."""
         assert self.config_path is not None
-        path = self.config_path.resolve()
+        path = self.config_path.absolute()
         log.info("admin.watch path=%s", path)
-        # Watch the folder: editors replace the file (new inode) rather than write it.
-        async for batch in awatch(path.parent, recursive=False):
-            if any(Path(changed).resolve() == path for _, changed in batch):
+        seen = await asyncio.to_thread(file_digest, path)
+        async for _ in awatch(path.parent, recursive=False):
+            now = await asyncio.to_thread(file_digest, path)
+            if now != seen:
+                seen = now
                 await self.reload_from_file("watch")
 
     async def reload_from_file(self, source: str) -> dict[str, Any]:
