@@ -5,7 +5,7 @@
 # download). Extra arguments go to pytest; `-m slow` runs the slow tests instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl prometheus docker.io busybox-static debootstrap
+source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl prometheus docker.io busybox-static debootstrap systemd
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/lint-imports  # the layers (.importlinter)
