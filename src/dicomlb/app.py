@@ -45,13 +45,13 @@ from dicomlb.studies import SAVE_SECONDS, StudyIndex
 log = logging.getLogger(__name__)
 
 
-
 def file_digest(path: Path) -> bytes | None:
     """SHA-256 of a file's bytes, None when it cannot be read (mid-swap, removed)."""
     try:
         return hashlib.sha256(path.read_bytes()).digest()
     except OSError:
         return None
+
 
 class App:
     """The running balancer: listeners, runtime (routes, pools, backends) and health checks."""
