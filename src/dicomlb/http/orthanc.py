@@ -4,7 +4,8 @@
   `/queries/…`, `/transfers/push/…`) tells which node owns the resource; later requests
   whose path starts with that resource path go there (DESIGN.md decision 10).
 - Transfers plugin push: every request with the same `sender-transfer-id` header goes to
-  one node, chosen first by least load.
+  one node, chosen first by rendezvous hashing on the id over the available nodes, so
+  several dicomlb instances behind one address pin a transfer to the same node.
 - `/transfers/push/{id}/commit` may take long: the shell uses the pool's commit timeout.
 
 Pure: the shell feeds response bodies it already has (small JSON only).

@@ -778,7 +778,7 @@ class Exchange:
             return pool.pick("", exclude, Protocol.HTTP)
         if self.pin_key is not None:
             return (
-                self.http.sticky[pool.name].place(pool, self.pin_key, exclude)
+                self.http.sticky[pool.name].place(pool, self.pin_key, exclude, computed=True)
                 if (self.pin_key.startswith("transfer:"))
                 else self._owner(pool, exclude)
             )
