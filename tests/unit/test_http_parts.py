@@ -12,7 +12,7 @@ from dicomlb.config import ConfigError, build_snapshot, describe
 from dicomlb.http.affinity import StickyTable, request_key
 from dicomlb.http.h1 import Request, RequestReader, forward_head
 from dicomlb.http.middlewares import RequestContext, build_middleware, hash_password
-from dicomlb.http.orthanc import OwnerTable, is_commit, resource_of
+from dicomlb.http.orthanc import OwnerTable, is_commit, is_locatable, resource_of
 from dicomlb.http.routing import HttpRouter, request_path
 from dicomlb.pools import BackendState, Pool
 from dicomlb.snapshot import BackendConfig, HttpKey, KeyKind, MiddlewareConfig, RequestFacts
@@ -338,6 +338,9 @@ def test_keys_sticky_and_owners() -> None:
     assert resource_of("/transfers/push/t1/0") == "/transfers/push/t1"
     assert resource_of("/jobs") is None
     assert is_commit("/transfers/push/t1/commit") and not is_commit("/transfers/push/t1/0")
+    # Jobs and queries can be asked for at every node; a transfer's node is computed.
+    assert is_locatable("/jobs/j1") and is_locatable("/queries/q")
+    assert not is_locatable("/transfers/push/t1")
 
 
 def test_transfer_pins_agree_across_instances() -> None:

@@ -70,6 +70,11 @@ MEANINGS: dict[str, str] = {
     "http.aborted": "An HTTP exchange was cut short (idle timeout, peer gone).",
     "http.closed": "An HTTP client connection was closed by dicomlb.",
     "http.failed": "An HTTP request could not be relayed; the client got an error status.",
+    "http.located": "An Orthanc job or query this instance had not seen was found by asking the "
+    "pool's backends (`GET /jobs/{id}`, `GET /queries/{id}`); the one answering 200 owns it "
+    "and later requests for it go there.",
+    "http.not_located": "No backend answered 200 for an Orthanc job or query this instance "
+    "had not seen, within the pool's connect timeout: the request goes to the pool's pick.",
     "http.learned": "Which backend holds a resource was learned from a response (affinity).",
     "http.refused": "An HTTP client or request was refused (too many connections, bad request).",
     "http.request": "One HTTP request answered: the HTTP access log line.",
