@@ -38,6 +38,9 @@ MEANINGS: dict[str, str] = {
     "commitment.forwarded": "A storage commitment request was forwarded to the backend "
     "holding the instances.",
     "commitment.reported": "A backend's storage commitment report was relayed to the requester.",
+    "commitment.probed": "No instance of a storage commitment request was known here (stored "
+    "through another dicomlb instance, or directly): the backends were asked by C-FIND "
+    "which hold them; the request goes to the one holding most.",
     "commitment.spread": "A commitment request's instances are on several backends.",
     "commitment.unlocated": "No backend could be found for a commitment request's instances.",
     "config.restart_needed": "A reload changed keys that take effect only after a restart.",
