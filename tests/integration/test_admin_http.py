@@ -100,6 +100,7 @@ def test_http_metrics_and_status_move_with_requests(
     assert web["web-a"]["http_requests"]["2xx"] == 3
     assert web["web-a"]["http_latency"]["count"] >= 3
     assert {p["name"]: p["in_use"] for p in state["pools"]} == {"web": True}
+    assert state["pools"][0]["instances"] == 1
     for name in ("web-a", "web-b"):  # keep-alive connections to each backend, idle now
         assert web[name]["http_open_connections"] >= 1
         assert web[name]["http_idle_connections"] == web[name]["http_open_connections"]

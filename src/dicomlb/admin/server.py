@@ -681,6 +681,7 @@ class AdminServer:
                     "strategy": config.strategy.value,
                     "key": config.key_name,
                     "in_use": pool.name in in_use,
+                    "instances": config.instances,
                     "backends": names,
                     "available": sum(1 for b in pool.backends if b.available),
                     "active": sum(b.active for b in pool.backends),
