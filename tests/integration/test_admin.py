@@ -128,7 +128,13 @@ def test_healthz_and_readyz_flip_when_a_pool_has_no_backend_up(balancer: Any, sc
     assert lb.http("GET", "/readyz")[0] == 200
     a.stop()
     wait_for(lambda: lb.http("GET", "/readyz")[0] == 503)
-    assert lb.http("GET", "/readyz")[1]["pools_without_available_backend"] == ["main"]
+    assert lb.http("GET", "/readyz")[1]["reasons"] == [
+        "dicom route everything: pool main has no available backend"
+    ]
+    assert lb.http("GET", "/healthz/pools") == (
+        503,
+        {"status": "degraded", "pools_without_available_backend": ["main"]},
+    )
     assert lb.http("GET", "/healthz")[0] == 200
     _, text = lb.http("GET", "/metrics")
     assert sample(text, "dicomlb_backend_up", backend="pacsa") == 0
