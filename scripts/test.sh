@@ -14,7 +14,8 @@ source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql p
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet  # the site from docs/ (mkdocs.yml)
 if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi  # e.g. -m slow, or a few files
 # The unit tests once under coverage, and the shells and services gated on it
-# (scripts/unit_coverage.py); the rest of the suite once without.
-.venv/bin/python -m pytest tests/unit -m "not slow" --cov=dicomlb --cov-report=term:skip-covered
+# (scripts/unit_coverage.py); CPU-time budgets (`timing`) and the other suites once without.
+.venv/bin/python -m pytest tests/unit -m "not slow and not timing" --cov=dicomlb --cov-report=term:skip-covered
 .venv/bin/python scripts/unit_coverage.py
+.venv/bin/python -m pytest tests/unit -m "timing and not slow"
 exec .venv/bin/python -m pytest -m "not slow" --ignore=tests/unit
