@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 
-from dicomlb.snapshot import BackendConfig, PoolConfig, Snapshot
+from dicomlb.snapshot import BackendConfig, PoolConfig, Snapshot, per_instance
 
 
 class ChangeError(ValueError):
@@ -49,7 +49,9 @@ def add_backend(snapshot: Snapshot, pool_name: str, backend: BackendConfig) -> S
             f'backend "{backend.name}" already exists in pool {found[0].name}; pick another name'
         )
     pools = dict(snapshot.pools)
-    pools[pool_name] = dataclasses.replace(pool, backends=(*pool.backends, backend))
+    # Its limits are divided like those of the file's backends.
+    added = per_instance(backend, pool.instances)
+    pools[pool_name] = dataclasses.replace(pool, backends=(*pool.backends, added))
     return _with_pools(snapshot, pools)
 
 

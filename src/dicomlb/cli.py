@@ -24,6 +24,10 @@ from dicomlb.demo import run_demo
 from dicomlb.snapshot import MessageFacts, Snapshot
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
+from dicomlb.spool.store import SpoolBusy
+
+# `dicomlb run` exit statuses beyond 0 (stopped) and 2 (invalid configuration).
+SPOOL_BUSY = 3  # the spool directory is owned by another running dicomlb
 
 
 def parser() -> argparse.ArgumentParser:
@@ -311,5 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _spool_command(args, snapshot)
     if args.command == "route":
         return _route_command(args, snapshot)
-    run_loop(lambda: App(snapshot, config_path=args.config).serve())
+    try:
+        run_loop(lambda: App(snapshot, config_path=args.config).serve())
+    except SpoolBusy as err:
+        print(f"dicomlb: {err}", file=sys.stderr)
+        return SPOOL_BUSY
     return 0
