@@ -14,7 +14,7 @@ from dicomlb.dicom.negotiation import Knowledge, Service, is_supported_abstract_
 from dicomlb.dicom.pdu import AssociateRequest
 from dicomlb.dicom.qr import CommitmentRegistry, MoveRegistry
 from dicomlb.dicom.uids import VERIFICATION
-from dicomlb.dicom.upstream import Ask, UpstreamKey, UpstreamPool
+from dicomlb.dicom.upstream import Ask, Dial, UpstreamKey, UpstreamPool, dial_tcp
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
@@ -41,8 +41,12 @@ class Runtime:
         studies: StudyIndex | None = None,
         moves: MoveRegistry | None = None,
         commitments: CommitmentRegistry | None = None,
+        dial: Dial = dial_tcp,
     ) -> None:
         self.snapshot = snapshot
+        # How connections to backends, C-MOVE destinations and commitment requesters are
+        # opened (the unit tests' in-memory network instead of TCP).
+        self.dial = dial
         self.metrics = metrics if metrics is not None else Metrics()  # shared by the App's runtimes
         # Kept across reloads (App passes them on): where studies are, moves in flight.
         self.studies = studies if studies is not None else StudyIndex()
@@ -71,7 +75,7 @@ class Runtime:
                 self.backends[state.name] = state
                 upstream = old_upstreams.get(state.name)
                 if upstream is None or upstream.backend is not state:
-                    upstream = UpstreamPool(state, pool_config)
+                    upstream = UpstreamPool(state, pool_config, dial)
                 else:  # kept with its associations; the pool's settings may have changed
                     upstream.pool = pool_config
                     upstream.learned.clear()  # and so may the backend: learn it anew

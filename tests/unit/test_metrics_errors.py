@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import timeit
 
+import pytest
+
 from dicomlb.metrics import Metrics, RecentErrors
 
 UID = "1.2.826.0.1.3680043.8.498.1"
@@ -110,6 +112,7 @@ def test_a_flood_of_one_kind_keeps_the_others() -> None:
     ]
 
 
+@pytest.mark.timing  # a CPU budget: run without coverage's tracer (scripts/test.sh)
 def test_recording_a_failure_is_cheap() -> None:
     # The hot path pays a dict lookup, a tuple and a deque append per failure: well under
     # 20 us even on a loaded 2-core box.

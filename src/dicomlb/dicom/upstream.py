@@ -26,7 +26,7 @@ import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from dicomlb.capacity import Capacity, Unanswered
 from dicomlb.dicom import uids
@@ -551,21 +551,53 @@ class UpstreamAssociation(asyncio.Protocol):
         self._idle_timer = self._response_timer = None
 
 
+class Dial(Protocol):
+    """Opens a connection to `host`:`port` for the association `protocol()` makes and
+    returns it (`dial_tcp`; the unit tests pass an in-memory network instead)."""
+
+    async def __call__(
+        self,
+        protocol: Callable[[], UpstreamAssociation],
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> UpstreamAssociation: ...
+
+
+async def dial_tcp(
+    protocol: Callable[[], UpstreamAssociation],
+    host: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> UpstreamAssociation:
+    """A TCP connection (TLS with `tls`, checked against `server_name`)."""
+    _, up = await asyncio.get_running_loop().create_connection(
+        protocol, host, port, ssl=tls, server_hostname=server_name if tls is not None else None
+    )
+    return up
+
+
 async def connect(
-    backend: BackendConfig, key: UpstreamKey, contexts: list[SyntaxPair]
+    backend: BackendConfig,
+    key: UpstreamKey,
+    contexts: list[SyntaxPair],
+    dial: Dial = dial_tcp,
 ) -> UpstreamAssociation:
     """Open the transport (TCP, or TLS when the backend has `tls`) and send the
     A-ASSOCIATE-RQ; await `.established` on the result for the answer."""
     assert backend.dicom is not None
     tls = backend.tls
-    _, up = await asyncio.get_running_loop().create_connection(
+    return await dial(
         lambda: UpstreamAssociation(backend.name, key, contexts, backend.max_pdu),
         backend.dicom.host,
         backend.dicom.port,
-        ssl=tls.context if tls is not None else None,
-        server_hostname=(tls.server_name or backend.dicom.host) if tls is not None else None,
+        tls=tls.context if tls is not None else None,
+        server_name=(tls.server_name or backend.dicom.host) if tls is not None else None,
     )
-    return up
 
 
 _REFUSED = frozenset(
@@ -693,9 +725,10 @@ class UpstreamPool:
     The cap is the backend's `max_associations`, or less once `capacity` learned that the
     backend takes fewer (a new association unanswered while dicomlb held others)."""
 
-    def __init__(self, backend: BackendState, pool: PoolConfig) -> None:
+    def __init__(self, backend: BackendState, pool: PoolConfig, dial: Dial = dial_tcp) -> None:
         self.backend = backend
         self.pool = pool
+        self.dial = dial  # how its associations' connections are opened
         self.idle: list[UpstreamAssociation] = []
         self.open = 0  # leased, idle, parked with a client, or being opened
         self._opening = 0  # being opened: not yet an association the backend took
@@ -875,7 +908,7 @@ class UpstreamPool:
         up: UpstreamAssociation | None = None
         try:
             async with asyncio.timeout(timeout):
-                up = await connect(self.backend.config, key, proposal)
+                up = await connect(self.backend.config, key, proposal, self.dial)
                 await up.established
         except BaseException as err:
             self.open -= 1

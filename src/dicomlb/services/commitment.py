@@ -239,15 +239,15 @@ async def report(session: Session, message: InboundMessage) -> None:
     # requester accepts reports only from the AE it asked.
     key = (inbound.calling_ae, address.ae_title, _SCP_ROLE)
     pair = (STORAGE_COMMITMENT_PUSH, message.transfer_syntax)
-    loop = asyncio.get_running_loop()
+    runtime = session.runtime
     link: UpstreamAssociation | None = None
     try:
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
                 if backend is not None:  # its TLS and maximum PDU
-                    link = await connect(backend.config, key, [pair])
+                    link = await connect(backend.config, key, [pair], runtime.dial)
                 else:
-                    _, link = await loop.create_connection(
+                    link = await runtime.dial(
                         lambda: UpstreamAssociation(f"requester {requester}", key, [pair], 65536),
                         address.host,
                         address.port,

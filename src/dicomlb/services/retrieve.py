@@ -473,11 +473,10 @@ async def _destination(session: Session, ae_title: str) -> UpstreamAssociation:
     address = session.runtime.snapshot.dicom_nodes[ae_title]
     # The backend's own calling AE title, as its sub-operations would carry directly.
     calling = session.inbound.calling_ae
-    loop = asyncio.get_running_loop()
     link = None
     try:
         async with asyncio.timeout(10.0):
-            _, link = await loop.create_connection(
+            link = await session.runtime.dial(
                 lambda: UpstreamAssociation(
                     f"destination {ae_title}",
                     (calling, address.ae_title, ()),
