@@ -148,7 +148,9 @@ def cancel(message_id: int) -> Command:
     )
 
 
-def client_request(calling_ae: str = "CLIENT", *, get_role: bool = False) -> AssociateRequest:
+def client_request(
+    calling_ae: str = "CLIENT", called_ae: str = "DICOMLB", *, get_role: bool = False
+) -> AssociateRequest:
     """Q/R, CT storage and storage commitment, implicit VR LE; with `get_role` the client
     offers the SCP role for CT (a C-GET client)."""
     base = make_request(
@@ -159,7 +161,7 @@ def client_request(calling_ae: str = "CLIENT", *, get_role: bool = False) -> Ass
             (CT_CTX, CT, (IMPLICIT_VR_LE,)),
             (COMMIT_CTX, STORAGE_COMMITMENT, (IMPLICIT_VR_LE,)),
         ],
-        called_ae="DICOMLB",
+        called_ae=called_ae,
         calling_ae=calling_ae,
     )
     roles = (RoleSelection(sop_class_uid=CT, scu_role=True, scp_role=True),) if get_role else ()
@@ -185,10 +187,12 @@ class Site:
         self.runtime = Runtime(build_snapshot(config, source="<test>"), dial=network.dial)
         self.listener = DicomListener(self.runtime, Relay(None))
 
-    async def client(self, calling_ae: str = "CLIENT", *, get_role: bool = False) -> FakeClient:
+    async def client(
+        self, calling_ae: str = "CLIENT", called_ae: str = "DICOMLB", *, get_role: bool = False
+    ) -> FakeClient:
         """A client association, accepted."""
         client = FakeClient.connect(InboundAssociation(self.listener))
-        client.associate(client_request(calling_ae, get_role=get_role))
+        client.associate(client_request(calling_ae, called_ae, get_role=get_role))
         accept = await client.next()
         assert isinstance(accept, AssociateAccept), accept
         return client
