@@ -108,7 +108,9 @@ def n_action(message_id: int) -> Command:
     )
 
 
-def n_event_report(message_id: int, event_type: int = 1, sop_class: str = STORAGE_COMMITMENT):
+def n_event_report(
+    message_id: int, event_type: int = 1, sop_class: str = STORAGE_COMMITMENT
+) -> Command:
     return Command.build(
         {
             Tag.AFFECTED_SOP_CLASS_UID: sop_class,

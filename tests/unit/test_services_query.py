@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from dicomlb.dicom.dimse import CommandField, Status, Tag
-from dicomlb.dicom.pdu import AssociateReject
+from dicomlb.dicom.pdu import AssociateReject, RejectResult, RejectSource
 from dicomlb.dicom.qr import identifier_values
 from dicomlb.dicom.tags import STUDY_INSTANCE_UID
 from tests.unit.fakenet import FakeSCP, Message, Network, ignore, settle
@@ -29,7 +29,7 @@ from tests.unit.helpers import IMPLICIT_VR_LE
 PENDING = 0xFF00
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(test())
 
 
@@ -148,7 +148,9 @@ def test_fanout_timeout_leaves_the_slow_backend_out_and_up() -> None:
 def test_fanout_none_answers_gives_the_common_refusal() -> None:
     async def test() -> None:
         network = Network()
-        reject = AssociateReject(result=1, source=1, reason=3)  # calling AE not recognized
+        reject = AssociateReject(
+            result=RejectResult.PERMANENT, source=RejectSource.SERVICE_USER, reason=3
+        )  # calling AE not recognized
         for n in (1, 2):
             serve(network, n, finder(), reject=reject)
         site = Site(site_config(query="fanout"), network)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import pytest
@@ -41,7 +41,7 @@ COUNT_TAGS = (
 )
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(test())
 
 
@@ -56,8 +56,8 @@ def counts_of(command: Command) -> tuple[int | None, ...]:
 def mover(
     completed: int,
     *,
-    failed: list[str] = (),
-    final: int | None = None,  # type: ignore[assignment]
+    failed: Sequence[str] = (),
+    final: int | None = None,
 ) -> Any:
     """A C-MOVE / C-GET SCP: one pending response per completed instance, then the final
     response (with the Failed SOP Instance UID List when `failed`)."""
@@ -134,7 +134,7 @@ def test_move_goes_to_the_known_holders_and_sums_their_counts(
         assert final.status == Status.SUCCESS
         assert final.responded_to == 5
         assert counts_of(final) == (None, 4, 0, 0)  # PS3.4 C.4.2.1.5: no remaining in a final
-        pendings = [counts_of(m.command)[1] for m in answers[:-1]]
+        pendings = [m.command.us(Tag.NUMBER_OF_COMPLETED_SUBOPERATIONS) or 0 for m in answers[:-1]]
         assert sorted(pendings) == [1, 2, 3, 4]  # completed, summed as they came
         moved = requests_seen(network, CommandField.C_MOVE_RQ)
         assert sorted(s.ae_title for s, _ in moved) == ["PACS1", "PACS3"]
@@ -325,12 +325,11 @@ def test_move_via_balancer_relays_sub_operations_to_the_real_destination(
 
     async def sub_operations(scp: FakeSCP, message: Message) -> None:
         backend = await site_ref[0].client("PACS1")
-        originator = {
-            "originator_ae": "CLIENT",
-            "originator_id": message.command.message_id,
-        }
         for n, uid in enumerate(dest_statuses, 1):
-            backend.send(CT_CTX, c_store(n, uid, **originator), b"\x08\x00\x18\x00" + b"x" * 64)
+            command = c_store(
+                n, uid, originator_ae="CLIENT", originator_id=message.command.message_id
+            )
+            backend.send(CT_CTX, command, b"\x08\x00\x18\x00" + b"x" * 64)
             answer = await backend.next_message()
             sub_statuses.append(answer.command.status)
         backend.release()
@@ -420,7 +419,7 @@ def test_sub_operation_refused_by_the_destination_context() -> None:
 # ------------------------------------------------------------------ C-GET
 
 
-def getter(instances: list[str], *, extra: Callable[[FakeSCP, Message], None] | None = None):
+def getter(instances: list[str], *, extra: Callable[[FakeSCP, Message], None] | None = None) -> Any:
     """A C-GET SCP: each instance sent as a C-STORE on its association, the final response
     once the client answered them all."""
     state: dict[str, Any] = {}
