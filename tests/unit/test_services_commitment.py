@@ -392,3 +392,34 @@ def test_report_to_a_requester_that_never_answers_says_it_timed_out(
 
     monkeypatch.setattr(commitment, "_CONNECT_TIMEOUT", 0.05)
     run(test)
+
+
+def test_unlocated_instances_are_found_by_asking_the_backends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stored through another dicomlb instance: a C-FIND at IMAGE level finds the holder."""
+    if not hasattr(commitment, "_probe"):
+        pytest.skip("the commitment C-FIND probe is on main only")
+
+    def holder(uids: list[str]) -> Any:
+        def handle(scp: FakeSCP, message: Message) -> None:
+            if message.command.command_field == CommandField.C_FIND_RQ:
+                for _ in uids:
+                    scp.respond(message, 0xFF00, commitment_data(TRANSACTION, []))
+            scp.respond(message, Status.SUCCESS)
+
+        return handle
+
+    async def test() -> None:
+        network = Network()
+        serve(network, 1, holder([]))
+        serve(network, 2, holder(["2.1", "2.2"]))
+        site = Site(forward_config(), network)
+        with caplog.at_level(logging.INFO):
+            answer = await commit(site, ["2.1", "2.2"])
+        assert answer.command.status == Status.SUCCESS
+        assert [scp.ae_title for scp, _ in actions(network)] == ["PACS2"]
+        assert "commitment.probed pool=pacs transaction=2.25.1234 instances=2" in caplog.text
+        assert "found=pacs2:2" in caplog.text
+
+    run(test)
