@@ -2,7 +2,8 @@
 # Set up (Debian dcmtk, orthanc, orthanc-dicomweb, orthanc-postgresql, postgresql, nginx, chromium,
 # prometheus for promtool; docker.io and busybox-static for a real Docker engine; the project with its test extras) and run lint, the documentation
 # build and tests. The browser test drives Debian's chromium through playwright (no browser
-# download). Extra arguments go to pytest; `-m slow` runs the slow tests instead.
+# download). Extra arguments go to one pytest run over the whole suite instead (`-m slow`
+# runs the slow tests; no coverage then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl prometheus docker.io busybox-static debootstrap
@@ -11,5 +12,9 @@ source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql p
 .venv/bin/lint-imports  # the layers (.importlinter)
 .venv/bin/mypy  # all of src, strictly ([tool.mypy] in pyproject.toml)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet  # the site from docs/ (mkdocs.yml)
-if [ $# -eq 0 ]; then set -- -m "not slow"; fi
-exec .venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi  # e.g. -m slow, or a few files
+# The unit tests once under coverage, and the shells and services gated on it
+# (scripts/unit_coverage.py); the rest of the suite once without.
+.venv/bin/python -m pytest tests/unit -m "not slow" --cov=dicomlb --cov-report=term:skip-covered
+.venv/bin/python scripts/unit_coverage.py
+exec .venv/bin/python -m pytest -m "not slow" --ignore=tests/unit

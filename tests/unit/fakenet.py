@@ -24,7 +24,8 @@ PDU bytes.
   gives what came back: `AssociateAccept`, `AssociateReject`, `ReleaseReply`, `Abort`,
   `ReleaseRequest`, a whole `Message`, or `ConnectionClosed`.
 - `pipe(left, right)` joins any two protocols with a `FakeTransport` pair (writes are
-  delivered on the next loop turn; `pause_reading` holds them; `close` reaches the other
+  delivered on the next loop turn; `pause_reading` holds them, and a writer with more than
+  HIGH_WATER bytes unread gets `pause_writing` until LOW_WATER; `close` reaches the other
   side as an EOF). `settle()` runs the loop until nothing is scheduled.
 """
 
@@ -62,6 +63,10 @@ from dicomlb.dicom.upstream import UpstreamAssociation
 
 Address = tuple[str, int]
 DATA_SET_PRESENT = 0x0000  # Command Data Set Type: any value but 0x0101
+# asyncio's default write-buffer limits: a writer is paused above HIGH_WATER bytes not yet
+# read by the other side, and resumed at LOW_WATER.
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
 
 
 class FakeTransport(asyncio.Transport):
@@ -79,6 +84,8 @@ class FakeTransport(asyncio.Transport):
         self._eof = False  # the other side closed: lost once the inbox is delivered
         self._lost = False
         self.written = bytearray()  # everything this end wrote
+        self.buffered = 0  # written, not yet read by the other side's protocol
+        self._writing_paused = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._extra.get(name, default)
@@ -97,7 +104,11 @@ class FakeTransport(asyncio.Transport):
             return
         chunk = bytes(data)
         self.written += chunk
+        self.buffered += len(chunk)
         self._loop.call_soon(self.peer._receive, chunk)
+        if self.buffered > HIGH_WATER and not self._writing_paused:
+            self._writing_paused = True
+            self._protocol.pause_writing()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -106,7 +117,7 @@ class FakeTransport(asyncio.Transport):
         return False
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.buffered
 
     def close(self) -> None:
         if self._closing:
@@ -137,9 +148,19 @@ class FakeTransport(asyncio.Transport):
 
     def _flush(self) -> None:
         while self._inbox and not self._paused and not self._lost:
-            self._protocol.data_received(self._inbox.pop(0))  # type: ignore[attr-defined]
+            chunk = self._inbox.pop(0)
+            if self.peer is not None:
+                self.peer._read(len(chunk))
+            self._protocol.data_received(chunk)  # type: ignore[attr-defined]
         if self._eof and not self._inbox:
             self._lose()
+
+    def _read(self, size: int) -> None:
+        """The other side read `size` of the bytes this end wrote."""
+        self.buffered -= size
+        if self._writing_paused and self.buffered <= LOW_WATER and not self._lost:
+            self._writing_paused = False
+            self._protocol.resume_writing()
 
     def _receive_eof(self) -> None:
         self._eof = True
