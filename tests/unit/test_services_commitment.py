@@ -5,9 +5,7 @@ refused."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -29,12 +27,9 @@ from tests.unit.fakeservices import (
     site_config,
 )
 from tests.unit.helpers import IMPLICIT_VR_LE
+from tests.unit.shells import run
 
 TRANSACTION = "2.25.1234"
-
-
-def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(test())
 
 
 def serve(network: Network, n: int, handler: Any = None, **scp: Any) -> None:

@@ -3,9 +3,7 @@ fan-out, merged and de-duplicated results, failures, timeouts, refusals and C-CA
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -25,12 +23,9 @@ from tests.unit.fakeservices import (
     study_query,
 )
 from tests.unit.helpers import IMPLICIT_VR_LE
+from tests.unit.shells import run
 
 PENDING = 0xFF00
-
-
-def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(test())
 
 
 def finder(*studies: str, status: int = Status.SUCCESS, comment: str | None = None) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -30,6 +30,7 @@ from tests.unit.fakeservices import (
     study_query,
 )
 from tests.unit.helpers import IMPLICIT_VR_LE, VERIFICATION
+from tests.unit.shells import run
 
 PENDING = 0xFF00
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -39,10 +40,6 @@ COUNT_TAGS = (
     Tag.NUMBER_OF_FAILED_SUBOPERATIONS,
     Tag.NUMBER_OF_WARNING_SUBOPERATIONS,
 )
-
-
-def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(test())
 
 
 def counted(command: Command, *counts: int) -> Command:
