@@ -270,7 +270,7 @@ async def report(session: Session, message: InboundMessage) -> None:
                 session,
                 message,
                 Status.PROCESSING_FAILURE,
-                f"{requester}: {err or 'timed out'}",
+                f"{requester}: {str(err) or 'timed out'}",
                 what="report",
             )
             return
