@@ -393,9 +393,6 @@ def test_unlocated_instances_are_found_by_asking_the_backends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Stored through another dicomlb instance: a C-FIND at IMAGE level finds the holder."""
-    if not hasattr(commitment, "_probe"):
-        pytest.skip("the commitment C-FIND probe is on main only")
-
     def holder(uids: list[str]) -> Any:
         def handle(scp: FakeSCP, message: Message) -> None:
             if message.command.command_field == CommandField.C_FIND_RQ:

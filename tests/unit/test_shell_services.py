@@ -15,6 +15,7 @@ from dicomlb.bridge.client import BridgeInstance, HttpStoreClient
 from dicomlb.bridge.core import StoreOutcome
 from dicomlb.dicom.dimse import CommandField, Status, Tag, echo_request
 from dicomlb.dicom.pdu import AssociateReject, RejectResult, RejectSource
+from dicomlb.http.budget import ConnectionBudget
 from dicomlb.services.session import placement_refusal
 from tests.unit.fakenet import FakeSCP, Message, answer, ignore
 from tests.unit.helpers import (
@@ -310,12 +311,17 @@ class ScriptedBridge(HttpStoreClient):
     """A `store_via` backend's HTTP client answering from a script (no HTTP)."""
 
     def __init__(self, backend: Any, outcomes: list[StoreOutcome]) -> None:
-        super().__init__(backend)
+        super().__init__(backend, ConnectionBudget())
         self.outcomes = outcomes
         self.bodies: list[bytes] = []
 
     async def send(
-        self, instances: Sequence[BridgeInstance], *, connect_timeout: float, read_timeout: float
+        self,
+        instances: Sequence[BridgeInstance],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        acquire_timeout: float,
     ) -> list[StoreOutcome]:
         outcome = self.outcomes.pop(0)
         if outcome.unreachable:  # no connection: nothing of the body was read
