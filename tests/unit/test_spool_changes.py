@@ -23,7 +23,6 @@ def moves(change: Change) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("change", "current", "target"),
     [
-        (Change.claim(7, 1.0), Q, S),
         (Change.requeue(7), S, Q),
         (Change.deliver(7, 1.0, file=""), S, DL),
         (Change.fail(7, attempts=2, reason="x", next_attempt_at=3.0, now=1.0), S, Q),
@@ -37,6 +36,14 @@ def test_one_item_changes_name_the_state_they_expect(
     assert moves(change) == (current.value, target.value)
     assert change.item == 7
     assert "id=?" in change.sql
+
+
+def test_a_claim_takes_due_queued_items_of_one_backend_in_one_statement() -> None:
+    claim = Change.claim("b0", 5.0, 32)
+    assert moves(claim) == (Q.value, S.value)
+    assert claim.params == (S.value, 5.0, Q.value, "b0", 5.0, 32, Q.value)
+    assert claim.sql.count(";") == 0 and " RETURNING " in claim.sql
+    assert claim.item is None
 
 
 def test_operator_and_bulk_changes_move_only_from_legal_states() -> None:

@@ -33,7 +33,6 @@ import asyncio
 import collections
 import contextlib
 import ctypes
-import dataclasses
 import errno
 import fcntl
 import functools
@@ -114,6 +113,11 @@ _COLUMNS = (
     "sop_instance_uid, transfer_syntax, calling_aet, called_aet, size, dataset_offset, "
     "attempts, last_error, next_attempt_at, created_at, updated_at, delivered_at"
 )
+_NAMES = tuple(_COLUMNS.split(", "))
+_NEXT_ATTEMPT_AT, _ID = _NAMES.index("next_attempt_at"), _NAMES.index("id")
+# The columns a new row is inserted with (the others keep their defaults).
+_INSERTED = tuple(n for n in _NAMES if n not in ("id", "attempts", "last_error", "delivered_at"))
+_INSERT = f"INSERT INTO items ({', '.join(_INSERTED)}) VALUES ({', '.join('?' * len(_INSERTED))})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,7 +148,7 @@ class Item:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Item:
-        values = dict(zip(_COLUMNS.split(", "), row, strict=True))
+        values = dict(zip(_NAMES, row, strict=True))
         values["state"] = ItemState(values["state"])
         values["mirror"] = bool(values["mirror"])
         return cls(**values)
@@ -236,14 +240,16 @@ class Change:
     item: int | None = None
 
     @classmethod
-    def claim(cls, item_id: int, now: float) -> Change:
-        """A sender takes a queued item."""
+    def claim(cls, backend: str, now: float, limit: int) -> Change:
+        """A sender takes up to `limit` queued items of `backend` that are due, earliest
+        first: one statement, which returns the rows it took (in no particular order)."""
         frm, to = _move(ItemState.QUEUED, ItemState.SENDING)
         return cls(
             "claim",
-            "UPDATE items SET state=?, updated_at=? WHERE id=? AND state=?",
-            (to, now, item_id, frm),
-            item_id,
+            "UPDATE items SET state=?, updated_at=? WHERE id IN (SELECT id FROM items "
+            "WHERE state=? AND backend=? AND next_attempt_at<=? ORDER BY next_attempt_at, id "
+            f"LIMIT ?) AND state=? RETURNING {_COLUMNS}",
+            (to, now, frm, backend, now, limit, frm),
         )
 
     @classmethod
@@ -370,6 +376,10 @@ _RETRYABLE = (ItemState.DEAD, ItemState.DELIVERED)
 def _move(current: ItemState, target: ItemState) -> tuple[str, str]:
     check_transition(current, target)
     return current.value, target.value
+
+
+def _due_order(row: Sequence[Any]) -> tuple[float, int]:
+    return row[_NEXT_ATTEMPT_AT], row[_ID]
 
 
 def _marks(values: Sequence[object]) -> str:
@@ -933,40 +943,29 @@ class SpoolStore:
         self, name: str, target: Target, instance: Instance, now: float, *, queued: bool = False
     ) -> Item:
         """(holding the lock, in a transaction) The index row of one copy of an instance."""
-        item = Item(
-            id=0,  # the row's, once inserted
-            file=name,
-            state=ItemState.SENDING if target.sending and not queued else ItemState.QUEUED,
-            route=target.route,
-            pool=target.pool,
-            backend=target.backend,
-            mirror=target.mirror,
-            study_uid=instance.study_uid,
-            sop_class_uid=instance.sop_class_uid,
-            sop_instance_uid=instance.sop_instance_uid,
-            transfer_syntax=instance.transfer_syntax,
-            calling_aet=instance.calling_aet,
-            called_aet=instance.called_aet,
-            size=instance.size,
-            dataset_offset=instance.dataset_offset,
-            attempts=0,
-            last_error="",
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-            delivered_at=None,
-        )
-        row = {
-            f.name: getattr(item, f.name)
-            for f in dataclasses.fields(item)
-            if f.name not in ("id", "attempts", "last_error", "delivered_at")
+        state = ItemState.SENDING if target.sending and not queued else ItemState.QUEUED
+        values: dict[str, Any] = {
+            "file": name,
+            "state": state,
+            "route": target.route,
+            "pool": target.pool,
+            "backend": target.backend,
+            "mirror": target.mirror,
+            "study_uid": instance.study_uid,
+            "sop_class_uid": instance.sop_class_uid,
+            "sop_instance_uid": instance.sop_instance_uid,
+            "transfer_syntax": instance.transfer_syntax,
+            "calling_aet": instance.calling_aet,
+            "called_aet": instance.called_aet,
+            "size": instance.size,
+            "dataset_offset": instance.dataset_offset,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
         }
-        cursor = self.db.execute(
-            f"INSERT INTO items ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-            tuple(row.values()),
-        )
+        cursor = self.db.execute(_INSERT, tuple(values[name] for name in _INSERTED))
         assert cursor.lastrowid is not None
-        return dataclasses.replace(item, id=cursor.lastrowid)
+        return Item(id=cursor.lastrowid, attempts=0, last_error="", delivered_at=None, **values)
 
     # -------------------------------------------------------- queries (threads)
 
@@ -1091,26 +1090,19 @@ class SpoolStore:
         return removed
 
     def claim(self, backend: str, now: float, limit: int) -> list[Item]:
-        """Up to `limit` queued items of `backend` that are due, marked sending."""
+        """Up to `limit` queued items of `backend` that are due, marked sending, earliest
+        first."""
+        change = Change.claim(backend, now, limit)
         with self._lock:
             db = self._begin("NORMAL")  # losing 'sending' only resends
             try:
-                rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM items WHERE state=? AND backend=? "
-                    "AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT ?",
-                    (ItemState.QUEUED.value, backend, now, limit),
-                ).fetchall()
-                if rows:  # found queued in this transaction: every claim applies
-                    changes = [Change.claim(row[0], now) for row in rows]
-                    db.executemany(changes[0].sql, [change.params for change in changes])
+                rows = db.execute(change.sql, change.params).fetchall()
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
                 raise
-        return [
-            dataclasses.replace(Item.from_row(row), state=ItemState.SENDING, updated_at=now)
-            for row in rows
-        ]
+        rows.sort(key=_due_order)
+        return [Item.from_row(row) for row in rows]
 
     def next_due(self, backend: str) -> float | None:
         """When the earliest queued item of `backend` is due, if any."""
