@@ -21,6 +21,7 @@ from dicomlb.config import (
     markdown_reference,
 )
 from dicomlb.demo import run_demo
+from dicomlb.providers.api import ApiStateError
 from dicomlb.snapshot import MessageFacts, Snapshot
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
@@ -311,5 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _spool_command(args, snapshot)
     if args.command == "route":
         return _route_command(args, snapshot)
-    run_loop(lambda: App(snapshot, config_path=args.config).serve())
+    try:
+        app = App(snapshot, config_path=args.config)
+    except ApiStateError as err:
+        print(f"dicomlb: {err}", file=sys.stderr)
+        return 2
+    run_loop(app.serve)
     return 0

@@ -41,7 +41,9 @@ class Runtime:
         studies: StudyIndex | None = None,
         moves: MoveRegistry | None = None,
         commitments: CommitmentRegistry | None = None,
+        joining: frozenset[str] = frozenset(),
     ) -> None:
+        """`joining`: backends that, when new here, take work only once a check passed."""
         self.snapshot = snapshot
         self.metrics = metrics if metrics is not None else Metrics()  # shared by the App's runtimes
         # Kept across reloads (App passes them on): where studies are, moves in flight.
@@ -65,7 +67,11 @@ class Runtime:
                 state = old_backends.get(backend_config.name)
                 if state is None or state.config != backend_config:
                     previous = state
-                    state = BackendState(backend_config, pool_config.health)
+                    state = BackendState(
+                        backend_config,
+                        pool_config.health,
+                        joining=backend_config.name in joining and previous is None,
+                    )
                     if previous is not None:  # a changed backend keeps what the operator set
                         state.enabled, state.mode = previous.enabled, previous.mode
                 self.backends[state.name] = state

@@ -44,8 +44,7 @@ __all__ = [
 
 # Each key and operator with its meaning: the match-language reference page is made from these.
 MATCH_KEYS: Mapping[str, str] = {
-    "host": "the request's host, case-insensitive, port "
-    "ignored; exact or a glob (`*.example.org`)",
+    "host": "the request's host, case-insensitive, port ignored; exact or a glob (`*.example.org`)",
     "path": "the normalised path equals the value (the query left out)",
     "path_prefix": "the normalised path starts with the value",
     "path_regex": "a regular expression found in the normalised path (Python `re.search`)",
