@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -40,6 +42,20 @@ def client_url(endpoint: str, tls: bool) -> str:
     if endpoint.startswith("tcp://"):
         return ("https://" if tls else "http://") + endpoint.removeprefix("tcp://")
     return endpoint
+
+
+def events_since(system_time: str) -> str:
+    """The engine's clock (`/info` SystemTime, RFC 3339 with nanoseconds) as the Unix time
+    `GET /events?since=` takes; "" (from now) when it cannot be read."""
+    whole, _, rest = system_time.partition(".")
+    fraction = "".join(itertools.takewhile(str.isdigit, rest))
+    zone = rest[len(fraction) :] if rest else whole[19:]
+    whole = whole[:19]
+    try:
+        moment = datetime.datetime.fromisoformat(whole + ("+00:00" if zone in ("", "Z") else zone))
+    except ValueError:
+        return ""
+    return f"{int(moment.timestamp())}.{fraction or '0'}"
 
 
 class DockerProvider:
@@ -103,7 +119,7 @@ class DockerProvider:
     async def _watch(self, docker: aiodocker.Docker) -> None:
         info = await docker.system.info()
         subscriber = docker.events.subscribe(  # type: ignore[no-untyped-call]
-            since=str(info.get("SystemTime") or ""),
+            since=events_since(str(info.get("SystemTime") or "")),
             filters=json.dumps({"type": ["container"]}),
         )
         listed = await docker.containers.list()
@@ -121,6 +137,11 @@ class DockerProvider:
         while True:
             event = await subscriber.get()
             if event is None:  # the stream ended (the engine stopped, the connection broke)
+                task = docker.events.task
+                if task is not None and task.done() and not task.cancelled():
+                    error = task.exception()
+                    if error is not None:
+                        raise error
                 return
             await self._on_event(docker, event)
 
