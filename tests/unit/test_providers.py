@@ -353,6 +353,6 @@ def test_an_api_backend_that_no_longer_validates_is_an_error_not_a_failure() -> 
     ],
 )
 def test_a_broken_state_file_is_named(text: bytes, error: str) -> None:
-    with pytest.raises(api.ApiStateError, match="state.json") as err:
+    with pytest.raises(api.ApiStateError, match=r"state\.json") as err:
         api.decode(text, "state.json")
     assert error in str(err.value) and "move it away" in str(err.value)
