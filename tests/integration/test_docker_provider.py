@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from pynetdicom import AE
 
 from tests.dicomdata import make_small
 from tests.dockerengine import DockerEngine, docker_available
-from tests.peers import DicomlbProcess, dcmtk_tool, free_port, have_dcmtk
+from tests.peers import DicomlbProcess, StoreSCP, dcmtk_tool, free_port, have_dcmtk
 
 pytestmark = [
     pytest.mark.skipif(docker_available() is not None, reason=str(docker_available())),
@@ -56,17 +56,20 @@ class Worker:
     """A container running storescp (its files in `out`) or httpd, stopped gracefully."""
 
     def __init__(self, engine: DockerEngine, name: str, program: list[str], labels: dict[str, str],
-                 mounts: list[str]) -> None:  # fmt: skip
+                 mounts: list[str], docker_args: Sequence[str] = ()) -> None:  # fmt: skip
         script = GRACEFUL.replace("PROGRAM", " ".join(program))
         mount_args = [arg for mount in mounts for arg in ("-v", mount)]
         engine.docker(
             "run", "-d", "--name", name, "--network", "host", "-v", "/:/host:ro", *mount_args,
+            *docker_args,
             *[a for k, v in labels.items() for a in ("-l", f"{k}={v}")],
             engine.busybox_image(), "sh", "-c", script,
         )  # fmt: skip
 
 
-def storescp_worker(engine: DockerEngine, name: str, out: Path, **labels: str) -> Worker:
+def storescp_worker(
+    engine: DockerEngine, name: str, out: Path, docker_args: Sequence[str] = (), **labels: str
+) -> Worker:
     out.mkdir(parents=True)
     port = free_port()
     program = ["chroot", "/host", dcmtk_tool("storescp"), "--fork", "-aet", "WORKER", "-od",
@@ -84,6 +87,7 @@ def storescp_worker(engine: DockerEngine, name: str, out: Path, **labels: str) -
             **labels,
         },
         [f"{out}:/host{out}"],
+        docker_args,
     )
 
 
@@ -230,3 +234,57 @@ def test_containers_join_and_leave_while_traffic_flows_and_a_bad_label_skips_one
             )
         finally:
             lb.stop()
+
+
+def test_a_name_the_file_holds_and_a_failing_docker_health_check_fail_one_container_each(
+    tmp_path: Path,
+) -> None:
+    dicom, admin = free_port(), free_port()
+    fixed = StoreSCP("FIXED", tmp_path / "fixed").start()
+    with DockerEngine() as engine:
+        config = {
+            "listeners": {
+                "dicom": {"bind": f"127.0.0.1:{dicom}"},
+                "admin": {"bind": f"127.0.0.1:{admin}"},
+            },
+            "pools": {
+                "workers": {
+                    "health": {"interval": "300ms", "timeout": "2s"},
+                    "backends": [{"name": "fixed", "dicom": fixed.address}],
+                }
+            },
+            "routes": [{"name": "all", "pool": "workers"}],
+            "providers": {"docker": {"endpoint": engine.host}},
+        }
+        lb = DicomlbProcess(yaml.safe_dump(config), dicom, tmp_path / "lb").start()
+        try:
+            storescp_worker(engine, "dup", tmp_path / "dup", **{"dicomlb.name": "fixed"})
+            storescp_worker(engine, "w1", tmp_path / "w1")
+            healthy = ["--health-cmd", "true", "--health-interval", "1s"]
+            failing = ["--health-cmd", "false", "--health-interval", "1s", "--health-retries", "1"]
+            storescp_worker(engine, "checked", tmp_path / "checked", docker_args=healthy)
+            storescp_worker(engine, "sick", tmp_path / "sick", docker_args=failing)
+            wait_until(
+                lambda: {"w1", "checked"} <= {n for n, b in backends(admin).items() if b["up"]},
+                "w1 and the healthy container up",
+            )
+            wait_until(
+                lambda: engine.inspect("sick")["State"]["Health"]["Status"] == "unhealthy",
+                "the failing health check",
+            )
+            items = {
+                (i["name"], i["provider"], i["origin"].partition(" (")[0]): i
+                for i in api(admin, "/api/v1/config")["backends"]
+            }
+            assert items[("fixed", "file", str(lb.config_path))]["status"] == "ok"
+            conflict = items[("fixed", "docker", "container dup")]
+            assert conflict["status"] == "conflict"
+            assert 'backend "fixed" is already defined by file' in conflict["error"]
+            assert items[("w1", "docker", "container w1")]["status"] == "ok"
+            assert backends(admin)["fixed"]["provider"] == "file"
+            assert "sick" not in backends(admin)  # an unhealthy container never joins
+            log = (tmp_path / "lb" / "dicomlb.log").read_text()
+            assert "provider.conflict backend=fixed pool=workers provider=docker" in log
+        finally:
+            lb.stop()
+            fixed.close()

@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 
+from dicomlb import install
 from dicomlb.config import build_backend, build_snapshot
+from dicomlb.pools import BackendState
 from dicomlb.providers import api
+from dicomlb.providers.docker import client_url, events_since
 from dicomlb.providers.labels import Container, container_of, definition, stop_signalled
 from dicomlb.providers.merge import Definition, ItemStatus, Provider, merge
-from dicomlb.snapshot import DockerProviderConfig
+from dicomlb.snapshot import DockerProviderConfig, HealthConfig
 
 OPT_IN = DockerProviderConfig()
 BY_DEFAULT = DockerProviderConfig(exposed_by_default=True)
@@ -356,3 +359,47 @@ def test_a_broken_state_file_is_named(text: bytes, error: str) -> None:
     with pytest.raises(api.ApiStateError, match=r"state\.json") as err:
         api.decode(text, "state.json")
     assert error in str(err.value) and "move it away" in str(err.value)
+
+
+# ---------------------------------------------------------------- the watcher's small parts
+
+
+@pytest.mark.parametrize(
+    ("system_time", "since"),
+    [
+        ("2026-12-03T11:27:14.601608773Z", "1796297234.601608773"),
+        ("2026-12-03T11:27:14Z", "1796297234.0"),
+        ("2026-12-03T12:27:14.5+01:00", "1796297234.5"),
+        ("garbage", ""),
+        ("", ""),
+    ],
+)
+def test_the_engines_clock_becomes_the_events_since(system_time: str, since: str) -> None:
+    assert events_since(system_time) == since
+
+
+def test_tcp_endpoints_are_http_or_https() -> None:
+    assert client_url("tcp://10.0.0.1:2376", tls=True) == "https://10.0.0.1:2376"
+    assert client_url("tcp://10.0.0.1:2375", tls=False) == "http://10.0.0.1:2375"
+    assert client_url("unix:///run/docker.sock", tls=False) == "unix:///run/docker.sock"
+
+
+def test_a_joining_backend_takes_work_after_its_first_passed_check() -> None:
+    health = HealthConfig(rise=3)
+    joining = BackendState(build_backend({"name": "w", "dicom": "W@h:1"}), health, joining=True)
+    assert not joining.available
+    joining.health.success()
+    assert joining.available
+    joining.health.eject(now=1.0)
+    joining.health.success()
+    assert not joining.available  # after that, `rise` applies as to any backend
+    unchecked = HealthConfig(enabled=False)
+    at_once = BackendState(build_backend({"name": "w", "dicom": "W@h:1"}), unchecked, joining=True)
+    assert at_once.available  # nothing would check it: it joins at once
+
+
+def test_the_providers_section_waits_for_a_restart() -> None:
+    with_docker = build_snapshot({**file_config(), "providers": {"docker": {}}})
+    applied, waiting = install.pin(build_snapshot(file_config()), with_docker)
+    assert waiting == ("providers",)
+    assert applied.providers.docker is None
