@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Set up (Debian dcmtk, orthanc, orthanc-dicomweb, orthanc-postgresql, postgresql, nginx, chromium,
-# prometheus for promtool; docker.io and busybox-static for a real Docker engine; the project with its test extras) and run lint, the documentation
-# build and tests. The browser test drives Debian's chromium through playwright (no browser
+# Set up (Debian dcmtk, orthanc, orthanc-dicomweb, orthanc-postgresql, postgresql, nginx,
+# chromium, curl; prometheus for promtool; haproxy for several instances behind one address;
+# docker.io, busybox-static and debootstrap for a real Docker engine; systemd for
+# systemd-analyze; the project with its test extras) and run lint, the documentation build
+# and tests. The browser test drives Debian's chromium through playwright (no browser
 # download). Extra arguments go to pytest; `-m slow` runs the slow tests instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl prometheus docker.io busybox-static debootstrap
+source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql postgresql nginx chromium curl prometheus haproxy docker.io busybox-static debootstrap systemd
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/lint-imports  # the layers (.importlinter)

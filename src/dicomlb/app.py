@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import time
@@ -39,13 +40,22 @@ from dicomlb.pools import BackendState, Pool
 from dicomlb.providers import api
 from dicomlb.providers.docker import DockerProvider
 from dicomlb.providers.merge import Definition, Item, ItemStatus, Merged, Provider, merge
+from dicomlb.readiness import RouteReadiness, not_ready_reasons
 from dicomlb.runtime import Runtime
 from dicomlb.services.relay import Relay
-from dicomlb.snapshot import AdminListenerConfig, Snapshot
+from dicomlb.snapshot import Ack, AdminListenerConfig, Snapshot
 from dicomlb.spool.spool import Spool
 from dicomlb.studies import SAVE_SECONDS, StudyIndex
 
 log = logging.getLogger(__name__)
+
+
+def file_digest(path: Path) -> bytes | None:
+    """SHA-256 of a file's bytes, None when it cannot be read (mid-swap, removed)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
 
 
 class App:
@@ -282,13 +292,19 @@ class App:
             self._watcher = None
 
     async def _watch(self) -> None:
-        """Reload when the config file changes (watchfiles debounces bursts of writes)."""
+        """Reload when the config file's content changes (watchfiles debounces bursts).
+
+        The folder is watched and the file's bytes compared, not the changed names: editors
+        replace the file (a new inode), and a Kubernetes ConfigMap volume swaps a `..data`
+        symlink, so no event names the file itself."""
         assert self.config_path is not None
-        path = self.config_path.resolve()
+        path = self.config_path.absolute()
         log.info("admin.watch path=%s", path)
-        # Watch the folder: editors replace the file (new inode) rather than write it.
-        async for batch in awatch(path.parent, recursive=False):
-            if any(Path(changed).resolve() == path for _, changed in batch):
+        seen = await asyncio.to_thread(file_digest, path)
+        async for _ in awatch(path.parent, recursive=False):
+            now = await asyncio.to_thread(file_digest, path)
+            if now != seen:
+                seen = now
                 await self.reload_from_file("watch")
 
     async def reload_from_file(self, source: str) -> dict[str, Any]:
@@ -524,9 +540,50 @@ class App:
         return ""
 
     def ready(self) -> tuple[bool, list[str]]:
-        """Ready when every pool in use has an available backend; else the pools that do not."""
-        missing = [p.name for p in self.runtime.pools_in_use() if not p.has_available()]
-        return not missing, missing
+        """Whether this instance can take traffic now: its listeners accept, and every route
+        has an available backend or spools with room; else the reasons it cannot."""
+        snapshot = self.snapshot
+        pools = self.runtime.pools
+        down = [
+            name
+            for name, config, listener in (
+                ("dicom", snapshot.dicom, self.dicom),
+                ("http", snapshot.http, self.http),
+            )
+            if config is not None
+            and (listener is None or listener.server is None or not listener.server.is_serving())
+        ]
+        routes = [
+            RouteReadiness(
+                name=r.name,
+                listener="dicom",
+                pool=r.pool.name,
+                available=pools[r.pool.name].has_available(),
+                spooled=r.ack is Ack.SPOOL,
+            )
+            for r in snapshot.routes
+        ]
+        routes += [
+            RouteReadiness(
+                name=r.name,
+                listener="http",
+                pool=r.pool.name,
+                available=any(b.http_available for b in pools[r.pool.name].backends),
+                spooled=False,
+            )
+            for r in snapshot.http_routes
+        ]
+        refusal = self.spool.refusal() if self.spool is not None else "no spool"
+        reasons = not_ready_reasons(down, routes, refusal)
+        return not reasons, reasons
+
+    def pools_unavailable(self) -> list[str]:
+        """The pools in use (by a route or the C-ECHO option) without an available backend."""
+        return [
+            p.name
+            for p in self.runtime.pools_in_use()
+            if not (p.has_available() or any(b.http_available for b in p.backends))
+        ]
 
     def state_for_metrics(self) -> dict[str, Any]:
         """Live state the Prometheus collector reads at scrape time."""
@@ -556,6 +613,7 @@ class App:
             "associations_active": self.dicom.stats.active if self.dicom is not None else 0,
             "open_bytes": sum(a.bytes_in for a in associations if a.counted),
             "ready": self.ready()[0],
+            "pools_unavailable": len(self.pools_unavailable()),
             "http_connections": len(self.http.clients) if self.http is not None else None,
             "certificates": {
                 name: listener.tls.expires

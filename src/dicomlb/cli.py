@@ -25,6 +25,10 @@ from dicomlb.providers.api import ApiStateError
 from dicomlb.snapshot import MessageFacts, Snapshot
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
+from dicomlb.spool.store import SpoolBusy
+
+# `dicomlb run` exit statuses beyond 0 (stopped) and 2 (invalid configuration).
+SPOOL_BUSY = 3  # the spool directory is owned by another running dicomlb
 
 
 def parser() -> argparse.ArgumentParser:
@@ -317,5 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApiStateError as err:
         print(f"dicomlb: {err}", file=sys.stderr)
         return 2
-    run_loop(app.serve)
+    try:
+        run_loop(app.serve)
+    except SpoolBusy as err:
+        print(f"dicomlb: {err}", file=sys.stderr)
+        return SPOOL_BUSY
     return 0

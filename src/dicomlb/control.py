@@ -86,7 +86,12 @@ class Control(Protocol):
     def last_reload(self) -> dict[str, Any]: ...
 
     def ready(self) -> tuple[bool, list[str]]:
-        """Ready when every pool in use has an available backend; else those pools."""
+        """Whether this instance can take traffic now (listeners accept; every route has an
+        available backend or spools with room); else why not."""
+        ...
+
+    def pools_unavailable(self) -> list[str]:
+        """The pools in use without an available backend."""
         ...
 
     def state_for_metrics(self) -> dict[str, Any]: ...

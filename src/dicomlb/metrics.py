@@ -826,10 +826,27 @@ class StateCollector(Collector):
         )
         received.add_metric(["dicom"], self.metrics.closed_bytes + state["open_bytes"])
         ready = GaugeMetricFamily(
-            "dicomlb_ready", "1 when every pool in use has an available backend."
+            "dicomlb_ready",
+            "1 when this instance can take traffic: its listeners accept, and every route has "
+            "an available backend or spools with room.",
         )
         ready.add_metric([], 1 if state["ready"] else 0)
-        yield from (up, enabled, active, upstream, pool_available, assoc, received, ready)
+        unavailable = GaugeMetricFamily(
+            "dicomlb_pools_unavailable",
+            "Pools in use (by a route or the C-ECHO option) without an available backend.",
+        )
+        unavailable.add_metric([], state["pools_unavailable"])
+        yield from (
+            up,
+            enabled,
+            active,
+            upstream,
+            pool_available,
+            assoc,
+            received,
+            ready,
+            unavailable,
+        )
         if state.get("http_connections") is not None:
             http = GaugeMetricFamily(
                 "dicomlb_http_active_connections", "Client connections open on the HTTP listener."

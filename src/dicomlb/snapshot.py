@@ -6,6 +6,7 @@ holds references and a reload swaps one object.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import ssl
@@ -236,6 +237,30 @@ class PoolConfig:
     orthanc: bool = False  # HTTP: learn job / query owners, pin sender-transfer-id
     orthanc_writer: str | None = None  # HTTP: the backend taking POST / PUT / DELETE / PATCH
     http: HttpPoolConfig | None = None  # HTTP balancing options (None: defaults)
+    instances: int = 1  # dicomlb instances sharing the backends: their limits are divided
+
+
+def instance_share(limit: int, instances: int) -> int:
+    """One instance's part of a limit shared by `instances` instances (at least 1)."""
+    return max(1, limit // instances)
+
+
+def per_instance(backend: BackendConfig, instances: int) -> BackendConfig:
+    """`backend` with its `max_associations` divided among `instances` instances."""
+    if instances <= 1:
+        return backend
+    return dataclasses.replace(
+        backend, max_associations=instance_share(backend.max_associations, instances)
+    )
+
+
+def http_per_instance(http: HttpPoolConfig | None, instances: int) -> HttpPoolConfig | None:
+    """`http` with its per-backend `max_connections` divided among `instances` instances."""
+    if http is None or http.max_connections is None or instances <= 1:
+        return http
+    return dataclasses.replace(
+        http, max_connections=instance_share(http.max_connections, instances)
+    )
 
 
 class Ack(enum.StrEnum):

@@ -128,7 +128,13 @@ def test_healthz_and_readyz_flip_when_a_pool_has_no_backend_up(balancer: Any, sc
     assert lb.http("GET", "/readyz")[0] == 200
     a.stop()
     wait_for(lambda: lb.http("GET", "/readyz")[0] == 503)
-    assert lb.http("GET", "/readyz")[1]["pools_without_available_backend"] == ["main"]
+    assert lb.http("GET", "/readyz")[1]["reasons"] == [
+        "dicom route everything: pool main has no available backend"
+    ]
+    assert lb.http("GET", "/healthz/pools") == (
+        503,
+        {"status": "degraded", "pools_without_available_backend": ["main"]},
+    )
     assert lb.http("GET", "/healthz")[0] == 200
     _, text = lb.http("GET", "/metrics")
     assert sample(text, "dicomlb_backend_up", backend="pacsa") == 0
@@ -322,6 +328,34 @@ def test_file_watch_reloads(tmp_path: Path, balancer: Any, scps: Any) -> None:
     changed = yaml.safe_load(file.read_text())
     changed["pools"]["main"]["backends"].append({"name": "pacsb", "dicom": b.address})
     file.write_text(yaml.safe_dump(changed))
+    wait_for(lambda: len(lb.http("GET", "/api/v1/backends")[1]) == 2, timeout=15)
+    assert lb.http("GET", "/api/v1/config")[1]["last_reload"]["source"] == "watch"
+
+
+def test_file_watch_follows_a_configmap_swap(tmp_path: Path, balancer: Any, scps: Any) -> None:
+    """A Kubernetes ConfigMap volume: lb.yaml -> ..data/lb.yaml, ..data -> a timestamped
+    folder; an update writes a new folder and renames a new ..data over the old one."""
+    a, b = scps("PACSA", "PACSB")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    config = config_for(a)
+    config["watch"] = True
+
+    def publish(version: str, text: str) -> None:
+        folder = volume / f"..{version}"
+        folder.mkdir()
+        (folder / "lb.yaml").write_text(text)
+        (volume / "..data_tmp").symlink_to(folder.name)
+        (volume / "..data_tmp").rename(volume / "..data")
+
+    publish("2026_01", "")
+    lb_file = volume / "lb.yaml"
+    lb_file.symlink_to("..data/lb.yaml")
+    lb = balancer(config, admin=True, config_file=lb_file)  # written through the links
+    time.sleep(0.5)  # let the watcher start
+    changed = yaml.safe_load(lb_file.read_text())
+    changed["pools"]["main"]["backends"].append({"name": "pacsb", "dicom": b.address})
+    publish("2026_02", yaml.safe_dump(changed))
     wait_for(lambda: len(lb.http("GET", "/api/v1/backends")[1]) == 2, timeout=15)
     assert lb.http("GET", "/api/v1/config")[1]["last_reload"]["source"] == "watch"
 

@@ -100,6 +100,7 @@ def test_http_metrics_and_status_move_with_requests(
     assert web["web-a"]["http_requests"]["2xx"] == 3
     assert web["web-a"]["http_latency"]["count"] >= 3
     assert {p["name"]: p["in_use"] for p in state["pools"]} == {"web": True}
+    assert state["pools"][0]["instances"] == 1
     for name in ("web-a", "web-b"):  # keep-alive connections to each backend, idle now
         assert web[name]["http_open_connections"] >= 1
         assert web[name]["http_idle_connections"] == web[name]["http_open_connections"]
@@ -128,8 +129,17 @@ def test_readyz_counts_pools_of_http_routes(lb: HttpBalancer, backends: list[Web
     for b in backends:
         b.stop()
     wait_for(lambda: admin(lb, "/readyz")[0] == 503)
-    assert admin(lb, "/readyz")[1]["pools_without_available_backend"] == ["web"]
-    assert sample(admin(lb, "/metrics")[1], "dicomlb_ready") == 0
+    assert admin(lb, "/readyz")[1]["reasons"] == [
+        "http route app: pool web has no available backend",
+        "http route status: pool web has no available backend",
+    ]
+    assert admin(lb, "/healthz/pools") == (
+        503,
+        {"status": "degraded", "pools_without_available_backend": ["web"]},
+    )
+    metrics = admin(lb, "/metrics")[1]
+    assert sample(metrics, "dicomlb_ready") == 0
+    assert sample(metrics, "dicomlb_pools_unavailable") == 1
     for n, b in enumerate(backends):  # the fixture stops them again
         backends[n] = WebBackend(b.name, b.port).start()
     wait_for(lambda: admin(lb, "/readyz")[0] == 200)

@@ -158,3 +158,43 @@ def test_spool_api_answers_404_without_a_spool(tmp_path: Path, balancer: Any) ->
         assert "dicomlb_spool_items" not in metrics(lb)
     finally:
         a.close()
+
+
+def test_a_spooling_instance_stays_ready_while_its_backends_are_down(
+    tmp_path: Path, balancer: Any
+) -> None:
+    """Readiness is this instance's: with `ack: spool` and room in the spool it takes
+    instances although no backend is up (`/healthz/pools` says so); a full spool is what
+    makes it not ready."""
+    a = StoreSCP("PACSA", tmp_path / "a", fork=True)  # not started: down
+    try:
+        lb = balancer(spool_config(tmp_path / "spool", [a], health=True, max_items=3), admin=True)
+        wait_for(lambda: lb.http("GET", "/healthz/pools")[0] == 503)
+        assert lb.http("GET", "/healthz/pools")[1]["pools_without_available_backend"] == ["pacs"]
+        assert lb.http("GET", "/readyz") == (200, {"status": "ready"})
+        text = metrics(lb)
+        assert sample(text, "dicomlb_ready") == 1
+        assert sample(text, "dicomlb_pools_unavailable") == 1
+        assert sample(text, "dicomlb_pool_available_backends", pool="pacs") == 0
+
+        files = write_series(make_small(3), tmp_path / "out")
+        assert storescu("127.0.0.1", lb.port, files, aec="DICOMLB").returncode == 0
+        status, body = lb.http("GET", "/readyz")
+        assert status == 503, body
+        (reason,) = body["reasons"]
+        assert reason.startswith(
+            "dicom route all: pool pacs has no available backend and the spool refuses new "
+            "instances ("
+        )
+        assert sample(metrics(lb), "dicomlb_ready") == 0
+
+        a.start()
+        wait_for(lambda: len(a.files()) == 3, timeout=30)
+        wait_for(lambda: lb.http("GET", "/readyz")[0] == 200)
+        wait_for(lambda: lb.http("GET", "/healthz/pools")[0] == 200)
+        assert lb.http("GET", "/healthz/pools")[1] == {
+            "status": "ok",
+            "pools_without_available_backend": [],
+        }
+    finally:
+        a.close()

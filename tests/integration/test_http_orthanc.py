@@ -140,6 +140,35 @@ def test_job_followed_to_the_node_that_owns_it(nodes: list[Orthanc]) -> None:
             assert zipfile.ZipFile(io.BytesIO(archive)).namelist()
 
 
+def test_a_job_and_a_query_started_elsewhere_are_found_by_asking(
+    nodes: list[Orthanc], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What another instance (or a client talking to a node directly) started, this one
+    has not seen: it asks the nodes, remembers the one answering 200, and follows it."""
+    data = part10(make_small(1)[0])
+    patient = json.loads(nodes[1].request("POST", "/instances", data))["ParentPatient"]
+    job = nodes[1].post_json(
+        "/tools/create-archive", {"Resources": [patient], "Asynchronous": True}
+    )
+    node = nodes[1]
+    itself = {"AET": node.aet, "Host": node.host, "Port": node.dicom_port}
+    node.request("PUT", "/modalities/itself", json.dumps(itself))  # a C-FIND to itself
+    query = node.post_json(
+        "/modalities/itself/query", {"Level": "Study", "Query": {"PatientID": "*"}}
+    )
+    with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
+        for _ in range(4):  # round robin: without the lookup every other one is a 404
+            for path in (f"/jobs/{job['ID']}", f"/queries/{query['ID']}/answers"):
+                status, answer = call(f"{lb.url}{path}")
+                assert status == 200, (path, answer)
+        status, _ = call(f"{lb.url}/jobs/no-such-job")
+        assert status == 404  # nobody owns it: one node says so
+    located = [r.getMessage() for r in caplog.records if r.getMessage().startswith("http.located")]
+    assert len(located) == 2, located  # asked once each, then remembered
+    assert all(f"backend={nodes[1].config['Name']}" in line for line in located)
+    assert any(r.getMessage().startswith("http.not_located") for r in caplog.records)
+
+
 def test_sender_transfer_id_sequence_stays_on_one_node(nodes: list[Orthanc]) -> None:
     with HttpBalancer(config(nodes, strategy="round_robin")) as lb:
         placed = {}

@@ -11,10 +11,18 @@ from dicomlb.config import ConfigError, build_snapshot, describe
 from dicomlb.http.affinity import StickyTable, request_key
 from dicomlb.http.h1 import Request, RequestReader, forward_head
 from dicomlb.http.middlewares import RequestContext, build_middleware, hash_password
-from dicomlb.http.orthanc import OwnerTable, is_commit, resource_of
+from dicomlb.http.orthanc import OwnerTable, is_commit, is_locatable, resource_of
 from dicomlb.http.routing import HttpRouter, request_path
 from dicomlb.pools import BackendState, Pool
-from dicomlb.snapshot import HttpKey, KeyKind, MiddlewareConfig, RequestFacts
+from dicomlb.providers.merge import Definition, Provider, merge
+from dicomlb.snapshot import (
+    BackendConfig,
+    HttpAddress,
+    HttpKey,
+    KeyKind,
+    MiddlewareConfig,
+    RequestFacts,
+)
 
 
 def config(**extra: Any) -> dict[str, Any]:
@@ -337,3 +345,64 @@ def test_keys_sticky_and_owners() -> None:
     assert resource_of("/transfers/push/t1/0") == "/transfers/push/t1"
     assert resource_of("/jobs") is None
     assert is_commit("/transfers/push/t1/commit") and not is_commit("/transfers/push/t1/0")
+    # Jobs and queries can be asked for at every node; a transfer's node is computed.
+    assert is_locatable("/jobs/j1") and is_locatable("/queries/q")
+    assert not is_locatable("/transfers/push/t1")
+
+
+def test_transfer_pins_agree_across_instances() -> None:
+    """Two instances, each with its own sticky table and its own load, pin each
+    `sender-transfer-id` to the same backend: the first placement is computed, not measured."""
+    snap = build_snapshot(config(), "lb.yaml")
+    pool_config = snap.pools["web"]
+
+    def instance(busy: int) -> tuple[Pool, StickyTable]:
+        backends = [BackendState(b, pool_config.health) for b in pool_config.backends]
+        backends[busy].active = 50  # least load would send every new key to the other one
+        return Pool(pool_config, backends), StickyTable()
+
+    (pool_a, sticky_a), (pool_b, sticky_b) = instance(0), instance(1)
+    keys = [f"transfer:{n}" for n in range(200)]
+    first = {k: sticky_a.place(pool_a, k, computed=True).name for k in keys}  # type: ignore[union-attr]
+    assert {k: sticky_b.place(pool_b, k, computed=True).name for k in keys} == first  # type: ignore[union-attr]
+    assert 60 < sum(name == "a" for name in first.values()) < 140  # spread, not all on one
+    # Later requests follow the pin, whatever the load; a gone backend moves only its keys.
+    pool_a.backends[1].enabled = False
+    moved = {k: sticky_a.place(pool_a, k, computed=True).name for k in keys}  # type: ignore[union-attr]
+    assert all(moved[k] == "a" for k in keys)
+    assert [k for k in keys if moved[k] != first[k]] == [k for k in keys if first[k] == "b"]
+    pool_a.backends[1].enabled = True
+    assert sticky_a.place(pool_a, keys[0], computed=True).name == "a"  # type: ignore[union-attr]
+
+
+def test_instances_divide_backend_limits() -> None:
+    """`instances: N` gives each instance its part of a backend's limits (at least 1), per
+    pool or for all; `dicomlb check` says the figures are per instance."""
+    data = config(instances=2)
+    data["pools"]["web"]["backends"][0]["max_associations"] = 4  # Orthanc's 4
+    data["pools"]["web"]["backends"][1]["max_associations"] = 1
+    data["pools"]["web"]["http"] = {"max_connections": 9}
+    snap = build_snapshot(data, "lb.yaml")
+    web = snap.pools["web"]
+    assert web.instances == 2
+    assert [b.max_associations for b in web.backends] == [2, 1]  # 4 // 2, and floor 1
+    assert web.http is not None and web.http.max_connections == 4
+    text = describe(snap)
+    assert "shared by 2 instances" in text and "http max connections 4 per backend" in text
+    assert "max associations 2 per instance" in text
+    data["pools"]["web"]["instances"] = 3  # the pool's own figure wins
+    assert [b.max_associations for b in build_snapshot(data).pools["web"].backends] == [1, 1]
+    one = build_snapshot(config(), "lb.yaml")
+    assert one.pools["web"].instances == 1 and "per instance" not in describe(one)
+    assert "instances" in errors(config(instances=0))
+    provided = Definition(
+        provider=Provider.API,
+        name="c",
+        pool="web",
+        origin="api",
+        backend=BackendConfig(
+            name="c", http=HttpAddress(host="10.0.0.9", port=80), max_associations=4
+        ),
+    )
+    added = merge(snap, [provided]).snapshot
+    assert added.pools["web"].backends[-1].max_associations == 2  # as the file's backends

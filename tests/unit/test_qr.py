@@ -39,6 +39,7 @@ from dicomlb.dicom.qr import (
     failed_list_identifier,
     find_model_of,
     identifier_values,
+    instances_query,
     result_key,
     retrieve_response,
     unanswered_comment,
@@ -204,6 +205,15 @@ def test_failed_list_identifier_reads_back(syntax: str) -> None:
         # A backend's own list, pydicom-encoded, reads the same.
         own = identifier(implicit, FailedSOPInstanceUIDList=uids)  # type: ignore[arg-type]
         assert failed_instances(own, syntax) == uids
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_instances_query_is_an_image_level_list_of_uids(implicit: bool) -> None:
+    uids = ["1.2.840.1", "1.2.840.22", "1.2.3"]
+    syntax = IMPLICIT_VR_LE if implicit else EXPLICIT_VR_LE
+    ds = read_dataset(DicomBytesIO(instances_query(uids, syntax)), implicit, True)
+    assert ds.QueryRetrieveLevel == "IMAGE"
+    assert list(ds.SOPInstanceUID) == uids  # pydicom reads the list of UIDs back
 
 
 def test_failed_list_identifier_fits_a_two_byte_length() -> None:

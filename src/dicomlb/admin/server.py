@@ -42,7 +42,7 @@ from dicomlb.spool.state import ItemState
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/healthz/pools", "/favicon.ico"})
 MODES = {"drain": "draining", "disable": "disabled", "enable": "enabled"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The dashboard's icon, also given inline in the page: browsers ask for /favicon.ico anyway.
@@ -153,6 +153,7 @@ class AdminServer:
         r.add_get("/favicon.ico", self.favicon)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
+        r.add_get("/healthz/pools", self.pools_health)
         r.add_get("/metrics", self.metrics)
         r.add_get("/api/v1/status", self.status)
         r.add_get("/api/v1/listeners", self.listeners)
@@ -317,11 +318,21 @@ class AdminServer:
         return web.json_response({"status": "alive", "version": __version__})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        ready, missing = self.app.ready()
+        ready, reasons = self.app.ready()
         body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
-        if missing:
-            body["pools_without_available_backend"] = missing
+        if reasons:
+            body["reasons"] = reasons
         return web.json_response(body, status=200 if ready else 503)
+
+    async def pools_health(self, request: web.Request) -> web.StreamResponse:
+        missing = self.app.pools_unavailable()
+        return web.json_response(
+            {
+                "status": "degraded" if missing else "ok",
+                "pools_without_available_backend": missing,
+            },
+            status=503 if missing else 200,
+        )
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         if self.spool is not None:
@@ -508,7 +519,7 @@ class AdminServer:
 
     def snapshot_state(self) -> dict[str, Any]:
         """Everything the dashboard shows, in one document."""
-        ready, missing = self.app.ready()
+        ready, reasons = self.app.ready()
         now = time.time()
         metrics = self.app.metrics
         by_class: dict[str, float] = {}
@@ -520,7 +531,8 @@ class AdminServer:
             "now": now,
             "started": self.app.started_at,
             "ready": ready,
-            "not_ready_pools": missing,
+            "not_ready_reasons": reasons,
+            "not_ready_pools": self.app.pools_unavailable(),
             "config": self._config(),
             "listeners": self._listeners(),
             "totals": {
@@ -688,6 +700,7 @@ class AdminServer:
                     "strategy": config.strategy.value,
                     "key": config.key_name,
                     "in_use": pool.name in in_use,
+                    "instances": config.instances,
                     "backends": names,
                     "available": sum(1 for b in pool.backends if b.available),
                     "active": sum(b.active for b in pool.backends),

@@ -46,6 +46,7 @@ from dicomlb.config.tools import (
     AeTitle,
     ConfigError,
     ConfigIssue,
+    Count,
     Interval,
     Model,
     defaults,
@@ -72,6 +73,8 @@ from dicomlb.snapshot import (
     ScanLimit,
     Snapshot,
     Strategy,
+    http_per_instance,
+    per_instance,
 )
 
 __all__ = ["ConfigModel", "build_backend", "build_snapshot", "load_snapshot"]
@@ -134,6 +137,13 @@ class ConfigModel(Model):
         default=None,
         description="Where backends come from beside this file: the admin API (always) and "
         "Docker containers' labels. Install configuration: a change waits for a restart.",
+    )
+    instances: Count | None = unset(
+        "How many dicomlb instances run with this configuration in front of the same "
+        "backends: each backend's `max_associations` and each pool's `http.max_connections` "
+        "are divided by it (rounded down, at least 1), so together the instances stay within "
+        "what a backend takes.",
+        1,
     )
 
 
@@ -337,6 +347,7 @@ class _Builder:
                     f"key is used only by strategy affinity, and this pool is "
                     f"{spec.strategy.value}; remove key or set strategy: affinity",
                 )
+            instances = spec.instances or self.model.instances or 1
             backends = []
             for i, b in enumerate(spec.backends):
                 b_path = f"{path}.backends[{i}]"
@@ -357,12 +368,15 @@ class _Builder:
                     )
                 store = backend_store(b, b_path, tls, self.issues)
                 backends.append(
-                    BackendConfig(
-                        name=b.name,
-                        dicom=b.dicom,
-                        tls=tls,
-                        store=store,
-                        **written(b, "name", "dicom", "tls", *BRIDGE_FIELDS),
+                    per_instance(
+                        BackendConfig(
+                            name=b.name,
+                            dicom=b.dicom,
+                            tls=tls,
+                            store=store,
+                            **written(b, "name", "dicom", "tls", *BRIDGE_FIELDS),
+                        ),
+                        instances,
                     )
                 )
             health = (
@@ -387,10 +401,13 @@ class _Builder:
                 key_name=key_name,
                 health=health,
                 backends=tuple(backends),
-                http=http_pool_config(spec.http, orthanc),
+                http=http_per_instance(http_pool_config(spec.http, orthanc), instances),
                 orthanc=orthanc,
                 orthanc_writer=writer,
-                **written(spec, "strategy", "key", "health", "backends", "http", "orthanc"),
+                instances=instances,
+                **written(
+                    spec, "strategy", "key", "health", "backends", "http", "orthanc", "instances"
+                ),
             )
         return pools
 

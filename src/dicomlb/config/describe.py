@@ -87,6 +87,13 @@ def describe(snapshot: Snapshot) -> str:
             f"{format_duration(pool.acquire_timeout)}, response "
             f"{format_duration(pool.response_timeout)}, idle {format_duration(pool.idle_timeout)}",
         ]
+        if pool.instances > 1:
+            http_cap = pool.http.max_connections if pool.http is not None else None
+            lines.append(
+                f"    shared by {pool.instances} instances: the limits below are this "
+                "instance's part"
+                + (f"; http max connections {http_cap} per backend" if http_cap else "")
+            )
         if pool.upstream is UpstreamMode.PER_CLIENT:
             lines.append("    upstream associations: one per client association, none kept idle")
         if (pool.query, pool.move_destination, pool.storage_commitment) != (
@@ -100,6 +107,7 @@ def describe(snapshot: Snapshot) -> str:
                 f"{pool.move_destination.value}; storage commitment: "
                 f"{pool.storage_commitment.value}"
             )
+        per = " per instance" if pool.instances > 1 else ""
         for b in pool.backends:
             addresses = [str(b.http)] if b.http else []
             if b.dicom is not None:
@@ -111,7 +119,7 @@ def describe(snapshot: Snapshot) -> str:
             address = " ".join(addresses)
             lines.append(
                 f"    - {b.name}: {address}  weight {b.weight}, max associations "
-                f"{b.max_associations}, max PDU {_pdu(b.max_pdu)}"
+                f"{b.max_associations}{per}, max PDU {_pdu(b.max_pdu)}"
             )
     tags = ", ".join(f"{tag_name(t)} {_tag_number(t)}" for t in sorted(snapshot.wanted_tags))
     lines.append(f"routing tags: {tags or 'none'}")

@@ -560,6 +560,11 @@ class PoolModel(Model):
     http: HttpPoolModel | None = Field(
         default=None, description="How HTTP requests are balanced and relayed to the pool."
     )
+    instances: Count | None = Field(
+        default=None,
+        description="dicomlb instances sharing this pool's backends; overrides the top-level "
+        "`instances` for this pool.",
+    )
 
 
 class RouteModel(Model):

@@ -39,6 +39,7 @@ PATIENT_STUDY_ONLY = (  # retired, still seen
 )
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+STUDY_ROOT_FIND = STUDY_ROOT[0]
 _MODELS = (PATIENT_ROOT, STUDY_ROOT, PATIENT_STUDY_ONLY)
 
 # Identifier elements read to de-duplicate and to locate studies.
@@ -258,28 +259,57 @@ def failed_instances(data: bytes | memoryview, transfer_syntax: str) -> list[str
     return [uid.strip("\x00 ") for uid in text.split("\\") if uid.strip("\x00 ")]
 
 
-def failed_list_identifier(uids: Iterable[str], transfer_syntax: str) -> bytes:
-    """The identifier of a final C-MOVE / C-GET response: (0008,0058) Failed SOP Instance UID
-    List, UI, multi-valued (PS3.4 C.4.2.1.5). Explicit VR keeps a 2-byte length, so the list
-    is cut at 65534 bytes; the counts still say how many failed."""
+def _uid_list(uids: Iterable[str]) -> bytes:
+    """A multi-valued UI value, cut at 65534 bytes (explicit VR keeps a 2-byte length)."""
     value = b""
     for uid in uids:
         more = (b"\\" if value else b"") + uid.encode("ascii")
         if len(value) + len(more) > 0xFFFE:
             break
         value += more
-    if len(value) % 2:
-        value += b"\x00"  # PS3.5 6.2: UI is padded with NUL to even length
-    group, element = FAILED_SOP_INSTANCE_UID_LIST >> 16, FAILED_SOP_INSTANCE_UID_LIST & 0xFFFF
-    if transfer_syntax == IMPLICIT_VR_LE:
-        return struct.pack("<HHI", group, element, len(value)) + value
-    if transfer_syntax == EXPLICIT_VR_BE:
-        return struct.pack(">HH2sH", group, element, b"UI", len(value)) + value
-    encoded = struct.pack("<HH2sH", group, element, b"UI", len(value)) + value
+    return value
+
+
+def _identifier(elements: Iterable[tuple[int, bytes, bytes]], transfer_syntax: str) -> bytes:
+    """Data elements `(tag, VR, value)`, in ascending tag order, encoded in
+    `transfer_syntax`; values are padded to even length (PS3.5 6.2: UI with NUL, text with
+    a space)."""
+    encoded = b""
+    for tag, vr, value in elements:
+        if len(value) % 2:
+            value += b"\x00" if vr == b"UI" else b" "
+        group, element = tag >> 16, tag & 0xFFFF
+        if transfer_syntax == IMPLICIT_VR_LE:
+            encoded += struct.pack("<HHI", group, element, len(value)) + value
+        elif transfer_syntax == EXPLICIT_VR_BE:
+            encoded += struct.pack(">HH2sH", group, element, vr, len(value)) + value
+        else:
+            encoded += struct.pack("<HH2sH", group, element, vr, len(value)) + value
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:  # PS3.5 A.5: raw deflate, no zlib header
         deflater = zlib.compressobj(wbits=-15)
         return deflater.compress(encoded) + deflater.flush()
     return encoded
+
+
+def failed_list_identifier(uids: Iterable[str], transfer_syntax: str) -> bytes:
+    """The identifier of a final C-MOVE / C-GET response: (0008,0058) Failed SOP Instance UID
+    List, UI, multi-valued (PS3.4 C.4.2.1.5). The list is cut at 65534 bytes; the counts
+    still say how many failed."""
+    return _identifier([(FAILED_SOP_INSTANCE_UID_LIST, b"UI", _uid_list(uids))], transfer_syntax)
+
+
+def instances_query(uids: Iterable[str], transfer_syntax: str) -> bytes:
+    """A Study Root C-FIND identifier at IMAGE level matching any of the SOP Instance UIDs
+    (PS3.4 C.2.2.2.2, list of UID matching): each backend answers one pending response per
+    instance it holds. How an instance that did not relay the C-STOREs finds their backend.
+    A list past 65534 bytes is cut: the first instances tell where the rest went."""
+    return _identifier(
+        [
+            (SOP_INSTANCE_UID, b"UI", _uid_list(uids)),
+            (QUERY_RETRIEVE_LEVEL, b"CS", b"IMAGE"),
+        ],
+        transfer_syntax,
+    )
 
 
 def find_final(request: Command, status: int, error_comment: str | None = None) -> Command:

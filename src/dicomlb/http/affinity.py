@@ -1,6 +1,6 @@
 """Placing an HTTP request on a backend: affinity keys (header, cookie, client IP) and the
-sticky table (a key's first request goes to the least loaded backend; later ones follow it).
-Pure: no I/O, no clock.
+sticky table (a key's first request goes to the least loaded backend, or by rendezvous
+hashing where several instances must agree; later ones follow it). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dicomlb.lru import BoundedLru
 from dicomlb.pools import BackendState, Pool, rendezvous_score
 from dicomlb.snapshot import HttpKey, KeyKind
 
-__all__ = ["StickyTable", "least_loaded", "request_key"]
+__all__ = ["StickyTable", "least_loaded", "rendezvous_available", "request_key"]
 
 
 def request_key(key: HttpKey, headers: Headers, client_ip: str) -> str | None:
@@ -45,6 +45,17 @@ def least_loaded(
     return min(candidates, key=lambda b: (b.active / b.weight, -rendezvous_score(key, b)))
 
 
+def rendezvous_available(
+    pool: Pool, key: str, exclude: frozenset[str] = frozenset()
+) -> BackendState | None:
+    """The available backend first in `key`'s rendezvous order: every dicomlb instance with
+    the same pool and the same view of its health computes the same one, without talking."""
+    candidates = [b for b in pool.backends if b.http_available and b.name not in exclude]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda b: rendezvous_score(key, b))
+
+
 class StickyTable:
     """Key → backend name, most recently used last, bounded."""
 
@@ -64,16 +75,26 @@ class StickyTable:
         self._table.forget_values(lambda name: name == backend)
 
     def place(
-        self, pool: Pool, key: str, exclude: frozenset[str] = frozenset()
+        self,
+        pool: Pool,
+        key: str,
+        exclude: frozenset[str] = frozenset(),
+        *,
+        computed: bool = False,
     ) -> BackendState | None:
-        """The backend `key` is pinned to when it is available; else the least loaded one,
-        which the key is then pinned to."""
+        """The backend `key` is pinned to when it is available; else the least loaded one
+        (with `computed`, the first available in the key's rendezvous order, which other
+        instances choose too), which the key is then pinned to."""
         name = self.get(key)
         if name is not None and name not in exclude:
             for b in pool.backends:
                 if b.name == name and b.http_available:
                     return b
-        backend = least_loaded(pool, exclude, key)
+        backend = (
+            rendezvous_available(pool, key, exclude)
+            if computed
+            else least_loaded(pool, exclude, key)
+        )
         if backend is not None:
             self.put(key, backend.name)
         return backend

@@ -26,9 +26,11 @@ async def http_check(
     *,
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
+    authorization: bytes | None = None,
 ) -> int:
     """Run one check (over TLS with `tls`, for https backends); returns the status, raises
-    HttpCheckError when it is not expected."""
+    HttpCheckError when it is not expected. `authorization` is sent as the Authorization
+    header, in place of the check's own credentials."""
     host = check.host or f"{address.host}:{address.port}"
     lines = [
         f"{check.method} {check.path} HTTP/1.1",
@@ -36,7 +38,9 @@ async def http_check(
         "User-Agent: dicomlb-health",
         "Connection: close",
     ]
-    if check.username is not None:
+    if authorization is not None:
+        lines.append("Authorization: " + authorization.decode("latin-1"))
+    elif check.username is not None:
         token = base64.b64encode(f"{check.username}:{check.password or ''}".encode()).decode()
         lines.append(f"Authorization: Basic {token}")
     writer: asyncio.StreamWriter | None = None

@@ -4,7 +4,11 @@
   `/queries/…`, `/transfers/push/…`) tells which node owns the resource; later requests
   whose path starts with that resource path go there (DESIGN.md decision 10).
 - Transfers plugin push: every request with the same `sender-transfer-id` header goes to
-  one node, chosen first by least load.
+  one node, chosen first by rendezvous hashing on the id over the available nodes, so
+  several dicomlb instances behind one address pin a transfer to the same node.
+- A job or query this instance has not seen (another dicomlb instance created it, or a
+  client asked a node directly) is found by asking the nodes (`GET /jobs/{id}`,
+  `GET /queries/{id}`: the one answering 200 owns it), then remembered (`is_locatable`).
 - `/transfers/push/{id}/commit` may take long: the shell uses the pool's commit timeout.
 
 Pure: the shell feeds response bodies it already has (small JSON only).
@@ -17,7 +21,14 @@ import re
 
 from dicomlb.lru import BoundedLru
 
-__all__ = ["LEARN_LIMIT", "OwnerTable", "is_commit", "is_learnable", "resource_of"]
+__all__ = [
+    "LEARN_LIMIT",
+    "OwnerTable",
+    "is_commit",
+    "is_learnable",
+    "is_locatable",
+    "resource_of",
+]
 
 LEARN_LIMIT = 65536  # JSON responses larger than this are not parsed for owners
 TRANSFER_HEADER = b"sender-transfer-id"
@@ -29,6 +40,12 @@ def resource_of(path: str) -> str | None:
     """`/jobs/ID`, `/queries/ID` or `/transfers/push/ID` when `path` is inside one."""
     found = _RESOURCE.match(path)
     return found.group(0) if found else None
+
+
+def is_locatable(resource: str) -> bool:
+    """Whether a node answers `GET resource` with 200 exactly when it owns it: jobs and
+    queries do; a transfer has no such path (its id is pinned by hashing instead)."""
+    return resource.startswith(("/jobs/", "/queries/"))
 
 
 def is_commit(path: str) -> bool:

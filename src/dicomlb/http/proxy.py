@@ -21,6 +21,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 import typing
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from dicomlb.health import Cause
 from dicomlb.http import orthanc
 from dicomlb.http.affinity import StickyTable, least_loaded, request_key
 from dicomlb.http.balancing import ramping_excluded
+from dicomlb.http.checks import DEFAULT_CHECK
 from dicomlb.http.h1 import (
     Data,
     EndOfMessage,
@@ -51,6 +53,7 @@ from dicomlb.http.h1 import (
     last_chunk,
     serialize_response,
 )
+from dicomlb.http.locate import MAX_LOCATING, locate
 from dicomlb.http.middlewares import RequestContext, build_middleware
 from dicomlb.http.routing import HttpRouter, request_path
 from dicomlb.http.upstream import BackendConnections, UpstreamConnection
@@ -146,10 +149,73 @@ class HttpRuntime:
             self.owners.setdefault(pool.name, orthanc.OwnerTable())
         self.retired = [c for n, c in old_conns.items() if self.connections.get(n) is not c]
         self.rng: random.Random = previous.rng if previous else random.Random()  # slow start
+        # Owner lookups in flight (resource -> its task), shared by the requests asking for
+        # the same resource; at most MAX_LOCATING.
+        self.locating: dict[str, asyncio.Task[str | None]] = previous.locating if previous else {}
+
+    def locate(
+        self, pool: Pool, resource: str, authorization: bytes | None
+    ) -> asyncio.Task[str | None] | None:
+        """The lookup of `resource`'s owner among `pool`'s available backends (started, or
+        joined when one runs already); None when too many run."""
+        task = self.locating.get(resource)
+        if task is not None:
+            return task
+        if len(self.locating) >= MAX_LOCATING:
+            return None
+        options = pool.config.http or DEFAULT_POOL_HTTP
+        candidates = [
+            self.connections[b.name]
+            for b in pool.backends
+            if b.http_available and b.name in self.connections
+        ]
+        task = asyncio.get_running_loop().create_task(
+            self._locate(pool.name, candidates, resource, options.connect_timeout, authorization)
+        )
+        self.locating[resource] = task
+        task.add_done_callback(lambda _: self.locating.pop(resource, None))
+        return task
+
+    async def _locate(
+        self,
+        pool: str,
+        candidates: list[BackendConnections],
+        resource: str,
+        timeout: float,
+        authorization: bytes | None,
+    ) -> str | None:
+        started = time.monotonic()
+        config = self.pools[pool].config
+        check = config.health.http or DEFAULT_CHECK
+        owner = await locate(
+            candidates, resource, timeout, check=check, authorization=authorization
+        )
+        ms = (time.monotonic() - started) * 1000
+        if owner is None:
+            log.info(
+                "http.not_located pool=%s resource=%s backends=%d ms=%d",
+                pool,
+                resource,
+                len(candidates),
+                ms,
+            )
+            return None
+        self.owners[pool].remember(resource, owner)
+        log.info(
+            "http.located pool=%s resource=%s backend=%s backends=%d ms=%d",
+            pool,
+            resource,
+            owner,
+            len(candidates),
+            ms,
+        )
+        return owner
 
     def close(self) -> None:
         for conns in self.connections.values():
             conns.close()
+        for task in list(self.locating.values()):
+            task.cancel()
 
 
 class HttpListener:
@@ -746,28 +812,51 @@ class Exchange:
             target, headers = ctx.target, ctx.headers
             self.max_body = ctx.max_body
             self.response_edits = ctx.response_edits
-        if plan.orthanc:
-            self._orthanc_pin()
+        unknown = self._orthanc_pin() if plan.orthanc else None
         if self.response_edits or self.learn is not None or request.version != b"1.1":
             self.decode = True
         self.head = head = forward_head(request, target, headers)
         if len(head) <= self.options.retry_buffer:
             self.replay = [head]
             self.replay_size = len(head)
+        if unknown is not None:
+            lookup = http.locate(plan.pool, unknown, header(request.headers, b"authorization"))
+            if lookup is not None:  # the request waits for it as for a connection
+                self.connecting = client.loop.create_task(self._located(unknown, lookup))
+                return
         self._choose_and_send()
 
-    def _orthanc_pin(self) -> None:
+    async def _located(self, resource: str, lookup: asyncio.Task[str | None]) -> None:
+        """Send once the owner of `resource` is known (pinned to it), or to the pool's pick
+        when no backend owns it (one of them answers 404)."""
+        owner = await asyncio.shield(lookup)  # others may wait for the same lookup
+        self.connecting = None
+        if self.finished:
+            return
+        if owner is not None:
+            self.pin_key = resource
+        self._choose_and_send()
+
+    def _orthanc_pin(self) -> str | None:
+        """Pin the request to its resource's owner or its transfer's node; the resource to
+        look for first when no owner is known (another instance saw it created)."""
         owners = self.http.owners[self.route.pool.name]  # type: ignore[union-attr]
         resource = orthanc.resource_of(self.path)
-        if resource is not None and owners.owner(resource) is not None:
-            self.pin_key = resource
+        unknown = None
+        if resource is not None:
+            if owners.owner(resource) is not None:
+                self.pin_key = resource
+            elif orthanc.is_locatable(resource):
+                unknown = resource
         transfer = header(self.request.headers, orthanc.TRANSFER_HEADER)
         if transfer is not None:
             self.pin_key = "transfer:" + transfer.decode("latin-1")
+            unknown = None
         if orthanc.is_commit(self.path):
             self.read_timeout = max(self.read_timeout, self.options.commit_timeout)
         if self.request.method == b"POST" or self.request.method == b"PUT":
             self.learn = []
+        return unknown
 
     def _pick(self) -> BackendState | None:
         plan = self.plan
@@ -778,7 +867,7 @@ class Exchange:
             return pool.pick("", exclude, Protocol.HTTP)
         if self.pin_key is not None:
             return (
-                self.http.sticky[pool.name].place(pool, self.pin_key, exclude)
+                self.http.sticky[pool.name].place(pool, self.pin_key, exclude, computed=True)
                 if (self.pin_key.startswith("transfer:"))
                 else self._owner(pool, exclude)
             )

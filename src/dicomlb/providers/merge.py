@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dicomlb.changes import with_pools
-from dicomlb.snapshot import BackendConfig, PoolConfig, Snapshot
+from dicomlb.snapshot import BackendConfig, PoolConfig, Snapshot, per_instance
 
 __all__ = ["Definition", "Item", "ItemStatus", "Merged", "Provider", "file_definitions", "merge"]
 
@@ -153,8 +153,15 @@ def merge(file: Snapshot, definitions: Iterable[Definition]) -> Merged:
                     f"is served and this one is not: rename one of them",
                 )
             )
+    # The providers' backends' limits are divided among instances as the file's are.
     pools: dict[str, PoolConfig] = {
-        name: dataclasses.replace(pool, backends=(*pool.backends, *added[name]))
+        name: dataclasses.replace(
+            pool,
+            backends=(
+                *pool.backends,
+                *(per_instance(backend, pool.instances) for backend in added[name]),
+            ),
+        )
         if name in added
         else pool
         for name, pool in file.pools.items()

@@ -150,6 +150,7 @@ def _state() -> dict[str, Any]:
         "associations_active": 0,
         "open_bytes": 0,
         "ready": True,
+        "pools_unavailable": 0,
         "http_connections": 0,
         "certificates": {"dicom": 0.0},
     }

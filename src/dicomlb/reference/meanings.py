@@ -51,6 +51,9 @@ MEANINGS: dict[str, str] = {
     "commitment.forwarded": "A storage commitment request was forwarded to the backend "
     "holding the instances.",
     "commitment.reported": "A backend's storage commitment report was relayed to the requester.",
+    "commitment.probed": "No instance of a storage commitment request was known here (stored "
+    "through another dicomlb instance, or directly): the backends were asked by C-FIND "
+    "which hold them; the request goes to the one holding most.",
     "commitment.spread": "A commitment request's instances are on several backends.",
     "commitment.unlocated": "No backend could be found for a commitment request's instances.",
     "config.restart_needed": "A reload changed keys that take effect only after a restart.",
@@ -83,6 +86,11 @@ MEANINGS: dict[str, str] = {
     "http.aborted": "An HTTP exchange was cut short (idle timeout, peer gone).",
     "http.closed": "An HTTP client connection was closed by dicomlb.",
     "http.failed": "An HTTP request could not be relayed; the client got an error status.",
+    "http.located": "An Orthanc job or query this instance had not seen was found by asking the "
+    "pool's backends (`GET /jobs/{id}`, `GET /queries/{id}`); the one answering 200 owns it "
+    "and later requests for it go there.",
+    "http.not_located": "No backend answered 200 for an Orthanc job or query this instance "
+    "had not seen, within the pool's connect timeout: the request goes to the pool's pick.",
     "http.learned": "Which backend holds a resource was learned from a response (affinity).",
     "http.refused": "An HTTP client or request was refused (too many connections, bad request).",
     "http.request": "One HTTP request answered: the HTTP access log line.",

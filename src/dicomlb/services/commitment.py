@@ -4,7 +4,9 @@ N-ACTION-RQ from a client, on a pool with `storage_commitment: forward`: sent to
 backend that received the referenced instances (the study table remembers SOP Instance UID
 -> backend for recent C-STOREs); when they are spread, to the backend holding most of them,
 which reports the others as failed (`qr.commitment_holder` says why the request is not
-split); when none is known, to a backend the pool's strategy picks. The Transaction UID and
+split); when none is known (stored through another dicomlb instance, or directly), to the
+backend a C-FIND for the instances finds holding most of them (the probe C-MOVE uses), else
+to a backend the pool's strategy picks. The Transaction UID and
 the client's AE title are registered (`qr.CommitmentRegistry`).
 
 N-EVENT-REPORT-RQ from the backend: the backend reports to the client's AE title from its own
@@ -31,12 +33,19 @@ from dicomlb.dicom.dimse import DataReceived, Status, Tag, response
 from dicomlb.dicom.messages import InboundMessage
 from dicomlb.dicom.negotiation import role_item
 from dicomlb.dicom.pdu import RoleSelection
-from dicomlb.dicom.qr import STORAGE_COMMITMENT_PUSH, commitment_holder, commitment_request
+from dicomlb.dicom.qr import (
+    STORAGE_COMMITMENT_PUSH,
+    STUDY_ROOT_FIND,
+    CommitmentRequest,
+    commitment_holder,
+    commitment_request,
+    instances_query,
+)
 from dicomlb.dicom.upstream import UpstreamAssociation, UpstreamError, connect
 from dicomlb.health import Cause
 from dicomlb.pools import BackendState
 from dicomlb.runtime import Runtime
-from dicomlb.services import query
+from dicomlb.services import query, retrieve
 from dicomlb.services.session import MessageFailed, Session
 from dicomlb.snapshot import DicomAddress, StorageCommitment
 
@@ -78,6 +87,9 @@ async def request(session: Session, message: InboundMessage) -> None:
         if backend in available
     }
     chosen, counts = commitment_holder(wanted.instances, holders)
+    if chosen is None and len(available) > 1:
+        # Stored through another instance (or directly): ask the backends.
+        chosen, counts = await _probe(session, message, placed, wanted, list(available.values()))
     if len(counts) > 1:
         log.warning(
             "commitment.spread transaction=%s instances=%d backends=%s chosen=%s",
@@ -121,6 +133,37 @@ async def request(session: Session, message: InboundMessage) -> None:
         counts.get(backend.name, 0),
         status,
     )
+
+
+async def _probe(
+    session: Session,
+    message: InboundMessage,
+    placed: query.Placed,
+    wanted: CommitmentRequest,
+    backends: list[BackendState],
+) -> tuple[str | None, dict[str, int]]:
+    """The backend holding most of the request's instances by a C-FIND for them at each
+    backend (IMAGE level, list of UIDs), and how many each holds."""
+    matches = await retrieve.probe(
+        session,
+        placed.route.pool,
+        backends,
+        STUDY_ROOT_FIND,
+        message.transfer_syntax,
+        instances_query(wanted.instances, message.transfer_syntax),
+    )
+    found = {name: n for name, n in matches.items() if n}
+    log.info(
+        "commitment.probed pool=%s transaction=%s instances=%d backends=%d found=%s",
+        placed.pool.name,
+        wanted.transaction_uid,
+        len(wanted.instances),
+        len(backends),
+        ",".join(f"{name}:{n}" for name, n in found.items()) or "-",
+    )
+    if not found:
+        return None, found
+    return max(found, key=lambda name: found[name]), found
 
 
 async def _connect(

@@ -53,7 +53,7 @@ from dicomlb.placement import refusal
 from dicomlb.pools import BackendState
 from dicomlb.services import query
 from dicomlb.services.session import Session
-from dicomlb.snapshot import MoveDestination, QueryMode
+from dicomlb.snapshot import MoveDestination, PoolConfig, QueryMode
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,39 @@ async def _probe(
     find_uid = find_model_of(message.abstract_syntax)
     if find_uid is None:
         return []
-    pool_config = placed.route.pool
-    needed = (find_uid, message.transfer_syntax)
+    matches = await probe(
+        session,
+        placed.route.pool,
+        backends,
+        find_uid,
+        message.transfer_syntax,
+        placed.identifier,
+    )
+    found = [b for b in backends if matches.get(b.name)]
+    log.info(
+        "retrieve.probed pool=%s backends=%d found=%s",
+        placed.pool.name,
+        len(backends),
+        ",".join(b.name for b in found) or "-",
+    )
+    return found
 
-    async def ask(backend: BackendState) -> bool:
+
+async def probe(
+    session: Session,
+    pool_config: PoolConfig,
+    backends: list[BackendState],
+    find_uid: str,
+    transfer_syntax: str,
+    identifier: bytes,
+) -> dict[str, int]:
+    """Send one C-FIND (`find_uid`, `identifier` in `transfer_syntax`) to each backend, in
+    parallel, each within the pool's `query_timeout`: how many matches each answered (a
+    backend that failed or did not answer in time counts none). How an instance finds what
+    another one placed (C-MOVE / C-GET: a study; storage commitment: its instances)."""
+    needed = (find_uid, transfer_syntax)
+
+    async def ask(backend: BackendState) -> int:
         matches = 0
 
         def on_pending(answer: Command, data: bytes | None) -> None:
@@ -126,7 +155,7 @@ async def _probe(
                 await up.send_command(
                     context_id,
                     request,
-                    [(placed.identifier, True)],
+                    [(identifier, True)],
                     pool_config.query_timeout,
                     on_pending=on_pending,
                 )
@@ -134,20 +163,13 @@ async def _probe(
             log.warning("retrieve.probe_failed backend=%s reason=%r", backend.name, str(err))
             if isinstance(err, UpstreamError):
                 passive_failure(
-                    session.runtime.metrics, backend, placed.pool.name, err.cause, str(err)
+                    session.runtime.metrics, backend, pool_config.name, err.cause, str(err)
                 )
-            return False
-        return matches > 0
+            return 0
+        return matches
 
-    hits = await asyncio.gather(*(ask(b) for b in backends))
-    found = [b for b, hit in zip(backends, hits, strict=True) if hit]
-    log.info(
-        "retrieve.probed pool=%s backends=%d found=%s",
-        placed.pool.name,
-        len(backends),
-        ",".join(b.name for b in found) or "-",
-    )
-    return found
+    counts = await asyncio.gather(*(ask(b) for b in backends))
+    return {b.name: n for b, n in zip(backends, counts, strict=True)}
 
 
 # ------------------------------------------------------------------ C-MOVE

@@ -35,10 +35,12 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import functools
 import json
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import uuid
@@ -61,6 +63,7 @@ from dicomlb.spool.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 INDEX = "index.sqlite3"
+OWNER_LOCK = "owner.lock"  # flock'ed by the running balancer that owns the directory
 SPILL_AT = 256 << 10  # bytes gathered in memory before they go to the temp file
 KEEP_MAX = 1 << 20  # instances up to this size also stay in memory for their senders
 SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writeback, do not wait
@@ -408,6 +411,11 @@ class _Job:
         self.syncing: Future[None] | None = None
 
 
+class SpoolBusy(RuntimeError):
+    """Another running balancer owns the spool directory; the text says which and what to
+    do."""
+
+
 class SpoolStore:
     """Files and index of one spool directory."""
 
@@ -433,6 +441,7 @@ class SpoolStore:
         self._db: sqlite3.Connection | None = None
         self._synchronous = ""  # the index connection's PRAGMA synchronous, once set
         self._data_fd: int | None = None  # data/, kept open for its fsyncs
+        self._owner_fd: int | None = None  # OWNER_LOCK, locked while this process owns it
         self._jobs: list[_Job] = []
         self._wake: asyncio.Event | None = None
         self._supervisor: Supervisor | None = None
@@ -446,9 +455,13 @@ class SpoolStore:
         """Create or open the directory and index; with `recover`, clean up after a crash.
 
         `recover=False` is for operations (CLI) beside a running balancer: it touches no file.
+        With `recover` the process becomes the directory's owner (raises SpoolBusy when a
+        running one is), until `close` or its end.
         """
         self.data.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        if recover:
+            self._take_ownership()
         db = sqlite3.connect(
             self.directory / INDEX, check_same_thread=False, isolation_level=None, timeout=30
         )
@@ -457,6 +470,28 @@ class SpoolStore:
         self._db = db
         self._data_fd = os.open(self.data, os.O_RDONLY | os.O_DIRECTORY)
         return self._recover() if recover else None
+
+    def _take_ownership(self) -> None:
+        """flock OWNER_LOCK: one balancer per spool directory. The kernel drops the lock
+        when the owner ends, however it ends (kill -9 included), so the next instance
+        started on the directory takes it over and delivers what it holds."""
+        path = self.directory / OWNER_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 256).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolBusy(
+                f"spool directory {self.directory} is owned by another running dicomlb "
+                f"({holder}); give each instance its own spool directory (volume)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._owner_fd = fd
 
     def close(self) -> None:
         self._committer_thread.shutdown(wait=True)
@@ -468,6 +503,9 @@ class SpoolStore:
         if self._data_fd is not None:
             os.close(self._data_fd)
             self._data_fd = None
+        if self._owner_fd is not None:  # closing it releases the lock
+            os.close(self._owner_fd)
+            self._owner_fd = None
         with self._lock:
             if self._db is not None:
                 self._db.close()
