@@ -8,7 +8,7 @@ import hashlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ except ImportError:  # optional: not on Windows
 
 from dicomlb import changes, descriptors, install
 from dicomlb.admin.server import AdminServer
+from dicomlb.changes import ChangeError
 from dicomlb.checks import HealthChecker
 from dicomlb.config import ConfigError, build_backend, load_snapshot
 from dicomlb.control import (
@@ -36,6 +37,9 @@ from dicomlb.dicom.upstream import UpstreamPool
 from dicomlb.http.proxy import HttpListener
 from dicomlb.metrics import Metrics, StateCollector
 from dicomlb.pools import BackendState, Pool
+from dicomlb.providers import api
+from dicomlb.providers.docker import DockerProvider
+from dicomlb.providers.merge import Definition, Item, ItemStatus, Merged, Provider, merge
 from dicomlb.readiness import RouteReadiness, not_ready_reasons
 from dicomlb.runtime import Runtime
 from dicomlb.services.relay import Relay
@@ -58,9 +62,20 @@ class App:
     """The running balancer: listeners, runtime (routes, pools, backends) and health checks."""
 
     def __init__(self, snapshot: Snapshot, config_path: str | Path | None = None) -> None:
+        """Raises ApiStateError when the admin API's backends kept in `state_dir` cannot be
+        read."""
         self.metrics = Metrics()
+        # The providers' parts: the file's snapshot, the admin API's backends (kept in
+        # state_dir), Docker's; `merged` joins them into what runs.
+        self.file_snapshot = snapshot
+        self.api_backends: list[api.ApiBackend] = api.load(snapshot.state_dir)
+        self.docker_definitions: tuple[Definition, ...] = ()
+        self.docker: DockerProvider | None = None
+        self._providers = contextlib.AsyncExitStack()
+        self._reported: set[tuple[str, str, str]] = set()
+        self.merged = self._merge()
         self.runtime = Runtime(
-            snapshot, metrics=self.metrics, studies=StudyIndex(snapshot.state_dir)
+            self.merged.snapshot, metrics=self.metrics, studies=StudyIndex(snapshot.state_dir)
         )
         self.config_path = Path(config_path) if config_path is not None else None
         self.spool: Spool | None = None
@@ -101,6 +116,7 @@ class App:
             descriptors.HEADROOM,
         )
         _warn(self.snapshot)
+        self._report(self.merged)
         if self.spool is not None:
             await self.spool.start()
         self._saver = asyncio.get_running_loop().create_task(self._save_studies())
@@ -115,6 +131,11 @@ class App:
             await self.http.start()
         self._start_checkers()
         self._update_watcher()
+        docker = self.snapshot.providers.docker
+        if docker is not None:
+            self.docker = await self._providers.enter_async_context(
+                DockerProvider(docker, self._docker_changed)
+            )
         log.info(
             "dicomlb.started source=%s routes=%d pools=%d backends=%d",
             self.snapshot.source,
@@ -143,14 +164,62 @@ class App:
                 self.checkers[backend_config.name] = checker
 
     async def reload(self, loaded: Snapshot) -> tuple[str, ...]:
-        """Swap in a new snapshot: new associations use it, those in flight finish on theirs.
-        Install configuration stays as it runs; returns the keys whose change waits for a
-        restart."""
-        old = self.runtime
-        snapshot, waiting = install.pin(old.snapshot, loaded)
+        """Swap in a new snapshot from the file, merged with the other providers' backends:
+        new associations use it, those in flight finish on theirs. Install configuration
+        stays as it runs; returns the keys whose change waits for a restart."""
+        snapshot, waiting = install.pin(self.file_snapshot, loaded)
         _warn(snapshot)
         if waiting:
             log.warning("config.restart_needed keys=%s", ",".join(waiting))
+        self.file_snapshot = snapshot
+        await self._apply()
+        log.info("dicomlb.reloaded source=%s", snapshot.source)
+        return waiting
+
+    def _merge(self, extra: Sequence[Definition] = ()) -> Merged:
+        return merge(
+            self.file_snapshot,
+            [*api.definitions(self.api_backends), *extra, *self.docker_definitions],
+        )
+
+    def _report(self, merged: Merged) -> None:
+        """One log line per definition that newly fails (conflict or error)."""
+        failed = {item.key: item for item in merged.failed}
+        for key, item in failed.items():
+            if key in self._reported:
+                continue
+            fields = (item.name, item.pool or "-", item.provider.value, item.origin, item.error)
+            if item.status is ItemStatus.CONFLICT:
+                log.error(
+                    "provider.conflict backend=%s pool=%s provider=%s origin=%r error=%r", *fields
+                )
+            else:
+                log.error(
+                    "provider.error backend=%s pool=%s provider=%s origin=%r error=%r", *fields
+                )
+        self._reported = set(failed)
+
+    async def _apply(self) -> None:
+        """Merge the providers' parts again and swap the result in (under the reload lock,
+        or before the start)."""
+        self.merged = self._merge()
+        self._report(self.merged)
+        await self._swap(self.merged.snapshot)
+
+    async def _docker_changed(self, definitions: tuple[Definition, ...]) -> None:
+        """The Docker provider's containers changed: their backends join or leave."""
+        before = {d.name for d in self.docker_definitions if d.backend is not None}
+        after = {d.name for d in definitions if d.backend is not None}
+        async with self._reload_lock:
+            self.docker_definitions = definitions
+            await self._apply()
+        for name in sorted(after - before):
+            log.warning("docker.backend backend=%s change=joined", name)
+        for name in sorted(before - after):
+            log.warning("docker.backend backend=%s change=left", name)
+
+    async def _swap(self, snapshot: Snapshot) -> None:
+        old = self.runtime
         self.runtime = Runtime(
             snapshot,
             old.backends,
@@ -159,6 +228,7 @@ class App:
             studies=old.studies,
             moves=old.moves,
             commitments=old.commitments,
+            joining=frozenset(d.name for d in self.docker_definitions),
         )
         if self.dicom is not None:
             self.dicom.runtime = self.runtime
@@ -179,8 +249,6 @@ class App:
         self._start_checkers()
         await self._update_admin(old.snapshot)
         self._update_watcher()
-        log.info("dicomlb.reloaded source=%s", snapshot.source)
-        return waiting
 
     async def _retire_upstream(self, upstream: UpstreamPool) -> None:
         """Close a replaced backend's associations and HTTP sessions once the messages the
@@ -300,10 +368,34 @@ class App:
         return backend
 
     async def add_backend(self, pool: str, data: Any) -> BackendState:
-        """Add a backend (a mapping as in the file) to `pool`. Raises ConfigError, ChangeError."""
+        """Add a backend (a mapping as in the file) to `pool`: the admin API provider's, kept
+        across reloads (and restarts, with a state_dir). Raises ConfigError, ChangeError,
+        OSError (the state file could not be written: nothing changed)."""
         config = build_backend(data, f"pools.{pool}.backends[+]")
         async with self._reload_lock:
-            await self.reload(changes.add_backend(self.snapshot, pool, config))
+            if pool not in self.file_snapshot.pools:
+                raise ChangeError(
+                    f'pool "{pool}" does not exist; use one of {", ".join(self.snapshot.pools)}'
+                )
+            found = changes.find_backend(self.snapshot, config.name)
+            if found is not None or any(e.name == config.name for e in self.api_backends):
+                where = f" in pool {found[0].name}" if found is not None else ""
+                raise ChangeError(
+                    f'backend "{config.name}" already exists{where}; pick another name'
+                )
+            entry = api.ApiBackend(pool=pool, data=dict(data))
+            trial = self._merge(api.definitions([entry]))
+            for item in trial.items:
+                if (
+                    item.provider is Provider.API
+                    and item.name == config.name
+                    and item.status is not ItemStatus.OK
+                ):
+                    raise ChangeError(item.error or f"backend {config.name} cannot be added")
+            entries = [*self.api_backends, entry]
+            await self._save_api(entries)
+            self.api_backends = entries
+            await self._apply()
         self.metrics.admin_actions.labels("add").inc()
         log.warning(
             "admin.backend backend=%s mode=added pool=%s dicom=%s", config.name, pool, config.dicom
@@ -311,11 +403,64 @@ class App:
         return self.runtime.backends[config.name]
 
     async def remove_backend(self, name: str) -> None:
-        """Remove a backend; its associations in flight finish. Raises ChangeError."""
+        """Remove a backend; its associations in flight finish. One the API added leaves for
+        good; one of the file's until the next reload from the file; Docker's cannot be
+        removed here. A pool keeps at least one backend. Raises ChangeError, OSError."""
         async with self._reload_lock:
-            await self.reload(changes.remove_backend(self.snapshot, name))
+            found = changes.find_backend(self.snapshot, name)
+            if found is None:
+                raise ChangeError(f'backend "{name}" does not exist')
+            pool, _ = found
+            if len(pool.backends) == 1:
+                raise ChangeError(
+                    f'backend "{name}" is the last of pool {pool.name}; add another first, or '
+                    "drain it"
+                )
+            provider = self.merged.provider_of(name)
+            if provider is Provider.DOCKER:
+                origin = next(i.origin for i in self.merged.items if i.name == name)
+                raise ChangeError(
+                    f'backend "{name}" comes from Docker ({origin}); stop the container or '
+                    "change its labels"
+                )
+            if provider is Provider.API:
+                entries = [e for e in self.api_backends if e.name != name]
+                await self._save_api(entries)
+                self.api_backends = entries
+            else:
+                self.file_snapshot = changes.remove_backend(self.file_snapshot, name)
+            await self._apply()
         self.metrics.admin_actions.labels("remove").inc()
         log.warning("admin.backend backend=%s mode=removed", name)
+
+    async def _save_api(self, entries: list[api.ApiBackend]) -> None:
+        """Keep the API's backends in state_dir (without one they last until a restart)."""
+        state_dir = self.snapshot.state_dir
+        if state_dir is not None:
+            await asyncio.to_thread(api.save, state_dir, entries)
+
+    def provider_items(self) -> list[Item]:
+        return list(self.merged.items)
+
+    def providers_status(self) -> dict[str, Any]:
+        state_dir = self.snapshot.state_dir
+        docker = self.snapshot.providers.docker
+        watcher = self.docker
+        return {
+            "file": {"source": self.file_snapshot.source},
+            "api": {
+                "backends": len(self.api_backends),
+                "state_file": str(Path(state_dir) / api.STATE_FILE) if state_dir else None,
+            },
+            "docker": None
+            if docker is None
+            else {
+                "endpoint": docker.endpoint,
+                "connected": watcher is not None and watcher.connected,
+                "last_error": watcher.last_error if watcher is not None else None,
+                "containers": len(watcher.containers) if watcher is not None else 0,
+            },
+        }
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -488,6 +633,8 @@ class App:
     async def stop(self) -> None:
         """Stop accepting, let associations in flight finish (bounded), close everything."""
         log.info("dicomlb.stopping graceful_timeout=%gs", self.snapshot.graceful_timeout)
+        await self._providers.aclose()
+        self.docker = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -21,6 +21,7 @@ from dicomlb.config import (
     markdown_reference,
 )
 from dicomlb.demo import run_demo
+from dicomlb.providers.api import ApiStateError
 from dicomlb.snapshot import MessageFacts, Snapshot
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
@@ -316,7 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "route":
         return _route_command(args, snapshot)
     try:
-        run_loop(lambda: App(snapshot, config_path=args.config).serve())
+        app = App(snapshot, config_path=args.config)
+    except ApiStateError as err:
+        print(f"dicomlb: {err}", file=sys.stderr)
+        return 2
+    try:
+        run_loop(app.serve)
     except SpoolBusy as err:
         print(f"dicomlb: {err}", file=sys.stderr)
         return SPOOL_BUSY

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
+from dicomlb.providers.merge import Item
 from dicomlb.snapshot import Snapshot
 from dicomlb.spool.spool import Spool
 
@@ -110,6 +111,15 @@ class Control(Protocol):
     def backend_connections(self, backend: str) -> BackendConnections: ...
 
     def associations(self) -> list[AssociationStatus]: ...
+
+    def provider_items(self) -> list[Item]:
+        """Every backend definition of every provider, and its fate in the merge."""
+        ...
+
+    def providers_status(self) -> dict[str, Any]:
+        """Each provider: the file's source, the API's count and state file, Docker's
+        connection."""
+        ...
 
     def set_backend_mode(self, name: str, mode: str) -> BackendState:
         """Raises KeyError for an unknown backend."""

@@ -66,6 +66,8 @@ class HealthState:
 
     `fail_timeout` (None: never) is for pools without active checks, where nothing else
     would bring a backend back: down expires after that long (nginx's `fail_timeout`).
+    A `joining` backend (one a provider discovered while running) starts down and comes up
+    on its first passed check, so it takes no work before it answers.
     """
 
     __slots__ = (
@@ -73,6 +75,7 @@ class HealthState:
         "fail_timeout",
         "failures",
         "fall",
+        "joining",
         "recoveries",
         "rise",
         "successes",
@@ -80,13 +83,20 @@ class HealthState:
     )
 
     def __init__(
-        self, *, fall: int, rise: int, up: bool = True, fail_timeout: float | None = None
+        self,
+        *,
+        fall: int,
+        rise: int,
+        up: bool = True,
+        fail_timeout: float | None = None,
+        joining: bool = False,
     ) -> None:
         self.fall = fall
         self.rise = rise
-        self.up = up
+        self.joining = joining
+        self.up = up and not joining
         self.fail_timeout = fail_timeout
-        self.down_since: float | None = None if up else 0.0
+        self.down_since: float | None = None if self.up else 0.0
         self.failures = 0
         self.successes = 0
         self.recoveries = 0  # down → up transitions so far (slow start watches it)
@@ -97,7 +107,7 @@ class HealthState:
         if self.up:
             return False
         self.successes += 1
-        if self.successes >= self.rise:
+        if self.successes >= self.rise or self.joining:
             self._come_up()
             return True
         return False
@@ -152,6 +162,7 @@ class HealthState:
 
     def _come_up(self) -> None:
         self.up = True
+        self.joining = False
         self.successes = 0
         self.down_since = None
         self.recoveries += 1

@@ -1,7 +1,7 @@
 """Install configuration: what a running process keeps until it restarts (pure).
 
-Listener binds, which data listeners exist, the spool and `state_dir` are fixed when the
-process starts (Traefik's static configuration); routes, pools, backends, middlewares and
+Listener binds, which data listeners exist, the spool, `state_dir` and `providers` are fixed
+when the process starts (Traefik's static configuration); routes, pools, backends, middlewares and
 listener limits are dynamic, and a reload applies them. `pin` gives the snapshot a reload
 applies, the running install configuration kept in it, and names each install key whose
 new value waits for a restart: a reload is never half-applied, and never silent about it.
@@ -32,8 +32,15 @@ def pin(running: Snapshot, loaded: Snapshot) -> tuple[Snapshot, tuple[str, ...]]
         ]
     if running.state_dir != loaded.state_dir:
         waiting.append("state_dir")
+    if running.providers != loaded.providers:
+        waiting.append("providers")
     applied = dataclasses.replace(
-        loaded, dicom=dicom, http=http, spool=running.spool, state_dir=running.state_dir
+        loaded,
+        dicom=dicom,
+        http=http,
+        spool=running.spool,
+        state_dir=running.state_dir,
+        providers=running.providers,
     )
     return applied, tuple(waiting)
 

@@ -29,16 +29,24 @@ class BackendState:
     are the same state.
     """
 
-    def __init__(self, config: BackendConfig, health: HealthConfig) -> None:
+    def __init__(
+        self, config: BackendConfig, health: HealthConfig, *, joining: bool = False
+    ) -> None:
         self.config = config
         # Copied from the (frozen) config: read on every pick, a property call each time.
         self.name = config.name
         self.weight = config.weight
-        # Without active checks nothing else brings a passively failed backend back.
+        # Without active checks nothing else brings a passively failed backend back, nor a
+        # joining one up: it joins at once then.
         fail_timeout = None if health.enabled else health.fail_timeout
-        self.health = HealthState(fall=health.fall, rise=health.rise, fail_timeout=fail_timeout)
+        joining = joining and health.enabled
+        self.health = HealthState(
+            fall=health.fall, rise=health.rise, fail_timeout=fail_timeout, joining=joining
+        )
         self.http_health = (
-            HealthState(fall=health.fall, rise=health.rise, fail_timeout=fail_timeout)
+            HealthState(
+                fall=health.fall, rise=health.rise, fail_timeout=fail_timeout, joining=joining
+            )
             if config.dicom is not None and config.http is not None
             else self.health
         )

@@ -43,7 +43,9 @@ class Runtime:
         moves: MoveRegistry | None = None,
         commitments: CommitmentRegistry | None = None,
         dial: Dial = dial_tcp,
+        joining: frozenset[str] = frozenset(),
     ) -> None:
+        """`joining`: backends that, when new here, take work only once a check passed."""
         self.snapshot = snapshot
         # How connections to backends, C-MOVE destinations and commitment requesters are
         # opened (the unit tests' in-memory network instead of TCP).
@@ -70,7 +72,11 @@ class Runtime:
                 state = old_backends.get(backend_config.name)
                 if state is None or state.config != backend_config:
                     previous = state
-                    state = BackendState(backend_config, pool_config.health)
+                    state = BackendState(
+                        backend_config,
+                        pool_config.health,
+                        joining=backend_config.name in joining and previous is None,
+                    )
                     if previous is not None:  # a changed backend keeps what the operator set
                         state.enabled, state.mode = previous.enabled, previous.mode
                         state.budget = previous.budget

@@ -476,6 +476,27 @@ class HttpRouteConfig:
     read_timeout: float | None = None  # overrides the pool's
 
 
+# ---------------------------------------------------------------- providers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DockerProviderConfig:
+    """`providers.docker`: containers whose labels make them backends of the file's pools."""
+
+    endpoint: str = "unix:///var/run/docker.sock"  # unix:///path or tcp://host:port
+    tls: TlsConfig | None = None  # tcp endpoints: TLS toward the Engine API
+    exposed_by_default: bool = False  # False: only containers labelled dicomlb.enable=true
+    network: str | None = None  # the network whose address is used, for multi-network containers
+    host_address: str = "127.0.0.1"  # the address of containers on the host network
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProvidersConfig:
+    """`providers`: where backends come from beside the file (the admin API always)."""
+
+    docker: DockerProviderConfig | None = None
+
+
 # ---------------------------------------------------------------- the whole
 
 
@@ -495,5 +516,6 @@ class Snapshot:
     state_dir: str | None = None  # where the study -> backend table is kept
     http: HttpListenerConfig | None = None
     http_routes: tuple[HttpRouteConfig, ...] = ()
+    providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     # Valid but surely not meant (a route that can never match), for `dicomlb check`.
     warnings: tuple[str, ...] = ()

@@ -62,7 +62,7 @@ def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
         wait_listening(admin_port, timeout=15, process=process, what="dicomlb", log=log)
         assert backends(url) == ["pacs-a"]
 
-        file.write_text("pools: {main: {backends: []}}\n")  # broken: no backends, no routes
+        file.write_text("pools: {main: {backends: [{name: x}]}}\n")  # broken: no address
         process.send_signal(signal.SIGHUP)
         wait_until(lambda: "admin.reload result=error source=sighup" in log.read_text())
         assert backends(url) == ["pacs-a"]

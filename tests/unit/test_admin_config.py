@@ -105,20 +105,14 @@ def test_authorized_checks_tokens_and_passwords() -> None:
     assert authorized(auth, None) is None
 
 
-def test_add_and_remove_backend_keep_routes_pointing_at_the_new_pools() -> None:
+def test_remove_backend_keeps_routes_pointing_at_the_new_pools() -> None:
     snap = build_snapshot(config())
-    new = changes.add_backend(snap, "ct", build_backend({"name": "d", "dicom": "D@h:1"}))
-    assert [b.name for b in new.pools["ct"].backends] == ["a", "d"]
-    assert new.routes[0].pool is new.pools["ct"]
+    back = changes.remove_backend(snap, "a")
+    assert [b.name for b in back.pools["ct"].backends] == []  # providers may fill it again
+    assert back.routes[0].pool is back.pools["ct"]
     assert [b.name for b in snap.pools["ct"].backends] == ["a"]  # the old one is untouched
-    back = changes.remove_backend(new, "a")
-    assert [b.name for b in back.pools["ct"].backends] == ["d"]
-    with pytest.raises(changes.ChangeError, match="last of pool ct"):
-        changes.remove_backend(back, "d")
-    with pytest.raises(changes.ChangeError, match="already exists in pool mr"):
-        changes.add_backend(snap, "ct", build_backend({"name": "b", "dicom": "B@h:1"}))
-    with pytest.raises(changes.ChangeError, match='pool "xx" does not exist'):
-        changes.add_backend(snap, "xx", build_backend({"name": "z", "dicom": "B@h:1"}))
+    with pytest.raises(changes.ChangeError, match='backend "zz" does not exist'):
+        changes.remove_backend(snap, "zz")
 
 
 def test_build_backend_names_the_field() -> None:

@@ -463,12 +463,6 @@ BAD_CONFIGS: list[tuple[str, Mutation, str]] = [
         'listeners.dicom.check_called_aet: "yes" is not true or false; write true or false',
     ),
     (
-        "no backends",
-        pool("general", backends=[]),
-        "pools.general.backends: the pool has no backends; list at least one: "
-        "- {name: ..., dicom: AET@host:port}",
-    ),
-    (
         "route without a name",
         lambda d: d["routes"][1].pop("name"),
         "routes[1].name: name is required; add it",

@@ -194,6 +194,7 @@ _BASE: dict[str, Any] = {
     "routes": [{"name": "r", "pool": "p"}],
     "http_routes": [{"name": "h", "pool": "p"}],
     "spool": {"directory": "/var/spool/dicomlb", "retry": {}},
+    "providers": {"docker": {}},
 }
 
 

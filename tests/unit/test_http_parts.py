@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from dicomlb.changes import add_backend
 from dicomlb.config import ConfigError, build_snapshot, describe
 from dicomlb.http.affinity import StickyTable, request_key
 from dicomlb.http.h1 import Request, RequestReader, forward_head
@@ -15,7 +14,15 @@ from dicomlb.http.middlewares import RequestContext, build_middleware, hash_pass
 from dicomlb.http.orthanc import OwnerTable, is_commit, is_locatable, resource_of
 from dicomlb.http.routing import HttpRouter, request_path
 from dicomlb.pools import BackendState, Pool
-from dicomlb.snapshot import BackendConfig, HttpKey, KeyKind, MiddlewareConfig, RequestFacts
+from dicomlb.providers.merge import Definition, Provider, merge
+from dicomlb.snapshot import (
+    BackendConfig,
+    HttpAddress,
+    HttpKey,
+    KeyKind,
+    MiddlewareConfig,
+    RequestFacts,
+)
 
 
 def config(**extra: Any) -> dict[str, Any]:
@@ -388,5 +395,14 @@ def test_instances_divide_backend_limits() -> None:
     one = build_snapshot(config(), "lb.yaml")
     assert one.pools["web"].instances == 1 and "per instance" not in describe(one)
     assert "instances" in errors(config(instances=0))
-    added = add_backend(snap, "web", BackendConfig(name="c", max_associations=4))
+    provided = Definition(
+        provider=Provider.API,
+        name="c",
+        pool="web",
+        origin="api",
+        backend=BackendConfig(
+            name="c", http=HttpAddress(host="10.0.0.9", port=80), max_associations=4
+        ),
+    )
+    added = merge(snap, [provided]).snapshot
     assert added.pools["web"].backends[-1].max_associations == 2  # as the file's backends

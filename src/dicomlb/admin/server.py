@@ -34,6 +34,7 @@ from dicomlb.config import ConfigError
 from dicomlb.control import Control
 from dicomlb.metrics import CONTENT_TYPE
 from dicomlb.pools import BackendState
+from dicomlb.providers.merge import ItemStatus
 from dicomlb.routing import uid_name
 from dicomlb.snapshot import AdminAuth
 from dicomlb.spool.ops import OperationError
@@ -399,6 +400,8 @@ class AdminServer:
         except ChangeError as err:
             status = 404 if "does not exist" in str(err) else 409
             return web.json_response({"error": str(err)}, status=status)
+        except OSError as err:
+            return _state_not_written(err)
         return web.json_response(self._backend(backend, pool), status=201)
 
     async def remove_backend(self, request: web.Request) -> web.StreamResponse:
@@ -408,6 +411,8 @@ class AdminServer:
         except ChangeError as err:
             status = 404 if "does not exist" in str(err) else 409
             return web.json_response({"error": str(err)}, status=status)
+        except OSError as err:
+            return _state_not_written(err)
         return web.json_response({"removed": name})
 
     async def reload(self, request: web.Request) -> web.StreamResponse:
@@ -567,12 +572,26 @@ class AdminServer:
         return names
 
     def _config(self) -> dict[str, Any]:
+        """The configuration's source, its last reload, and the merged backends: every
+        provider's definitions with their fate (`ok`, `conflict`, `error`)."""
         snapshot = self.app.snapshot
         return {
             "source": snapshot.source,
             "path": str(self.app.config_path) if self.app.config_path else None,
             "watch": snapshot.watch,
             "last_reload": self.app.last_reload,
+            "providers": self.app.providers_status(),
+            "backends": [
+                {
+                    "name": item.name,
+                    "pool": item.pool,
+                    "provider": item.provider.value,
+                    "origin": item.origin,
+                    "status": item.status.value,
+                    "error": item.error,
+                }
+                for item in self.app.provider_items()
+            ],
         }
 
     def _listeners(self) -> list[dict[str, Any]]:
@@ -702,9 +721,18 @@ class AdminServer:
         metrics = self.app.metrics
         conns = self.app.backend_connections(backend.name)
         config = backend.config
+        provider = next(
+            (
+                item.provider.value
+                for item in self.app.provider_items()
+                if item.name == backend.name and item.status is ItemStatus.OK
+            ),
+            "file",
+        )
         return {
             "name": backend.name,
             "pool": pool,
+            "provider": provider,
             "dicom": str(config.dicom) if config.dicom is not None else None,
             "http": str(config.http) if config.http is not None else None,
             "weight": config.weight,
@@ -775,6 +803,14 @@ async def _json_body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(
             text='{"error": "the body is not JSON"}', content_type="application/json"
         ) from None
+
+
+def _state_not_written(err: OSError) -> web.StreamResponse:
+    log.error("admin.state_error error=%r", str(err))
+    return web.json_response(
+        {"error": f"the API's backends could not be written to state_dir ({err}); nothing changed"},
+        status=503,
+    )
 
 
 def _not_found(message: str) -> web.StreamResponse:

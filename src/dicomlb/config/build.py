@@ -37,6 +37,7 @@ from dicomlb.config.http import (
     http_check_config,
     http_pool_config,
 )
+from dicomlb.config.providers import ProvidersModel, build_providers
 from dicomlb.config.spool import SpoolModel, build_spool
 from dicomlb.config.tls import backend_tls, listener_tls
 from dicomlb.config.tools import (
@@ -129,7 +130,13 @@ class ConfigModel(Model):
     state_dir: Annotated[str, Field(strict=True, min_length=1)] | None = Field(
         default=None,
         description="Directory for `studies.sqlite3` (the study to backend table, and the "
-        "storage-commitment instance map); none: kept in memory only.",
+        "storage-commitment instance map) and `api-backends.json` (backends added through "
+        "the admin API); none: kept in memory only.",
+    )
+    providers: ProvidersModel | None = Field(
+        default=None,
+        description="Where backends come from beside this file: the admin API (always) and "
+        "Docker containers' labels. Install configuration: a change waits for a restart.",
     )
     instances: Count | None = unset(
         "How many dicomlb instances run with this configuration in front of the same "
@@ -273,6 +280,14 @@ class _Builder:
             self.warnings.append,
             http_tls,
         )
+        extra["providers"] = providers = build_providers(self.model.providers, self.fail)
+        if providers.docker is None:
+            for name, pool in pools.items():
+                if not pool.backends:
+                    self.warnings.append(
+                        f'pool "{name}" has no backends: it serves nothing until the admin '
+                        "API adds one (or providers.docker brings containers)"
+                    )
         self.self_references(pools, dicom, extra["http"])
         return Snapshot(
             source=source,

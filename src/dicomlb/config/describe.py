@@ -162,6 +162,14 @@ def describe(snapshot: Snapshot) -> str:
         lines.append(f"dicom nodes (C-MOVE destinations): {nodes}")
     if snapshot.state_dir is not None:
         lines.append(f"state directory: {snapshot.state_dir}")
+    docker = snapshot.providers.docker
+    if docker is not None:
+        opt = (
+            "every container with dicomlb.pool, unless dicomlb.enable=false"
+            if docker.exposed_by_default
+            else "containers labelled dicomlb.enable=true"
+        )
+        lines.append(f"docker provider: {docker.endpoint} ({opt})")
     return "\n".join(lines)
 
 

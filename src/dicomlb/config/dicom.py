@@ -503,8 +503,10 @@ class PoolModel(Model):
         DEFAULT_AFFINITY_KEY,
     )
     health: HealthModel | None = Field(default=None, description="Active health checks.")
-    backends: Annotated[list[BackendModel], Field(min_length=1)] = Field(
-        description="The pool's backends, at least one."
+    backends: list[BackendModel] = Field(
+        default=[],
+        description="The pool's backends from this file; none when providers (the admin API, "
+        "Docker labels) fill the pool.",
     )
     called_aet: CalledAet | None = unset(
         "The called AE title toward the backend: its own (`backend`) or the one the client "

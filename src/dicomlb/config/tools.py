@@ -579,18 +579,12 @@ def issue_from_pydantic(error: Any, root: type[BaseModel]) -> ConfigIssue:
         message = f'unknown key "{field}"; {hint}allowed keys: {", ".join(allowed)}'
     elif kind == "missing":
         message = f"{field or 'this'} is required; add it"
-        if field == "backends":
-            message = "backends is required; list at least one: - {name: ..., dicom: AET@host:port}"
     elif value is None:
         message = "is empty; write a value or remove the key"
     elif kind == "value_error":
         message = str(ctx.get("error", error["msg"]))
     elif kind == "too_short":
         message = f"{show(value)} is empty; list at least one item"
-        if field == "backends":
-            message = (
-                "the pool has no backends; list at least one: - {name: ..., dicom: AET@host:port}"
-            )
     elif kind == "greater_than_equal":
         message = f"{show(value)} is too small; write a number of at least {ctx.get('ge')}"
         if field == "weight":

@@ -13,9 +13,22 @@ MEANINGS: dict[str, str] = {
     "admin.reload": "A configuration reload finished (`result=ok|error`, `source=api|sighup|"
     "watch`).",
     "admin.request": "A read-only admin API request (the access log of the admin listener).",
+    "admin.state_error": "The admin API's backends could not be written to `state_dir`; the "
+    "add or remove was not made.",
     "admin.spool": "An operator retried or purged spooled items through the admin API.",
     "admin.unauthorized": "An admin API request without valid credentials.",
     "admin.watch": "The configuration file is watched for changes.",
+    "docker.backend": "A container's backend joined its pool (`change=joined`: it takes work "
+    "after its first passed check) or left it (`change=left`: stopped, stopping, unhealthy, "
+    "labels changed; work in flight finishes).",
+    "docker.connected": "The Docker provider listed the engine's running containers and "
+    "follows its event stream (after a start or a reconnection: a resync).",
+    "docker.disconnected": "The Docker provider lost (or could not reach) the engine; it "
+    "retries with backoff, and the containers' backends stay meanwhile.",
+    "provider.conflict": "Two providers (or one twice) define one backend name: this "
+    "definition is not served; the file wins over the API, the API over Docker.",
+    "provider.error": "A provider's backend cannot be used (a container's bad label, a pool "
+    "the file does not define); only that backend is skipped.",
     "association.aborted": "A client association ended with an A-ABORT.",
     "association.accepted": "A client association was accepted (contexts, max PDU).",
     "association.artim_expired": "A client connected but did not complete the association "
