@@ -364,7 +364,7 @@ BAD_CONFIGS: list[tuple[str, Mutation, str]] = [
         lambda d: d.update(pool={}),
         'pool: unknown key "pool"; did you mean "pools"? '
         "allowed keys: listeners, pools, routes, http_routes, middlewares, graceful_timeout, "
-        "watch, spool, dicom_nodes, state_dir, instances",
+        "watch, spool, dicom_nodes, state_dir, providers, instances",
     ),
     (
         "unknown listener key",

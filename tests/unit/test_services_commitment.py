@@ -393,6 +393,7 @@ def test_unlocated_instances_are_found_by_asking_the_backends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Stored through another dicomlb instance: a C-FIND at IMAGE level finds the holder."""
+
     def holder(uids: list[str]) -> Any:
         def handle(scp: FakeSCP, message: Message) -> None:
             if message.command.command_field == CommandField.C_FIND_RQ:
