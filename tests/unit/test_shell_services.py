@@ -14,8 +14,9 @@ import pytest
 from dicomlb.bridge.client import BridgeInstance, HttpStoreClient
 from dicomlb.bridge.core import StoreOutcome
 from dicomlb.dicom.dimse import CommandField, Status, Tag, echo_request
-from dicomlb.dicom.pdu import AssociateReject, RejectResult, RejectSource
+from dicomlb.dicom.pdu import Abort, AssociateReject, RejectResult, RejectSource
 from dicomlb.http.budget import ConnectionBudget
+from dicomlb.services import relay
 from dicomlb.services.session import placement_refusal
 from tests.unit.fakenet import FakeSCP, Message, answer, ignore
 from tests.unit.helpers import (
@@ -132,6 +133,26 @@ def test_echo_to_an_echo_pool_nobody_answers_fails_with_the_reason(
     run(test)
     assert "echo.failed pool=p" in caplog.text
     assert "backend.unreachable backend=a pool=p cause=refused" in caplog.text
+
+
+def test_a_defect_in_a_service_aborts_its_association_with_one_log_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(session: Any, message: Any) -> None:
+        raise KeyError("a defect")
+
+    monkeypatch.setitem(relay.HANDLERS, CommandField.C_ECHO_RQ, broken)
+
+    async def test() -> None:
+        front = Front(config(backend("a"), listener={"echo": "p"}))
+        serve(front, "a")
+        client = await front.associate(ECHO_ONLY)
+        client.send(1, echo_request(1))
+        assert isinstance(await client.next(), Abort)
+
+    run(test)
+    assert "relay.failed peer=" in caplog.text
+    assert "error=\"KeyError: 'a defect'\"" in caplog.text
 
 
 # ------------------------------------------------------------ store, session

@@ -29,6 +29,9 @@ MEANINGS: dict[str, str] = {
     "definition is not served; the file wins over the API, the API over Docker.",
     "provider.error": "A provider's backend cannot be used (a container's bad label, a pool "
     "the file does not define); only that backend is skipped.",
+    "relay.failed": "dicomlb itself failed while serving a message (a defect: please report "
+    "it with this line); the client's association is aborted at once rather than left "
+    "waiting, and the other associations go on.",
     "association.aborted": "A client association ended with an A-ABORT.",
     "association.accepted": "A client association was accepted (contexts, max PDU).",
     "association.artim_expired": "A client connected but did not complete the association "

@@ -59,6 +59,16 @@ class Relay:
                     await handle(session, message)
                 except ClientGone:
                     return
+                except Exception as err:  # a defect of dicomlb's: never a silent hang
+                    log.error(
+                        "relay.failed peer=%s:%d calling_aet=%s command=%s error=%r",
+                        *inbound.peer,
+                        inbound.calling_ae,
+                        message.command.service,
+                        f"{type(err).__name__}: {err}",
+                    )
+                    inbound.abort("dicomlb failed serving this message")
+                    return
                 finally:
                     inbound.busy = False
         finally:
