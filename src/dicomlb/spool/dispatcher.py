@@ -180,6 +180,7 @@ class Dispatcher:
         runtime = self.spool.runtime()
         rows = await asyncio.to_thread(self.store.queued_studies, backend)
         moves = []
+        targets: set[str] = set()
         for pool_name, study, count in rows:
             pool = runtime.pools.get(pool_name)
             target = pool.pick(study, exclude=frozenset({backend})) if pool else None
@@ -195,9 +196,11 @@ class Dispatcher:
                 target.name,
                 count,
             )
-            self.wake(target.name)
+            targets.add(target.name)
         if moves:
             await self.store.update(moves)
+        for name in targets:  # once the index has them: a sender woken sooner finds none
+            self.wake(name)
 
     async def record_dead(self, item: Item, attempts: int, reason: str) -> None:
         """The item is dead (from the state it was read in: sending after its last attempt,
@@ -365,6 +368,7 @@ class BackendSender:
                 settled = True
             finally:
                 self.inflight -= 1
+                self._event.set()  # a slot is free (a half-open breaker's probe decided)
                 if not settled:  # the attempt broke off (a failure, a stop): queued again
                     self._put_back(item)
 
