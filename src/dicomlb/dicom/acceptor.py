@@ -237,10 +237,13 @@ class InboundAssociation(asyncio.Protocol):
         self._writable = True
         self._when_writable: list[Callable[[], None]] = []
         self._message_id = 0
+        # Taken once: asyncio.get_running_loop() costs a getpid() system call per call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._loop = asyncio.get_running_loop()
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1]))
@@ -507,8 +510,12 @@ class InboundAssociation(asyncio.Protocol):
         abstract = self._abstract_syntaxes.get(received.context_id, "")
         stream = None
         if received.command.has_data_set:
+            assert self._loop is not None
             stream = FragmentStream(
-                4 * max(self.config.max_pdu, 16384), self._pause_reading, self._resume_reading
+                self._loop,
+                4 * max(self.config.max_pdu, 16384),
+                self._pause_reading,
+                self._resume_reading,
             )
             self._current = stream
         self.messages += 1
@@ -531,7 +538,8 @@ class InboundAssociation(asyncio.Protocol):
     async def next_message(self) -> InboundMessage | None:
         """The next request in order, or None once the client asked to release."""
         while not self._queue:
-            self._queue_waiter = asyncio.get_running_loop().create_future()
+            assert self._loop is not None  # set on connect, before any message
+            self._queue_waiter = self._loop.create_future()
             try:
                 await self._queue_waiter
             finally:

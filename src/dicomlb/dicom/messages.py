@@ -24,8 +24,13 @@ class FragmentStream:
     """The data-set fragments of one message, from the protocol to the relay task."""
 
     def __init__(
-        self, high_water: int, on_high: Callable[[], None], on_low: Callable[[], None]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        high_water: int,
+        on_high: Callable[[], None],
+        on_low: Callable[[], None],
     ) -> None:
+        self._loop = loop  # asyncio.get_running_loop() costs a getpid() per call
         self._items: collections.deque[DataReceived] = collections.deque()
         self._bytes = 0
         self._high = high_water
@@ -53,7 +58,7 @@ class FragmentStream:
         while not self._items:
             if self._error is not None:
                 raise ClientGone(self._error)
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             await self._waiter
         fragment = self._items.popleft()
         self.ended = fragment.is_last

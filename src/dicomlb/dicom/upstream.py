@@ -140,6 +140,7 @@ class UpstreamAssociation(asyncio.Protocol):
 
     def __init__(self, backend: str, key: UpstreamKey, contexts: list[SyntaxPair], max_pdu: int):
         loop = asyncio.get_running_loop()
+        self.loop = loop  # taken once: asyncio.get_running_loop() costs a getpid() per call
         self.backend = backend
         self.key = key
         self.assoc = Association(Role.REQUESTOR, max_pdu=max_pdu)
@@ -419,7 +420,7 @@ class UpstreamAssociation(asyncio.Protocol):
         """
         if not self.usable:
             raise self._unusable()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         future: asyncio.Future[Command] = loop.create_future()
         self._responses[command.message_id] = future
         if on_response is not None:
@@ -677,7 +678,7 @@ class Lease:
         if self._probe is None:
             pool.backend.active -= 1
             if up.answered != self._answered:  # the backend answered a relayed message
-                pool.last_answer = asyncio.get_running_loop().time()
+                pool.last_answer = up.loop.time()
         pool.give_back(up, owner=self._owner, keep=self._probe is None)
 
 
@@ -828,16 +829,17 @@ class UpstreamPool:
             )
         if self.verdict(key, needed) in _REFUSED:  # said before: no association to ask again
             raise ContextRejected(self._refusal(key, needed), learned=True)
+        up = self._take_idle(key, needed)
+        if up is not None:  # the usual case, before any clock or loop is looked at
+            return up
         loop = asyncio.get_running_loop()
         wait = self.pool.acquire_timeout if probe is None else probe
         deadline = loop.time() + wait
         retried = False
         while True:
-            for up in self.idle:
-                if up.key == key and up.context_for(needed) is not None and up.usable:
-                    self.idle.remove(up)
-                    up.cancel_idle_release()
-                    return up
+            up = self._take_idle(key, needed)
+            if up is not None:
+                return up
             self._prune()
             limit = self.capacity.limit(loop.time())
             if self.open < limit:
@@ -882,6 +884,14 @@ class UpstreamPool:
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+
+    def _take_idle(self, key: UpstreamKey, needed: SyntaxPair) -> UpstreamAssociation | None:
+        for up in self.idle:
+            if up.key == key and up.context_for(needed) is not None and up.usable:
+                self.idle.remove(up)
+                up.cancel_idle_release()
+                return up
+        return None
 
     async def _open(
         self,
