@@ -37,7 +37,7 @@ GATED = (
 )
 
 # Reported only, until their unit tests land: remove a module from here to gate it.
-REPORT_ONLY: frozenset[str] = frozenset()
+REPORT_ONLY = frozenset({"http/proxy.py"})
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "dicomlb"
 
