@@ -26,10 +26,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from tests.peers import PeerError
+from tests.peers import PeerError, PeerProcess
 
 __all__ = ["DOCKERD", "DockerEngine", "docker_available"]
 
@@ -49,7 +48,7 @@ def docker_available() -> str | None:
     return None
 
 
-class DockerEngine:
+class DockerEngine(PeerProcess):
     """A private ``dockerd`` and the ``docker`` CLI bound to it."""
 
     def __init__(self, *, start_timeout: float = 60.0) -> None:
@@ -60,30 +59,6 @@ class DockerEngine:
         self.start_timeout = start_timeout
         self._images: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        """True while dockerd is alive."""
-        return self._process is not None and self._process.poll() is None
-
-    def log(self) -> str:
-        """dockerd's output so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def host(self) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "DicomlbProcess",
     "Orthanc",
     "PeerError",
+    "PeerProcess",
     "Postgres",
     "StoreSCP",
     "dataset_bytes",
@@ -402,7 +403,7 @@ def _at_least(
         time.sleep(every)
 
 
-class _Peer:
+class PeerProcess:
     """What every peer process shares: its log, and a context manager that starts it and
     always cleans up (`close()`), also when starting fails."""
 
@@ -440,7 +441,7 @@ class _Peer:
         self.close()
 
 
-class StoreSCP(_Peer):
+class StoreSCP(PeerProcess):
     """DCMTK ``storescp`` as a storage backend, on a free port unless one is given.
 
     Accepts every transfer syntax DCMTK knows (``+xa``: implicit, explicit LE/BE, deflated,
@@ -586,7 +587,7 @@ def _modality_entry(value: Modality) -> list[Any] | dict[str, Any]:
     return list(value)
 
 
-class Orthanc(_Peer):
+class Orthanc(PeerProcess):
     """A real Orthanc server (Debian package) on free HTTP and DICOM ports.
 
     Configuration goes to ``cfg.json`` in a temporary directory, with storage and index
@@ -851,7 +852,7 @@ def orthanc_nodes(names: Sequence[str], **options: Any) -> Iterator[list[Orthanc
             node.close()
 
 
-class Postgres(_Peer):
+class Postgres(PeerProcess):
     """A throwaway PostgreSQL server (Debian ``postgresql``) on a free loopback port.
 
     ``initdb`` into a temporary directory (trust authentication, superuser ``user``), the
@@ -1066,7 +1067,7 @@ class Postgres(_Peer):
 # --------------------------------------------------------------------------- dicomlb
 
 
-class DicomlbProcess(_Peer):
+class DicomlbProcess(PeerProcess):
     """``python -m dicomlb run -c CONFIG`` as a separate process, as an operator runs it.
 
     ``config`` is the YAML text; the log (stdout and stderr) goes to ``dicomlb.log`` in
