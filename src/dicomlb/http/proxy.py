@@ -931,52 +931,32 @@ class Exchange:
         else:
             self.connecting = self.client.loop.create_task(self._connect(conns))
 
-    async def _slot(self, conns: BackendConnections) -> UpstreamConnection | None:
-        """Wait in line at a backend whose `max_connections` are all busy: a connection
-        handed over, or None when a slot is free. Raises TimeoutError after
-        `acquire_timeout`."""
-        limit = self.options.max_connections
-        async with asyncio.timeout(self.options.acquire_timeout):
-            while limit is not None and conns.open >= limit:
-                future = conns.wait()
-                try:
-                    conn = await future
-                except asyncio.CancelledError:
-                    if future.done() and not future.cancelled() and future.result():
-                        got = future.result()
-                        assert got is not None
-                        conns.give_back(got, self.client.loop.time(), self.options.idle_timeout)
-                    raise
-                if conn is not None:
-                    return conn
-        return None
-
     async def _connect(self, conns: BackendConnections) -> None:
-        limit = self.options.max_connections
-        if limit is not None and conns.open >= limit:
-            try:
-                handed = await self._slot(conns)
-            except TimeoutError:
-                self.connecting = None
-                backend = self.backend
-                assert backend is not None
-                self.local(
-                    LocalResponse(
-                        status=503,
-                        body=(
-                            f"backend {backend.name} has all its {limit} connections busy "
-                            f"(waited {self.options.acquire_timeout:g}s)\n"
-                        ).encode(),
-                    )
+        """Take a slot of the backend's connection budget (or a connection handed over
+        with its slot), waiting in line up to `acquire_timeout`, then connect."""
+        try:
+            handed = await conns.slot(self.options.acquire_timeout)
+        except TimeoutError:
+            self.connecting = None
+            backend = self.backend
+            assert backend is not None
+            self.local(
+                LocalResponse(
+                    status=503,
+                    body=(
+                        f"backend {backend.name} has all its {conns.budget.limit} connections "
+                        f"busy (waited {self.options.acquire_timeout:g}s)\n"
+                    ).encode(),
                 )
+            )
+            return
+        if handed is not None:
+            self.connecting = None
+            if self.finished:
+                conns.give_back(handed, self.client.loop.time(), self.options.idle_timeout)
                 return
-            if handed is not None:
-                self.connecting = None
-                if self.finished:
-                    conns.give_back(handed, self.client.loop.time(), self.options.idle_timeout)
-                    return
-                self._attach(handed)
-                return
+            self._attach(handed)
+            return
         try:
             conn = await conns.connect(self.options.connect_timeout)
         except asyncio.CancelledError:

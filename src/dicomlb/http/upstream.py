@@ -1,7 +1,8 @@
 """Keep-alive connections to HTTP backends (asyncio shell): one `UpstreamConnection` per
 socket, pooled per backend by `BackendConnections` (idle ones reused last-in first-out,
 closed after the pool's idle timeout, or at once when the backend is draining), capped per
-backend (`http.max_connections`: requests wait their turn in order), with the backend's
+backend by its connection budget (`http/budget.py`, `http.max_connections`, shared with the
+bridge and the health checks: requests wait their turn in order), with the backend's
 slow-start ramp and passive-ejection window.
 
 The connection only moves bytes and feeds the `ResponseReader` core; what the events mean
@@ -14,11 +15,12 @@ import asyncio
 import socket
 import ssl
 import typing
-from collections import deque
 from typing import Protocol
 
 from dicomlb.http.balancing import FailureWindow, SlowStart
+from dicomlb.http.budget import Use
 from dicomlb.http.h1 import Event, ReaderState, RemoteProtocolError, ResponseReader
+from dicomlb.http.lease import acquire, release
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import BackendConfig, HttpAddress, HttpPoolConfig
 from dicomlb.tls import default_client_context
@@ -141,17 +143,17 @@ def upstream_tls(config: BackendConfig) -> tuple[ssl.SSLContext | None, str | No
 
 
 class BackendConnections:
-    """The keep-alive connections of one backend."""
+    """The keep-alive connections of one backend; each holds a slot of the backend's
+    connection budget from before it connects until it is closed."""
 
     def __init__(self, backend: BackendState, address: HttpAddress) -> None:
         self.backend = backend
         self.address = address
+        self.budget = backend.budget
+        self.budget.shed = self.shed_idle
         self.ssl, self.server_hostname = upstream_tls(backend.config)
         self.idle: list[UpstreamConnection] = []
         self.open = 0  # connections open or being opened
-        # Requests waiting for a slot at a capped backend: each future gets a connection
-        # handed over, or None when a slot freed up (open a new connection).
-        self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle_timeout = 30.0
         self._ramp: SlowStart | None = None
@@ -177,23 +179,11 @@ class BackendConnections:
             )
         return window
 
-    def wait(self) -> asyncio.Future[UpstreamConnection | None]:
-        """A place in line for a connection slot (the caller bounds the wait)."""
-        future: asyncio.Future[UpstreamConnection | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.waiters.append(future)
-        return future
-
-    def _hand_over(self, conn: UpstreamConnection | None) -> bool:
-        """Give `conn` (or a free slot, None) to the first request still waiting."""
-        waiters = self.waiters
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(conn)
-                return True
-        return False
+    async def slot(self, timeout: float) -> UpstreamConnection | None:
+        """A slot of the backend's budget for a new connection (None), or a connection
+        handed over by a request that finished; raises TimeoutError after `timeout`."""
+        conn: UpstreamConnection | None = await acquire(self.budget, Use.PROXY, timeout, owner=self)
+        return conn
 
     def take(self, now: float, idle_timeout: float) -> UpstreamConnection | None:
         """An idle connection to reuse, or None."""
@@ -210,7 +200,12 @@ class BackendConnections:
         if not self.backend.enabled:  # draining: no new work comes, close as it goes idle
             conn.close()
             return
-        if self.waiters and self._hand_over(conn):
+        budget = self.budget
+        while (waiter := budget.hand_over(self)) is not None:
+            if waiter.wake(conn):
+                return  # the next request in line takes it, with its slot
+        if budget.others_waiting(self):  # the bridge or a check waits: free the slot
+            conn.close()
             return
         conn.idle_since = now
         self.idle.append(conn)
@@ -224,8 +219,15 @@ class BackendConnections:
         self.open -= 1
         if conn in self.idle:
             self.idle.remove(conn)
-        if self.waiters:
-            self._hand_over(None)
+        release(self.budget)
+
+    def shed_idle(self) -> bool:
+        """Close the longest idle connection, for someone waiting for its slot; False when
+        none is idle."""
+        if not self.idle:
+            return False
+        self.idle.pop(0).close()
+        return True
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -244,22 +246,25 @@ class BackendConnections:
             self._sweeper = loop.call_later(max(wait, 0.05), self._sweep)
 
     async def connect(self, timeout: float) -> UpstreamConnection:
-        """A new connection; raises OSError or TimeoutError."""
+        """A new connection in a slot the caller holds (`slot`); raises OSError or
+        TimeoutError. The slot is given back when the connection closes, or here when it
+        was never made."""
         loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self)
         self.open += 1
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
+                await loop.create_connection(
+                    lambda: conn,
                     self.address.host,
                     self.address.port,
                     ssl=self.ssl,
                     server_hostname=self.server_hostname,
                 )
         except BaseException:
-            self.open -= 1
-            if self.waiters:
-                self._hand_over(None)
+            if conn.transport is None:  # (once made, its connection_lost gives it back)
+                self.open -= 1
+                release(self.budget)
             raise
         return conn
 
@@ -267,6 +272,8 @@ class BackendConnections:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self.budget.shed == self.shed_idle:
+            self.budget.shed = None
         for conn in self.idle:
             conn.close()
         self.idle.clear()
