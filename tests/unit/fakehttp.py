@@ -159,7 +159,10 @@ def complete_request(data: bytes | bytearray) -> int:
 class FakeBackend:
     """A backend at `address`: its connections (`connections`, `open`), and how it answers:
     `reply(response)` answers each complete request with the same bytes; None: the test
-    answers by hand. `refuse`: connecting fails; `hang`: connecting never completes."""
+    answers by hand. `refuse`: connecting fails; `hang`: connecting never completes;
+    `stall`: connecting calls `connection_made`, then never completes. A stalled connect
+    cancelled closes its socket as the event loop does: uvloop without `connection_lost`
+    (`lost_on_cancel` False), asyncio with it, soon after."""
 
     def __init__(self, loop: FakeLoop, host: str, port: int) -> None:
         self.address = (host, port)
@@ -168,6 +171,8 @@ class FakeBackend:
         self.answer: Callable[[BackendConnection], None] | None = None
         self.refuse = False
         self.hang = False
+        self.stall = False
+        self.lost_on_cancel = False
         self.requests: list[bytes] = []
         loop.backends[self.address] = self
 
@@ -193,6 +198,16 @@ class FakeBackend:
         self.connections.append(conn)
         self.open.add(conn)
         protocol.connection_made(conn.transport)
+        if self.stall:
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                if self.lost_on_cancel:
+                    conn.transport.close()
+                else:  # uvloop closes the handle itself: the protocol hears nothing
+                    conn.transport.closing = True
+                    self.open.discard(conn)
+                raise
         return conn.transport, protocol
 
 

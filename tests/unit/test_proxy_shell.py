@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from dicomlb.config import build_snapshot
 from dicomlb.http.proxy import HttpListener
 from dicomlb.runtime import Runtime
@@ -386,6 +388,48 @@ def test_a_client_leaving_mid_request_closes_the_backend_connection() -> None:
         await settle()
         assert a.connections[0].closed_by_proxy
         assert in_use(http, "a") == 0 and http.http.runtime.backends["a"].active == 0
+
+    run(test)
+
+
+@pytest.mark.parametrize("lost_on_cancel", [False, True], ids=["uvloop", "asyncio"])
+@pytest.mark.parametrize("end", ["client leaves", "connect timeout"])
+def test_a_connect_given_up_after_connection_made_holds_nothing(
+    lost_on_cancel: bool, end: str
+) -> None:
+    """The event loop called `connection_made`, then the connect was cancelled (the client
+    left) or timed out: the connection's slot and open count come back once, whether the
+    loop calls `connection_lost` (asyncio) or not (uvloop)."""
+
+    async def test(loop: FakeLoop) -> None:
+        a, _ = two(loop)
+        a.stall = True
+        a.lost_on_cancel = lost_on_cancel
+        pool = {
+            "backends": [{"name": "a", "http": "http://10.0.0.1:80"}],
+            "http": {"connect_timeout": "1s", "retries": 0},
+        }
+        http = listener(config(pool=pool))
+        conns = http.http.connections["a"]
+        client = Client(http)
+        client.send(GET)
+        await settle()
+        assert len(a.connections) == 1 and conns.open == 1 and in_use(http, "a") == 1
+        if end == "client leaves":
+            client.transport.close()
+            await settle()
+        else:
+            await advance(1.5)
+            assert status_of(client.take()) == 502
+        assert not a.open
+        assert conns.open == 0 and not conns.idle and in_use(http, "a") == 0
+        a.stall = False
+        a.reply(OK)
+        again = Client(http, peer=("192.0.2.8", 40001))
+        again.send(GET)
+        await settle()
+        assert again.take() == OK
+        assert conns.open == 1 and conns.idle and in_use(http, "a") == 1
 
     run(test)
 

@@ -53,6 +53,7 @@ from dicomlb.http.h1 import (
     last_chunk,
     serialize_response,
 )
+from dicomlb.http.lease import BudgetFull
 from dicomlb.http.locate import MAX_LOCATING, locate
 from dicomlb.http.middlewares import RequestContext, build_middleware
 from dicomlb.http.routing import HttpRouter, request_path
@@ -932,11 +933,12 @@ class Exchange:
             self.connecting = self.client.loop.create_task(self._connect(conns))
 
     async def _connect(self, conns: BackendConnections) -> None:
-        """Take a slot of the backend's connection budget (or a connection handed over
-        with its slot), waiting in line up to `acquire_timeout`, then connect."""
+        """A connection in a slot of the backend's connection budget (handed over by a
+        request that finished, or new), waiting in line up to `acquire_timeout`."""
+        options = self.options
         try:
-            handed = await conns.slot(self.options.acquire_timeout)
-        except TimeoutError:
+            conn, handed = await conns.connect(options.acquire_timeout, options.connect_timeout)
+        except BudgetFull:
             self.connecting = None
             backend = self.backend
             assert backend is not None
@@ -945,34 +947,26 @@ class Exchange:
                     status=503,
                     body=(
                         f"backend {backend.name} has all its {conns.budget.limit} connections "
-                        f"busy (waited {self.options.acquire_timeout:g}s)\n"
+                        f"busy (waited {options.acquire_timeout:g}s)\n"
                     ).encode(),
                 )
             )
             return
-        if handed is not None:
-            self.connecting = None
-            if self.finished:
-                conns.give_back(handed, self.client.loop.time(), self.options.idle_timeout)
-                return
-            self._attach(handed)
-            return
-        try:
-            conn = await conns.connect(self.options.connect_timeout)
-        except asyncio.CancelledError:
-            raise
         except (OSError, TimeoutError) as err:
             self.connecting = None
             reason = str(err) or type(err).__name__
             cause = Cause.TLS if isinstance(err, ssl.SSLError) else Cause.REFUSED
             if isinstance(err, TimeoutError):
-                reason = f"no connection within {self.options.connect_timeout:g}s"
+                reason = f"no connection within {options.connect_timeout:g}s"
                 cause = Cause.CONNECT_TIMEOUT
             self._backend_failed(reason, cause)
             return
         self.connecting = None
         if self.finished:
-            conn.close()
+            if handed:
+                conns.give_back(conn, self.client.loop.time(), options.idle_timeout)
+            else:
+                conn.close()
             return
         self._attach(conn)
 

@@ -20,7 +20,7 @@ from typing import Protocol
 from dicomlb.http.balancing import FailureWindow, SlowStart
 from dicomlb.http.budget import Use
 from dicomlb.http.h1 import Event, ReaderState, RemoteProtocolError, ResponseReader
-from dicomlb.http.lease import acquire, release
+from dicomlb.http.lease import BudgetFull, acquire, full, release
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import BackendConfig, HttpAddress, HttpPoolConfig
 from dicomlb.tls import default_client_context
@@ -153,7 +153,9 @@ class BackendConnections:
         self.budget.shed = self.shed_idle
         self.ssl, self.server_hostname = upstream_tls(backend.config)
         self.idle: list[UpstreamConnection] = []
-        self.open = 0  # connections open or being opened
+        # The connections open or being opened, each holding one slot of the budget: being
+        # here is holding it, so `forget` gives it back once, whoever calls it first.
+        self.live: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle_timeout = 30.0
         self._ramp: SlowStart | None = None
@@ -179,11 +181,10 @@ class BackendConnections:
             )
         return window
 
-    async def slot(self, timeout: float) -> UpstreamConnection | None:
-        """A slot of the backend's budget for a new connection (None), or a connection
-        handed over by a request that finished; raises TimeoutError after `timeout`."""
-        conn: UpstreamConnection | None = await acquire(self.budget, Use.PROXY, timeout, owner=self)
-        return conn
+    @property
+    def open(self) -> int:
+        """Connections open or being opened (slots of the budget held)."""
+        return len(self.live)
 
     def take(self, now: float, idle_timeout: float) -> UpstreamConnection | None:
         """An idle connection to reuse, or None."""
@@ -215,11 +216,12 @@ class BackendConnections:
             self._sweeper = loop.call_later(idle_timeout, self._sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
-        """`conn` is closed: its slot is free."""
-        self.open -= 1
+        """`conn` is closed: its slot is free (once, however often this is called)."""
         if conn in self.idle:
             self.idle.remove(conn)
-        release(self.budget)
+        if conn in self.live:
+            self.live.remove(conn)
+            release(self.budget)
 
     def shed_idle(self) -> bool:
         """Close the longest idle connection, for someone waiting for its slot; False when
@@ -245,16 +247,23 @@ class BackendConnections:
             wait = min(c.idle_since for c in keep) + self._idle_timeout - now
             self._sweeper = loop.call_later(max(wait, 0.05), self._sweep)
 
-    async def connect(self, timeout: float) -> UpstreamConnection:
-        """A new connection in a slot the caller holds (`slot`); raises OSError or
-        TimeoutError. The slot is given back when the connection closes, or here when it
-        was never made."""
-        loop = asyncio.get_running_loop()
+    async def connect(self, wait: float, timeout: float) -> tuple[UpstreamConnection, bool]:
+        """A connection for one exchange, in a slot of the backend's budget: handed over by
+        a request that finished (True), or new (False). Raises BudgetFull when no slot came
+        within `wait`, OSError or TimeoutError when connecting failed; it then holds
+        nothing, cancelled too."""
+        budget = self.budget
+        try:
+            handed: UpstreamConnection | None = await acquire(budget, Use.PROXY, wait, owner=self)
+        except TimeoutError:
+            raise BudgetFull(full(budget, wait)) from None
+        if handed is not None:
+            return handed, True
         conn = UpstreamConnection(self)
-        self.open += 1
+        self.live.add(conn)  # the slot is the connection's from here
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(
+                await asyncio.get_running_loop().create_connection(
                     lambda: conn,
                     self.address.host,
                     self.address.port,
@@ -262,11 +271,14 @@ class BackendConnections:
                     server_hostname=self.server_hostname,
                 )
         except BaseException:
-            if conn.transport is None:  # (once made, its connection_lost gives it back)
-                self.open -= 1
-                release(self.budget)
+            # A connect given up after `connection_made` closes the socket: asyncio then
+            # calls `connection_lost`, uvloop does not. Either way the slot comes back here.
+            conn.close()
+            self.forget(conn)
             raise
-        return conn
+        if conn.closed:  # lost before this task ran again (its slot is back already)
+            raise ConnectionResetError("the backend closed the connection at once")
+        return conn, False
 
     def close(self) -> None:
         if self._sweeper is not None:
