@@ -370,8 +370,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         if self.tunnel is not None:
-            if self.tunnel.transport is not None:
-                self.tunnel.transport.write(data)
+            self.tunnel.write(data)
             return
         try:
             events = self.reader.receive_data(data)
@@ -416,9 +415,8 @@ class ClientConnection(asyncio.Protocol):
                 self.exchange.client_gone("the client closed mid-request")
             self.close()
             return False
-        if self.tunnel is not None and self.tunnel.transport is not None:
-            if self.tunnel.transport.can_write_eof():
-                self.tunnel.transport.write_eof()
+        if self.tunnel is not None:
+            self.tunnel.write_eof()
             return True
         if self.exchange is None and not self.queue:
             self.close()
@@ -439,24 +437,19 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.tunnel is not None and self.tunnel.transport is not None:
-            self.tunnel.transport.pause_reading()
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
         exchange = self.exchange
         if exchange is not None and exchange.upstream is not None:
-            transport = exchange.upstream.transport
-            if transport is not None:
-                transport.pause_reading()
+            exchange.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        tunnel = self.tunnel.transport if self.tunnel is not None else None
-        if tunnel is not None and not tunnel.is_closing():
-            tunnel.resume_reading()
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
         exchange = self.exchange
         if exchange is not None and exchange.upstream is not None:
-            transport = exchange.upstream.transport
-            if transport is not None and not transport.is_closing():
-                transport.resume_reading()
+            exchange.upstream.resume_reading()
 
     # flow ----------------------------------------------------------------------------------
 
@@ -591,7 +584,7 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
         elif self.lingering is not None:
-            self.lingering.transport.close()
+            self.lingering.close()
         self.listener.clients.discard(self)
 
     # timeouts ------------------------------------------------------------------------------
@@ -690,6 +683,9 @@ class LingeringClose(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.timer.cancel()
         self.client.connection_lost(exc)
+
+    def close(self) -> None:
+        self.transport.close()
 
     def _check(self) -> None:
         deadline = min(self.last + LINGER_TIMEOUT, self.started + LINGER_TIME)
@@ -976,27 +972,25 @@ class Exchange:
         conn.exchange = self
         conn.requests += 1
         conn.reader.expect(self.request.method, decode=self.decode)
-        transport = conn.transport
-        assert transport is not None
         replay = self.replay
         pending = self.pending
         if replay is not None:
             # The head and every body byte so far, in order: the first try's head and
             # pending bytes, or all a retry must send again.
             if len(replay) == 1:
-                transport.write(replay[0])
+                conn.write(replay[0])
             else:
-                transport.writelines(replay)
+                conn.writelines(replay)
         else:  # too large to replay, so this is the first try (retries need `replay`)
-            transport.write(self.head)
+            conn.write(self.head)
             if pending:
-                transport.writelines(pending)
+                conn.writelines(pending)
         if pending:
             self.pending = None
             self.pending_size = 0
             self.client.resume_reading("connecting")
         if self.client.write_paused:
-            transport.pause_reading()
+            conn.pause_reading()
 
     def _record(self, data: bytes) -> None:
         replay = self.replay
@@ -1010,8 +1004,8 @@ class Exchange:
     def _send(self, data: bytes) -> None:
         self._record(data)
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+        if upstream is not None:
+            upstream.write(data)
         elif not self.finished:
             if self.pending is None:
                 self.pending = []
@@ -1220,9 +1214,8 @@ class Exchange:
                 self._log()
             queued = [e.data for e in client.queue if isinstance(e, Upgrade)]
             client.queue.clear()
-            if conn.transport is not None:
-                for data in queued:
-                    conn.transport.write(data)
+            for data in queued:
+                conn.write(data)
             client.exchange = None
             return
         if self.learn is not None and self.backend is not None and self.route is not None:
@@ -1363,9 +1356,8 @@ class Exchange:
             self.upstream = None
             # Reading from the backend is paused only while the client's buffer is full
             # (pause_writing / _attach); resume_writing resumes it otherwise.
-            transport = conn.transport
-            if client.write_paused and transport is not None and not transport.is_closing():
-                transport.resume_reading()
+            if client.write_paused:
+                conn.resume_reading()
             if reuse and not conn.closed and self.backend is not None:
                 self.http.connections[self.backend.name].give_back(
                     conn, client.last_activity, self.options.idle_timeout

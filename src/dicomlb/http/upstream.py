@@ -129,6 +129,37 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    # what the proxy does with the connection (it never touches the transport) -------------
+
+    def write(self, data: bytes) -> None:
+        """Bytes for the backend; dropped once the connection is closed (whoever carries
+        it hears so from `connection_lost`, or let it go)."""
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.writelines(pieces)
+
+    def write_eof(self) -> None:
+        """The client finished sending (a tunnel): so does this side, where TCP can."""
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    def pause_reading(self) -> None:
+        """The client is not reading: stop reading the backend."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
 
 def upstream_tls(config: BackendConfig) -> tuple[ssl.SSLContext | None, str | None]:
     """The TLS context and server name toward an `https://` backend (its `tls` block, or
