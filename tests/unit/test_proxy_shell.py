@@ -308,6 +308,36 @@ def test_a_full_budget_makes_requests_wait_then_503() -> None:
     run(test)
 
 
+def test_a_connection_lost_while_handed_over_sends_the_waiter_back_in_line() -> None:
+    async def test(loop: FakeLoop) -> None:
+        a, _ = two(loop)
+        pool = {
+            "backends": [{"name": "a", "http": "http://10.0.0.1:80"}],
+            "http": {"max_connections": 1},
+        }
+        http = listener(config(pool=pool))
+        first = Client(http)
+        second = Client(http, peer=("192.0.2.8", 40001))
+        first.send(GET)
+        second.send(GET)
+        await settle()
+        conn = a.connections[0]
+        conn.send(OK)  # handed over to the second request, whose task runs later
+        # The loop reports the connection lost before that task runs.
+        conn.transport.closing = True
+        a.open.discard(conn)
+        conn.protocol.connection_lost(None)
+        await settle()
+        assert first.take() == OK
+        assert len(a.connections) == 2  # a new connection in the slot that came back
+        a.connections[1].send(OK)
+        await settle()
+        assert second.take() == OK
+        assert http.http.connections["a"].open == 1 and in_use(http, "a") == 1
+
+    run(test)
+
+
 def test_a_websocket_upgrade_becomes_a_tunnel() -> None:
     async def test(loop: FakeLoop) -> None:
         a, _ = two(loop)

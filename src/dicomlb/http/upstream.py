@@ -284,12 +284,18 @@ class BackendConnections:
         within `wait`, OSError or TimeoutError when connecting failed; it then holds
         nothing, cancelled too."""
         budget = self.budget
-        try:
-            handed: UpstreamConnection | None = await acquire(budget, Use.PROXY, wait, owner=self)
-        except TimeoutError:
-            raise BudgetFull(full(budget, wait)) from None
-        if handed is not None:
-            return handed, True
+        while True:
+            try:
+                handed: UpstreamConnection | None = await acquire(
+                    budget, Use.PROXY, wait, owner=self
+                )
+            except TimeoutError:
+                raise BudgetFull(full(budget, wait)) from None
+            if handed is None:
+                break
+            if not handed.closed:
+                return handed, True
+            # (lost on its way here, its slot gone with it to the line: wait again)
         conn = UpstreamConnection(self)
         self.live.add(conn)  # the slot is the connection's from here
         try:
