@@ -506,6 +506,8 @@ class App:
 
     def backend_connections(self, backend: str) -> BackendConnections:
         upstream = self.runtime.upstreams.get(backend)
+        state = self.runtime.backends.get(backend)
+        budget = state.budget if state is not None and state.config.http is not None else None
         checker = self.checkers.get(backend)
         conns = self.http.http.connections.get(backend) if self.http is not None else None
         return BackendConnections(
@@ -514,6 +516,8 @@ class App:
             last_check_error=checker.last_error if checker is not None else None,
             http_open=conns.open if conns is not None else None,
             http_idle=len(conns.idle) if conns is not None else None,
+            http_in_use=budget.in_use if budget is not None else None,
+            http_limit=budget.limit if budget is not None else None,
         )
 
     def associations(self) -> list[AssociationStatus]:
@@ -601,6 +605,8 @@ class App:
                         "active": b.active,
                         "upstream_open": upstream.open,
                         "upstream_idle": len(upstream.idle),
+                        "http_connections": b.budget.in_use if b.config.http else None,
+                        "http_connection_limit": b.budget.limit if b.config.http else None,
                     }
                 )
         associations = self.dicom.associations if self.dicom is not None else set()

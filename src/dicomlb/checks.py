@@ -20,7 +20,9 @@ from dicomlb.dicom import uids
 from dicomlb.dicom.dimse import echo_request
 from dicomlb.dicom.upstream import Busy, UpstreamError, UpstreamPool
 from dicomlb.health import Cause
+from dicomlb.http.budget import Use
 from dicomlb.http.checks import DEFAULT_CHECK, HttpCheckError, http_check
+from dicomlb.http.lease import BudgetFull, lease
 from dicomlb.http.upstream import upstream_tls
 from dicomlb.metrics import Metrics
 from dicomlb.pools import Protocol
@@ -133,19 +135,26 @@ class HealthChecker:
             return
         await echo(self.upstreams, self.calling_ae, self.health.timeout)
 
-    def _http_check(self) -> Awaitable[object]:
-        config = self.backend.config
+    async def _http_check(self) -> None:
+        """One request in a slot of the backend's HTTP connection budget: a check waits
+        first in line (an idle keep-alive connection of the proxy is closed for it) up to
+        its timeout, then is skipped (BudgetFull: no verdict)."""
+        backend = self.backend
+        config = backend.config
+        timeout = self.health.timeout
         assert config.http is not None
         if config.store is not None:  # store_via: its credentials, TLS and paths
-            return bridge_check(config, self.health.http, self.health.timeout)
+            await bridge_check(config, self.health.http, timeout, backend.budget)
+            return
         context, server_name = upstream_tls(config)
-        return http_check(
-            config.http,
-            http_check_of(self.health.http, orthanc=self.orthanc),
-            self.health.timeout,
-            tls=context,
-            server_name=server_name,
-        )
+        async with lease(backend.budget, Use.CHECK, timeout):
+            await http_check(
+                config.http,
+                http_check_of(self.health.http, orthanc=self.orthanc),
+                timeout,
+                tls=context,
+                server_name=server_name,
+            )
 
     async def _record(self, side: Protocol, check: Awaitable[object]) -> str | None:
         """Await one side's check and feed its verdict to that side's state; the error."""
@@ -154,7 +163,7 @@ class HealthChecker:
         what = f"{side.value}: " if self.backend.split else ""
         try:
             await check
-        except Busy as busy:
+        except (Busy, BudgetFull) as busy:
             # Every slot in use for the whole check: dicomlb's own load, no verdict.
             log.debug("health.skipped backend=%s reason=%r", self.backend.name, str(busy))
             return None

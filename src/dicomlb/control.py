@@ -47,8 +47,10 @@ class BackendConnections:
     upstream_open: int
     upstream_idle: int
     last_check_error: str | None
-    http_open: int | None
+    http_open: int | None  # the proxy's keep-alive connections
     http_idle: int | None
+    http_in_use: int | None  # the connection budget's slots: proxy, bridge and checks
+    http_limit: int | None  # (None: uncapped, or no HTTP address)
 
 
 @dataclass(frozen=True, slots=True)

@@ -802,7 +802,23 @@ class StateCollector(Collector):
             "Upstream associations open to the backend (in use and idle).",
             labels=["backend", "state"],
         )
+        http_conns = GaugeMetricFamily(
+            "dicomlb_backend_http_connections",
+            "HTTP connections open to the backend, proxy, bridge and health checks together "
+            "(its connection budget's slots in use).",
+            labels=["backend"],
+        )
+        http_limit = GaugeMetricFamily(
+            "dicomlb_backend_http_connection_limit",
+            "The backend's connection budget (`http.max_connections` of its pool); absent "
+            "when uncapped.",
+            labels=["backend"],
+        )
         for b in state["backends"]:
+            if b.get("http_connections") is not None:
+                http_conns.add_metric([b["name"]], b["http_connections"])
+            if b.get("http_connection_limit") is not None:
+                http_limit.add_metric([b["name"]], b["http_connection_limit"])
             up.add_metric([b["pool"], b["name"]], 1 if b["up"] else 0)
             enabled.add_metric([b["pool"], b["name"]], 1 if b["enabled"] else 0)
             active.add_metric([b["name"]], b["active"])
@@ -836,17 +852,8 @@ class StateCollector(Collector):
             "Pools in use (by a route or the C-ECHO option) without an available backend.",
         )
         unavailable.add_metric([], state["pools_unavailable"])
-        yield from (
-            up,
-            enabled,
-            active,
-            upstream,
-            pool_available,
-            assoc,
-            received,
-            ready,
-            unavailable,
-        )
+        yield from (up, enabled, active, upstream, http_conns, http_limit, pool_available)
+        yield from (assoc, received, ready, unavailable)
         if state.get("http_connections") is not None:
             http = GaugeMetricFamily(
                 "dicomlb_http_active_connections", "Client connections open on the HTTP listener."

@@ -9,6 +9,7 @@ import typing
 from collections.abc import Sequence
 
 from dicomlb.health import HealthState
+from dicomlb.http.budget import ConnectionBudget
 from dicomlb.snapshot import BackendConfig, HealthConfig, PoolConfig, Strategy
 
 
@@ -56,6 +57,9 @@ class BackendState:
         self.enabled = True  # False: drained or disabled by the operator
         self.mode = "enabled"  # what the operator asked: enabled | draining | disabled
         self.active = 0  # messages in flight to this backend
+        # Its HTTP connections (proxy, bridge, checks) against one limit; a changed backend
+        # keeps it (Runtime), as its connections stay open meanwhile.
+        self.budget = ConnectionBudget()
 
     @property
     def available(self) -> bool:

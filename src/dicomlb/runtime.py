@@ -15,6 +15,7 @@ from dicomlb.dicom.pdu import AssociateRequest
 from dicomlb.dicom.qr import CommitmentRegistry, MoveRegistry
 from dicomlb.dicom.uids import VERIFICATION
 from dicomlb.dicom.upstream import Ask, Dial, UpstreamKey, UpstreamPool, dial_tcp
+from dicomlb.http.lease import resize
 from dicomlb.metrics import Metrics
 from dicomlb.pools import BackendState, Pool
 from dicomlb.routing import Router
@@ -78,6 +79,9 @@ class Runtime:
                     )
                     if previous is not None:  # a changed backend keeps what the operator set
                         state.enabled, state.mode = previous.enabled, previous.mode
+                        state.budget = previous.budget
+                options = pool_config.http
+                resize(state.budget, options.max_connections if options is not None else None)
                 self.backends[state.name] = state
                 upstream = old_upstreams.get(state.name)
                 if upstream is None or upstream.backend is not state:

@@ -15,6 +15,7 @@ from dicomlb.bridge.client import BridgeInstance, HttpStoreClient
 from dicomlb.bridge.core import StoreOutcome
 from dicomlb.dicom.dimse import CommandField, Status, Tag, echo_request
 from dicomlb.dicom.pdu import Abort, AssociateReject, RejectResult, RejectSource
+from dicomlb.http.budget import ConnectionBudget
 from dicomlb.services import relay
 from dicomlb.services.session import placement_refusal
 from tests.unit.fakenet import FakeSCP, Message, answer, ignore
@@ -331,7 +332,7 @@ class ScriptedBridge(HttpStoreClient):
     """A `store_via` backend's HTTP client answering from a script (no HTTP)."""
 
     def __init__(self, backend: Any, outcomes: list[StoreOutcome]) -> None:
-        super().__init__(backend)
+        super().__init__(backend, ConnectionBudget())
         self.outcomes = outcomes
         self.bodies: list[bytes] = []
 
@@ -341,6 +342,7 @@ class ScriptedBridge(HttpStoreClient):
         *,
         connect_timeout: float,
         read_timeout: float,
+        acquire_timeout: float,
     ) -> list[StoreOutcome]:
         outcome = self.outcomes.pop(0)
         if outcome.unreachable:  # no connection: nothing of the body was read

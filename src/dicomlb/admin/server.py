@@ -756,6 +756,8 @@ class AdminServer:
             "http_latency": metrics.http_latency(backend.name),
             "http_open_connections": conns.http_open,
             "http_idle_connections": conns.http_idle,
+            "http_connections": conns.http_in_use,
+            "http_connection_limit": conns.http_limit,
         }
 
     def _routes(self) -> list[dict[str, Any]]:

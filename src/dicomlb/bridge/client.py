@@ -1,6 +1,7 @@
 """The bridge's asyncio shell: one keep-alive HTTP connection pool per `store_via` backend
-(aiohttp, at most `max_associations` connections), requests built from `core.py`'s framing,
-answers mapped by `core.map_answer`.
+(aiohttp, at most `max_associations` connections, each in a slot of the backend's HTTP
+connection budget from before it connects until it is closed), requests built from
+`core.py`'s framing, answers mapped by `core.map_answer`.
 
 Bodies known whole (small instances, batches of spooled ones) go with Content-Length and are
 sent again once on a fresh connection when a pooled one turns out closed; streamed bodies
@@ -10,19 +11,32 @@ replayed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.tracing import Trace
 
 from dicomlb.bridge import core
 from dicomlb.bridge.core import StoreOutcome
+from dicomlb.http.budget import ConnectionBudget, Use
 from dicomlb.http.checks import HttpCheckError
+from dicomlb.http.lease import BudgetFull, acquire, full, lease, release
 from dicomlb.snapshot import BackendConfig, HttpCheckConfig, HttpStoreConfig, StoreVia
 
-__all__ = ["KEEPALIVE", "BridgeInstance", "HttpStoreClient", "bridge_check", "check_target"]
+__all__ = [
+    "KEEPALIVE",
+    "BridgeInstance",
+    "HttpStoreClient",
+    "bridge_check",
+    "check_target",
+]
 
 KEEPALIVE = 0.8  # seconds a pooled connection is reused; Orthanc closes idle ones after 1 s
 _MAX_ANSWER = 1 << 20  # bytes of an answer read for the status mapping
@@ -36,10 +50,46 @@ class BridgeInstance:
     body: bytes | AsyncIterable[bytes]
 
 
+class _BudgetConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, each new connection in a slot of `budget` (waited for up to
+    `wait` seconds), given back when aiohttp closes it."""
+
+    def __init__(self, budget: ConnectionBudget, **options: Any) -> None:
+        super().__init__(**options)
+        self.budget = budget
+        self.wait = 30.0
+
+    async def _create_connection(
+        self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
+        budget = self.budget
+        try:
+            await acquire(budget, Use.BRIDGE, self.wait)
+        except TimeoutError:
+            raise BudgetFull(full(budget, self.wait)) from None
+        try:
+            proto = await super()._create_connection(req, traces, timeout)
+        except BaseException:
+            release(budget)
+            raise
+        closed = proto.closed
+        if closed is None:  # (lost already)
+            release(budget)
+        else:
+            closed.add_done_callback(lambda done: _closed(budget, done))
+        return proto
+
+
+def _closed(budget: ConnectionBudget, done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()  # (a reset is no news here: the request saw it)
+    release(budget)
+
+
 class HttpStoreClient:
     """C-STOREs to one backend over HTTP; the session is made on first use (in the loop)."""
 
-    def __init__(self, backend: BackendConfig) -> None:
+    def __init__(self, backend: BackendConfig, budget: ConnectionBudget) -> None:
         assert backend.http is not None and backend.store is not None  # config.py checks
         self.backend = backend
         self.address = backend.http
@@ -49,11 +99,15 @@ class HttpStoreClient:
             f"{self.address.scheme}://{host}:{self.address.port}"
             f"{core.store_path(self.address, self.store)}"
         )
+        self.budget = budget
         self._session: aiohttp.ClientSession | None = None
+        self._connector: _BudgetConnector | None = None
 
-    def _open(self) -> aiohttp.ClientSession:
+    def _open(self, wait: float) -> aiohttp.ClientSession:
+        """The session; a new connection waits `wait` seconds for a slot of the budget."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
+            self._connector = connector = _BudgetConnector(
+                self.budget,
                 limit=self.backend.max_associations,
                 limit_per_host=self.backend.max_associations,
                 keepalive_timeout=KEEPALIVE,
@@ -67,6 +121,8 @@ class HttpStoreClient:
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=headers, auto_decompress=True
             )
+        assert self._connector is not None
+        self._connector.wait = wait
         return self._session
 
     async def close(self) -> None:
@@ -76,14 +132,21 @@ class HttpStoreClient:
             self._session = None
 
     async def send(
-        self, instances: Sequence[BridgeInstance], *, connect_timeout: float, read_timeout: float
+        self,
+        instances: Sequence[BridgeInstance],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        acquire_timeout: float,
     ) -> list[StoreOutcome]:
         """Store `instances` in one request (several only for STOW-RS); one outcome each.
         Never raises for the backend's failures: they are outcomes.
 
-        The connection is taken from the keep-alive pool or made (connect, TLS handshake)
-        before any byte of the body is read; when that fails the outcomes are `unreachable`:
-        nothing was sent and the caller may try another backend with the same body."""
+        The connection is taken from the keep-alive pool or made (a slot of the backend's
+        budget within `acquire_timeout`, connect, TLS handshake) before any byte of the
+        body is read; when that fails the outcomes are `unreachable`: nothing was sent and
+        the caller may try another backend with the same body (`busy` when no slot came:
+        dicomlb's own load, not the backend's failure)."""
         uids = [i.sop_instance_uid for i in instances]
         boundary = base64.b32encode(os.urandom(15)).decode("ascii").lower()
         whole = all(isinstance(i.body, bytes) for i in instances)
@@ -102,7 +165,7 @@ class HttpStoreClient:
             body = _multipart(boundary, instances)
         timeout = aiohttp.ClientTimeout(
             total=None,
-            connect=connect_timeout,
+            connect=acquire_timeout + connect_timeout,
             sock_connect=connect_timeout,
             sock_read=read_timeout,
         )
@@ -110,11 +173,13 @@ class HttpStoreClient:
         attempts = 2 if isinstance(body, bytes) else 1
         for attempt in range(attempts):
             try:
-                async with self._open().post(
+                async with self._open(acquire_timeout).post(
                     self.url, data=body, headers=headers, timeout=timeout
                 ) as answer:
                     data = await answer.content.read(_MAX_ANSWER)
                     return core.map_answer(self.store.via, answer.status, data, uids)
+            except BudgetFull as err:
+                return [core.busy(str(err))] * len(uids)
             except aiohttp.ClientConnectorError as err:  # refused, unresolvable, TLS failure
                 return [core.connection_failed(_describe(err), unreachable=True)] * len(uids)
             except aiohttp.ConnectionTimeoutError:
@@ -177,9 +242,10 @@ def check_target(
 
 
 async def bridge_check(
-    backend: BackendConfig, check: HttpCheckConfig | None, timeout: float
+    backend: BackendConfig, check: HttpCheckConfig | None, timeout: float, budget: ConnectionBudget
 ) -> int:
-    """One active check of a `store_via` backend with its credentials and TLS; returns the
+    """One active check of a `store_via` backend with its credentials and TLS, in a slot of
+    its connection budget (BudgetFull when none came within `timeout`); returns the
     status, raises HttpCheckError when it is not expected or the backend cannot be reached."""
     assert backend.http is not None and backend.store is not None
     method, path, expected = check_target(backend, check)
@@ -192,22 +258,32 @@ async def bridge_check(
     elif backend.store.authorization is not None:
         headers["Authorization"] = backend.store.authorization
     context = backend.store.context
-    try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                ssl=context if context is not None else True, force_close=True
-            ),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as session:
-            url = f"{address.scheme}://{host}:{address.port}{path}"
-            async with session.request(method, url, headers=headers) as answer:
-                status = answer.status
-    except TimeoutError:
-        raise HttpCheckError(f"no answer within {timeout:g}s") from None
-    except aiohttp.ClientError as err:
-        raise HttpCheckError(_describe(err)) from None
+    async with lease(budget, Use.CHECK, timeout):
+        status = await _check_request(
+            method, f"{address.scheme}://{host}:{address.port}{path}", headers, context, timeout
+        )
     if status not in expected:
         raise HttpCheckError(
             f"{method} {path} answered {status}, expected {' or '.join(map(str, expected))}"
         )
     return status
+
+
+async def _check_request(
+    method: str, url: str, headers: dict[str, str], context: ssl.SSLContext | None, timeout: float
+) -> int:
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    ssl=context if context is not None else True, force_close=True
+                ),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as session,
+            session.request(method, url, headers=headers) as answer,
+        ):
+            return answer.status
+    except TimeoutError:
+        raise HttpCheckError(f"no answer within {timeout:g}s") from None
+    except aiohttp.ClientError as err:
+        raise HttpCheckError(_describe(err)) from None

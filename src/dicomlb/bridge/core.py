@@ -37,6 +37,7 @@ from dicomlb.snapshot import HttpAddress, HttpStoreConfig, StoreVia
 __all__ = [
     "SUCCESS",
     "StoreOutcome",
+    "busy",
     "connection_failed",
     "content_type",
     "map_answer",
@@ -72,6 +73,7 @@ class StoreOutcome:
     backend_failed: bool = False  # the backend, not the instance: passive health, breaker
     unreachable: bool = False  # no connection made: nothing was sent, another backend may try
     answered: bool = True  # False: the connection failed before an HTTP answer
+    busy: bool = False  # no connection within dicomlb's budget: its own load, never counted
 
     @property
     def stored(self) -> bool:
@@ -107,6 +109,19 @@ def multipart_close(boundary: str) -> bytes:
 
 def _comment(text: str) -> str:
     return _NOT_LO.sub(" ", text).strip()[:COMMENT_MAX]
+
+
+def busy(reason: str) -> StoreOutcome:
+    """No connection to the backend could be had within dicomlb's own limit: nothing was
+    sent, another backend may try; not the backend's failure (PS3.4 C.4.2.1.4: A700)."""
+    return StoreOutcome(
+        status=OUT_OF_RESOURCES,
+        comment=_comment(reason),
+        backend_failed=True,
+        unreachable=True,
+        answered=False,
+        busy=True,
+    )
 
 
 def connection_failed(reason: str, *, unreachable: bool = False) -> StoreOutcome:

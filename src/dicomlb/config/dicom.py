@@ -426,7 +426,8 @@ class BackendModel(Model):
     )
     max_associations: Count | None = unset(
         "Associations dicomlb opens to this backend at most (Orthanc's DicomThreadsCount); "
-        "for HTTP backends, keep-alive connections of the bridge.",
+        "for HTTP backends, keep-alive connections of the bridge (within the pool's "
+        "`http.max_connections`).",
         _BACKEND["max_associations"],
     )
     max_pdu: MaxPdu | None = unset(

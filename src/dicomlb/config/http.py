@@ -228,8 +228,11 @@ class HttpPoolModel(Model):
     )
     max_connections: Annotated[StrictInt, Field(ge=1)] | None = Field(
         default=None,
-        description="Open connections per backend; beyond, a request waits for a free one. "
-        "None: no cap.",
+        description="HTTP connections open to each backend of the pool: proxied requests, "
+        "the bridge's (`store_via`) and health checks' together; beyond, a request waits for "
+        "a free one (`acquire_timeout`). A check goes first in line and an idle keep-alive "
+        "connection is closed for it; none within its timeout: the check is skipped, no "
+        "verdict. None: no cap.",
     )
     acquire_timeout: Duration | None = unset(
         "How long a request waits for a connection at a capped backend; then 503.",

@@ -218,13 +218,15 @@ def client_for(runtime: Runtime, backend: BackendState) -> HttpStoreClient:
     """The backend's bridge client (owned by its upstream pool, kept across reloads)."""
     upstream = runtime.upstreams[backend.name]
     if upstream.bridge is None or upstream.bridge.backend != backend.config:
-        upstream.bridge = HttpStoreClient(backend.config)
+        upstream.bridge = HttpStoreClient(backend.config, backend.budget)
     return upstream.bridge
 
 
 def cause_of(outcome: StoreOutcome) -> Cause:
     """What a failed bridge request tells passive health: no connection, or one that broke
     before an answer, counts; an HTTP answer (4xx / 5xx) is the message's failure."""
+    if outcome.busy:
+        return Cause.BUSY
     if outcome.unreachable:
         return Cause.REFUSED
     return Cause.STATUS if outcome.answered else Cause.CLOSED
@@ -232,8 +234,12 @@ def cause_of(outcome: StoreOutcome) -> Cause:
 
 def _timeouts(pool: PoolConfig | None) -> dict[str, float]:
     if pool is None:
-        return {"connect_timeout": 5.0, "read_timeout": 120.0}
-    return {"connect_timeout": pool.connect_timeout, "read_timeout": pool.response_timeout}
+        return {"connect_timeout": 5.0, "read_timeout": 120.0, "acquire_timeout": 30.0}
+    return {
+        "connect_timeout": pool.connect_timeout,
+        "read_timeout": pool.response_timeout,
+        "acquire_timeout": pool.acquire_timeout,
+    }
 
 
 def _status_reason(outcome: StoreOutcome) -> str:

@@ -53,6 +53,7 @@ from dicomlb.http.h1 import (
     last_chunk,
     serialize_response,
 )
+from dicomlb.http.lease import BudgetFull
 from dicomlb.http.locate import MAX_LOCATING, locate
 from dicomlb.http.middlewares import RequestContext, build_middleware
 from dicomlb.http.routing import HttpRouter, request_path
@@ -369,8 +370,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
         if self.tunnel is not None:
-            if self.tunnel.transport is not None:
-                self.tunnel.transport.write(data)
+            self.tunnel.write(data)
             return
         try:
             events = self.reader.receive_data(data)
@@ -415,9 +415,8 @@ class ClientConnection(asyncio.Protocol):
                 self.exchange.client_gone("the client closed mid-request")
             self.close()
             return False
-        if self.tunnel is not None and self.tunnel.transport is not None:
-            if self.tunnel.transport.can_write_eof():
-                self.tunnel.transport.write_eof()
+        if self.tunnel is not None:
+            self.tunnel.write_eof()
             return True
         if self.exchange is None and not self.queue:
             self.close()
@@ -438,24 +437,19 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.tunnel is not None and self.tunnel.transport is not None:
-            self.tunnel.transport.pause_reading()
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
         exchange = self.exchange
         if exchange is not None and exchange.upstream is not None:
-            transport = exchange.upstream.transport
-            if transport is not None:
-                transport.pause_reading()
+            exchange.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        tunnel = self.tunnel.transport if self.tunnel is not None else None
-        if tunnel is not None and not tunnel.is_closing():
-            tunnel.resume_reading()
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
         exchange = self.exchange
         if exchange is not None and exchange.upstream is not None:
-            transport = exchange.upstream.transport
-            if transport is not None and not transport.is_closing():
-                transport.resume_reading()
+            exchange.upstream.resume_reading()
 
     # flow ----------------------------------------------------------------------------------
 
@@ -590,7 +584,7 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
         elif self.lingering is not None:
-            self.lingering.transport.close()
+            self.lingering.close()
         self.listener.clients.discard(self)
 
     # timeouts ------------------------------------------------------------------------------
@@ -689,6 +683,9 @@ class LingeringClose(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.timer.cancel()
         self.client.connection_lost(exc)
+
+    def close(self) -> None:
+        self.transport.close()
 
     def _check(self) -> None:
         deadline = min(self.last + LINGER_TIMEOUT, self.started + LINGER_TIME)
@@ -931,68 +928,41 @@ class Exchange:
         else:
             self.connecting = self.client.loop.create_task(self._connect(conns))
 
-    async def _slot(self, conns: BackendConnections) -> UpstreamConnection | None:
-        """Wait in line at a backend whose `max_connections` are all busy: a connection
-        handed over, or None when a slot is free. Raises TimeoutError after
-        `acquire_timeout`."""
-        limit = self.options.max_connections
-        async with asyncio.timeout(self.options.acquire_timeout):
-            while limit is not None and conns.open >= limit:
-                future = conns.wait()
-                try:
-                    conn = await future
-                except asyncio.CancelledError:
-                    if future.done() and not future.cancelled() and future.result():
-                        got = future.result()
-                        assert got is not None
-                        conns.give_back(got, self.client.loop.time(), self.options.idle_timeout)
-                    raise
-                if conn is not None:
-                    return conn
-        return None
-
     async def _connect(self, conns: BackendConnections) -> None:
-        limit = self.options.max_connections
-        if limit is not None and conns.open >= limit:
-            try:
-                handed = await self._slot(conns)
-            except TimeoutError:
-                self.connecting = None
-                backend = self.backend
-                assert backend is not None
-                self.local(
-                    LocalResponse(
-                        status=503,
-                        body=(
-                            f"backend {backend.name} has all its {limit} connections busy "
-                            f"(waited {self.options.acquire_timeout:g}s)\n"
-                        ).encode(),
-                    )
-                )
-                return
-            if handed is not None:
-                self.connecting = None
-                if self.finished:
-                    conns.give_back(handed, self.client.loop.time(), self.options.idle_timeout)
-                    return
-                self._attach(handed)
-                return
+        """A connection in a slot of the backend's connection budget (handed over by a
+        request that finished, or new), waiting in line up to `acquire_timeout`."""
+        options = self.options
         try:
-            conn = await conns.connect(self.options.connect_timeout)
-        except asyncio.CancelledError:
-            raise
+            conn, handed = await conns.connect(options.acquire_timeout, options.connect_timeout)
+        except BudgetFull:
+            self.connecting = None
+            backend = self.backend
+            assert backend is not None
+            self.local(
+                LocalResponse(
+                    status=503,
+                    body=(
+                        f"backend {backend.name} has all its {conns.budget.limit} connections "
+                        f"busy (waited {options.acquire_timeout:g}s)\n"
+                    ).encode(),
+                )
+            )
+            return
         except (OSError, TimeoutError) as err:
             self.connecting = None
             reason = str(err) or type(err).__name__
             cause = Cause.TLS if isinstance(err, ssl.SSLError) else Cause.REFUSED
             if isinstance(err, TimeoutError):
-                reason = f"no connection within {self.options.connect_timeout:g}s"
+                reason = f"no connection within {options.connect_timeout:g}s"
                 cause = Cause.CONNECT_TIMEOUT
             self._backend_failed(reason, cause)
             return
         self.connecting = None
         if self.finished:
-            conn.close()
+            if handed:
+                conns.give_back(conn, self.client.loop.time(), options.idle_timeout)
+            else:
+                conn.close()
             return
         self._attach(conn)
 
@@ -1002,27 +972,25 @@ class Exchange:
         conn.exchange = self
         conn.requests += 1
         conn.reader.expect(self.request.method, decode=self.decode)
-        transport = conn.transport
-        assert transport is not None
         replay = self.replay
         pending = self.pending
         if replay is not None:
             # The head and every body byte so far, in order: the first try's head and
             # pending bytes, or all a retry must send again.
             if len(replay) == 1:
-                transport.write(replay[0])
+                conn.write(replay[0])
             else:
-                transport.writelines(replay)
+                conn.writelines(replay)
         else:  # too large to replay, so this is the first try (retries need `replay`)
-            transport.write(self.head)
+            conn.write(self.head)
             if pending:
-                transport.writelines(pending)
+                conn.writelines(pending)
         if pending:
             self.pending = None
             self.pending_size = 0
             self.client.resume_reading("connecting")
         if self.client.write_paused:
-            transport.pause_reading()
+            conn.pause_reading()
 
     def _record(self, data: bytes) -> None:
         replay = self.replay
@@ -1036,8 +1004,8 @@ class Exchange:
     def _send(self, data: bytes) -> None:
         self._record(data)
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+        if upstream is not None:
+            upstream.write(data)
         elif not self.finished:
             if self.pending is None:
                 self.pending = []
@@ -1246,9 +1214,8 @@ class Exchange:
                 self._log()
             queued = [e.data for e in client.queue if isinstance(e, Upgrade)]
             client.queue.clear()
-            if conn.transport is not None:
-                for data in queued:
-                    conn.transport.write(data)
+            for data in queued:
+                conn.write(data)
             client.exchange = None
             return
         if self.learn is not None and self.backend is not None and self.route is not None:
@@ -1389,9 +1356,8 @@ class Exchange:
             self.upstream = None
             # Reading from the backend is paused only while the client's buffer is full
             # (pause_writing / _attach); resume_writing resumes it otherwise.
-            transport = conn.transport
-            if client.write_paused and transport is not None and not transport.is_closing():
-                transport.resume_reading()
+            if client.write_paused:
+                conn.resume_reading()
             if reuse and not conn.closed and self.backend is not None:
                 self.http.connections[self.backend.name].give_back(
                     conn, client.last_activity, self.options.idle_timeout

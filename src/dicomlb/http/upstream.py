@@ -1,7 +1,8 @@
 """Keep-alive connections to HTTP backends (asyncio shell): one `UpstreamConnection` per
 socket, pooled per backend by `BackendConnections` (idle ones reused last-in first-out,
 closed after the pool's idle timeout, or at once when the backend is draining), capped per
-backend (`http.max_connections`: requests wait their turn in order), with the backend's
+backend by its connection budget (`http/budget.py`, `http.max_connections`, shared with the
+bridge and the health checks: requests wait their turn in order), with the backend's
 slow-start ramp and passive-ejection window.
 
 The connection only moves bytes and feeds the `ResponseReader` core; what the events mean
@@ -14,11 +15,12 @@ import asyncio
 import socket
 import ssl
 import typing
-from collections import deque
 from typing import Protocol
 
 from dicomlb.http.balancing import FailureWindow, SlowStart
+from dicomlb.http.budget import Use
 from dicomlb.http.h1 import Event, ReaderState, RemoteProtocolError, ResponseReader
+from dicomlb.http.lease import BudgetFull, acquire, full, release
 from dicomlb.pools import BackendState
 from dicomlb.snapshot import BackendConfig, HttpAddress, HttpPoolConfig
 from dicomlb.tls import default_client_context
@@ -127,6 +129,37 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    # what the proxy does with the connection (it never touches the transport) -------------
+
+    def write(self, data: bytes) -> None:
+        """Bytes for the backend; dropped once the connection is closed (whoever carries
+        it hears so from `connection_lost`, or let it go)."""
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.writelines(pieces)
+
+    def write_eof(self) -> None:
+        """The client finished sending (a tunnel): so does this side, where TCP can."""
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    def pause_reading(self) -> None:
+        """The client is not reading: stop reading the backend."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
 
 def upstream_tls(config: BackendConfig) -> tuple[ssl.SSLContext | None, str | None]:
     """The TLS context and server name toward an `https://` backend (its `tls` block, or
@@ -141,17 +174,19 @@ def upstream_tls(config: BackendConfig) -> tuple[ssl.SSLContext | None, str | No
 
 
 class BackendConnections:
-    """The keep-alive connections of one backend."""
+    """The keep-alive connections of one backend; each holds a slot of the backend's
+    connection budget from before it connects until it is closed."""
 
     def __init__(self, backend: BackendState, address: HttpAddress) -> None:
         self.backend = backend
         self.address = address
+        self.budget = backend.budget
+        self.budget.shed = self.shed_idle
         self.ssl, self.server_hostname = upstream_tls(backend.config)
         self.idle: list[UpstreamConnection] = []
-        self.open = 0  # connections open or being opened
-        # Requests waiting for a slot at a capped backend: each future gets a connection
-        # handed over, or None when a slot freed up (open a new connection).
-        self.waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        # The connections open or being opened, each holding one slot of the budget: being
+        # here is holding it, so `forget` gives it back once, whoever calls it first.
+        self.live: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle_timeout = 30.0
         self._ramp: SlowStart | None = None
@@ -177,23 +212,10 @@ class BackendConnections:
             )
         return window
 
-    def wait(self) -> asyncio.Future[UpstreamConnection | None]:
-        """A place in line for a connection slot (the caller bounds the wait)."""
-        future: asyncio.Future[UpstreamConnection | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.waiters.append(future)
-        return future
-
-    def _hand_over(self, conn: UpstreamConnection | None) -> bool:
-        """Give `conn` (or a free slot, None) to the first request still waiting."""
-        waiters = self.waiters
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(conn)
-                return True
-        return False
+    @property
+    def open(self) -> int:
+        """Connections open or being opened (slots of the budget held)."""
+        return len(self.live)
 
     def take(self, now: float, idle_timeout: float) -> UpstreamConnection | None:
         """An idle connection to reuse, or None."""
@@ -210,7 +232,12 @@ class BackendConnections:
         if not self.backend.enabled:  # draining: no new work comes, close as it goes idle
             conn.close()
             return
-        if self.waiters and self._hand_over(conn):
+        budget = self.budget
+        while (waiter := budget.hand_over(self)) is not None:
+            if waiter.wake(conn):
+                return  # the next request in line takes it, with its slot
+        if budget.others_waiting(self):  # the bridge or a check waits: free the slot
+            conn.close()
             return
         conn.idle_since = now
         self.idle.append(conn)
@@ -220,12 +247,20 @@ class BackendConnections:
             self._sweeper = loop.call_later(idle_timeout, self._sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
-        """`conn` is closed: its slot is free."""
-        self.open -= 1
+        """`conn` is closed: its slot is free (once, however often this is called)."""
         if conn in self.idle:
             self.idle.remove(conn)
-        if self.waiters:
-            self._hand_over(None)
+        if conn in self.live:
+            self.live.remove(conn)
+            release(self.budget)
+
+    def shed_idle(self) -> bool:
+        """Close the longest idle connection, for someone waiting for its slot; False when
+        none is idle."""
+        if not self.idle:
+            return False
+        self.idle.pop(0).close()
+        return True
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -243,30 +278,51 @@ class BackendConnections:
             wait = min(c.idle_since for c in keep) + self._idle_timeout - now
             self._sweeper = loop.call_later(max(wait, 0.05), self._sweep)
 
-    async def connect(self, timeout: float) -> UpstreamConnection:
-        """A new connection; raises OSError or TimeoutError."""
-        loop = asyncio.get_running_loop()
-        self.open += 1
+    async def connect(self, wait: float, timeout: float) -> tuple[UpstreamConnection, bool]:
+        """A connection for one exchange, in a slot of the backend's budget: handed over by
+        a request that finished (True), or new (False). Raises BudgetFull when no slot came
+        within `wait`, OSError or TimeoutError when connecting failed; it then holds
+        nothing, cancelled too."""
+        budget = self.budget
+        while True:
+            try:
+                handed: UpstreamConnection | None = await acquire(
+                    budget, Use.PROXY, wait, owner=self
+                )
+            except TimeoutError:
+                raise BudgetFull(full(budget, wait)) from None
+            if handed is None:
+                break
+            if not handed.closed:
+                return handed, True
+            # (lost on its way here, its slot gone with it to the line: wait again)
+        conn = UpstreamConnection(self)
+        self.live.add(conn)  # the slot is the connection's from here
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
+                await asyncio.get_running_loop().create_connection(
+                    lambda: conn,
                     self.address.host,
                     self.address.port,
                     ssl=self.ssl,
                     server_hostname=self.server_hostname,
                 )
         except BaseException:
-            self.open -= 1
-            if self.waiters:
-                self._hand_over(None)
+            # A connect given up after `connection_made` closes the socket: asyncio then
+            # calls `connection_lost`, uvloop does not. Either way the slot comes back here.
+            conn.close()
+            self.forget(conn)
             raise
-        return conn
+        if conn.closed:  # lost before this task ran again (its slot is back already)
+            raise ConnectionResetError("the backend closed the connection at once")
+        return conn, False
 
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self.budget.shed == self.shed_idle:
+            self.budget.shed = None
         for conn in self.idle:
             conn.close()
         self.idle.clear()

@@ -143,6 +143,8 @@ def _state() -> dict[str, Any]:
         "active": 0,
         "upstream_open": 0,
         "upstream_idle": 0,
+        "http_connections": 0,
+        "http_connection_limit": 8,
     }
     return {
         "backends": [backend],
