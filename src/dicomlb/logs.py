@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 # `key=value` after the event name; a value is a word or a Python repr string (`%r`).
 _FIELD = re.compile(r"""\s+([A-Za-z_][\w.]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S*)""")
@@ -138,18 +138,25 @@ class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """As logging.Formatter.format, with the message from `render`; a traceback's lines
         are indented, so that a line that starts at the margin is always an event."""
-        record.message = render(record)
-        record.asctime = self.formatTime(record, self.datefmt)
-        line = self.formatMessage(record)
+        record.message = message = render(record)
+        second = int(record.created)
+        if second != self._second:
+            self._text = super().formatTime(record, self.datefmt)
+            self._second = second
+        record.asctime = self._text
+        # The format string above, spelled out: one f-string instead of Formatter's
+        # formatMessage -> PercentStyle.format -> _format for every image's line.
+        line = f"{self._text} {record.levelname:<7} {message}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
-        extra = [
-            record.exc_text or "",
-            self.formatStack(record.stack_info) if record.stack_info else "",
-        ]
-        for text in extra:
-            if text:
-                line += "\n" + "\n".join("  " + part for part in _escaped_lines(text))
+        if record.exc_text or record.stack_info:
+            extra = [
+                record.exc_text or "",
+                self.formatStack(record.stack_info) if record.stack_info else "",
+            ]
+            for text in extra:
+                if text:
+                    line += "\n" + "\n".join("  " + part for part in _escaped_lines(text))
         return line
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
@@ -160,9 +167,24 @@ class PlainFormatter(logging.Formatter):
         return self._text
 
 
+class LineHandler(logging.StreamHandler[TextIO]):
+    """StreamHandler writing each record as one line, flushed: its `emit` without the second
+    lock round and attribute checks of `flush()` (one line per image at thousands a second)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.stream
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except RecursionError:  # as logging.StreamHandler.emit
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def setup(level: str = "info", fmt: str = "plain") -> None:
     """Configure the root logger for the command line."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -19,6 +19,10 @@ class Protocol(enum.Enum):
     HTTP = "http"
 
 
+# Python 3.11's EnumType.__getattr__ makes `Protocol.HTTP` slow to look up; read per pick.
+_HTTP = Protocol.HTTP
+
+
 class BackendState:
     """What dicomlb knows about one backend while it runs.
 
@@ -176,7 +180,7 @@ class Pool:
         message goes to, whose health counts.
         """
         # `enabled and health.up` is `available`, spelled out: no property call per backend.
-        if protocol is Protocol.HTTP:
+        if protocol is _HTTP:
             available = [
                 b for b in self.backends if b.enabled and b.http_health.up and b.name not in exclude
             ]

@@ -234,6 +234,31 @@ def test_command_replace() -> None:
     assert list(cmd.elements) == sorted(cmd.elements)
 
 
+def _us_from_bytes(cmd: Command) -> dict[int, int]:
+    return {
+        tag: int.from_bytes(raw, "little") for tag, raw in cmd.elements.items() if len(raw) == 2
+    }
+
+
+def test_us_values_agree_with_the_element_bytes() -> None:
+    decoded = Command.decode(store_rq(5).encode())
+    patched = decoded.replace({Tag.MESSAGE_ID: 0x1234})  # wire patched in place
+    rebuilt = decoded.replace({Tag.PRIORITY: None, Tag.STATUS: 0xC000})  # re-encoded
+    plain = Command(dict(decoded.elements))  # no values read yet: from the bytes
+    for cmd in (decoded, patched, rebuilt, plain, store_rq(7)):
+        for tag in (*cmd.elements, Tag.STATUS, Tag.ERROR_ID):
+            assert cmd.us(tag) == _us_from_bytes(cmd).get(tag)
+    assert patched.message_id == 0x1234 and patched.encode() != decoded.encode()
+    assert rebuilt.status == 0xC000 and rebuilt.us(Tag.PRIORITY) is None
+
+
+def test_a_repeated_element_reads_as_its_last_value() -> None:
+    wire = Command.build({Tag.COMMAND_FIELD: CommandField.C_ECHO_RQ, Tag.MESSAGE_ID: 1}).encode()
+    again = wire + bytes.fromhex("00001001") + (2).to_bytes(4, "little") + (9).to_bytes(2, "little")
+    cmd = Command.decode(again)
+    assert cmd.message_id == 9 == cmd.us(Tag.MESSAGE_ID)
+
+
 def test_unknown_command_field() -> None:
     cmd = Command.build({Tag.COMMAND_FIELD: 0x0042})
     assert cmd.service == "0x0042"

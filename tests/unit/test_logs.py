@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
 
 import pytest
 
-from dicomlb.logs import JsonFormatter, PlainFormatter, event_fields, render
+from dicomlb.logs import JsonFormatter, LineHandler, PlainFormatter, event_fields, render
 
 FORGED = "X\n2026-01-01T00:00:00 INFO    admin.reload result=ok source=api"
 
@@ -72,3 +73,34 @@ def test_a_traceback_follows_its_line_indented() -> None:
     assert first.endswith("spool.failed item=7")
     assert rest and all(line.startswith("  ") for line in rest)
     assert "\n" not in JsonFormatter().format(rec)
+
+
+def test_the_plain_line_is_the_standard_formatters() -> None:
+    rec = record("store.delivered sop_instance_uid=%s status=0x%04X ms=%d", "1.2.3", 0, 4)
+    ours = PlainFormatter().format(rec)
+    standard = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    assert ours == standard.format(rec)
+    assert ours.endswith(" INFO    store.delivered sop_instance_uid=1.2.3 status=0x0000 ms=4")
+
+
+class _Counting(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_the_line_handler_writes_each_record_as_one_flushed_line() -> None:
+    stream = _Counting()
+    handler = LineHandler(stream)
+    handler.setFormatter(PlainFormatter())
+    for n in range(3):
+        handler.handle(record("store.delivered n=%d", n))
+    lines = stream.getvalue().split("\n")
+    assert lines[-1] == "" and [line.rsplit(" ", 1)[1] for line in lines[:-1]] == [
+        "n=0",
+        "n=1",
+        "n=2",
+    ]
+    assert stream.flushes == 3

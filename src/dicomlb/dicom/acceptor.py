@@ -60,6 +60,9 @@ from dicomlb.tls import ServerHandshake
 
 log = logging.getLogger(__name__)
 
+# Python 3.11's EnumType.__getattr__ makes `CommandField.X` slow to look up; read per message.
+_C_CANCEL_RQ = CommandField.C_CANCEL_RQ
+
 
 class _Release:
     """Queue marker: the client asked to release after its earlier messages."""
@@ -491,7 +494,7 @@ class InboundAssociation(asyncio.Protocol):
 
     def _on_command(self, received: CommandReceived) -> None:
         field = received.command.command_field
-        if field & 0x8000 or field == CommandField.C_CANCEL_RQ:
+        if field & 0x8000 or field == _C_CANCEL_RQ:
             handler = self.on_response if field & 0x8000 else self.on_cancel
             if handler is not None:
                 handler(received)

@@ -72,8 +72,16 @@ class AssocState(enum.Enum):
     STA12 = "release collision, acceptor: awaiting local A-RELEASE response"
     STA13 = "awaiting transport close"
 
+    # By identity, in C: Enum's own __hash__ is a Python call, and the transition tables
+    # are looked up with a state in the key for every PDU.
+    __hash__ = object.__hash__
+
 
 S = AssocState
+# Python 3.11's EnumType.__getattr__ puts every `S.STAn` lookup through a Python-level hook
+# (some twenty times a global's cost); the per-PDU paths read these instead.
+_STA1, _STA3, _STA6, _STA7, _STA8, _STA13 = S.STA1, S.STA3, S.STA6, S.STA7, S.STA8, S.STA13
+_P_DATA_TF = PduType.P_DATA_TF
 
 # (state, event received) -> next state. PS3.8 Table 9-10 action names in comments.
 _RECEIVE: dict[tuple[AssocState, type], AssocState] = {
@@ -156,7 +164,7 @@ class Association:
         if self._pending:
             self._pending.append(data)
             self._pending_len += len(data)
-            if self._pending_len < self._need or self.state is S.STA3:
+            if self._pending_len < self._need or self.state is _STA3:
                 self._check_held()
                 return []
             data = b"".join(self._pending)
@@ -166,7 +174,7 @@ class Association:
         pos = 0
         events: list[Event] = []
         need = PDU_HEADER_LEN
-        while end - pos >= PDU_HEADER_LEN and self.state is not S.STA3 and not self._ended():
+        while end - pos >= PDU_HEADER_LEN and self.state is not _STA3 and not self._ended():
             pdu_type, length = split_header(view[pos : pos + PDU_HEADER_LEN])
             self._check_header(pdu_type, length)
             need = PDU_HEADER_LEN + length
@@ -178,7 +186,7 @@ class Association:
             try:
                 pdu = decode_pdu(pdu_type, body)
             except RemoteProtocolError:
-                self.state = S.STA13  # AA-8: the reply is an A-ABORT, then the close
+                self.state = _STA13  # AA-8: the reply is an A-ABORT, then the close
                 raise
             event = self._received(pdu)
             if event is not None:
@@ -209,7 +217,7 @@ class Association:
     def _ended(self) -> bool:
         # Sta1 after a start in Sta2 / Sta4: the association is over (abort, release,
         # rejection, EOF, ARTIM) and the transport closing; nothing after its last PDU is read.
-        return self.state is S.STA1
+        return self.state is _STA1
 
     def _check_held(self) -> None:
         # PS3.8 9.2: until its A-ASSOCIATE-RQ is answered (Sta3) the peer may send only an
@@ -222,16 +230,16 @@ class Association:
 
     def _check_header(self, pdu_type: int, length: int) -> None:
         if pdu_type not in _PDU_TYPES:
-            self.state = S.STA13
+            self.state = _STA13
             raise RemoteProtocolError(
                 f"unrecognized PDU type 0x{pdu_type:02X}",
                 reply=Abort(
                     source=AbortSource.SERVICE_PROVIDER, reason=AbortReason.UNRECOGNIZED_PDU
                 ),
             )
-        limit = self.max_pdu if pdu_type == PduType.P_DATA_TF else MAX_CONTROL_PDU
+        limit = self.max_pdu if pdu_type == _P_DATA_TF else MAX_CONTROL_PDU
         if limit and length > limit:
-            self.state = S.STA13
+            self.state = _STA13
             raise RemoteProtocolError(
                 f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the maximum {limit}",
                 reply=Abort(
@@ -240,13 +248,13 @@ class Association:
             )
 
     def _received(self, event: Pdu) -> Event | None:
-        if self.state is S.STA13:
+        if self.state is _STA13:
             return None  # AA-6 / AA-7: ignore everything while closing
         if isinstance(event, Abort):
-            self.state = S.STA1  # AA-3
+            self.state = _STA1  # AA-3
             return event
         kind = type(event)
-        if (self.state, kind) == (S.STA7, ReleaseRequest):
+        if (self.state, kind) == (_STA7, ReleaseRequest):
             # AR-8: release collision
             self.state = S.STA9 if self.role is Role.REQUESTOR else S.STA10
             return event
@@ -255,12 +263,12 @@ class Association:
             error = _unexpected(
                 f"unexpected {kind.__name__} in {self.state.name} ({self.state.value})"
             )
-            self.state = S.STA13
+            self.state = _STA13
             raise error
         if isinstance(event, PData):
             for pdv in event.pdvs:
                 if pdv.context_id not in self.accepted:
-                    self.state = S.STA13
+                    self.state = _STA13
                     raise RemoteProtocolError(
                         f"P-DATA on presentation context {pdv.context_id}, which was not accepted",
                         reply=Abort(
@@ -281,7 +289,7 @@ class Association:
         elif isinstance(event, AssociateAccept):
             self.peer_max_pdu = event.user_info.max_pdu or 0
             if 0 < self.peer_max_pdu < self.min_peer_max_pdu:
-                self.state = S.STA13
+                self.state = _STA13
                 raise RemoteProtocolError(
                     f"maximum length {self.peer_max_pdu} is below {self.min_peer_max_pdu}, "
                     "the least dicomlb accepts",
@@ -318,7 +326,7 @@ class Association:
 
         Only the final piece carries `is_last`, so a message can be streamed in any cuts.
         """
-        if self.state not in (S.STA6, S.STA8):
+        if self.state not in (_STA6, _STA8):
             raise LocalProtocolError(
                 f"cannot send P-DATA in {self.state.name} ({self.state.value}); "
                 "wait for the association to be established"

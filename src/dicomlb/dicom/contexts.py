@@ -37,6 +37,16 @@ class Verdict(enum.Enum):
     REFUSED_AS_ABSTRACT = "refused_as_abstract"
     UNKNOWN = "unknown"
 
+    # By identity, in C (Enum's own __hash__ is a Python call): a verdict is looked up in
+    # a set for every message.
+    __hash__ = object.__hash__
+
+
+# Python 3.11's EnumType.__getattr__ makes `Verdict.X` slow to look up; every message asks
+# for a verdict.
+_ACCEPTED, _UNKNOWN = Verdict.ACCEPTED, Verdict.UNKNOWN
+_ACCEPTANCE = ContextResult.ACCEPTANCE
+
 
 class _Known:
     __slots__ = ("pairs", "refused_abstracts")
@@ -97,14 +107,14 @@ class LearnedContexts:
         self._enter(epoch)
         known = self._known.get(identity)
         if known is None:
-            return Verdict.UNKNOWN
+            return _UNKNOWN
         said = known.pairs.get(pair)
-        if said == ContextResult.ACCEPTANCE:
-            return Verdict.ACCEPTED
+        if said == _ACCEPTANCE:
+            return _ACCEPTED
         if pair[0] in known.refused_abstracts:
             return Verdict.ABSTRACT_REFUSED
         if said is None:
-            return Verdict.UNKNOWN
+            return _UNKNOWN
         if said == ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED:
             return Verdict.REFUSED_AS_ABSTRACT
         return Verdict.SYNTAX_REFUSED

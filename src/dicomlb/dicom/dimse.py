@@ -11,6 +11,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import cast
 
 from dicomlb.dicom.errors import RemoteProtocolError
 from dicomlb.dicom.pdu import Abort, AbortReason, AbortSource, PresentationDataValue
@@ -101,6 +102,19 @@ class Tag(enum.IntEnum):
     MOVE_ORIGINATOR_MESSAGE_ID = 0x00001031
 
 
+# Python 3.11's EnumType.__getattr__ puts every `Tag.X` lookup through a Python-level hook
+# (some twenty times a global's cost); what is read for every message uses these.
+_GROUP_LENGTH = Tag.COMMAND_GROUP_LENGTH
+_COMMAND_FIELD = Tag.COMMAND_FIELD
+_MESSAGE_ID = Tag.MESSAGE_ID
+_RESPONDED_TO = Tag.MESSAGE_ID_BEING_RESPONDED_TO
+_DATA_SET_TYPE = Tag.COMMAND_DATA_SET_TYPE
+_STATUS = Tag.STATUS
+_AFFECTED_SOP_CLASS = Tag.AFFECTED_SOP_CLASS_UID
+_REQUESTED_SOP_CLASS = Tag.REQUESTED_SOP_CLASS_UID
+_AFFECTED_SOP_INSTANCE = Tag.AFFECTED_SOP_INSTANCE_UID
+_REQUESTED_SOP_INSTANCE = Tag.REQUESTED_SOP_INSTANCE_UID
+
 _US_TAGS = frozenset(
     {
         Tag.COMMAND_FIELD,
@@ -151,6 +165,11 @@ def _encode_value(tag: int, value: int | str | bytes) -> bytes:
     return raw
 
 
+def _numbers(elements: Mapping[int, bytes]) -> dict[int, int]:
+    """The value of every two-byte element as US (what `Command.us` reads)."""
+    return {tag: _US.unpack(raw)[0] for tag, raw in elements.items() if len(raw) == 2}
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """A decoded command set: element tag -> raw value bytes, in tag order."""
@@ -160,44 +179,54 @@ class Command:
     # encode() would reproduce exactly: relaying then reuses them, and replace() of a US
     # value (Message ID) patches two bytes instead of re-encoding the set.
     wire: tuple[bytes, Mapping[int, int]] | None = field(default=None, compare=False, repr=False)
+    # The two-byte elements' values, read once: a relayed message asks for its command
+    # field, Message ID, data set type and status a score of times.
+    numbers: Mapping[int, int] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, values: Mapping[int, int | str | bytes]) -> Command:
         """A command from typed values (ints are US, strings UI/AE/LO)."""
-        return cls({tag: _encode_value(tag, value) for tag, value in sorted(values.items())})
+        elements = {tag: _encode_value(tag, value) for tag, value in sorted(values.items())}
+        return cls(elements, None, _numbers(elements))
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> Command:
         """Decode an implicit VR little endian group-0000 command set."""
         elements: dict[int, bytes] = {}
         offsets: dict[int, int] = {}
+        numbers: dict[int, int] = {}
         raw = bytes(data)
         pos, end = 0, len(raw)
         count = 0
+        unpack = _ELEMENT.unpack_from
         while pos < end:
             if end - pos < 8:
                 raise _invalid("command set: truncated element header")
-            group, elem, length = _ELEMENT.unpack_from(raw, pos)
+            group, elem, length = unpack(raw, pos)
             pos += 8
             if group != 0 or pos + length > end:
                 raise _invalid(f"command set: bad element ({group:04X},{elem:04X}) length {length}")
             elements[elem] = raw[pos : pos + length]
             offsets[elem] = pos
+            if length == 2:
+                numbers[elem] = raw[pos] | raw[pos + 1] << 8
             pos += length
             count += 1
-        if Tag.COMMAND_FIELD not in elements or len(elements[Tag.COMMAND_FIELD]) != 2:
-            raise _invalid("command set without a Command Field")
         # encode() gives these bytes back when the group length comes first and is right
         # and no element repeats; otherwise it must rebuild them.
-        group_length = elements.get(Tag.COMMAND_GROUP_LENGTH)
+        group_length = elements.get(_GROUP_LENGTH)
         exact = (
-            offsets.get(Tag.COMMAND_GROUP_LENGTH) == 8
+            offsets.get(_GROUP_LENGTH) == 8
             and group_length is not None
             and len(group_length) == 4
             and _UL.unpack(group_length)[0] == end - 12
             and count == len(elements)
         )
-        return cls(elements, (raw, offsets) if exact else None)
+        if count != len(elements):  # a repeated element: the last one counts, as in elements
+            numbers = _numbers(elements)
+        if _COMMAND_FIELD not in numbers:
+            raise _invalid("command set without a Command Field")
+        return cls(elements, (raw, offsets) if exact else None, numbers)
 
     def encode(self) -> bytes:
         """Implicit VR little endian bytes, with a recomputed Command Group Length."""
@@ -206,36 +235,42 @@ class Command:
         body = b"".join(
             _ELEMENT.pack(0, tag, len(value)) + value
             for tag, value in self.elements.items()
-            if tag != Tag.COMMAND_GROUP_LENGTH
+            if tag != _GROUP_LENGTH
         )
         return _ELEMENT.pack(0, 0, 4) + _UL.pack(len(body)) + body
 
     def replace(self, values: Mapping[int, int | str | bytes | None]) -> Command:
         """A copy with `values` set (None removes the element)."""
+        numbers = self.numbers if self.numbers is not None else _numbers(self.elements)
         if self.wire is not None and all(
-            isinstance(value, int) and len(self.elements.get(tag, b"")) == 2
-            for tag, value in values.items()
+            isinstance(value, int) and tag in numbers for tag, value in values.items()
         ):
             # Only existing US values change (the relay's Message ID rewrite): patch the
             # wire bytes in place, same length, same order.
             raw, offsets = self.wire
             buffer = bytearray(raw)
             patched = dict(self.elements)
+            changed = dict(numbers)
             for tag, value in values.items():
                 packed = _US.pack(value)
                 at = offsets[tag]
                 buffer[at : at + 2] = packed
                 patched[tag] = packed
-            return Command(patched, (bytes(buffer), offsets))
+                changed[tag] = cast(int, value)
+            return Command(patched, (bytes(buffer), offsets), changed)
         elements = dict(self.elements)
         for tag, value in values.items():
             if value is None:
                 elements.pop(tag, None)
             else:
                 elements[tag] = _encode_value(tag, value)
-        return Command(dict(sorted(elements.items())))
+        ordered = dict(sorted(elements.items()))
+        return Command(ordered, None, _numbers(ordered))
 
     def us(self, tag: int) -> int | None:
+        numbers = self.numbers
+        if numbers is not None:
+            return numbers.get(tag)
         raw = self.elements.get(tag)
         return _US.unpack(raw)[0] if raw is not None and len(raw) == 2 else None
 
@@ -245,7 +280,7 @@ class Command:
 
     @property
     def command_field(self) -> int:
-        return self.us(Tag.COMMAND_FIELD) or 0
+        return self.us(_COMMAND_FIELD) or 0
 
     @property
     def service(self) -> str:
@@ -256,31 +291,27 @@ class Command:
 
     @property
     def message_id(self) -> int:
-        return self.us(Tag.MESSAGE_ID) or 0
+        return self.us(_MESSAGE_ID) or 0
 
     @property
     def responded_to(self) -> int:
-        return self.us(Tag.MESSAGE_ID_BEING_RESPONDED_TO) or 0
+        return self.us(_RESPONDED_TO) or 0
 
     @property
     def has_data_set(self) -> bool:
-        return self.us(Tag.COMMAND_DATA_SET_TYPE) != NO_DATA_SET
+        return self.us(_DATA_SET_TYPE) != NO_DATA_SET
 
     @property
     def status(self) -> int | None:
-        return self.us(Tag.STATUS)
+        return self.us(_STATUS)
 
     @property
     def sop_class_uid(self) -> str:
-        return self.text(Tag.AFFECTED_SOP_CLASS_UID) or self.text(Tag.REQUESTED_SOP_CLASS_UID) or ""
+        return self.text(_AFFECTED_SOP_CLASS) or self.text(_REQUESTED_SOP_CLASS) or ""
 
     @property
     def sop_instance_uid(self) -> str:
-        return (
-            self.text(Tag.AFFECTED_SOP_INSTANCE_UID)
-            or self.text(Tag.REQUESTED_SOP_INSTANCE_UID)
-            or ""
-        )
+        return self.text(_AFFECTED_SOP_INSTANCE) or self.text(_REQUESTED_SOP_INSTANCE) or ""
 
     @property
     def error_comment(self) -> str | None:

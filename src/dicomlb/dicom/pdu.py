@@ -41,6 +41,11 @@ class PduType(enum.IntEnum):
     ABORT = 0x07
 
 
+# Python 3.11's EnumType.__getattr__ makes `PduType.P_DATA_TF` a slow lookup; this one is
+# read for every P-DATA-TF.
+_P_DATA_TF = PduType.P_DATA_TF
+
+
 class ItemType(enum.IntEnum):
     APPLICATION_CONTEXT = 0x10
     PRESENTATION_CONTEXT_RQ = 0x20
@@ -467,7 +472,7 @@ def _decode_pdata(body: memoryview) -> PData:
 
 def decode_pdu(pdu_type: int, body: memoryview) -> Pdu:
     """Decode one PDU given its type and the bytes after its 6-byte header."""
-    if pdu_type == PduType.P_DATA_TF:
+    if pdu_type == _P_DATA_TF:
         return _decode_pdata(body)
     if pdu_type in (PduType.ASSOCIATE_RQ, PduType.ASSOCIATE_AC):
         return _decode_associate(pdu_type, body)
@@ -558,7 +563,7 @@ def _encode_associate(event: AssociateRequest | AssociateAccept) -> bytes:
 
 def pdata_header(length: int) -> bytes:
     """The 6-byte header of a P-DATA-TF whose PDV items take `length` bytes."""
-    return _HEADER.pack(PduType.P_DATA_TF, length)
+    return _HEADER.pack(_P_DATA_TF, length)
 
 
 def pdv_header(context_id: int, data_len: int, *, is_command: bool, is_last: bool) -> bytes:

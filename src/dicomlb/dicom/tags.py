@@ -47,6 +47,21 @@ SPECIFIC_CHARACTER_SET: Final = 0x00080005
 STUDY_INSTANCE_UID: Final = 0x0020000D  # routing, affinity, the spool and studies all read it
 # Give up looking for wanted tags after this many data-set bytes (inflated, for deflate).
 MAX_BYTES: Final = 1 << 20
+# Made once, not per scanner (one per C-STORE): the element headers' and lengths' layouts
+# by byte order, and the encodings, which Python 3.11's EnumType.__getattr__ makes slow to
+# look up as `Encoding.X`.
+_LAYOUTS = {
+    endian: (
+        struct.Struct(endian + "HH2sH"),
+        struct.Struct(endian + "HHL"),
+        struct.Struct(endian + "L"),
+    )
+    for endian in "<>"
+}
+_EXPLICIT_LITTLE = Encoding.EXPLICIT_LITTLE
+_IMPLICIT_LITTLE = Encoding.IMPLICIT_LITTLE
+_EXPLICIT_BIG = Encoding.EXPLICIT_BIG
+_DEFLATED = Encoding.DEFLATED
 # pydicom reads at most this much, from the element the walker could not follow on: it costs
 # up to ~1.7 s of CPU per MiB of crafted items (bench/run_scan.py), so ~0.1 s per message.
 FALLBACK_MAX_BYTES: Final = 64 * 1024
@@ -188,22 +203,18 @@ class HeaderScanner:
         encapsulated syntax is (PS3.5 A.4).
         """
         if encoding is None:
-            encoding = encoding_of(transfer_syntax_uid) or Encoding.EXPLICIT_LITTLE
-        self._asked = frozenset(int(tag) for tag in wanted)
+            encoding = encoding_of(transfer_syntax_uid) or _EXPLICIT_LITTLE
+        self._asked = frozenset(map(int, wanted))
         # (0008,0005) is always read: the text of the other wanted elements depends on it.
         self._wanted = self._asked | {SPECIFIC_CHARACTER_SET}
         self._max_tag = max(self._wanted)
         self._max_bytes = max_bytes
-        self._implicit = encoding is Encoding.IMPLICIT_LITTLE
-        self._little = encoding is not Encoding.EXPLICIT_BIG
+        self._implicit = encoding is _IMPLICIT_LITTLE
+        self._little = encoding is not _EXPLICIT_BIG
         endian = "<" if self._little else ">"
         self._endian = endian
-        self._explicit_header = struct.Struct(endian + "HH2sH")
-        self._implicit_header = struct.Struct(endian + "HHL")
-        self._u32 = struct.Struct(endian + "L")
-        self._inflater = (
-            zlib.decompressobj(-zlib.MAX_WBITS) if encoding is Encoding.DEFLATED else None
-        )
+        self._explicit_header, self._implicit_header, self._u32 = _LAYOUTS[endian]
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if encoding is _DEFLATED else None
         self._buf = bytearray()
         self._pos = 0  # next unread byte in _buf
         self._top_start = 0  # start in _buf of the top-level element being walked

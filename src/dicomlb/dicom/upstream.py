@@ -70,6 +70,9 @@ ResponseHandler = Callable[[Command, bytes | None], None]
 # Requests the backend sends us (C-STORE sub-operations of a C-GET): the command, then the
 # data set's fragments as they arrive.
 RequestHandler = Callable[[CommandReceived | DataReceived], None]
+# Python 3.11's EnumType.__getattr__ makes `UpstreamMode.PER_CLIENT` slow to look up; it is
+# read a few times per message.
+_PER_CLIENT = UpstreamMode.PER_CLIENT
 # PS3.7 C.4: pending statuses; more responses follow.
 PENDING_STATUSES = frozenset({0xFF00, 0xFF01})
 
@@ -315,23 +318,23 @@ class UpstreamAssociation(asyncio.Protocol):
                 self._on_command(command, b"".join(parts))
 
     def _on_command(self, command: Command, data: bytes | None = None) -> None:
+        responded = command.responded_to
         if command.status in PENDING_STATUSES:
-            handler = self._on_pending.get(command.responded_to)
+            handler = self._on_pending.get(responded)
             if handler is not None:
-                timeout = self._timeouts.get(command.responded_to)
-                if timeout is not None and command.responded_to in self._response_deadlines:
-                    loop = asyncio.get_running_loop()
-                    self._response_deadlines[command.responded_to] = loop.time() + timeout
+                timeout = self._timeouts.get(responded)
+                if timeout is not None and responded in self._response_deadlines:
+                    self._response_deadlines[responded] = self.loop.time() + timeout
                 handler(command, data)
                 return
-        self._on_pending.pop(command.responded_to, None)
-        self._timeouts.pop(command.responded_to, None)
-        on_final = self._on_final.pop(command.responded_to, None)
+        self._on_pending.pop(responded, None)
+        self._timeouts.pop(responded, None)
+        on_final = self._on_final.pop(responded, None)
         if on_final is not None:
             on_final(command, data)
-        future = self._responses.pop(command.responded_to, None)
-        callback = self._on_response.pop(command.responded_to, None)
-        self._response_deadlines.pop(command.responded_to, None)
+        future = self._responses.pop(responded, None)
+        callback = self._on_response.pop(responded, None)
+        self._response_deadlines.pop(responded, None)
         if future is None or future.done():
             log.warning(
                 "upstream.unexpected_command backend=%s command=%s", self.backend, command.service
@@ -745,7 +748,7 @@ class UpstreamPool:
 
     @property
     def per_client(self) -> bool:
-        return self.pool.upstream is UpstreamMode.PER_CLIENT
+        return self.pool.upstream is _PER_CLIENT
 
     def unknown(self, key: UpstreamKey, pairs: Iterable[SyntaxPair]) -> list[SyntaxPair]:
         """Those of `pairs` the backend has not said about (as `key`'s AE titles)."""

@@ -32,6 +32,12 @@ from dicomlb.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 
+# Python 3.11's EnumType.__getattr__ makes `Enum.MEMBER` slow to look up; these are read for
+# every message relayed.
+_MESSAGE_ID = Tag.MESSAGE_ID
+_RESPONDED_TO = Tag.MESSAGE_ID_BEING_RESPONDED_TO
+_PASSTHROUGH = CalledAet.PASSTHROUGH
+
 
 class MessageFailed(Exception):
     """The message cannot be delivered; `status` and the text go back to the client."""
@@ -158,9 +164,7 @@ class Session:
     def upstream_key(self, pool: PoolConfig, backend: BackendState) -> UpstreamKey:
         dicom = backend.config.dicom
         assert dicom is not None  # config.py: DICOM routes use pools of DICOM backends
-        called = (
-            self.inbound.called_ae if pool.called_aet is CalledAet.PASSTHROUGH else dicom.ae_title
-        )
+        called = self.inbound.called_ae if pool.called_aet is _PASSTHROUGH else dicom.ae_title
         return (self.inbound.calling_ae, called, self.forwarded)
 
     async def forward(
@@ -179,7 +183,7 @@ class Session:
         assert context_id is not None
         pending: asyncio.Future[Command] | None = None
         try:
-            command = message.command.replace({Tag.MESSAGE_ID: up.next_message_id()})
+            command = message.command.replace({_MESSAGE_ID: up.next_message_id()})
             pending = up.send_command(
                 context_id,
                 command,
@@ -187,7 +191,7 @@ class Session:
                 pool.response_timeout,
                 on_response=lambda answer: self.inbound.send_command(
                     message.context_id,
-                    answer.replace({Tag.MESSAGE_ID_BEING_RESPONDED_TO: message.command.message_id}),
+                    answer.replace({_RESPONDED_TO: message.command.message_id}),
                 ),
             )
             await up.drain()

@@ -26,6 +26,9 @@ from dicomlb.snapshot import Ack, MessageFacts, ScanLimit
 
 log = logging.getLogger(__name__)
 
+# Python 3.11's EnumType.__getattr__ makes `Ack.SPOOL` slow to look up; read per C-STORE.
+_SPOOL = Ack.SPOOL
+
 
 async def store(session: Session, message: InboundMessage) -> None:
     """Serve one C-STORE-RQ."""
@@ -70,7 +73,7 @@ async def store(session: Session, message: InboundMessage) -> None:
         await _store_refused(session, message, "", "", refusal)
         return
     # `ack: spool` routes answer once the instance is durable
-    if route.ack is Ack.SPOOL and session.spool is not None:
+    if route.ack is _SPOOL and session.spool is not None:
         await session.spool.ingest(
             runtime,
             message,
