@@ -90,7 +90,6 @@ _NONE: frozenset[str] = frozenset()
 _CLIENT_IP_KEY = HttpKey(kind=KeyKind.CLIENT_IP)  # sticky / affinity without a key: the client
 # Method names as text (routing facts, metrics, logs) without a decode per request.
 _METHOD_NAMES = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS")}
-_HTTP_SIDE = Protocol.HTTP  # (a global: an Enum member read from its class costs ~130 ns)
 
 
 class RoutePlan:
@@ -867,7 +866,7 @@ class Exchange:
         pool = plan.pool
         exclude = frozenset(self.tried) if self.tried else _NONE
         if plan.balanced:
-            return pool.pick("", exclude, _HTTP_SIDE)
+            return pool.pick("", exclude, Protocol.HTTP)
         if self.pin_key is not None:
             return (
                 self.http.sticky[pool.name].place(pool, self.pin_key, exclude, computed=True)
@@ -1147,9 +1146,7 @@ class Exchange:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             self.bytes_out += len(data)
-            client = self.client  # (its `write`, inline: once per response at least)
-            if client.transport is not None and not client.closed:
-                client.transport.write(data)
+            self.client.write(data)
 
     def _on_response(self, conn: UpstreamConnection, response: Response) -> None:
         status = response.status
