@@ -5,8 +5,9 @@
 Over sockets (the proxies of run_http.py, one process / worker each, in front of one
 backend nginx): `wrk -t1 -c50` small GETs (100-byte body) through each proxy, sides
 interleaved; CPU is the proxy's user + system time (`/proc`) per request, median of the
-rounds; system calls from `strace -f -c` attached over one more run (strace slows the
-proxy, not what it counts); a wake-up is one `epoll_wait` return.
+rounds (the round of the median total, with its user / system split); system calls from
+`strace -f -c` attached over one more run (strace slows the proxy, not what it counts); a
+wake-up is one `epoll_wait` return.
 
 The Python part alone, in memory: bench/http_inmemory.py.
 """
@@ -14,6 +15,7 @@ The Python part alone, in memory: bench/http_inmemory.py.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,10 +28,11 @@ sys.path.insert(0, str(REPO))  # (dicomlb: the installed one, or PYTHONPATH's)
 
 from bench.count_store import READS, WRITES  # noqa: E402
 from bench.results import git_head, write_section  # noqa: E402
-from bench.run_http import cpu_seconds, proxies, wrk  # noqa: E402
+from bench.run_http import proxies, wrk  # noqa: E402
 from tests.peers import LOOPBACK  # noqa: E402
 
 CONNECTIONS = 50
+TICK = os.sysconf("SC_CLK_TCK")
 INSTRUCTIONS_BASE = 200  # in-memory requests of the shorter callgrind run
 INSTRUCTIONS_MORE = 1000  # and how many more the longer one makes
 # What wrk sends and what the backend nginx answers for /small.txt.
@@ -40,6 +43,19 @@ RESPONSE = (
     b"Last-Modified: Thu, 03 Dec 2026 13:39:00 GMT\r\nConnection: keep-alive\r\n"
     b'ETag: "692f3d4c-64"\r\nAccept-Ranges: bytes\r\n\r\n' + b"x" * 100
 )
+
+
+def cpu_split(root: int) -> tuple[float, float]:
+    """User and system CPU seconds of process `root` and its children (nginx's worker)."""
+    user = system = 0.0
+    for pid in family(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / TICK
+        system += int(fields[12]) / TICK
+    return user, system
 
 
 def family(root: int) -> list[int]:
@@ -86,33 +102,40 @@ def strace_counts(pid: int, url: str, seconds: float) -> tuple[dict[str, int], f
 
 def over_sockets(args: argparse.Namespace) -> list[str]:
     rows = [
-        "| path | CPU µs / req. | req/s | syscalls / req. | reads | writes | epoll_wait |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| path | CPU µs / req. | user | system | req/s | syscalls / req. | reads | writes "
+        "| epoll_wait |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     with proxies(args.dicomlb_src) as (_, ports, pids):
         urls = {path: f"http://{LOOPBACK}:{port}/small.txt" for path, port in ports.items()}
         for path in ports:  # warm up: connections open, code paths taken
             wrk(urls[path], 1, CONNECTIONS, None)
-        cpu: dict[str, list[float]] = {path: [] for path in ports}
+        # (user + system, user, system) µs per request, per round
+        cpu: dict[str, list[tuple[float, float, float]]] = {path: [] for path in ports}
         rps: dict[str, list[float]] = {path: [] for path in ports}
         for round_ in range(args.rounds):
             order = list(ports) if round_ % 2 == 0 else list(reversed(ports))
             for path in order:
-                before = cpu_seconds(pids[path])
+                before = cpu_split(pids[path])
                 got = wrk(urls[path], args.seconds, CONNECTIONS, None)
-                cpu[path].append((cpu_seconds(pids[path]) - before) / got["requests"] * 1e6)
+                after = cpu_split(pids[path])
+                user, system = (
+                    (a - b) / got["requests"] * 1e6 for a, b in zip(after, before, strict=True)
+                )
+                cpu[path].append((user + system, user, system))
                 rps[path].append(got["rps"])
                 print(
                     f"round {round_ + 1} {path:8} {got['rps']:8.0f} req/s "
-                    f"{cpu[path][-1]:6.1f} µs/req",
+                    f"{user + system:6.1f} µs/req (user {user:.1f}, system {system:.1f})",
                     flush=True,
                 )
         for path in ports:
             calls, requests = strace_counts(pids[path], urls[path], args.seconds / 2)
             top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
             print(f"{path}: " + " ".join(f"{n}={c / requests:.2f}" for n, c in top), flush=True)
+            total, user, system = sorted(cpu[path])[len(cpu[path]) // 2]
             rows.append(
-                f"| {path} | {sorted(cpu[path])[len(cpu[path]) // 2]:.1f} | "
+                f"| {path} | {total:.1f} | {user:.1f} | {system:.1f} | "
                 f"{sorted(rps[path])[len(rps[path]) // 2]:.0f} | "
                 f"{sum(calls.values()) / requests:.2f} | "
                 f"{sum(calls.get(n, 0) for n in READS) / requests:.2f} | "
