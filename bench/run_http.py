@@ -16,6 +16,7 @@ bench/RESULTS.md. The machine is shared and noisy: read the ratios, not the abso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,32 +71,22 @@ def wrk(url: str, seconds: float, connections: int, script: Path | None) -> dict
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
-    return {"rps": rps, "p99": float(p99.group(1)) * scale, "requests": rps * seconds}
+    count = re.search(r"(\d+) requests in", out)
+    requests = float(count.group(1)) if count else rps * seconds
+    return {"rps": rps, "p99": float(p99.group(1)) * scale, "requests": requests}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument(
-        "--workloads", default="", help="comma-separated: small, get, post (default: all)"
-    )
-    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
-    parser.add_argument("--dicomlb-src", type=Path, default=REPO / "src")
-    args = parser.parse_args()
-    short = {"small": WORKLOADS[0], "get": WORKLOADS[1], "post": WORKLOADS[2]}
-    workloads = (
-        tuple(short[w.strip()] for w in args.workloads.split(",")) if args.workloads else WORKLOADS
-    )
-
+@contextlib.contextmanager
+def proxies(dicomlb_src: Path) -> Iterator[tuple[Path, dict[str, int], dict[str, int]]]:
+    """The backend nginx (`/small.txt`, 100 bytes; `/big.bin`, 512 KiB; `/post`), nginx
+    `proxy_pass` to it and dicomlb (started from `dicomlb_src`) in front of it: yields the
+    work directory (with `post.lua` for wrk), the two proxies' ports and pids."""
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
     work.chmod(0o755)  # nginx workers run as nobody when started by root
     (work / "www").mkdir()
     (work / "www" / "small.txt").write_bytes(b"x" * 100)
     (work / "www" / "big.bin").write_bytes(os.urandom(BIG))
-    post = work / "post.lua"
-    post.write_text(
+    (work / "post.lua").write_text(
         f'wrk.method = "POST"\nwrk.body = string.rep("x", {BIG})\n'
         'wrk.headers["Content-Type"] = "application/octet-stream"\n'
     )
@@ -123,7 +115,7 @@ http_routes:
   - {{name: all, pool: web}}
 """
     )
-    env = {**os.environ, "PYTHONPATH": str(args.dicomlb_src.resolve())}
+    env = {**os.environ, "PYTHONPATH": str(dicomlb_src.resolve())}
     lb = subprocess.Popen(
         [sys.executable, "-m", "dicomlb", "--log-level", "warning", "run", "-c", str(config)],
         env=env,
@@ -131,12 +123,40 @@ http_routes:
         stderr=open(work / "lb.log", "wb"),  # noqa: SIM115
         start_new_session=True,
     )
-    results: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
         wait_listening(lb_port, timeout=20, process=lb, what="dicomlb")
-        ports = {"nginx": proxy.port, "dicomlb": lb_port}
         assert proxy.pid is not None
-        pids = {"nginx": proxy.pid, "dicomlb": lb.pid}
+        yield (
+            work,
+            {"nginx": proxy.port, "dicomlb": lb_port},
+            {"nginx": proxy.pid, "dicomlb": lb.pid},
+        )
+    finally:
+        stop_process(lb, timeout=10, graceful=True)
+        proxy.stop()
+        backend.stop()
+    shutil.rmtree(work, ignore_errors=True)  # kept (with lb.log) when a run failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--workloads", default="", help="comma-separated: small, get, post (default: all)"
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--dicomlb-src", type=Path, default=REPO / "src")
+    args = parser.parse_args()
+    short = {"small": WORKLOADS[0], "get": WORKLOADS[1], "post": WORKLOADS[2]}
+    workloads = (
+        tuple(short[w.strip()] for w in args.workloads.split(",")) if args.workloads else WORKLOADS
+    )
+
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    with proxies(args.dicomlb_src) as (work, ports, pids):
+        post = work / "post.lua"
         load_before = os.getloadavg()[0]
         for round_ in range(args.repeat):
             for workload in workloads:
@@ -158,11 +178,6 @@ http_routes:
                         flush=True,
                     )
         load_after = os.getloadavg()[0]
-    finally:
-        stop_process(lb, timeout=10, graceful=True)
-        proxy.stop()
-        backend.stop()
-    shutil.rmtree(work, ignore_errors=True)  # kept (with lb.log) when a run failed
 
     rows = []
     ratios = []

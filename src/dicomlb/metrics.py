@@ -560,7 +560,6 @@ class Metrics:
 
     def http_request(
         self,
-        *,
         route: str,
         pool: str,
         backend: str,

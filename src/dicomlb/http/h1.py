@@ -294,18 +294,6 @@ def _hop_by_hop(connection: bytes) -> frozenset[bytes]:
     return names - _KEPT_OPTIONS
 
 
-def _whole_head(data: bytes, method: bytes) -> bytes | None:
-    """The head at the start of `data` (a request llhttp parsed from there), or None when
-    `data` does not hold it whole (it began in an earlier read) or does not start with the
-    request line (llhttp skips empty lines before it). llhttp refuses bare LF line ends
-    (lenient parsing is opt-in through `set_dangerous_leniencies`, never used here), so the
-    head's lines all end in CRLF and the first empty line ends it (RFC 9112 2.1)."""
-    end = data.find(b"\r\n\r\n") + 4
-    if end < 4 or not data.startswith(method):
-        return None
-    return data if end == len(data) else data[:end]
-
-
 class _StrayResponse(Exception):
     """A response began after a response body in the same feed: nothing asked for it."""
 
@@ -346,28 +334,28 @@ class _Reader:
 
     # feeding -------------------------------------------------------------------------------
 
-    def feed_parser(
-        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
-    ) -> list[Event]:
+    # (The readers feed their parsers themselves, inline: a call level less per read. What
+    # is not the common case is here.)
+
+    def _unread(self, data: bytes) -> list[Event]:
+        """A feed in a state where the parser is not fed: ERROR, UPGRADED or CLOSED."""
         state = self.state
         if state is _ERROR:
             raise RemoteProtocolError("the connection already failed", status_hint=400)
         if state is _UPGRADED:
             return [Upgrade(data)] if data else []
-        if state is _CLOSED:
-            return []  # (RFC 9112 9.6: nothing after a request with close is read)
-        events = self._events = []
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
+        return []  # CLOSED (RFC 9112 9.6: nothing after a request with close is read)
+
+    def _stopped(self, err: Exception, data: bytes, events: list[Event]) -> list[Event]:
+        """The parser stopped on `err` while fed `data`: the events before it, or raises."""
+        if isinstance(err, httptools.HttpParserUpgrade):
             self.state = _UPGRADED
-            events.append(Upgrade(data[upgrade.args[0] :]))
+            events.append(Upgrade(data[err.args[0] :]))
             return events
-        except RemoteProtocolError:
-            self.state = _ERROR
-            raise
-        except httptools.HttpParserCallbackError as err:
-            self.state = _ERROR
+        self.state = _ERROR
+        if isinstance(err, RemoteProtocolError):
+            raise err
+        if isinstance(err, httptools.HttpParserCallbackError):
             cause = err.__context__
             if isinstance(cause, _StrayResponse):
                 return events  # the responses before it are whole; the connection is not
@@ -377,17 +365,18 @@ class _Reader:
             if isinstance(cause, RemoteProtocolError):
                 raise cause from None
             raise RemoteProtocolError(f"malformed message ({cause or err})") from None
-        except httptools.HttpParserError as err:
-            self.state = _ERROR
+        if isinstance(err, httptools.HttpParserError):
             raise self._parse_error(err) from None
-        if self.state is _HEAD:
-            # Part of a head is buffered inside llhttp: bound it by what we fed since the
-            # message began (a single huge header never reaches on_header until complete).
-            self._head_fed += len(data)
-            if self._head_fed > self.max_head_size:
-                self.state = _ERROR
-                raise self._too_large()
-        return events
+        raise err
+
+    def _head_pending(self, data: bytes) -> None:
+        """Part of a head is buffered inside llhttp after `data`: bound it by what was fed
+        since the message began (a single huge header never reaches on_header until
+        complete)."""
+        self._head_fed += len(data)
+        if self._head_fed > self.max_head_size:
+            self.state = _ERROR
+            raise self._too_large()
 
     def _parse_error(self, err: Exception) -> RemoteProtocolError:
         return RemoteProtocolError(f"malformed message ({err})")
@@ -433,27 +422,32 @@ class RequestReader(_Reader):
                 f"request target longer than {self.max_head_size} bytes", status_hint=414
             )
 
-    def _take_headers(self) -> Headers:
-        """The head's fields, at on_headers_complete; later on_header calls are trailers."""
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        # The head's fields (later on_header calls are trailers).
         headers = tuple(self._headers)
         self._headers = []
         if self._check_size and (sum(len(n) + len(v) + 4 for n, v in headers) > self.max_head_size):
             raise RemoteProtocolError(
                 f"request head larger than {self.max_head_size} bytes", status_hint=431
             )
-        return headers
-
-    def on_headers_complete(self) -> None:
-        parser = self._parser
-        headers = self._take_headers()
         chunked, length, transfer, expect, hosts, connection, keep_alive_field = _request_fields(
             headers
         )
         method = parser.get_method()
         raw = self._raw
         if raw is not None:
+            # The head, when the read the message began with holds it whole from its start
+            # (llhttp skips empty lines before a request line, and gives no offsets). llhttp
+            # refuses bare LF line ends (lenient parsing is opt-in through
+            # `set_dangerous_leniencies`, never used here), so the head's lines all end in
+            # CRLF and the first empty line ends it (RFC 9112 2.1).
             self._raw = None
-            raw = _whole_head(raw, method)
+            end = raw.find(b"\r\n\r\n") + 4
+            if end < 4 or not raw.startswith(method):
+                raw = None
+            elif end != len(raw):
+                raw = raw[:end]
         if raw is not None:  # the request line ends in "HTTP/x.y" (get_http_version formats)
             line = raw.find(b"\r\n")
             version = raw[line - 3 : line]
@@ -519,11 +513,24 @@ class RequestReader(_Reader):
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the client; returns the complete events they finish."""
-        self._fed = data if self.state is _IDLE else None
+        state = self.state
+        if state is _IDLE:
+            self._fed = data
+        elif state is _HEAD or state is _BODY:
+            self._fed = None
+        else:
+            return self._unread(data)
         # A head that completes in this feed is at most what was fed of it before plus
         # `data`: only when that could pass the limit are its fields counted.
         self._check_size = self._head_fed + len(data) > self.max_head_size
-        return self.feed_parser(self._parser, data)
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except Exception as err:  # (sorted out there; none is caught for nothing)
+            return self._stopped(err, data, events)
+        if self.state is _HEAD:
+            self._head_pending(data)
+        return events
 
     def receive_eof(self) -> list[Event]:
         """The client closed its side. Mid-message that is an error; between messages it
@@ -587,8 +594,27 @@ class ResponseReader(_Reader):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        head = self._take_head()
-        self._headers = []  # (the decoder's on_header: the head's fields, read from `head`)
+        # The head llhttp has just read whole, from the bytes fed; the next response (after
+        # a bodyless one) begins right after it.
+        data = self._data
+        partial = self._partial
+        if partial:
+            self._partial = b""
+            data = partial + data
+            start = 0
+        else:
+            start = self._head_start
+        if not data.startswith(b"HTTP/", start):
+            while data[start] in b"\r\n":  # llhttp skips empty lines before a status line
+                start += 1
+        # llhttp refuses bare CR and LF: the head's first empty line ends it.
+        end = data.find(b"\r\n\r\n", start) + 4
+        if end - start > self.max_head_size:
+            raise self._too_large()
+        self._begin = end - len(partial)
+        head = data[start:end] if start or end != len(data) else data
+        if self._headers:  # (the decoder's on_header: the head's fields, read from `head`)
+            self._headers = []
         bodyless = status < 200 or status == 204 or status == 304 or self._head_request
         keep_alive = parser.should_keep_alive()
         if keep_alive or bodyless:
@@ -606,37 +632,23 @@ class ResponseReader(_Reader):
             Response(status, head, keep_alive, bodyless, close_delimited, status == 101)
         )
 
-    def _take_head(self) -> bytes:
-        """The head llhttp has just read whole, from the bytes fed; the next response (after
-        a bodyless one) begins right after it."""
-        data = self._data
-        partial = self._partial
-        if partial:
-            self._partial = b""
-            data = partial + data
-            start = 0
-        else:
-            start = self._head_start
-        if not data.startswith(b"HTTP/", start):
-            while data[start] in b"\r\n":  # llhttp skips empty lines before a status line
-                start += 1
-        # llhttp refuses bare CR and LF: the head's first empty line ends it.
-        end = data.find(b"\r\n\r\n", start) + 4
-        if end - start > self.max_head_size:
-            raise self._too_large()
-        self._begin = end - len(partial)
-        return data[start:end] if start or end != len(data) else data
-
-    def feed_parser(
-        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
-    ) -> list[Event]:
+    def _feed(self, data: bytes) -> list[Event]:
         state = self.state
-        self._data = data
         if state is _IDLE:
             self._begin = 0
         elif state is _BODY:
             self._begin = None
-        events = _Reader.feed_parser(self, parser, data)  # (no super(): one object less per read)
+        elif state is not _HEAD:
+            return self._unread(data)
+        self._data = data
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except Exception as err:  # (sorted out there; none is caught for nothing)
+            events = self._stopped(err, data, events)
+        else:
+            if self.state is _HEAD:
+                self._head_pending(data)
         if self.state is _HEAD:
             self._partial += data[self._head_start :]
             self._head_start = 0
@@ -646,7 +658,7 @@ class ResponseReader(_Reader):
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the backend; returns the complete events they finish."""
         if not self._head_request or self.state in (_UPGRADED, _ERROR):
-            return self.feed_parser(self._parser, data)
+            return self._feed(data)
         return self._receive_head_response(data)
 
     def _receive_head_response(self, data: bytes) -> list[Event]:
@@ -664,7 +676,7 @@ class ResponseReader(_Reader):
                 self._pending = buffer
                 return events
             head, buffer = buffer[: end + 4], buffer[end + 4 :]
-            got = self.feed_parser(self._parser, head)
+            got = self._feed(head)
             events.extend(got)
             final = next((e for e in got if isinstance(e, Response) and e.status >= 200), None)
             if final is not None:
@@ -674,7 +686,7 @@ class ResponseReader(_Reader):
                     self._restart_parser()
                 self._head_request = False
         if buffer:
-            events.extend(self.feed_parser(self._parser, buffer))
+            events.extend(self._feed(buffer))
         return events
 
     def receive_eof(self) -> list[Event]:

@@ -505,19 +505,21 @@ class ClientConnection(asyncio.Protocol):
             exchange.backend_activity = self.last_activity
         exchange.start()
         if not exchange.finished:
-            limit = min(self.config.idle_timeout, exchange.read_timeout)
+            limit = self.config.idle_timeout
+            if exchange.read_timeout < limit:  # (no min(): a builtin call per request)
+                limit = exchange.read_timeout
             # Most requests find the timer due early enough already (checked against this
             # callback's time, no clock read).
             if self.timer is None or self.timer_at > self.last_activity + limit:
                 self._ensure_timer(limit)
 
-    def exchange_done(self, keep_alive: bool, *, body_pending: bool = False) -> None:
-        """The exchange in progress has sent its whole response; `body_pending`: before
-        the whole request body came (an early answer). That rest is then read and dropped,
-        and the connection kept when `keep_alive` (the exchange checked it is bounded), or
-        it is closed lingering."""
+    def exchange_done(self, keep_alive: bool, now: float, *, body_pending: bool = False) -> None:
+        """The exchange in progress has sent its whole response at `now` (the loop's time);
+        `body_pending`: before the whole request body came (an early answer). That rest is
+        then read and dropped, and the connection kept when `keep_alive` (the exchange
+        checked it is bounded), or it is closed lingering."""
         self.exchange = None
-        self.last_activity = self.loop.time()
+        self.last_activity = now
         if body_pending:
             if keep_alive and not self.closing_after_exchange:
                 self._discard_rest()
@@ -1418,17 +1420,21 @@ class Exchange:
             self._log()
         route = self.route
         client = self.client
+        now = client.loop.time()
+        request = self.request
+        backend = self.backend
+        # (positional: keyword arguments cost a quarter of a microsecond more per request)
         self.http.runtime.metrics.http_request(
-            route=route.name if route else "",
-            pool=route.pool.name if route else "",
-            backend=self.backend.name if self.backend else "",
-            status=self.status,
-            seconds=client.loop.time() - self.started,
-            client=client.peer[0],
-            method=self.request.method,
-            target=self.request.target,
+            route.name if route else "",
+            route.pool.name if route else "",
+            backend.name if backend else "",
+            self.status,
+            now - self.started,
+            client.peer[0],
+            request.method,
+            request.target,
         )
-        client.exchange_done(keep_alive, body_pending=not self.request_done)
+        client.exchange_done(keep_alive, now, body_pending=not self.request_done)
 
     def _log(self) -> None:
         """The access log line (callers check the level first: most runs have it off)."""
