@@ -279,6 +279,7 @@ class BackendSender:
     async def _feed(self) -> None:
         """Claim due items in batches (one thread hop reads the index and the small files)
         while the backend is available and its breaker lets attempts through."""
+        loop = asyncio.get_running_loop()  # once: each call costs a getpid() system call
         while True:
             runtime = self.spool.runtime()
             backend = runtime.backends.get(self.name)
@@ -310,7 +311,9 @@ class BackendSender:
                 continue
             self._event.clear()
             self._dirty = False
-            batch, due = await asyncio.to_thread(self._claim, now, min(want, CLAIM_BATCH))
+            batch, due = await loop.run_in_executor(
+                None, self._claim, now, min(want, CLAIM_BATCH)
+            )
             if batch:
                 self._ready.extend(batch)
                 self._has_ready.set()
