@@ -311,9 +311,7 @@ class BackendSender:
                 continue
             self._event.clear()
             self._dirty = False
-            batch, due = await loop.run_in_executor(
-                None, self._claim, now, min(want, CLAIM_BATCH)
-            )
+            batch, due = await loop.run_in_executor(None, self._claim, now, min(want, CLAIM_BATCH))
             if batch:
                 self._ready.extend(batch)
                 self._has_ready.set()
