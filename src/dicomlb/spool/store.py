@@ -191,7 +191,7 @@ class Instance:
     called_aet: str
     dataset_offset: int
     parts: list[bytes | memoryview] = field(default_factory=list)
-    keep: list[bytes] | None = field(default_factory=list)
+    keep: list[bytes | memoryview] | None = field(default_factory=list)
     buffered: int = 0
     size: int = 0
     spill_path: str | None = None  # plain strings on this path: pathlib costs per call
@@ -641,8 +641,10 @@ class SpoolStore:
 
     def add_part(self, instance: Instance, data: bytes | memoryview) -> None:
         """Append data-set bytes; past SPILL_AT they go to the instance's temp file (OSError
-        if they cannot)."""
-        piece = data if isinstance(data, bytes) else bytes(data)
+        if they cannot). A view of immutable bytes (a received PDU's) is kept as it is: a
+        copy would cost a memcpy of every instance; only a view of a buffer that may change
+        is copied."""
+        piece = data if isinstance(data, bytes) or isinstance(data.obj, bytes) else bytes(data)
         instance.parts.append(piece)
         instance.buffered += len(piece)
         instance.size += len(piece)
