@@ -271,8 +271,10 @@ class BackendSender:
 
     async def _idle(self, timeout: float) -> None:
         self._event.clear()
+        # asyncio.timeout, not wait_for: no task made for each wait
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
 
     # -------------------------------------------------------- feeding the workers
 
@@ -407,8 +409,11 @@ class BackendSender:
                 batch.append(self._ready.popleft())
         started = time.monotonic()
         pool = runtime.snapshot.pools.get(item.pool)
-        sources = [SpooledInstance(claimed, bytes_, self.store) for claimed, bytes_ in batch]
-        sent = await sender.send_many(sources, pool)
+        if len(batch) == 1:  # the usual case: no lists made and walked for one
+            sent = [await sender.send(SpooledInstance(item, data, self.store), pool)]
+        else:
+            sources = [SpooledInstance(claimed, bytes_, self.store) for claimed, bytes_ in batch]
+            sent = await sender.send_many(sources, pool)
         failure = next((s for s in sent if s.cause is not None), None)
         if failure is not None:
             assert failure.cause is not None
