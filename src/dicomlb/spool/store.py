@@ -68,6 +68,7 @@ KEEP_MAX = 1 << 20  # instances up to this size also stay in memory for their se
 SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writeback, do not wait
 PLACERS = 8  # threads fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
+LINGER_JOBS = 512  # ...unless this many are waiting
 RECYCLE_FILES = 16  # delivered files kept in tmp/ to be overwritten by new instances...
 RECYCLE_SIZE = 4 << 20  # ...when no larger than this
 REFUSED_BASE = 0.1  # seconds before bookkeeping the disk refused is tried again...
@@ -455,6 +456,7 @@ class SpoolStore:
         self._jobs: list[_Job] = []
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, from `start`
+        self._lingering = False  # the committer lets bookkeeping gather (LINGER)
         self._supervisor: Supervisor | None = None
         self._committer: str | None = None  # the committer's name in the supervisor
         self.batches = 0  # group commits so far (for tests and the bench)
@@ -707,6 +709,8 @@ class SpoolStore:
         if self._wake is None:
             raise RuntimeError("the spool store is not started")
         self._jobs.append(job)
+        if self._lingering and not job.durable and len(self._jobs) < LINGER_JOBS:
+            return  # the committer's linger ends soon: this rides with it
         self._wake.set()
 
     async def _commit_loop(self) -> None:
@@ -718,16 +722,17 @@ class SpoolStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not any(job.durable for job in self._jobs):
-                # Only bookkeeping so far: let it gather (or ride with the next ingest).
-                deadline = loop.time() + LINGER
-                while not any(job.durable for job in self._jobs) and len(self._jobs) < 512:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    self._wake.clear()
+            if not any(job.durable for job in self._jobs) and len(self._jobs) < LINGER_JOBS:
+                # Only bookkeeping so far: let it gather (or ride with the next ingest). One
+                # timed wait, woken early only by a durable job or a full batch (`_submit`),
+                # not by every piece of bookkeeping.
+                self._lingering = True
+                try:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), remaining)
+                        async with asyncio.timeout(LINGER):
+                            await self._wake.wait()
+                finally:
+                    self._lingering = False
                 self._wake.clear()
             batch, self._jobs = self._jobs, []
             if not batch:
