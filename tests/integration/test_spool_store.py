@@ -236,3 +236,36 @@ def test_a_change_applies_only_to_an_item_in_the_state_it_expects(tmp_path: Path
             await store.stop()
 
     asyncio.run(main())
+
+
+def test_a_view_of_a_buffer_that_may_change_is_copied_and_reads_follow_the_row(
+    tmp_path: Path,
+) -> None:
+    """Received PDUs are immutable bytes, kept as views; a view of a bytearray is copied when
+    added, so what the caller does with the buffer afterwards is not what gets spooled."""
+
+    async def main() -> tuple[SpoolStore, Item, bytes, bytes, bytes]:
+        store = SpoolStore(tmp_path)
+        store.open()
+        await store.start()
+        targets = [Target(route="r", pool="p", backend="b")]
+        inst = instance(1, targets)
+        immutable = DATASET + b"\x10\x00\x10\x00PN\x04\x00DOE^"
+        store.add_part(inst, memoryview(immutable)[: len(DATASET)])
+        buffer = bytearray(immutable[len(DATASET) :])
+        store.add_part(inst, memoryview(buffer))
+        buffer[:] = b"\xff" * len(buffer)  # the caller reuses its buffer
+        (item,) = await store.commit(inst, targets, 1000.0)
+        whole = await asyncio.to_thread(store.read, item)
+        piece = await asyncio.to_thread(store.read, item, item.dataset_offset + 4, 6)
+        tail = await asyncio.to_thread(store.read, item, item.size - 4)
+        await store.stop()
+        return store, item, whole, piece, tail
+
+    store, item, whole, piece, tail = asyncio.run(main())
+    expected = DATASET + b"\x10\x00\x10\x00PN\x04\x00DOE^"
+    assert whole == expected
+    assert piece == expected[4:10]
+    assert tail == expected[-4:]
+    on_disk = (store.data / item.file).read_bytes()
+    assert on_disk[item.dataset_offset :] == expected

@@ -189,6 +189,10 @@ class Sent:
     untried: bool = False  # the backend could not be asked: nothing sent, another may try
 
 
+# A plain Success, the usual answer: one shared (immutable) value, not two made each time.
+_SUCCESS = Sent(outcome=StoreOutcome(status=0))
+
+
 class Sender(Protocol):
     """Sends instances to one backend."""
 
@@ -389,8 +393,11 @@ class DimseSender:
                 answered=False,
             )
             return Sent(outcome=failed, reason=reason, cause=None if refused else cause)
+        if status == 0 and not comment:
+            return _SUCCESS
         outcome = StoreOutcome(status=status, comment=comment)
-        return Sent(outcome=outcome, reason=_status_reason(outcome))
+        # The reason is only read when the instance was not stored.
+        return Sent(outcome=outcome, reason="" if outcome.stored else _status_reason(outcome))
 
 
 async def _store(

@@ -29,7 +29,6 @@ from typing import Protocol
 from dicomlb.delivery import fate
 from dicomlb.delivery.passive import passive_failure
 from dicomlb.delivery.senders import (
-    READ_WHOLE,
     BridgeSender,
     DimseSender,
     SpooledInstance,
@@ -41,7 +40,7 @@ from dicomlb.runtime import Runtime
 from dicomlb.snapshot import SpoolConfig
 from dicomlb.spool import state
 from dicomlb.spool.state import BreakerState, CircuitBreaker, ItemState
-from dicomlb.spool.store import STOP_WAIT, Change, Item, SpoolStore
+from dicomlb.spool.store import KEEP_MAX, STOP_WAIT, Change, Item, SpoolStore
 from dicomlb.spool.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,11 @@ log = logging.getLogger(__name__)
 SWEEP_EVERY = 1.0  # seconds between sweeps (max age, failover, retention, recount)
 RECOUNT_EVERY = 10  # sweeps between recounts of the index (the CLI may have purged)
 CLAIM_BATCH = 32  # items claimed from the index at once per backend
+# Items a backend's sender holds, per association, sent or ready to send: a claim is a
+# thread hop (index and files), slow on a busy machine, and the workers must not run dry
+# while it is under way. Those up to KEEP_MAX have their bytes in memory (like those
+# handed over at ingest), so the ready ones hold at most AHEAD * KEEP_MAX per association.
+AHEAD = 4
 IDLE_WAIT = 1.0  # longest sleep of an idle feeder (ingest wakes it sooner)
 QUIET = 0.05  # after finding nothing due, a feeder asks the index again only when woken
 # (new queued items) or after this long: not once per item its workers take
@@ -263,7 +267,7 @@ class BackendSender:
             return False
         if self.breaker.state is not BreakerState.CLOSED:
             return False
-        return len(self._ready) + self.inflight < 2 * backend.config.max_associations
+        return len(self._ready) + self.inflight < AHEAD * backend.config.max_associations
 
     def take(self, item: Item, data: bytes | memoryview | None) -> None:
         self._ready.append((item, data))
@@ -271,14 +275,17 @@ class BackendSender:
 
     async def _idle(self, timeout: float) -> None:
         self._event.clear()
+        # asyncio.timeout, not wait_for: no task made for each wait
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
 
     # -------------------------------------------------------- feeding the workers
 
     async def _feed(self) -> None:
         """Claim due items in batches (one thread hop reads the index and the small files)
         while the backend is available and its breaker lets attempts through."""
+        loop = asyncio.get_running_loop()  # once: each call costs a getpid() system call
         while True:
             runtime = self.spool.runtime()
             backend = runtime.backends.get(self.name)
@@ -298,7 +305,7 @@ class BackendSender:
                 await self._idle(min(max(self.breaker.retry_at - now, 0.05), IDLE_WAIT))
                 continue
             limit = backend.config.max_associations
-            want = 2 * limit - len(self._ready) - self.inflight
+            want = AHEAD * limit - len(self._ready) - self.inflight
             if self.breaker.state is BreakerState.HALF_OPEN:
                 want = 0 if self._ready or self.inflight else 1  # one probe decides
             if want <= 0:
@@ -310,7 +317,7 @@ class BackendSender:
                 continue
             self._event.clear()
             self._dirty = False
-            batch, due = await asyncio.to_thread(self._claim, now, min(want, CLAIM_BATCH))
+            batch, due = await loop.run_in_executor(None, self._claim, now, min(want, CLAIM_BATCH))
             if batch:
                 self._ready.extend(batch)
                 self._has_ready.set()
@@ -329,7 +336,7 @@ class BackendSender:
         batch: list[Claimed] = []
         for item in items:
             data = None
-            if item.size - item.dataset_offset <= READ_WHOLE:
+            if item.size - item.dataset_offset <= KEEP_MAX:
                 try:
                     data = self.store.read(item)
                 except OSError:
@@ -406,8 +413,11 @@ class BackendSender:
                 batch.append(self._ready.popleft())
         started = time.monotonic()
         pool = runtime.snapshot.pools.get(item.pool)
-        sources = [SpooledInstance(claimed, bytes_, self.store) for claimed, bytes_ in batch]
-        sent = await sender.send_many(sources, pool)
+        if len(batch) == 1:  # the usual case: no lists made and walked for one
+            sent = [await sender.send(SpooledInstance(item, data, self.store), pool)]
+        else:
+            sources = [SpooledInstance(claimed, bytes_, self.store) for claimed, bytes_ in batch]
+            sent = await sender.send_many(sources, pool)
         failure = next((s for s in sent if s.cause is not None), None)
         if failure is not None:
             assert failure.cause is not None

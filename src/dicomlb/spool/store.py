@@ -68,6 +68,7 @@ KEEP_MAX = 1 << 20  # instances up to this size also stay in memory for their se
 SYNC_FILE_RANGE_WRITE = 2  # sync_file_range(2): start writeback, do not wait
 PLACERS = 8  # threads fsyncing the files of one batch in parallel
 LINGER = 0.01  # seconds bookkeeping-only updates wait to share a batch
+LINGER_JOBS = 512  # ...unless this many are waiting
 RECYCLE_FILES = 16  # delivered files kept in tmp/ to be overwritten by new instances...
 RECYCLE_SIZE = 4 << 20  # ...when no larger than this
 REFUSED_BASE = 0.1  # seconds before bookkeeping the disk refused is tried again...
@@ -191,7 +192,7 @@ class Instance:
     called_aet: str
     dataset_offset: int
     parts: list[bytes | memoryview] = field(default_factory=list)
-    keep: list[bytes] | None = field(default_factory=list)
+    keep: list[bytes | memoryview] | None = field(default_factory=list)
     buffered: int = 0
     size: int = 0
     spill_path: str | None = None  # plain strings on this path: pathlib costs per call
@@ -454,6 +455,8 @@ class SpoolStore:
         self._owner_fd: int | None = None  # OWNER_LOCK, locked while this process owns it
         self._jobs: list[_Job] = []
         self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, from `start`
+        self._lingering = False  # the committer lets bookkeeping gather (LINGER)
         self._supervisor: Supervisor | None = None
         self._committer: str | None = None  # the committer's name in the supervisor
         self.batches = 0  # group commits so far (for tests and the bench)
@@ -615,6 +618,8 @@ class SpoolStore:
     async def start(self, supervisor: Supervisor | None = None) -> None:
         """Start the group committer (on the running loop), under `supervisor`."""
         self._wake = asyncio.Event()
+        # Taken once: asyncio.get_running_loop() costs a getpid() system call per call.
+        self._loop = asyncio.get_running_loop()
         self._supervisor = supervisor or Supervisor()
         self._committer = self._supervisor.spawn(self._commit_loop, kind="committer")
 
@@ -638,8 +643,10 @@ class SpoolStore:
 
     def add_part(self, instance: Instance, data: bytes | memoryview) -> None:
         """Append data-set bytes; past SPILL_AT they go to the instance's temp file (OSError
-        if they cannot)."""
-        piece = data if isinstance(data, bytes) else bytes(data)
+        if they cannot). A view of immutable bytes (a received PDU's) is kept as it is: a
+        copy would cost a memcpy of every instance; only a view of a buffer that may change
+        is copied."""
+        piece = data if isinstance(data, bytes) or isinstance(data.obj, bytes) else bytes(data)
         instance.parts.append(piece)
         instance.buffered += len(piece)
         instance.size += len(piece)
@@ -660,7 +667,7 @@ class SpoolStore:
         """Make `instance` durable with one index row per target; the rows. Returns only once
         the file and `data/` are on disk and the rows written (the file is their record);
         raises OSError / sqlite3.Error if not."""
-        future: asyncio.Future[list[Item]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Item]] = self._running_loop().create_future()
         self._place(instance, len(targets))
         instance.committing = True
         job = _Job(future, instance=instance, targets=targets, now=now, durable=True)
@@ -682,41 +689,50 @@ class SpoolStore:
         """Run state changes in the next batch (shared commit), in order; the rows each
         changed (0: it did not apply). Then remove the files named in `remove`, when every
         change applied (a delivered item's file goes only once its row says delivered)."""
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[int]] = self._running_loop().create_future()
         self._submit(_Job(future, updates=changes, durable=durable, remove=remove))
         return await future
 
     def update_soon(self, changes: Sequence[Change], *, remove: Sequence[str] = ()) -> None:
         """Like `update`, without waiting: for outcomes whose loss only means sending again
         (delivered, back to queued). They ride along with the next batch, or after LINGER."""
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[int]] = self._running_loop().create_future()
         future.add_done_callback(_log_failure)
         self._submit(_Job(future, updates=changes, remove=remove))
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the spool store is not started")
+        return self._loop
 
     def _submit(self, job: _Job) -> None:
         if self._wake is None:
             raise RuntimeError("the spool store is not started")
         self._jobs.append(job)
+        if self._lingering and not job.durable and len(self._jobs) < LINGER_JOBS:
+            return  # the committer's linger ends soon: this rides with it
         self._wake.set()
 
     async def _commit_loop(self) -> None:
         assert self._wake is not None
+        loop = self._running_loop()
         refused = 0  # consecutive batches the disk refused
         if self._jobs:  # restarted by the supervisor: work may be waiting
             self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not any(job.durable for job in self._jobs):
-                # Only bookkeeping so far: let it gather (or ride with the next ingest).
-                deadline = asyncio.get_running_loop().time() + LINGER
-                while not any(job.durable for job in self._jobs) and len(self._jobs) < 512:
-                    remaining = deadline - asyncio.get_running_loop().time()
-                    if remaining <= 0:
-                        break
-                    self._wake.clear()
+            if not any(job.durable for job in self._jobs) and len(self._jobs) < LINGER_JOBS:
+                # Only bookkeeping so far: let it gather (or ride with the next ingest). One
+                # timed wait, woken early only by a durable job or a full batch (`_submit`),
+                # not by every piece of bookkeeping.
+                self._lingering = True
+                try:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), remaining)
+                        async with asyncio.timeout(LINGER):
+                            await self._wake.wait()
+                finally:
+                    self._lingering = False
                 self._wake.clear()
             batch, self._jobs = self._jobs, []
             if not batch:
@@ -724,7 +740,7 @@ class SpoolStore:
             self._busy = True
             refusal: float | None = None
             try:
-                results = await asyncio.get_running_loop().run_in_executor(
+                results = await loop.run_in_executor(
                     self._committer_thread, self._commit_batch, batch
                 )
             except (OSError, sqlite3.OperationalError) as err:
@@ -755,7 +771,7 @@ class SpoolStore:
                 else:
                     job.future.set_result(job.applied if job.instance is None else result)
             # After the writers that wait for this batch have resumed: Success goes first.
-            asyncio.get_running_loop().call_soon(self._tidy, batch)
+            loop.call_soon(self._tidy, batch)
 
     def _refused(self, batch: list[_Job], err: BaseException, refused: int) -> float:
         """A batch the disk refused: its ingests fail, its bookkeeping is kept for a retry;
@@ -789,7 +805,9 @@ class SpoolStore:
         # A change that did not apply (the item moved meanwhile) keeps its file.
         unlink = self._recycle(name for job in removing if all(job.applied) for name in job.remove)
         if unlink:
-            removed = asyncio.wrap_future(self._remover.submit(self.remove_files, unlink))
+            removed = asyncio.wrap_future(
+                self._remover.submit(self.remove_files, unlink), loop=self._loop
+            )
             removed.add_done_callback(functools.partial(_removed, removing))
         else:
             for job in removing:
@@ -1120,15 +1138,22 @@ class SpoolStore:
         return Counts(items=int(items), bytes=int(size))
 
     def read(self, item: Item, offset: int = -1, length: int = -1) -> bytes:
-        """Bytes of an item's file, from `offset` (default: the data set's start)."""
-        with open(self.data / item.file, "rb") as handle:
-            handle.seek(item.dataset_offset if offset < 0 else offset)
-            return handle.read(length)
+        """Bytes of an item's file, from `offset` (default: the data set's start), `length`
+        of them at most (default: to the end the index row says). Three system calls (open,
+        pread, close): on a disk thread each one is a GIL hand-over with the loop."""
+        start = item.dataset_offset if offset < 0 else offset
+        wanted = item.size - start if length < 0 else length
+        fd = os.open(f"{self._data}/{item.file}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, max(wanted, 0), start)  # short only at the file's end
+        finally:
+            os.close(fd)
 
     def remove_files(self, names: Iterable[str]) -> None:
         for name in names:
             if name:
-                (self.data / name).unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self._data}/{name}")
 
     def free_disk(self) -> int:
         stats = os.statvfs(self.directory)
