@@ -1,0 +1,599 @@
+"""dicomlb's memory: idle client associations and HTTP connections, and 2 GB streamed through.
+
+    python3 bench/measure_memory.py                  # 2000 + 2000 idle, 2 GB C-STORE and upload
+    python3 bench/measure_memory.py --quick          # 200 + 200 idle, 200 MB each
+    python3 bench/measure_memory.py --size-mb 0      # idle connections only
+    python3 bench/measure_memory.py --dicomlb-src /work/main/src --no-results
+
+One `dicomlb run` process (log level warning, health checks off) with a DICOM listener in
+front of a DCMTK `storescp --ignore --fork` sink and an HTTP listener in front of a small
+HTTP sink (this script with `--http-sink PORT`, a separate process that reads and drops
+every body before it answers). Its resident memory (VmRSS in /proc/PID/status) is read:
+
+1. before and after opening N idle DICOM associations (A-ASSOCIATE-RQ with three
+   presentation contexts, A-ASSOCIATE-AC read, then nothing): kB per association;
+2. before and after opening N idle HTTP connections (no request), then after one GET on
+   each of them (answered, connection kept alive): kB per connection;
+3. sampled every 50 ms while DCMTK `storescu` sends one Part-10 file with a 2 GB Pixel
+   Data element (written to a temporary file frame by frame, deleted afterwards), and
+   while one 2 GB POST body (Content-Length, generated from one reused 1 MiB buffer)
+   passes to the HTTP sink: peak growth over the RSS before.
+
+The listener limits (`max_associations`, `max_negotiating`, `max_connections`) and idle
+timeouts are raised so that N connections are all admitted and stay; this process raises
+its descriptor limit to the hard limit before it starts dicomlb. A 2 GB phase is skipped
+when the temporary directory has less than twice the file's size free. All peers run on
+loopback on free ports with TCP_NODELAY=1 and are stopped by PID on the way out.
+Results: a table on stdout and a section in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.results import git_head, write_section  # noqa: E402
+from tests.dicomdata import LARGE_FRAME, write_large_instance  # noqa: E402
+from tests.peers import (  # noqa: E402
+    LOOPBACK,
+    DicomlbProcess,
+    PeerError,
+    StoreSCP,
+    echoscu,
+    free_port,
+    peer_env,
+    stop_process,
+    storescu,
+    wait_listening,
+)
+
+from dicomlb.dicom.pdu import (  # noqa: E402
+    AssociateRequest,
+    PresentationContextProposal,
+    UserInformation,
+    encode,
+)
+
+SINK_AET = "SINK"
+DICOMLB_AET = "DICOMLB"
+SAMPLE_EVERY = 0.05  # seconds between RSS samples while data streams
+SETTLE = 1.0  # seconds left to dicomlb after a phase before RSS is read
+OPEN_AT_ONCE = 64  # connections being opened concurrently
+MIB = 1 << 20
+PIECE = bytes(range(256)) * 4096  # 1 MiB, reused for every piece of an upload
+TARGETS = {"association": 6.0, "HTTP connection": 5.0, "stream": 50.0}  # kB, kB, MB
+A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout holds only the result table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the HTTP sink
+
+
+async def _sink_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer requests on one keep-alive connection; read and drop each body first."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            left = length
+            while left:
+                chunk = await reader.read(min(left, MIB))
+                if not chunk:
+                    return
+                left -= len(chunk)
+            body = str(length).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return
+    finally:
+        writer.close()
+
+
+async def _serve_sink(port: int) -> None:
+    server = await asyncio.start_server(_sink_connection, LOOPBACK, port)
+    async with server:
+        await server.serve_forever()
+
+
+@contextlib.contextmanager
+def http_sink(workdir: Path) -> Iterator[int]:
+    """Run this script as the HTTP sink in its own process; yield its port."""
+    port = free_port()
+    logfile = workdir / "http-sink.log"
+    with open(logfile, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, __file__, "--http-sink", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=peer_env(),
+            start_new_session=True,
+        )
+    try:
+        wait_listening(port, timeout=15, process=process, what="HTTP sink", log=logfile)
+        yield port
+    finally:
+        stop_process(process)
+
+
+# --------------------------------------------------------------------------- dicomlb
+
+CONFIG = """listeners:
+  dicom:
+    bind: "{host}:{dicom_port}"
+    ae_title: {aet}
+    max_associations: {many}
+    max_negotiating: {many}
+    max_negotiating_per_ip: {many}
+    idle_timeout: 1h
+  http:
+    bind: "{host}:{http_port}"
+    max_connections: {many}
+    keepalive_timeout: 1h
+pools:
+  sink:
+    health: {{enabled: false}}
+    backends:
+      - {{name: sink, dicom: "{sink}", max_associations: 4, max_pdu: 65536}}
+  web:
+    health: {{enabled: false}}
+    backends: [{{name: web, http: "http://{host}:{web_port}"}}]
+routes:
+  - {{name: all, pool: sink}}
+http_routes:
+  - {{name: all, pool: web}}
+"""
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process `pid` in KiB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def settled_rss(pid: int) -> int:
+    """VmRSS after SETTLE seconds, the lowest of a few reads (a timer may allocate briefly)."""
+    time.sleep(SETTLE)
+    reads = []
+    for _ in range(5):
+        reads.append(rss_kib(pid))
+        time.sleep(0.05)
+    return min(reads)
+
+
+class PeakSampler:
+    """Reads a process's VmRSS every SAMPLE_EVERY seconds on a thread; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = rss_kib(pid)
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_EVERY):
+            with contextlib.suppress(OSError, RuntimeError):
+                self.peak = max(self.peak, rss_kib(self.pid))
+                self.samples += 1
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# --------------------------------------------------------------------------- idle connections
+
+
+def associate_request() -> bytes:
+    """A-ASSOCIATE-RQ as a modality sends it: verification, CT and MR storage."""
+    storage = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # explicit, implicit VR LE
+    return encode(
+        AssociateRequest(
+            called_ae=DICOMLB_AET,
+            calling_ae="IDLE",
+            contexts=(
+                PresentationContextProposal(
+                    context_id=1,
+                    abstract_syntax="1.2.840.10008.1.1",
+                    transfer_syntaxes=("1.2.840.10008.1.2",),
+                ),
+                PresentationContextProposal(
+                    context_id=3,
+                    abstract_syntax="1.2.840.10008.5.1.4.1.1.2",
+                    transfer_syntaxes=storage,
+                ),
+                PresentationContextProposal(
+                    context_id=5,
+                    abstract_syntax="1.2.840.10008.5.1.4.1.1.4",
+                    transfer_syntaxes=storage,
+                ),
+            ),
+            user_info=UserInformation(max_pdu=65536, implementation_class_uid="1.2.826.0.1.3"),
+        )
+    )
+
+
+Opened = list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+
+
+async def open_many(port: int, count: int, first: bytes = b"") -> Opened:
+    """Open `count` connections, `OPEN_AT_ONCE` at a time; send `first` on each.
+
+    When `first` is an A-ASSOCIATE-RQ, each connection waits for A-ASSOCIATE-AC (any other
+    answer raises PeerError).
+    """
+    gate = asyncio.Semaphore(OPEN_AT_ONCE)
+    opened: Opened = []
+
+    async def one() -> None:
+        async with gate:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), 30)
+            opened.append((reader, writer))
+            if not first:
+                return
+            writer.write(first)
+            header = await asyncio.wait_for(reader.readexactly(6), 30)
+            await reader.readexactly(int.from_bytes(header[2:6], "big"))
+            if header[0] != 0x02:
+                raise PeerError(f"association answered with PDU type {header[0]:#04x}")
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return opened
+
+
+async def request_each(opened: Opened) -> None:
+    """One GET on every connection, a few at a time; read each answer whole, keep the
+    connection open."""
+    gate = asyncio.Semaphore(4)
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with gate:
+            writer.write(b"GET /idle HTTP/1.1\r\nHost: bench\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise PeerError(f"GET answered {head.splitlines()[0]!r}")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+
+    await asyncio.gather(*(one(r, w) for r, w in opened))
+
+
+async def close_all(opened: Opened, last: bytes = b"") -> None:
+    """Send `last` (an A-ABORT) on every connection and close it."""
+    for _, writer in opened:
+        if last:
+            writer.write(last)
+        writer.close()
+    for _, writer in opened:
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+@dataclass(slots=True, kw_only=True)
+class Idle:
+    """RSS around N idle connections of one kind, KiB."""
+
+    what: str
+    count: int
+    before: int
+    after: int
+    closed: int
+
+    @property
+    def per_connection(self) -> float:
+        return (self.after - self.before) / self.count
+
+
+def idle_associations(lb: DicomlbProcess, port: int, count: int) -> Idle:
+    """RSS before, with `count` idle associations, and after they are aborted."""
+    request = associate_request()
+
+    async def run() -> Idle:
+        await close_all(await open_many(port, 20, request), A_ABORT)  # warm up
+        before = await asyncio.to_thread(settled_rss, lb.pid)
+        opened = await open_many(port, count, request)
+        after = await asyncio.to_thread(settled_rss, lb.pid)
+        await close_all(opened, A_ABORT)
+        closed = await asyncio.to_thread(settled_rss, lb.pid)
+        return Idle(what="association", count=count, before=before, after=after, closed=closed)
+
+    return asyncio.run(run())
+
+
+def idle_http(lb: DicomlbProcess, port: int, count: int) -> tuple[Idle, Idle]:
+    """RSS with `count` connections that sent nothing, then after one GET on each."""
+
+    async def run() -> tuple[Idle, Idle]:
+        warm = await open_many(port, 20)
+        await request_each(warm)
+        await close_all(warm)
+        before = await asyncio.to_thread(settled_rss, lb.pid)
+        opened = await open_many(port, count)
+        silent = await asyncio.to_thread(settled_rss, lb.pid)
+        await request_each(opened)
+        used = await asyncio.to_thread(settled_rss, lb.pid)
+        await close_all(opened)
+        closed = await asyncio.to_thread(settled_rss, lb.pid)
+        return (
+            Idle(what="HTTP, no request", count=count, before=before, after=silent, closed=closed),
+            Idle(what="HTTP, one request", count=count, before=before, after=used, closed=closed),
+        )
+
+    return asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@dataclass(slots=True, kw_only=True)
+class Stream:
+    """Peak RSS while `nbytes` passed through, KiB, and the time it took."""
+
+    what: str
+    nbytes: int
+    before: int
+    peak: int
+    seconds: float
+    samples: int
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.before) / 1024
+
+
+def store_large(lb: DicomlbProcess, port: int, frames: int, workdir: Path) -> Stream:
+    """storescu one instance of `frames` 2 MB frames through dicomlb; peak RSS meanwhile."""
+    path = workdir / "large.dcm"
+    started = time.perf_counter()
+    write_large_instance(path, frames)
+    log(f"wrote {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - started:.0f}s")
+    try:
+        before = settled_rss(lb.pid)
+        started = time.perf_counter()
+        with PeakSampler(lb.pid) as sampler:
+            sent = storescu(LOOPBACK, port, [path], aet="BENCH", aec=DICOMLB_AET, timeout=1800)
+        seconds = time.perf_counter() - started
+        if sent.returncode != 0:
+            raise PeerError(f"storescu exited {sent.returncode}: {sent.stderr.strip()[-800:]}")
+    finally:
+        path.unlink(missing_ok=True)
+    return Stream(
+        what="C-STORE",
+        nbytes=frames * LARGE_FRAME,
+        before=before,
+        peak=sampler.peak,
+        seconds=seconds,
+        samples=sampler.samples,
+    )
+
+
+def upload_large(lb: DicomlbProcess, port: int, nbytes: int) -> Stream:
+    """POST `nbytes` (Content-Length) through dicomlb to the HTTP sink; peak RSS meanwhile."""
+    before = settled_rss(lb.pid)
+    started = time.perf_counter()
+    with PeakSampler(lb.pid) as sampler, socket.create_connection((LOOPBACK, port), 30) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: bench\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n\r\n" % nbytes
+        )
+        view = memoryview(PIECE)
+        left = nbytes
+        while left:
+            piece = view[: min(left, len(PIECE))]
+            sock.sendall(piece)
+            left -= len(piece)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    seconds = time.perf_counter() - started
+    if not answer.startswith(b"HTTP/1.1 200") or not answer.endswith(str(nbytes).encode()):
+        raise PeerError(f"upload answered {answer[:200]!r}")
+    return Stream(
+        what="HTTP upload",
+        nbytes=nbytes,
+        before=before,
+        peak=sampler.peak,
+        seconds=seconds,
+        samples=sampler.samples,
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft descriptor limit to the hard one (dicomlb inherits it)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def table(idle: Sequence[Idle], streams: Sequence[Stream]) -> list[str]:
+    """Markdown lines: kB per idle connection, MB of peak growth per stream, and the targets."""
+    lines = [
+        "| idle | N | RSS before MiB | with N MiB | kB each | target kB | closed MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in idle:
+        target = TARGETS["association" if row.what == "association" else "HTTP connection"]
+        lines.append(
+            f"| {row.what} | {row.count} | {row.before / 1024:.1f} | {row.after / 1024:.1f} "
+            f"| {row.per_connection:.1f} | ≈ {target:.0f} | {row.closed / 1024:.1f} |"
+        )
+    if streams:
+        lines += [
+            "",
+            "| streamed | GB | RSS before MiB | peak MiB | growth MiB | target MiB | MB/s "
+            "| samples |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in streams:
+            lines.append(
+                f"| {s.what} | {s.nbytes / 1e9:.2f} | {s.before / 1024:.1f} | {s.peak / 1024:.1f} "
+                f"| {s.growth_mib:.1f} | < {TARGETS['stream']:.0f} "
+                f"| {s.nbytes / s.seconds / 1e6:.0f} | {s.samples} |"
+            )
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="200 + 200 idle, 200 MB streams")
+    parser.add_argument("--associations", type=int, help="idle associations (default 2000)")
+    parser.add_argument("--connections", type=int, help="idle HTTP connections (default 2000)")
+    parser.add_argument(
+        "--size-mb", type=int, help="MB (10^6 bytes, even) per stream (default 2000; 0: none)"
+    )
+    parser.add_argument(
+        "--dicomlb-src",
+        type=Path,
+        default=REPO / "src",
+        help="directory put on PYTHONPATH for `python3 -m dicomlb` (default: this tree's src)",
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
+    parser.add_argument("--http-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.associations = (
+        args.associations if args.associations is not None else (200 if quick else 2000)
+    )
+    args.connections = (
+        args.connections if args.connections is not None else (200 if quick else 2000)
+    )
+    args.size_mb = args.size_mb if args.size_mb is not None else (200 if quick else 2000)
+    if args.size_mb % 2:
+        parser.error("--size-mb must be even (whole 2 MB frames)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the sinks and dicomlb, measure each phase, report."""
+    args = parse_args(argv)
+    if args.http_sink is not None:
+        asyncio.run(_serve_sink(args.http_sink))
+        return 0
+    fd_limit = raise_descriptor_limit()
+    needed = args.associations + args.connections + 64
+    if fd_limit < needed:
+        log(f"descriptor hard limit {fd_limit} < {needed}: lower --associations/--connections")
+        return 1
+    load_before = os.getloadavg()[0]
+    idle: list[Idle] = []
+    streams: list[Stream] = []
+    skipped: list[str] = []
+    env = peer_env({"PYTHONPATH": str(args.dicomlb_src.resolve())})
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-memory-")))
+        sink = stack.enter_context(StoreSCP(SINK_AET, ignore=True, fork=True))
+        web_port = stack.enter_context(http_sink(workdir))
+        dicom_port, http_port = free_port(), free_port()
+        config = CONFIG.format(
+            host=LOOPBACK,
+            dicom_port=dicom_port,
+            http_port=http_port,
+            aet=DICOMLB_AET,
+            many=max(args.associations, args.connections) + 100,
+            sink=sink.address,
+            web_port=web_port,
+        )
+        lb = stack.enter_context(
+            DicomlbProcess(
+                config, dicom_port, workdir / "dicomlb", env=env, options=["--log-level", "warning"]
+            )
+        )
+        wait_listening(http_port, timeout=20, what="dicomlb HTTP listener")
+        echo = echoscu(LOOPBACK, dicom_port, aet="BENCH", aec=DICOMLB_AET, timeout=30)
+        if echo.returncode != 0:
+            raise PeerError(f"C-ECHO through dicomlb failed: {echo.stderr.strip()}")
+        log(f"dicomlb pid {lb.pid}, RSS {rss_kib(lb.pid) / 1024:.1f} MiB at start")
+        if args.associations:
+            idle.append(idle_associations(lb, dicom_port, args.associations))
+            log(f"{idle[-1]}")
+        if args.connections:
+            idle.extend(idle_http(lb, http_port, args.connections))
+            log(f"{idle[-2]}\n{idle[-1]}")
+        if args.size_mb:
+            frames = args.size_mb // 2
+            free = shutil.disk_usage(workdir).free
+            if free < 2 * frames * LARGE_FRAME:
+                skipped.append(
+                    f"C-STORE of {args.size_mb} MB: {free / 1e9:.1f} GB free in {workdir.parent}"
+                )
+            else:
+                streams.append(store_large(lb, dicom_port, frames, workdir))
+                log(f"{streams[-1]}")
+            streams.append(upload_large(lb, http_port, frames * LARGE_FRAME))
+            log(f"{streams[-1]}")
+    rows = table(idle, streams)
+    print("\n".join(rows))
+    for reason in skipped:
+        print(f"skipped: {reason}")
+    if not args.no_results:
+        now = dt.datetime.now().astimezone()
+        body = [
+            "## Memory (`bench/measure_memory.py`)",
+            "",
+            f"{now:%Y-%m-%d %H:%M %Z} · `nproc` = {os.cpu_count()} · 1-min load average "
+            f"before → after {load_before:.2f} → {os.getloadavg()[0]:.2f} · Python "
+            f"{platform.python_version()} · dicomlb git {git_head()}",
+            "",
+            "VmRSS of the `dicomlb run` process (log level warning, health checks off), settled "
+            f"{SETTLE:g} s after each step; kB = KiB. Idle associations: A-ASSOCIATE-RQ with "
+            "3 presentation contexts, A-ASSOCIATE-AC, then silence. HTTP: TCP connections "
+            "with no request, then the same after one GET each (keep-alive). Streams: peak of "
+            f"samples every {SAMPLE_EVERY * 1000:.0f} ms over the RSS before; C-STORE by DCMTK "
+            "storescu to `storescp --ignore --fork`, upload with Content-Length to a sink "
+            "that reads and drops the body.",
+            "",
+            *rows,
+            *(f"\nSkipped: {reason}" for reason in skipped),
+        ]
+        write_section("measure_memory", body)
+        log("wrote bench/RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
