@@ -7,8 +7,8 @@
 
 One `dicomlb run` process (log level warning, health checks off) with a DICOM listener in
 front of a DCMTK `storescp --ignore --fork` sink and an HTTP listener in front of a small
-HTTP sink (this script with `--http-sink PORT`, a separate process that reads and drops
-every body before it answers). Its resident memory (VmRSS in /proc/PID/status) is read:
+HTTP sink (`tests.memory.HttpSink`, a separate process that reads and drops every body
+before it answers). Its resident memory (VmRSS in /proc/PID/status) is read:
 
 1. before and after opening N idle DICOM associations (A-ASSOCIATE-RQ with three
    presentation contexts, A-ASSOCIATE-AC read, then nothing): kB per association;
@@ -38,12 +38,11 @@ import platform
 import resource
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +51,16 @@ sys.path.insert(0, str(REPO))
 
 from bench.results import git_head, write_section  # noqa: E402
 from tests.dicomdata import LARGE_FRAME, write_large_instance  # noqa: E402
+from tests.memory import (  # noqa: E402
+    A_ABORT,
+    HttpSink,
+    associate_request,
+    close_all,
+    open_many,
+    request_each,
+    rss_kib,
+    settled_rss,
+)
 from tests.peers import (  # noqa: E402
     LOOPBACK,
     DicomlbProcess,
@@ -60,87 +69,21 @@ from tests.peers import (  # noqa: E402
     echoscu,
     free_port,
     peer_env,
-    stop_process,
     storescu,
     wait_listening,
-)
-
-from dicomlb.dicom.pdu import (  # noqa: E402
-    AssociateRequest,
-    PresentationContextProposal,
-    UserInformation,
-    encode,
 )
 
 SINK_AET = "SINK"
 DICOMLB_AET = "DICOMLB"
 SAMPLE_EVERY = 0.05  # seconds between RSS samples while data streams
 SETTLE = 1.0  # seconds left to dicomlb after a phase before RSS is read
-OPEN_AT_ONCE = 64  # connections being opened concurrently
-MIB = 1 << 20
 PIECE = bytes(range(256)) * 4096  # 1 MiB, reused for every piece of an upload
 TARGETS = {"association": 6.0, "HTTP connection": 5.0, "stream": 50.0}  # kB, kB, MB
-A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 
 
 def log(message: str) -> None:
     """Progress on stderr, so stdout holds only the result table."""
     print(message, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- the HTTP sink
-
-
-async def _sink_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answer requests on one keep-alive connection; read and drop each body first."""
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            left = length
-            while left:
-                chunk = await reader.read(min(left, MIB))
-                if not chunk:
-                    return
-                left -= len(chunk)
-            body = str(length).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return
-    finally:
-        writer.close()
-
-
-async def _serve_sink(port: int) -> None:
-    server = await asyncio.start_server(_sink_connection, LOOPBACK, port)
-    async with server:
-        await server.serve_forever()
-
-
-@contextlib.contextmanager
-def http_sink(workdir: Path) -> Iterator[int]:
-    """Run this script as the HTTP sink in its own process; yield its port."""
-    port = free_port()
-    logfile = workdir / "http-sink.log"
-    with open(logfile, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--http-sink", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=peer_env(),
-            start_new_session=True,
-        )
-    try:
-        wait_listening(port, timeout=15, process=process, what="HTTP sink", log=logfile)
-        yield port
-    finally:
-        stop_process(process)
 
 
 # --------------------------------------------------------------------------- dicomlb
@@ -172,24 +115,6 @@ http_routes:
 """
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of process `pid` in KiB (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def settled_rss(pid: int) -> int:
-    """VmRSS after SETTLE seconds, the lowest of a few reads (a timer may allocate briefly)."""
-    time.sleep(SETTLE)
-    reads = []
-    for _ in range(5):
-        reads.append(rss_kib(pid))
-        time.sleep(0.05)
-    return min(reads)
-
-
 class PeakSampler:
     """Reads a process's VmRSS every SAMPLE_EVERY seconds on a thread; keeps the peak."""
 
@@ -218,95 +143,6 @@ class PeakSampler:
 # --------------------------------------------------------------------------- idle connections
 
 
-def associate_request() -> bytes:
-    """A-ASSOCIATE-RQ as a modality sends it: verification, CT and MR storage."""
-    storage = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # explicit, implicit VR LE
-    return encode(
-        AssociateRequest(
-            called_ae=DICOMLB_AET,
-            calling_ae="IDLE",
-            contexts=(
-                PresentationContextProposal(
-                    context_id=1,
-                    abstract_syntax="1.2.840.10008.1.1",
-                    transfer_syntaxes=("1.2.840.10008.1.2",),
-                ),
-                PresentationContextProposal(
-                    context_id=3,
-                    abstract_syntax="1.2.840.10008.5.1.4.1.1.2",
-                    transfer_syntaxes=storage,
-                ),
-                PresentationContextProposal(
-                    context_id=5,
-                    abstract_syntax="1.2.840.10008.5.1.4.1.1.4",
-                    transfer_syntaxes=storage,
-                ),
-            ),
-            user_info=UserInformation(max_pdu=65536, implementation_class_uid="1.2.826.0.1.3"),
-        )
-    )
-
-
-Opened = list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
-
-
-async def open_many(port: int, count: int, first: bytes = b"") -> Opened:
-    """Open `count` connections, `OPEN_AT_ONCE` at a time; send `first` on each.
-
-    When `first` is an A-ASSOCIATE-RQ, each connection waits for A-ASSOCIATE-AC (any other
-    answer raises PeerError).
-    """
-    gate = asyncio.Semaphore(OPEN_AT_ONCE)
-    opened: Opened = []
-
-    async def one() -> None:
-        async with gate:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), 30)
-            opened.append((reader, writer))
-            if not first:
-                return
-            writer.write(first)
-            header = await asyncio.wait_for(reader.readexactly(6), 30)
-            await reader.readexactly(int.from_bytes(header[2:6], "big"))
-            if header[0] != 0x02:
-                raise PeerError(f"association answered with PDU type {header[0]:#04x}")
-
-    await asyncio.gather(*(one() for _ in range(count)))
-    return opened
-
-
-async def request_each(opened: Opened) -> None:
-    """One GET on every connection, a few at a time; read each answer whole, keep the
-    connection open."""
-    gate = asyncio.Semaphore(4)
-
-    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with gate:
-            writer.write(b"GET /idle HTTP/1.1\r\nHost: bench\r\n\r\n")
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise PeerError(f"GET answered {head.splitlines()[0]!r}")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
-
-    await asyncio.gather(*(one(r, w) for r, w in opened))
-
-
-async def close_all(opened: Opened, last: bytes = b"") -> None:
-    """Send `last` (an A-ABORT) on every connection and close it."""
-    for _, writer in opened:
-        if last:
-            writer.write(last)
-        writer.close()
-    for _, writer in opened:
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-
 @dataclass(slots=True, kw_only=True)
 class Idle:
     """RSS around N idle connections of one kind, KiB."""
@@ -324,15 +160,15 @@ class Idle:
 
 def idle_associations(lb: DicomlbProcess, port: int, count: int) -> Idle:
     """RSS before, with `count` idle associations, and after they are aborted."""
-    request = associate_request()
+    request = associate_request(DICOMLB_AET)
 
     async def run() -> Idle:
         await close_all(await open_many(port, 20, request), A_ABORT)  # warm up
-        before = await asyncio.to_thread(settled_rss, lb.pid)
+        before = await asyncio.to_thread(settled_rss, lb.pid, SETTLE)
         opened = await open_many(port, count, request)
-        after = await asyncio.to_thread(settled_rss, lb.pid)
+        after = await asyncio.to_thread(settled_rss, lb.pid, SETTLE)
         await close_all(opened, A_ABORT)
-        closed = await asyncio.to_thread(settled_rss, lb.pid)
+        closed = await asyncio.to_thread(settled_rss, lb.pid, SETTLE)
         return Idle(what="association", count=count, before=before, after=after, closed=closed)
 
     return asyncio.run(run())
@@ -345,13 +181,13 @@ def idle_http(lb: DicomlbProcess, port: int, count: int) -> tuple[Idle, Idle]:
         warm = await open_many(port, 20)
         await request_each(warm)
         await close_all(warm)
-        before = await asyncio.to_thread(settled_rss, lb.pid)
+        before = await asyncio.to_thread(settled_rss, lb.pid, SETTLE)
         opened = await open_many(port, count)
-        silent = await asyncio.to_thread(settled_rss, lb.pid)
+        silent = await asyncio.to_thread(settled_rss, lb.pid, SETTLE)
         await request_each(opened)
-        used = await asyncio.to_thread(settled_rss, lb.pid)
+        used = await asyncio.to_thread(settled_rss, lb.pid, SETTLE)
         await close_all(opened)
-        closed = await asyncio.to_thread(settled_rss, lb.pid)
+        closed = await asyncio.to_thread(settled_rss, lb.pid, SETTLE)
         return (
             Idle(what="HTTP, no request", count=count, before=before, after=silent, closed=closed),
             Idle(what="HTTP, one request", count=count, before=before, after=used, closed=closed),
@@ -386,7 +222,7 @@ def store_large(lb: DicomlbProcess, port: int, frames: int, workdir: Path) -> St
     write_large_instance(path, frames)
     log(f"wrote {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - started:.0f}s")
     try:
-        before = settled_rss(lb.pid)
+        before = settled_rss(lb.pid, SETTLE)
         started = time.perf_counter()
         with PeakSampler(lb.pid) as sampler:
             sent = storescu(LOOPBACK, port, [path], aet="BENCH", aec=DICOMLB_AET, timeout=1800)
@@ -407,7 +243,7 @@ def store_large(lb: DicomlbProcess, port: int, frames: int, workdir: Path) -> St
 
 def upload_large(lb: DicomlbProcess, port: int, nbytes: int) -> Stream:
     """POST `nbytes` (Content-Length) through dicomlb to the HTTP sink; peak RSS meanwhile."""
-    before = settled_rss(lb.pid)
+    before = settled_rss(lb.pid, SETTLE)
     started = time.perf_counter()
     with PeakSampler(lb.pid) as sampler, socket.create_connection((LOOPBACK, port), 30) as sock:
         sock.sendall(
@@ -493,7 +329,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="directory put on PYTHONPATH for `python3 -m dicomlb` (default: this tree's src)",
     )
     parser.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
-    parser.add_argument("--http-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
     args.associations = (
@@ -511,9 +346,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the sinks and dicomlb, measure each phase, report."""
     args = parse_args(argv)
-    if args.http_sink is not None:
-        asyncio.run(_serve_sink(args.http_sink))
-        return 0
     fd_limit = raise_descriptor_limit()
     needed = args.associations + args.connections + 64
     if fd_limit < needed:
@@ -527,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-memory-")))
         sink = stack.enter_context(StoreSCP(SINK_AET, ignore=True, fork=True))
-        web_port = stack.enter_context(http_sink(workdir))
+        web_port = stack.enter_context(HttpSink()).port
         dicom_port, http_port = free_port(), free_port()
         config = CONFIG.format(
             host=LOOPBACK,
