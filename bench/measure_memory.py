@@ -5,10 +5,11 @@
     python3 bench/measure_memory.py --size-mb 0      # idle connections only
     python3 bench/measure_memory.py --dicomlb-src /work/main/src --no-results
 
-One `dicomlb run` process (log level warning, health checks off) with a DICOM listener in
-front of a DCMTK `storescp --ignore --fork` sink and an HTTP listener in front of a small
-HTTP sink (`tests.memory.HttpSink`, a separate process that reads and drops every body
-before it answers). Its resident memory (VmRSS in /proc/PID/status) is read:
+A fresh `dicomlb run` process for each of the three steps below (log level warning, health
+checks off) with a DICOM listener in front of a DCMTK `storescp --ignore --fork` sink and an
+HTTP listener in front of a small HTTP sink (`tests.memory.HttpSink`, a separate process
+that reads and drops every body before it answers). Its resident memory (VmRSS in
+/proc/PID/status) is read:
 
 1. before and after opening N idle DICOM associations (A-ASSOCIATE-RQ with three
    presentation contexts, A-ASSOCIATE-AC read, then nothing): kB per association;
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +280,42 @@ def upload_large(lb: DicomlbProcess, port: int, nbytes: int) -> Stream:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Balancer:
+    """A running `dicomlb run` and its two listeners' ports."""
+
+    process: DicomlbProcess
+    dicom_port: int
+    http_port: int
+
+
+@contextlib.contextmanager
+def balancer(
+    workdir: Path, sink: str, web_port: int, many: int, env: dict[str, str]
+) -> Iterator[Balancer]:
+    """Start a fresh `dicomlb run` (so one phase's freed memory is not the next one's) and
+    check it relays a C-ECHO; stopped on the way out."""
+    dicom_port, http_port = free_port(), free_port()
+    config = CONFIG.format(
+        host=LOOPBACK,
+        dicom_port=dicom_port,
+        http_port=http_port,
+        aet=DICOMLB_AET,
+        many=many,
+        sink=sink,
+        web_port=web_port,
+    )
+    with DicomlbProcess(
+        config, dicom_port, workdir, env=env, options=["--log-level", "warning"]
+    ) as process:
+        wait_listening(http_port, timeout=20, what="dicomlb HTTP listener")
+        echo = echoscu(LOOPBACK, dicom_port, aet="BENCH", aec=DICOMLB_AET, timeout=30)
+        if echo.returncode != 0:
+            raise PeerError(f"C-ECHO through dicomlb failed: {echo.stderr.strip()}")
+        log(f"dicomlb pid {process.pid}, RSS {rss_kib(process.pid) / 1024:.1f} MiB at start")
+        yield Balancer(process, dicom_port, http_port)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -364,44 +401,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-memory-")))
         sink = stack.enter_context(StoreSCP(SINK_AET, ignore=True, fork=True))
         web_port = stack.enter_context(HttpSink()).port
-        dicom_port, http_port = free_port(), free_port()
-        config = CONFIG.format(
-            host=LOOPBACK,
-            dicom_port=dicom_port,
-            http_port=http_port,
-            aet=DICOMLB_AET,
-            many=max(args.associations, args.connections) + 100,
-            sink=sink.address,
-            web_port=web_port,
-        )
-        lb = stack.enter_context(
-            DicomlbProcess(
-                config, dicom_port, workdir / "dicomlb", env=env, options=["--log-level", "warning"]
-            )
-        )
-        wait_listening(http_port, timeout=20, what="dicomlb HTTP listener")
-        echo = echoscu(LOOPBACK, dicom_port, aet="BENCH", aec=DICOMLB_AET, timeout=30)
-        if echo.returncode != 0:
-            raise PeerError(f"C-ECHO through dicomlb failed: {echo.stderr.strip()}")
-        log(f"dicomlb pid {lb.pid}, RSS {rss_kib(lb.pid) / 1024:.1f} MiB at start")
+        many = max(args.associations, args.connections) + 100
+
+        def fresh(phase: str) -> contextlib.AbstractContextManager[Balancer]:
+            return balancer(workdir / phase, sink.address, web_port, many, env)
+
         if args.associations:
-            idle.extend(idle_associations(lb, dicom_port, args.associations))
+            with fresh("associations") as lb:
+                idle.extend(idle_associations(lb.process, lb.dicom_port, args.associations))
             log(f"{idle[-2]}\n{idle[-1]}")
         if args.connections:
-            idle.extend(idle_http(lb, http_port, args.connections))
+            with fresh("http") as lb:
+                idle.extend(idle_http(lb.process, lb.http_port, args.connections))
             log(f"{idle[-2]}\n{idle[-1]}")
         if args.size_mb:
             frames = args.size_mb // 2
-            free = shutil.disk_usage(workdir).free
-            if free < 2 * frames * LARGE_FRAME:
-                skipped.append(
-                    f"C-STORE of {args.size_mb} MB: {free / 1e9:.1f} GB free in {workdir.parent}"
-                )
-            else:
-                streams.append(store_large(lb, dicom_port, frames, workdir))
+            with fresh("streams") as lb:
+                free = shutil.disk_usage(workdir).free
+                if free < 2 * frames * LARGE_FRAME:
+                    skipped.append(
+                        f"C-STORE of {args.size_mb} MB: {free / 1e9:.1f} GB free in "
+                        f"{workdir.parent}"
+                    )
+                else:
+                    streams.append(store_large(lb.process, lb.dicom_port, frames, workdir))
+                    log(f"{streams[-1]}")
+                streams.append(upload_large(lb.process, lb.http_port, frames * LARGE_FRAME))
                 log(f"{streams[-1]}")
-            streams.append(upload_large(lb, http_port, frames * LARGE_FRAME))
-            log(f"{streams[-1]}")
     rows = table(idle, streams)
     print("\n".join(rows))
     for reason in skipped:
@@ -415,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"before → after {load_before:.2f} → {os.getloadavg()[0]:.2f} · Python "
             f"{platform.python_version()} · dicomlb git {git_head()}",
             "",
-            "VmRSS of the `dicomlb run` process (log level warning, health checks off), settled "
+            "VmRSS of a fresh `dicomlb run` process per step (log level warning, health checks "
+            "off), settled "
             f"{SETTLE:g} s after each step; kB = KiB. Idle associations: A-ASSOCIATE-RQ with "
             "3 presentation contexts, A-ASSOCIATE-AC, then silence. HTTP: TCP connections "
             "with no request, then the same after one GET each (keep-alive). Streams: peak of "

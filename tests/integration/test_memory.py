@@ -76,28 +76,35 @@ class Balancer:
 
 
 @pytest.fixture(scope="module")
-def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
+def peers() -> Iterator[tuple[StoreSCP, HttpSink]]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 2 * IDLE + 256:
         pytest.skip(f"descriptor hard limit {hard} is below {2 * IDLE + 256}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    work = tmp_path_factory.mktemp("memory")
-    dicom_port, http_port = free_port(), free_port()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # dicomlb inherits it
     try:
         with StoreSCP("SINK", ignore=True, fork=True) as scp, HttpSink() as web:
-            config = CONFIG.format(
-                host=LOOPBACK,
-                dicom_port=dicom_port,
-                http_port=http_port,
-                sink=scp.address,
-                web=web.url,
-            )
-            with DicomlbProcess(
-                config, dicom_port, work / "lb", options=["--log-level", "warning"]
-            ) as process:
-                yield Balancer(process, dicom_port, http_port)
+            yield scp, web
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def lb(peers: tuple[StoreSCP, HttpSink], tmp_path: Path) -> Iterator[Balancer]:
+    """A fresh dicomlb per test: memory freed by one test's connections would hide the
+    next one's."""
+    scp, web = peers
+    dicom_port, http_port = free_port(), free_port()
+    config = CONFIG.format(
+        host=LOOPBACK,
+        dicom_port=dicom_port,
+        http_port=http_port,
+        sink=scp.address,
+        web=web.url,
+    )
+    with DicomlbProcess(
+        config, dicom_port, tmp_path / "lb", options=["--log-level", "warning"]
+    ) as process:
+        yield Balancer(process, dicom_port, http_port)
 
 
 def test_idle_associations_cost_a_few_kb(lb: Balancer) -> None:
