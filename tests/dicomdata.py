@@ -41,6 +41,7 @@ __all__ = [
     "make_small",
     "make_studies",
     "new_uid",
+    "write_large_instance",
     "write_series",
 ]
 
@@ -290,3 +291,42 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+LARGE_FRAME = 1000 * 1000 * 2  # bytes of one 1000x1000 16-bit frame of `write_large_instance`
+
+
+def write_large_instance(path: os.PathLike[str] | str, frames: int) -> Path:
+    """Write a multi-frame secondary capture of ``frames`` 1000x1000 16-bit frames (2 MB
+    each: 1000 frames are 2 GB of pixel data) to ``path``, holding one frame in memory.
+
+    pydicom writes the file meta and every element before Pixel Data; the Pixel Data
+    element (explicit VR little endian, OW, 32-bit length) is then appended frame by
+    frame, so the size is bounded by the disk, not by memory. Returns ``path``.
+    """
+    nbytes = frames * LARGE_FRAME
+    if not 0 < nbytes < 0xFFFFFFFF:
+        raise ValueError(f"{frames} frames do not fit one Pixel Data element")
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+    ds.SOPInstanceUID = new_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = new_uid(), new_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "LARGE", "Large^Instance", "OT"
+    ds.Rows = ds.Columns = 1000
+    ds.NumberOfFrames = frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    target = Path(path)
+    ds.save_as(target, enforce_file_format=True)
+    frame = bytes(range(256)) * (LARGE_FRAME // 256) + bytes(range(LARGE_FRAME % 256))
+    with open(target, "ab") as out:
+        out.write(b"\xe0\x7f\x10\x00OW\x00\x00" + nbytes.to_bytes(4, "little"))
+        for _ in range(frames):
+            out.write(frame)
+    return target

@@ -193,6 +193,46 @@ class DicomListener:
 class InboundAssociation(asyncio.Protocol):
     """One client association: protocol shell around the cores, feeding its services."""
 
+    # Thousands may sit idle at once: slots instead of a per-instance dict, 1.2 kB less each.
+    __slots__ = (
+        "_abstract_syntaxes",
+        "_artim",
+        "_asking",
+        "_current",
+        "_hold",
+        "_last_activity",
+        "_loop",
+        "_lost",
+        "_message_id",
+        "_outcome",
+        "_queue",
+        "_queue_waiter",
+        "_reading_paused",
+        "_relay_task",
+        "_timer",
+        "_tls_task",
+        "_when_writable",
+        "_writable",
+        "assembler",
+        "assoc",
+        "busy",
+        "bytes_in",
+        "called_ae",
+        "calling_ae",
+        "config",
+        "counted",
+        "listener",
+        "messages",
+        "negotiating",
+        "on_cancel",
+        "on_response",
+        "peer",
+        "runtime",
+        "source",
+        "started",
+        "transport",
+    )
+
     def __init__(self, listener: DicomListener) -> None:
         self.listener = listener
         self.runtime = listener.runtime  # the snapshot at association start serves it whole
@@ -215,8 +255,9 @@ class InboundAssociation(asyncio.Protocol):
         self.messages = 0
         self.bytes_in = 0
         # Messages for the relay, in order. A plain deque and one waiter instead of an
-        # asyncio.Queue; see _hold for when the relay is woken.
-        self._queue: collections.deque[InboundMessage | _Release] = collections.deque()
+        # asyncio.Queue; see _hold for when the relay is woken. Made by the first message:
+        # an empty deque is 760 bytes, a tenth of an idle association.
+        self._queue: collections.deque[InboundMessage | _Release] | None = None
         self._queue_waiter: asyncio.Future[None] | None = None
         # The newest queued message has a data set none of which has arrived yet: waking the
         # relay now would only see it suspend again on the data, so the first fragment wakes
@@ -389,7 +430,7 @@ class InboundAssociation(asyncio.Protocol):
             for later in self.assoc.receive_data(b""):
                 self._on_event(later)
         elif isinstance(event, ReleaseRequest):
-            self._queue.append(_Release())
+            self._enqueue(_Release())
             self._wake_relay()
         elif isinstance(event, Abort):
             self._outcome = f"aborted by the client (reason {event.reason})"
@@ -522,7 +563,7 @@ class InboundAssociation(asyncio.Protocol):
             )
             self._current = stream
         self.messages += 1
-        self._queue.append(
+        self._enqueue(
             InboundMessage(
                 context_id=received.context_id,
                 command=received.command,
@@ -549,6 +590,11 @@ class InboundAssociation(asyncio.Protocol):
                 self._queue_waiter = None
         item = self._queue.popleft()
         return None if isinstance(item, _Release) else item
+
+    def _enqueue(self, item: InboundMessage | _Release) -> None:
+        if self._queue is None:
+            self._queue = collections.deque()
+        self._queue.append(item)
 
     def _wake_relay(self) -> None:
         waiter = self._queue_waiter

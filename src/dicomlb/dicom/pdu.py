@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 from dataclasses import dataclass, field
 
 from dicomlb.dicom.errors import RemoteProtocolError
@@ -248,7 +249,9 @@ def _text(raw: bytes) -> str:
 def _uid(raw: bytes | memoryview, what: str) -> str:
     if len(raw) > MAX_UID_LEN:
         raise _invalid(f"{what} of {len(raw)} bytes is longer than a UID ({MAX_UID_LEN})")
-    return bytes(raw).decode("ascii", "replace").rstrip("\x00 ")
+    # The same few dozen UIDs arrive in every association and are held while it lasts:
+    # interned, they are one shared string each instead of a copy per association.
+    return sys.intern(bytes(raw).decode("ascii", "replace").rstrip("\x00 "))
 
 
 def _items(body: memoryview, where: str) -> list[tuple[int, memoryview]]:
