@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +48,7 @@ from dicomlb.services.relay import Relay
 from dicomlb.snapshot import Ack, AdminListenerConfig, Snapshot
 from dicomlb.spool.spool import Spool
 from dicomlb.studies import SAVE_SECONDS, StudyIndex
+from dicomlb.workers import Worker, for_worker
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,18 @@ def file_digest(path: Path) -> bytes | None:
 class App:
     """The running balancer: listeners, runtime (routes, pools, backends) and health checks."""
 
-    def __init__(self, snapshot: Snapshot, config_path: str | Path | None = None) -> None:
-        """Raises ApiStateError when the admin API's backends kept in `state_dir` cannot be
-        read."""
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        config_path: str | Path | None = None,
+        worker: Worker | None = None,
+    ) -> None:
+        """`snapshot` as loaded from the file; `worker`: which of the worker processes this
+        one is (its own admin port, spool and state directories, shared data ports). Raises
+        ApiStateError when the admin API's backends kept in `state_dir` cannot be read."""
+        self.worker = worker
+        if worker is not None:
+            snapshot = for_worker(snapshot, worker)
         self.metrics = Metrics()
         # The providers' parts: the file's snapshot, the admin API's backends (kept in
         # state_dir), Docker's; `merged` joins them into what runs.
@@ -137,8 +149,10 @@ class App:
                 DockerProvider(docker, self._docker_changed)
             )
         log.info(
-            "dicomlb.started source=%s routes=%d pools=%d backends=%d",
+            "dicomlb.started source=%s worker=%s pid=%d routes=%d pools=%d backends=%d",
             self.snapshot.source,
+            self.worker or "-",
+            os.getpid(),
             len(self.snapshot.routes),
             len(self.snapshot.pools),
             len(self.runtime.backends),
@@ -318,7 +332,13 @@ class App:
                 snapshot = None
             else:
                 try:
-                    snapshot = await asyncio.to_thread(load_snapshot, self.config_path)
+                    snapshot = await asyncio.to_thread(
+                        functools.partial(
+                            load_snapshot, self.config_path, workers=self.file_snapshot.workers
+                        )
+                    )
+                    if self.worker is not None:
+                        snapshot = for_worker(snapshot, self.worker)
                     error = None
                 except ConfigError as err:
                     snapshot, error = None, str(err)

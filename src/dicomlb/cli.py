@@ -8,7 +8,7 @@ import json
 import sys
 import urllib.request
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from dicomlb import __version__, dryrun, logs
 from dicomlb.app import App, run_loop
@@ -26,6 +26,8 @@ from dicomlb.snapshot import MessageFacts, Snapshot
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
 from dicomlb.spool.store import SpoolBusy
+from dicomlb.supervisor import Supervisor, worker_command
+from dicomlb.workers import parse_worker, stranded, stranded_message, worker_directory
 
 # `dicomlb run` exit statuses beyond 0 (stopped) and 2 (invalid configuration).
 SPOOL_BUSY = 3  # the spool directory is owned by another running dicomlb
@@ -51,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve with a configuration file")
     run.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    run.add_argument(
+        "--worker",
+        metavar="K/N",
+        help="run as worker K of N (with `workers: N` the supervisor starts each so)",
+    )
     check = commands.add_parser("check", help="validate a configuration file and show it resolved")
     check.add_argument("-c", "--config", required=True, help="YAML configuration file")
     schema = commands.add_parser(
@@ -88,6 +95,12 @@ def _spool_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     spool = commands.add_parser("spool", help="see and act on the spool's queued and dead items")
     config = argparse.ArgumentParser(add_help=False)
     config.add_argument("-c", "--config", required=True, help="YAML configuration file")
+    config.add_argument(
+        "--worker",
+        type=int,
+        metavar="K",
+        help="worker K's spool (`<directory>/worker-K`), with `workers` above 1",
+    )
     actions = spool.add_subparsers(dest="action", required=True)
     ls = actions.add_parser("ls", parents=[config], help="list items (oldest first), a summary")
     ls.add_argument(
@@ -114,8 +127,18 @@ def _spool_command(args: argparse.Namespace, snapshot: Snapshot) -> int:
     if snapshot.spool is None:
         print(f"dicomlb: {snapshot.source} has no spool section", file=sys.stderr)
         return 2
+    directory = snapshot.spool.directory
+    if snapshot.workers > 1:
+        if args.worker is None or not 0 <= args.worker < snapshot.workers:
+            print(
+                f"dicomlb: with workers: {snapshot.workers} each worker has its own spool "
+                f"directory; give --worker K (0 to {snapshot.workers - 1})",
+                file=sys.stderr,
+            )
+            return 2
+        directory = worker_directory(directory, args.worker)
     try:
-        with ops.opened(snapshot.spool.directory) as store:
+        with ops.opened(directory) as store:
             if args.action == "ls":
                 states = [ItemState(s) for s in args.state or ()]
                 items = ops.list_items(
@@ -123,7 +146,7 @@ def _spool_command(args: argparse.Namespace, snapshot: Snapshot) -> int:
                 )
                 total = ops.summary(store)
                 counts = ", ".join(f"{n} {state}" for state, n in sorted(total.by_state.items()))
-                print(f"spool {snapshot.spool.directory}: {counts or 'empty'}; {total.bytes} bytes")
+                print(f"spool {directory}: {counts or 'empty'}; {total.bytes} bytes")
                 if items:
                     print(ops.HEADER)
                     for item in items:
@@ -302,8 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(hash_secret(secret))
         return 0
+    worker = None
+    if args.command == "run" and args.worker is not None:
+        try:
+            worker = parse_worker(args.worker)
+        except ValueError as err:
+            print(f"dicomlb: {err}", file=sys.stderr)
+            return 2
     try:
-        snapshot = load_snapshot(args.config)
+        snapshot = load_snapshot(args.config, workers=worker.count if worker else None)
     except ConfigError as err:
         print(f"dicomlb: invalid configuration\n{err}", file=sys.stderr)
         return 2
@@ -316,8 +346,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _spool_command(args, snapshot)
     if args.command == "route":
         return _route_command(args, snapshot)
+    if worker is None:
+        if snapshot.spool is not None:
+            parts = stranded(ops.holding(snapshot.spool.directory), snapshot.workers)
+            if parts:
+                message = stranded_message(snapshot.spool.directory, parts, snapshot.workers)
+                print(f"dicomlb: {message}", file=sys.stderr)
+                return 2
+        if snapshot.workers > 1:
+            command = worker_command(args.config, args.log_level, args.log_format)
+            supervisor = Supervisor(command, snapshot.workers, snapshot.graceful_timeout)
+            return cast(int, run_loop(supervisor.run))
     try:
-        app = App(snapshot, config_path=args.config)
+        app = App(snapshot, config_path=args.config, worker=worker)
     except ApiStateError as err:
         print(f"dicomlb: {err}", file=sys.stderr)
         return 2

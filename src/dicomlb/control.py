@@ -16,6 +16,7 @@ from dicomlb.pools import BackendState, Pool
 from dicomlb.providers.merge import Item
 from dicomlb.snapshot import Snapshot
 from dicomlb.spool.spool import Spool
+from dicomlb.workers import Worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,9 @@ class Control(Protocol):
 
     @property
     def started_at(self) -> float: ...
+
+    @property
+    def worker(self) -> Worker | None: ...
 
     @property
     def config_path(self) -> Path | None: ...

@@ -1,10 +1,10 @@
 """Install configuration: what a running process keeps until it restarts (pure).
 
-Listener binds, which data listeners exist, the spool, `state_dir` and `providers` are fixed
-when the process starts (Traefik's static configuration); routes, pools, backends, middlewares and
-listener limits are dynamic, and a reload applies them. `pin` gives the snapshot a reload
-applies, the running install configuration kept in it, and names each install key whose
-new value waits for a restart: a reload is never half-applied, and never silent about it.
+Listener binds, which data listeners exist, the spool, `state_dir`, `providers` and `workers`
+are fixed when the process starts (Traefik's static configuration); routes, pools, backends,
+middlewares and listener limits are dynamic, and a reload applies them. `pin` gives the
+snapshot a reload applies, the running install configuration kept in it, and names each install
+key whose new value waits for a restart: a reload is never half-applied, and never silent.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def pin(running: Snapshot, loaded: Snapshot) -> tuple[Snapshot, tuple[str, ...]]
         waiting.append("state_dir")
     if running.providers != loaded.providers:
         waiting.append("providers")
+    if running.workers != loaded.workers:
+        waiting.append("workers")
     applied = dataclasses.replace(
         loaded,
         dicom=dicom,
@@ -41,6 +43,7 @@ def pin(running: Snapshot, loaded: Snapshot) -> tuple[Snapshot, tuple[str, ...]]
         spool=running.spool,
         state_dir=running.state_dir,
         providers=running.providers,
+        workers=running.workers,
     )
     return applied, tuple(waiting)
 

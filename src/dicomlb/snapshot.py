@@ -237,7 +237,8 @@ class PoolConfig:
     orthanc: bool = False  # HTTP: learn job / query owners, pin sender-transfer-id
     orthanc_writer: str | None = None  # HTTP: the backend taking POST / PUT / DELETE / PATCH
     http: HttpPoolConfig | None = None  # HTTP balancing options (None: defaults)
-    instances: int = 1  # dicomlb instances sharing the backends: their limits are divided
+    # dicomlb processes sharing the backends (instances x workers): their limits are divided
+    instances: int = 1
 
 
 def instance_share(limit: int, instances: int) -> int:
@@ -351,6 +352,7 @@ class DicomListenerConfig:
     tls: TlsConfig | None = None
     # Bytes all associations together may hold while looking for routing tags.
     scan_budget: int = 64 << 20
+    reuse_port: bool = False  # SO_REUSEPORT: worker processes share the port
 
     def encoding(self, uid: str) -> Encoding | None:
         """How data sets in transfer syntax `uid` are read; None when the listener does not
@@ -404,6 +406,7 @@ class HttpListenerConfig:
     discard_body_max: int = 16 * 1024 * 1024
     tls: TlsConfig | None = None  # HTTPS: clients speak TLS (with `ca`: client certificates)
     encoded_slashes: EncodedSlashes = EncodedSlashes.REJECT  # %2F / %5C in a path: 400 or kept
+    reuse_port: bool = False  # SO_REUSEPORT: worker processes share the port
 
 
 class KeyKind(enum.StrEnum):
@@ -517,5 +520,6 @@ class Snapshot:
     http: HttpListenerConfig | None = None
     http_routes: tuple[HttpRouteConfig, ...] = ()
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
+    workers: int = 1  # processes `dicomlb run` starts, each one an instance
     # Valid but surely not meant (a route that can never match), for `dicomlb check`.
     warnings: tuple[str, ...] = ()

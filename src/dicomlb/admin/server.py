@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -530,6 +531,13 @@ class AdminServer:
             "version": __version__,
             "now": now,
             "started": self.app.started_at,
+            "worker": None
+            if self.app.worker is None
+            else {
+                "index": self.app.worker.index,
+                "count": self.app.worker.count,
+                "pid": os.getpid(),
+            },
             "ready": ready,
             "not_ready_reasons": reasons,
             "not_ready_pools": self.app.pools_unavailable(),

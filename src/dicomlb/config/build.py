@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, StrictBool, ValidationError
+from pydantic import Field, StrictBool, StrictInt, ValidationError
 
 from dicomlb.config.admin import AdminListenerModel, build_admin
 from dicomlb.config.dicom import (
@@ -63,6 +63,7 @@ from dicomlb.routing import MatchError, parse_match
 from dicomlb.shadowing import Conjunction, shadowed
 from dicomlb.snapshot import (
     Ack,
+    AdminListenerConfig,
     AllowRule,
     BackendConfig,
     DicomListenerConfig,
@@ -145,14 +146,29 @@ class ConfigModel(Model):
         "what a backend takes.",
         1,
     )
+    workers: Annotated[StrictInt, Field(ge=1, le=MAX_WORKERS)] | None = unset(
+        "Worker processes `dicomlb run` starts on this machine, each one an instance: they "
+        "share the DICOM and HTTP ports (SO_REUSEPORT), and each has its own admin listener "
+        "(the admin port + K for worker K, from 0), spool directory and `state_dir` "
+        "(`<directory>/worker-K`). Backends' limits are divided by `instances` x `workers`. "
+        "Install configuration: a change waits for a restart.",
+        1,
+    )
 
 
-def load_snapshot(path: str | Path) -> Snapshot:
-    """Read, validate and build the configuration file at `path`. Raises ConfigError."""
-    return build_snapshot(load_yaml(path), str(path))
+# More worker processes than this is a typo (the machine's cores are far fewer).
+MAX_WORKERS = 64
 
 
-def build_snapshot(data: Any, source: str = "<config>") -> Snapshot:
+def load_snapshot(path: str | Path, *, workers: int | None = None) -> Snapshot:
+    """Read, validate and build the configuration file at `path`. Raises ConfigError.
+
+    `workers`: the worker processes running, when a reload must divide the backends' limits
+    by those rather than by a count the file now writes (that one waits for a restart)."""
+    return build_snapshot(load_yaml(path), str(path), workers=workers)
+
+
+def build_snapshot(data: Any, source: str = "<config>", *, workers: int | None = None) -> Snapshot:
     """Validate loaded YAML data and build the snapshot. Raises ConfigError listing every
     problem found."""
     if data is None:
@@ -175,7 +191,7 @@ def build_snapshot(data: Any, source: str = "<config>") -> Snapshot:
         raise ConfigError(
             source, [issue_from_pydantic(e, ConfigModel) for e in err.errors()]
         ) from None
-    builder = _Builder(model)
+    builder = _Builder(model, workers)
     snapshot = builder.build(source)
     if builder.issues:
         raise ConfigError(source, builder.issues)
@@ -221,8 +237,10 @@ def _reaches(host: str, port: int, bind_host: str, bind_port: int) -> bool:
 class _Builder:
     """Cross-field checks and name resolution, collecting every issue."""
 
-    def __init__(self, model: ConfigModel) -> None:
+    def __init__(self, model: ConfigModel, running_workers: int | None = None) -> None:
         self.model = model
+        # The worker processes that share each backend on this machine.
+        self.workers = running_workers or model.workers or 1
         self.issues: list[ConfigIssue] = []
         self.warnings: list[str] = []
 
@@ -289,6 +307,9 @@ class _Builder:
                         "API adds one (or providers.docker brings containers)"
                     )
         self.self_references(pools, dicom, extra["http"])
+        if self.model.workers is not None:
+            extra["workers"] = self.model.workers
+            self.worker_ports(dicom, extra["http"], admin)
         return Snapshot(
             source=source,
             dicom=dicom,
@@ -326,6 +347,57 @@ class _Builder:
                             f"it — give the {peer}'s address",
                         )
 
+    def worker_ports(
+        self,
+        dicom: DicomListenerConfig | None,
+        http: HttpListenerConfig | None,
+        admin: AdminListenerConfig | None,
+    ) -> None:
+        """Workers share the data listeners' ports and take admin ports in a row, which must
+        not reach a data port."""
+        workers = self.model.workers or 1
+        if workers <= 1:
+            return
+        taken = {
+            listener.port: name
+            for name, listener in (("dicom", dicom), ("http", http))
+            if listener is not None
+        }
+        if admin is not None:
+            row = range(admin.port, admin.port + workers)
+            for port in row:
+                if port in taken:
+                    self.fail(
+                        "listeners.admin.bind",
+                        f"the {workers} workers' admin listeners take ports {row.start}-"
+                        f"{row.stop - 1} (one each), and {port} is the {taken[port]} "
+                        "listener's; move the admin port",
+                    )
+            if row.stop - 1 > 65535:
+                self.fail(
+                    "listeners.admin.bind",
+                    f"the {workers} workers' admin listeners take ports {row.start}-"
+                    f"{row.stop - 1}, past 65535; give a lower admin port",
+                )
+
+    def shared_limits(self, path: str, backend: BackendConfig, processes: int) -> None:
+        """Warn where a backend's limit is below the processes sharing it: each keeps 1, so
+        together they may open more than it takes."""
+        if processes <= 1 or backend.dicom is None or backend.max_associations >= processes:
+            return
+        instances = processes // self.workers
+        who = (
+            f"{instances} instance(s) x {self.workers} workers"
+            if self.workers > 1
+            else f"{instances} instances"
+        )
+        self.warnings.append(
+            f'{path}: backend "{backend.name}" takes {backend.max_associations} '
+            f"association(s) at a time (max_associations) but {processes} dicomlb processes "
+            f"share it ({who}): each keeps at least 1, so together they may open "
+            f"{processes}; raise the backend's limit or run fewer workers"
+        )
+
     def pools(self) -> dict[str, PoolConfig]:
         pools: dict[str, PoolConfig] = {}
         backend_at: dict[str, str] = {}
@@ -347,7 +419,7 @@ class _Builder:
                     f"key is used only by strategy affinity, and this pool is "
                     f"{spec.strategy.value}; remove key or set strategy: affinity",
                 )
-            instances = spec.instances or self.model.instances or 1
+            instances = (spec.instances or self.model.instances or 1) * self.workers
             backends = []
             for i, b in enumerate(spec.backends):
                 b_path = f"{path}.backends[{i}]"
@@ -367,18 +439,15 @@ class _Builder:
                         "and / or http: http://host:port",
                     )
                 store = backend_store(b, b_path, tls, self.issues)
-                backends.append(
-                    per_instance(
-                        BackendConfig(
-                            name=b.name,
-                            dicom=b.dicom,
-                            tls=tls,
-                            store=store,
-                            **written(b, "name", "dicom", "tls", *BRIDGE_FIELDS),
-                        ),
-                        instances,
-                    )
+                backend = BackendConfig(
+                    name=b.name,
+                    dicom=b.dicom,
+                    tls=tls,
+                    store=store,
+                    **written(b, "name", "dicom", "tls", *BRIDGE_FIELDS),
                 )
+                self.shared_limits(b_path, backend, instances)
+                backends.append(per_instance(backend, instances))
             health = (
                 HealthConfig(
                     **written(spec.health, "http"), http=http_check_config(spec.health.http)

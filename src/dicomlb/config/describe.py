@@ -15,6 +15,7 @@ from dicomlb.snapshot import (
     StorageCommitment,
     UpstreamMode,
 )
+from dicomlb.workers import worker_directory
 
 __all__ = ["describe"]
 
@@ -22,6 +23,11 @@ __all__ = ["describe"]
 def describe(snapshot: Snapshot) -> str:
     """A readable multi-line summary of a snapshot, for `dicomlb check`."""
     lines = [f"config: {snapshot.source}"]
+    if snapshot.workers > 1:
+        lines.append(
+            f"workers: {snapshot.workers} processes, each one instance sharing the DICOM and "
+            "HTTP ports (SO_REUSEPORT)"
+        )
     d = snapshot.dicom
     if d is None:
         lines.append("dicom listener: none")
@@ -68,6 +74,8 @@ def describe(snapshot: Snapshot) -> str:
             f"  {n}. {route.name}: {route.match_text or 'everything'} -> pool {route.pool.name}"
             f"{spooled}"
         )
+    workers = snapshot.workers
+    part = "worker" if workers > 1 else "instance"
     lines.append("pools:")
     for pool in snapshot.pools.values():
         strategy = pool.strategy.value
@@ -89,9 +97,14 @@ def describe(snapshot: Snapshot) -> str:
         ]
         if pool.instances > 1:
             http_cap = pool.http.max_connections if pool.http is not None else None
+            who = (
+                f"{pool.instances} processes ({pool.instances // workers} instance(s) x "
+                f"{workers} workers)"
+                if workers > 1
+                else f"{pool.instances} instances"
+            )
             lines.append(
-                f"    shared by {pool.instances} instances: the limits below are this "
-                "instance's part"
+                f"    shared by {who}: the limits below are this {part}'s part"
                 + (f"; http max connections {http_cap} per backend" if http_cap else "")
             )
         if pool.upstream is UpstreamMode.PER_CLIENT:
@@ -107,7 +120,7 @@ def describe(snapshot: Snapshot) -> str:
                 f"{pool.move_destination.value}; storage commitment: "
                 f"{pool.storage_commitment.value}"
             )
-        per = " per instance" if pool.instances > 1 else ""
+        per = f" per {part}" if pool.instances > 1 else ""
         for b in pool.backends:
             addresses = [str(b.http)] if b.http else []
             if b.dicom is not None:
@@ -138,6 +151,10 @@ def describe(snapshot: Snapshot) -> str:
             f"admin listener: http://{host_port(a.host, a.port)}/ "
             f"(auth: {'; '.join(auth) if auth else 'none, loopback only'})"
         )
+        if workers > 1:
+            lines.append(
+                f"  one per worker: worker K on port {a.port} + K ({a.port}-{a.port + workers - 1})"
+            )
     lines.append(f"reload on file change: {'yes' if snapshot.watch else 'no'}")
     sp = snapshot.spool
     if sp is not None:
@@ -148,7 +165,8 @@ def describe(snapshot: Snapshot) -> str:
             else "wait for the study's backend"
         )
         lines += [
-            f"spool: {sp.directory}",
+            f"spool: {sp.directory}"
+            + (f" (worker K in {worker_directory(sp.directory, 0)[:-1]}K)" if workers > 1 else ""),
             f"  limits: max bytes {sp.max_bytes or 'none'}, max items {sp.max_items or 'none'}, "
             f"min free disk {sp.min_free_disk}",
             f"  retry: base {format_duration(r.base)}, cap {format_duration(r.cap)}, "
@@ -161,7 +179,14 @@ def describe(snapshot: Snapshot) -> str:
         nodes = ", ".join(f"{aet} -> {address}" for aet, address in snapshot.dicom_nodes.items())
         lines.append(f"dicom nodes (C-MOVE destinations): {nodes}")
     if snapshot.state_dir is not None:
-        lines.append(f"state directory: {snapshot.state_dir}")
+        lines.append(
+            f"state directory: {snapshot.state_dir}"
+            + (
+                f" (worker K in {worker_directory(snapshot.state_dir, 0)[:-1]}K)"
+                if workers > 1
+                else ""
+            )
+        )
     docker = snapshot.providers.docker
     if docker is not None:
         opt = (

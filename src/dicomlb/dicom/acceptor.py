@@ -119,7 +119,11 @@ class DicomListener:
         # TLS is started by each connection (InboundAssociation.connection_made), so that a
         # connection is counted and under ARTIM from its TCP connect, handshake included.
         self.server = await loop.create_server(
-            lambda: InboundAssociation(self), config.host, config.port, backlog=512
+            lambda: InboundAssociation(self),
+            config.host,
+            config.port,
+            backlog=512,
+            reuse_port=config.reuse_port,
         )
         log.info(
             "listener.started listener=dicom bind=%s:%d ae_title=%s tls=%s",

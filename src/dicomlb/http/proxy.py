@@ -248,6 +248,7 @@ class HttpListener:
             self.config.port,
             backlog=1024,
             reuse_address=True,
+            reuse_port=self.config.reuse_port,
         )
         log.info(
             "listener.started listener=http bind=%s:%d tls=%s",

@@ -8,13 +8,15 @@ the running dispatcher within a second; purged items are gone from disk and inde
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from dicomlb.spool.state import ItemState
-from dicomlb.spool.store import Change, Item, SpoolStore
+from dicomlb.spool.store import INDEX, Change, Item, SpoolStore
 
 
 class OperationError(ValueError):
@@ -30,6 +32,23 @@ def opened(directory: str) -> Iterator[SpoolStore]:
         yield store
     finally:
         store.close()
+
+
+_PART = re.compile(r"worker-\d+")
+
+
+def holding(directory: str) -> dict[str, int]:
+    """Items not delivered (queued, sending, dead) in the spool directory itself ("") and in
+    each worker's part of it (`worker-K`), for those that have an index."""
+    base = Path(directory)
+    parts = {"": base, **{p.name: p for p in base.glob("worker-*") if _PART.fullmatch(p.name)}}
+    found: dict[str, int] = {}
+    for part, path in parts.items():
+        if (path / INDEX).exists():
+            with opened(str(path)) as store:
+                by_state = store.by_state()
+            found[part] = sum(n for state, n in by_state.items() if state != ItemState.DELIVERED)
+    return found
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
