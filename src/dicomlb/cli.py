@@ -26,7 +26,7 @@ from dicomlb.snapshot import MessageFacts, Snapshot
 from dicomlb.spool import ops
 from dicomlb.spool.state import ItemState
 from dicomlb.spool.store import SpoolBusy
-from dicomlb.supervisor import Supervisor, worker_command
+from dicomlb.supervisor import Supervisor, ports_in_use, worker_command
 from dicomlb.workers import parse_worker, stranded, stranded_message, worker_directory
 
 # `dicomlb run` exit statuses beyond 0 (stopped) and 2 (invalid configuration).
@@ -354,6 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"dicomlb: {message}", file=sys.stderr)
                 return 2
         if snapshot.workers > 1:
+            binds = [(c.host, c.port) for c in (snapshot.dicom, snapshot.http) if c is not None]
+            taken = ports_in_use(binds)
+            if taken:
+                print(
+                    f"dicomlb: cannot listen on {', '.join(taken)}; is another dicomlb running?",
+                    file=sys.stderr,
+                )
+                return 2
             command = worker_command(args.config, args.log_level, args.log_format)
             supervisor = Supervisor(command, snapshot.workers, snapshot.graceful_timeout)
             return cast(int, run_loop(supervisor.run))

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -51,6 +52,22 @@ def worker_command(config: str, log_level: str, log_format: str) -> Callable[[Wo
         ]
 
     return command
+
+
+def ports_in_use(binds: Sequence[tuple[str, int]]) -> list[str]:
+    """The binds another process listens on. Workers bind with SO_REUSEPORT, so a second
+    `dicomlb run` on the same ports would silently take half their connections: the
+    supervisor tries each bind without it first (and closes it at once: it holds none)."""
+    taken = []
+    for host, port in binds:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as err:
+                taken.append(f"{host}:{port} ({err.strerror})")
+    return taken
 
 
 def _die_with_parent() -> None:
