@@ -56,9 +56,11 @@ def cpu_seconds(root: int) -> float:
     return total
 
 
-def wrk(url: str, seconds: float, connections: int, script: Path | None) -> dict[str, float]:
+def wrk(
+    url: str, seconds: float, connections: int, script: Path | None, threads: int = 1
+) -> dict[str, float]:
     """Run wrk; returns requests/s, MB/s (response bytes) and p99 latency in ms."""
-    cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
     out = subprocess.run(
