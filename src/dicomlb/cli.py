@@ -99,7 +99,7 @@ def _spool_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--worker",
         type=int,
         metavar="K",
-        help="worker K's spool (`<directory>/worker-K`), with `workers` above 1",
+        help="worker K's spool (`<directory>/worker-K`): needed with `workers` above 1",
     )
     actions = spool.add_subparsers(dest="action", required=True)
     ls = actions.add_parser("ls", parents=[config], help="list items (oldest first), a summary")
@@ -128,14 +128,17 @@ def _spool_command(args: argparse.Namespace, snapshot: Snapshot) -> int:
         print(f"dicomlb: {snapshot.source} has no spool section", file=sys.stderr)
         return 2
     directory = snapshot.spool.directory
-    if snapshot.workers > 1:
-        if args.worker is None or not 0 <= args.worker < snapshot.workers:
-            print(
-                f"dicomlb: with workers: {snapshot.workers} each worker has its own spool "
-                f"directory; give --worker K (0 to {snapshot.workers - 1})",
-                file=sys.stderr,
-            )
-            return 2
+    if args.worker is not None and args.worker < 0:
+        print(f"dicomlb: --worker {args.worker}: give a worker number from 0", file=sys.stderr)
+        return 2
+    if snapshot.workers > 1 and args.worker is None:
+        print(
+            f"dicomlb: with workers: {snapshot.workers} each worker has its own spool "
+            f"directory; give --worker K (0 to {snapshot.workers - 1})",
+            file=sys.stderr,
+        )
+        return 2
+    if args.worker is not None:  # also a directory left by an earlier count of workers
         directory = worker_directory(directory, args.worker)
     try:
         with ops.opened(directory) as store:

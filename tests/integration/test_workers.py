@@ -242,3 +242,11 @@ def test_a_spool_part_no_worker_owns_is_refused(tmp_path: Path, backend: StoreSC
     assert f"spool items in {site.spool / 'worker-2'} would never be delivered" in done.stderr
     assert "start with workers: 3 (or more)" in done.stderr
     assert not is_listening(site.dicom_port)
+    spool_ls = [sys.executable, "-m", "dicomlb", "spool", "ls", "-c", str(site.process.config_path)]
+    listed = subprocess.run(spool_ls, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 2 and "give --worker K (0 to 1)" in listed.stderr
+    listed = subprocess.run(
+        [*spool_ls, "--worker", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert f"spool {site.spool / 'worker-2'}: 1 queued" in listed.stdout
