@@ -106,7 +106,7 @@ class Supervisor:
             for sig in signals:
                 loop.remove_signal_handler(sig)
         status = worst_status(self.statuses.values())
-        log.info("supervisor.stopped status=%d", status)
+        log.info("supervisor.stopped code=%d", status)
         return status
 
     def stop(self) -> None:
@@ -141,7 +141,7 @@ class Supervisor:
             self.statuses[worker.index] = returncode
             if self.stopping.is_set():
                 log.info(
-                    "worker.exited worker=%s pid=%d status=%s",
+                    "worker.exited worker=%s pid=%d code=%s",
                     worker,
                     process.pid,
                     describe_status(returncode),
@@ -150,7 +150,7 @@ class Supervisor:
             failures = failures_after(failures, loop.time() - started)
             delay = restart_delay(failures)
             log.error(
-                "worker.exited worker=%s pid=%d status=%s failures=%d restart_in=%.1fs",
+                "worker.exited worker=%s pid=%d code=%s failures=%d restart_in=%.1fs",
                 worker,
                 process.pid,
                 describe_status(returncode),

@@ -173,6 +173,8 @@ def test_two_workers_share_the_port_reload_restart_and_stop(
                 lambda port=port: status(port)["config"]["last_reload"]["source"] == "sighup",
                 f"a reload at admin port {port}",
             )
+            # The worker's own directories and admin port are kept: nothing waits for a restart.
+            assert status(port)["config"]["last_reload"]["restart_needed"] == []
 
         # A second supervisor on the same ports would share them silently: refused.
         second = subprocess.run(
@@ -194,7 +196,7 @@ def test_two_workers_share_the_port_reload_restart_and_stop(
         )
         assert restarted["worker"]["pid"] not in first
         log = site.log()
-        assert f"worker.exited worker=1/2 pid={first[1]} status=SIGKILL failures=1" in log
+        assert f"worker.exited worker=1/2 pid={first[1]} code=SIGKILL failures=1" in log
         assert re.search(rf"worker.started worker=1/2 pid={restarted['worker']['pid']}\b", log)
         more = write_series(make_small(4, modality="MR"), tmp_path / "more")
         for path in more:
@@ -206,7 +208,7 @@ def test_two_workers_share_the_port_reload_restart_and_stop(
         assert site.process.stop() == 0
         assert not any(alive(pid) for pid in workers)
         assert not is_listening(site.dicom_port)
-        assert "supervisor.stopped status=0" in site.log()
+        assert "supervisor.stopped code=0" in site.log()
     assert len(backend.files()) == len(files) + len(more)  # each instance once
 
 

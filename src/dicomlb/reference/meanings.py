@@ -139,7 +139,7 @@ MEANINGS: dict[str, str] = {
     "(each logs its own `admin.reload`).",
     "supervisor.started": "`dicomlb run` with `workers` above 1 is starting its worker processes "
     "(it holds no listener itself).",
-    "supervisor.stopped": "Every worker has ended; `status` is the supervisor's exit status, the "
+    "supervisor.stopped": "Every worker has ended; `code` is the supervisor's exit status, the "
     "worst of the workers' last ones (128 + N for a signal).",
     "supervisor.stopping": "The supervisor got SIGINT / SIGTERM: every worker gets SIGTERM and "
     "drains within `graceful_timeout`.",
@@ -149,10 +149,10 @@ MEANINGS: dict[str, str] = {
     "upstream.protocol_error": "A backend broke the upper-layer protocol; it was aborted.",
     "upstream.unexpected_command": "A backend sent a command dicomlb was not waiting for.",
     "upstream.unexpected_request": "A backend sent a request on an upstream association.",
-    "worker.exited": "A worker process ended (`status`: its exit status or the signal). At ERROR "
-    "it ended on its own and is started again after `restart_in` (the backoff doubles per "
-    "failure in a row, from 0.5 s to 30 s, and starts over after a minute's run); at INFO it "
-    "ended because the supervisor stops.",
+    "worker.exited": "A worker process ended (`code`: its exit status, or the signal that "
+    "ended it). At ERROR it ended on its own and is started again after `restart_in` (the "
+    "backoff doubles per failure in a row, from 0.5 s to 30 s, and starts over after a "
+    "minute's run); at INFO it ended because the supervisor stops.",
     "worker.killed": "A stopping worker had not ended `graceful_timeout` + 10 s after SIGTERM and "
     "was sent SIGKILL.",
     "worker.started": "The supervisor started worker K of N (`worker=K/N`, its `pid`).",
