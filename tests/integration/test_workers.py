@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -22,7 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
+from dicomlb.app import run_loop
 from dicomlb.spool.store import SpoolStore
+from dicomlb.supervisor import Supervisor
+from dicomlb.workers import Worker
 from tests.dicomdata import make_small, write_series
 from tests.integration.test_spool_store import DATASET, ingest
 from tests.peers import (
@@ -252,3 +256,35 @@ def test_a_spool_part_no_worker_owns_is_refused(tmp_path: Path, backend: StoreSC
     )
     assert listed.returncode == 0, listed.stderr
     assert f"spool {site.spool / 'worker-2'}: 1 queued" in listed.stdout
+
+
+def test_the_supervisor_restarts_a_failing_worker_with_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Worker 1 exits 3 at once, again and again; worker 0 runs until SIGTERM. Worker 1 is
+    started again after 0.5 s, then 1 s, ...; the stop ends worker 0 cleanly and the
+    supervisor's status is the worst last one, 3."""
+    steady = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+    steady += "time.sleep(60)"
+
+    def command(worker: Worker) -> list[str]:
+        script = steady if worker.index == 0 else "raise SystemExit(3)"
+        return [sys.executable, "-c", script]
+
+    supervisor = Supervisor(command, 2, graceful_timeout=5)
+
+    async def main() -> int:
+        asyncio.get_running_loop().call_later(4, supervisor.stop)
+        return await supervisor.run()
+
+    caplog.set_level(logging.INFO, logger="dicomlb.supervisor")
+    started = time.monotonic()
+    assert run_loop(main) == 3
+    assert time.monotonic() - started < 15
+    text = caplog.text
+    assert re.search(r"worker.exited worker=1/2 pid=\d+ code=3 failures=1 restart_in=0.5s", text)
+    assert re.search(r"worker.exited worker=1/2 pid=\d+ code=3 failures=2 restart_in=1.0s", text)
+    assert re.search(r"worker.exited worker=0/2 pid=\d+ code=0$", text, re.MULTILINE)
+    assert text.count("worker.started worker=0/2") == 1
+    assert "supervisor.stopped code=3" in text
+    assert not supervisor.processes
