@@ -149,9 +149,8 @@ class App:
                 DockerProvider(docker, self._docker_changed)
             )
         log.info(
-            "dicomlb.started source=%s worker=%s pid=%d routes=%d pools=%d backends=%d",
+            "dicomlb.started source=%s pid=%d routes=%d pools=%d backends=%d",
             self.snapshot.source,
-            self.worker or "-",
             os.getpid(),
             len(self.snapshot.routes),
             len(self.snapshot.pools),

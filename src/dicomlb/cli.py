@@ -299,7 +299,14 @@ def _route_command(args: argparse.Namespace, snapshot: Snapshot) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dicomlb` console script."""
     args = parser().parse_args(argv)
-    logs.setup(args.log_level, args.log_format)
+    worker = None
+    if args.command == "run" and args.worker is not None:
+        try:
+            worker = parse_worker(args.worker)
+        except ValueError as err:
+            print(f"dicomlb: {err}", file=sys.stderr)
+            return 2
+    logs.setup(args.log_level, args.log_format, str(worker) if worker else None)
     if args.command == "demo":
 
         def report(text: str) -> None:
@@ -328,13 +335,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(hash_secret(secret))
         return 0
-    worker = None
-    if args.command == "run" and args.worker is not None:
-        try:
-            worker = parse_worker(args.worker)
-        except ValueError as err:
-            print(f"dicomlb: {err}", file=sys.stderr)
-            return 2
     try:
         snapshot = load_snapshot(args.config, workers=worker.count if worker else None)
     except ConfigError as err:

@@ -106,7 +106,11 @@ def event_fields(message: str) -> tuple[str, dict[str, Any]]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, the event name, its `key=value` fields
     as members (`http.request` → route, pool, backend, status, ms, ...) and the whole line
-    as `message`."""
+    as `message`; `worker` (`K/N`) names the worker process that wrote it, if one did."""
+
+    def __init__(self, worker: str | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         message = render(record)
@@ -120,6 +124,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in fields.items():
             if key not in _RESERVED:
                 line[key] = value
+        if self.worker is not None:
+            line["worker"] = self.worker
         line["message"] = message
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -128,12 +134,14 @@ class JsonFormatter(logging.Formatter):
 
 class PlainFormatter(logging.Formatter):
     """`time level event`; the time text is reused within a second (one line per image at
-    thousands of images per second: localtime + strftime were a third of a record's cost)."""
+    thousands of images per second: localtime + strftime were a third of a record's cost).
+    A worker process's lines end in ` worker=K/N`, so interleaved lines can be told apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: str | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
         self._second = -1
         self._text = ""
+        self._suffix = f" worker={worker}" if worker is not None else ""
 
     def format(self, record: logging.LogRecord) -> str:
         """As logging.Formatter.format, with the message from `render`; a traceback's lines
@@ -146,7 +154,7 @@ class PlainFormatter(logging.Formatter):
         record.asctime = self._text
         # The format string above, spelled out: one f-string instead of Formatter's
         # formatMessage -> PercentStyle.format -> _format for every image's line.
-        line = f"{self._text} {record.levelname:<7} {message}"
+        line = f"{self._text} {record.levelname:<7} {message}{self._suffix}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text or record.stack_info:
@@ -182,13 +190,14 @@ class LineHandler(logging.StreamHandler[TextIO]):
             self.handleError(record)
 
 
-def setup(level: str = "info", fmt: str = "plain") -> None:
-    """Configure the root logger for the command line."""
+def setup(level: str = "info", fmt: str = "plain", worker: str | None = None) -> None:
+    """Configure the root logger for the command line; `worker` (`K/N`) tags every line of
+    a worker process."""
     handler = LineHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
-        handler.setFormatter(PlainFormatter())
+        handler.setFormatter(PlainFormatter(worker))
     # One event per line at thousands of images per second: skip the caller lookup and the
     # thread/process fields nobody formats (logging docs, "Optimization").
     logging._srcfile = None  # noqa: SLF001 (the knob the logging docs name for this)

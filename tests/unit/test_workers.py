@@ -4,6 +4,8 @@ the exit status, the spool parts no worker would own, and `workers` in the confi
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import signal
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from dicomlb.config import ConfigError, build_snapshot, describe
 from dicomlb.install import pin
+from dicomlb.logs import JsonFormatter, PlainFormatter
 from dicomlb.workers import (
     RESTART_BASE,
     RESTART_CAP,
@@ -181,3 +184,14 @@ def test_the_supervisor_exits_with_the_worst_status() -> None:
     assert describe_status(-signal.SIGKILL) == "SIGKILL"
     assert describe_status(2) == "2"
     assert describe_status(-200) == "signal 200"
+
+
+def test_a_worker_tags_its_log_lines() -> None:
+    record = logging.LogRecord(
+        "dicomlb.app", logging.INFO, "", 0, "store.delivered ms=%d", (3,), None
+    )
+    assert PlainFormatter("1/2").format(record).endswith(" store.delivered ms=3 worker=1/2")
+    assert PlainFormatter().format(record).endswith(" store.delivered ms=3")
+    line = json.loads(JsonFormatter("1/2").format(record))
+    assert (line["event"], line["ms"], line["worker"]) == ("store.delivered", 3, "1/2")
+    assert "worker" not in json.loads(JsonFormatter().format(record))
