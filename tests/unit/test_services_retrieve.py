@@ -416,7 +416,12 @@ def test_sub_operation_refused_by_the_destination_context() -> None:
 # ------------------------------------------------------------------ C-GET
 
 
-def getter(instances: list[str], *, extra: Callable[[FakeSCP, Message], None] | None = None) -> Any:
+def getter(
+    instances: list[str],
+    *,
+    extra: Callable[[FakeSCP, Message], None] | None = None,
+    padding: int = 0,
+) -> Any:
     """A C-GET SCP: each instance sent as a C-STORE on its association, the final response
     once the client answered them all."""
     state: dict[str, Any] = {}
@@ -431,7 +436,8 @@ def getter(instances: list[str], *, extra: Callable[[FakeSCP, Message], None] | 
             if extra is not None:
                 extra(scp, message)
             for n, uid in enumerate(instances, 100):
-                scp.send(ct, c_store(n, uid), b"\x08\x00\x18\x00" + uid.encode().ljust(8, b"\0"))
+                data = b"\x08\x00\x18\x00" + uid.encode().ljust(8, b"\0") + bytes(padding)
+                scp.send(ct, c_store(n, uid), data)
             if not instances:
                 scp.send(message.context_id, counted(reply(message, 0), 0, 0, 0, 0))
         elif field == CommandField.C_STORE_RSP and message.command.responded_to >= 100:
@@ -487,6 +493,34 @@ def test_get_streams_sub_operations_to_the_client_and_answers_back(
         assert any(r.sop_class_uid == CT and r.scp_role for r in roles)  # the client's role
         assert "get.suboperation sop_instance_uid=1.2 backend=pacs1 status=0xA700" in caplog.text
         assert "get.relayed route=all pool=pacs backends=pacs1" in caplog.text
+        client.release()
+        await client.closed
+        await settle()
+        assert site.held() == {"pacs1": 0}
+
+    run(test)
+
+
+def test_get_to_a_client_that_stops_reading_stops_reading_the_backend() -> None:
+    async def test() -> None:
+        network = Network()
+        handler = getter(["1.1", "1.2", "1.3", "1.4"], padding=100_000)
+        serve(network, 1, handler)
+        site = Site(site_config(["pacs1"], query="one"), network)
+        client = await site.client(get_role=True)
+        assert client.transport is not None
+        client.transport.pause_reading()
+        getting = asyncio.ensure_future(get(site, client, {}))
+        await settle()
+        scp = next(s for s in network.scps if handler.state.get("get") in s.messages)
+        assert scp.transport is not None and scp.transport.peer is not None
+        assert not scp.transport.peer.is_reading()  # dicomlb stopped reading the backend
+        assert scp.transport.get_write_buffer_size() > 0
+        client.transport.resume_reading()
+        answers = await asyncio.wait_for(getting, 5)
+        assert answers[-1].command.status == Status.SUCCESS
+        assert counts_of(answers[-1].command) == (None, 4, 0, 0)
+        assert scp.transport.peer.is_reading()
         client.release()
         await client.closed
         await settle()

@@ -383,6 +383,15 @@ class UpstreamAssociation(asyncio.Protocol):
 
     # -------------------------------------------------------- use
 
+    def pause_reading(self) -> None:
+        """Stop reading from the backend (paired back-pressure: a slow client slows it)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     @property
     def usable(self) -> bool:
         return self.error is None and self.transport is not None and not self.transport.is_closing()

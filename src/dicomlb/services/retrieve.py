@@ -557,12 +557,9 @@ class GetBridge:
             self.inbound.send_data(self.streaming, event.data, event.is_last)
             if event.is_last:
                 self.streaming = None
-            if not self.inbound.writable and self.up.transport is not None:
-                transport = self.up.transport
-                transport.pause_reading()  # paired back-pressure: a slow client slows the backend
-                self.inbound.when_writable(
-                    lambda: transport.resume_reading() if not transport.is_closing() else None
-                )
+            if not self.inbound.writable:
+                self.up.pause_reading()  # paired back-pressure: a slow client slows the backend
+                self.inbound.when_writable(self.up.resume_reading)
             return
         command = event.command
         pair = self.upstream_pairs.get(event.context_id)
