@@ -13,6 +13,7 @@ source scripts/setup.sh test dcmtk orthanc orthanc-dicomweb orthanc-postgresql p
 .venv/bin/ruff format --check src tests bench
 .venv/bin/lint-imports  # the layers (.importlinter)
 .venv/bin/mypy  # all of src, strictly ([tool.mypy] in pyproject.toml)
+.venv/bin/vulture src scripts/vulture_whitelist.py --min-confidence 60  # no dead code
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet  # the site from docs/ (mkdocs.yml)
 if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi  # e.g. -m slow, or a few files
 # The unit tests once under coverage, and the shells and services gated on it

@@ -34,7 +34,6 @@ class Cause(Enum):
     RELEASED = "released"  # the backend released the association (its idle timeout)
     LOCAL = "local"  # dicomlb itself aborted (the client went, a deadline passed)
     STATUS = "status"  # a DIMSE failure status or an HTTP 4xx / 5xx answer
-    QUERY_TIMEOUT = "query_timeout"  # a C-FIND / C-MOVE / C-GET response not in time
     # A malformed DIMSE answer on an established association: a hostile client's request
     # can provoke one, so the message fails; an active check catches a backend that is
     # broken for every message.

@@ -7,7 +7,7 @@ addresses, accepted credentials) is one of these, so none grows with the peers' 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -42,10 +42,6 @@ class BoundedLru(Generic[K, V]):
             entries.move_to_end(key)
         return value
 
-    def peek(self, key: K) -> V | None:
-        """The value of `key`, its place left as it is."""
-        return self._entries.get(key)
-
     def put(self, key: K, value: V) -> None:
         """Set `key` as the most recently used; the least recently used goes past capacity."""
         entries = self._entries
@@ -56,10 +52,3 @@ class BoundedLru(Generic[K, V]):
 
     def pop(self, key: K) -> V | None:
         return self._entries.pop(key, None)
-
-    def forget_values(self, matches: Callable[[V], bool]) -> int:
-        """Remove every entry whose value `matches`; how many went."""
-        gone = [k for k, v in self._entries.items() if matches(v)]
-        for key in gone:
-            del self._entries[key]
-        return len(gone)

@@ -97,7 +97,6 @@ RULE = {
     Cause.RELEASED: False,
     Cause.LOCAL: False,
     Cause.STATUS: False,  # DIMSE failure statuses, HTTP 4xx / 5xx
-    Cause.QUERY_TIMEOUT: False,  # C-FIND / C-MOVE / C-GET response timeouts
     Cause.MALFORMED_ANSWER: False,  # a hostile request can provoke one; checks catch the rest
 }
 

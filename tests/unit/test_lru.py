@@ -19,22 +19,12 @@ def test_the_least_recently_used_entry_goes_first() -> None:
     assert list(table) == ["a", "c"]
 
 
-def test_peek_leaves_the_order_alone() -> None:
-    table: BoundedLru[str, int] = BoundedLru(2)
-    table.put("a", 1)
-    table.put("b", 2)
-    assert table.peek("a") == 1
-    table.put("c", 3)
-    assert list(table) == ["b", "c"]
-
-
-def test_forget_values_removes_every_match() -> None:
+def test_pop_removes_and_returns_the_value() -> None:
     table: BoundedLru[str, str] = BoundedLru(10)
     for key, value in (("k1", "x"), ("k2", "y"), ("k3", "x")):
         table.put(key, value)
-    assert table.forget_values(lambda v: v == "x") == 2
-    assert list(table) == ["k2"]
     assert table.pop("k2") == "y"
+    assert list(table) == ["k1", "k3"]
     assert table.pop("k2") is None
 
 

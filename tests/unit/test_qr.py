@@ -25,7 +25,6 @@ from dicomlb.dicom.negotiation import (
 from dicomlb.dicom.pdu import AssociateAccept, ContextResult, RoleSelection
 from dicomlb.dicom.qr import (
     CANCELLED,
-    MODALITY_WORKLIST_FIND,
     STUDY_ROOT,
     SUBOPERATIONS_FAILED,
     CommitmentRegistry,
@@ -47,6 +46,8 @@ from dicomlb.dicom.qr import (
 from dicomlb.snapshot import DicomListenerConfig, MoveDestination, QueryMode
 from dicomlb.studies import StudyIndex
 from tests.unit.helpers import CT_IMAGE_STORAGE, EXPLICIT_VR_LE, IMPLICIT_VR_LE, make_request
+
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"  # not a query/retrieve model
 
 QR_SERVICES = frozenset({Service.QUERY_RETRIEVE})
 

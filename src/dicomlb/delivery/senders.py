@@ -197,6 +197,7 @@ class Sender(Protocol):
     """Sends instances to one backend."""
 
     backend: BackendState
+    via: str  # how it sends over HTTP (`store_via`), "" over DIMSE: named in log lines
 
     async def send(self, source: InstanceSource, pool: PoolConfig | None) -> Sent:
         """One instance, within `pool`'s timeouts (defaults without a pool)."""
@@ -207,7 +208,7 @@ class Sender(Protocol):
         """Several instances (in one request where the backend takes that); one Sent each."""
 
 
-def sender_for(runtime: Runtime, backend: BackendState) -> BridgeSender | DimseSender:
+def sender_for(runtime: Runtime, backend: BackendState) -> Sender:
     """The sender for `backend`: over HTTP for a `store_via` backend, else DIMSE."""
     if backend.config.store is not None:
         return BridgeSender(backend, client_for(runtime, backend))

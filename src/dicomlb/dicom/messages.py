@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dicomlb.dicom.dimse import Command, DataReceived
 
@@ -83,7 +82,6 @@ class InboundMessage:
     abstract_syntax: str
     transfer_syntax: str
     data: FragmentStream | None
-    received_at: float = field(default_factory=time.monotonic)
 
 
 async def discard(message: InboundMessage) -> None:

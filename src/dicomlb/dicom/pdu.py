@@ -24,8 +24,6 @@ PDV_HEADER_LEN = 6
 # PS3.8 D.1: a Maximum Length below this cannot carry a PDV with one byte of data (length 4,
 # context ID 1, message control header 1); 0 means unlimited.
 SMALLEST_MAX_LENGTH = PDV_HEADER_LEN + 1
-# PS3.8 9.3.2.2: presentation context IDs are odd integers 1..255, so at most 128 contexts.
-MAX_CONTEXTS = 128
 # PS3.5 9.1: a UID is at most 64 bytes (padded to even length, which 64 already is).
 MAX_UID_LEN = 64
 # PS3.7 D.3.3.2: the implementation version name is 1 to 16 characters.

@@ -71,9 +71,6 @@ class StickyTable:
     def put(self, key: str, backend: str) -> None:
         self._table.put(key, backend)
 
-    def forget_backend(self, backend: str) -> None:
-        self._table.forget_values(lambda name: name == backend)
-
     def place(
         self,
         pool: Pool,

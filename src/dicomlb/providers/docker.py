@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, Self
 
 import aiodocker
@@ -76,12 +75,7 @@ class DockerProvider:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

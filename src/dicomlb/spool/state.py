@@ -113,11 +113,6 @@ def after_failure(
     return Outcome(state=ItemState.QUEUED, next_attempt_at=next_at, reason=reason)
 
 
-def too_old(created_at: float, now: float, retry: RetryConfig) -> bool:
-    """True when an undelivered item has outlived `max_age`."""
-    return bool(retry.max_age) and now - created_at > retry.max_age
-
-
 class BreakerState(enum.Enum):
     CLOSED = "closed"  # attempts flow
     OPEN = "open"  # no attempts until `retry_at`
