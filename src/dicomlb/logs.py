@@ -147,14 +147,10 @@ class PlainFormatter(logging.Formatter):
         """As logging.Formatter.format, with the message from `render`; a traceback's lines
         are indented, so that a line that starts at the margin is always an event."""
         record.message = message = render(record)
-        second = int(record.created)
-        if second != self._second:
-            self._text = super().formatTime(record, self.datefmt)
-            self._second = second
-        record.asctime = self._text
+        record.asctime = asctime = self.formatTime(record, self.datefmt)
         # The format string above, spelled out: one f-string instead of Formatter's
         # formatMessage -> PercentStyle.format -> _format for every image's line.
-        line = f"{self._text} {record.levelname:<7} {message}{self._suffix}"
+        line = f"{asctime} {record.levelname:<7} {message}{self._suffix}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text or record.stack_info:
