@@ -413,11 +413,8 @@ class BackendSender:
                 batch.append(self._ready.popleft())
         started = time.monotonic()
         pool = runtime.snapshot.pools.get(item.pool)
-        if len(batch) == 1:  # the usual case: no lists made and walked for one
-            sent = [await sender.send(SpooledInstance(item, data, self.store), pool)]
-        else:
-            sources = [SpooledInstance(claimed, bytes_, self.store) for claimed, bytes_ in batch]
-            sent = await sender.send_many(sources, pool)
+        sources = [SpooledInstance(claimed, bytes_, self.store) for claimed, bytes_ in batch]
+        sent = await sender.send_many(sources, pool)
         failure = next((s for s in sent if s.cause is not None), None)
         if failure is not None:
             assert failure.cause is not None
