@@ -10,6 +10,12 @@ meanwhile). DCMTK ``storescu`` sends the same CT (512x512, ~0.5 MB) and small (6
 ~9 kB) instances over 1 and 4 associations to each, interleaved, median of the rounds;
 between rounds the spool is left to drain so one round's delivery does not slow the next.
 
+A third dicomlb, like the second but with its spool on tmpfs (`/dev/shm`, where there is
+one), shows what the spool costs apart from the disk: its fsyncs return at once, so the
+gap between it and the disk spool is the disk's, the gap between it and pass-through the
+software's. Beside the runs, the script times what the disk alone needs to make one
+instance of each size durable (write, fsync, rename, directory fsync, an index row).
+
 Then the backlog: with the sink stopped, 2000 small instances are spooled; the sink is
 started and the time until every one is delivered is measured (and compared with storescu
 sending the same files straight to the sink).
@@ -55,7 +61,8 @@ from run_store import (  # noqa: E402
     versions,
 )
 
-PATHS = ("pass-through", "spool")
+PATHS = ("pass-through", "spool", "spool on tmpfs")
+TMPFS = Path("/dev/shm")  # a RAM file system: fsync returns at once
 AET = "DICOMLB"
 
 CONFIG = """listeners:
@@ -74,13 +81,16 @@ spool:
 
 
 @contextlib.contextmanager
-def dicomlb(ack: str, sink: str, workdir: Path, src: Path) -> Iterator[tuple[int, Path]]:
-    """Run `python3 -m dicomlb run` with one route (`ack`) to the sink; yield port, spool."""
+def dicomlb(
+    ack: str, sink: str, workdir: Path, src: Path, spool_root: Path | None = None
+) -> Iterator[tuple[int, Path]]:
+    """Run `python3 -m dicomlb run` with one route (`ack`) to the sink, its spool under
+    `spool_root` (default `workdir`); yield port, spool."""
     env = peer_env(
         {"PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
     )
     port = free_port()
-    spool = workdir / f"spool-{ack}"
+    spool = (spool_root or workdir) / f"spool-{ack}"
     config = CONFIG.format(port=port, aet=AET, sink=sink, ack=ack, spool=spool)
     options = ["--log-level", "warning"]
     with DicomlbProcess(config, port, workdir / f"dicomlb-{ack}", env=env, options=options):
@@ -111,8 +121,13 @@ def wait_drained(spool: Path, timeout: float = 600.0) -> float:
 
 
 def measure(
-    targets: dict[str, Target], spool: Path, datasets: Sequence[DataSet], repeat: int
+    targets: dict[str, Target],
+    spools: dict[str, Path],
+    datasets: Sequence[DataSet],
+    repeat: int,
 ) -> dict[tuple[str, int, str], list[float]]:
+    """Seconds per (data set, concurrency, path); a spooling path's spool (`spools`) is
+    left to drain after each send."""
     times: dict[tuple[str, int, str], list[float]] = {}
     paths = list(targets)
     for round_no in range(repeat):
@@ -122,11 +137,12 @@ def measure(
                 for path in order:
                     seconds = send(targets[path], data, concurrency)
                     times.setdefault((data.name, concurrency, path), []).append(seconds)
-                    drain = wait_drained(spool) if path == "spool" else 0.0
+                    spool = spools.get(path)
+                    drain = wait_drained(spool) if spool is not None else 0.0
                     log(
-                        f"round {round_no + 1}/{repeat} {data.name:5} x{concurrency} {path:12} "
+                        f"round {round_no + 1}/{repeat} {data.name:5} x{concurrency} {path:14} "
                         f"{seconds:7.3f}s {data.count / seconds:7.0f} inst/s"
-                        + (f" (drained {drain:.2f}s later)" if path == "spool" else "")
+                        + (f" (drained {drain:.2f}s later)" if spool is not None else "")
                     )
     return times
 
@@ -146,16 +162,16 @@ def backlog(sink: StoreSCP, target: Target, spool: Path, data: DataSet) -> tuple
     return drain, direct
 
 
-def commit_latency(directory: Path, rounds: int = 50) -> float:
-    """Median ms of what one spool commit costs the disk, without dicomlb: write a 9 kB
-    file, fsync, rename, fsync the directory, commit an SQLite row (WAL, synchronous=NORMAL:
-    the file is the record)."""
+def commit_latency(directory: Path, size: int, rounds: int = 50) -> float:
+    """Median ms of what one spool commit costs the disk, without dicomlb: write a file of
+    `size` bytes, fsync, rename, fsync the directory, commit an SQLite row (WAL,
+    synchronous=NORMAL: the file is the record)."""
     directory.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(directory / "probe.sqlite3", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("CREATE TABLE IF NOT EXISTS t (a)")
-    body = os.urandom(9000)
+    body = os.urandom(size)
     times = []
     for n in range(rounds):
         started = time.perf_counter()
@@ -176,7 +192,8 @@ def commit_latency(directory: Path, rounds: int = 50) -> float:
 
 
 def table(times: dict[tuple[str, int, str], list[float]], datasets: Sequence[DataSet]) -> list[str]:
-    return run_store.table(times, datasets, PATHS, ratios=[("spool", "pass-through")])
+    ratios = [("spool", "pass-through"), ("spool on tmpfs", "pass-through")]
+    return run_store.table(times, datasets, PATHS, ratios=ratios)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -217,11 +234,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pass-through": Target(path="pass-through", port=pt_port, aec=AET),
             "spool": Target(path="spool", port=sp_port, aec=AET),
         }
+        spools = {"spool": spool}
+        if TMPFS.is_dir():
+            memory = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=TMPFS)))
+            mem_port, spools["spool on tmpfs"] = stack.enter_context(
+                dicomlb("spool", sink.address, workdir, src, spool_root=memory)
+            )
+            targets["spool on tmpfs"] = Target(path="spool on tmpfs", port=mem_port, aec=AET)
         for target in targets.values():
             send(target, warmup, 1)
-        wait_drained(spool)
-        latency = commit_latency(workdir / "probe")
-        times = measure(targets, spool, datasets, args.repeat)
+        for directory in spools.values():
+            wait_drained(directory)
+        latency = {
+            data.name: commit_latency(workdir / f"probe-{data.name}", data.nbytes // data.count)
+            for data in datasets
+        }
+        times = measure(targets, spools, datasets, args.repeat)
         drain, direct = backlog(sink, targets["spool"], spool, queue)
         log(f"backlog {queue.count}: drained in {drain:.2f}s; direct send {direct:.2f}s")
     load_after = os.getloadavg()
@@ -248,13 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"straight to the sink over 4 associations: {direct:.2f} s "
         f"(drain / direct time = {drain / direct:.1f}).",
         "",
-        f"Reading: the spool's price is the durable commit. This disk needs a median "
-        f"{latency:.2f} ms for one commit's file fsync + rename + directory fsync + index "
-        "rows (measured by this script beside the runs; it swings with other load on the "
-        "shared VM). With one association storescu waits for each Success, so every "
-        "instance pays a whole commit; concurrent associations share one (group commit). "
-        "The dispatcher delivers in the same process meanwhile, so the spool column also "
-        "pays for a second transfer to the sink.",
+        "Reading: the spool's price is the durable commit. This disk needs a median "
+        + ", ".join(f"{ms:.2f} ms for a {name} instance" for name, ms in latency.items())
+        + " to make one file durable (write, fsync, rename, directory fsync, an index row; "
+        "measured by this script beside the runs; it swings with other load on the shared "
+        "VM). With one association storescu waits for each Success, so every instance pays "
+        "a whole commit; concurrent associations share one (group commit). The dispatcher "
+        "delivers in the same process meanwhile, so the spool columns also pay for a second "
+        "transfer to the sink. The spool on tmpfs does all the same work but its fsyncs "
+        "return at once: the gap from it to the disk spool is the disk's.",
     ]
     print("\n".join(body))
     if not args.no_results:
