@@ -9,25 +9,29 @@ Everything else is in pyproject.toml; `dicomlb --version` says which build runs.
 from __future__ import annotations
 
 import os
+import shutil
 
 from setuptools import setup
 
 COMPILE = os.environ.get("DICOMLB_COMPILE") == "1"
 
-# Compiled: the modules every C-STORE and HTTP request runs through, where mypyc cut
+# Compiled: the modules every C-STORE and HTTP request runs through, where mypyc cut the
 # instructions per message measurably (bench/RESULTS.md, "mypyc: compiled vs pure Python").
 COMPILED = [
+    # sans-IO cores
     "dicomlb/dicom/pdu.py",
     "dicomlb/dicom/association.py",
     "dicomlb/dicom/dimse.py",
     "dicomlb/dicom/tags.py",
     "dicomlb/http/h1.py",
     "dicomlb/http/paths.py",
-    "dicomlb/placement.py",
+    # routing and placement decisions
     "dicomlb/routing.py",
+    "dicomlb/placement.py",
     "dicomlb/pools.py",
     "dicomlb/http/routing.py",
     "dicomlb/http/balancing.py",
+    # the shells of the relay paths
     "dicomlb/dicom/acceptor.py",
     "dicomlb/services/relay.py",
     "dicomlb/services/session.py",
@@ -38,10 +42,19 @@ COMPILED = [
     "dicomlb/http/proxy.py",
     "dicomlb/http/upstream.py",
 ]
+COMPILED_BUILD = "build/mypyc"  # C sources and extension modules; the pure build uses build/lib
 
 if COMPILE:
     from mypyc.build import mypycify
 
-    setup(ext_modules=mypycify([f"src/{path}" for path in COMPILED], opt_level="3"))
+    # From scratch each time: a module taken off COMPILED must not ship as the extension an
+    # earlier build left there.
+    shutil.rmtree(COMPILED_BUILD, ignore_errors=True)
+    setup(
+        ext_modules=mypycify(
+            [f"src/{path}" for path in COMPILED], opt_level="3", target_dir=COMPILED_BUILD
+        ),
+        options={"build": {"build_base": COMPILED_BUILD}},
+    )
 else:
     setup()
