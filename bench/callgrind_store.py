@@ -1,6 +1,7 @@
 """Instructions per small C-STORE in dicomlb, user space only (valgrind callgrind).
 
-    python3 bench/callgrind_store.py [--small N] [--warmup N] [--top K] [--dicomlb-src DIR]
+    python3 bench/callgrind_store.py [--small N] [--warmup N] [--top K]
+                                     [--dicomlb-src DIR | --python PY]
 
 dicomlb runs under ``valgrind --tool=callgrind`` with collection off; after a warm-up send,
 collection is switched on (``callgrind_control -i on``) for one storescu association of N
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import shutil
 import subprocess
@@ -32,11 +32,13 @@ from bench.run_store import (  # noqa: E402
     OUT,
     SINK_AET,
     Target,
+    add_build_options,
+    build_of,
     log,
     send,
     synthesise,
 )
-from tests.peers import StoreSCP, free_port, peer_env, stop_process, wait_listening  # noqa: E402
+from tests.peers import StoreSCP, free_port, stop_process, wait_listening  # noqa: E402
 
 
 def control(pid: int, *args: str) -> None:
@@ -59,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=300, help="instances counted (300)")
     parser.add_argument("--warmup", type=int, default=100, help="instances sent before (100)")
     parser.add_argument("--top", type=int, default=0, help="print the K costliest functions")
-    parser.add_argument("--dicomlb-src", type=Path, default=REPO / "src")
+    add_build_options(parser)
     parser.add_argument(
         "--log-level", default="info", help="dicomlb's --log-level (warning: no per-image line)"
     )
@@ -75,13 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (workdir / "dicomlb.yaml").write_text(
             DICOMLB_CONFIG.format(port=port, aet=DICOMLB_AET, sink=sink.address)
         )
-        env = peer_env(
-            {
-                "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(args.dicomlb_src), os.environ.get("PYTHONPATH")])
-                )
-            }
-        )
+        build = build_of(args)
         logfile = workdir / "dicomlb.log"
         with open(logfile, "wb") as out:
             process = subprocess.Popen(
@@ -90,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--tool=callgrind",
                     "--instr-atstart=no",
                     f"--callgrind-out-file={workdir}/callgrind.out.%p",
-                    sys.executable,
+                    build.interpreter,
                     "-m",
                     "dicomlb",
                     "--log-level",
@@ -103,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=build.env(),
                 start_new_session=True,
             )
         stack.callback(stop_process, process)

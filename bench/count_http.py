@@ -1,6 +1,6 @@
 """Cost per small HTTP request, counted rather than timed: nginx `proxy_pass` beside dicomlb.
 
-    python3 bench/count_http.py [--seconds 4] [--rounds 3] [--no-results]
+    python3 bench/count_http.py [--seconds 4] [--rounds 3] [--python PY] [--no-results]
 
 Over sockets (the proxies of run_http.py, one process / worker each, in front of one
 backend nginx): `wrk -t1 -c50` small GETs (100-byte body) through each proxy, sides
@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))  # (dicomlb: the installed one, or PYTHONPATH's)
 from bench.count_store import READS, WRITES  # noqa: E402
 from bench.results import git_head, write_section  # noqa: E402
 from bench.run_http import proxies, wrk  # noqa: E402
+from bench.run_store import add_build_options, build_of  # noqa: E402
 from tests.peers import LOOPBACK  # noqa: E402
 
 CONNECTIONS = 50
@@ -106,7 +107,7 @@ def over_sockets(args: argparse.Namespace) -> list[str]:
         "| epoll_wait |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    with proxies(args.dicomlb_src) as (_, ports, pids):
+    with proxies(build_of(args)) as (_, ports, pids):
         urls = {path: f"http://{LOOPBACK}:{port}/small.txt" for path, port in ports.items()}
         for path in ports:  # warm up: connections open, code paths taken
             wrk(urls[path], 1, CONNECTIONS, None)
@@ -149,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per wrk run (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="CPU rounds, median (default 3)")
-    parser.add_argument("--dicomlb-src", type=Path, default=REPO / "src")
+    add_build_options(parser)
     parser.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
     rows = over_sockets(args)

@@ -33,8 +33,11 @@ from bench.run_store import (  # noqa: E402
     DICOMLB_AET,
     OUT,
     SINK_AET,
+    Build,
     DataSet,
     Target,
+    add_build_options,
+    build_of,
     dicomlb,
     haproxy,
     log,
@@ -124,10 +127,10 @@ def measure(target: Target, data: DataSet, rounds: int) -> Counts:
 
 
 @contextlib.contextmanager
-def proxies(sink: StoreSCP, workdir: Path, src: Path) -> Iterator[list[Target]]:
+def proxies(sink: StoreSCP, workdir: Path, build: Build) -> Iterator[list[Target]]:
     with contextlib.ExitStack() as stack:
         through_haproxy = stack.enter_context(haproxy(sink.port, workdir))
-        through_dicomlb = stack.enter_context(dicomlb(sink.address, workdir, src))
+        through_dicomlb = stack.enter_context(dicomlb(sink.address, workdir, build))
         yield [
             Target(path="haproxy", port=through_haproxy, aec=SINK_AET),
             Target(path="dicomlb", port=through_dicomlb, aec=DICOMLB_AET),
@@ -139,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=1000, help="small instances (default 1000)")
     parser.add_argument("--ct", type=int, default=200, help="CT instances (default 200)")
     parser.add_argument("--rounds", type=int, default=3, help="CPU rounds, median (default 3)")
-    parser.add_argument("--dicomlb-src", type=Path, default=REPO / "src")
+    add_build_options(parser)
     parser.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
     data_root = OUT / "data"
@@ -154,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-count-")))
         sink = stack.enter_context(StoreSCP(SINK_AET, ignore=True, fork=True))
-        targets = stack.enter_context(proxies(sink, workdir, args.dicomlb_src))
+        targets = stack.enter_context(proxies(sink, workdir, build_of(args)))
         for target in targets:
             send(target, sets[0][1], 1)  # warm up
         for name, data in sets:

@@ -105,7 +105,9 @@ async def python_cost(count: int, runs: int, profile: bool) -> float:
     upstream = UpstreamConnection(conns)
     to_backend = MemoryTransport()
     upstream.connection_made(to_backend)
-    conns.open += 1
+    if not conns.budget.take():
+        raise RuntimeError("no slot of the backend's connection budget for the one connection")
+    conns.live.add(upstream)  # the slot is the connection's, as when it connects
     conns.give_back(upstream, asyncio.get_running_loop().time(), 60.0)
     gc.freeze()  # what start-up made is not traversed by the collections the requests cause
     client_received = client.data_received

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.results import write_section  # noqa: E402
+from bench.run_store import Build, add_build_options, build_of  # noqa: E402
 from tests.httppeers import Nginx  # noqa: E402
 from tests.peers import LOOPBACK, free_port, stop_process, wait_listening  # noqa: E402
 
@@ -79,9 +80,9 @@ def wrk(
 
 
 @contextlib.contextmanager
-def proxies(dicomlb_src: Path) -> Iterator[tuple[Path, dict[str, int], dict[str, int]]]:
+def proxies(build: Build) -> Iterator[tuple[Path, dict[str, int], dict[str, int]]]:
     """The backend nginx (`/small.txt`, 100 bytes; `/big.bin`, 512 KiB; `/post`), nginx
-    `proxy_pass` to it and dicomlb (started from `dicomlb_src`) in front of it: yields the
+    `proxy_pass` to it and dicomlb (`build`) in front of it: yields the
     work directory (with `post.lua` for wrk), the two proxies' ports and pids."""
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
     work.chmod(0o755)  # nginx workers run as nobody when started by root
@@ -117,10 +118,9 @@ http_routes:
   - {{name: all, pool: web}}
 """
     )
-    env = {**os.environ, "PYTHONPATH": str(dicomlb_src.resolve())}
     lb = subprocess.Popen(
-        [sys.executable, "-m", "dicomlb", "--log-level", "warning", "run", "-c", str(config)],
-        env=env,
+        [build.interpreter, "-m", "dicomlb", "--log-level", "warning", "run", "-c", str(config)],
+        env=build.env(),
         stdout=subprocess.DEVNULL,
         stderr=open(work / "lb.log", "wb"),  # noqa: SIM115
         start_new_session=True,
@@ -149,7 +149,7 @@ def main() -> None:
         "--workloads", default="", help="comma-separated: small, get, post (default: all)"
     )
     parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
-    parser.add_argument("--dicomlb-src", type=Path, default=REPO / "src")
+    add_build_options(parser)
     args = parser.parse_args()
     short = {"small": WORKLOADS[0], "get": WORKLOADS[1], "post": WORKLOADS[2]}
     workloads = (
@@ -157,7 +157,7 @@ def main() -> None:
     )
 
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
-    with proxies(args.dicomlb_src) as (work, ports, pids):
+    with proxies(build_of(args)) as (work, ports, pids):
         post = work / "post.lua"
         load_before = os.getloadavg()[0]
         for round_ in range(args.repeat):

@@ -76,6 +76,47 @@ class Target:
     aec: str
 
 
+@dataclass(frozen=True, slots=True)
+class Build:
+    """Which dicomlb a bench starts: the tree at `src` (on PYTHONPATH, under this Python), or
+    with `python` the dicomlb installed for that Python (a venv built with DICOMLB_COMPILE=1)."""
+
+    src: Path
+    python: str | None = None
+
+    @property
+    def interpreter(self) -> str:
+        return self.python or sys.executable
+
+    def env(self) -> dict[str, str]:
+        """The peer environment for dicomlb, with `src` first on PYTHONPATH unless `python`."""
+        if self.python is not None:
+            return peer_env()
+        path = [str(self.src.resolve()), os.environ.get("PYTHONPATH")]
+        return peer_env({"PYTHONPATH": os.pathsep.join(filter(None, path))})
+
+
+def add_build_options(parser: argparse.ArgumentParser) -> None:
+    """--dicomlb-src and --python, for every bench that starts dicomlb."""
+    parser.add_argument(
+        "--dicomlb-src",
+        type=Path,
+        default=REPO / "src",
+        help="directory put on PYTHONPATH for `python3 -m dicomlb` (default: this tree's src)",
+    )
+    parser.add_argument(
+        "--python",
+        help="run the dicomlb installed for this Python instead (e.g. .venv-compiled/bin/python, "
+        "a DICOMLB_COMPILE=1 build); --dicomlb-src is then not used",
+    )
+
+
+def build_of(args: argparse.Namespace) -> Build:
+    # Absolute but not resolved: a venv's python is a symlink that finds its venv by name.
+    python = os.path.abspath(args.python) if args.python else None
+    return Build(src=args.dicomlb_src, python=python)
+
+
 def log(message: str) -> None:
     """Progress on stderr, so stdout holds only the result table."""
     print(message, file=sys.stderr, flush=True)
@@ -171,16 +212,14 @@ routes:
 
 
 @contextlib.contextmanager
-def dicomlb(sink_address: str, workdir: Path, src: Path) -> Iterator[int]:
+def dicomlb(sink_address: str, workdir: Path, build: Build) -> Iterator[int]:
     """Run ``python3 -m dicomlb run -c cfg.yaml`` in front of the sink; yield its port.
 
     Raises PeerError with the reason when dicomlb cannot be imported or does not listen.
     """
-    env = peer_env(
-        {"PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
-    )
+    env = build.env()
     probe = subprocess.run(
-        [sys.executable, "-c", "import dicomlb.cli"],
+        [build.interpreter, "-c", "import dicomlb.cli"],
         env=env,
         capture_output=True,
         text=True,
@@ -189,10 +228,10 @@ def dicomlb(sink_address: str, workdir: Path, src: Path) -> Iterator[int]:
     )
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        raise PeerError(f"dicomlb CLI not importable from {src}: {last}")
+        raise PeerError(f"dicomlb CLI not importable ({build}): {last}")
     port = free_port()
     config = DICOMLB_CONFIG.format(port=port, aet=DICOMLB_AET, sink=sink_address)
-    with DicomlbProcess(config, port, workdir / "dicomlb", env=env):
+    with DicomlbProcess(config, port, workdir / "dicomlb", env=env, python=build.interpreter):
         echo = echoscu("127.0.0.1", port, aet="BENCH", aec=DICOMLB_AET, timeout=30)
         if echo.returncode != 0:
             raise PeerError(f"dicomlb listens but C-ECHO through it failed: {echo.stderr.strip()}")
@@ -372,12 +411,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(PATHS), help="comma-separated paths (direct,haproxy,dicomlb)"
     )
-    parser.add_argument(
-        "--dicomlb-src",
-        type=Path,
-        default=REPO / "src",
-        help="directory put on PYTHONPATH for `python3 -m dicomlb` (default: this tree's src)",
-    )
+    add_build_options(parser)
     parser.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 3)
@@ -415,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 skipped["haproxy"] = str(err)
         if "dicomlb" in args.only:
             try:
-                port = stack.enter_context(dicomlb(sink.address, workdir, args.dicomlb_src))
+                port = stack.enter_context(dicomlb(sink.address, workdir, build_of(args)))
                 targets.append(Target(path="dicomlb", port=port, aec=DICOMLB_AET))
             except PeerError as err:
                 skipped["dicomlb"] = str(err)

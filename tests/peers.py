@@ -1072,7 +1072,8 @@ class DicomlbProcess(PeerProcess):
 
     ``config`` is the YAML text; the log (stdout and stderr) goes to ``dicomlb.log`` in
     ``workdir``. ``env`` adds environment variables (``PYTHONPATH`` to run another tree);
-    ``options`` go before ``run`` (``--log-level warning``).
+    ``options`` go before ``run`` (``--log-level warning``); ``python`` runs it (default:
+    this one).
     ``start()`` waits until ``port`` listens; ``stop()`` sends SIGTERM and returns the exit
     status; ``kill()`` is SIGKILL, for crash tests.
     """
@@ -1086,8 +1087,10 @@ class DicomlbProcess(PeerProcess):
         env: Mapping[str, str] | None = None,
         options: Sequence[str] = (),
         start_timeout: float = 20.0,
+        python: str = sys.executable,
     ) -> None:
         self.port = port
+        self.python = python
         self.options = list(options)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -1108,7 +1111,7 @@ class DicomlbProcess(PeerProcess):
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable,
+                    self.python,
                     "-m",
                     "dicomlb",
                     *self.options,

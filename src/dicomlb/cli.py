@@ -7,7 +7,8 @@ import getpass
 import json
 import sys
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any, cast
 
 from dicomlb import __version__, dryrun, logs
@@ -33,11 +34,31 @@ from dicomlb.workers import parse_worker, stranded, stranded_message, worker_dir
 SPOOL_BUSY = 3  # the spool directory is owned by another running dicomlb
 
 
+def version_line(version: str, module_files: Iterable[str]) -> str:
+    """What `dicomlb --version` says: the version and which build runs. A module mypyc
+    compiled (setup.py, DICOMLB_COMPILE=1) was loaded from an extension module."""
+    compiled = sum(1 for file in module_files if file.endswith(tuple(EXTENSION_SUFFIXES)))
+    if compiled == 0:
+        return f"dicomlb {version} (pure Python)"
+    return f"dicomlb {version} (compiled with mypyc: {compiled} module{'s' * (compiled > 1)})"
+
+
+def loaded_module_files() -> list[str]:
+    """The files dicomlb's loaded modules came from (this module imports all of them)."""
+    return [
+        getattr(module, "__file__", None) or ""
+        for name, module in list(sys.modules.items())
+        if name.split(".", 1)[0] == "dicomlb"
+    ]
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomlb", description="Load balancer and router for DICOM networks."
     )
-    parser.add_argument("--version", action="version", version=f"dicomlb {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=version_line(__version__, loaded_module_files())
+    )
     parser.add_argument(
         "--log-level",
         default="info",

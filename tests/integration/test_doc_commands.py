@@ -28,6 +28,9 @@ NOT_RUN = {
     "bash scripts/test.sh": "is this test suite",
     "python3 -m venv .venv && pip install .": "how this suite's own .venv is made",
     "python -m dicomlb.reference": "rewrites the committed pages; test_reference_pages runs it",
+    "DICOMLB_COMPILE=1 pip install --no-build-isolation .": (
+        "builds and installs; scripts/test_compiled.sh does, into .venv-compiled"
+    ),
 }
 RUNNING = "dicomlb run -c lb.yaml"  # the instance the other examples talk to
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -136,7 +137,10 @@ class DicomListener:
     @property
     def port(self) -> int:
         assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        # uvloop's Server.sockets is a list where typeshed says a tuple, which code compiled
+        # with mypyc checks: read it untyped.
+        sockets: Sequence[socket.socket] = getattr(self.server, "sockets")  # noqa: B009
+        return int(sockets[0].getsockname()[1])
 
     def admit_connection(self, source: str, fd: int) -> ConnectionRefusal | None:
         """Why a connection from `source` (its socket descriptor `fd`) must be closed now."""

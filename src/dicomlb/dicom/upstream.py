@@ -888,7 +888,7 @@ class UpstreamPool:
                 async with asyncio.timeout(remaining):
                     await waiter
             except TimeoutError:
-                continue
+                pass  # the next turn finds the deadline passed (or a slot freed meanwhile)
             except BaseException:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # woken, then cancelled: the freed slot is the next one's

@@ -59,7 +59,7 @@ async def store(session: Session, message: InboundMessage) -> None:
     route = runtime.router.select(facts)
     if limited and (route is None or route.on_scan_limit is ScanLimit.REFUSE):
         missing = ", ".join(
-            tag_name(tag) for tag in sorted(runtime.snapshot.wanted_tags - tags.keys())
+            tag_name(tag) for tag in sorted(runtime.snapshot.wanted_tags.difference(tags))
         )
         refusal = MessageFailed(
             Status.CANNOT_UNDERSTAND,
