@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 from setuptools import setup
 
@@ -43,8 +44,11 @@ COMPILED = [
     "dicomlb/http/upstream.py",
 ]
 COMPILED_BUILD = "build/mypyc"  # C sources and extension modules; the pure build uses build/lib
+# The steps that only write the project's metadata: compiling there too would run mypy twice
+# per install (pip asks for the metadata, then for the wheel).
+METADATA_ONLY = {"egg_info", "dist_info"}
 
-if COMPILE:
+if COMPILE and METADATA_ONLY.isdisjoint(sys.argv[1:]):
     from mypyc.build import mypycify
 
     # From scratch each time: a module taken off COMPILED must not ship as the extension an
