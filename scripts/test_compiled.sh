@@ -13,7 +13,7 @@ venv=.venv-compiled
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 # The extras first (mypy builds the compiled modules; this also installs dicomlb pure)...
-"$venv/bin/python" -m pip install -q "setuptools>=68" wheel ".[test]"
+"$venv/bin/python" -m pip install -q "setuptools>=77" wheel ".[test]"
 # ...then dicomlb again, compiled, with the mypy just installed.
 DICOMLB_COMPILE=1 "$venv/bin/python" -m pip install -q --no-build-isolation --no-deps \
   --force-reinstall .
