@@ -1,7 +1,7 @@
 """Spool vs pass-through: C-STORE throughput with `ack: spool` and `ack: backend`, and the
 time to drain a backlog.
 
-    python3 bench/run_spool.py [--quick] [--repeat N] [--dicomlb-src DIR]
+    python3 bench/run_spool.py [--quick] [--repeat N] [--dicomlb-src DIR | --python PY]
 
 Two dicomlb processes in front of one ``storescp --ignore --fork`` sink: one routes with
 ``ack: backend`` (pass-through: the sink's status goes back), the other with ``ack: spool``
@@ -47,14 +47,16 @@ from tests.peers import (  # noqa: E402
     StoreSCP,
     echoscu,
     free_port,
-    peer_env,
 )
 
 import run_store  # noqa: E402
 from run_store import (  # noqa: E402
     CONCURRENCY,
+    Build,
     DataSet,
     Target,
+    add_build_options,
+    build_of,
     log,
     send,
     synthesise,
@@ -82,18 +84,22 @@ spool:
 
 @contextlib.contextmanager
 def dicomlb(
-    ack: str, sink: str, workdir: Path, src: Path, spool_root: Path | None = None
+    ack: str, sink: str, workdir: Path, build: Build, spool_root: Path | None = None
 ) -> Iterator[tuple[int, Path]]:
-    """Run `python3 -m dicomlb run` with one route (`ack`) to the sink, its spool under
-    `spool_root` (default `workdir`); yield port, spool."""
-    env = peer_env(
-        {"PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
-    )
+    """Run `python -m dicomlb run` (`build`) with one route (`ack`) to the sink, its spool
+    under `spool_root` (default `workdir`); yield port, spool."""
     port = free_port()
     spool = (spool_root or workdir) / f"spool-{ack}"
     config = CONFIG.format(port=port, aet=AET, sink=sink, ack=ack, spool=spool)
     options = ["--log-level", "warning"]
-    with DicomlbProcess(config, port, workdir / f"dicomlb-{ack}", env=env, options=options):
+    with DicomlbProcess(
+        config,
+        port,
+        workdir / f"dicomlb-{ack}",
+        env=build.env(),
+        options=options,
+        python=build.interpreter,
+    ):
         echo = echoscu("127.0.0.1", port, aet="BENCH", aec=AET, timeout=30)
         if echo.returncode != 0:
             raise PeerError(f"C-ECHO through dicomlb failed: {echo.stderr.strip()}")
@@ -203,9 +209,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ct", type=int, help="number of CT instances (default 400)")
     parser.add_argument("--small", type=int, help="number of small instances (default 2000)")
     parser.add_argument("--backlog", type=int, default=2000, help="backlog size (default 2000)")
-    parser.add_argument(
-        "--dicomlb-src", type=Path, default=BENCH.parent / "src", help="dicomlb to run"
-    )
+    add_build_options(parser)
     parser.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 3)
@@ -227,9 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-spool-")))
         sink = stack.enter_context(StoreSCP("SINK", ignore=True, fork=True))
-        src = args.dicomlb_src
-        pt_port, _ = stack.enter_context(dicomlb("backend", sink.address, workdir, src))
-        sp_port, spool = stack.enter_context(dicomlb("spool", sink.address, workdir, src))
+        build = build_of(args)
+        pt_port, _ = stack.enter_context(dicomlb("backend", sink.address, workdir, build))
+        sp_port, spool = stack.enter_context(dicomlb("spool", sink.address, workdir, build))
         targets = {
             "pass-through": Target(path="pass-through", port=pt_port, aec=AET),
             "spool": Target(path="spool", port=sp_port, aec=AET),
@@ -238,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if TMPFS.is_dir():
             memory = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=TMPFS)))
             mem_port, spools["spool on tmpfs"] = stack.enter_context(
-                dicomlb("spool", sink.address, workdir, src, spool_root=memory)
+                dicomlb("spool", sink.address, workdir, build, spool_root=memory)
             )
             targets["spool on tmpfs"] = Target(path="spool on tmpfs", port=mem_port, aec=AET)
         for target in targets.values():
